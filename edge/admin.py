@@ -1,0 +1,54 @@
+"""The admin listener (aiohttp.web, loopback by default, separate from traffic).
+
+GET /healthz   liveness: the process runs.
+GET /readyz    readiness: every listener is bound and serving (503 while starting or draining).
+GET /metrics   Prometheus text; OpenMetrics with exemplars when the client asks (Accept: application/openmetrics-text).
+GET /config    the effective configuration as JSON (OTLP headers redacted).
+GET /upstreams pools and remote upstreams with per-instance in-flight counts.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from edge.server import Runtime
+
+
+def build_admin_app(rt: "Runtime") -> web.Application:
+    app = web.Application()
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        ready = rt.ready and not rt.draining
+        return web.json_response({"ready": ready, "draining": rt.draining, "listeners": rt.bound_listeners()},
+                                 status=200 if ready else 503)
+
+    async def metrics(request: web.Request) -> web.Response:
+        rt.refresh_gauges()
+        body, ctype = rt.metrics.exposition(request.headers.get("Accept"))
+        resp = web.Response(body=body)
+        resp.headers["Content-Type"] = ctype
+        return resp
+
+    async def config(_: web.Request) -> web.Response:
+        data = rt.config.model_dump(mode="json")
+        otlp = data.get("telemetry", {}).get("otlp", {})
+        if otlp.get("headers"):
+            otlp["headers"] = {k: "<redacted>" for k in otlp["headers"]}
+        return web.Response(text=json.dumps(data, indent=2), content_type="application/json")
+
+    async def upstreams(_: web.Request) -> web.Response:
+        return web.json_response(rt.upstream_state())
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/config", config)
+    app.router.add_get("/upstreams", upstreams)
+    return app

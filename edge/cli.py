@@ -1,0 +1,169 @@
+"""The `gatewatch` command line.
+
+    gatewatch run -c FILE        run a gateway, a balancer, or both, as FILE says
+    gatewatch validate FILE...   check config files; print every problem with its field path
+    gatewatch demo               two tiers + three demo backends + traffic, with a live summary
+    gatewatch backend            one demo backend instance (used by the demo and the compose stack)
+
+Exit codes: 0 success, 1 runtime failure, 2 invalid configuration or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from edge.config import ConfigError, load_config, parse_address
+
+EXAMPLES = """\
+examples:
+  gatewatch validate examples/gateway.yaml
+  gatewatch run -c examples/gateway.yaml
+  gatewatch demo --duration 30
+  OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 gatewatch demo   # send telemetry to a collector
+
+telemetry: the standard OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_PROTOCOL (grpc | http/protobuf),
+OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER(_ARG) override the config file. Without an
+endpoint, traces and decision logs are written as JSON lines under ./gatewatch-telemetry/.
+docs: docs/configuration.md, docs/architecture.md
+"""
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def _run_loop(coro) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(coro)
+    except ImportError:
+        asyncio.run(coro)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    status = 0
+    for path in args.files:
+        try:
+            load_config(path)
+        except ConfigError as err:
+            status = 2
+            print(f"{path}: invalid ({len(err.problems)} problem{'s' if len(err.problems) != 1 else ''})",
+                  file=sys.stderr)
+            for p in err.problems:
+                print(f"  {p}", file=sys.stderr)
+            continue
+        print(f"{path}: ok")
+    return status
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from edge.server import serve
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as err:
+        print(f"{args.config}: invalid configuration, not starting:", file=sys.stderr)
+        for p in err.problems:
+            print(f"  {p}", file=sys.stderr)
+        return 2
+    _setup_logging(args.log_level)
+    try:
+        _run_loop(serve(cfg, ready_file=args.ready_file))
+    except OSError as err:
+        print(f"gatewatch: cannot start: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_backend(args: argparse.Namespace) -> int:
+    from edge.demo_backend import serve_backend
+
+    _setup_logging(args.log_level)
+    try:
+        host, port = parse_address(args.listen)
+    except ValueError as err:
+        print(f"--listen: {err}", file=sys.stderr)
+        return 2
+
+    async def main() -> None:
+        import signal
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve_backend(host, port, args.id, args.zone, args.delay_ms, args.jitter_ms, args.ready_file, stop)
+
+    _run_loop(main())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from edge.demo import run_demo
+
+    return run_demo(duration_s=args.duration, rps=args.rps, workdir=args.workdir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gatewatch",
+        description="Gatewatch: an observability-first API gateway and load balancer. Every request is traced "
+                    "from the edge through each routing and balancing decision to the backend instance.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run a gateway and/or balancer from a config file",
+                       description="Run the edge and/or balancer layers declared in a config file. Refuses to "
+                                   "start (exit 2) if the file is invalid. SIGTERM/SIGINT drain and stop.")
+    p.add_argument("-c", "--config", required=True, metavar="FILE", help="YAML config (docs/configuration.md)")
+    p.add_argument("--ready-file", metavar="PATH",
+                   help="write JSON with the pid and bound addresses here once listening (useful with port 0)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="check config files and print every problem with its field path",
+                       description="Validate config files. Prints 'FILE: ok' or every problem as "
+                                   "'field.path: message'; exit 2 if any file is invalid.")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("demo", help="run edge + balancer + 3 demo backends with traffic and a live summary",
+                       description="Start the two-tier pattern (an edge process and a separate balancer process) "
+                                   "in front of three demo backends (one slower), send traffic and show a live "
+                                   "summary. Honours the OTEL_* variables. Ctrl-C stops everything.")
+    p.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                   help="run this long, print a final summary and exit 0 (default: until Ctrl-C)")
+    p.add_argument("--rps", type=float, default=40.0, help="requests per second to send (default 40)")
+    p.add_argument("--workdir", default=None, help="where to write the generated configs (default: a temp dir)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("backend", help="run one demo backend instance",
+                       description="A demo backend that continues the trace (service.name=demo-backend).")
+    p.add_argument("--listen", default="127.0.0.1:0", help="host:port (default 127.0.0.1:0)")
+    p.add_argument("--id", required=True, help="instance id, reported as service.instance.id")
+    p.add_argument("--zone", default=None)
+    p.add_argument("--delay-ms", type=float, default=0.0, help="base delay per request")
+    p.add_argument("--jitter-ms", type=float, default=0.0, help="extra random delay up to this")
+    p.add_argument("--ready-file", metavar="PATH")
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_backend)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

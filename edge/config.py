@@ -1,0 +1,342 @@
+"""The configuration file: typed, frozen, unknown keys rejected, every error reported with its field path.
+
+A file declares an `edge` section (the gateway), a `balancer` section (pools and, optionally, its own
+listeners), or both. A route's `upstream` names either a pool of this file's balancer section (the balancer runs
+in-process) or an entry of `edge.upstreams` (a URL: a separate `gatewatch` balancer, or any upstream that
+balances itself).
+
+Primitives: `GatewatchConfig` (the root), `load_config(path) -> GatewatchConfig` raising `ConfigError`, whose
+`.problems` lists `field.path: message` strings in file order.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from balancer.config import NAME_PATTERN, PoolConfig, Strict
+from telemetry.config import TelemetryConfig
+
+TEMPLATE_PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+HTTP_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` → (host, port). Raises ValueError with a message fit for a config error."""
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]\s]+):(\d{1,5})", text)
+    if not m:
+        raise ValueError(f"expected 'host:port', got {text!r}")
+    host, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+    if int(port) > 65535:
+        raise ValueError(f"port {port} is out of range 0-65535")
+    return host, int(port)
+
+
+class ListenerConfig(Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    address: str
+    # What to do with a client's `traceparent`: continue it, start a new root that links to it, or ignore it.
+    incoming_trace_context: Literal["continue", "link", "ignore"] = "continue"
+    max_header_size: int = Field(default=8190, ge=1024, le=65536)
+    # Keep X-Forwarded-Proto/-Host set by a proxy in front (the edge, for a balancer tier); else overwrite them.
+    trust_forwarded_headers: bool = False
+    # Answer with `traceresponse` (W3C Trace Context level 2) so a client can quote its trace id.
+    trace_response_header: bool = True
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        parse_address(v)
+        return v
+
+
+class PathMatch(Strict):
+    """Exactly one of `exact`, `prefix` (segment-aware: `/api` matches `/api` and `/api/x`, not `/apix`) or
+    `template` (`/orders/{id}`: a `{name}` stands for one whole path segment)."""
+
+    exact: str | None = None
+    prefix: str | None = None
+    template: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "PathMatch":
+        given = [k for k in ("exact", "prefix", "template") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'exact', 'prefix' or 'template'")
+        value = getattr(self, given[0])
+        if not value.startswith("/"):
+            raise ValueError(f"{given[0]}: must start with '/'")
+        if "?" in value or "#" in value:
+            raise ValueError(f"{given[0]}: must not contain a query or fragment")
+        if self.template is not None:
+            names = []
+            for seg in self.template.split("/")[1:]:
+                if "{" in seg or "}" in seg:
+                    m = TEMPLATE_PARAM.match(seg)
+                    if not m:
+                        raise ValueError(f"template: segment {seg!r} must be a whole '{{name}}' or contain no braces")
+                    names.append(m.group(1))
+            if len(names) != len(set(names)):
+                raise ValueError("template: parameter names must be unique")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "exact" if self.exact is not None else "prefix" if self.prefix is not None else "template"
+
+    @property
+    def value(self) -> str:
+        return self.exact or self.prefix or self.template or "/"
+
+
+class HeaderMatch(Strict):
+    """A header (or query parameter) condition: `value` must equal, or `present` says whether it must exist."""
+
+    name: str = Field(min_length=1, max_length=256)
+    value: str | None = None
+    present: bool | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "HeaderMatch":
+        if (self.value is None) == (self.present is None):
+            raise ValueError("give exactly one of 'value' or 'present'")
+        return self
+
+
+class MatchConfig(Strict):
+    path: PathMatch = PathMatch(prefix="/")
+    hosts: tuple[str, ...] = ()  # exact host names or `*.example.com`; the port is ignored
+    methods: tuple[str, ...] = ()
+    headers: tuple[HeaderMatch, ...] = ()
+    query: tuple[HeaderMatch, ...] = ()
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for m in v:
+            if not HTTP_TOKEN.match(m) or m != m.upper():
+                raise ValueError(f"{m!r} is not an upper-case HTTP method")
+        return v
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for h in v:
+            if not re.fullmatch(r"(\*\.)?[A-Za-z0-9.-]+", h):
+                raise ValueError(f"{h!r} is not a host name or '*.domain' wildcard")
+        return tuple(h.lower() for h in v)
+
+
+class TimeoutsConfig(Strict):
+    connect_s: float = Field(default=2.0, gt=0, le=300)  # TCP connect to one instance
+    response_s: float = Field(default=30.0, gt=0, le=3600)  # request sent → response head received
+    idle_s: float = Field(default=60.0, gt=0, le=3600)  # longest stall between body chunks, either direction
+
+
+class RewriteConfig(Strict):
+    strip_prefix: str | None = Field(default=None, min_length=1)
+
+    @field_validator("strip_prefix")
+    @classmethod
+    def _slash(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("/"):
+            raise ValueError("must start with '/'")
+        return v
+
+
+class RouteConfig(Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    match: MatchConfig = MatchConfig()
+    upstream: str = Field(min_length=1)
+    timeouts: TimeoutsConfig = TimeoutsConfig()
+    rewrite: RewriteConfig = RewriteConfig()
+    preserve_host: bool = True  # send the client's Host upstream (else the instance's host:port)
+
+
+class RemoteUpstreamConfig(Strict):
+    """An upstream reached by URL: a separate `gatewatch` balancer tier, or any service that balances itself."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    url: str
+    max_connections: int = Field(default=256, ge=1, le=100_000)
+    keepalive_idle_s: float = Field(default=15.0, gt=0, le=3600)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        m = re.fullmatch(r"(http|https)://([^/:?#\s]+|\[[0-9A-Fa-f:.]+\])(:\d{1,5})?/?", v)
+        if not m:
+            raise ValueError(f"expected 'http://host:port' (no path), got {v!r}")
+        return v.rstrip("/")
+
+
+class EdgeConfig(Strict):
+    listeners: tuple[ListenerConfig, ...] = Field(min_length=1)
+    routes: tuple[RouteConfig, ...] = ()
+    upstreams: tuple[RemoteUpstreamConfig, ...] = ()
+
+
+class BalancerConfig(Strict):
+    listeners: tuple[ListenerConfig, ...] = ()  # empty: the balancer serves only the edge in this process
+    routes: tuple[RouteConfig, ...] = ()  # for requests arriving on the balancer's own listeners
+    pools: tuple[PoolConfig, ...] = Field(min_length=1)
+
+
+class AdminConfig(Strict):
+    address: str = "127.0.0.1:9901"
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        parse_address(v)
+        return v
+
+
+class GatewatchConfig(Strict):
+    admin: AdminConfig = AdminConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
+    edge: EdgeConfig | None = None
+    balancer: BalancerConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_section(self) -> "GatewatchConfig":
+        if self.edge is None and self.balancer is None:
+            raise ValueError("declare an 'edge' section, a 'balancer' section, or both")
+        return self
+
+
+class ConfigError(Exception):
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: {len(problems)} problem(s)\n" + "\n".join(problems))
+
+
+def format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(root)"
+
+
+def _pydantic_problems(err: ValidationError) -> list[str]:
+    problems = []
+    for e in err.errors(include_url=False):
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        problems.append(f"{format_loc(loc)}: {msg}")
+    return problems
+
+
+def semantic_errors(cfg: GatewatchConfig) -> list[str]:
+    """Checks that need the whole file: names that refer to each other, duplicates, conflicting addresses."""
+    problems: list[str] = []
+    pools = {p.name for p in cfg.balancer.pools} if cfg.balancer else set()
+    remotes = {u.name for u in cfg.edge.upstreams} if cfg.edge else set()
+
+    def unique(items, what: str, path: str) -> None:
+        seen: set[str] = set()
+        for i, name in enumerate(items):
+            if name in seen:
+                problems.append(f"{path}[{i}].{what}: duplicate {what} {name!r}")
+            seen.add(name)
+
+    if cfg.balancer:
+        unique([p.name for p in cfg.balancer.pools], "name", "balancer.pools")
+        for pi, pool in enumerate(cfg.balancer.pools):
+            seen_ids: set[str] = set()
+            for ii, inst in enumerate(pool.instances):
+                if inst.instance_id in seen_ids:
+                    problems.append(f"balancer.pools[{pi}].instances[{ii}]: duplicate instance {inst.instance_id!r}")
+                seen_ids.add(inst.instance_id)
+        if cfg.balancer.listeners and not cfg.balancer.routes:
+            problems.append("balancer.routes: required when balancer.listeners is set (which pool serves a request?)")
+        if cfg.balancer.routes and not cfg.balancer.listeners:
+            problems.append("balancer.listeners: balancer.routes are set but no listener would serve them")
+    if cfg.edge:
+        unique([u.name for u in cfg.edge.upstreams], "name", "edge.upstreams")
+        for i, u in enumerate(cfg.edge.upstreams):
+            if u.name in pools:
+                problems.append(f"edge.upstreams[{i}].name: {u.name!r} is also a pool name; names must be unique")
+        if not cfg.edge.routes:
+            problems.append("edge.routes: at least one route is needed")
+
+    sections = []
+    if cfg.edge:
+        sections.append(("edge", cfg.edge.listeners, cfg.edge.routes, pools | remotes))
+    if cfg.balancer:
+        sections.append(("balancer", cfg.balancer.listeners, cfg.balancer.routes, pools))
+    addresses: dict[tuple[str, int], str] = {}
+    admin = parse_address(cfg.admin.address)
+    if admin[1]:
+        addresses[admin] = "admin.address"
+    for section, listeners, routes, targets in sections:
+        unique([r.name for r in routes], "name", f"{section}.routes")
+        unique([lst.name for lst in listeners], "name", f"{section}.listeners")
+        for i, lst in enumerate(listeners):
+            addr = parse_address(lst.address)
+            if addr[1] and addr in addresses:
+                problems.append(f"{section}.listeners[{i}].address: {lst.address} is already used by {addresses[addr]}")
+            addresses.setdefault(addr, f"{section}.listeners[{i}]")
+        for i, route in enumerate(routes):
+            if route.upstream not in targets:
+                kind = "pool" if section == "balancer" else "upstream"
+                problems.append(f"{section}.routes[{i}].upstream: unknown {kind} {route.upstream!r}")
+            sp = route.rewrite.strip_prefix
+            if sp is not None:
+                path = route.match.path
+                if path.kind != "prefix" or not _segment_prefix(path.value, sp):
+                    problems.append(
+                        f"{section}.routes[{i}].rewrite.strip_prefix: {sp!r} must be a prefix of the route's"
+                        " match.path.prefix"
+                    )
+    return problems
+
+
+def _segment_prefix(path: str, prefix: str) -> bool:
+    prefix = prefix.rstrip("/") or "/"
+    return prefix == "/" or path == prefix or path.startswith(prefix + "/") or (path.rstrip("/") == prefix)
+
+
+def parse_config(data: Any, source: str = "<config>") -> GatewatchConfig:
+    if data is None:
+        raise ConfigError(source, ["(root): the file is empty"])
+    if not isinstance(data, dict):
+        raise ConfigError(source, [f"(root): expected a mapping of sections, got {type(data).__name__}"])
+    try:
+        cfg = GatewatchConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(source, _pydantic_problems(err)) from None
+    problems = semantic_errors(cfg)
+    if problems:
+        raise ConfigError(source, problems)
+    return cfg
+
+
+def load_config(path: str | Path) -> GatewatchConfig:
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(source, [f"(file): cannot read: {err.strerror or err}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError(source, ["(file): not UTF-8 text"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(source, [f"{where}: invalid YAML: {problem}"]) from None
+    return parse_config(data, source)

@@ -1,0 +1,297 @@
+"""The engine: the only code that sequences a request's phases, loops, and catches.
+
+    ROUTE → POLICY → PICK → UPSTREAM → RESPONSE → LOG
+
+- ROUTE   `Router.match` (pure) → `RouteMatch | NoRoute`; NoRoute answers 404.
+- POLICY  the route's policies in declared order (none yet: the edge-policies issue adds them here).
+- PICK    the route's target: a pool of this process (`Pool.pick`, the in-process balancer layer, traced as an
+          INTERNAL span with `gatewatch.layer=balancer`) or a remote URL (a separate balancer tier).
+- UPSTREAM one attempt through the `Forwarder` (retries arrive with the balancer issue; the loop is here).
+- RESPONSE relay the head and stream the body; a failure after the head was sent aborts the client
+          connection, so a truncated body can never look complete.
+- LOG     `Telemetry.finish(record)` exactly once, in `finally`.
+
+Every decision is appended to the request's `RequestRecord`; nothing here calls a tracer or a logger directly.
+Guarantee: every request gets exactly one of: a relayed response, a locally generated error response, or an
+aborted connection — and exactly one record.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from typing import AsyncIterator, Callable
+
+from balancer.algorithms import NoHealthyEndpoint
+from edge import headers as hdr
+from edge.messages import ClientGone, Downstream, Forwarder, RequestHead, UpstreamFailure, UpstreamRequest
+from edge.paths import InvalidPath, canonical_path, split_target, strip_prefix
+from edge.routing import NoRoute, RouteMatch
+from edge.snapshot import Snapshot
+from telemetry.context import (AttemptRecord, DecisionRecord, RequestRecord, format_traceparent, new_span_id,
+                               start_trace)
+from telemetry.names import OUTCOME_STATUS, Attr, DecisionKind, ErrorType, Layer, Outcome, Reason
+from telemetry.recorder import Telemetry
+
+log = logging.getLogger("gatewatch.engine")
+
+FAILURE_OUTCOME = {
+    ErrorType.CONNECT_REFUSED: Outcome.UPSTREAM_CONNECT_ERROR,
+    ErrorType.CONNECT_TIMEOUT: Outcome.UPSTREAM_TIMEOUT,
+    ErrorType.RESPONSE_TIMEOUT: Outcome.UPSTREAM_TIMEOUT,
+    ErrorType.READ_TIMEOUT: Outcome.UPSTREAM_TIMEOUT,
+    ErrorType.UPSTREAM_RESET: Outcome.UPSTREAM_ERROR,
+    ErrorType.PROTOCOL_ERROR: Outcome.UPSTREAM_ERROR,
+}
+MESSAGES = {
+    Outcome.NO_ROUTE: "no route matches this request",
+    Outcome.BAD_REQUEST: "the request target is not a valid path",
+    Outcome.NO_HEALTHY_UPSTREAM: "no healthy instance is available for this route",
+    Outcome.UPSTREAM_CONNECT_ERROR: "could not connect to the upstream",
+    Outcome.UPSTREAM_TIMEOUT: "the upstream did not answer in time",
+    Outcome.UPSTREAM_ERROR: "the upstream failed before sending a complete response",
+    Outcome.INTERNAL_ERROR: "internal error",
+}
+
+
+class _BodyFromClient:
+    """Wraps the client's request body so a client that vanishes mid-upload is told apart from an upstream
+    failure (aiohttp's client would otherwise report both as a broken upstream write)."""
+
+    def __init__(self, body: AsyncIterator[bytes]):
+        self._body = body
+        self.client_gone = False
+        self.bytes = 0
+
+    async def __aiter__(self):
+        try:
+            async for chunk in self._body:
+                self.bytes += len(chunk)
+                yield chunk
+        except ClientGone:
+            self.client_gone = True
+            raise
+
+
+class Engine:
+    def __init__(self, snapshot: Snapshot, forwarder: Forwarder, telemetry: Telemetry, *,
+                 clock_ns: Callable[[], int] = time.time_ns, monotonic: Callable[[], float] = time.monotonic,
+                 rng: random.Random | None = None):
+        self.snapshot = snapshot
+        self.layer = snapshot.layer
+        self.forwarder = forwarder
+        self.telemetry = telemetry
+        self.clock_ns = clock_ns
+        self.monotonic = monotonic
+        self.rng = rng or random.Random()
+        self.sampling_ratio = telemetry.config.sampling_ratio
+
+    async def handle(self, head: RequestHead, body: AsyncIterator[bytes], down: Downstream) -> None:
+        snap = self.snapshot  # the request keeps the snapshot it started with
+        listener = snap.listeners[head.listener]
+        trust = listener.incoming_trace_context
+        trace = start_trace(head.header("traceparent"), head.header("tracestate"), head.header("baggage"),
+                            trust, self.sampling_ratio, self.rng)
+        path, query = split_target(head.target)
+        rec = RequestRecord(
+            layer=self.layer.value, trace=trace, start_ns=self.clock_ns(), start_mono=self.monotonic(),
+            method=head.method, path=path, query=query, scheme=head.scheme,
+            host=(head.header("host") or head.server_address), server_port=head.server_port,
+            client_address=head.client_address, client_port=head.client_port, protocol_version=head.version,
+            user_agent=head.header("user-agent"), request_id=hdr.request_id(head.headers), listener=head.listener)
+        try:
+            await self._phases(snap, head, body, down, rec)
+        except ClientGone:
+            rec.outcome = Outcome.CLIENT_ABORT.value
+            rec.error_type = ErrorType.CLIENT_ABORT.value
+        except Exception:
+            log.exception("request %s: internal error", rec.request_id)
+            await self._fail(down, rec, Outcome.INTERNAL_ERROR, ErrorType.INTERNAL.value)
+        finally:
+            # LOG: exactly once per request.
+            rec.end_ns = self.clock_ns()
+            rec.duration_s = self.monotonic() - rec.start_mono
+            self.telemetry.finish(rec)
+
+    async def _phases(self, snap: Snapshot, head: RequestHead, body: AsyncIterator[bytes], down: Downstream,
+                      rec: RequestRecord) -> None:
+        # Canonical path: what routing sees is exactly what the upstream will get.
+        try:
+            path = canonical_path(rec.path)
+        except InvalidPath:
+            await self._fail(down, rec, Outcome.BAD_REQUEST, None)
+            return
+        rec.path = path
+
+        # ROUTE
+        match = snap.router.match(path, rec.host, head.method, _header_map(head), rec.query)
+        self._decide_route(rec, match)
+        if isinstance(match, NoRoute):
+            await self._fail(down, rec, Outcome.NO_ROUTE, None)
+            return
+        route = match.route
+        rec.route, rec.route_template, rec.upstream = route.name, match.template, route.upstream
+
+        # POLICY: no policies exist yet; the edge-policies issue evaluates route policies here, in order.
+
+        # PICK
+        pool = snap.pools.get(route.upstream)
+        if pool is not None:
+            rec.balance_span_id = new_span_id(self.rng)
+            rec.balance_start_ns = self.clock_ns()
+            picked = pool.pick({}, self.rng)
+            self._decide_pick(rec, pool.name, picked, pool.in_flight)
+            if isinstance(picked, NoHealthyEndpoint):
+                rec.balance_end_ns = self.clock_ns()
+                await self._fail(down, rec, Outcome.NO_HEALTHY_UPSTREAM, None)
+                return
+            ep = picked.endpoint
+            host, port, scheme, instance, zone = ep.host, ep.port, "http", ep.id, ep.zone
+            attempt_layer, parent_span = Layer.BALANCER.value, rec.balance_span_id
+        else:
+            remote = snap.remotes[route.upstream]
+            host, port, scheme, instance, zone = remote.host, remote.port, remote.scheme, f"{remote.host}:{remote.port}", None
+            attempt_layer, parent_span, pool, ep = self.layer.value, rec.trace.span_id, None, None
+
+        # UPSTREAM (one attempt; the retry loop of the balancer issue wraps this block)
+        target = strip_prefix(path, route.rewrite.strip_prefix) if route.rewrite.strip_prefix else path
+        if rec.query:
+            target += "?" + rec.query
+        attempt = AttemptRecord(
+            span_id=new_span_id(self.rng), layer=attempt_layer, upstream=route.upstream, instance=instance,
+            zone=zone, host=host, port=port, url_full=f"{scheme}://{_hostport(host, port)}{target}",
+            method=head.method, resend_count=0, start_ns=self.clock_ns())
+        if ep is not None:
+            attempt.lb = dict(rec.lb)
+            attempt.lb[Attr.LB_WEIGHT] = ep.weight
+            attempt.lb[Attr.LB_IN_FLIGHT] = pool.in_flight[ep.id]
+        rec.attempts.append(attempt)
+        listener = snap.listeners[head.listener]
+        up_headers = hdr.upstream_request_headers(
+            head.headers, client_address=head.client_address, scheme=head.scheme, host=head.header("host"),
+            upstream_host=_hostport(host, port), preserve_host=route.preserve_host,
+            trust_forwarded=listener.trust_forwarded_headers, request_id=rec.request_id,
+            traceparent=format_traceparent(rec.trace.trace_id, attempt.span_id, rec.trace.sampled),
+            tracestate=rec.trace.tracestate, version=head.version,
+            keep_baggage=rec.trace.treatment == "continued")
+        request = UpstreamRequest(head.method, host, port, scheme, target, up_headers, head.has_body)
+        client_body = _BodyFromClient(body) if head.has_body else None
+        attempt_mono = self.monotonic()
+        if pool is not None:
+            pool.acquire(ep)
+        try:
+            await self._exchange(route, request, client_body, down, rec, attempt, attempt_mono, pool is not None)
+        finally:
+            if pool is not None:
+                pool.release(ep)
+            attempt.end_ns = attempt.end_ns or self.clock_ns()
+            attempt.duration_s = attempt.duration_s or (self.monotonic() - attempt_mono)
+            if rec.balance_span_id:
+                rec.balance_end_ns = self.clock_ns()
+
+    async def _exchange(self, route, request: UpstreamRequest, client_body: _BodyFromClient | None,
+                        down: Downstream, rec: RequestRecord, attempt: AttemptRecord, attempt_mono: float,
+                        in_process: bool) -> None:
+        t = route.timeouts
+        try:
+            response = await self.forwarder.send(route.upstream, request, client_body.__aiter__() if client_body else None,
+                                                 t.connect_s, t.response_s, t.idle_s)
+        except UpstreamFailure as failure:
+            if client_body is not None and client_body.client_gone:
+                raise ClientGone() from None
+            outcome = FAILURE_OUTCOME.get(failure.error_type, Outcome.UPSTREAM_ERROR)
+            attempt.error_type, attempt.outcome = failure.error_type.value, outcome.value
+            await self._fail(down, rec, outcome, failure.error_type.value)
+            return
+        attempt.status = response.status
+        attempt.peer_address, attempt.peer_port = response.peer_address, response.peer_port
+
+        # RESPONSE
+        headers = hdr.downstream_response_headers(response.headers, rec.protocol_version)
+        headers.append(("X-Request-Id", rec.request_id))
+        if self.snapshot.listeners[rec.listener].trace_response_header and rec.trace.sampled:
+            headers.append(("traceresponse", format_traceparent(rec.trace.trace_id, rec.trace.span_id, True)))
+        rec.status = response.status
+        try:
+            await down.start(response.status, response.reason, tuple(headers), hdr.content_length(response.headers))
+            async for chunk in response.body():
+                await down.write(chunk)
+            await down.finish()
+        except UpstreamFailure as failure:
+            response.close()
+            down.abort()
+            outcome = FAILURE_OUTCOME.get(failure.error_type, Outcome.UPSTREAM_ERROR)
+            attempt.error_type, attempt.outcome = failure.error_type.value, outcome.value
+            rec.outcome, rec.error_type = outcome.value, failure.error_type.value
+            return
+        except ClientGone:
+            response.close()
+            attempt.outcome = Outcome.CLIENT_ABORT.value
+            raise
+        finally:
+            attempt.end_ns = self.clock_ns()
+            attempt.duration_s = self.monotonic() - attempt_mono
+        response.close()
+        attempt.outcome = rec.outcome = Outcome.PROXIED.value
+
+    # --- decisions (pure bookkeeping: what was decided, by which rule, why) ---
+
+    def _decide_route(self, rec: RequestRecord, match: RouteMatch | NoRoute) -> None:
+        if isinstance(match, RouteMatch):
+            rec.decisions.append(DecisionRecord(
+                DecisionKind.ROUTE, match.route.name, "matched", Reason.ROUTE_MATCHED.value, self.clock_ns(),
+                rec.trace.span_id, {Attr.HTTP_ROUTE: match.template, Attr.UPSTREAM: match.route.upstream}))
+        else:
+            rec.decisions.append(DecisionRecord(
+                DecisionKind.ROUTE, match.nearest or "", "no_match", Reason.ROUTE_NO_MATCH.value, self.clock_ns(),
+                rec.trace.span_id, {"gatewatch.route.failed_condition": match.reason}))
+
+    def _decide_pick(self, rec: RequestRecord, pool: str, picked, in_flight: dict[str, int]) -> None:
+        excluded = [f"{i}={why}" for i, why in picked.excluded]
+        rec.lb = {Attr.LB_ALGORITHM: picked.algorithm.value, Attr.LB_CANDIDATES: picked.candidates}
+        if excluded:
+            rec.lb[Attr.LB_EXCLUDED] = excluded
+        attrs = {Attr.UPSTREAM: pool, **rec.lb}
+        if isinstance(picked, NoHealthyEndpoint):
+            rec.decisions.append(DecisionRecord(DecisionKind.PICK, pool, "no_candidates", Reason.PICK_NO_CANDIDATES.value,
+                                                self.clock_ns(), rec.balance_span_id, attrs, Layer.BALANCER.value))
+            return
+        ep = picked.endpoint
+        attrs.update({Attr.INSTANCE: ep.id, Attr.ZONE: ep.zone, Attr.LB_WEIGHT: ep.weight,
+                      Attr.LB_IN_FLIGHT: in_flight[ep.id]})
+        reason = Reason.PICK_ROUND_ROBIN if picked.algorithm.value == "round_robin" else Reason.PICK_WEIGHTED
+        rec.decisions.append(DecisionRecord(DecisionKind.PICK, pool, "picked", reason.value, self.clock_ns(),
+                                            rec.balance_span_id, attrs, Layer.BALANCER.value))
+
+    # --- local answers ---
+
+    async def _fail(self, down: Downstream, rec: RequestRecord, outcome: Outcome, error_type: str | None) -> None:
+        rec.outcome = outcome.value
+        rec.error_type = error_type
+        if down.started:  # the head is out: the only honest signal left is a broken connection
+            down.abort()
+            return
+        status = OUTCOME_STATUS[outcome]
+        rec.status = status
+        payload = json.dumps({"error": {"status": status, "outcome": outcome.value, "message": MESSAGES[outcome],
+                                        "request_id": rec.request_id, "layer": rec.layer}}).encode()
+        headers = [("Content-Type", "application/json"), ("X-Request-Id", rec.request_id),
+                   ("Cache-Control", "no-store")]
+        if rec.trace.sampled and self.snapshot.listeners[rec.listener].trace_response_header:
+            headers.append(("traceresponse", format_traceparent(rec.trace.trace_id, rec.trace.span_id, True)))
+        await down.start(status, None, tuple(headers), len(payload))
+        await down.write(payload)
+        await down.finish()
+
+
+def _header_map(head: RequestHead) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in head.headers:
+        out.setdefault(k.lower(), v)
+    return out
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,89 @@
+"""Header rules of a proxy (RFC 9110 §7.6): hop-by-hop removal, forwarding headers, request ids.
+
+Pure functions over `Headers` tuples; the engine calls them, the I/O ends never decide header policy.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from edge.messages import Headers
+
+# RFC 9110 §7.6.1 connection-specific fields, plus the de-facto ones every proxy strips.
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te",
+    "trailer", "transfer-encoding", "upgrade",
+})
+# Replaced by this proxy on the way upstream (trace context is re-issued for our own span; Expect is answered
+# by the listener; Content-Length is re-derived by the forwarder from the body it streams).
+REISSUED_UPSTREAM = frozenset({"traceparent", "tracestate", "expect", "x-request-id", "via", "host",
+                               "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"})
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@+/=-]{1,128}$")
+
+
+def connection_listed(headers: Headers) -> set[str]:
+    names: set[str] = set()
+    for k, v in headers:
+        if k.lower() == "connection":
+            names.update(t.strip().lower() for t in v.split(",") if t.strip())
+    return names
+
+
+def strip_hop_by_hop(headers: Headers, also: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+    drop = HOP_BY_HOP | connection_listed(headers) | also
+    return [(k, v) for k, v in headers if k.lower() not in drop]
+
+
+def request_id(headers: Headers) -> str:
+    """Keep a well-formed inbound X-Request-Id (so a caller's id follows the request); otherwise mint one."""
+    for k, v in headers:
+        if k.lower() == "x-request-id" and REQUEST_ID.match(v):
+            return v
+    return uuid.uuid4().hex
+
+
+def _first(headers: Headers, lname: str) -> str | None:
+    for k, v in headers:
+        if k.lower() == lname:
+            return v
+    return None
+
+
+def upstream_request_headers(headers: Headers, *, client_address: str, scheme: str, host: str | None,
+                             upstream_host: str, preserve_host: bool, trust_forwarded: bool, request_id: str,
+                             traceparent: str, tracestate: str | None, version: str,
+                             keep_baggage: bool) -> tuple[tuple[str, str], ...]:
+    out = strip_hop_by_hop(headers, REISSUED_UPSTREAM if keep_baggage else REISSUED_UPSTREAM | {"baggage"})
+    out.insert(0, ("Host", host if (preserve_host and host) else upstream_host))
+    xff = ", ".join(v for k, v in headers if k.lower() == "x-forwarded-for")
+    out.append(("X-Forwarded-For", f"{xff}, {client_address}" if xff else client_address))
+    proto = _first(headers, "x-forwarded-proto") if trust_forwarded else None
+    out.append(("X-Forwarded-Proto", proto or scheme))
+    fwd_host = _first(headers, "x-forwarded-host") if trust_forwarded else None
+    if fwd_host or host:
+        out.append(("X-Forwarded-Host", fwd_host or host or ""))
+    via = ", ".join(v for k, v in headers if k.lower() == "via")
+    out.append(("Via", f"{via}, {version} gatewatch" if via else f"{version} gatewatch"))
+    out.append(("X-Request-Id", request_id))
+    out.append(("traceparent", traceparent))
+    if tracestate:
+        out.append(("tracestate", tracestate))
+    return tuple(out)
+
+
+def downstream_response_headers(headers: Headers, version: str) -> list[tuple[str, str]]:
+    """Upstream response headers for the client: hop-by-hop and framing removed (the listener re-frames)."""
+    out = strip_hop_by_hop(headers, frozenset({"content-length"}))
+    via = ", ".join(v for k, v in headers if k.lower() == "via")
+    out = [(k, v) for k, v in out if k.lower() != "via"]
+    out.append(("Via", f"{via}, {version} gatewatch" if via else f"{version} gatewatch"))
+    return out
+
+
+def content_length(headers: Headers) -> int | None:
+    """The upstream's Content-Length if it is one well-formed value; None means "not known" (stream it)."""
+    values = [v.strip() for k, v in headers if k.lower() == "content-length"]
+    if not values or any(v != values[0] for v in values) or not values[0].isdigit():
+        return None
+    return int(values[0])

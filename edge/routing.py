@@ -1,0 +1,144 @@
+"""Route matching: a pure function from a compiled route table and a request head to a decision.
+
+`Router.match(path, host, method, headers, query) -> RouteMatch | NoRoute`. Routes are tried in declared order;
+the first whose every condition holds wins (like Envoy and Traefik's priority by order). `NoRoute.nearest`
+names the route that got furthest (matched the path but not, say, the method) so the decision log can say why.
+
+Paths are matched on the canonical form from `edge.paths`; prefixes are segment-aware; templates match
+whole segments and capture them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+from edge.config import RouteConfig
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    route: RouteConfig
+    index: int
+    template: str  # `http.route`: the template or the matched prefix/exact path, never the raw path
+    params: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class NoRoute:
+    reason: str  # no_match | path | host | method | header | query: the first condition the nearest route failed
+    nearest: str | None  # name of the route that matched the path but failed `reason`, if any
+
+
+class _Compiled:
+    __slots__ = ("route", "index", "kind", "value", "segments", "hosts", "wild_hosts", "methods", "headers", "query",
+                 "template")
+
+    def __init__(self, route: RouteConfig, index: int):
+        m = route.match
+        self.route = route
+        self.index = index
+        self.kind = m.path.kind
+        self.value = m.path.value
+        if self.kind == "prefix" and self.value != "/":
+            self.value = self.value.rstrip("/")
+        self.segments = tuple(self.value.split("/")[1:]) if self.kind == "template" else ()
+        self.hosts = frozenset(h for h in m.hosts if not h.startswith("*."))
+        self.wild_hosts = tuple(h[1:] for h in m.hosts if h.startswith("*."))  # ".example.com"
+        self.methods = frozenset(m.methods)
+        self.headers = tuple((h.name.lower(), h.value, h.present) for h in m.headers)
+        self.query = tuple((q.name, q.value, q.present) for q in m.query)
+        self.template = m.path.value
+
+    def match_path(self, path: str) -> dict[str, str] | None:
+        if self.kind == "exact":
+            return {} if path == self.value else None
+        if self.kind == "prefix":
+            v = self.value
+            if v == "/" or path == v or path.startswith(v + "/"):
+                return {}
+            return None
+        segs = path.split("/")[1:]
+        if len(segs) != len(self.segments):
+            return None
+        params: dict[str, str] = {}
+        for want, got in zip(self.segments, segs):
+            if want.startswith("{"):
+                if not got:
+                    return None
+                params[want[1:-1]] = got
+            elif want != got:
+                return None
+        return params
+
+    def match_host(self, host: str) -> bool:
+        if not self.hosts and not self.wild_hosts:
+            return True
+        return host in self.hosts or any(host.endswith(w) and len(host) > len(w) for w in self.wild_hosts)
+
+    @staticmethod
+    def match_pairs(conds, lookup) -> bool:
+        for name, value, present in conds:
+            got = lookup(name)
+            if present is not None:
+                if (got is not None) != present:
+                    return False
+            elif got != value:
+                return False
+        return True
+
+
+def parse_query(query: str) -> dict[str, str]:
+    """First value of each raw query parameter (names compared as sent, values percent-decoded)."""
+    from urllib.parse import unquote_plus
+
+    out: dict[str, str] = {}
+    for part in query.split("&"):
+        if not part:
+            continue
+        k, _, v = part.partition("=")
+        k = unquote_plus(k)
+        if k not in out:
+            out[k] = unquote_plus(v)
+    return out
+
+
+def host_without_port(host: str) -> str:
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host.split("]", 1)[0] + "]"
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+class Router:
+    def __init__(self, routes: tuple[RouteConfig, ...]):
+        self._routes = [_Compiled(r, i) for i, r in enumerate(routes)]
+
+    def match(self, path: str, host: str, method: str, headers: Mapping[str, str], query: str) -> RouteMatch | NoRoute:
+        """`headers` maps lower-case names to values (first occurrence)."""
+        host = host_without_port(host)
+        nearest: tuple[str, str] | None = None
+        qparams: dict[str, str] | None = None
+        for c in self._routes:
+            params = c.match_path(path)
+            if params is None:
+                continue
+            failed = None
+            if not c.match_host(host):
+                failed = "host"
+            elif c.methods and method not in c.methods:
+                failed = "method"
+            elif c.headers and not c.match_pairs(c.headers, headers.get):
+                failed = "header"
+            elif c.query:
+                if qparams is None:
+                    qparams = parse_query(query)
+                if not c.match_pairs(c.query, qparams.get):
+                    failed = "query"
+            if failed is None:
+                return RouteMatch(route=c.route, index=c.index, template=c.template, params=params)
+            if nearest is None:
+                nearest = (failed, c.route.name)
+        if nearest:
+            return NoRoute(reason=nearest[0], nearest=nearest[1])
+        return NoRoute(reason="path", nearest=None)

@@ -1,0 +1,149 @@
+"""Build a running Gatewatch process from a validated config, and stop it cleanly.
+
+`Runtime(config)` wires everything explicitly (no import-time state): metrics registry, telemetry pipeline,
+forwarder, one engine per layer with its snapshot, listeners, admin. `await rt.start()` binds; `await rt.stop()`
+drains: readiness goes 503, listeners stop accepting, in-flight requests finish (bounded), telemetry flushes
+(bounded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from pathlib import Path
+
+from aiohttp import web
+from yarl import URL
+
+from balancer.pool import Pool
+from edge.admin import build_admin_app
+from edge.config import GatewatchConfig, parse_address
+from edge.engine import Engine
+from edge.forwarder import AiohttpForwarder
+from edge.listener import AiohttpListener
+from edge.routing import Router
+from edge.snapshot import RemoteTarget, Snapshot
+from telemetry.config import resolve
+from telemetry.metrics import Metrics
+from telemetry.names import EndpointState, Layer
+from telemetry.recorder import Telemetry
+
+log = logging.getLogger("gatewatch")
+VERSION = "0.1.0"
+
+
+def default_service_name(cfg: GatewatchConfig) -> str:
+    if cfg.edge and cfg.balancer and cfg.balancer.listeners:
+        return "gatewatch"
+    return "gatewatch-edge" if cfg.edge else "gatewatch-balancer"
+
+
+def _remote(name: str, url: str) -> RemoteTarget:
+    u = URL(url)
+    return RemoteTarget(name, u.scheme, u.host or "", u.port or (443 if u.scheme == "https" else 80))
+
+
+class Runtime:
+    def __init__(self, config: GatewatchConfig, env: dict[str, str] | None = None):
+        self.config = config
+        self.metrics = Metrics(VERSION)
+        self.resolved = resolve(config.telemetry, default_service_name(config), env)
+        for w in self.resolved.warnings:
+            log.warning("telemetry: %s", w)
+        self.telemetry = Telemetry(self.resolved, self.metrics, VERSION, self.resolved.service_name)
+        self.pools = {p.name: Pool(p) for p in config.balancer.pools} if config.balancer else {}
+        remotes = {u.name: _remote(u.name, u.url) for u in config.edge.upstreams} if config.edge else {}
+        limits = {p.name: (p.max_connections_per_instance, p.keepalive_idle_s) for p in (config.balancer.pools if config.balancer else ())}
+        limits.update({u.name: (u.max_connections, u.keepalive_idle_s) for u in (config.edge.upstreams if config.edge else ())})
+        self.forwarder = AiohttpForwarder(limits)
+        self.listeners: list[AiohttpListener] = []
+        self.engines: dict[Layer, Engine] = {}
+        for layer, section in ((Layer.EDGE, config.edge), (Layer.BALANCER, config.balancer)):
+            if section is None or not section.listeners:
+                continue
+            snapshot = Snapshot(layer=layer, router=Router(section.routes), routes=section.routes,
+                                pools=self.pools, remotes=remotes if layer is Layer.EDGE else {},
+                                listeners={lst.name: lst for lst in section.listeners})
+            engine = Engine(snapshot, self.forwarder, self.telemetry)
+            self.engines[layer] = engine
+            for lst in section.listeners:
+                host, port = parse_address(lst.address)
+                self.listeners.append(AiohttpListener(f"{lst.name}", host, port, "http", engine.handle,
+                                                      lst.max_header_size))
+        self._admin_runner: web.AppRunner | None = None
+        self.admin_bound: tuple[str, int] | None = None
+        self.ready = False
+        self.draining = False
+
+    def bound_listeners(self) -> dict[str, str]:
+        return {lst.name: f"{lst.bound[0]}:{lst.bound[1]}" for lst in self.listeners if lst.bound}
+
+    def refresh_gauges(self) -> None:
+        for pool in self.pools.values():
+            self.metrics.endpoints.labels(pool.name, EndpointState.HEALTHY.value).set(len(pool.endpoints))
+            for ep in pool.endpoints:
+                self.metrics.in_flight.labels(pool.name, ep.id).set(pool.in_flight[ep.id])
+
+    def upstream_state(self) -> dict:
+        return {
+            "pools": {p.name: {"algorithm": p.algorithm.value, "instances": [
+                {"id": e.id, "host": e.host, "port": e.port, "weight": e.weight, "zone": e.zone,
+                 "state": EndpointState.HEALTHY.value, "in_flight": p.in_flight[e.id]} for e in p.endpoints]}
+                for p in self.pools.values()},
+            "remotes": {u.name: {"url": u.url} for u in (self.config.edge.upstreams if self.config.edge else ())},
+        }
+
+    async def start(self) -> None:
+        host, port = parse_address(self.config.admin.address)
+        self._admin_runner = web.AppRunner(build_admin_app(self), handle_signals=False, access_log=None)
+        await self._admin_runner.setup()
+        site = web.TCPSite(self._admin_runner, host, port, reuse_address=True)
+        await site.start()
+        self.admin_bound = tuple(site._server.sockets[0].getsockname()[:2])  # noqa: SLF001
+        for lst in self.listeners:
+            await lst.start()
+        self.refresh_gauges()
+        self.ready = True
+
+    def describe(self) -> dict:
+        return {"pid": os.getpid(), "service_name": self.resolved.service_name,
+                "admin": f"{self.admin_bound[0]}:{self.admin_bound[1]}" if self.admin_bound else None,
+                "listeners": self.bound_listeners(), "telemetry": self.telemetry.destination}
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        self.draining = True
+        for lst in self.listeners:
+            try:
+                await lst.stop(grace_s)
+            except Exception:  # one stuck listener must not keep the others (or telemetry) from stopping
+                log.warning("listener %s did not stop cleanly", lst.name, exc_info=True)
+        await self.forwarder.close()
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
+        await asyncio.get_running_loop().run_in_executor(None, self.telemetry.shutdown, 3.0)
+
+
+async def serve(config: GatewatchConfig, ready_file: str | None = None, stop: asyncio.Event | None = None) -> None:
+    rt = Runtime(config)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    try:
+        await rt.start()
+        info = rt.describe()
+        log.info("gatewatch ready: %s", json.dumps(info))
+        if ready_file:
+            tmp = Path(ready_file + ".tmp")
+            tmp.write_text(json.dumps(info))
+            os.replace(tmp, ready_file)
+        await stop.wait()
+    finally:
+        await rt.stop()

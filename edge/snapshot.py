@@ -1,0 +1,34 @@
+"""The runtime snapshot of one layer: compiled routes and the targets they point at, swapped whole on reload.
+
+A request keeps the snapshot it started with (the engine reads `engine.snapshot` once per request).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from balancer.pool import Pool
+from edge.config import ListenerConfig, RouteConfig
+from edge.routing import Router
+from telemetry.names import Layer
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteTarget:
+    """A URL upstream: a separate balancer tier or a self-balancing service. One connection pool."""
+
+    name: str
+    scheme: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    layer: Layer
+    router: Router
+    routes: tuple[RouteConfig, ...]
+    pools: dict[str, Pool]
+    remotes: dict[str, RemoteTarget]
+    listeners: dict[str, ListenerConfig]
+    generation: int = 1

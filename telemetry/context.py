@@ -1,0 +1,160 @@
+"""W3C trace context in and out, and the per-request record that the recorder turns into telemetry.
+
+Primitives:
+- `parse_traceparent(value) -> (trace_id, parent_span_id, sampled) | None`: strict W3C Trace Context level 1;
+  anything invalid is ignored (a new root is started), never an error for the request.
+- `start_trace(...) -> TraceContext`: applies the listener's trust setting (`continue` | `link` | `ignore`) and
+  parent-based ratio sampling.
+- `RequestRecord`, `AttemptRecord`, `DecisionRecord`: plain slotted data the engine fills during the request and
+  hands to `Recorder.finish` exactly once. They hold ids and numbers, not SDK objects: turning them into spans
+  and log records happens off the request path (`telemetry.export`).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from telemetry.names import DecisionKind
+
+_TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
+MAX_TRACESTATE = 512
+MAX_BAGGAGE = 8192
+
+
+def parse_traceparent(value: str | None) -> tuple[int, int, bool] | None:
+    if not value:
+        return None
+    m = _TRACEPARENT.match(value.strip())
+    if not m:
+        return None
+    version, trace_hex, span_hex, flags_hex, rest = m.groups()
+    if version == "ff" or (version == "00" and rest):
+        return None
+    trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
+    if trace_id == 0 or span_id == 0:
+        return None
+    return trace_id, span_id, bool(int(flags_hex, 16) & 1)
+
+
+def format_traceparent(trace_id: int, span_id: int, sampled: bool) -> str:
+    return f"00-{trace_id:032x}-{span_id:016x}-{'01' if sampled else '00'}"
+
+
+def new_span_id(rng: random.Random) -> int:
+    return rng.getrandbits(64) or 1
+
+
+def new_trace_id(rng: random.Random) -> int:
+    return rng.getrandbits(128) or 1
+
+
+def ratio_sampled(trace_id: int, ratio: float) -> bool:
+    """The OTel TraceIdRatioBased rule: sample when the low 64 bits fall under ratio * 2^64. Deterministic per
+    trace id, so every layer that samples on its own reaches the same verdict."""
+    if ratio >= 1.0:
+        return True
+    if ratio <= 0.0:
+        return False
+    return (trace_id & 0xFFFFFFFFFFFFFFFF) < int(ratio * (1 << 64))
+
+
+@dataclass(slots=True)
+class TraceContext:
+    trace_id: int
+    span_id: int  # this layer's SERVER span
+    parent_span_id: int | None  # remote parent, when continued
+    sampled: bool
+    treatment: str  # continued | linked | new_root | ignored | invalid
+    tracestate: str | None = None
+    baggage: str | None = None
+    link: tuple[int, int] | None = None  # (trace_id, span_id) of an untrusted inbound context
+
+
+def start_trace(traceparent: str | None, tracestate: str | None, baggage: str | None, trust: str,
+                ratio: float, rng: random.Random) -> TraceContext:
+    span_id = new_span_id(rng)
+    parsed = parse_traceparent(traceparent)
+    if parsed and trust == "continue":
+        trace_id, parent, sampled = parsed
+        ts = tracestate if tracestate and len(tracestate) <= MAX_TRACESTATE else None
+        bg = baggage if baggage and len(baggage) <= MAX_BAGGAGE else None
+        return TraceContext(trace_id, span_id, parent, sampled, "continued", ts, bg)
+    trace_id = new_trace_id(rng)
+    sampled = ratio_sampled(trace_id, ratio)
+    if parsed and trust == "link":
+        return TraceContext(trace_id, span_id, None, sampled, "linked", link=(parsed[0], parsed[1]))
+    if parsed:
+        return TraceContext(trace_id, span_id, None, sampled, "ignored")
+    return TraceContext(trace_id, span_id, None, sampled, "invalid" if traceparent else "new_root")
+
+
+@dataclass(slots=True)
+class DecisionRecord:
+    kind: DecisionKind
+    rule: str  # the route / policy / pool that decided
+    result: str  # matched | no_match | picked | no_candidates | ...
+    reason: str  # closed vocabulary (telemetry.names.Reason)
+    time_ns: int
+    span_id: int  # the span the decision belongs to
+    attributes: dict[str, Any] = field(default_factory=dict)
+    layer: str | None = None  # the deciding layer when it differs from the record's (in-process balancer)
+
+
+@dataclass(slots=True)
+class AttemptRecord:
+    span_id: int
+    layer: str
+    upstream: str
+    instance: str
+    zone: str | None
+    host: str
+    port: int
+    url_full: str
+    method: str
+    resend_count: int
+    start_ns: int
+    end_ns: int = 0
+    status: int | None = None
+    error_type: str | None = None
+    peer_address: str | None = None
+    peer_port: int | None = None
+    duration_s: float = 0.0
+    outcome: str | None = None
+    lb: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    layer: str
+    trace: TraceContext
+    start_ns: int
+    start_mono: float
+    method: str
+    path: str
+    query: str
+    scheme: str
+    host: str
+    server_port: int
+    client_address: str
+    client_port: int
+    protocol_version: str
+    user_agent: str | None
+    request_id: str
+    listener: str
+    route: str | None = None
+    route_template: str | None = None
+    upstream: str | None = None
+    outcome: str | None = None
+    status: int | None = None
+    error_type: str | None = None
+    end_ns: int = 0
+    duration_s: float = 0.0
+    balance_span_id: int | None = None  # the in-process balancer layer's INTERNAL span
+    balance_start_ns: int = 0
+    balance_end_ns: int = 0
+    lb: dict[str, Any] = field(default_factory=dict)
+    attempts: list[AttemptRecord] = field(default_factory=list)
+    decisions: list[DecisionRecord] = field(default_factory=list)

@@ -1,0 +1,191 @@
+"""Off-the-request-path export: bounded queues, a worker thread per signal, counted drops.
+
+The event loop only appends finished records to a bounded queue (`submit_*`, O(1), never blocks). A worker
+thread per signal wakes every `export_interval_s` or when a batch is full, turns records into OTel SDK objects
+(`telemetry.convert`) and exports them with the standard OTLP exporters (gRPC or HTTP/protobuf) or, without an
+endpoint, as JSON lines under `local_dir`. A dead or slow collector only blocks that thread: the queue fills
+and the overflow is counted in `gatewatch_telemetry_dropped_total{reason="queue_full"}`; failed exports are
+counted with `reason="export_failed"`. `shutdown(timeout_s)` flushes what it can within the deadline and
+counts the rest as `reason="shutdown"`.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from telemetry.config import ResolvedTelemetry
+from telemetry.metrics import Metrics
+from telemetry.names import DropReason, TelemetrySignal
+
+log = logging.getLogger("gatewatch.telemetry")
+
+
+class JsonLinesExporter:
+    """Writes each item's OTel JSON form as one line. Used when no OTLP endpoint is configured."""
+
+    def __init__(self, path: Path, max_bytes: int = 64 * 1024 * 1024):
+        self.path = path
+        self.max_bytes = max_bytes
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(path, "a", encoding="utf-8")
+
+    def export(self, batch: Sequence[Any]) -> bool:
+        for item in batch:
+            self._fh.write(item.to_json(indent=None).replace("\n", " ") + "\n")
+        self._fh.flush()
+        if self._fh.tell() > self.max_bytes:  # keep one previous file, bounded disk use
+            self._fh.close()
+            os.replace(self.path, self.path.with_suffix(self.path.suffix + ".1"))
+            self._fh = open(self.path, "a", encoding="utf-8")
+        return True
+
+    def shutdown(self) -> None:
+        self._fh.close()
+
+
+class OtlpExporter:
+    """Adapts an OTel SDK exporter to `export(batch) -> bool`."""
+
+    def __init__(self, exporter: Any):
+        self._exporter = exporter
+
+    def export(self, batch: Sequence[Any]) -> bool:
+        result = self._exporter.export(batch)
+        return getattr(result, "name", "") == "SUCCESS"
+
+    def shutdown(self) -> None:
+        try:
+            self._exporter.shutdown()
+        except Exception:  # shutting down a broken channel must not stop the process from exiting
+            log.debug("exporter shutdown failed", exc_info=True)
+
+
+def _signal_endpoint(cfg: ResolvedTelemetry, signal: str) -> str | None:
+    specific = os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
+    if specific:
+        return specific
+    if not cfg.endpoint:
+        return None
+    if cfg.protocol == "http/protobuf":
+        return cfg.endpoint.rstrip("/") + f"/v1/{signal}"
+    return cfg.endpoint
+
+
+def build_exporters(cfg: ResolvedTelemetry, file_stem: str) -> tuple[Any, Any, str]:
+    """(trace exporter, log exporter, human description)."""
+    if not cfg.endpoint:
+        base = Path(cfg.local_dir)
+        return (JsonLinesExporter(base / f"{file_stem}.traces.jsonl"),
+                JsonLinesExporter(base / f"{file_stem}.logs.jsonl"),
+                f"JSON lines in {base.resolve()}/{file_stem}.{{traces,logs}}.jsonl")
+    headers = cfg.headers or None
+    if cfg.protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        t_ep, l_ep = _signal_endpoint(cfg, "traces"), _signal_endpoint(cfg, "logs")
+        insecure = not (t_ep or "").startswith("https://")
+        traces = OTLPSpanExporter(endpoint=t_ep, insecure=insecure, headers=headers, timeout=cfg.timeout_s)
+        logs = OTLPLogExporter(endpoint=l_ep, insecure=insecure, headers=headers, timeout=cfg.timeout_s)
+    else:
+        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        traces = OTLPSpanExporter(endpoint=_signal_endpoint(cfg, "traces"), headers=headers, timeout=cfg.timeout_s)
+        logs = OTLPLogExporter(endpoint=_signal_endpoint(cfg, "logs"), headers=headers, timeout=cfg.timeout_s)
+    return OtlpExporter(traces), OtlpExporter(logs), f"OTLP {cfg.protocol} to {cfg.endpoint}"
+
+
+class SignalWorker:
+    """One bounded queue and one export thread for one signal."""
+
+    def __init__(self, signal: TelemetrySignal, exporter: Any, convert: Callable[[list[Any]], list[Any]],
+                 count: Callable[[Any], int], metrics: Metrics, queue_size: int, batch_size: int,
+                 interval_s: float):
+        self.signal = signal
+        self._exporter = exporter
+        self._convert = convert
+        self._count = count
+        self._queue: collections.deque[Any] = collections.deque()
+        self._queued_items = 0  # items (spans / log records), not records
+        self._max_items = queue_size
+        self._batch_items = batch_size
+        self._interval_s = interval_s
+        self._lock = threading.Lock()  # `_queued_items` is shared by the loop thread and the export thread
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._dropped = metrics.telemetry_dropped
+        self._exported = metrics.telemetry_exported.labels(signal.value)
+        self._queue_gauge = metrics.telemetry_queue.labels(signal.value)
+        self._thread = threading.Thread(target=self._run, name=f"gatewatch-export-{signal.value}", daemon=True)
+        self._thread.start()
+
+    def submit(self, record: Any) -> None:
+        """Called on the event loop. Never blocks: a full queue drops the record and counts it."""
+        n = self._count(record)
+        if self._queued_items + n > self._max_items or self._stop.is_set():
+            self._dropped.labels(self.signal.value, DropReason.QUEUE_FULL.value).inc(n)
+            return
+        self._queue.append(record)
+        with self._lock:
+            self._queued_items += n
+        if self._queued_items >= self._batch_items:
+            self._wake.set()
+
+    def _take_batch(self) -> list[Any]:
+        out: list[Any] = []
+        items = 0
+        while self._queue and items < self._batch_items:
+            rec = self._queue.popleft()
+            n = self._count(rec)
+            with self._lock:
+                self._queued_items -= n
+            items += n
+            out.append(rec)
+        return out
+
+    def _export_once(self) -> bool:
+        records = self._take_batch()
+        self._queue_gauge.set(self._queued_items)
+        if not records:
+            return False
+        try:
+            batch = self._convert(records)
+            ok = self._exporter.export(batch)
+        except Exception:
+            log.warning("telemetry export of %s failed", self.signal.value, exc_info=True)
+            batch, ok = None, False
+        n = len(batch) if batch is not None else sum(self._count(r) for r in records)
+        if ok:
+            self._exported.inc(n)
+        else:
+            self._dropped.labels(self.signal.value, DropReason.EXPORT_FAILED.value).inc(n)
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self._interval_s)
+            self._wake.clear()
+            while self._queue and not self._stop.is_set():
+                self._export_once()
+                if self._queued_items < self._batch_items:
+                    break
+
+    def shutdown(self, deadline: float) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        while self._queue and time.monotonic() < deadline and not self._thread.is_alive():
+            self._export_once()
+        left = sum(self._count(r) for r in self._queue)
+        if left:
+            self._dropped.labels(self.signal.value, DropReason.SHUTDOWN.value).inc(left)
+            self._queue.clear()
+        if not self._thread.is_alive():
+            self._exporter.shutdown()
