@@ -139,7 +139,10 @@ class Engine:
         # PICK
         pool = snap.pools.get(route.upstream)
         if pool is not None:
-            rec.balance_span_id = new_span_id(self.rng)
+            # In an edge process the pick is the balancer layer at work: give it its own span so the trace
+            # shows both layers. A balancer tier's SERVER span already is the balancer layer.
+            in_process = self.layer is Layer.EDGE
+            rec.balance_span_id = new_span_id(self.rng) if in_process else None
             rec.balance_start_ns = self.clock_ns()
             picked = pool.pick({}, self.rng)
             self._decide_pick(rec, pool.name, picked, pool.in_flight)
@@ -149,11 +152,11 @@ class Engine:
                 return
             ep = picked.endpoint
             host, port, scheme, instance, zone = ep.host, ep.port, "http", ep.id, ep.zone
-            attempt_layer, parent_span = Layer.BALANCER.value, rec.balance_span_id
+            attempt_layer = Layer.BALANCER.value
         else:
             remote = snap.remotes[route.upstream]
             host, port, scheme, instance, zone = remote.host, remote.port, remote.scheme, f"{remote.host}:{remote.port}", None
-            attempt_layer, parent_span, pool, ep = self.layer.value, rec.trace.span_id, None, None
+            attempt_layer, pool, ep = self.layer.value, None, None
 
         # UPSTREAM (one attempt; the retry loop of the balancer issue wraps this block)
         target = strip_prefix(path, route.rewrite.strip_prefix) if route.rewrite.strip_prefix else path
@@ -188,8 +191,7 @@ class Engine:
                 pool.release(ep)
             attempt.end_ns = attempt.end_ns or self.clock_ns()
             attempt.duration_s = attempt.duration_s or (self.monotonic() - attempt_mono)
-            if rec.balance_span_id:
-                rec.balance_end_ns = self.clock_ns()
+            rec.balance_end_ns = self.clock_ns()
 
     async def _exchange(self, route, request: UpstreamRequest, client_body: _BodyFromClient | None,
                         down: Downstream, rec: RequestRecord, attempt: AttemptRecord, attempt_mono: float,
@@ -256,14 +258,15 @@ class Engine:
         attrs = {Attr.UPSTREAM: pool, **rec.lb}
         if isinstance(picked, NoHealthyEndpoint):
             rec.decisions.append(DecisionRecord(DecisionKind.PICK, pool, "no_candidates", Reason.PICK_NO_CANDIDATES.value,
-                                                self.clock_ns(), rec.balance_span_id, attrs, Layer.BALANCER.value))
+                                                self.clock_ns(), rec.balance_span_id or rec.trace.span_id, attrs,
+                                                Layer.BALANCER.value))
             return
         ep = picked.endpoint
         attrs.update({Attr.INSTANCE: ep.id, Attr.ZONE: ep.zone, Attr.LB_WEIGHT: ep.weight,
                       Attr.LB_IN_FLIGHT: in_flight[ep.id]})
         reason = Reason.PICK_ROUND_ROBIN if picked.algorithm.value == "round_robin" else Reason.PICK_WEIGHTED
         rec.decisions.append(DecisionRecord(DecisionKind.PICK, pool, "picked", reason.value, self.clock_ns(),
-                                            rec.balance_span_id, attrs, Layer.BALANCER.value))
+                                            rec.balance_span_id or rec.trace.span_id, attrs, Layer.BALANCER.value))
 
     # --- local answers ---
 

@@ -11,6 +11,7 @@ Every aiohttp/OS error is mapped to one `ErrorType`; nothing else leaves this mo
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from typing import AsyncIterator
 
 import aiohttp
@@ -46,6 +47,21 @@ def map_error(err: BaseException, before_response: bool) -> UpstreamFailure:
         kind = ErrorType.RESPONSE_TIMEOUT if before_response else ErrorType.READ_TIMEOUT
         return UpstreamFailure(kind, "timed out", before_response=before_response)
     return UpstreamFailure(ErrorType.PROTOCOL_ERROR, f"{type(err).__name__}: {err}", before_response=before_response)
+
+
+def _peer(resp: aiohttp.ClientResponse, request: UpstreamRequest) -> tuple[str, int] | None:
+    """The address actually connected to. A small body may already be read and its connection released by
+    the time `request()` returns, so fall back to the protocol's transport, then to an IP-literal host."""
+    conn = resp.connection
+    transport = conn.transport if conn is not None else getattr(getattr(resp, "_protocol", None), "transport", None)
+    peername = transport.get_extra_info("peername") if transport is not None else None
+    if peername:
+        return peername[0], peername[1]
+    try:
+        ipaddress.ip_address(request.host)
+    except ValueError:
+        return None
+    return request.host, request.port
 
 
 class AiohttpResponse:
@@ -117,12 +133,7 @@ class AiohttpForwarder:
             raise UpstreamFailure(ErrorType.RESPONSE_TIMEOUT, f"no response head within {response_s}s") from None
         except Exception as err:  # noqa: BLE001 - every failure becomes an ErrorType
             raise map_error(err, before_response=True) from None
-        peer = None
-        if resp.connection is not None and resp.connection.transport is not None:
-            peername = resp.connection.transport.get_extra_info("peername")
-            if peername:
-                peer = (peername[0], peername[1])
-        return AiohttpResponse(resp, peer)
+        return AiohttpResponse(resp, _peer(resp, request))
 
     async def close(self) -> None:
         for s in self._sessions.values():

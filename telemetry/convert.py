@@ -70,6 +70,8 @@ class Converter:
             Attr.REQUEST_ID: r.request_id,
             Attr.TRACE_CONTEXT: t.treatment,
         })
+        if r.lb and not r.balance_span_id:  # a balancer tier: its SERVER span carries the pick
+            attrs.update(r.lb)
         spans = [ReadableSpan(
             name=name, context=_ctx(t.trace_id, t.span_id), parent=parent, resource=self.resource,
             attributes=attrs, links=links, kind=SpanKind.SERVER, status=server_status,
