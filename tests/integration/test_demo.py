@@ -1,0 +1,79 @@
+"""`gatewatch demo` as a user runs it: two tiers, three backends, traffic, a summary, telemetry to a collector,
+and no process left behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import collections
+
+import psutil
+
+
+def test_demo_delivers_two_tier_traces_and_logs_and_cleans_up(otlp, tmp_path):
+    env = {**os.environ, **otlp.env("http/protobuf"), "PYTHONUNBUFFERED": "1"}
+    before = {p.pid for p in psutil.process_iter()}
+    proc = subprocess.run([sys.executable, "-m", "edge.cli", "demo", "--duration", "6", "--rps", "30",
+                           "--workdir", str(tmp_path)], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=90)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "final summary" in out
+    for needle in ("orders", "checkout", "catalog", "demo-a", "demo-b", "demo-c", "p50", "p99", "recent trace ids"):
+        assert needle in out, needle
+
+    def complete_traces(spans):
+        by_trace = collections.defaultdict(set)
+        for s in spans:
+            layer = s["attributes"].get("gatewatch.layer")
+            by_trace[s["trace_id"]].add((s["kind"], layer if layer else s["resource"]["service.name"]))
+        want = {("SERVER", "edge"), ("CLIENT", "edge"), ("SERVER", "balancer"), ("CLIENT", "balancer"),
+                ("SERVER", "demo-backend")}
+        return {t for t, kinds in by_trace.items() if want <= kinds}
+
+    assert otlp.data.wait_for(lambda spans, logs: len(complete_traces(spans)) >= 10, timeout_s=10)
+    spans, logs = otlp.data.snapshot()
+    traces = complete_traces(spans)
+    correlated = {r["trace_id"] for r in logs if r["event_name"] == "gatewatch.decision.pick"} & traces
+    assert len(correlated) >= 10
+    services = {s["resource"]["service.name"] for s in spans}
+    assert services == {"gatewatch-edge", "gatewatch-balancer", "demo-backend"}
+    instances = {s["resource"].get("service.instance.id") for s in spans if s["resource"]["service.name"] == "demo-backend"}
+    assert instances == {"demo-a", "demo-b", "demo-c"}
+    # Nothing orphaned: every process the demo started has exited.
+    leftover = [p for p in psutil.process_iter(["pid", "cmdline"])
+                if p.pid not in before and p.info["cmdline"] and "edge.cli" in " ".join(p.info["cmdline"])]
+    assert not leftover, [p.info["cmdline"] for p in leftover]
+
+
+def test_demo_ctrl_c_stops_everything(tmp_path):
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "demo", "--rps", "10", "--workdir", str(tmp_path)],
+                            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        line = ""
+        while time.monotonic() < deadline and not line.startswith("demo:"):
+            line = proc.stdout.readline()
+        assert line.startswith("demo:"), proc.stderr.read() if proc.poll() is not None else "no banner"
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert len(children) == 5  # three backends, balancer, edge
+        time.sleep(1.5)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0
+        assert "final summary" in out
+        gone, alive = psutil.wait_procs(children, timeout=5)
+        assert not alive, [p.pid for p in alive]
+        # Without a collector the traces and decision logs are on disk, as documented.
+        files = sorted(p.name for p in (tmp_path / "gatewatch-telemetry").iterdir())
+        assert "gatewatch-edge.traces.jsonl" in files and "gatewatch-balancer.logs.jsonl" in files
+        assert (tmp_path / "gatewatch-telemetry" / "gatewatch-edge.traces.jsonl").stat().st_size > 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
