@@ -6,7 +6,9 @@ in-process) or an entry of `edge.upstreams` (a URL: a separate `gatewatch` balan
 balances itself).
 
 Primitives: `GatewatchConfig` (the root), `load_config(path) -> GatewatchConfig` raising `ConfigError`, whose
-`.problems` lists `field.path: message` strings in file order.
+`.problems` lists `field.path: message` strings: schema problems (types, unknown keys, ranges) first; when the
+schema holds, the cross-reference problems (unknown upstreams, duplicates, address conflicts), sections in file
+order.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from balancer.config import NAME_PATTERN, PoolConfig, Strict
 from telemetry.config import TelemetryConfig
 
-TEMPLATE_PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
-HTTP_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+TEMPLATE_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+HTTP_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # used with fullmatch: '$' would allow a trailing newline
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -76,7 +78,7 @@ class PathMatch(Strict):
             names = []
             for seg in self.template.split("/")[1:]:
                 if "{" in seg or "}" in seg:
-                    m = TEMPLATE_PARAM.match(seg)
+                    m = TEMPLATE_PARAM.fullmatch(seg)
                     if not m:
                         raise ValueError(f"template: segment {seg!r} must be a whole '{{name}}' or contain no braces")
                     names.append(m.group(1))
@@ -118,7 +120,7 @@ class MatchConfig(Strict):
     @classmethod
     def _methods(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         for m in v:
-            if not HTTP_TOKEN.match(m) or m != m.upper():
+            if not HTTP_TOKEN.fullmatch(m) or m != m.upper():
                 raise ValueError(f"{m!r} is not an upper-case HTTP method")
         return v
 
@@ -228,7 +230,13 @@ def format_loc(loc: tuple[Any, ...]) -> str:
 
 def _pydantic_problems(err: ValidationError) -> list[str]:
     problems = []
-    for e in err.errors(include_url=False):
+    errors = err.errors(include_url=False)
+    # A list whose only items are invalid is also reported "too short" (its valid items count 0): noise that
+    # would tell the user an item is missing when it is present but broken. Keep the item's own error.
+    item_locs = [tuple(e["loc"]) for e in errors]
+    errors = [e for e in errors if not (e["type"] == "too_short" and any(
+        len(loc) > len(e["loc"]) and loc[:len(e["loc"])] == tuple(e["loc"]) for loc in item_locs))]
+    for e in errors:
         loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
@@ -320,6 +328,9 @@ def parse_config(data: Any, source: str = "<config>") -> GatewatchConfig:
         raise ConfigError(source, _pydantic_problems(err)) from None
     problems = semantic_errors(cfg)
     if problems:
+        # Report sections in the order the file declares them (a stable sort keeps each section's own order).
+        order = {key: i for i, key in enumerate(data)}
+        problems.sort(key=lambda p: order.get(re.split(r"[.\[:]", p, 1)[0], len(order)))
         raise ConfigError(source, problems)
     return cfg
 

@@ -19,7 +19,7 @@ HOP_BY_HOP = frozenset({
 # by the listener; Content-Length is re-derived by the forwarder from the body it streams).
 REISSUED_UPSTREAM = frozenset({"traceparent", "tracestate", "expect", "x-request-id", "via", "host",
                                "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"})
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@+/=-]{1,128}$")
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:@+/=-]{1,128}")  # fullmatch: '$' would let "id\n" through
 
 
 def connection_listed(headers: Headers) -> set[str]:
@@ -38,7 +38,7 @@ def strip_hop_by_hop(headers: Headers, also: frozenset[str] = frozenset()) -> li
 def request_id(headers: Headers) -> str:
     """Keep a well-formed inbound X-Request-Id (so a caller's id follows the request); otherwise mint one."""
     for k, v in headers:
-        if k.lower() == "x-request-id" and REQUEST_ID.match(v):
+        if k.lower() == "x-request-id" and REQUEST_ID.fullmatch(v):
             return v
     return uuid.uuid4().hex
 
@@ -84,6 +84,6 @@ def downstream_response_headers(headers: Headers, version: str) -> list[tuple[st
 def content_length(headers: Headers) -> int | None:
     """The upstream's Content-Length if it is one well-formed value; None means "not known" (stream it)."""
     values = [v.strip() for k, v in headers if k.lower() == "content-length"]
-    if not values or any(v != values[0] for v in values) or not values[0].isdigit():
+    if not values or any(v != values[0] for v in values) or not (values[0].isascii() and values[0].isdigit()):
         return None
     return int(values[0])

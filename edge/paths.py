@@ -17,7 +17,7 @@ import re
 
 UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 # RFC 3986 pchar / "/" plus "%" (validated separately); anything else in a raw path is rejected.
-_ALLOWED = re.compile(r"^[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*$")
+_ALLOWED = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*")  # fullmatch: '$' would accept a trailing newline
 _PCT = re.compile(r"%(.{0,2})")
 _HEX = frozenset("0123456789abcdefABCDEF")
 
@@ -61,7 +61,7 @@ def remove_dot_segments(path: str) -> str:
 def canonical_path(raw: str) -> str:
     if not raw.startswith("/"):
         raise InvalidPath("the request target must be an absolute path")
-    if not _ALLOWED.match(raw):
+    if not _ALLOWED.fullmatch(raw):
         raise InvalidPath("the path contains characters that must be percent-encoded")
     path = _normalise_percent(raw) if "%" in raw else raw
     if "/." in path:
@@ -72,7 +72,7 @@ def canonical_path(raw: str) -> str:
 def split_target(target: str) -> tuple[str, str]:
     """Split a request target into (path, query) without decoding anything. Absolute-form targets
     (`http://host/path?q`, sent to proxies) keep only their path and query."""
-    if target.startswith(("http://", "https://")):
+    if target[:8].lower().startswith(("http://", "https://")):  # the scheme is case-insensitive
         rest = target.split("://", 1)[1]
         slash = rest.find("/")
         q = rest.find("?")

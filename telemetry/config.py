@@ -95,8 +95,10 @@ def resolve(cfg: TelemetryConfig, default_service: str, env: Mapping[str, str] |
     env = os.environ if env is None else env
     warnings: list[str] = []
     attrs = dict(cfg.resource_attributes)
-    attrs.update(_parse_kv_list(env.get("OTEL_RESOURCE_ATTRIBUTES", "")))
-    service = env.get("OTEL_SERVICE_NAME") or attrs.get("service.name") or cfg.service_name or default_service
+    env_attrs = _parse_kv_list(env.get("OTEL_RESOURCE_ATTRIBUTES", ""))
+    attrs.update(env_attrs)
+    service = (env.get("OTEL_SERVICE_NAME") or env_attrs.get("service.name") or cfg.service_name
+               or cfg.resource_attributes.get("service.name") or default_service)
     attrs["service.name"] = service
 
     endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -110,9 +112,14 @@ def resolve(cfg: TelemetryConfig, default_service: str, env: Mapping[str, str] |
     timeout_s = cfg.otlp.timeout_s
     if env.get("OTEL_EXPORTER_OTLP_TIMEOUT"):
         try:
-            timeout_s = float(env["OTEL_EXPORTER_OTLP_TIMEOUT"]) / 1000.0  # the variable is in milliseconds
+            ms = float(env["OTEL_EXPORTER_OTLP_TIMEOUT"])  # the variable is in milliseconds
         except ValueError:
-            warnings.append("OTEL_EXPORTER_OTLP_TIMEOUT: not a number of milliseconds; ignored")
+            ms = float("nan")
+        if 0 < ms <= 60_000:
+            timeout_s = ms / 1000.0
+        else:
+            warnings.append(f"OTEL_EXPORTER_OTLP_TIMEOUT: expected milliseconds in (0, 60000], got "
+                            f"{env['OTEL_EXPORTER_OTLP_TIMEOUT']!r}; using {timeout_s}s")
     ratio, sampler_warnings = _sampler_ratio(env, cfg.sampling.ratio)
     warnings += sampler_warnings
     if env.get("OTEL_SDK_DISABLED", "").lower() == "true":

@@ -374,9 +374,6 @@ def test_parse_config_problems(data, expected):
     assert info.value.problems == expected
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: when every item of a min_length=1 list is invalid, each such list "
-                                       "up the path also reports 'Tuple should have at least 1 item after "
-                                       "validation, not 0', though the file has the item")
 def test_broken_only_item_is_not_reported_as_missing():
     data = {"balancer": {"pools": [{"name": "p", "instances": [{"host": "h", "port": 9000, "weight": 0}]}]}}
     with pytest.raises(ConfigError) as info:
@@ -384,7 +381,6 @@ def test_broken_only_item_is_not_reported_as_missing():
     assert info.value.problems == ["balancer.pools[0].instances[0].weight: Input should be greater than or equal to 1"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: HTTP_TOKEN uses re.match with '$', which accepts a trailing newline")
 def test_method_with_trailing_newline_is_rejected():
     data = {"edge": {"listeners": [{"name": "m", "address": "127.0.0.1:0"}],
                      "routes": [{"name": "r", "upstream": "p", "match": {"methods": ["GET\n"]}}]},
@@ -394,8 +390,6 @@ def test_method_with_trailing_newline_is_rejected():
     assert info.value.problems == ["edge.routes[0].match.methods: 'GET\\n' is not an upper-case HTTP method"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: problems are ordered by section (edge before balancer, or balancer "
-                                       "checks before edge checks), not in file order as the module docstring says")
 def test_problems_are_listed_in_file_order(tmp_path):
     text = doc("""\
         edge:

@@ -86,8 +86,6 @@ def test_canonical_path_rejects(raw):
         canonical_path(raw)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: _ALLOWED is applied with re.match and ends in '$', which also matches "
-                                       "before a trailing newline, so '/api\\n' is accepted unchanged")
 def test_canonical_path_rejects_trailing_newline():
     with pytest.raises(InvalidPath):
         canonical_path("/api\n")

@@ -87,7 +87,7 @@ async def test_upstream_failures_map_to_status_and_outcome(tmp_path, error, stat
         port = closed_port()
     elif error == "timeout":
         async def slow(request):
-            await asyncio.sleep(10)
+            await asyncio.sleep(1.5)  # past response_s (0.5 s); short, because cleanup waits for it
             return web.Response(text="late")
         runner, port = await start_app(slow)
     else:

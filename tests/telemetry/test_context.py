@@ -1,0 +1,168 @@
+"""W3C trace context in and out, the listener's trust setting, and deterministic ratio sampling."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from telemetry.context import (MAX_BAGGAGE, MAX_TRACESTATE, format_traceparent, parse_traceparent, ratio_sampled,
+                               start_trace)
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+SPAN = "00f067aa0ba902b7"
+VALID = f"00-{TRACE}-{SPAN}-01"
+PARSED = (int(TRACE, 16), int(SPAN, 16), True)
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    pytest.param(VALID, PARSED, id="sampled"),
+    pytest.param(f"00-{TRACE}-{SPAN}-00", (int(TRACE, 16), int(SPAN, 16), False), id="not-sampled"),
+    pytest.param(f"00-{TRACE}-{SPAN}-03", PARSED, id="other-flag-bits-ignored"),
+    pytest.param(f"00-{TRACE}-{SPAN}-02", (int(TRACE, 16), int(SPAN, 16), False), id="only-bit-0-samples"),
+    pytest.param(f"  {VALID} ", PARSED, id="surrounding-whitespace"),
+    pytest.param(f"01-{TRACE}-{SPAN}-01", PARSED, id="future-version"),
+    pytest.param(f"01-{TRACE}-{SPAN}-01-what-the-future-holds", PARSED, id="future-version-extra-fields"),
+    pytest.param(f"cc-{TRACE}-{SPAN}-01-x", PARSED, id="future-version-cc"),
+    pytest.param(f"00-{'0' * 31}1-{'0' * 15}1-01", (1, 1, True), id="smallest-ids"),
+    pytest.param(None, None, id="none"),
+    pytest.param("", None, id="empty"),
+    pytest.param(VALID.upper(), None, id="all-upper-case"),
+    pytest.param(f"00-{TRACE.upper()}-{SPAN}-01", None, id="upper-case-trace-id"),
+    pytest.param(f"00-{TRACE}-{SPAN.upper()}-01", None, id="upper-case-span-id"),
+    pytest.param(f"00-{TRACE}-{SPAN}-0A", None, id="upper-case-flags"),
+    pytest.param(f"00-{'0' * 32}-{SPAN}-01", None, id="zero-trace-id"),
+    pytest.param(f"00-{TRACE}-{'0' * 16}-01", None, id="zero-span-id"),
+    pytest.param(f"ff-{TRACE}-{SPAN}-01", None, id="version-ff"),
+    pytest.param(f"00-{TRACE}-{SPAN}-01-extra", None, id="version-00-extra-field"),
+    pytest.param(f"00-{TRACE}-{SPAN}-01-", None, id="version-00-trailing-dash"),
+    pytest.param(f"01-{TRACE}-{SPAN}-01extra", None, id="future-version-no-dash-before-extra"),
+    pytest.param(f"0-{TRACE}-{SPAN}-01", None, id="short-version"),
+    pytest.param(f"000-{TRACE}-{SPAN}-01", None, id="long-version"),
+    pytest.param(f"00-{TRACE[:-1]}-{SPAN}-01", None, id="short-trace-id"),
+    pytest.param(f"00-{TRACE}0-{SPAN}-01", None, id="long-trace-id"),
+    pytest.param(f"00-{TRACE}-{SPAN[:-1]}-01", None, id="short-span-id"),
+    pytest.param(f"00-{TRACE}-{SPAN}0-01", None, id="long-span-id"),
+    pytest.param(f"00-{TRACE}-{SPAN}-1", None, id="short-flags"),
+    pytest.param(f"00-{TRACE}-{SPAN}-011", None, id="long-flags"),
+    pytest.param(f"00-{TRACE[:-1]}g-{SPAN}-01", None, id="non-hex"),
+    pytest.param(f"00_{TRACE}_{SPAN}_01", None, id="wrong-separator"),
+    pytest.param(f"00-{TRACE}-{SPAN}", None, id="missing-flags"),
+])
+def test_parse_traceparent(value, expected):
+    assert parse_traceparent(value) == expected
+
+
+@pytest.mark.parametrize(("trace_id", "span_id", "sampled", "expected"), [
+    (int(TRACE, 16), int(SPAN, 16), True, VALID),
+    (int(TRACE, 16), int(SPAN, 16), False, f"00-{TRACE}-{SPAN}-00"),
+    (1, 1, True, f"00-{'0' * 31}1-{'0' * 15}1-01"),  # zero-padded to full width
+    ((1 << 128) - 1, (1 << 64) - 1, False, f"00-{'f' * 32}-{'f' * 16}-00"),
+])
+def test_format_traceparent(trace_id, span_id, sampled, expected):
+    assert format_traceparent(trace_id, span_id, sampled) == expected
+    assert parse_traceparent(expected) == (trace_id, span_id, sampled)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_traceparent_round_trip(seed):
+    rng = random.Random(seed)
+    ids = (rng.getrandbits(128) or 1, rng.getrandbits(64) or 1, rng.random() < 0.5)
+    assert parse_traceparent(format_traceparent(*ids)) == ids
+
+
+# --- start_trace ---------------------------------------------------------------------------------------------------
+
+INVALID = f"00-{'0' * 32}-{SPAN}-01"
+UNSAMPLED = f"00-{TRACE}-{SPAN}-00"
+
+
+@pytest.mark.parametrize(("traceparent", "trust", "treatment", "continued", "link"), [
+    (VALID, "continue", "continued", True, None),
+    (VALID, "link", "linked", False, (int(TRACE, 16), int(SPAN, 16))),
+    (VALID, "ignore", "ignored", False, None),
+    (INVALID, "continue", "invalid", False, None),
+    (INVALID, "link", "invalid", False, None),
+    (INVALID, "ignore", "invalid", False, None),
+    ("garbage", "continue", "invalid", False, None),
+    (None, "continue", "new_root", False, None),
+    (None, "link", "new_root", False, None),
+    (None, "ignore", "new_root", False, None),
+    ("", "continue", "new_root", False, None),
+])
+def test_start_trace_treatment(traceparent, trust, treatment, continued, link):
+    ctx = start_trace(traceparent, "vendor=1", "k=v", trust, 1.0, random.Random(5))
+    assert ctx.treatment == treatment
+    assert ctx.link == link
+    assert ctx.span_id != 0
+    if continued:
+        assert (ctx.trace_id, ctx.parent_span_id) == (int(TRACE, 16), int(SPAN, 16))
+        assert (ctx.tracestate, ctx.baggage) == ("vendor=1", "k=v")
+    else:
+        assert ctx.trace_id not in (0, int(TRACE, 16))  # a new root trace
+        assert ctx.parent_span_id is None
+        assert (ctx.tracestate, ctx.baggage) == (None, None)  # an untrusted context brings no state along
+
+
+def test_start_trace_is_deterministic_for_a_seed():
+    a = start_trace(None, None, None, "continue", 1.0, random.Random(9))
+    b = start_trace(None, None, None, "continue", 1.0, random.Random(9))
+    c = start_trace(None, None, None, "continue", 1.0, random.Random(10))
+    assert (a.trace_id, a.span_id) == (b.trace_id, b.span_id)
+    assert (a.trace_id, a.span_id) != (c.trace_id, c.span_id)
+
+
+@pytest.mark.parametrize(("traceparent", "trust", "ratio", "sampled"), [
+    (VALID, "continue", 0.0, True),  # a continued trace follows its parent's decision, not the ratio
+    (UNSAMPLED, "continue", 1.0, False),
+    (UNSAMPLED, "link", 1.0, True),  # a new root is sampled by the ratio
+    (VALID, "link", 0.0, False),
+    (VALID, "ignore", 0.0, False),
+    (None, "continue", 1.0, True),
+    (None, "continue", 0.0, False),
+])
+def test_start_trace_sampling(traceparent, trust, ratio, sampled):
+    assert start_trace(traceparent, None, None, trust, ratio, random.Random(1)).sampled is sampled
+
+
+@pytest.mark.parametrize(("tracestate", "baggage", "kept"), [
+    ("a" * MAX_TRACESTATE, "b" * MAX_BAGGAGE, ("a" * MAX_TRACESTATE, "b" * MAX_BAGGAGE)),
+    ("a" * (MAX_TRACESTATE + 1), "b" * (MAX_BAGGAGE + 1), (None, None)),
+    ("", "", (None, None)),
+    (None, None, (None, None)),
+])
+def test_continued_trace_state_and_baggage_limits(tracestate, baggage, kept):
+    ctx = start_trace(VALID, tracestate, baggage, "continue", 1.0, random.Random(0))
+    assert (ctx.tracestate, ctx.baggage) == kept
+
+
+# --- ratio sampling ------------------------------------------------------------------------------------------------
+
+LOW = 1 << 64
+
+
+@pytest.mark.parametrize(("trace_id", "ratio", "sampled"), [
+    (0, 0.0, False),
+    (0, -1.0, False),
+    ((1 << 128) - 1, 1.0, True),
+    ((1 << 128) - 1, 2.0, True),
+    (0, 1e-300, False),  # int(1e-300 * 2^64) == 0: nothing falls under it
+    (1 << 62, 0.25, False),  # the bound itself is not under it
+    ((1 << 62) - 1, 0.25, True),
+    ((1 << 63) - 1, 0.5, True),
+    (1 << 63, 0.5, False),
+    ((123 << 64) | 5, 0.5, True),  # only the low 64 bits count
+    ((123 << 64) | (LOW - 1), 0.5, False),
+])
+def test_ratio_sampled(trace_id, ratio, sampled):
+    assert ratio_sampled(trace_id, ratio) is sampled
+
+
+def test_ratio_sampled_is_deterministic_and_proportional():
+    rng = random.Random(2024)
+    ids = [rng.getrandbits(128) for _ in range(4000)]
+    first = [ratio_sampled(t, 0.25) for t in ids]
+    assert first == [ratio_sampled(t, 0.25) for t in ids]
+    assert 900 < sum(first) < 1100
+    # a higher ratio samples a superset: layers with different ratios never disagree the other way
+    assert all(ratio_sampled(t, 0.5) for t, s in zip(ids, first) if s)
