@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
 from balancer.config import NAME_PATTERN, PoolConfig, Strict
 from telemetry.config import TelemetryConfig
@@ -38,9 +38,17 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _checked_address(v: str) -> str:
+    parse_address(v)
+    return v
+
+
+Address = Annotated[str, AfterValidator(_checked_address)]
+
+
 class ListenerConfig(Strict):
     name: str = Field(pattern=NAME_PATTERN)
-    address: str
+    address: Address
     # What to do with a client's `traceparent`: continue it, start a new root that links to it, or ignore it.
     incoming_trace_context: Literal["continue", "link", "ignore"] = "continue"
     max_header_size: int = Field(default=8190, ge=1024, le=65536)
@@ -48,12 +56,6 @@ class ListenerConfig(Strict):
     trust_forwarded_headers: bool = False
     # Answer with `traceresponse` (W3C Trace Context level 2) so a client can quote its trace id.
     trace_response_header: bool = True
-
-    @field_validator("address")
-    @classmethod
-    def _address(cls, v: str) -> str:
-        parse_address(v)
-        return v
 
 
 class PathMatch(Strict):
@@ -189,13 +191,7 @@ class BalancerConfig(Strict):
 
 
 class AdminConfig(Strict):
-    address: str = "127.0.0.1:9901"
-
-    @field_validator("address")
-    @classmethod
-    def _address(cls, v: str) -> str:
-        parse_address(v)
-        return v
+    address: Address = "127.0.0.1:9901"
 
 
 class GatewatchConfig(Strict):
