@@ -195,6 +195,9 @@ class AdminConfig(Strict):
 
 
 class GatewatchConfig(Strict):
+    # The HTTP/1.1 I/O ends: "fast" (raw asyncio protocols + llhttp, the default) or "aiohttp" (the reference
+    # implementation, slower; kept to prove the engine does not depend on either).
+    data_plane: Literal["fast", "aiohttp"] = "fast"
     admin: AdminConfig = AdminConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     edge: EdgeConfig | None = None

@@ -47,7 +47,7 @@ FAILURE_OUTCOME = {
 }
 MESSAGES = {
     Outcome.NO_ROUTE: "no route matches this request",
-    Outcome.BAD_REQUEST: "the request target is not a valid path",
+    Outcome.BAD_REQUEST: "the request is malformed (bad framing, oversize head or an invalid path)",
     Outcome.NO_HEALTHY_UPSTREAM: "no healthy instance is available for this route",
     Outcome.UPSTREAM_CONNECT_ERROR: "could not connect to the upstream",
     Outcome.UPSTREAM_TIMEOUT: "the upstream did not answer in time",
@@ -211,7 +211,8 @@ class Engine:
         attempt.peer_address, attempt.peer_port = response.peer_address, response.peer_port
 
         # RESPONSE
-        headers = hdr.downstream_response_headers(response.headers, rec.protocol_version)
+        headers = [(k, v) for k, v in hdr.downstream_response_headers(response.headers, rec.protocol_version)
+                   if k.lower() not in ("x-request-id", "traceresponse")]  # ours replace an inner tier's
         headers.append(("X-Request-Id", rec.request_id))
         if self.snapshot.listeners[rec.listener].trace_response_header and rec.trace.sampled:
             headers.append(("traceresponse", format_traceparent(rec.trace.trace_id, rec.trace.span_id, True)))
@@ -270,6 +271,21 @@ class Engine:
 
     # --- local answers ---
 
+    def reject(self, listener: str, peer: tuple[str, int], sock: tuple[str, int], status: int, reason: str) -> bytes:
+        """A request the listener could not parse (framing conflict, oversize head, bad syntax): record it
+        like any other request (outcome `bad_request`, `error.type` = the parser's reason) and return the JSON
+        body to answer with. Called by the listener, which owns the bytes on the wire."""
+        trace = start_trace(None, None, None, "ignore", self.sampling_ratio, self.rng)
+        now_ns, now = self.clock_ns(), self.monotonic()
+        rec = RequestRecord(
+            layer=self.layer.value, trace=trace, start_ns=now_ns, start_mono=now, method="_OTHER", path="",
+            query="", scheme="http", host=sock[0], server_port=sock[1], client_address=peer[0],
+            client_port=peer[1], protocol_version="1.1", user_agent=None, request_id=hdr.request_id(()),
+            listener=listener, outcome=Outcome.BAD_REQUEST.value, status=status, error_type=reason,
+            end_ns=now_ns)
+        self.telemetry.finish(rec)
+        return _error_body(Outcome.BAD_REQUEST, status, rec.request_id, rec.layer)
+
     async def _fail(self, down: Downstream, rec: RequestRecord, outcome: Outcome, error_type: str | None) -> None:
         rec.outcome = outcome.value
         rec.error_type = error_type
@@ -278,8 +294,7 @@ class Engine:
             return
         status = OUTCOME_STATUS[outcome]
         rec.status = status
-        payload = json.dumps({"error": {"status": status, "outcome": outcome.value, "message": MESSAGES[outcome],
-                                        "request_id": rec.request_id, "layer": rec.layer}}).encode()
+        payload = _error_body(outcome, status, rec.request_id, rec.layer)
         headers = [("Content-Type", "application/json"), ("X-Request-Id", rec.request_id),
                    ("Cache-Control", "no-store")]
         if rec.trace.sampled and self.snapshot.listeners[rec.listener].trace_response_header:
@@ -287,6 +302,11 @@ class Engine:
         await down.start(status, None, tuple(headers), len(payload))
         await down.write(payload)
         await down.finish()
+
+
+def _error_body(outcome: Outcome, status: int, request_id: str, layer: str) -> bytes:
+    return json.dumps({"error": {"status": status, "outcome": outcome.value, "message": MESSAGES[outcome],
+                                 "request_id": request_id, "layer": layer}}).encode()
 
 
 def _header_map(head: RequestHead) -> dict[str, str]:

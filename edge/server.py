@@ -20,6 +20,8 @@ from yarl import URL
 from balancer.pool import Pool
 from edge.admin import build_admin_app
 from edge.config import GatewatchConfig, parse_address
+from edge.dataplane.forwarder import RawForwarder
+from edge.dataplane.listener import RawListener
 from edge.engine import Engine
 from edge.forwarder import AiohttpForwarder
 from edge.listener import AiohttpListener
@@ -57,8 +59,9 @@ class Runtime:
         remotes = {u.name: _remote(u.name, u.url) for u in config.edge.upstreams} if config.edge else {}
         limits = {p.name: (p.max_connections_per_instance, p.keepalive_idle_s) for p in (config.balancer.pools if config.balancer else ())}
         limits.update({u.name: (u.max_connections, u.keepalive_idle_s) for u in (config.edge.upstreams if config.edge else ())})
-        self.forwarder = AiohttpForwarder(limits)
-        self.listeners: list[AiohttpListener] = []
+        fast = config.data_plane == "fast"
+        self.forwarder = RawForwarder(limits) if fast else AiohttpForwarder(limits)
+        self.listeners: list[RawListener | AiohttpListener] = []
         self.engines: dict[Layer, Engine] = {}
         for layer, section in ((Layer.EDGE, config.edge), (Layer.BALANCER, config.balancer)):
             if section is None or not section.listeners:
@@ -70,8 +73,12 @@ class Runtime:
             self.engines[layer] = engine
             for lst in section.listeners:
                 host, port = parse_address(lst.address)
-                self.listeners.append(AiohttpListener(f"{lst.name}", host, port, "http", engine.handle,
-                                                      lst.max_header_size))
+                if fast:
+                    self.listeners.append(RawListener(lst.name, host, port, "http", engine.handle,
+                                                      lst.max_header_size, engine.reject))
+                else:
+                    self.listeners.append(AiohttpListener(lst.name, host, port, "http", engine.handle,
+                                                          lst.max_header_size))
         self._admin_runner: web.AppRunner | None = None
         self.admin_bound: tuple[str, int] | None = None
         self.ready = False

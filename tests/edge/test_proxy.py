@@ -48,6 +48,10 @@ async def raw_request(port: int, data: bytes, read_timeout: float = 5.0) -> byte
     return out
 
 
+# Every behaviour here must hold for both I/O implementations: the engine must not notice which one runs.
+pytestmark = pytest.mark.parametrize("data_plane", ["fast", "aiohttp"])
+
+
 def edge_port(rt) -> int:
     return rt.listeners[0].bound[1]
 
@@ -64,8 +68,8 @@ async def echo_backend():
     await runner.cleanup()
 
 
-async def test_no_route_is_404_with_json_outcome_and_request_id(echo_backend, tmp_path):
-    async with running(in_process_config([echo_backend], tmp_path)) as rt, aiohttp.ClientSession() as s:
+async def test_no_route_is_404_with_json_outcome_and_request_id(data_plane, echo_backend, tmp_path):
+    async with running(in_process_config([echo_backend], tmp_path, data_plane=data_plane)) as rt, aiohttp.ClientSession() as s:
         async with s.get(f"http://127.0.0.1:{edge_port(rt)}/nothing-here") as r:
             body = await r.json()
             assert r.status == 404
@@ -80,7 +84,7 @@ async def test_no_route_is_404_with_json_outcome_and_request_id(echo_backend, tm
     ("timeout", 504, "upstream_timeout"),
     ("garbage", 502, "upstream_error"),
 ])
-async def test_upstream_failures_map_to_status_and_outcome(tmp_path, error, status, outcome):
+async def test_upstream_failures_map_to_status_and_outcome(data_plane, tmp_path, error, status, outcome):
     runner = None
     server = None
     if error == "refused":
@@ -98,7 +102,7 @@ async def test_upstream_failures_map_to_status_and_outcome(tmp_path, error, stat
             writer.close()
         server = await asyncio.start_server(garbage, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-    cfg = in_process_config([port], tmp_path)
+    cfg = in_process_config([port], tmp_path, data_plane=data_plane)
     cfg["edge"]["routes"][0]["timeouts"]["response_s"] = 0.5
     try:
         async with running(cfg) as rt, aiohttp.ClientSession() as s:
@@ -115,8 +119,8 @@ async def test_upstream_failures_map_to_status_and_outcome(tmp_path, error, stat
             server.close()
 
 
-async def test_forwarding_headers_and_hop_by_hop(echo_backend, tmp_path):
-    async with running(in_process_config([echo_backend], tmp_path)) as rt:
+async def test_forwarding_headers_and_hop_by_hop(data_plane, echo_backend, tmp_path):
+    async with running(in_process_config([echo_backend], tmp_path, data_plane=data_plane)) as rt:
         raw = (b"GET /api/h HTTP/1.1\r\nHost: shop.example\r\nConnection: keep-alive, X-Secret\r\n"
                b"X-Secret: s3cret\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nX-Forwarded-For: 10.1.1.1\r\n"
                b"X-Forwarded-Proto: https\r\nVia: 1.1 outer\r\nUser-Agent: t\r\nContent-Length: 0\r\n"
@@ -143,36 +147,36 @@ async def test_forwarding_headers_and_hop_by_hop(echo_backend, tmp_path):
     ("/api/x%2fy?q=a%20b&r=%2F", "/api/x%2Fy?q=a%20b&r=%2F"),
     ("/api//double", "/api//double"),
 ])
-async def test_canonical_path_is_what_upstream_receives(echo_backend, tmp_path, sent, upstream):
-    async with running(in_process_config([echo_backend], tmp_path)) as rt:
+async def test_canonical_path_is_what_upstream_receives(data_plane, echo_backend, tmp_path, sent, upstream):
+    async with running(in_process_config([echo_backend], tmp_path, data_plane=data_plane)) as rt:
         resp = await raw_request(edge_port(rt), f"GET {sent} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n".encode())
     head, _, body = resp.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200"), resp
     assert json.loads(body)["raw_path"] == upstream
 
 
-async def test_dot_segments_cannot_escape_a_route(echo_backend, tmp_path):
-    async with running(in_process_config([echo_backend], tmp_path)) as rt:
+async def test_dot_segments_cannot_escape_a_route(data_plane, echo_backend, tmp_path):
+    async with running(in_process_config([echo_backend], tmp_path, data_plane=data_plane)) as rt:
         resp = await raw_request(edge_port(rt), b"GET /api/../admin HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
     assert resp.startswith(b"HTTP/1.1 404")
 
 
-async def test_invalid_path_encoding_is_400(echo_backend, tmp_path):
-    async with running(in_process_config([echo_backend], tmp_path)) as rt:
+async def test_invalid_path_encoding_is_400(data_plane, echo_backend, tmp_path):
+    async with running(in_process_config([echo_backend], tmp_path, data_plane=data_plane)) as rt:
         resp = await raw_request(edge_port(rt), b"GET /api/%zz HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
     assert resp.startswith(b"HTTP/1.1 400")
     assert b'"bad_request"' in resp
 
 
-async def test_strip_prefix_rewrite(echo_backend, tmp_path):
-    async with running(in_process_config([echo_backend], tmp_path, rewrite={"strip_prefix": "/api"})) as rt:
+async def test_strip_prefix_rewrite(data_plane, echo_backend, tmp_path):
+    async with running(in_process_config([echo_backend], tmp_path, data_plane=data_plane, rewrite={"strip_prefix": "/api"})) as rt:
         async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{edge_port(rt)}/api/v1/x?y=1") as r:
             assert (await r.json())["raw_path"] == "/v1/x?y=1"
         async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{edge_port(rt)}/api") as r:
             assert (await r.json())["raw_path"] == "/"
 
 
-async def test_no_redirect_followed_and_no_decompression(tmp_path):
+async def test_no_redirect_followed_and_no_decompression(data_plane, tmp_path):
     import gzip
 
     async def h(request):
@@ -182,7 +186,7 @@ async def test_no_redirect_followed_and_no_decompression(tmp_path):
 
     runner, port = await start_app(h)
     try:
-        async with running(in_process_config([port], tmp_path)) as rt, aiohttp.ClientSession(auto_decompress=False) as s:
+        async with running(in_process_config([port], tmp_path, data_plane=data_plane)) as rt, aiohttp.ClientSession(auto_decompress=False) as s:
             async with s.get(f"http://127.0.0.1:{edge_port(rt)}/api/redirect", allow_redirects=False) as r:
                 assert r.status == 302 and r.headers["Location"] == "/api/elsewhere"
             async with s.get(f"http://127.0.0.1:{edge_port(rt)}/api/gz") as r:
@@ -194,7 +198,7 @@ async def test_no_redirect_followed_and_no_decompression(tmp_path):
 
 
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
-async def test_upstream_death_mid_body_aborts_the_client(tmp_path, framing):
+async def test_upstream_death_mid_body_aborts_the_client(data_plane, tmp_path, framing):
     async def dies(reader, writer):
         await reader.readuntil(b"\r\n\r\n")
         if framing == "content-length":
@@ -209,7 +213,7 @@ async def test_upstream_death_mid_body_aborts_the_client(tmp_path, framing):
     server = await asyncio.start_server(dies, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        async with running(in_process_config([port], tmp_path)) as rt:
+        async with running(in_process_config([port], tmp_path, data_plane=data_plane)) as rt:
             async with aiohttp.ClientSession() as s:
                 with pytest.raises(aiohttp.ClientPayloadError):
                     async with s.get(f"http://127.0.0.1:{edge_port(rt)}/api/big") as r:
@@ -222,14 +226,14 @@ async def test_upstream_death_mid_body_aborts_the_client(tmp_path, framing):
         server.close()
 
 
-async def test_expect_100_continue_is_answered_and_body_streams(echo_backend, tmp_path):
+async def test_expect_100_continue_is_answered_and_body_streams(data_plane, echo_backend, tmp_path):
     async def sink(request):
         data = await request.read()
         return web.json_response({"n": len(data)})
 
     runner, port = await start_app(sink)
     try:
-        async with running(in_process_config([port], tmp_path)) as rt:
+        async with running(in_process_config([port], tmp_path, data_plane=data_plane)) as rt:
             reader, writer = await asyncio.open_connection("127.0.0.1", edge_port(rt))
             writer.write(b"POST /api/up HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
             await writer.drain()
@@ -251,14 +255,14 @@ async def test_expect_100_continue_is_answered_and_body_streams(echo_backend, tm
         await runner.cleanup()
 
 
-async def test_client_abort_is_recorded(tmp_path):
+async def test_client_abort_is_recorded(data_plane, tmp_path):
     async def slow(request):
         await asyncio.sleep(1.0)
         return web.Response(text="late")
 
     runner, port = await start_app(slow)
     try:
-        async with running(in_process_config([port], tmp_path)) as rt:
+        async with running(in_process_config([port], tmp_path, data_plane=data_plane)) as rt:
             reader, writer = await asyncio.open_connection("127.0.0.1", edge_port(rt))
             writer.write(b"GET /api/slow HTTP/1.1\r\nHost: h\r\n\r\n")
             await writer.drain()

@@ -20,11 +20,12 @@ async def running(config: dict[str, Any], env: dict[str, str] | None = None):
         await rt.stop(grace_s=1.0)
 
 
-def in_process_config(backend_ports: list[int], tmp_path, **route_extra) -> dict[str, Any]:
+def in_process_config(backend_ports: list[int], tmp_path, data_plane: str = "fast", **route_extra) -> dict[str, Any]:
     route = {"name": "api", "match": {"path": {"prefix": "/api"}}, "upstream": "pool",
              "timeouts": {"connect_s": 1, "response_s": 2, "idle_s": 2}}
     route.update(route_extra)
     return {
+        "data_plane": data_plane,
         "admin": {"address": "127.0.0.1:0"},
         "telemetry": {"local_dir": str(tmp_path / "telemetry")},
         "edge": {"listeners": [{"name": "public", "address": "127.0.0.1:0"}], "routes": [route]},

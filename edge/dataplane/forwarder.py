@@ -1,0 +1,367 @@
+"""The upstream I/O end on raw asyncio protocols with llhttp's strict response parser (httptools).
+
+Per endpoint a pool of keep-alive connections (LIFO, so a few stay warm; bounded count; idle ones closed
+after `keepalive_idle_s`, below typical upstream idle timeouts). A connection goes back to the pool only
+after a clean exchange: the request body fully sent, the response complete by its own framing, keep-alive on
+both sides, no error. There is no hidden re-send of any request: a failure is reported to the engine as an
+`UpstreamFailure` and the balancer's visible retry logic decides.
+
+Timeouts: `connect_s` for TCP connect; `response_s` from the moment the request head is written until the
+response head is parsed; `idle_s` for each wait on the response body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import socket
+import time
+from typing import AsyncIterator
+
+import httptools
+
+from edge.dataplane.http1 import BodyQueue, WriteFlow, chunk_frame, serialize_head
+from edge.messages import ClientGone, UpstreamFailure, UpstreamRequest
+from telemetry.names import ErrorType
+
+
+def _reset() -> UpstreamFailure:
+    return UpstreamFailure(ErrorType.UPSTREAM_RESET, "connection closed before the response was complete",
+                           before_response=False)
+
+
+class UpstreamConnection(asyncio.Protocol):
+    def __init__(self, pool: "EndpointPool"):
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.flow = WriteFlow()
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.busy = False
+        self.idle_since = 0.0
+        self.peer: tuple[str, int] | None = None
+        self.head: asyncio.Future | None = None
+        self.body: BodyQueue | None = None
+        self._headers: list[tuple[str, str]] = []
+        self._status_reason = b""
+        self.complete = False
+        self.is_head_request = False
+        self.until_close = False  # the response body is delimited by the connection closing (no length)
+
+    # --- asyncio.Protocol ---
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = (peer[0], peer[1]) if peer else None
+        s = transport.get_extra_info("socket")
+        if s is not None:
+            try:
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.flow.close()
+        self.pool.forget(self)
+        if self.head is not None and not self.head.done():
+            self.head.set_exception(UpstreamFailure(ErrorType.UPSTREAM_RESET, "connection closed before the "
+                                                    "response head", before_response=True))
+        if self.body is not None and not self.complete:
+            if self.until_close and exc is None and self.head is not None and self.head.done():
+                self.complete = True  # a clean close is how a length-less body ends
+                self.body.finish()
+            else:
+                self.body.fail(_reset())
+
+    def pause_writing(self) -> None:
+        self.flow.pause()
+
+    def resume_writing(self) -> None:
+        self.flow.resume()
+
+    def data_received(self, data: bytes) -> None:
+        if not self.busy:
+            self.abort()  # bytes nobody asked for: the connection is not trustworthy any more
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as err:
+            failure = UpstreamFailure(ErrorType.PROTOCOL_ERROR, str(err) or "invalid response",
+                                      before_response=self.head is not None and not self.head.done())
+            if self.head is not None and not self.head.done():
+                self.head.set_exception(failure)
+            elif self.body is not None:
+                self.body.fail(failure)
+            self.abort()
+
+    # --- llhttp callbacks ---
+
+    def on_message_begin(self) -> None:
+        self._headers = []
+
+    def on_status(self, status: bytes) -> None:
+        self._status_reason = status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            return  # interim (100 Continue, 103 Early Hints): wait for the final response
+        if self.head is not None and not self.head.done():
+            self.head.set_result((status, self._status_reason.decode("latin-1"), tuple(self._headers)))
+        self.until_close = status not in (204, 304) and not any(
+            k.lower() in ("content-length", "transfer-encoding") for k, _ in self._headers)
+        if self.is_head_request:
+            # llhttp cannot be told a body is absent for HEAD; end here and never reuse this connection.
+            self.complete = True
+            self.body.finish()
+            self.busy = False
+            self.closed = True
+            self.transport.close()
+
+    def on_body(self, body: bytes) -> None:
+        if self.body is not None:
+            self.body.feed(body)
+
+    def on_message_complete(self) -> None:
+        if self.parser.get_status_code() < 200 and self.head is not None and not self.head.done():
+            return  # end of an interim response
+        self.complete = True
+        if self.body is not None:
+            self.body.finish()
+
+    # --- exchange ---
+
+    def begin(self, method: str) -> None:
+        self.busy = True
+        self.complete = False
+        self.is_head_request = method == "HEAD"
+        self.head = asyncio.get_running_loop().create_future()
+        self.body = BodyQueue(self._pause_reading, self._resume_reading, _reset)
+
+    def _pause_reading(self) -> None:
+        if not self.closed:
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if not self.closed:
+            self.transport.resume_reading()
+
+    def abort(self) -> None:
+        self.closed = True
+        self.flow.close()
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class EndpointPool:
+    def __init__(self, host: str, port: int, max_connections: int, idle_s: float):
+        self.host = host
+        self.port = port
+        self.max_connections = max_connections
+        self.idle_s = idle_s
+        self.idle: collections.deque[UpstreamConnection] = collections.deque()
+        self.open = 0
+        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+
+    async def acquire(self, connect_s: float) -> UpstreamConnection:
+        now = time.monotonic()
+        while self.idle:
+            conn = self.idle.pop()  # LIFO: the warmest connection
+            if conn.closed:
+                continue
+            if now - conn.idle_since > self.idle_s:
+                conn.abort()
+                continue
+            return conn
+        while self.open >= self.max_connections:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                async with asyncio.timeout(connect_s):
+                    conn = await waiter
+            except TimeoutError:
+                raise UpstreamFailure(ErrorType.CONNECT_TIMEOUT, "no free connection to the instance") from None
+            if conn is not None and not conn.closed:
+                return conn
+        self.open += 1
+        try:
+            async with asyncio.timeout(connect_s):
+                _, conn = await asyncio.get_running_loop().create_connection(
+                    lambda: UpstreamConnection(self), self.host, self.port)
+        except TimeoutError:
+            self.open -= 1
+            raise UpstreamFailure(ErrorType.CONNECT_TIMEOUT, f"connect took longer than {connect_s}s") from None
+        except OSError as err:
+            self.open -= 1
+            raise UpstreamFailure(ErrorType.CONNECT_REFUSED, err.strerror or str(err)) from None
+        except BaseException:
+            self.open -= 1
+            raise
+        return conn
+
+    def release(self, conn: UpstreamConnection) -> None:
+        conn.busy = False
+        conn.head = None
+        conn.body = None
+        if conn.closed:
+            return
+        while self._waiters:
+            w = self._waiters.popleft()
+            if not w.done():
+                conn.busy = True
+                w.set_result(conn)
+                return
+        conn.idle_since = time.monotonic()
+        self.idle.append(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        self.open -= 1
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+        while self._waiters:  # a slot is free: let one waiter connect
+            w = self._waiters.popleft()
+            if not w.done():
+                w.set_result(None)
+                break
+
+    def close(self) -> None:
+        for conn in list(self.idle):
+            conn.abort()
+        self.idle.clear()
+
+
+class RawResponse:
+    def __init__(self, pool: EndpointPool, conn: UpstreamConnection, head: tuple, idle_s: float,
+                 pump: asyncio.Task | None):
+        self._pool = pool
+        self._conn = conn
+        self.status, self.reason, self.headers = head
+        self.peer_address = conn.peer[0] if conn.peer else None
+        self.peer_port = conn.peer[1] if conn.peer else None
+        self._idle_s = idle_s
+        self._pump = pump
+        self._released = False
+
+    async def body(self) -> AsyncIterator[bytes]:
+        q = self._conn.body
+        while True:
+            try:
+                chunk = await q.read(self._idle_s)
+            except TimeoutError:
+                raise UpstreamFailure(ErrorType.READ_TIMEOUT, f"body stalled for {self._idle_s}s",
+                                      before_response=False) from None
+            if not chunk:
+                return
+            yield chunk
+
+    def close(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        conn = self._conn
+        pump_ok = self._pump is None or (self._pump.done() and not self._pump.cancelled()
+                                         and self._pump.exception() is None)
+        if self._pump is not None and not self._pump.done():
+            self._pump.cancel()
+        if conn.complete and pump_ok and not conn.closed and conn.parser.should_keep_alive():
+            self._pool.release(conn)
+        else:
+            conn.abort()
+            conn.busy = False
+
+
+def _request_bytes(req: UpstreamRequest) -> tuple[bytes, bool]:
+    """(serialized head, chunked?) — chunked when a body is coming and its length is unknown."""
+    has_length = any(k.lower() == "content-length" for k, _ in req.headers)
+    chunked = req.has_body and not has_length
+    extra = [b"Transfer-Encoding: chunked\r\n"] if chunked else []
+    line = f"{req.method} {req.target} HTTP/1.1\r\n".encode("latin-1")
+    return serialize_head(line, req.headers, extra), chunked
+
+
+async def _pump_body(conn: UpstreamConnection, body: AsyncIterator[bytes], chunked: bool) -> None:
+    """Stream the client's request body upstream. A client that vanishes aborts the upstream connection."""
+    try:
+        async for chunk in body:
+            if conn.closed:
+                return
+            if chunked:
+                conn.transport.writelines(chunk_frame(chunk))
+            else:
+                conn.transport.write(chunk)
+            if conn.flow.paused:
+                await conn.flow.wait()
+        if chunked and not conn.closed:
+            conn.transport.write(b"0\r\n\r\n")
+    except ClientGone:
+        conn.abort()
+        raise
+
+
+class RawForwarder:
+    def __init__(self, limits: dict[str, tuple[int, float]]):
+        """`limits`: pool or upstream name → (max connections per endpoint, keep-alive idle seconds)."""
+        self._limits = limits
+        self._pools: dict[tuple[str, str, int], EndpointPool] = {}
+
+    def _pool(self, name: str, host: str, port: int) -> EndpointPool:
+        key = (name, host, port)
+        pool = self._pools.get(key)
+        if pool is None:
+            limit, idle = self._limits.get(name, (256, 15.0))
+            pool = self._pools[key] = EndpointPool(host, port, limit, idle)
+        return pool
+
+    async def send(self, pool: str, request: UpstreamRequest, body: AsyncIterator[bytes] | None,
+                   connect_s: float, response_s: float, idle_s: float) -> RawResponse:
+        ep = self._pool(pool, request.host, request.port)
+        conn = await ep.acquire(connect_s)
+        conn.begin(request.method)
+        head, chunked = _request_bytes(request)
+        conn.transport.write(head)
+        pump = None
+        if body is not None:
+            pump = asyncio.get_running_loop().create_task(_pump_body(conn, body, chunked))
+        try:
+            async with asyncio.timeout(response_s):
+                if pump is None:
+                    status_head = await conn.head
+                else:
+                    done, _ = await asyncio.wait((conn.head, pump), return_when=asyncio.FIRST_COMPLETED)
+                    if pump in done and pump.exception() is not None:
+                        raise pump.exception()
+                    status_head = await conn.head
+        except TimeoutError:
+            _discard(conn, pump)
+            raise UpstreamFailure(ErrorType.RESPONSE_TIMEOUT, f"no response head within {response_s}s") from None
+        except ClientGone:
+            _discard(conn, pump)
+            raise UpstreamFailure(ErrorType.UPSTREAM_RESET, "client went away during the upload") from None
+        except UpstreamFailure:
+            _discard(conn, pump)
+            raise
+        except asyncio.CancelledError:
+            _discard(conn, pump)
+            raise
+        return RawResponse(ep, conn, status_head, idle_s, pump)
+
+    async def close(self) -> None:
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
+
+
+def _discard(conn: UpstreamConnection, pump: asyncio.Task | None) -> None:
+    if pump is not None and not pump.done():
+        pump.cancel()
+    if conn.head is not None and not conn.head.done():
+        conn.head.cancel()
+    conn.abort()
+    conn.busy = False

@@ -1,0 +1,150 @@
+"""HTTP/1.1 pieces shared by the raw listener and forwarder: body queues with backpressure, head serialising,
+status reasons, and a once-a-second `Date` value.
+
+`BodyQueue` is the one-producer (a protocol's `data_received`), one-consumer (the engine's `async for`)
+channel for a message body. It pauses the producing transport above a high-water mark and resumes it below a
+low-water mark, so a fast sender never makes a slow receiver's buffer grow without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Callable
+
+HIGH_WATER = 256 * 1024
+LOW_WATER = 64 * 1024
+
+REASONS = {s.value: s.phrase for s in HTTPStatus}
+_date_cache: list = [0, b""]
+
+
+def http_date() -> bytes:
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[0] = now
+        _date_cache[1] = formatdate(now, usegmt=True).encode("ascii")
+    return _date_cache[1]
+
+
+class BodyQueue:
+    __slots__ = ("_chunks", "_buffered", "_done", "_error", "_waiter", "_pause", "_resume", "_paused",
+                 "_make_error", "total")
+
+    def __init__(self, pause: Callable[[], None], resume: Callable[[], None],
+                 make_error: Callable[[], BaseException]):
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._buffered = 0
+        self._done = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future | None = None
+        self._pause = pause
+        self._resume = resume
+        self._paused = False
+        self._make_error = make_error
+        self.total = 0
+
+    @property
+    def done(self) -> bool:
+        """The producer delivered the whole body (the framing said it is complete)."""
+        return self._done
+
+    @property
+    def drained(self) -> bool:
+        return self._done and not self._chunks
+
+    def feed(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        self._buffered += len(chunk)
+        self.total += len(chunk)
+        if self._buffered > HIGH_WATER and not self._paused:
+            self._paused = True
+            self._pause()
+        self._wake()
+
+    def finish(self) -> None:
+        self._done = True
+        self._wake()
+
+    def fail(self, error: BaseException | None = None) -> None:
+        if not self._done:
+            self._error = error or self._make_error()
+            self._wake()
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def read(self, timeout_s: float | None = None) -> bytes:
+        """The next chunk, or b"" at the end of the body. Raises the failure if the body broke."""
+        while True:
+            if self._chunks:
+                chunk = self._chunks.popleft()
+                self._buffered -= len(chunk)
+                if self._paused and self._buffered < LOW_WATER:
+                    self._paused = False
+                    self._resume()
+                return chunk
+            if self._error is not None:
+                raise self._error
+            if self._done:
+                return b""
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                if timeout_s is None:
+                    await self._waiter
+                else:
+                    async with asyncio.timeout(timeout_s):
+                        await self._waiter
+            finally:
+                self._waiter = None
+
+
+def serialize_head(first_line: bytes, headers, extra: list[bytes]) -> bytes:
+    parts = [first_line]
+    for k, v in headers:
+        parts.append(f"{k}: {v}\r\n".encode("latin-1"))
+    parts.extend(extra)
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def chunk_frame(chunk: bytes) -> tuple[bytes, bytes, bytes]:
+    return b"%x\r\n" % len(chunk), chunk, b"\r\n"
+
+
+class WriteFlow:
+    """Write-side flow control for a transport: `await wait()` while the transport's buffer is above its
+    high-water mark (asyncio calls pause_writing/resume_writing on the protocol, which forwards here)."""
+
+    __slots__ = ("paused", "_waiter", "closed")
+
+    def __init__(self) -> None:
+        self.paused = False
+        self._waiter: asyncio.Future | None = None
+        self.closed = False
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def close(self) -> None:
+        self.closed = True
+        self.resume()
+
+    async def wait(self) -> None:
+        while self.paused and not self.closed:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None

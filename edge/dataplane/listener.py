@@ -1,0 +1,419 @@
+"""The client I/O end on a raw asyncio protocol with llhttp's strict request parser (httptools).
+
+Per connection: bytes → parser callbacks → one `_Exchange` per request, handled strictly in order (pipelined
+requests wait their turn; their bodies are buffered up to the high-water mark, then reading pauses).
+
+Owned here: framing (Content-Length / chunked, both ways), limits (request line, header bytes and count),
+`Expect: 100-continue` (answered on the first body read, so a refusal gets its final status instead),
+keep-alive (reused only after a clean exchange whose request body was read to the end), idle and header
+timeouts, and write backpressure. A request llhttp rejects (framing conflicts, bad syntax, oversize) is
+answered 400/413/414/431 and recorded through `Engine.reject`, then the connection is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import socket
+from typing import Any
+
+import httptools
+
+from edge.dataplane.http1 import REASONS, BodyQueue, WriteFlow, chunk_frame, http_date, serialize_head
+from edge.messages import ClientGone, Headers, RequestHead
+
+log = logging.getLogger("gatewatch.listener")
+
+MAX_URL = 8192
+MAX_HEADERS = 100
+IDLE_TIMEOUT_S = 75.0  # keep-alive idle, like nginx's default; above typical client pool idle timeouts
+HEAD_TIMEOUT_S = 30.0  # a request head must arrive within this (slowloris)
+DRAIN_LIMIT = 64 * 1024  # unread request body we are willing to read and discard to keep a connection
+
+
+class _Exchange:
+    __slots__ = ("head", "body", "expect_continue", "keep_alive", "continue_sent", "is_head", "http10")
+
+    def __init__(self, head: RequestHead, body: BodyQueue, keep_alive: bool, expect_continue: bool):
+        self.head = head
+        self.body = body
+        self.keep_alive = keep_alive
+        self.expect_continue = expect_continue
+        self.continue_sent = False
+        self.is_head = head.method == "HEAD"
+        self.http10 = head.version == "1.0"
+
+
+class _Downstream:
+    """Answers one exchange. Implements `edge.messages.Downstream`."""
+
+    __slots__ = ("_conn", "_ex", "started", "complete", "_chunked", "_declared", "_written", "_close_after")
+
+    def __init__(self, conn: "HttpConnection", ex: _Exchange):
+        self._conn = conn
+        self._ex = ex
+        self.started = False
+        self.complete = False
+        self._chunked = False
+        self._declared: int | None = None
+        self._written = 0
+        self._close_after = not ex.keep_alive
+
+    async def start(self, status: int, reason: str | None, headers: Headers, content_length: int | None) -> None:
+        conn, ex = self._conn, self._ex
+        if conn.closed:
+            raise ClientGone()
+        self.started = True
+        extra = [b"Date: " + http_date() + b"\r\n"] if not any(k.lower() == "date" for k, _ in headers) else []
+        no_body = status < 200 or status in (204, 304)
+        if no_body:
+            pass
+        elif content_length is not None:
+            self._declared = content_length
+            extra.append(b"Content-Length: %d\r\n" % content_length)
+        elif ex.http10:
+            self._close_after = True  # HTTP/1.0 has no chunked encoding: the close ends the body
+        else:
+            self._chunked = True
+            extra.append(b"Transfer-Encoding: chunked\r\n")
+        if not self._ex.body.drained and not conn.reading_done_for(ex):
+            # Answering before the request body was read: keep the connection only if the rest is small.
+            pass
+        if self._close_after:
+            extra.append(b"Connection: close\r\n")
+        elif ex.http10:
+            extra.append(b"Connection: keep-alive\r\n")
+        line = b"HTTP/1.1 %d %s\r\n" % (status, (reason or REASONS.get(status, "Unknown")).encode("latin-1"))
+        conn.transport.write(serialize_head(line, headers, extra))
+        if no_body or ex.is_head:
+            self._declared = None
+            self._chunked = False
+            ex.is_head = True  # nothing more goes on the wire for this response
+        await conn.flow.wait()
+
+    async def write(self, chunk: bytes) -> None:
+        conn = self._conn
+        if conn.closed:
+            raise ClientGone()
+        if not chunk or self._ex.is_head:
+            return
+        self._written += len(chunk)
+        if self._chunked:
+            conn.transport.writelines(chunk_frame(chunk))
+        else:
+            conn.transport.write(chunk)
+        if conn.flow.paused:
+            await conn.flow.wait()
+            if conn.closed:
+                raise ClientGone()
+
+    async def finish(self) -> None:
+        conn = self._conn
+        if conn.closed:
+            raise ClientGone()
+        if self._declared is not None and self._written != self._declared:
+            # The body we relayed is not what the head promised: never let it look complete.
+            self.abort()
+            return
+        if self._chunked:
+            conn.transport.write(b"0\r\n\r\n")
+        self.complete = True
+
+    def abort(self) -> None:
+        self._conn.abort()
+
+    @property
+    def close_after(self) -> bool:
+        return self._close_after
+
+
+class HttpConnection(asyncio.Protocol):
+    def __init__(self, listener: "RawListener"):
+        self.listener = listener
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.flow = WriteFlow()
+        self.closed = False
+        self.queue: collections.deque[_Exchange] = collections.deque()
+        self.parsing: _Exchange | None = None
+        self.running = False
+        self._url = bytearray()
+        self._headers: list[tuple[str, str]] = []
+        self._header_bytes = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self.peer = ("", 0)
+        self.sock = ("", 0)
+
+    # --- asyncio.Protocol ---
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("sockname")
+        self.peer = (peer[0], peer[1]) if peer else ("", 0)
+        self.sock = (sock[0], sock[1]) if sock else (self.listener.host, self.listener.port)
+        s = transport.get_extra_info("socket")
+        if s is not None:
+            try:
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        self.listener.connections.add(self)
+        self._arm(IDLE_TIMEOUT_S)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.flow.close()
+        self.listener.connections.discard(self)
+        if self._timer:
+            self._timer.cancel()
+        for ex in list(self.queue) + ([self.parsing] if self.parsing else []):
+            ex.body.fail(ClientGone())
+
+    def pause_writing(self) -> None:
+        self.flow.pause()
+
+    def resume_writing(self) -> None:
+        self.flow.resume()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._reject(501, "upgrade_not_supported")
+        except httptools.HttpParserCallbackError as err:
+            cause = err.__context__ if isinstance(err.__context__, _Limit) else None
+            self._reject(cause.status if cause else 400, cause.reason if cause else "parse_error")
+        except httptools.HttpParserError as err:
+            self._reject(400, _parser_reason(err))
+
+    # --- llhttp callbacks ---
+
+    def on_message_begin(self) -> None:
+        self._url.clear()
+        self._headers = []
+        self._header_bytes = 0
+        self._arm(HEAD_TIMEOUT_S)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > MAX_URL:
+            raise _Limit(414, "uri_too_long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        if len(self._headers) >= MAX_HEADERS or self._header_bytes > self.listener.max_header_size:
+            raise _Limit(431, "header_too_large")
+        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        p = self.parser
+        headers = tuple(self._headers)
+        has_body = False
+        expect = False
+        for k, v in headers:
+            lk = k.lower()
+            if lk == "content-length":
+                has_body = has_body or v.strip() != "0"
+            elif lk == "transfer-encoding":
+                has_body = True
+            elif lk == "expect":
+                if v.strip().lower() != "100-continue":
+                    raise _Limit(417, "expectation_failed")
+                expect = True
+        version = p.get_http_version()
+        head = RequestHead(
+            method=p.get_method().decode("ascii"), target=self._url.decode("latin-1"), version=version,
+            headers=headers, client_address=self.peer[0], client_port=self.peer[1],
+            scheme=self.listener.scheme, server_address=self.sock[0], server_port=self.sock[1],
+            listener=self.listener.name, has_body=has_body)
+        body = BodyQueue(self._pause_reading, self._resume_reading, ClientGone)
+        ex = _Exchange(head, body, p.should_keep_alive(), expect and version != "1.0")
+        if not has_body:
+            body.finish()
+        self.parsing = ex
+        self.queue.append(ex)
+        if self._timer:
+            self._timer.cancel()
+            self._timer = None
+        if not self.running:
+            self.running = True
+            asyncio.get_running_loop().create_task(self._serve())
+
+    def on_body(self, body: bytes) -> None:
+        if self.parsing is not None:
+            self.parsing.body.feed(body)
+
+    def on_message_complete(self) -> None:
+        if self.parsing is not None:
+            self.parsing.body.finish()
+            self.parsing = None
+
+    # --- serving ---
+
+    def reading_done_for(self, ex: _Exchange) -> bool:
+        return ex.body.done
+
+    def _pause_reading(self) -> None:
+        if not self.closed:
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if not self.closed:
+            self.transport.resume_reading()
+
+    async def _body(self, ex: _Exchange):
+        while True:
+            if ex.expect_continue and not ex.continue_sent:
+                ex.continue_sent = True
+                if self.closed:
+                    raise ClientGone()
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            chunk = await ex.body.read()
+            if not chunk:
+                return
+            yield chunk
+
+    async def _serve(self) -> None:
+        try:
+            while self.queue and not self.closed:
+                ex = self.queue[0]
+                down = _Downstream(self, ex)
+                try:
+                    await self.listener.handler(ex.head, self._body(ex), down)
+                except Exception:  # the engine catches everything; this is the last line of defence
+                    log.exception("unhandled error serving a request")
+                    self.abort()
+                    return
+                self.queue.popleft()
+                if self.closed:
+                    return
+                if not down.complete or down.close_after:
+                    self.close()
+                    return
+                if not ex.body.done:
+                    # The answer came before the request body was read: keep the connection only if the rest
+                    # of the body is small enough to read and discard (and arrives promptly).
+                    if not await self._discard(ex):
+                        self.close()
+                        return
+        finally:
+            self.running = False
+            if not self.closed and not self.queue:
+                self._arm(IDLE_TIMEOUT_S)
+
+    async def _discard(self, ex: _Exchange) -> bool:
+        if ex.expect_continue and not ex.continue_sent:
+            return False  # the client is waiting for our go-ahead; closing is the clean answer
+        budget = DRAIN_LIMIT
+        try:
+            while budget > 0:
+                chunk = await ex.body.read(timeout_s=1.0)
+                if not chunk:
+                    return True
+                budget -= len(chunk)
+        except (ClientGone, TimeoutError):
+            return False
+        return False
+
+    def _reject(self, status: int, reason: str) -> None:
+        if self.closed:
+            return
+        body = self.listener.reject(self.peer, self.sock, status, reason)
+        if not self.running:  # never interleave with a response in progress
+            head = serialize_head(b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, "Error").encode()), (), [
+                b"Date: " + http_date() + b"\r\n", b"Content-Type: application/json\r\n",
+                b"Content-Length: %d\r\n" % len(body), b"Connection: close\r\n"])
+            self.transport.write(head + body)
+        self.close()
+
+    def _arm(self, seconds: float) -> None:
+        if self._timer:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(seconds, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        if not self.running and not self.closed:
+            self.close()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.flow.close()
+            self.transport.close()
+
+    def abort(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.flow.close()
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class _Limit(Exception):
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def _parser_reason(err: Exception) -> str:
+    text = str(err).lower()
+    if "content-length" in text and "transfer-encoding" in text:
+        return "framing_conflict"
+    if "content-length" in text:
+        return "invalid_content_length"
+    if "chunk" in text:
+        return "invalid_chunked_encoding"
+    if "method" in text:
+        return "invalid_method"
+    if "url" in text or "uri" in text:
+        return "invalid_target"
+    return "parse_error"
+
+
+class RawListener:
+    def __init__(self, name: str, host: str, port: int, scheme: str, handler: Any, max_header_size: int,
+                 reject: Any = None):
+        self.name = name
+        self.host = host
+        self.port = port
+        self.scheme = scheme
+        self.handler = handler
+        self.max_header_size = max_header_size
+        self._reject = reject
+        self.connections: set[HttpConnection] = set()
+        self._server: asyncio.base_events.Server | None = None
+        self.bound: tuple[str, int] | None = None
+
+    def reject(self, peer, sock, status: int, reason: str) -> bytes:
+        if self._reject is None:
+            return b'{"error": {"status": %d, "outcome": "bad_request"}}' % status
+        return self._reject(self.name, peer, sock, status, reason)
+
+    async def start(self) -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: HttpConnection(self), self.host, self.port,
+                                                reuse_address=True, backlog=4096)
+        sockname = self._server.sockets[0].getsockname()
+        self.bound = (sockname[0], sockname[1])
+        return self.bound
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stop accepting, close idle connections, let in-flight exchanges finish within `grace_s`."""
+        if self._server is None:
+            return
+        self._server.close()
+        deadline = asyncio.get_running_loop().time() + grace_s
+        while True:
+            for c in list(self.connections):
+                if not c.running and not c.queue:
+                    c.close()
+            if not self.connections or asyncio.get_running_loop().time() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+        for c in list(self.connections):
+            c.abort()
+        await self._server.wait_closed()
