@@ -47,6 +47,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.complete = False
         self.is_head_request = False
         self.until_close = False  # the response body is delimited by the connection closing (no length)
+        self.keep_alive = False
 
     # --- asyncio.Protocol ---
 
@@ -113,6 +114,7 @@ class UpstreamConnection(asyncio.Protocol):
             return  # interim (100 Continue, 103 Early Hints): wait for the final response
         if self.head is not None and not self.head.done():
             self.head.set_result((status, self._status_reason.decode("latin-1"), tuple(self._headers)))
+        self.keep_alive = self.parser.should_keep_alive()  # read now: llhttp resets it after the message
         self.until_close = status not in (204, 304) and not any(
             k.lower() in ("content-length", "transfer-encoding") for k, _ in self._headers)
         if self.is_head_request:
@@ -270,7 +272,7 @@ class RawResponse:
                                          and self._pump.exception() is None)
         if self._pump is not None and not self._pump.done():
             self._pump.cancel()
-        if conn.complete and pump_ok and not conn.closed and conn.parser.should_keep_alive():
+        if conn.complete and pump_ok and not conn.closed and conn.keep_alive and not conn.until_close:
             self._pool.release(conn)
         else:
             conn.abort()

@@ -181,7 +181,12 @@ class HttpConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._reject(501, "upgrade_not_supported")
+            # llhttp stops at an upgrade request's head. A non-WebSocket upgrade (e.g. h2c) is served as plain
+            # HTTP/1.1 (RFC 9110 §7.8 lets a server ignore Upgrade) on a connection that then closes.
+            if self.queue:
+                self.transport.pause_reading()
+            else:
+                self._reject(501, "upgrade_not_supported")
         except httptools.HttpParserCallbackError as err:
             cause = err.__context__ if isinstance(err.__context__, _Limit) else None
             self._reject(cause.status if cause else 400, cause.reason if cause else "parse_error")
@@ -222,6 +227,9 @@ class HttpConnection(asyncio.Protocol):
                 if v.strip().lower() != "100-continue":
                     raise _Limit(417, "expectation_failed")
                 expect = True
+        upgrade = p.should_upgrade()
+        if upgrade and any(k.lower() == "upgrade" and "websocket" in v.lower() for k, v in headers):
+            raise _Limit(501, "upgrade_not_supported")  # WebSocket proxying is not supported yet
         version = p.get_http_version()
         head = RequestHead(
             method=p.get_method().decode("ascii"), target=self._url.decode("latin-1"), version=version,
@@ -229,7 +237,7 @@ class HttpConnection(asyncio.Protocol):
             scheme=self.listener.scheme, server_address=self.sock[0], server_port=self.sock[1],
             listener=self.listener.name, has_body=has_body)
         body = BodyQueue(self._pause_reading, self._resume_reading, ClientGone)
-        ex = _Exchange(head, body, p.should_keep_alive(), expect and version != "1.0")
+        ex = _Exchange(head, body, p.should_keep_alive() and not upgrade, expect and version != "1.0")
         if not has_body:
             body.finish()
         self.parsing = ex
