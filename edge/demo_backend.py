@@ -56,7 +56,7 @@ def _tracer_provider(instance_id: str, zone: str | None) -> TracerProvider:
     cfg = resolve(TelemetryConfig(service_name="demo-backend", resource_attributes=attrs), "demo-backend",
                   {k: v for k, v in os.environ.items() if k != "OTEL_SERVICE_NAME"})
     trace_exp, _, _ = build_exporters(cfg, f"demo-backend-{instance_id}")
-    exporter = getattr(trace_exp, "_exporter", None) or _FileSpanExporter(trace_exp)
+    exporter = getattr(trace_exp, "_exporter", None) or _FileSpanExporter(trace_exp)  # OTLP: the SDK's own
     provider = TracerProvider(resource=Resource(cfg.resource_attributes))
     provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=8192, schedule_delay_millis=500))
     return provider

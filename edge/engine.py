@@ -87,13 +87,14 @@ class Engine:
         self.monotonic = monotonic
         self.rng = rng or random.Random()
         self.sampling_ratio = telemetry.config.sampling_ratio
+        self.parent_based = telemetry.config.parent_based
 
     async def handle(self, head: RequestHead, body: AsyncIterator[bytes], down: Downstream) -> None:
         snap = self.snapshot  # the request keeps the snapshot it started with
         listener = snap.listeners[head.listener]
         trust = listener.incoming_trace_context
         trace = start_trace(head.header("traceparent"), head.header("tracestate"), head.header("baggage"),
-                            trust, self.sampling_ratio, self.rng)
+                            trust, self.sampling_ratio, self.rng, self.parent_based)
         path, query = split_target(head.target)
         rec = RequestRecord(
             layer=self.layer.value, trace=trace, start_ns=self.clock_ns(), start_mono=self.monotonic(),

@@ -57,6 +57,10 @@ class ResolvedTelemetry:
     batch_size: int
     export_interval_s: float
     warnings: list[str] = field(default_factory=list)
+    enabled: bool = True  # False with OTEL_SDK_DISABLED=true: no spans, no decision logs (metrics stay)
+    parent_based: bool = True  # follow an inbound context's sampled flag (parentbased_* samplers, the default)
+    traces_endpoint: str | None = None  # full URL (http/protobuf) or host URL (grpc); None → JSON lines
+    logs_endpoint: str | None = None
 
 
 def _parse_kv_list(text: str) -> dict[str, str]:
@@ -101,8 +105,7 @@ def resolve(cfg: TelemetryConfig, default_service: str, env: Mapping[str, str] |
                or cfg.resource_attributes.get("service.name") or default_service)
     attrs["service.name"] = service
 
-    endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-    endpoint = endpoint or cfg.otlp.endpoint
+    endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or cfg.otlp.endpoint
     protocol_text = env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or cfg.otlp.protocol or "http/protobuf"
     if protocol_text not in ("grpc", "http/protobuf"):
         warnings.append(f"OTEL_EXPORTER_OTLP_PROTOCOL: unsupported {protocol_text!r}; using http/protobuf")
@@ -122,8 +125,21 @@ def resolve(cfg: TelemetryConfig, default_service: str, env: Mapping[str, str] |
                             f"{env['OTEL_EXPORTER_OTLP_TIMEOUT']!r}; using {timeout_s}s")
     ratio, sampler_warnings = _sampler_ratio(env, cfg.sampling.ratio)
     warnings += sampler_warnings
-    if env.get("OTEL_SDK_DISABLED", "").lower() == "true":
-        ratio = 0.0
+    sampler = env.get("OTEL_TRACES_SAMPLER", "").strip().lower()
+    parent_based = not sampler or sampler.startswith("parentbased_") or bool(sampler_warnings)
+    enabled = env.get("OTEL_SDK_DISABLED", "").strip().lower() != "true"
+    if not enabled:
+        ratio = 0.0  # nothing is sampled, so no exemplars or traceresponse point at traces that do not exist
+    signal_endpoints = {}
+    for signal in ("traces", "logs"):
+        specific = env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
+        if specific:  # per the spec, a signal-specific endpoint is used as-is
+            signal_endpoints[signal] = specific
+        elif endpoint:
+            base = endpoint.rstrip("/")
+            signal_endpoints[signal] = f"{base}/v1/{signal}" if protocol_text == "http/protobuf" else endpoint
+        else:
+            signal_endpoints[signal] = None
     return ResolvedTelemetry(
         service_name=service,
         resource_attributes=attrs,
@@ -137,4 +153,8 @@ def resolve(cfg: TelemetryConfig, default_service: str, env: Mapping[str, str] |
         batch_size=cfg.batch_size,
         export_interval_s=cfg.export_interval_s,
         warnings=warnings,
+        enabled=enabled,
+        parent_based=parent_based,
+        traces_endpoint=signal_endpoints["traces"],
+        logs_endpoint=signal_endpoints["logs"],
     )

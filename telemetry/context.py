@@ -74,11 +74,13 @@ class TraceContext:
 
 
 def start_trace(traceparent: str | None, tracestate: str | None, baggage: str | None, trust: str,
-                ratio: float, rng: random.Random) -> TraceContext:
+                ratio: float, rng: random.Random, parent_based: bool = True) -> TraceContext:
     span_id = new_span_id(rng)
     parsed = parse_traceparent(traceparent)
     if parsed and trust == "continue":
         trace_id, parent, sampled = parsed
+        if not parent_based:  # e.g. OTEL_TRACES_SAMPLER=traceidratio: our own verdict, same for every tier
+            sampled = ratio_sampled(trace_id, ratio)
         ts = tracestate if tracestate and len(tracestate) <= MAX_TRACESTATE else None
         bg = baggage if baggage and len(baggage) <= MAX_BAGGAGE else None
         return TraceContext(trace_id, span_id, parent, sampled, "continued", ts, bg)

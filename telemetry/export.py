@@ -66,40 +66,48 @@ class OtlpExporter:
             log.debug("exporter shutdown failed", exc_info=True)
 
 
-def _signal_endpoint(cfg: ResolvedTelemetry, signal: str) -> str | None:
-    specific = os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
-    if specific:
-        return specific
-    if not cfg.endpoint:
-        return None
-    if cfg.protocol == "http/protobuf":
-        return cfg.endpoint.rstrip("/") + f"/v1/{signal}"
-    return cfg.endpoint
+class NullExporter:
+    """For OTEL_SDK_DISABLED=true: nothing is queued, so nothing reaches here."""
+
+    def export(self, batch: Sequence[Any]) -> bool:
+        return True
+
+    def shutdown(self) -> None:
+        pass
+
+
+def _otlp(cfg: ResolvedTelemetry, signal: str, endpoint: str) -> Any:
+    headers = cfg.headers or None
+    if cfg.protocol == "grpc":
+        if signal == "traces":
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as Exporter
+        else:
+            from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter as Exporter
+        return OtlpExporter(Exporter(endpoint=endpoint, insecure=not endpoint.startswith("https://"),
+                                     headers=headers, timeout=cfg.timeout_s))
+    if signal == "traces":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as Exporter
+    else:
+        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as Exporter
+    return OtlpExporter(Exporter(endpoint=endpoint, headers=headers, timeout=cfg.timeout_s))
 
 
 def build_exporters(cfg: ResolvedTelemetry, file_stem: str) -> tuple[Any, Any, str]:
-    """(trace exporter, log exporter, human description)."""
-    if not cfg.endpoint:
-        base = Path(cfg.local_dir)
-        return (JsonLinesExporter(base / f"{file_stem}.traces.jsonl"),
-                JsonLinesExporter(base / f"{file_stem}.logs.jsonl"),
-                f"JSON lines in {base.resolve()}/{file_stem}.{{traces,logs}}.jsonl")
-    headers = cfg.headers or None
-    if cfg.protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-        t_ep, l_ep = _signal_endpoint(cfg, "traces"), _signal_endpoint(cfg, "logs")
-        insecure = not (t_ep or "").startswith("https://")
-        traces = OTLPSpanExporter(endpoint=t_ep, insecure=insecure, headers=headers, timeout=cfg.timeout_s)
-        logs = OTLPLogExporter(endpoint=l_ep, insecure=insecure, headers=headers, timeout=cfg.timeout_s)
-    else:
-        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        traces = OTLPSpanExporter(endpoint=_signal_endpoint(cfg, "traces"), headers=headers, timeout=cfg.timeout_s)
-        logs = OTLPLogExporter(endpoint=_signal_endpoint(cfg, "logs"), headers=headers, timeout=cfg.timeout_s)
-    return OtlpExporter(traces), OtlpExporter(logs), f"OTLP {cfg.protocol} to {cfg.endpoint}"
+    """(trace exporter, log exporter, human description). Each signal goes to its OTLP endpoint if it has one,
+    else to JSON lines under `local_dir`."""
+    if not cfg.enabled:
+        return NullExporter(), NullExporter(), "disabled (OTEL_SDK_DISABLED=true)"
+    base = Path(cfg.local_dir)
+    out, where = [], []
+    for signal, endpoint in (("traces", cfg.traces_endpoint), ("logs", cfg.logs_endpoint)):
+        if endpoint:
+            out.append(_otlp(cfg, signal, endpoint))
+            where.append(f"{signal}: OTLP {cfg.protocol} to {endpoint}")
+        else:
+            path = base / f"{file_stem}.{signal}.jsonl"
+            out.append(JsonLinesExporter(path))
+            where.append(f"{signal}: JSON lines in {path.resolve()}")
+    return out[0], out[1], "; ".join(where)
 
 
 class SignalWorker:

@@ -47,6 +47,7 @@ class Telemetry:
         self._server = m.server_duration
         self._client = m.client_duration
         self._decisions = m.decisions
+        self._enabled = resolved.enabled
 
     def finish(self, r: RequestRecord) -> None:
         exemplar = {"trace_id": f"{r.trace.trace_id:032x}"} if r.trace.sampled else None
@@ -57,6 +58,8 @@ class Telemetry:
                                 status_label(a.status), a.outcome or "").observe(a.duration_s, exemplar)
         for d in r.decisions:
             self._decisions.labels(d.layer or r.layer, d.kind.value, d.result, d.reason).inc()
+        if not self._enabled:
+            return
         if r.trace.sampled:
             self.traces.submit(r)
         if r.decisions:

@@ -43,23 +43,41 @@ def test_resource_attributes_merge_env_over_config():
 
 # --- exporter endpoint, protocol, headers, timeout -----------------------------------------------------------------
 
-@pytest.mark.parametrize(("otlp", "env", "endpoint", "protocol"), [
-    ({}, {}, None, "http/protobuf"),
-    ({"endpoint": "http://file:4318"}, {}, "http://file:4318", "http/protobuf"),
-    ({"endpoint": "http://file:4317", "protocol": "grpc"}, {}, "http://file:4317", "grpc"),
-    ({"endpoint": "http://file:4318"}, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://env:4318"}, "http://env:4318",
+@pytest.mark.parametrize(("otlp", "env", "traces", "logs", "protocol"), [
+    ({}, {}, None, None, "http/protobuf"),
+    ({"endpoint": "http://file:4318"}, {}, "http://file:4318/v1/traces", "http://file:4318/v1/logs",
      "http/protobuf"),
+    ({"endpoint": "http://file:4317", "protocol": "grpc"}, {}, "http://file:4317", "http://file:4317", "grpc"),
+    ({"endpoint": "http://file:4318"}, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://env:4318/"},
+     "http://env:4318/v1/traces", "http://env:4318/v1/logs", "http/protobuf"),
+    # A signal-specific endpoint is used as-is and only for its signal.
     ({}, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://env:4318",
-          "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://traces:4318"}, "http://traces:4318", "http/protobuf"),
-    ({"protocol": "grpc"}, {"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}, None, "http/protobuf"),
-    ({"protocol": "http/protobuf"}, {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, None, "grpc"),
+          "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://traces:4318/custom"},
+     "http://traces:4318/custom", "http://env:4318/v1/logs", "http/protobuf"),
+    ({}, {"OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": "http://logs:4318/v1/logs"}, None, "http://logs:4318/v1/logs",
+     "http/protobuf"),
+    ({"protocol": "grpc"}, {"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}, None, None, "http/protobuf"),
+    ({"protocol": "http/protobuf"}, {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, None, None, "grpc"),
     ({"endpoint": "http://file:4318", "protocol": "grpc"}, {"OTEL_EXPORTER_OTLP_ENDPOINT": "",
                                                             "OTEL_EXPORTER_OTLP_PROTOCOL": ""},
-     "http://file:4318", "grpc"),  # empty variables mean unset
+     "http://file:4318", "http://file:4318", "grpc"),  # empty variables mean unset
 ])
-def test_endpoint_and_protocol(otlp, env, endpoint, protocol):
+def test_endpoint_and_protocol(otlp, env, traces, logs, protocol):
     resolved = resolve(cfg(otlp=otlp), "gw", env)
-    assert (resolved.endpoint, resolved.protocol, resolved.warnings) == (endpoint, protocol, [])
+    assert (resolved.traces_endpoint, resolved.logs_endpoint, resolved.protocol, resolved.warnings) == (
+        traces, logs, protocol, [])
+
+
+@pytest.mark.parametrize(("env", "parent_based", "enabled"), [
+    ({}, True, True),
+    ({"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.5"}, True, True),
+    ({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.5"}, False, True),
+    ({"OTEL_TRACES_SAMPLER": "always_off"}, False, True),
+    ({"OTEL_SDK_DISABLED": "true"}, True, False),
+])
+def test_parent_based_and_disabled(env, parent_based, enabled):
+    resolved = resolve(cfg(), "gw", env)
+    assert (resolved.parent_based, resolved.enabled) == (parent_based, enabled)
 
 
 @pytest.mark.parametrize("bad", ["http/json", "GRPC", "http"])
