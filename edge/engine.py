@@ -101,7 +101,8 @@ class Engine:
             method=head.method, path=path, query=query, scheme=head.scheme,
             host=(head.header("host") or head.server_address), server_port=head.server_port,
             client_address=head.client_address, client_port=head.client_port, protocol_version=head.version,
-            user_agent=head.header("user-agent"), request_id=hdr.request_id(head.headers), listener=head.listener)
+            user_agent=head.header("user-agent"), request_id=hdr.request_id(head.header("x-request-id"), self.rng),
+            listener=head.listener)
         try:
             await self._phases(snap, head, body, down, rec)
         except ClientGone:
@@ -127,7 +128,7 @@ class Engine:
         rec.path = path
 
         # ROUTE
-        match = snap.router.match(path, rec.host, head.method, _header_map(head), rec.query)
+        match = snap.router.match(path, rec.host, head.method, head.index, rec.query)
         self._decide_route(rec, match)
         if isinstance(match, NoRoute):
             await self._fail(down, rec, Outcome.NO_ROUTE, None)
@@ -281,7 +282,7 @@ class Engine:
         rec = RequestRecord(
             layer=self.layer.value, trace=trace, start_ns=now_ns, start_mono=now, method="_OTHER", path="",
             query="", scheme="http", host=sock[0], server_port=sock[1], client_address=peer[0],
-            client_port=peer[1], protocol_version="1.1", user_agent=None, request_id=hdr.request_id(()),
+            client_port=peer[1], protocol_version="1.1", user_agent=None, request_id=hdr.request_id(None, self.rng),
             listener=listener, outcome=Outcome.BAD_REQUEST.value, status=status, error_type=reason,
             end_ns=now_ns)
         self.telemetry.finish(rec)
@@ -308,13 +309,6 @@ class Engine:
 def _error_body(outcome: Outcome, status: int, request_id: str, layer: str) -> bytes:
     return json.dumps({"error": {"status": status, "outcome": outcome.value, "message": MESSAGES[outcome],
                                  "request_id": request_id, "layer": layer}}).encode()
-
-
-def _header_map(head: RequestHead) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for k, v in head.headers:
-        out.setdefault(k.lower(), v)
-    return out
 
 
 def _hostport(host: str, port: int) -> str:

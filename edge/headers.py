@@ -6,7 +6,6 @@ Pure functions over `Headers` tuples; the engine calls them, the I/O ends never 
 from __future__ import annotations
 
 import re
-import uuid
 
 from edge.messages import Headers
 
@@ -22,25 +21,31 @@ REISSUED_UPSTREAM = frozenset({"traceparent", "tracestate", "expect", "x-request
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:@+/=-]{1,128}")  # fullmatch: '$' would let "id\n" through
 
 
-def connection_listed(headers: Headers) -> set[str]:
-    names: set[str] = set()
-    for k, v in headers:
-        if k.lower() == "connection":
-            names.update(t.strip().lower() for t in v.split(",") if t.strip())
-    return names
-
-
 def strip_hop_by_hop(headers: Headers, also: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
-    drop = HOP_BY_HOP | connection_listed(headers) | also
-    return [(k, v) for k, v in headers if k.lower() not in drop]
-
-
-def request_id(headers: Headers) -> str:
-    """Keep a well-formed inbound X-Request-Id (so a caller's id follows the request); otherwise mint one."""
+    """One pass in the common case; a second only when `Connection` names extra headers to drop."""
+    out: list[tuple[str, str]] = []
+    listed: set[str] | None = None
     for k, v in headers:
-        if k.lower() == "x-request-id" and REQUEST_ID.fullmatch(v):
-            return v
-    return uuid.uuid4().hex
+        lk = k.lower()
+        if lk in HOP_BY_HOP or lk in also:
+            if lk == "connection":
+                for t in v.split(","):
+                    t = t.strip().lower()
+                    if t and t not in HOP_BY_HOP:
+                        listed = listed or set()
+                        listed.add(t)
+            continue
+        out.append((k, v))
+    if listed:
+        out = [(k, v) for k, v in out if k.lower() not in listed]
+    return out
+
+
+def request_id(inbound: str | None, rng) -> str:
+    """Keep a well-formed inbound X-Request-Id (so a caller's id follows the request); otherwise mint one."""
+    if inbound is not None and REQUEST_ID.fullmatch(inbound):
+        return inbound
+    return f"{rng.getrandbits(128):032x}"
 
 
 def _first(headers: Headers, lname: str) -> str | None:

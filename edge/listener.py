@@ -14,7 +14,7 @@ from typing import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 from aiohttp.web_exceptions import HTTPException
 
-from edge.messages import ClientGone, Headers, RequestHead
+from edge.messages import ClientGone, Headers, RequestHead, header_index
 
 log = logging.getLogger("gatewatch.listener")
 READ_CHUNK = 64 * 1024
@@ -99,11 +99,13 @@ class AiohttpListener:
         transport = request.transport
         peer = transport.get_extra_info("peername") if transport else None
         sock = transport.get_extra_info("sockname") if transport else None
+        headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers)
         head = RequestHead(
             method=request.method,
             target=request.raw_path,
             version=f"{request.version.major}.{request.version.minor}",
-            headers=tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers),
+            headers=headers,
+            index=header_index(headers),
             client_address=peer[0] if peer else "",
             client_port=peer[1] if peer else 0,
             scheme=self.scheme,

@@ -32,13 +32,18 @@ class RequestHead:
     server_port: int
     listener: str  # listener name from config
     has_body: bool  # Content-Length > 0 or Transfer-Encoding present
+    index: dict[str, str]  # lower-case name → first value, built once by the listener
 
     def header(self, lname: str) -> str | None:
         """First value of a header, `lname` lower-case."""
-        for k, v in self.headers:
-            if k.lower() == lname:
-                return v
-        return None
+        return self.index.get(lname)
+
+
+def header_index(headers: Headers) -> dict[str, str]:
+    index: dict[str, str] = {}
+    for k, v in headers:
+        index.setdefault(k.lower(), v)
+    return index
 
 
 @dataclass(frozen=True, slots=True)

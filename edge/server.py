@@ -54,7 +54,8 @@ class Runtime:
         self.resolved = resolve(config.telemetry, default_service_name(config), env)
         for w in self.resolved.warnings:
             log.warning("telemetry: %s", w)
-        self.telemetry = Telemetry(self.resolved, self.metrics, VERSION, self.resolved.service_name)
+        self.telemetry = Telemetry(self.resolved, self.metrics, VERSION, self.resolved.service_name,
+                                   config.telemetry.exporter)
         self.pools = {p.name: Pool(p) for p in config.balancer.pools} if config.balancer else {}
         remotes = {u.name: _remote(u.name, u.url) for u in config.edge.upstreams} if config.edge else {}
         limits = {p.name: (p.max_connections_per_instance, p.keepalive_idle_s) for p in (config.balancer.pools if config.balancer else ())}
@@ -103,6 +104,7 @@ class Runtime:
         }
 
     async def start(self) -> None:
+        await self.telemetry.start()
         host, port = parse_address(self.config.admin.address)
         self._admin_runner = web.AppRunner(build_admin_app(self), handle_signals=False, access_log=None)
         await self._admin_runner.setup()
@@ -129,7 +131,7 @@ class Runtime:
         await self.forwarder.close()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
-        await asyncio.get_running_loop().run_in_executor(None, self.telemetry.shutdown, 3.0)
+        await self.telemetry.stop(3.0)
 
 
 async def serve(config: GatewatchConfig, ready_file: str | None = None, stop: asyncio.Event | None = None) -> None:

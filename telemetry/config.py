@@ -41,6 +41,9 @@ class TelemetryConfig(Strict):
     queue_size: int = Field(default=8192, ge=1, le=1_000_000)  # per signal; beyond it records are dropped, counted
     batch_size: int = Field(default=512, ge=1, le=10_000)
     export_interval_s: float = Field(default=1.0, gt=0, le=60)
+    # Where spans and decision logs are built and exported: a child process on another core (default), or
+    # threads of this process.
+    exporter: Literal["process", "thread"] = "process"
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,12 @@ OpenMetrics exposition (`Accept: application/openmetrics-text`).
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Info
 from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
+from telemetry.fastmetrics import FastCounter, FastHistogram
 from telemetry.names import DURATION_BUCKETS_S, KNOWN_METHODS, Label, Metric
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -32,17 +33,18 @@ class Metrics:
     def __init__(self, version: str = "0"):
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.server_duration = Histogram(
+        self.server_duration = FastHistogram(
             Metric.SERVER_DURATION, "Duration of HTTP server requests, per layer, route and outcome.",
-            [Label.LAYER, Label.ROUTE, Label.METHOD, Label.STATUS, Label.OUTCOME],
-            buckets=DURATION_BUCKETS_S, registry=r)
-        self.client_duration = Histogram(
+            [Label.LAYER, Label.ROUTE, Label.METHOD, Label.STATUS, Label.OUTCOME], DURATION_BUCKETS_S)
+        self.client_duration = FastHistogram(
             Metric.CLIENT_DURATION, "Duration of upstream attempts, per layer, upstream and instance.",
             [Label.LAYER, Label.ROUTE, Label.UPSTREAM, Label.INSTANCE, Label.METHOD, Label.STATUS, Label.OUTCOME],
-            buckets=DURATION_BUCKETS_S, registry=r)
-        self.decisions = Counter(
+            DURATION_BUCKETS_S)
+        self.decisions = FastCounter(
             Metric.DECISIONS, "Decisions taken, by kind and result.",
-            [Label.LAYER, Label.DECISION, Label.RESULT, Label.REASON], registry=r)
+            [Label.LAYER, Label.DECISION, Label.RESULT, Label.REASON])
+        for c in (self.server_duration, self.client_duration, self.decisions):
+            r.register(c)
         self.endpoints = Gauge(
             Metric.ENDPOINTS, "Instances per pool and state.", [Label.POOL, Label.STATE], registry=r)
         self.in_flight = Gauge(

@@ -1,32 +1,174 @@
-"""The one place a finished request becomes telemetry: metrics now, spans and decision logs queued for export.
+"""The one place a finished request becomes telemetry: metrics now, spans and decision logs handed to a sink.
 
-`Telemetry.start(resolved, layer_hint)` builds the pipeline for a process (resource, exporters, worker threads);
 `Telemetry.finish(record)` is called exactly once per request by the engine, on the event loop, and does only
-cheap work: a few histogram/counter updates and two bounded-queue appends.
+cheap work: a few histogram/counter updates and an append to a bounded buffer. Where the spans and logs are
+built and exported depends on `telemetry.exporter`:
+- `process` (default): a child process (`telemetry.exporter_process`) on another core does the conversion and
+  export; records cross a pipe as compact marshal frames (`telemetry.wire`), every ~50 ms.
+- `thread`: the same pipeline in export threads of this process (simpler; costs the proxy's core).
+Either way queues are bounded and every item that does not make it is counted in
+`gatewatch_telemetry_dropped_total{signal,reason}`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import json
+import logging
+import marshal
 import socket
+import sys
 import time
 import uuid
 
-from opentelemetry.sdk.resources import Resource
-
+from telemetry import wire
 from telemetry.config import ResolvedTelemetry
 from telemetry.context import RequestRecord
-from telemetry.convert import Converter
-from telemetry.export import SignalWorker, build_exporters
+from telemetry.exporter_process import ThreadSink, span_count
 from telemetry.metrics import Metrics, method_label, status_label
-from telemetry.names import TelemetrySignal
+from telemetry.names import DropReason, TelemetrySignal
+
+log = logging.getLogger("gatewatch.telemetry")
+FLUSH_S = 0.05
+PIPE_LIMIT = 16 * 1024 * 1024  # bytes waiting in the pipe to the exporter before batches are dropped
 
 
-def _span_count(r: RequestRecord) -> int:
-    return 1 + len(r.attempts) + (1 if r.balance_span_id else 0)
+class ProcessSink:
+    def __init__(self, resolved: ResolvedTelemetry, resource_attrs: dict, metrics: Metrics, version: str,
+                 file_stem: str):
+        self._args = json.dumps({"resolved": dataclasses.asdict(resolved), "resource": resource_attrs,
+                                 "version": version, "file_stem": file_stem})
+        self._metrics = metrics
+        self._pending: list[RequestRecord] = []
+        self._pending_items = [0, 0]  # spans, log records
+        self._max_items = resolved.queue_size
+        self._batch = resolved.batch_size
+        self._proc: asyncio.subprocess.Process | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._child_totals: dict = {"exported": {}, "dropped": {}}
+        self._seen = {"exported": {}, "dropped": {}}
+        from telemetry.export import build_exporters  # noqa: F401 - validates the destination description
+        self.destination = "exporter process: " + _describe(resolved, file_stem)
+
+    async def start(self) -> None:
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "telemetry.exporter_process", self._args, stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, start_new_session=True)
+        self._tasks = [asyncio.get_running_loop().create_task(self._flusher()),
+                       asyncio.get_running_loop().create_task(self._read_totals())]
+
+    def submit(self, r: RequestRecord) -> None:
+        spans = span_count(r) if r.trace.sampled else 0
+        logs = len(r.decisions)
+        p = self._pending_items
+        if p[0] + spans > self._max_items or p[1] + logs > self._max_items:
+            self._drop(spans, logs, DropReason.QUEUE_FULL)
+            return
+        self._pending.append(r)
+        p[0] += spans
+        p[1] += logs
+        if len(self._pending) >= self._batch:
+            self._flush()
+
+    def _drop(self, spans: int, logs: int, reason: DropReason) -> None:
+        if spans:
+            self._metrics.telemetry_dropped.labels(TelemetrySignal.TRACES.value, reason.value).inc(spans)
+        if logs:
+            self._metrics.telemetry_dropped.labels(TelemetrySignal.LOGS.value, reason.value).inc(logs)
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        records, self._pending = self._pending, []
+        spans, logs = self._pending_items
+        self._pending_items = [0, 0]
+        proc = self._proc
+        if proc is None or proc.returncode is not None or proc.stdin.is_closing():
+            self._drop(spans, logs, DropReason.EXPORT_FAILED)
+            return
+        if proc.stdin.transport.get_write_buffer_size() > PIPE_LIMIT:  # the exporter is not keeping up
+            self._drop(spans, logs, DropReason.QUEUE_FULL)
+            return
+        proc.stdin.write(wire.encode(records))
+
+    async def _flusher(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_S)
+            self._flush()
+
+    async def _read_totals(self) -> None:
+        out = self._proc.stdout
+        try:
+            while True:
+                head = await out.readexactly(wire.HEADER.size)
+                (n,) = wire.HEADER.unpack(head)
+                self._apply(marshal.loads(await out.readexactly(n)))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+
+    def _apply(self, totals: dict) -> None:
+        """The child reports running totals; add what is new to this process's counters."""
+        m = self._metrics
+        for signal, v in totals["exported"].items():
+            delta = v - self._seen["exported"].get(signal, 0)
+            if delta > 0:
+                m.telemetry_exported.labels(signal).inc(delta)
+            self._seen["exported"][signal] = v
+        for key, v in totals["dropped"].items():
+            delta = v - self._seen["dropped"].get(key, 0)
+            if delta > 0:
+                m.telemetry_dropped.labels(*key).inc(delta)
+            self._seen["dropped"][key] = v
+
+    async def stop(self, timeout_s: float) -> None:
+        self._flush()
+        for t in self._tasks[:1]:
+            t.cancel()
+        proc = self._proc
+        if proc is None:
+            return
+        try:
+            proc.stdin.close()
+            await asyncio.wait_for(proc.wait(), timeout_s + 2)
+        except (asyncio.TimeoutError, ConnectionError):
+            log.warning("telemetry exporter did not stop in time; killing it")
+            proc.kill()
+            await proc.wait()
+        try:
+            await asyncio.wait_for(self._tasks[1], 1.0)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            pass
+
+
+def _describe(resolved: ResolvedTelemetry, file_stem: str) -> str:
+    from pathlib import Path
+
+    parts = []
+    for signal, ep in (("traces", resolved.traces_endpoint), ("logs", resolved.logs_endpoint)):
+        parts.append(f"{signal}: OTLP {resolved.protocol} to {ep}" if ep else
+                     f"{signal}: JSON lines in {(Path(resolved.local_dir) / f'{file_stem}.{signal}.jsonl').resolve()}")
+    return "; ".join(parts)
+
+
+class _ThreadSinkAdapter:
+    def __init__(self, sink: ThreadSink):
+        self._sink = sink
+        self.destination = sink.destination
+
+    async def start(self) -> None:
+        pass
+
+    def submit(self, r: RequestRecord) -> None:
+        self._sink.submit(r)
+
+    async def stop(self, timeout_s: float) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self._sink.shutdown, timeout_s)
 
 
 class Telemetry:
-    def __init__(self, resolved: ResolvedTelemetry, metrics: Metrics, version: str, file_stem: str):
+    def __init__(self, resolved: ResolvedTelemetry, metrics: Metrics, version: str, file_stem: str,
+                 exporter: str = "process"):
         self.config = resolved
         self.metrics = metrics
         attrs = dict(resolved.resource_attributes)
@@ -34,38 +176,38 @@ class Telemetry:
         attrs.setdefault("service.version", version)
         attrs.setdefault("telemetry.sdk.language", "python")
         attrs.setdefault("telemetry.sdk.name", "gatewatch")
-        self.resource = Resource(attrs)
-        self.converter = Converter(self.resource, version)
-        trace_exp, log_exp, self.destination = build_exporters(resolved, file_stem)
-        self.traces = SignalWorker(
-            TelemetrySignal.TRACES, trace_exp, self.converter.spans, _span_count, metrics,
-            resolved.queue_size, resolved.batch_size, resolved.export_interval_s)
-        self.logs = SignalWorker(
-            TelemetrySignal.LOGS, log_exp, self.converter.logs, lambda item: len(item[1]), metrics,
-            resolved.queue_size, resolved.batch_size, resolved.export_interval_s)
-        m = metrics
-        self._server = m.server_duration
-        self._client = m.client_duration
-        self._decisions = m.decisions
-        self._enabled = resolved.enabled
+        self.resource_attributes = attrs
+        if not resolved.enabled:
+            self.sink = None
+            self.destination = "disabled (OTEL_SDK_DISABLED=true)"
+        elif exporter == "thread":
+            self.sink = _ThreadSinkAdapter(ThreadSink(resolved, attrs, metrics, version, file_stem))
+            self.destination = self.sink.destination
+        else:
+            self.sink = ProcessSink(resolved, attrs, metrics, version, file_stem)
+            self.destination = self.sink.destination
+        self._server = metrics.server_duration
+        self._client = metrics.client_duration
+        self._decisions = metrics.decisions
+
+    async def start(self) -> None:
+        if self.sink is not None:
+            await self.sink.start()
 
     def finish(self, r: RequestRecord) -> None:
-        exemplar = {"trace_id": f"{r.trace.trace_id:032x}"} if r.trace.sampled else None
-        self._server.labels(r.layer, r.route or "", method_label(r.method), status_label(r.status),
-                            r.outcome or "").observe(r.duration_s, exemplar)
+        trace_id = f"{r.trace.trace_id:032x}" if r.trace.sampled else None
+        route = r.route or ""
+        method = method_label(r.method)
+        self._server.observe((r.layer, route, method, status_label(r.status), r.outcome or ""), r.duration_s,
+                             trace_id)
         for a in r.attempts:
-            self._client.labels(a.layer, r.route or "", a.upstream, a.instance, method_label(a.method),
-                                status_label(a.status), a.outcome or "").observe(a.duration_s, exemplar)
+            self._client.observe((a.layer, route, a.upstream, a.instance, method, status_label(a.status),
+                                  a.outcome or ""), a.duration_s, trace_id)
         for d in r.decisions:
-            self._decisions.labels(d.layer or r.layer, d.kind.value, d.result, d.reason).inc()
-        if not self._enabled:
-            return
-        if r.trace.sampled:
-            self.traces.submit(r)
-        if r.decisions:
-            self.logs.submit((r, r.decisions))
+            self._decisions.inc((d.layer or r.layer, d.kind.value, d.result, d.reason))
+        if self.sink is not None and (r.trace.sampled or r.decisions):
+            self.sink.submit(r)
 
-    def shutdown(self, timeout_s: float = 3.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        self.traces.shutdown(deadline)
-        self.logs.shutdown(deadline)
+    async def stop(self, timeout_s: float = 3.0) -> None:
+        if self.sink is not None:
+            await self.sink.stop(timeout_s)

@@ -331,16 +331,17 @@ class RawForwarder:
         pump = None
         if body is not None:
             pump = asyncio.get_running_loop().create_task(_pump_body(conn, body, chunked))
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(response_s, _expire_head, conn.head)
         try:
-            async with asyncio.timeout(response_s):
-                if pump is None:
-                    status_head = await conn.head
-                else:
-                    done, _ = await asyncio.wait((conn.head, pump), return_when=asyncio.FIRST_COMPLETED)
-                    if pump in done and pump.exception() is not None:
-                        raise pump.exception()
-                    status_head = await conn.head
-        except TimeoutError:
+            if pump is None:
+                status_head = await conn.head
+            else:
+                done, _ = await asyncio.wait((conn.head, pump), return_when=asyncio.FIRST_COMPLETED)
+                if pump in done and pump.exception() is not None:
+                    raise pump.exception()
+                status_head = await conn.head
+        except _HeadTimeout:
             _discard(conn, pump)
             raise UpstreamFailure(ErrorType.RESPONSE_TIMEOUT, f"no response head within {response_s}s") from None
         except ClientGone:
@@ -352,12 +353,23 @@ class RawForwarder:
         except asyncio.CancelledError:
             _discard(conn, pump)
             raise
+        finally:
+            timer.cancel()
         return RawResponse(ep, conn, status_head, idle_s, pump)
 
     async def close(self) -> None:
         for pool in self._pools.values():
             pool.close()
         self._pools.clear()
+
+
+class _HeadTimeout(Exception):
+    pass
+
+
+def _expire_head(head: asyncio.Future) -> None:
+    if not head.done():
+        head.set_exception(_HeadTimeout())
 
 
 def _discard(conn: UpstreamConnection, pump: asyncio.Task | None) -> None:

@@ -93,15 +93,21 @@ class BodyQueue:
                 raise self._error
             if self._done:
                 return b""
-            self._waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            # A bare timer on the waiter: cheaper than asyncio.timeout(), and only armed when we must wait.
+            timer = loop.call_later(timeout_s, _expire, waiter) if timeout_s is not None else None
             try:
-                if timeout_s is None:
-                    await self._waiter
-                else:
-                    async with asyncio.timeout(timeout_s):
-                        await self._waiter
+                await waiter
             finally:
                 self._waiter = None
+                if timer is not None:
+                    timer.cancel()
+
+
+def _expire(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 def serialize_head(first_line: bytes, headers, extra: list[bytes]) -> bytes:

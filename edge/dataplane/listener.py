@@ -48,7 +48,8 @@ class _Exchange:
 class _Downstream:
     """Answers one exchange. Implements `edge.messages.Downstream`."""
 
-    __slots__ = ("_conn", "_ex", "started", "complete", "_chunked", "_declared", "_written", "_close_after")
+    __slots__ = ("_conn", "_ex", "started", "complete", "_chunked", "_declared", "_written", "_close_after",
+                 "_pending")
 
     def __init__(self, conn: "HttpConnection", ex: _Exchange):
         self._conn = conn
@@ -59,6 +60,7 @@ class _Downstream:
         self._declared: int | None = None
         self._written = 0
         self._close_after = not ex.keep_alive
+        self._pending: bytes | None = None
 
     async def start(self, status: int, reason: str | None, headers: Headers, content_length: int | None) -> None:
         conn, ex = self._conn, self._ex
@@ -68,7 +70,7 @@ class _Downstream:
         extra = [b"Date: " + http_date() + b"\r\n"] if not any(k.lower() == "date" for k, _ in headers) else []
         no_body = status < 200 or status in (204, 304)
         if no_body:
-            pass
+            content_length = None
         elif content_length is not None:
             self._declared = content_length
             extra.append(b"Content-Length: %d\r\n" % content_length)
@@ -77,20 +79,17 @@ class _Downstream:
         else:
             self._chunked = True
             extra.append(b"Transfer-Encoding: chunked\r\n")
-        if not self._ex.body.drained and not conn.reading_done_for(ex):
-            # Answering before the request body was read: keep the connection only if the rest is small.
-            pass
         if self._close_after:
             extra.append(b"Connection: close\r\n")
         elif ex.http10:
             extra.append(b"Connection: keep-alive\r\n")
         line = b"HTTP/1.1 %d %s\r\n" % (status, (reason or REASONS.get(status, "Unknown")).encode("latin-1"))
-        conn.transport.write(serialize_head(line, headers, extra))
+        # Held back and sent with the first body chunk (or at finish): one write instead of two.
+        self._pending = serialize_head(line, headers, extra)
         if no_body or ex.is_head:
             self._declared = None
             self._chunked = False
             ex.is_head = True  # nothing more goes on the wire for this response
-        await conn.flow.wait()
 
     async def write(self, chunk: bytes) -> None:
         conn = self._conn
@@ -99,7 +98,14 @@ class _Downstream:
         if not chunk or self._ex.is_head:
             return
         self._written += len(chunk)
-        if self._chunked:
+        pending = self._pending
+        if pending is not None:
+            self._pending = None
+            if self._chunked:
+                conn.transport.writelines((pending, *chunk_frame(chunk)))
+            else:
+                conn.transport.writelines((pending, chunk))
+        elif self._chunked:
             conn.transport.writelines(chunk_frame(chunk))
         else:
             conn.transport.write(chunk)
@@ -116,8 +122,11 @@ class _Downstream:
             # The body we relayed is not what the head promised: never let it look complete.
             self.abort()
             return
+        pending, self._pending = self._pending, None
         if self._chunked:
-            conn.transport.write(b"0\r\n\r\n")
+            conn.transport.write(pending + b"0\r\n\r\n" if pending else b"0\r\n\r\n")
+        elif pending:
+            conn.transport.write(pending)
         self.complete = True
 
     def abort(self) -> None:
@@ -140,8 +149,10 @@ class HttpConnection(asyncio.Protocol):
         self.running = False
         self._url = bytearray()
         self._headers: list[tuple[str, str]] = []
+        self._index: dict[str, str] = {}
         self._header_bytes = 0
-        self._timer: asyncio.TimerHandle | None = None
+        self.last_active = 0.0  # loop time of the last byte in or the last response out (idle sweep)
+        self.head_started: float | None = None  # loop time a request head began arriving (slowloris sweep)
         self.peer = ("", 0)
         self.sock = ("", 0)
 
@@ -160,14 +171,12 @@ class HttpConnection(asyncio.Protocol):
             except OSError:
                 pass
         self.listener.connections.add(self)
-        self._arm(IDLE_TIMEOUT_S)
+        self.last_active = self.listener.loop.time()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.flow.close()
         self.listener.connections.discard(self)
-        if self._timer:
-            self._timer.cancel()
         for ex in list(self.queue) + ([self.parsing] if self.parsing else []):
             ex.body.fail(ClientGone())
 
@@ -178,6 +187,7 @@ class HttpConnection(asyncio.Protocol):
         self.flow.resume()
 
     def data_received(self, data: bytes) -> None:
+        self.last_active = self.listener.loop.time()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -198,8 +208,9 @@ class HttpConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url.clear()
         self._headers = []
+        self._index = {}
         self._header_bytes = 0
-        self._arm(HEAD_TIMEOUT_S)
+        self.head_started = self.last_active
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -210,30 +221,29 @@ class HttpConnection(asyncio.Protocol):
         self._header_bytes += len(name) + len(value) + 4
         if len(self._headers) >= MAX_HEADERS or self._header_bytes > self.listener.max_header_size:
             raise _Limit(431, "header_too_large")
-        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        k = name.decode("latin-1")
+        v = value.decode("latin-1")
+        self._headers.append((k, v))
+        self._index.setdefault(k.lower(), v)
 
     def on_headers_complete(self) -> None:
         p = self.parser
         headers = tuple(self._headers)
-        has_body = False
+        index = self._index
+        cl = index.get("content-length")
+        has_body = "transfer-encoding" in index or (cl is not None and cl.strip() != "0")
         expect = False
-        for k, v in headers:
-            lk = k.lower()
-            if lk == "content-length":
-                has_body = has_body or v.strip() != "0"
-            elif lk == "transfer-encoding":
-                has_body = True
-            elif lk == "expect":
-                if v.strip().lower() != "100-continue":
-                    raise _Limit(417, "expectation_failed")
-                expect = True
+        if "expect" in index:
+            if any(k.lower() == "expect" and v.strip().lower() != "100-continue" for k, v in headers):
+                raise _Limit(417, "expectation_failed")
+            expect = True
         upgrade = p.should_upgrade()
-        if upgrade and any(k.lower() == "upgrade" and "websocket" in v.lower() for k, v in headers):
+        if upgrade and "websocket" in index.get("upgrade", "").lower():
             raise _Limit(501, "upgrade_not_supported")  # WebSocket proxying is not supported yet
         version = p.get_http_version()
         head = RequestHead(
             method=p.get_method().decode("ascii"), target=self._url.decode("latin-1"), version=version,
-            headers=headers, client_address=self.peer[0], client_port=self.peer[1],
+            headers=headers, index=index, client_address=self.peer[0], client_port=self.peer[1],
             scheme=self.listener.scheme, server_address=self.sock[0], server_port=self.sock[1],
             listener=self.listener.name, has_body=has_body)
         body = BodyQueue(self._pause_reading, self._resume_reading, ClientGone)
@@ -242,9 +252,7 @@ class HttpConnection(asyncio.Protocol):
             body.finish()
         self.parsing = ex
         self.queue.append(ex)
-        if self._timer:
-            self._timer.cancel()
-            self._timer = None
+        self.head_started = None
         if not self.running:
             self.running = True
             asyncio.get_running_loop().create_task(self._serve())
@@ -259,9 +267,6 @@ class HttpConnection(asyncio.Protocol):
             self.parsing = None
 
     # --- serving ---
-
-    def reading_done_for(self, ex: _Exchange) -> bool:
-        return ex.body.done
 
     def _pause_reading(self) -> None:
         if not self.closed:
@@ -308,8 +313,7 @@ class HttpConnection(asyncio.Protocol):
                         return
         finally:
             self.running = False
-            if not self.closed and not self.queue:
-                self._arm(IDLE_TIMEOUT_S)
+            self.last_active = self.listener.loop.time()
 
     async def _discard(self, ex: _Exchange) -> bool:
         if ex.expect_continue and not ex.continue_sent:
@@ -336,14 +340,15 @@ class HttpConnection(asyncio.Protocol):
             self.transport.write(head + body)
         self.close()
 
-    def _arm(self, seconds: float) -> None:
-        if self._timer:
-            self._timer.cancel()
-        self._timer = asyncio.get_running_loop().call_later(seconds, self._expire)
-
-    def _expire(self) -> None:
-        self._timer = None
-        if not self.running and not self.closed:
+    def sweep(self, now: float) -> None:
+        """Called about once a second by the listener: close idle keep-alive connections and clients that
+        take too long to send a request head (one timer for all connections, none per request)."""
+        if self.running or self.closed:
+            return
+        if self.head_started is not None:
+            if now - self.head_started > HEAD_TIMEOUT_S:
+                self._reject(408, "head_timeout")
+        elif not self.queue and now - self.last_active > IDLE_TIMEOUT_S:
             self.close()
 
     def close(self) -> None:
@@ -394,6 +399,8 @@ class RawListener:
         self._reject = reject
         self.connections: set[HttpConnection] = set()
         self._server: asyncio.base_events.Server | None = None
+        self._sweeper: asyncio.Task | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.bound: tuple[str, int] | None = None
 
     def reject(self, peer, sock, status: int, reason: str) -> bytes:
@@ -402,17 +409,26 @@ class RawListener:
         return self._reject(self.name, peer, sock, status, reason)
 
     async def start(self) -> tuple[str, int]:
-        loop = asyncio.get_running_loop()
+        self.loop = loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: HttpConnection(self), self.host, self.port,
                                                 reuse_address=True, backlog=4096)
         sockname = self._server.sockets[0].getsockname()
         self.bound = (sockname[0], sockname[1])
+        self._sweeper = loop.create_task(self._sweep())
         return self.bound
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = self.loop.time()
+            for conn in list(self.connections):
+                conn.sweep(now)
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Stop accepting, close idle connections, let in-flight exchanges finish within `grace_s`."""
         if self._server is None:
             return
+        self._sweeper.cancel()
         self._server.close()
         deadline = asyncio.get_running_loop().time() + grace_s
         while True:

@@ -1,0 +1,129 @@
+"""The telemetry exporter process: decodes finished request records from its stdin, turns them into spans
+and decision logs and exports them (OTLP or JSON lines) on its own CPU, off the proxy's core.
+
+Started by `ProcessSink` with one JSON argument (the resolved telemetry config, resource attributes, version
+and file stem). Frames in: 4-byte length + `telemetry.wire` payload. Frames out (stdout), once a second and at
+exit: 4-byte length + marshal({"exported": {signal: n}, "dropped": {(signal, reason): n}}) as running totals.
+EOF on stdin means shut down: export what fits in the deadline, count the rest as dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import marshal
+import os
+import sys
+import threading
+import time
+
+from opentelemetry.sdk.resources import Resource
+
+from telemetry import wire
+from telemetry.config import ResolvedTelemetry
+from telemetry.convert import Converter
+from telemetry.export import SignalWorker, build_exporters
+from telemetry.metrics import Metrics
+from telemetry.names import TelemetrySignal
+
+
+def span_count(r) -> int:
+    return 1 + len(r.attempts) + (1 if r.balance_span_id else 0)
+
+
+class ThreadSink:
+    """Two bounded queues with an export thread each (the in-process pipeline; also what the exporter
+    process runs)."""
+
+    def __init__(self, resolved: ResolvedTelemetry, resource_attrs: dict, metrics: Metrics, version: str,
+                 file_stem: str):
+        converter = Converter(Resource(resource_attrs), version)
+        trace_exp, log_exp, self.destination = build_exporters(resolved, file_stem)
+        self.traces = SignalWorker(TelemetrySignal.TRACES, trace_exp, converter.spans, span_count, metrics,
+                                   resolved.queue_size, resolved.batch_size, resolved.export_interval_s)
+        self.logs = SignalWorker(TelemetrySignal.LOGS, log_exp, converter.logs, lambda item: len(item[1]),
+                                 metrics, resolved.queue_size, resolved.batch_size, resolved.export_interval_s)
+
+    def submit(self, r) -> None:
+        if r.trace.sampled:
+            self.traces.submit(r)
+        if r.decisions:
+            self.logs.submit((r, r.decisions))
+
+    def shutdown(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        self.traces.shutdown(deadline)
+        self.logs.shutdown(deadline)
+
+
+def _totals(metrics: Metrics) -> dict:
+    out = {"exported": {}, "dropped": {}}
+    for fam in metrics.registry.collect():
+        for s in fam.samples:
+            if s.name == "gatewatch_telemetry_exported_total":
+                out["exported"][s.labels["signal"]] = s.value
+            elif s.name == "gatewatch_telemetry_dropped_total":
+                out["dropped"][(s.labels["signal"], s.labels["reason"])] = s.value
+    return out
+
+
+def _leave_the_proxy_core() -> None:
+    """Run on the cores the proxy is not pinned to (the child inherits the parent's affinity): the point of
+    this process is to keep encoding and export off the proxy's core."""
+    if not hasattr(os, "sched_getaffinity"):
+        return
+    mine = os.sched_getaffinity(0)
+    everything = set(range(os.cpu_count() or 1))
+    others = everything - mine
+    if others:
+        try:
+            os.sched_setaffinity(0, others)
+        except OSError:
+            pass
+
+
+def main() -> int:
+    _leave_the_proxy_core()
+    args = json.loads(sys.argv[1])
+    resolved = ResolvedTelemetry(**args["resolved"])
+    metrics = Metrics(args["version"])
+    sink = ThreadSink(resolved, args["resource"], metrics, args["version"], args["file_stem"])
+    out = sys.stdout.buffer
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def report() -> None:
+        payload = marshal.dumps(_totals(metrics))
+        with lock:
+            out.write(wire.HEADER.pack(len(payload)) + payload)
+            out.flush()
+
+    def reporter() -> None:
+        while not stop.wait(1.0):
+            try:
+                report()
+            except (BrokenPipeError, ValueError):
+                return
+
+    threading.Thread(target=reporter, daemon=True).start()
+    stdin = sys.stdin.buffer
+    while True:
+        head = stdin.read(wire.HEADER.size)
+        if len(head) < wire.HEADER.size:
+            break
+        (n,) = wire.HEADER.unpack(head)
+        payload = stdin.read(n)
+        if len(payload) < n:
+            break
+        for record in wire.decode(payload):
+            sink.submit(record)
+    stop.set()
+    sink.shutdown(float(args.get("shutdown_s", 3.0)))
+    try:
+        report()
+    except (BrokenPipeError, ValueError):
+        pass
+    os._exit(0)  # exporter threads stuck on a dead collector must not hold the exit
+
+
+if __name__ == "__main__":
+    sys.exit(main())

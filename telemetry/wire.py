@@ -1,0 +1,45 @@
+"""Finished request records as plain tuples, for the trip to the exporter process.
+
+`encode(records) -> bytes` and `decode(bytes) -> list[RequestRecord]` use `marshal` (C, no code execution
+on load of these types, and several times faster than pickle for tuples of primitives). The field order
+comes from the dataclasses themselves, so adding a field to a record needs no change here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import marshal
+import struct
+from operator import attrgetter
+
+from telemetry.context import AttemptRecord, DecisionRecord, RequestRecord, TraceContext
+from telemetry.names import DecisionKind
+
+_NESTED = ("trace", "attempts", "decisions")
+_REQ_FIELDS = tuple(f.name for f in dataclasses.fields(RequestRecord) if f.name not in _NESTED)
+_req = attrgetter(*_REQ_FIELDS)
+_trace = attrgetter(*(f.name for f in dataclasses.fields(TraceContext)))
+_attempt = attrgetter(*(f.name for f in dataclasses.fields(AttemptRecord)))
+_DEC_FIELDS = tuple(f.name for f in dataclasses.fields(DecisionRecord))
+_decision = attrgetter(*_DEC_FIELDS)
+HEADER = struct.Struct("!I")
+
+
+def _to_tuple(r: RequestRecord) -> tuple:
+    decisions = [(d.kind.value,) + _decision(d)[1:] for d in r.decisions]
+    return (_req(r), _trace(r.trace), [_attempt(a) for a in r.attempts], decisions)
+
+
+def encode(records: list[RequestRecord]) -> bytes:
+    payload = marshal.dumps([_to_tuple(r) for r in records])
+    return HEADER.pack(len(payload)) + payload
+
+
+def decode(payload: bytes) -> list[RequestRecord]:
+    out = []
+    for req, trace, attempts, decisions in marshal.loads(payload):
+        r = RequestRecord(**dict(zip(_REQ_FIELDS, req)), trace=TraceContext(*trace))
+        r.attempts = [AttemptRecord(*a) for a in attempts]
+        r.decisions = [DecisionRecord(DecisionKind(d[0]), *d[1:]) for d in decisions]
+        out.append(r)
+    return out
