@@ -35,7 +35,10 @@ def _ld(tag: int, payload: bytes) -> bytes:
 
 def _str(tag: int, s: str) -> bytes:
     b = s.encode("utf-8")
-    return bytes((tag,)) + _varint(len(b)) + b
+    n = len(b)
+    if n < 0x80:
+        return bytes((tag, n)) + b
+    return bytes((tag,)) + _varint(n) + b
 
 
 def _any(v: Any) -> bytes:
@@ -54,17 +57,36 @@ def _any(v: Any) -> bytes:
 
 
 _key_cache: dict[str, bytes] = {}
+# Encoded KeyValue bodies (length-prefixed) for attribute values that repeat across requests: layer, method,
+# route, outcome, instance... Unique values (ids, paths) are encoded each time and never cached.
+_kv_cache: dict[tuple[str, Any], bytes] = {}
+_UNIQUE_KEYS = frozenset({"url.path", "url.query", "url.full", "network.peer.port", "gatewatch.request_id",
+                          "client.address", "network.peer.address", "gatewatch.lb.in_flight"})
+_KV_CACHE_MAX = 20_000
 
 
-def _kv(key: str, value: Any) -> bytes:
+def _kv_prefixed(key: str, value: Any) -> bytes:
+    """varint(len) + KeyValue{key, value}: ready to follow the repeated field's tag."""
+    cacheable = key not in _UNIQUE_KEYS and not isinstance(value, list)
+    if cacheable:
+        hit = _kv_cache.get((key, value))
+        if hit is not None:
+            return hit
     k = _key_cache.get(key)
     if k is None:
         k = _key_cache[key] = _str(0x0A, key)  # key = 1
-    return k + _ld(0x12, _any(value))  # value = 2
+    body = k + _ld(0x12, _any(value))  # value = 2
+    out = _varint(len(body)) + body
+    if cacheable:
+        if len(_kv_cache) >= _KV_CACHE_MAX:
+            _kv_cache.clear()
+        _kv_cache[(key, value)] = out
+    return out
 
 
 def _attrs(tag: int, attrs: dict[str, Any]) -> bytes:
-    return b"".join(_ld(tag, _kv(k, v)) for k, v in attrs.items())
+    t = bytes((tag,))
+    return b"".join([t + _kv_prefixed(k, v) for k, v in attrs.items()])
 
 
 def _id(tag: int, value: int, size: int) -> bytes:
