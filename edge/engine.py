@@ -37,6 +37,14 @@ from telemetry.recorder import Telemetry
 
 log = logging.getLogger("gatewatch.engine")
 
+# Plain-str values of the closed vocabularies used on every request (records hold plain strings: they cross a
+# pipe to the exporter process, and an Enum attribute lookup costs more than the rest of the bookkeeping).
+PROXIED = Outcome.PROXIED.value
+CLIENT_ABORT = Outcome.CLIENT_ABORT.value
+BALANCER = Layer.BALANCER.value
+MATCHED = Reason.ROUTE_MATCHED.value
+PICK_REASON = {"round_robin": Reason.PICK_ROUND_ROBIN.value, "weighted_round_robin": Reason.PICK_WEIGHTED.value}
+
 FAILURE_OUTCOME = {
     ErrorType.CONNECT_REFUSED: Outcome.UPSTREAM_CONNECT_ERROR,
     ErrorType.CONNECT_TIMEOUT: Outcome.UPSTREAM_TIMEOUT,
@@ -81,6 +89,7 @@ class Engine:
                  rng: random.Random | None = None):
         self.snapshot = snapshot
         self.layer = snapshot.layer
+        self.layer_value = snapshot.layer.value
         self.forwarder = forwarder
         self.telemetry = telemetry
         self.clock_ns = clock_ns
@@ -97,7 +106,7 @@ class Engine:
                             trust, self.sampling_ratio, self.rng, self.parent_based)
         path, query = split_target(head.target)
         rec = RequestRecord(
-            layer=self.layer.value, trace=trace, start_ns=self.clock_ns(), start_mono=self.monotonic(),
+            layer=self.layer_value, trace=trace, start_ns=self.clock_ns(), start_mono=self.monotonic(),
             method=head.method, path=path, query=query, scheme=head.scheme,
             host=(head.header("host") or head.server_address), server_port=head.server_port,
             client_address=head.client_address, client_port=head.client_port, protocol_version=head.version,
@@ -106,7 +115,7 @@ class Engine:
         try:
             await self._phases(snap, head, body, down, rec)
         except ClientGone:
-            rec.outcome = Outcome.CLIENT_ABORT.value
+            rec.outcome = CLIENT_ABORT
             rec.error_type = ErrorType.CLIENT_ABORT.value
         except Exception:
             log.exception("request %s: internal error", rec.request_id)
@@ -154,11 +163,11 @@ class Engine:
                 return
             ep = picked.endpoint
             host, port, scheme, instance, zone = ep.host, ep.port, "http", ep.id, ep.zone
-            attempt_layer = Layer.BALANCER.value
+            attempt_layer = BALANCER
         else:
             remote = snap.remotes[route.upstream]
             host, port, scheme, instance, zone = remote.host, remote.port, remote.scheme, f"{remote.host}:{remote.port}", None
-            attempt_layer, pool, ep = self.layer.value, None, None
+            attempt_layer, pool, ep = self.layer_value, None, None
 
         # UPSTREAM (one attempt; the retry loop of the balancer issue wraps this block)
         target = strip_prefix(path, route.rewrite.strip_prefix) if route.rewrite.strip_prefix else path
@@ -168,10 +177,8 @@ class Engine:
             span_id=new_span_id(self.rng), layer=attempt_layer, upstream=route.upstream, instance=instance,
             zone=zone, host=host, port=port, url_full=f"{scheme}://{_hostport(host, port)}{target}",
             method=head.method, resend_count=0, start_ns=self.clock_ns())
-        if ep is not None:
-            attempt.lb = dict(rec.lb)
-            attempt.lb[Attr.LB_WEIGHT] = ep.weight
-            attempt.lb[Attr.LB_IN_FLIGHT] = pool.in_flight[ep.id]
+        if ep is not None:  # the CLIENT span also carries the pick's algorithm and candidates (rec.lb)
+            attempt.lb = {Attr.LB_WEIGHT: ep.weight, Attr.LB_IN_FLIGHT: pool.in_flight[ep.id]}
         rec.attempts.append(attempt)
         listener = snap.listeners[head.listener]
         up_headers = hdr.upstream_request_headers(
@@ -233,20 +240,20 @@ class Engine:
             return
         except ClientGone:
             response.close()
-            attempt.outcome = Outcome.CLIENT_ABORT.value
+            attempt.outcome = CLIENT_ABORT
             raise
         finally:
             attempt.end_ns = self.clock_ns()
             attempt.duration_s = self.monotonic() - attempt_mono
         response.close()
-        attempt.outcome = rec.outcome = Outcome.PROXIED.value
+        attempt.outcome = rec.outcome = PROXIED
 
     # --- decisions (pure bookkeeping: what was decided, by which rule, why) ---
 
     def _decide_route(self, rec: RequestRecord, match: RouteMatch | NoRoute) -> None:
         if isinstance(match, RouteMatch):
             rec.decisions.append(DecisionRecord(
-                DecisionKind.ROUTE, match.route.name, "matched", Reason.ROUTE_MATCHED.value, self.clock_ns(),
+                DecisionKind.ROUTE, match.route.name, "matched", MATCHED, self.clock_ns(),
                 rec.trace.span_id, {Attr.HTTP_ROUTE: match.template, Attr.UPSTREAM: match.route.upstream}))
         else:
             rec.decisions.append(DecisionRecord(
@@ -254,22 +261,23 @@ class Engine:
                 rec.trace.span_id, {"gatewatch.route.failed_condition": match.reason}))
 
     def _decide_pick(self, rec: RequestRecord, pool: str, picked, in_flight: dict[str, int]) -> None:
+        algorithm = picked.algorithm.value
+        rec.lb = {Attr.LB_ALGORITHM: algorithm, Attr.LB_CANDIDATES: picked.candidates}
         excluded = [f"{i}={why}" for i, why in picked.excluded]
-        rec.lb = {Attr.LB_ALGORITHM: picked.algorithm.value, Attr.LB_CANDIDATES: picked.candidates}
         if excluded:
             rec.lb[Attr.LB_EXCLUDED] = excluded
         attrs = {Attr.UPSTREAM: pool, **rec.lb}
         if isinstance(picked, NoHealthyEndpoint):
             rec.decisions.append(DecisionRecord(DecisionKind.PICK, pool, "no_candidates", Reason.PICK_NO_CANDIDATES.value,
                                                 self.clock_ns(), rec.balance_span_id or rec.trace.span_id, attrs,
-                                                Layer.BALANCER.value))
+                                                BALANCER))
             return
         ep = picked.endpoint
         attrs.update({Attr.INSTANCE: ep.id, Attr.ZONE: ep.zone, Attr.LB_WEIGHT: ep.weight,
                       Attr.LB_IN_FLIGHT: in_flight[ep.id]})
-        reason = Reason.PICK_ROUND_ROBIN if picked.algorithm.value == "round_robin" else Reason.PICK_WEIGHTED
-        rec.decisions.append(DecisionRecord(DecisionKind.PICK, pool, "picked", reason.value, self.clock_ns(),
-                                            rec.balance_span_id or rec.trace.span_id, attrs, Layer.BALANCER.value))
+        rec.decisions.append(DecisionRecord(DecisionKind.PICK, pool, "picked", PICK_REASON[algorithm],
+                                            self.clock_ns(), rec.balance_span_id or rec.trace.span_id, attrs,
+                                            BALANCER))
 
     # --- local answers ---
 

@@ -112,6 +112,7 @@ def span_models(r: RequestRecord) -> list[SpanModel]:
             Attr.ZONE: a.zone,
             Attr.OUTCOME: a.outcome,
             Attr.REQUEST_ID: r.request_id,
+            **r.lb,
             **a.lb,
         })
         out.append(SpanModel(a.method, t.trace_id, a.span_id, attempt_parent, CLIENT, a.start_ns,
