@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 
@@ -73,8 +74,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"  {p}", file=sys.stderr)
         return 2
     _setup_logging(args.log_level)
+    if cfg.workers > 1 and args.worker is None:
+        from edge.supervisor import run_workers
+
+        return run_workers(args.config, cfg, args.ready_file, args.log_level)
+    ports = json.loads(args.ports) if args.ports else None
     try:
-        _run_loop(serve(cfg, ready_file=args.ready_file))
+        _run_loop(serve(cfg, ready_file=args.ready_file, worker=args.worker, ports=ports))
     except OSError as err:
         print(f"gatewatch: cannot start: {err}", file=sys.stderr)
         return 1
@@ -125,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ready-file", metavar="PATH",
                    help="write JSON with the pid and bound addresses here once listening (useful with port 0)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)  # set by the supervisor
+    p.add_argument("--ports", default=None, help=argparse.SUPPRESS)  # JSON listener→port, set by the supervisor
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("validate", help="check config files and print every problem with its field path",

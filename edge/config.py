@@ -198,6 +198,9 @@ class GatewatchConfig(Strict):
     # The HTTP/1.1 I/O ends: "fast" (raw asyncio protocols + llhttp, the default) or "aiohttp" (the reference
     # implementation, slower; kept to prove the engine does not depend on either).
     data_plane: Literal["fast", "aiohttp"] = "fast"
+    # Worker processes sharing the listeners (SO_REUSEPORT), each with its own telemetry pipeline and its own
+    # admin listener (admin port + worker index). 1 = this process serves.
+    workers: int = Field(default=1, ge=1, le=64)
     admin: AdminConfig = AdminConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     edge: EdgeConfig | None = None

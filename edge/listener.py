@@ -85,7 +85,9 @@ async def _request_body(request: web.BaseRequest) -> AsyncIterator[bytes]:
 
 
 class AiohttpListener:
-    def __init__(self, name: str, host: str, port: int, scheme: str, handler: Handler, max_header_size: int):
+    def __init__(self, name: str, host: str, port: int, scheme: str, handler: Handler, max_header_size: int,
+                 reuse_port: bool = False):
+        self.reuse_port = reuse_port
         self.name = name
         self.host = host
         self.port = port
@@ -125,7 +127,8 @@ class AiohttpListener:
                             max_line_size=self._max_header_size, access_log=None)
         self._runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=5.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True, backlog=1024)
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True, backlog=1024,
+                           reuse_port=self.reuse_port or None)
         await site.start()
         sockname = site._server.sockets[0].getsockname()  # noqa: SLF001 - the only way to learn port 0's port
         self.bound = (sockname[0], sockname[1])

@@ -48,10 +48,16 @@ def _remote(name: str, url: str) -> RemoteTarget:
 
 
 class Runtime:
-    def __init__(self, config: GatewatchConfig, env: dict[str, str] | None = None):
+    def __init__(self, config: GatewatchConfig, env: dict[str, str] | None = None, worker: int | None = None,
+                 ports: dict[str, int] | None = None):
+        """`worker`: this process's index when `workers > 1` (listeners then share their ports with
+        SO_REUSEPORT; `ports` gives the ports the supervisor chose for listeners configured with port 0)."""
         self.config = config
+        self.worker = worker
         self.metrics = Metrics(VERSION)
         self.resolved = resolve(config.telemetry, default_service_name(config), env)
+        if worker is not None:
+            self.resolved.resource_attributes["gatewatch.worker"] = str(worker)
         for w in self.resolved.warnings:
             log.warning("telemetry: %s", w)
         self.telemetry = Telemetry(self.resolved, self.metrics, VERSION, self.resolved.service_name,
@@ -74,12 +80,14 @@ class Runtime:
             self.engines[layer] = engine
             for lst in section.listeners:
                 host, port = parse_address(lst.address)
+                port = (ports or {}).get(lst.name, port)
                 if fast:
                     self.listeners.append(RawListener(lst.name, host, port, "http", engine.handle,
-                                                      lst.max_header_size, engine.reject))
+                                                      lst.max_header_size, engine.reject,
+                                                      reuse_port=worker is not None))
                 else:
                     self.listeners.append(AiohttpListener(lst.name, host, port, "http", engine.handle,
-                                                          lst.max_header_size))
+                                                          lst.max_header_size, reuse_port=worker is not None))
         self._admin_runner: web.AppRunner | None = None
         self.admin_bound: tuple[str, int] | None = None
         self.ready = False
@@ -106,6 +114,8 @@ class Runtime:
     async def start(self) -> None:
         await self.telemetry.start()
         host, port = parse_address(self.config.admin.address)
+        if port and self.worker:
+            port += self.worker  # one admin listener per worker: 9901, 9902, ...
         self._admin_runner = web.AppRunner(build_admin_app(self), handle_signals=False, access_log=None)
         await self._admin_runner.setup()
         site = web.TCPSite(self._admin_runner, host, port, reuse_address=True)
@@ -117,7 +127,7 @@ class Runtime:
         self.ready = True
 
     def describe(self) -> dict:
-        return {"pid": os.getpid(), "service_name": self.resolved.service_name,
+        return {"pid": os.getpid(), "worker": self.worker, "service_name": self.resolved.service_name,
                 "admin": f"{self.admin_bound[0]}:{self.admin_bound[1]}" if self.admin_bound else None,
                 "listeners": self.bound_listeners(), "telemetry": self.telemetry.destination}
 
@@ -134,8 +144,9 @@ class Runtime:
         await self.telemetry.stop(3.0)
 
 
-async def serve(config: GatewatchConfig, ready_file: str | None = None, stop: asyncio.Event | None = None) -> None:
-    rt = Runtime(config)
+async def serve(config: GatewatchConfig, ready_file: str | None = None, stop: asyncio.Event | None = None,
+                worker: int | None = None, ports: dict[str, int] | None = None) -> None:
+    rt = Runtime(config, worker=worker, ports=ports)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     import signal

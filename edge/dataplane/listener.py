@@ -389,7 +389,8 @@ def _parser_reason(err: Exception) -> str:
 
 class RawListener:
     def __init__(self, name: str, host: str, port: int, scheme: str, handler: Any, max_header_size: int,
-                 reject: Any = None):
+                 reject: Any = None, reuse_port: bool = False):
+        self.reuse_port = reuse_port
         self.name = name
         self.host = host
         self.port = port
@@ -411,7 +412,8 @@ class RawListener:
     async def start(self) -> tuple[str, int]:
         self.loop = loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: HttpConnection(self), self.host, self.port,
-                                                reuse_address=True, backlog=4096)
+                                                reuse_address=True, reuse_port=self.reuse_port or None,
+                                                backlog=4096)
         sockname = self._server.sockets[0].getsockname()
         self.bound = (sockname[0], sockname[1])
         self._sweeper = loop.create_task(self._sweep())
