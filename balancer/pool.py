@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from typing import Mapping
 
-from balancer.algorithms import ALGORITHMS, CursorState, Endpoint, NoHealthyEndpoint, Pick
+from balancer.algorithms import ALGORITHMS, CursorState, Endpoint, NoHealthyEndpoint, Pick, prepare
 from balancer.config import PoolConfig
 
 
@@ -24,6 +24,7 @@ class Pool:
         )
         self._by_id = {e.id: e for e in self.endpoints}
         self._state = CursorState()
+        prepare(config.algorithm, self.endpoints, self._state)
         self._pick = ALGORITHMS[config.algorithm]
         self.in_flight: dict[str, int] = {e.id: 0 for e in self.endpoints}
 

@@ -110,16 +110,45 @@ def host_without_port(host: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
+def _first_segment(path: str) -> str:
+    end = path.find("/", 1)
+    return path[1:] if end < 0 else path[1:end]
+
+
 class Router:
+    """Routes indexed by the first path segment they can match, so a request is tested only against the
+    routes that could possibly match it (in declared order), not the whole table: matching stays flat from
+    10 to thousands of routes. Routes whose first segment is open (`prefix: /`, `/{param}/...`) are tried
+    for every path, merged into each bucket at their declared position."""
+
     def __init__(self, routes: tuple[RouteConfig, ...]):
         self._routes = [_Compiled(r, i) for i, r in enumerate(routes)]
+        anywhere: list[_Compiled] = []
+        buckets: dict[str, list[_Compiled]] = {}
+        for c in self._routes:
+            key = self._key(c)
+            if key is None:
+                anywhere.append(c)
+            else:
+                buckets.setdefault(key, []).append(c)
+        self._anywhere = anywhere
+        self._buckets = {k: sorted(v + anywhere, key=lambda c: c.index) for k, v in buckets.items()}
+
+    @staticmethod
+    def _key(c: _Compiled) -> str | None:
+        if c.kind == "prefix" and c.value == "/":
+            return None
+        first = _first_segment(c.value)
+        if c.kind == "template" and first.startswith("{"):
+            return None
+        return first
 
     def match(self, path: str, host: str, method: str, headers: Mapping[str, str], query: str) -> RouteMatch | NoRoute:
         """`headers` maps lower-case names to values (first occurrence)."""
         host = host_without_port(host)
         nearest: tuple[str, str] | None = None
         qparams: dict[str, str] | None = None
-        for c in self._routes:
+        for c in self._buckets.get(_first_segment(path), self._anywhere):
             params = c.match_path(path)
             if params is None:
                 continue
