@@ -97,6 +97,7 @@ class Engine:
         self.rng = rng or random.Random()
         self.sampling_ratio = telemetry.config.sampling_ratio
         self.parent_based = telemetry.config.parent_based
+        self.telemetry_enabled = telemetry.config.enabled  # no traceresponse pointing at spans never exported
 
     async def handle(self, head: RequestHead, body: AsyncIterator[bytes], down: Downstream) -> None:
         snap = self.snapshot  # the request keeps the snapshot it started with
@@ -223,7 +224,7 @@ class Engine:
         headers = [(k, v) for k, v in hdr.downstream_response_headers(response.headers, rec.protocol_version)
                    if k.lower() not in ("x-request-id", "traceresponse")]  # ours replace an inner tier's
         headers.append(("X-Request-Id", rec.request_id))
-        if self.snapshot.listeners[rec.listener].trace_response_header and rec.trace.sampled:
+        if self.telemetry_enabled and rec.trace.sampled and self.snapshot.listeners[rec.listener].trace_response_header:
             headers.append(("traceresponse", format_traceparent(rec.trace.trace_id, rec.trace.span_id, True)))
         rec.status = response.status
         try:
@@ -281,7 +282,8 @@ class Engine:
 
     # --- local answers ---
 
-    def reject(self, listener: str, peer: tuple[str, int], sock: tuple[str, int], status: int, reason: str) -> bytes:
+    def reject(self, listener: str, peer: tuple[str, int], sock: tuple[str, int], status: int,
+               reason: str) -> tuple[bytes, str]:
         """A request the listener could not parse (framing conflict, oversize head, bad syntax): record it
         like any other request (outcome `bad_request`, `error.type` = the parser's reason) and return the JSON
         body to answer with. Called by the listener, which owns the bytes on the wire."""
@@ -294,7 +296,7 @@ class Engine:
             listener=listener, outcome=Outcome.BAD_REQUEST.value, status=status, error_type=reason,
             end_ns=now_ns)
         self.telemetry.finish(rec)
-        return _error_body(Outcome.BAD_REQUEST, status, rec.request_id, rec.layer)
+        return _error_body(Outcome.BAD_REQUEST, status, rec.request_id, rec.layer), rec.request_id
 
     async def _fail(self, down: Downstream, rec: RequestRecord, outcome: Outcome, error_type: str | None) -> None:
         rec.outcome = outcome.value
@@ -307,7 +309,7 @@ class Engine:
         payload = _error_body(outcome, status, rec.request_id, rec.layer)
         headers = [("Content-Type", "application/json"), ("X-Request-Id", rec.request_id),
                    ("Cache-Control", "no-store")]
-        if rec.trace.sampled and self.snapshot.listeners[rec.listener].trace_response_header:
+        if self.telemetry_enabled and rec.trace.sampled and self.snapshot.listeners[rec.listener].trace_response_header:
             headers.append(("traceresponse", format_traceparent(rec.trace.trace_id, rec.trace.span_id, True)))
         await down.start(status, None, tuple(headers), len(payload))
         await down.write(payload)

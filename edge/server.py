@@ -60,8 +60,10 @@ class Runtime:
             self.resolved.resource_attributes["gatewatch.worker"] = str(worker)
         for w in self.resolved.warnings:
             log.warning("telemetry: %s", w)
-        self.telemetry = Telemetry(self.resolved, self.metrics, VERSION, self.resolved.service_name,
-                                   config.telemetry.exporter)
+        # Workers write their own JSON-lines files: several processes appending to (and rotating) one file
+        # would interleave or lose lines.
+        stem = self.resolved.service_name + (f"-w{worker}" if worker is not None else "")
+        self.telemetry = Telemetry(self.resolved, self.metrics, VERSION, stem, config.telemetry.exporter)
         self.pools = {p.name: Pool(p) for p in config.balancer.pools} if config.balancer else {}
         remotes = {u.name: _remote(u.name, u.url) for u in config.edge.upstreams} if config.edge else {}
         limits = {p.name: (p.max_connections_per_instance, p.keepalive_idle_s) for p in (config.balancer.pools if config.balancer else ())}

@@ -134,6 +134,11 @@ class SignalWorker:
         self._thread = threading.Thread(target=self._run, name=f"gatewatch-export-{signal.value}", daemon=True)
         self._thread.start()
 
+    @property
+    def queued(self) -> int:
+        """Items (spans / log records) waiting for export."""
+        return self._queued_items
+
     def submit(self, record: Any) -> None:
         """Called on the event loop. Never blocks: a full queue drops the record and counts it."""
         n = self._count(record)

@@ -79,8 +79,8 @@ def _sender(resolved: ResolvedTelemetry, signal: str, endpoint: str):
     return HttpSender(endpoint, resolved)
 
 
-def _totals(metrics: Metrics) -> dict:
-    out = {"exported": {}, "dropped": {}}
+def _totals(metrics: Metrics, sink: "ThreadSink") -> dict:
+    out = {"exported": {}, "dropped": {}, "queued": {"traces": sink.traces.queued, "logs": sink.logs.queued}}
     for fam in metrics.registry.collect():
         for s in fam.samples:
             if s.name == "gatewatch_telemetry_exported_total":
@@ -116,7 +116,7 @@ def main() -> int:
     stop = threading.Event()
 
     def report() -> None:
-        payload = marshal.dumps(_totals(metrics))
+        payload = marshal.dumps(_totals(metrics, sink))
         with lock:
             out.write(wire.HEADER.pack(len(payload)) + payload)
             out.flush()

@@ -48,7 +48,6 @@ class ProcessSink:
         self._tasks: list[asyncio.Task] = []
         self._child_totals: dict = {"exported": {}, "dropped": {}}
         self._seen = {"exported": {}, "dropped": {}}
-        from telemetry.export import build_exporters  # noqa: F401 - validates the destination description
         self.destination = "exporter process: " + _describe(resolved, file_stem)
 
     async def start(self) -> None:
@@ -110,6 +109,8 @@ class ProcessSink:
     def _apply(self, totals: dict) -> None:
         """The child reports running totals; add what is new to this process's counters."""
         m = self._metrics
+        for i, signal in enumerate(("traces", "logs")):
+            m.telemetry_queue.labels(signal).set(self._pending_items[i] + totals.get("queued", {}).get(signal, 0))
         for signal, v in totals["exported"].items():
             delta = v - self._seen["exported"].get(signal, 0)
             if delta > 0:
@@ -195,7 +196,7 @@ class Telemetry:
             await self.sink.start()
 
     def finish(self, r: RequestRecord) -> None:
-        trace_id = f"{r.trace.trace_id:032x}" if r.trace.sampled else None
+        trace_id = f"{r.trace.trace_id:032x}" if r.trace.sampled and self.sink is not None else None
         route = r.route or ""
         method = method_label(r.method)
         self._server.observe((r.layer, route, method, status_label(r.status), r.outcome or ""), r.duration_s,

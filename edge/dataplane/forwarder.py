@@ -1,7 +1,8 @@
 """The upstream I/O end on raw asyncio protocols with llhttp's strict response parser (httptools).
 
-Per endpoint a pool of keep-alive connections (LIFO, so a few stay warm; bounded count; idle ones closed
-after `keepalive_idle_s`, below typical upstream idle timeouts). A connection goes back to the pool only
+Per endpoint a pool of keep-alive connections (LIFO, so a few stay warm; bounded count; one idle longer than
+`keepalive_idle_s` — below typical upstream idle timeouts — is closed instead of reused; `https` upstreams
+get verified TLS). A connection goes back to the pool only
 after a clean exchange: the request body fully sent, the response complete by its own framing, keep-alive on
 both sides, no error. There is no hidden re-send of any request: a failure is reported to the engine as an
 `UpstreamFailure` and the balancer's visible retry logic decides.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import socket
+import ssl
 import time
 from typing import AsyncIterator
 
@@ -161,9 +163,11 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 class EndpointPool:
-    def __init__(self, host: str, port: int, max_connections: int, idle_s: float):
+    def __init__(self, host: str, port: int, max_connections: int, idle_s: float,
+                 tls: ssl.SSLContext | None = None):
         self.host = host
         self.port = port
+        self.tls = tls  # https upstreams: verified TLS with SNI = host
         self.max_connections = max_connections
         self.idle_s = idle_s
         self.idle: collections.deque[UpstreamConnection] = collections.deque()
@@ -194,10 +198,14 @@ class EndpointPool:
         try:
             async with asyncio.timeout(connect_s):
                 _, conn = await asyncio.get_running_loop().create_connection(
-                    lambda: UpstreamConnection(self), self.host, self.port)
+                    lambda: UpstreamConnection(self), self.host, self.port, ssl=self.tls,
+                    server_hostname=self.host if self.tls else None)
         except TimeoutError:
             self.open -= 1
             raise UpstreamFailure(ErrorType.CONNECT_TIMEOUT, f"connect took longer than {connect_s}s") from None
+        except ssl.SSLError as err:  # an OSError too, but worth naming
+            self.open -= 1
+            raise UpstreamFailure(ErrorType.CONNECT_REFUSED, f"TLS: {err}") from None
         except OSError as err:
             self.open -= 1
             raise UpstreamFailure(ErrorType.CONNECT_REFUSED, err.strerror or str(err)) from None
@@ -311,19 +319,25 @@ class RawForwarder:
     def __init__(self, limits: dict[str, tuple[int, float]]):
         """`limits`: pool or upstream name → (max connections per endpoint, keep-alive idle seconds)."""
         self._limits = limits
-        self._pools: dict[tuple[str, str, int], EndpointPool] = {}
+        self._pools: dict[tuple[str, str, int, str], EndpointPool] = {}
+        self._tls: ssl.SSLContext | None = None
 
-    def _pool(self, name: str, host: str, port: int) -> EndpointPool:
-        key = (name, host, port)
+    def _pool(self, name: str, host: str, port: int, scheme: str) -> EndpointPool:
+        key = (name, host, port, scheme)
         pool = self._pools.get(key)
         if pool is None:
             limit, idle = self._limits.get(name, (256, 15.0))
-            pool = self._pools[key] = EndpointPool(host, port, limit, idle)
+            tls = None
+            if scheme == "https":
+                if self._tls is None:
+                    self._tls = ssl.create_default_context()
+                tls = self._tls
+            pool = self._pools[key] = EndpointPool(host, port, limit, idle, tls)
         return pool
 
     async def send(self, pool: str, request: UpstreamRequest, body: AsyncIterator[bytes] | None,
                    connect_s: float, response_s: float, idle_s: float) -> RawResponse:
-        ep = self._pool(pool, request.host, request.port)
+        ep = self._pool(pool, request.host, request.port, request.scheme)
         conn = await ep.acquire(connect_s)
         conn.begin(request.method)
         head, chunked = _request_bytes(request)

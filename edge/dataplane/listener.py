@@ -7,7 +7,8 @@ Owned here: framing (Content-Length / chunked, both ways), limits (request line,
 `Expect: 100-continue` (answered on the first body read, so a refusal gets its final status instead),
 keep-alive (reused only after a clean exchange whose request body was read to the end), idle and header
 timeouts, and write backpressure. A request llhttp rejects (framing conflicts, bad syntax, oversize) is
-answered 400/413/414/431 and recorded through `Engine.reject`, then the connection is closed.
+answered 400/408/414/417/431/501 and recorded through `Engine.reject`, then the connection is closed
+(after the responses to requests pipelined before it).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ DRAIN_LIMIT = 64 * 1024  # unread request body we are willing to read and discar
 
 
 class _Exchange:
-    __slots__ = ("head", "body", "expect_continue", "keep_alive", "continue_sent", "is_head", "http10")
+    __slots__ = ("head", "body", "expect_continue", "keep_alive", "continue_sent", "is_head", "http10", "started")
 
     def __init__(self, head: RequestHead, body: BodyQueue, keep_alive: bool, expect_continue: bool):
         self.head = head
@@ -43,6 +44,7 @@ class _Exchange:
         self.continue_sent = False
         self.is_head = head.method == "HEAD"
         self.http10 = head.version == "1.0"
+        self.started = False  # the engine has begun handling it
 
 
 class _Downstream:
@@ -144,6 +146,7 @@ class HttpConnection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.flow = WriteFlow()
         self.closed = False
+        self.rejected: tuple[int, str] | None = None  # an unparseable request waits for earlier answers
         self.queue: collections.deque[_Exchange] = collections.deque()
         self.parsing: _Exchange | None = None
         self.running = False
@@ -238,8 +241,10 @@ class HttpConnection(asyncio.Protocol):
                 raise _Limit(417, "expectation_failed")
             expect = True
         upgrade = p.should_upgrade()
-        if upgrade and "websocket" in index.get("upgrade", "").lower():
-            raise _Limit(501, "upgrade_not_supported")  # WebSocket proxying is not supported yet
+        if upgrade and ("websocket" in index.get("upgrade", "").lower() or has_body):
+            # WebSocket proxying is not supported yet; and llhttp stops before an upgrade request's body, so
+            # one with a body cannot be relayed as plain HTTP either.
+            raise _Limit(501, "upgrade_not_supported")
         version = p.get_http_version()
         head = RequestHead(
             method=p.get_method().decode("ascii"), target=self._url.decode("latin-1"), version=version,
@@ -292,6 +297,7 @@ class HttpConnection(asyncio.Protocol):
         try:
             while self.queue and not self.closed:
                 ex = self.queue[0]
+                ex.started = True
                 down = _Downstream(self, ex)
                 try:
                     await self.listener.handler(ex.head, self._body(ex), down)
@@ -314,6 +320,8 @@ class HttpConnection(asyncio.Protocol):
         finally:
             self.running = False
             self.last_active = self.listener.loop.time()
+            if self.rejected and not self.closed and not self.queue:
+                self._send_reject()
 
     async def _discard(self, ex: _Exchange) -> bool:
         if ex.expect_continue and not ex.continue_sent:
@@ -330,14 +338,31 @@ class HttpConnection(asyncio.Protocol):
         return False
 
     def _reject(self, status: int, reason: str) -> None:
-        if self.closed:
+        """Answer an unparseable request and close. Requests pipelined before it are answered first."""
+        if self.closed or self.rejected:
             return
-        body = self.listener.reject(self.peer, self.sock, status, reason)
-        if not self.running:  # never interleave with a response in progress
-            head = serialize_head(b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, "Error").encode()), (), [
-                b"Date: " + http_date() + b"\r\n", b"Content-Type: application/json\r\n",
-                b"Content-Length: %d\r\n" % len(body), b"Connection: close\r\n"])
-            self.transport.write(head + body)
+        self.rejected = (status, reason)
+        broken = self.parsing
+        self.parsing = None
+        self.transport.pause_reading()
+        if broken is not None:
+            broken.body.fail(ClientGone())
+            if broken.started:
+                # The framing broke inside the body of a request already being handled: its handler sees the
+                # client gone and records it (client_abort); _serve closes the connection when it ends.
+                return
+            self.queue.remove(broken)  # never handled, never sent upstream: answered below instead
+        if not (self.queue and self.queue[0].started):
+            self._send_reject()
+
+    def _send_reject(self) -> None:
+        status, reason = self.rejected
+        body, request_id = self.listener.reject(self.peer, self.sock, status, reason)
+        head = serialize_head(b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, "Error").encode()), (), [
+            b"Date: " + http_date() + b"\r\n", b"Content-Type: application/json\r\n",
+            b"X-Request-Id: " + request_id.encode() + b"\r\n", b"Cache-Control: no-store\r\n",
+            b"Content-Length: %d\r\n" % len(body), b"Connection: close\r\n"])
+        self.transport.write(head + body)
         self.close()
 
     def sweep(self, now: float) -> None:
@@ -404,9 +429,8 @@ class RawListener:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.bound: tuple[str, int] | None = None
 
-    def reject(self, peer, sock, status: int, reason: str) -> bytes:
-        if self._reject is None:
-            return b'{"error": {"status": %d, "outcome": "bad_request"}}' % status
+    def reject(self, peer, sock, status: int, reason: str) -> tuple[bytes, str]:
+        """(JSON body, request id) for an unparseable request, recorded by the engine."""
         return self._reject(self.name, peer, sock, status, reason)
 
     async def start(self) -> tuple[str, int]:

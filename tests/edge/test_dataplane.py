@@ -218,3 +218,28 @@ async def test_slow_reader_backpressure_bounds_memory(tmp_path):
             writer.close()
     finally:
         await runner.cleanup()
+
+
+async def test_https_upstream_gets_tls_never_plaintext(tmp_path):
+    """An `https://` upstream must be spoken to in TLS: the first bytes are a TLS handshake, not a request line
+    (this test's server does not speak TLS, so the answer is a 502 naming the connect failure)."""
+    first: list[bytes] = []
+
+    async def h(reader, writer):
+        first.append(await reader.read(5))
+        writer.close()
+
+    server = await asyncio.start_server(h, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    cfg = {"admin": {"address": "127.0.0.1:0"}, "telemetry": {"local_dir": str(tmp_path / "t")},
+           "edge": {"listeners": [{"name": "public", "address": "127.0.0.1:0"}],
+                    "routes": [{"name": "r", "upstream": "secure", "timeouts": {"connect_s": 2}}],
+                    "upstreams": [{"name": "secure", "url": f"https://127.0.0.1:{port}"}]}}
+    try:
+        async with running(cfg) as rt:
+            resp = await raw_request(edge_port(rt), b"GET /x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        assert resp.startswith(b"HTTP/1.1 502"), resp[:100]
+        assert b'"upstream_connect_error"' in resp
+        assert first and first[0][:1] == b"\x16", first  # a TLS handshake record, not "GET /x"
+    finally:
+        server.close()

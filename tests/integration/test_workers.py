@@ -46,6 +46,12 @@ def test_a_dead_worker_is_replaced_and_traffic_continues(cluster):
     edge = cluster.gatewatch("edge", cfg)
     victim = edge.info["workers"][0]["pid"]
     psutil.Process(victim).send_signal(signal.SIGKILL)
+    # Connections already queued on the dead worker's socket are reset by the kernel (SO_REUSEPORT gives each
+    # worker its own accept queue); once it is gone, new connections all reach the survivor.
+    deadline = time.monotonic() + 5
+    while psutil.pid_exists(victim) and psutil.Process(victim).status() != psutil.STATUS_ZOMBIE \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
     for i in range(20):  # the surviving worker keeps serving on the shared port
         with urllib.request.urlopen(f"http://{edge.listener('public')}/api/orders/{i}", timeout=5) as r:
             assert r.status == 200
