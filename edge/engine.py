@@ -27,7 +27,7 @@ from typing import AsyncIterator, Callable
 from balancer.algorithms import NoHealthyEndpoint
 from edge import headers as hdr
 from edge.messages import ClientGone, Downstream, Forwarder, RequestHead, UpstreamFailure, UpstreamRequest
-from edge.paths import InvalidPath, canonical_path, split_target, strip_prefix
+from edge.paths import InvalidPath, canonical_path, split_target, strip_prefix, target_authority
 from edge.routing import NoRoute, RouteMatch
 from edge.snapshot import Snapshot
 from telemetry.context import (AttemptRecord, DecisionRecord, RequestRecord, format_traceparent, new_span_id,
@@ -109,7 +109,8 @@ class Engine:
         rec = RequestRecord(
             layer=self.layer_value, trace=trace, start_ns=self.clock_ns(), start_mono=self.monotonic(),
             method=head.method, path=path, query=query, scheme=head.scheme,
-            host=(head.header("host") or head.server_address), server_port=head.server_port,
+            host=(target_authority(head.target) or head.header("host") or head.server_address),
+            server_port=head.server_port,
             client_address=head.client_address, client_port=head.client_port, protocol_version=head.version,
             user_agent=head.header("user-agent"), request_id=hdr.request_id(head.header("x-request-id"), self.rng),
             listener=head.listener)

@@ -86,6 +86,17 @@ def split_target(target: str) -> tuple[str, str]:
     return path, query
 
 
+def target_authority(target: str) -> str | None:
+    """The authority of an absolute-form target (`http://host:port/path`), which RFC 9112 §3.2.2 says wins over
+    the Host header; None for the usual origin-form `/path`."""
+    if target.startswith("/") or not target[:8].lower().startswith(("http://", "https://")):
+        return None
+    rest = target.split("://", 1)[1]
+    end = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    authority = rest[:end].rsplit("@", 1)[-1]
+    return authority or None
+
+
 def strip_prefix(path: str, prefix: str) -> str:
     """`/api/orders/1` minus `/api` → `/orders/1`; the prefix itself becomes `/`. Caller guarantees the match."""
     prefix = prefix.rstrip("/")

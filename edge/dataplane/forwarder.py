@@ -27,6 +27,13 @@ from edge.messages import ClientGone, UpstreamFailure, UpstreamRequest
 from telemetry.names import ErrorType
 
 
+MAX_RESPONSE_HEAD = 64 * 1024  # like nginx's "upstream sent too big header" (proxy_buffer_size, generous)
+
+
+class _Unsolicited(Exception):
+    """Raised from a parser callback: the upstream broke the protocol (→ PROTOCOL_ERROR, connection aborted)."""
+
+
 def _reset() -> UpstreamFailure:
     return UpstreamFailure(ErrorType.UPSTREAM_RESET, "connection closed before the response was complete",
                            before_response=False)
@@ -45,6 +52,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.head: asyncio.Future | None = None
         self.body: BodyQueue | None = None
         self._headers: list[tuple[str, str]] = []
+        self._head_bytes = 0
         self._status_reason = b""
         self.complete = False
         self.is_head_request = False
@@ -90,7 +98,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError as err:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as err:
             failure = UpstreamFailure(ErrorType.PROTOCOL_ERROR, str(err) or "invalid response",
                                       before_response=self.head is not None and not self.head.done())
             if self.head is not None and not self.head.done():
@@ -102,23 +110,34 @@ class UpstreamConnection(asyncio.Protocol):
     # --- llhttp callbacks ---
 
     def on_message_begin(self) -> None:
+        if self.complete:
+            raise _Unsolicited()  # a second response nobody asked for: the connection cannot be trusted
         self._headers = []
+        self._head_bytes = 0
 
     def on_status(self, status: bytes) -> None:
         self._status_reason = status
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > MAX_RESPONSE_HEAD:
+            raise _Unsolicited("upstream sent too big a header")
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
-        if 100 <= status < 200 and status != 101:
+        if status == 101:
+            raise _Unsolicited("101 Switching Protocols to a request that did not ask to upgrade")
+        if 100 <= status < 200:
             return  # interim (100 Continue, 103 Early Hints): wait for the final response
         if self.head is not None and not self.head.done():
             self.head.set_result((status, self._status_reason.decode("latin-1"), tuple(self._headers)))
         self.keep_alive = self.parser.should_keep_alive()  # read now: llhttp resets it after the message
-        self.until_close = status not in (204, 304) and not any(
-            k.lower() in ("content-length", "transfer-encoding") for k, _ in self._headers)
+        te = next((v for k, v in self._headers if k.lower() == "transfer-encoding"), None)
+        has_length = any(k.lower() == "content-length" for k, _ in self._headers)
+        # RFC 9112 §6.3: no length and no final `chunked` coding → the body ends when the connection closes.
+        self.until_close = status not in (204, 304) and (
+            (te is None and not has_length) or (te is not None and not te.strip().lower().endswith("chunked")))
         if self.is_head_request:
             # llhttp cannot be told a body is absent for HEAD; end here and never reuse this connection.
             self.complete = True
@@ -190,7 +209,13 @@ class EndpointPool:
             try:
                 async with asyncio.timeout(connect_s):
                     conn = await waiter
-            except TimeoutError:
+            except (TimeoutError, asyncio.CancelledError) as err:
+                # release() may have handed us a connection in the same iteration as the timeout/cancel:
+                # give it back, or it would stay busy and counted forever.
+                if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
+                    self.release(waiter.result())
+                if isinstance(err, asyncio.CancelledError):
+                    raise
                 raise UpstreamFailure(ErrorType.CONNECT_TIMEOUT, "no free connection to the instance") from None
             if conn is not None and not conn.closed:
                 return conn

@@ -57,6 +57,8 @@ class BodyQueue:
         return self._done and not self._chunks
 
     def feed(self, chunk: bytes) -> None:
+        if self._done:
+            return  # nothing may be added to a body its framing already ended
         self._chunks.append(chunk)
         self._buffered += len(chunk)
         self.total += len(chunk)

@@ -31,6 +31,8 @@ MAX_HEADERS = 100
 IDLE_TIMEOUT_S = 75.0  # keep-alive idle, like nginx's default; above typical client pool idle timeouts
 HEAD_TIMEOUT_S = 30.0  # a request head must arrive within this (slowloris)
 DRAIN_LIMIT = 64 * 1024  # unread request body we are willing to read and discard to keep a connection
+MAX_PIPELINE = 16  # queued requests per connection before parsing stops and reading pauses
+FEED_SLICE = 16 * 1024  # parse at most this much between checks of the queue length
 
 
 class _Exchange:
@@ -86,8 +88,10 @@ class _Downstream:
         elif ex.http10:
             extra.append(b"Connection: keep-alive\r\n")
         line = b"HTTP/1.1 %d %s\r\n" % (status, (reason or REASONS.get(status, "Unknown")).encode("latin-1"))
-        # Held back and sent with the first body chunk (or at finish): one write instead of two.
+        # Held back and sent with the first body chunk (or at finish): one write instead of two. If the body
+        # does not follow within this loop iteration (a streaming upstream), the head goes out on its own.
         self._pending = serialize_head(line, headers, extra)
+        conn.listener.loop.call_soon(self._flush_head)
         if no_body or ex.is_head:
             self._declared = None
             self._chunked = False
@@ -131,7 +135,13 @@ class _Downstream:
             conn.transport.write(pending)
         self.complete = True
 
+    def _flush_head(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None and not self._conn.closed:
+            self._conn.transport.write(pending)
+
     def abort(self) -> None:
+        self._pending = None
         self._conn.abort()
 
     @property
@@ -147,6 +157,8 @@ class HttpConnection(asyncio.Protocol):
         self.flow = WriteFlow()
         self.closed = False
         self.rejected: tuple[int, str] | None = None  # an unparseable request waits for earlier answers
+        self._pipeline_paused = False
+        self._inbuf: bytearray | None = None  # bytes not parsed yet because too many requests are queued
         self.queue: collections.deque[_Exchange] = collections.deque()
         self.parsing: _Exchange | None = None
         self.running = False
@@ -154,6 +166,8 @@ class HttpConnection(asyncio.Protocol):
         self._headers: list[tuple[str, str]] = []
         self._index: dict[str, str] = {}
         self._header_bytes = 0
+        self._hosts = 0
+        self._in_trailers = False
         self.last_active = 0.0  # loop time of the last byte in or the last response out (idle sweep)
         self.head_started: float | None = None  # loop time a request head began arriving (slowloris sweep)
         self.peer = ("", 0)
@@ -191,8 +205,30 @@ class HttpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_active = self.listener.loop.time()
+        if self._inbuf:
+            self._inbuf += data
+        else:
+            self._inbuf = bytearray(data) if len(self.queue) >= MAX_PIPELINE else None
+            if self._inbuf is None:
+                self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        """Parse in slices, so that a flood of small pipelined requests stops being queued at MAX_PIPELINE:
+        the rest waits in `_inbuf` (reading paused) until answers have gone out."""
+        for i in range(0, len(data), FEED_SLICE):
+            if len(self.queue) >= MAX_PIPELINE:
+                self._inbuf = bytearray(data[i:])
+                if not self._pipeline_paused:
+                    self._pipeline_paused = True
+                    self.transport.pause_reading()
+                return
+            if not self._feed_slice(data[i:i + FEED_SLICE] if len(data) > FEED_SLICE else data):
+                return
+
+    def _feed_slice(self, data: bytes) -> bool:
         try:
             self.parser.feed_data(data)
+            return not self.closed and not self.rejected
         except httptools.HttpParserUpgrade:
             # llhttp stops at an upgrade request's head. A non-WebSocket upgrade (e.g. h2c) is served as plain
             # HTTP/1.1 (RFC 9110 §7.8 lets a server ignore Upgrade) on a connection that then closes.
@@ -205,6 +241,7 @@ class HttpConnection(asyncio.Protocol):
             self._reject(cause.status if cause else 400, cause.reason if cause else "parse_error")
         except httptools.HttpParserError as err:
             self._reject(400, _parser_reason(err))
+        return False
 
     # --- llhttp callbacks ---
 
@@ -213,6 +250,8 @@ class HttpConnection(asyncio.Protocol):
         self._headers = []
         self._index = {}
         self._header_bytes = 0
+        self._hosts = 0
+        self._in_trailers = False
         self.head_started = self.last_active
 
     def on_url(self, url: bytes) -> None:
@@ -221,18 +260,30 @@ class HttpConnection(asyncio.Protocol):
             raise _Limit(414, "uri_too_long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_trailers:
+            return  # chunked trailers are dropped: they must never change what routing and policies saw
         self._header_bytes += len(name) + len(value) + 4
         if len(self._headers) >= MAX_HEADERS or self._header_bytes > self.listener.max_header_size:
             raise _Limit(431, "header_too_large")
         k = name.decode("latin-1")
         v = value.decode("latin-1")
         self._headers.append((k, v))
-        self._index.setdefault(k.lower(), v)
+        lk = k.lower()
+        if lk == "host":
+            self._hosts += 1
+        self._index.setdefault(lk, v)
 
     def on_headers_complete(self) -> None:
         p = self.parser
+        self._in_trailers = True
         headers = tuple(self._headers)
         index = self._index
+        version = p.get_http_version()
+        if self._hosts > 1 or (self._hosts == 0 and version == "1.1"):
+            raise _Limit(400, "invalid_host")  # RFC 9112 §3.2: exactly one Host in HTTP/1.1
+        te = index.get("transfer-encoding")
+        if te is not None and te.strip().lower() != "chunked":
+            raise _Limit(501, "unsupported_transfer_coding")  # re-framing would drop the coding silently
         cl = index.get("content-length")
         has_body = "transfer-encoding" in index or (cl is not None and cl.strip() != "0")
         expect = False
@@ -245,7 +296,6 @@ class HttpConnection(asyncio.Protocol):
             # WebSocket proxying is not supported yet; and llhttp stops before an upgrade request's body, so
             # one with a body cannot be relayed as plain HTTP either.
             raise _Limit(501, "upgrade_not_supported")
-        version = p.get_http_version()
         head = RequestHead(
             method=p.get_method().decode("ascii"), target=self._url.decode("latin-1"), version=version,
             headers=headers, index=index, client_address=self.peer[0], client_port=self.peer[1],
@@ -258,6 +308,7 @@ class HttpConnection(asyncio.Protocol):
         self.parsing = ex
         self.queue.append(ex)
         self.head_started = None
+
         if not self.running:
             self.running = True
             asyncio.get_running_loop().create_task(self._serve())
@@ -306,6 +357,12 @@ class HttpConnection(asyncio.Protocol):
                     self.abort()
                     return
                 self.queue.popleft()
+                if self._inbuf and len(self.queue) < MAX_PIPELINE and not self.closed:
+                    held, self._inbuf = bytes(self._inbuf), None
+                    self._feed(held)
+                if self._pipeline_paused and not self._inbuf and not self.closed:
+                    self._pipeline_paused = False
+                    self.transport.resume_reading()
                 if self.closed:
                     return
                 if not down.complete or down.close_after:
@@ -352,8 +409,8 @@ class HttpConnection(asyncio.Protocol):
                 # client gone and records it (client_abort); _serve closes the connection when it ends.
                 return
             self.queue.remove(broken)  # never handled, never sent upstream: answered below instead
-        if not (self.queue and self.queue[0].started):
-            self._send_reject()
+        if not self.queue:
+            self._send_reject()  # else _serve answers the requests before it, then sends this
 
     def _send_reject(self) -> None:
         status, reason = self.rejected
