@@ -18,6 +18,7 @@ aborted connection — and exactly one record.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
@@ -56,6 +57,7 @@ FAILURE_OUTCOME = {
 MESSAGES = {
     Outcome.NO_ROUTE: "no route matches this request",
     Outcome.BAD_REQUEST: "the request is malformed (bad framing, oversize head or an invalid path)",
+    Outcome.CLIENT_TIMEOUT: "the request body stalled longer than the route's idle timeout",
     Outcome.NO_HEALTHY_UPSTREAM: "no healthy instance is available for this route",
     Outcome.UPSTREAM_CONNECT_ERROR: "could not connect to the upstream",
     Outcome.UPSTREAM_TIMEOUT: "the upstream did not answer in time",
@@ -65,22 +67,32 @@ MESSAGES = {
 
 
 class _BodyFromClient:
-    """Wraps the client's request body so a client that vanishes mid-upload is told apart from an upstream
-    failure (aiohttp's client would otherwise report both as a broken upstream write)."""
+    """Wraps the client's request body so a client that vanishes or stalls mid-upload is told apart from an
+    upstream failure (the forwarder only sees its upload break), and a stall longer than the route's idle_s
+    ends the exchange then, not when the upstream's response timeout fires."""
 
-    def __init__(self, body: AsyncIterator[bytes]):
+    def __init__(self, body: AsyncIterator[bytes], idle_s: float):
         self._body = body
+        self._idle_s = idle_s
         self.client_gone = False
+        self.timed_out = False
         self.bytes = 0
 
     async def __aiter__(self):
-        try:
-            async for chunk in self._body:
-                self.bytes += len(chunk)
-                yield chunk
-        except ClientGone:
-            self.client_gone = True
-            raise
+        it = self._body.__aiter__()
+        while True:
+            try:
+                chunk = await asyncio.wait_for(it.__anext__(), self._idle_s)
+            except StopAsyncIteration:
+                return
+            except asyncio.TimeoutError:
+                self.client_gone = self.timed_out = True
+                raise ClientGone() from None
+            except ClientGone:
+                self.client_gone = True
+                raise
+            self.bytes += len(chunk)
+            yield chunk
 
 
 class Engine:
@@ -191,7 +203,7 @@ class Engine:
             tracestate=rec.trace.tracestate, version=head.version,
             keep_baggage=rec.trace.treatment == "continued")
         request = UpstreamRequest(head.method, host, port, scheme, target, up_headers, head.has_body)
-        client_body = _BodyFromClient(body) if head.has_body else None
+        client_body = _BodyFromClient(body, route.timeouts.idle_s) if head.has_body else None
         attempt_mono = self.monotonic()
         if pool is not None:
             pool.acquire(ep)
@@ -212,6 +224,10 @@ class Engine:
             response = await self.forwarder.send(route.upstream, request, client_body.__aiter__() if client_body else None,
                                                  t.connect_s, t.response_s, t.idle_s)
         except UpstreamFailure as failure:
+            if client_body is not None and client_body.timed_out:
+                attempt.error_type, attempt.outcome = ErrorType.CLIENT_TIMEOUT.value, Outcome.CLIENT_TIMEOUT.value
+                await self._fail(down, rec, Outcome.CLIENT_TIMEOUT, ErrorType.CLIENT_TIMEOUT.value)
+                return
             if client_body is not None and client_body.client_gone:
                 raise ClientGone() from None
             outcome = FAILURE_OUTCOME.get(failure.error_type, Outcome.UPSTREAM_ERROR)

@@ -30,6 +30,7 @@ class Outcome(StrEnum):
     UPSTREAM_TIMEOUT = "upstream_timeout"  # 504: connect/response/idle timeout before the response was complete
     UPSTREAM_ERROR = "upstream_error"  # 502 or aborted transfer: reset, protocol error, died mid-body
     CLIENT_ABORT = "client_abort"  # the client went away before the response was complete
+    CLIENT_TIMEOUT = "client_timeout"  # 408: the client's request body stalled longer than the route's idle_s
     INTERNAL_ERROR = "internal_error"  # 500: a Gatewatch bug; never expected
 
 
@@ -37,6 +38,7 @@ class Outcome(StrEnum):
 OUTCOME_STATUS: dict[Outcome, int] = {
     Outcome.NO_ROUTE: 404,
     Outcome.BAD_REQUEST: 400,
+    Outcome.CLIENT_TIMEOUT: 408,
     Outcome.DENIED_AUTH: 403,
     Outcome.RATE_LIMITED: 429,
     Outcome.NO_HEALTHY_UPSTREAM: 503,
@@ -57,6 +59,7 @@ class ErrorType(StrEnum):
     UPSTREAM_RESET = "upstream_reset"  # the connection closed or reset before the response was complete
     PROTOCOL_ERROR = "protocol_error"  # the upstream's reply was not valid HTTP
     CLIENT_ABORT = "client_abort"
+    CLIENT_TIMEOUT = "client_timeout"
     INTERNAL = "_OTHER"
 
 
