@@ -60,6 +60,10 @@ TARGETS = {
 }
 
 
+# Never through an HTTP proxy from the environment: everything here is on the loopback.
+HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -185,6 +189,7 @@ def run_capture(name: str, argv: list[str], workdir: Path, timeout_s: float) -> 
 # --------------------------------------------------------------------------------------------------------------
 
 NOISY = 0.10  # other processes' CPU (in cores) during a run above which the row is flagged
+LOAD_SATURATED = 0.97  # busy fraction of the load generator's CPU above which a proxy row is flagged
 
 TOOLS = {"haproxy": "haproxy", "nginx": "nginx", "wrk": "wrk", "taskset": "util-linux"}
 
@@ -429,6 +434,7 @@ http {{
   server {{
 {listens}
     location / {{ return 200 "ok"; }}
+    location = /__bench_status {{ stub_status; }}
   }}
 }}
 """
@@ -521,6 +527,35 @@ def busy_fraction(a: list[tuple[float, float]], b: list[tuple[float, float]]) ->
     return [round((b1 - a1) / (bt - at), 3) if bt > at else 0.0 for (a1, at), (b1, bt) in zip(a, b)]
 
 
+def cpu_by_process(procs: list) -> dict[str, float]:
+    import psutil
+
+    out: dict[str, float] = {}
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            cmd = p.cmdline()
+            name = next((a for a in cmd if a.startswith(("edge.", "telemetry."))), None) or p.name()
+            out[name] = out.get(name, 0.0) + t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def proc_affinities(procs: list) -> list[dict]:
+    import psutil
+
+    out = []
+    for p in procs:
+        try:
+            cmd = p.cmdline()
+            name = next((a for a in cmd if a.startswith(("edge.", "telemetry."))), None) or p.name()
+            out.append({"pid": p.pid, "name": name, "cpus": sorted(p.cpu_affinity())})
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return out
+
+
 def other_cpu_snapshot(ours: set[int]) -> dict[tuple[int, float], float]:
     """CPU seconds of every user-space process that is not ours (not the harness, nor anything it started)."""
     import psutil
@@ -541,7 +576,7 @@ def other_cpu_seconds(a: dict, b: dict) -> float:
 def scrape(admin: str) -> dict[str, Any]:
     from prometheus_client.parser import text_string_to_metric_families
 
-    with urllib.request.urlopen(f"http://{admin}/metrics", timeout=5) as r:
+    with HTTP.open(f"http://{admin}/metrics", timeout=5) as r:
         text = r.read().decode()
     exported: dict[str, float] = collections.Counter()
     dropped: dict[str, float] = collections.Counter()
@@ -654,7 +689,7 @@ class Bench:
             if not proc.alive():
                 raise RuntimeError(f"{proc.name} exited ({proc.popen.returncode}); log:\n{proc.log_text()[-2000:]}")
             try:
-                with urllib.request.urlopen(url, timeout=2) as r:
+                with HTTP.open(url, timeout=2) as r:
                     body = r.read()
                 if r.status == 200 and body == b"ok":
                     return
@@ -689,6 +724,17 @@ class Bench:
             + (f" (and {len(self.backend_ports) - 1} more ports up to {self.backend_ports[-1]})"
                if len(self.backend_ports) > 1 else ""))
 
+    def backend_status(self) -> dict[str, int] | None:
+        """nginx stub_status of the backend: connections accepted, requests served, connections open. Each call
+        costs the backend one connection and one request of its own (subtracted by the caller)."""
+        try:
+            with HTTP.open(f"http://127.0.0.1:{self.backend_ports[0]}/__bench_status", timeout=5) as r:
+                lines = r.read().decode().splitlines()
+            accepts, handled, requests = (int(x) for x in lines[2].split())
+            return {"active": int(lines[0].split(":")[1]), "accepts": accepts, "requests": requests}
+        except Exception:
+            return None
+
     def start_sink(self) -> None:
         argv = self.taskset(self.load_cpu) + [sys.executable, str(BENCH / "otlp_sink.py"), "--status-file",
                                               str(self.sink_status_file)]
@@ -705,6 +751,20 @@ class Bench:
                 break
             time.sleep(0.05)
         raise RuntimeError(f"OTLP sink did not start; log:\n{self.sink.log_text()[-2000:]}")
+
+    def sink_quiet(self, timeout_s: float = 5.0) -> dict[str, Any] | None:
+        """The sink's counts once they stop moving (a stopped gateway's last flush may still be in flight)."""
+        if not self.sink:
+            return None
+        deadline = time.monotonic() + timeout_s
+        last = self.sink_status()
+        while time.monotonic() < deadline:
+            time.sleep(0.4)
+            cur = self.sink_status()
+            if (cur.get("spans"), cur.get("logs")) == (last.get("spans"), last.get("logs")):
+                return cur
+            last = cur
+        return last
 
     def sink_status(self) -> dict[str, Any]:
         for _ in range(20):
@@ -775,7 +835,8 @@ class Bench:
         elif case.telemetry == "sampled":
             env["OTEL_TRACES_SAMPLER"] = "traceidratio"
             env["OTEL_TRACES_SAMPLER_ARG"] = "0.1"
-        self.source_hashes.add(source_hash())
+        self.last_source_hash = source_hash()
+        self.source_hashes.add(self.last_source_hash)
         p = Proc(name, self.taskset(self.proxy_cpu) + [
             sys.executable, "-m", "edge.cli", "run", "-c", str(cfg_path), "--ready-file", str(ready)],
             self.workdir, env=env, cwd=self.workdir)
@@ -849,7 +910,7 @@ class Bench:
 
         if case.kind == "idle":
             return self.measure_idle(case, rnd)
-        sink0 = self.sink_status() if self.sink else None
+        sink0 = self.sink_quiet() if case.kind == "gatewatch" else None
         t = self.start_target(case, rnd)
         problems: list[str] = []
         try:
@@ -857,17 +918,22 @@ class Bench:
             self.settle(t)
             quiet = self.wait_quiet()
             procs = t.cpu_procs()
+            affinity = proc_affinities(procs)
             sink_ps = self.sink.tree() if self.sink and case.telemetry != "off" else []
             ours = self.ours()
             other0 = other_cpu_snapshot(ours)
             cpu0, sink_cpu0, busy0 = cpu_seconds(procs), cpu_seconds(sink_ps), percpu_busy()
+            by0 = cpu_by_process(procs)
+            be0 = self.backend_status()
             w0 = time.monotonic()
             w = self.wrk(t.url, case.conns, self.args.duration, case.name)
             wall = time.monotonic() - w0
             cpu_mid, busy_mid = cpu_seconds(procs), percpu_busy()
             other = other_cpu_seconds(other0, other_cpu_snapshot(ours))
+            be1 = self.backend_status()
             m, s, settled = self.settle(t)
             cpu1, sink_cpu1, busy1 = cpu_seconds(procs), cpu_seconds(sink_ps), percpu_busy()
+            by1 = cpu_by_process(procs)
             if not settled:
                 problems.append("telemetry did not settle within 20 s after the run")
             alive = all(p.alive() for p in t.procs)
@@ -893,6 +959,19 @@ class Bench:
         }
         if quiet is not None:
             r["other_cpu_util_before"] = quiet
+        if be0 and be1:
+            # connections the backend accepted during the run (how well the proxy reuses upstream connections),
+            # requests it served, and connections still open to it afterwards (idle keep-alive the proxy holds)
+            r["backend_conns_opened"] = be1["accepts"] - be0["accepts"] - 1
+            r["backend_requests"] = be1["requests"] - be0["requests"] - 1
+            r["backend_conns_open_after"] = be1["active"] - 1
+        busy_load = (r["cpu_busy_per_cpu"][self.load_cpu]
+                     if self.pinned and self.load_cpu < len(r["cpu_busy_per_cpu"]) else 0.0)
+        if case.kind != "direct" and busy_load >= LOAD_SATURATED:
+            r["load_cpu_saturated"] = True
+            problems.append(f"LOAD CPU SATURATED: CPU {self.load_cpu} (wrk, backend, sink and anything the proxy "
+                            f"put there) was {r['cpu_busy_per_cpu'][self.load_cpu]:.0%} busy; the rate may be "
+                            f"limited by that core, not only by the proxy's")
         if r["other_cpu_util"] is not None and r["other_cpu_util"] > NOISY:
             problems.append(f"NOISY: other processes on this machine used {r['other_cpu_util']:.2f} cores during "
                             f"the run")
@@ -900,6 +979,19 @@ class Bench:
             r["cpu_s"] = round(cpu, 4)
             r["cpu_s_per_1k"] = cpu / reqs * 1000 if reqs else None  # includes exporting what the run produced
             r["processes"] = len(procs)
+            if case.kind == "gatewatch":
+                r["source_hash"] = self.last_source_hash
+            r["cpu_s_per_1k_by_process"] = {k: round((v - by0.get(k, 0.0)) / reqs * 1000, 4) if reqs else None
+                                            for k, v in by1.items()}
+            r["process_affinity"] = affinity
+            if self.pinned:
+                away = [a for a in affinity if a["cpus"] and a["cpus"] != [self.proxy_cpu]]
+                if away:
+                    note = (f"{case.kind}: process(es) of the proxy under test run outside the proxy's CPU "
+                            f"{self.proxy_cpu}: " + ", ".join(f"{a['name']} on CPU {a['cpus']}" for a in away)
+                            + f" — they share CPU {self.load_cpu} with wrk, the backend and the OTLP sink")
+                    if note not in self.notes:
+                        self.notes.append(note)
             # CPU of the proxy's process tree during the wrk run / wall time: 1.0 = one core busy. It can exceed
             # 1.0 when the proxy has processes or threads running on another core.
             r["proxy_cpu_util"] = round((cpu_mid - cpu0) / wall, 3) if wall else None
@@ -1242,7 +1334,7 @@ def render(res: dict[str, Any]) -> str:
                  f"per-round ratios")
     lines.append("")
     hdr = (f"{'case':<31} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs HAProxy':>10} {'vs gw-off':>9} "
-           f"{'CPU s/1k':>9} {'proc CPU':>8} {'busy c0/c1':>10}  {'telemetry exported / dropped':<30} flags")
+           f"{'CPU s/1k':>9} {'proc CPU':>8} {'busy P/L':>10}  {'telemetry exported / dropped':<30} flags")
     lines.append(hdr)
     lines.append("-" * len(hdr))
     vs_h = {"direct": "direct_vs_haproxy", "nginx": "nginx_vs_haproxy", "gatewatch-off": "off_vs_haproxy",
@@ -1258,7 +1350,9 @@ def render(res: dict[str, Any]) -> str:
         o = fmt(ratios.get(vs_off.get(name, "")), ".2f")
         cpu = fmt(mm.get("cpu_s_per_1k"), ".3f")
         use = fmt(mm.get("proxy_cpu_util"), ".2f")
-        busy = "/".join(fmt(b, ".2f") for b in (mm.get("cpu_busy_per_cpu") or [])[:2]) or "-"
+        bl = mm.get("cpu_busy_per_cpu") or []
+        idx = [s["pinning"]["proxy_cpu"], s["pinning"]["load_cpu"]] if isinstance(s["pinning"], dict) else [0, 1]
+        busy = "/".join(fmt(bl[i], ".2f") for i in idx if i < len(bl)) or "-"
         tel = ""
         if mm.get("exported_total") is not None:
             tel = f"{mm['exported_total']:.0f} / {mm.get('dropped_total_all_rounds', 0):.0f}"
@@ -1271,6 +1365,9 @@ def render(res: dict[str, Any]) -> str:
             flags.append(f"non-2xx {mm['non_2xx_3xx']:.0f}")
         if mm.get("socket_errors"):
             flags.append(f"sock-err {mm['socket_errors']:.0f}")
+        sat = sum(1 for r in res["rounds"].get(name, []) if r.get("load_cpu_saturated"))
+        if sat:
+            flags.append(f"LOAD-CPU-SAT({sat}/{mm.get('rounds_ok', s['rounds'])})")
         if (mm.get("other_cpu_util") or 0) > NOISY:
             flags.append(f"NOISY({mm['other_cpu_util']:.2f} cores other)")
         if any("CRASH" in p for p in mm.get("problems", [])):
@@ -1279,6 +1376,17 @@ def render(res: dict[str, Any]) -> str:
             flags.append(f"only {mm['rounds_ok']}/{s['rounds']} rounds")
         lines.append(f"{name:<31} {mm['rps']:>9.0f} {mm['p50_ms']:>8.3f} {mm['p99_ms']:>8.3f} {h:>10} {o:>9} "
                      f"{cpu:>9} {use:>8} {busy:>10}  {tel:<30} {' '.join(flags)}")
+    split = []
+    for name, rounds in res["rounds"].items():
+        procs = sorted({k for r in rounds for k in (r.get("cpu_s_per_1k_by_process") or {})})
+        if len(procs) > 1:
+            parts = [f"{k} {fmt(median([(r.get('cpu_s_per_1k_by_process') or {}).get(k) for r in rounds]), '.3f')}"
+                     for k in procs]
+            split.append(f"  {name:<29} " + ", ".join(parts))
+    if split:
+        lines.append("")
+        lines.append("CPU s/1k by process of the proxy's tree (medians)")
+        lines += split
     idle = med.get("idle-10k")
     if idle and not idle.get("failed"):
         lines.append("")
@@ -1301,14 +1409,23 @@ def render(res: dict[str, Any]) -> str:
             rounds = " [" + ", ".join(fmt(v, ".2f") for v in (vals or [])) + "]"
         met = {True: "met", False: "NOT MET", None: "not measured"}[t["met"]]
         lines.append(f"  {name:<40} {val:>8}  target {t['target']:<28} {met}{rounds}")
-    problems = [(n, p) for n, mm in med.items() for p in mm.get("problems", [])]
+    problems = []  # per case, one line per kind of problem, with the rounds it happened in
+    for name, rounds in res["rounds"].items():
+        kinds: dict[str, list] = {}
+        for r in rounds:
+            for p in r.get("problems", []):
+                kind = p.split(":", 1)[0] if p.split()[0].isupper() else p
+                kinds.setdefault(kind, []).append((r.get("round", 0) + 1, p))
+        for kind, hits in kinds.items():
+            where = f"round {hits[0][0]}" if len(hits) == 1 else f"rounds {', '.join(str(h[0]) for h in hits)}"
+            problems.append(f"{name} ({where}): {hits[0][1] if len(hits) == 1 else hits[-1][1]}")
     if problems or res["notes"]:
         lines.append("")
         lines.append("Findings / problems")
         for note in res["notes"]:
             lines.append(f"  * {note}")
-        for n, p in problems:
-            lines.append(f"  * {n}: {p}")
+        for p in problems:
+            lines.append(f"  * {p}")
     return "\n".join(lines)
 
 

@@ -110,45 +110,66 @@ def host_without_port(host: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
-def _first_segment(path: str) -> str:
-    end = path.find("/", 1)
-    return path[1:] if end < 0 else path[1:end]
+class _Node:
+    __slots__ = ("children", "wildcard", "ends", "prefixes")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _Node] = {}
+        self.wildcard: _Node | None = None  # a `{param}` segment
+        self.ends: list[_Compiled] = []  # exact and template routes whose last segment is this node
+        self.prefixes: list[_Compiled] = []  # prefix routes: this node and everything below
 
 
 class Router:
-    """Routes indexed by the first path segment they can match, so a request is tested only against the
-    routes that could possibly match it (in declared order), not the whole table: matching stays flat from
-    10 to thousands of routes. Routes whose first segment is open (`prefix: /`, `/{param}/...`) are tried
-    for every path, merged into each bucket at their declared position."""
+    """Routes in a trie of path segments (literal children, one wildcard child for `{param}`), so a request is
+    tested only against the routes whose literal segments lie along its path, then in declared order (first
+    match wins): matching cost follows the depth of the path, not the size of the table."""
 
     def __init__(self, routes: tuple[RouteConfig, ...]):
         self._routes = [_Compiled(r, i) for i, r in enumerate(routes)]
-        anywhere: list[_Compiled] = []
-        buckets: dict[str, list[_Compiled]] = {}
+        self._root = _Node()
         for c in self._routes:
-            key = self._key(c)
-            if key is None:
-                anywhere.append(c)
-            else:
-                buckets.setdefault(key, []).append(c)
-        self._anywhere = anywhere
-        self._buckets = {k: sorted(v + anywhere, key=lambda c: c.index) for k, v in buckets.items()}
+            node = self._root
+            if c.kind == "prefix" and c.value == "/":
+                node.prefixes.append(c)
+                continue
+            for seg in c.value[1:].split("/"):
+                if c.kind == "template" and seg.startswith("{"):
+                    node.wildcard = node.wildcard or _Node()
+                    node = node.wildcard
+                else:
+                    node = node.children.setdefault(seg, _Node())
+            (node.prefixes if c.kind == "prefix" else node.ends).append(c)
 
-    @staticmethod
-    def _key(c: _Compiled) -> str | None:
-        if c.kind == "prefix" and c.value == "/":
-            return None
-        first = _first_segment(c.value)
-        if c.kind == "template" and first.startswith("{"):
-            return None
-        return first
+    def _candidates(self, path: str) -> list[_Compiled]:
+        found: list[_Compiled] = list(self._root.prefixes)
+        frontier = [self._root]
+        for seg in path[1:].split("/"):
+            nxt = []
+            for node in frontier:
+                child = node.children.get(seg)
+                if child is not None:
+                    nxt.append(child)
+                if node.wildcard is not None and seg:
+                    nxt.append(node.wildcard)
+            if not nxt:
+                break
+            for node in nxt:
+                found.extend(node.prefixes)
+            frontier = nxt
+        else:
+            for node in frontier:
+                found.extend(node.ends)
+        if len(found) > 1:
+            found.sort(key=lambda c: c.index)
+        return found
 
     def match(self, path: str, host: str, method: str, headers: Mapping[str, str], query: str) -> RouteMatch | NoRoute:
         """`headers` maps lower-case names to values (first occurrence)."""
         host = host_without_port(host)
         nearest: tuple[str, str] | None = None
         qparams: dict[str, str] | None = None
-        for c in self._buckets.get(_first_segment(path), self._anywhere):
+        for c in self._candidates(path):
             params = c.match_path(path)
             if params is None:
                 continue
