@@ -44,6 +44,10 @@ class TelemetryConfig(Strict):
     # Where spans and decision logs are built and exported: a child process on another core (default), or
     # threads of this process.
     exporter: Literal["process", "thread"] = "process"
+    # Allow decisions (route matched, instance picked) of requests that head sampling left out: "sampled" logs
+    # them only for sampled requests (they stay in gatewatch_decisions_total), "all" logs every one. Denials,
+    # no-match, no-candidate and failover decisions are always logged.
+    allow_decision_logs: Literal["sampled", "all"] = "sampled"
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ class ResolvedTelemetry:
     parent_based: bool = True  # follow an inbound context's sampled flag (parentbased_* samplers, the default)
     traces_endpoint: str | None = None  # full URL (http/protobuf) or host URL (grpc); None → JSON lines
     logs_endpoint: str | None = None
+    allow_decision_logs: str = "sampled"
 
 
 def _parse_kv_list(text: str) -> dict[str, str]:
@@ -158,6 +163,7 @@ def resolve(cfg: TelemetryConfig, default_service: str, env: Mapping[str, str] |
         warnings=warnings,
         enabled=enabled,
         parent_based=parent_based,
+        allow_decision_logs=cfg.allow_decision_logs,
         traces_endpoint=signal_endpoints["traces"],
         logs_endpoint=signal_endpoints["logs"],
     )

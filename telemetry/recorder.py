@@ -31,6 +31,7 @@ from telemetry.names import DropReason, TelemetrySignal
 
 log = logging.getLogger("gatewatch.telemetry")
 FLUSH_S = 0.05
+ALLOW_RESULTS = frozenset({"matched", "picked"})  # decisions that let a request through
 PIPE_LIMIT = 16 * 1024 * 1024  # bytes waiting in the pipe to the exporter before batches are dropped
 
 
@@ -190,6 +191,7 @@ class Telemetry:
         self._server = metrics.server_duration
         self._client = metrics.client_duration
         self._decisions = metrics.decisions
+        self._allow_logs_sampled_only = resolved.allow_decision_logs == "sampled"
 
     async def start(self) -> None:
         if self.sink is not None:
@@ -206,7 +208,15 @@ class Telemetry:
                                   a.outcome or ""), a.duration_s, trace_id)
         for d in r.decisions:
             self._decisions.inc((d.layer or r.layer, d.kind.value, d.result, d.reason))
-        if self.sink is not None and (r.trace.sampled or r.decisions):
+        if self.sink is None:
+            return
+        if not r.trace.sampled and r.decisions and self._allow_logs_sampled_only:
+            # Volume control (DESIGN §4): an unsampled request's allow decisions (route matched, instance
+            # picked) are counted in gatewatch_decisions_total but not logged; anything else always is.
+            kept = [d for d in r.decisions if d.result not in ALLOW_RESULTS]
+            if len(kept) != len(r.decisions):
+                r.decisions = kept
+        if r.trace.sampled or r.decisions:
             self.sink.submit(r)
 
     async def stop(self, timeout_s: float = 3.0) -> None:
