@@ -9,6 +9,7 @@ drains: readiness goes 503, listeners stop accepting, in-flight requests finish 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -160,6 +161,11 @@ async def serve(config: GatewatchConfig, ready_file: str | None = None, stop: as
             pass
     try:
         await rt.start()
+        # Everything built so far (modules, config, compiled routes, pools, SDK objects) lives as long as the
+        # process: move it out of the cyclic collector's reach, so full collections stay short (they showed up
+        # as tens of milliseconds of p99 with large pools).
+        gc.collect()
+        gc.freeze()
         info = rt.describe()
         log.info("gatewatch ready: %s", json.dumps(info))
         if ready_file:
