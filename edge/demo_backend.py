@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from telemetry.config import TelemetryConfig, resolve
-from telemetry.export import build_exporters
+from telemetry.export import JsonLinesExporter, NullExporter, jsonl_path
 
 CHUNK = b"x" * 65536
 
@@ -49,14 +49,31 @@ class _FileSpanExporter:
         return True
 
 
+def _sdk_exporter(cfg, instance_id: str):
+    """The stock OTLP span exporter for the endpoint (what a user's service runs), else JSON lines."""
+    if not cfg.enabled:
+        return _FileSpanExporter(NullExporter())  # OTEL_SDK_DISABLED=true
+    endpoint = cfg.traces_endpoint
+    if not endpoint:
+        return _FileSpanExporter(JsonLinesExporter(jsonl_path(cfg, f"demo-backend-{instance_id}", "traces")))
+    headers = cfg.headers or None
+    if cfg.protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter(endpoint=endpoint, insecure=not endpoint.startswith("https://"), headers=headers,
+                                timeout=cfg.timeout_s)
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    return OTLPSpanExporter(endpoint=endpoint, headers=headers, timeout=cfg.timeout_s)
+
+
 def _tracer_provider(instance_id: str, zone: str | None) -> TracerProvider:
     attrs = {"service.instance.id": instance_id}
     if zone:
         attrs["cloud.availability_zone"] = zone
     cfg = resolve(TelemetryConfig(service_name="demo-backend", resource_attributes=attrs), "demo-backend",
                   {k: v for k, v in os.environ.items() if k != "OTEL_SERVICE_NAME"})
-    trace_exp, _, _ = build_exporters(cfg, f"demo-backend-{instance_id}")
-    exporter = getattr(trace_exp, "_exporter", None) or _FileSpanExporter(trace_exp)  # OTLP: the SDK's own
+    exporter = _sdk_exporter(cfg, instance_id)
     provider = TracerProvider(resource=Resource(cfg.resource_attributes))
     provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=8192, schedule_delay_millis=500))
     return provider

@@ -1,9 +1,8 @@
 """Off-the-request-path export: bounded queues, a worker thread per signal, counted drops.
 
 The event loop only appends finished records to a bounded queue (`submit_*`, O(1), never blocks). A worker
-thread per signal wakes every `export_interval_s` or when a batch is full, turns records into OTel SDK objects
-(`telemetry.convert`) and exports them with the standard OTLP exporters (gRPC or HTTP/protobuf) or, without an
-endpoint, as JSON lines under `local_dir`. A dead or slow collector only blocks that thread: the queue fills
+thread per signal wakes every `export_interval_s` or when a batch is full, converts the records (OTLP protobuf
+for an endpoint, SDK objects for JSON lines under `local_dir`; see `ThreadSink`) and exports them. A dead or slow collector only blocks that thread: the queue fills
 and the overflow is counted in `gatewatch_telemetry_dropped_total{reason="queue_full"}`; failed exports are
 counted with `reason="export_failed"`. `shutdown(timeout_s)` flushes what it can within the deadline and
 counts the rest as `reason="shutdown"`.
@@ -49,23 +48,6 @@ class JsonLinesExporter:
         self._fh.close()
 
 
-class OtlpExporter:
-    """Adapts an OTel SDK exporter to `export(batch) -> bool`."""
-
-    def __init__(self, exporter: Any):
-        self._exporter = exporter
-
-    def export(self, batch: Sequence[Any]) -> bool:
-        result = self._exporter.export(batch)
-        return getattr(result, "name", "") == "SUCCESS"
-
-    def shutdown(self) -> None:
-        try:
-            self._exporter.shutdown()
-        except Exception:  # shutting down a broken channel must not stop the process from exiting
-            log.debug("exporter shutdown failed", exc_info=True)
-
-
 class NullExporter:
     """For OTEL_SDK_DISABLED=true: nothing is queued, so nothing reaches here."""
 
@@ -76,38 +58,20 @@ class NullExporter:
         pass
 
 
-def _otlp(cfg: ResolvedTelemetry, signal: str, endpoint: str) -> Any:
-    headers = cfg.headers or None
-    if cfg.protocol == "grpc":
-        if signal == "traces":
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as Exporter
-        else:
-            from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter as Exporter
-        return OtlpExporter(Exporter(endpoint=endpoint, insecure=not endpoint.startswith("https://"),
-                                     headers=headers, timeout=cfg.timeout_s))
-    if signal == "traces":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as Exporter
-    else:
-        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as Exporter
-    return OtlpExporter(Exporter(endpoint=endpoint, headers=headers, timeout=cfg.timeout_s))
+def jsonl_path(cfg: ResolvedTelemetry, file_stem: str, signal: str) -> Path:
+    """Where a signal without an OTLP endpoint is written."""
+    return Path(cfg.local_dir) / f"{file_stem}.{signal}.jsonl"
 
 
-def build_exporters(cfg: ResolvedTelemetry, file_stem: str) -> tuple[Any, Any, str]:
-    """(trace exporter, log exporter, human description). Each signal goes to its OTLP endpoint if it has one,
-    else to JSON lines under `local_dir`."""
+def destination(cfg: ResolvedTelemetry, file_stem: str) -> str:
+    """Where each signal goes, in words (the ready file, the logs and `gatewatch demo` show it)."""
     if not cfg.enabled:
-        return NullExporter(), NullExporter(), "disabled (OTEL_SDK_DISABLED=true)"
-    base = Path(cfg.local_dir)
-    out, where = [], []
+        return "disabled (OTEL_SDK_DISABLED=true)"
+    parts = []
     for signal, endpoint in (("traces", cfg.traces_endpoint), ("logs", cfg.logs_endpoint)):
-        if endpoint:
-            out.append(_otlp(cfg, signal, endpoint))
-            where.append(f"{signal}: OTLP {cfg.protocol} to {endpoint}")
-        else:
-            path = base / f"{file_stem}.{signal}.jsonl"
-            out.append(JsonLinesExporter(path))
-            where.append(f"{signal}: JSON lines in {path.resolve()}")
-    return out[0], out[1], "; ".join(where)
+        parts.append(f"{signal}: OTLP {cfg.protocol} to {endpoint}" if endpoint else
+                     f"{signal}: JSON lines in {jsonl_path(cfg, file_stem, signal).resolve()}")
+    return "; ".join(parts)
 
 
 class SignalWorker:

@@ -23,7 +23,7 @@ from telemetry.config import ResolvedTelemetry
 from telemetry.convert import Converter, log_models, span_models
 from telemetry.otlp_encode import Envelope, encode_log, encode_span
 from telemetry.otlp_send import EncodedBatch, GrpcSender, HttpSender
-from telemetry.export import SignalWorker, build_exporters
+from telemetry.export import JsonLinesExporter, NullExporter, SignalWorker, destination, jsonl_path
 from telemetry.metrics import Metrics
 from telemetry.names import SCOPE_NAME, TelemetrySignal
 
@@ -38,28 +38,33 @@ class ThreadSink:
 
     def __init__(self, resolved: ResolvedTelemetry, resource_attrs: dict, metrics: Metrics, version: str,
                  file_stem: str):
+        self.destination = destination(resolved, file_stem)
         converter = Converter(Resource(resource_attrs), version)
-        trace_exp, log_exp, self.destination = build_exporters(resolved, file_stem)
-        to_spans, to_logs = converter.spans, converter.logs
-        # OTLP endpoints get protobuf written directly (several times cheaper than SDK objects + encoder);
-        # the JSON-lines files keep the SDK's JSON form.
         envelope = Envelope(resource_attrs, SCOPE_NAME, version)
-        if resolved.enabled and resolved.traces_endpoint:
-            trace_exp = _sender(resolved, "traces", resolved.traces_endpoint)
 
-            def to_spans(records):
-                models = [m for r in records for m in span_models(r)]
-                return EncodedBatch(envelope.traces(encode_span(m) for m in models), len(models))
-        if resolved.enabled and resolved.logs_endpoint:
-            log_exp = _sender(resolved, "logs", resolved.logs_endpoint)
+        def to_spans(records):
+            models = [m for r in records for m in span_models(r)]
+            return EncodedBatch(envelope.traces(encode_span(m) for m in models), len(models))
 
-            def to_logs(items):
-                models = [m for r, _ in items for m in log_models(r)]
-                return EncodedBatch(envelope.logs(encode_log(m) for m in models), len(models))
-        self.traces = SignalWorker(TelemetrySignal.TRACES, trace_exp, to_spans, span_count, metrics,
-                                   resolved.queue_size, resolved.batch_size, resolved.export_interval_s)
-        self.logs = SignalWorker(TelemetrySignal.LOGS, log_exp, to_logs, lambda item: len(item[1]),
-                                 metrics, resolved.queue_size, resolved.batch_size, resolved.export_interval_s)
+        def to_logs(items):
+            models = [m for r, _ in items for m in log_models(r)]
+            return EncodedBatch(envelope.logs(encode_log(m) for m in models), len(models))
+
+        # Per signal: an OTLP endpoint gets protobuf written directly (several times cheaper than SDK objects
+        # + the stock encoder); without one, the SDK's JSON form goes to a file.
+        workers = []
+        for signal, endpoint, encode, to_sdk, count in (
+                (TelemetrySignal.TRACES, resolved.traces_endpoint, to_spans, converter.spans, span_count),
+                (TelemetrySignal.LOGS, resolved.logs_endpoint, to_logs, converter.logs, lambda item: len(item[1]))):
+            if not resolved.enabled:
+                exporter, convert = NullExporter(), to_sdk
+            elif endpoint:
+                exporter, convert = _sender(resolved, signal.value, endpoint), encode
+            else:
+                exporter, convert = JsonLinesExporter(jsonl_path(resolved, file_stem, signal.value)), to_sdk
+            workers.append(SignalWorker(signal, exporter, convert, count, metrics, resolved.queue_size,
+                                        resolved.batch_size, resolved.export_interval_s))
+        self.traces, self.logs = workers
 
     def submit(self, r) -> None:
         if r.trace.sampled:

@@ -25,6 +25,7 @@ import uuid
 from telemetry import wire
 from telemetry.config import ResolvedTelemetry
 from telemetry.context import RequestRecord
+from telemetry.export import destination
 from telemetry.exporter_process import ThreadSink, span_count
 from telemetry.metrics import Metrics, method_label, status_label
 from telemetry.names import DropReason, TelemetrySignal
@@ -49,7 +50,7 @@ class ProcessSink:
         self._tasks: list[asyncio.Task] = []
         self._child_totals: dict = {"exported": {}, "dropped": {}}
         self._seen = {"exported": {}, "dropped": {}}
-        self.destination = "exporter process: " + _describe(resolved, file_stem)
+        self.destination = "exporter process: " + destination(resolved, file_stem)
 
     async def start(self) -> None:
         self._proc = await asyncio.create_subprocess_exec(
@@ -141,16 +142,6 @@ class ProcessSink:
             await asyncio.wait_for(self._tasks[1], 1.0)
         except (asyncio.TimeoutError, asyncio.CancelledError):
             pass
-
-
-def _describe(resolved: ResolvedTelemetry, file_stem: str) -> str:
-    from pathlib import Path
-
-    parts = []
-    for signal, ep in (("traces", resolved.traces_endpoint), ("logs", resolved.logs_endpoint)):
-        parts.append(f"{signal}: OTLP {resolved.protocol} to {ep}" if ep else
-                     f"{signal}: JSON lines in {(Path(resolved.local_dir) / f'{file_stem}.{signal}.jsonl').resolve()}")
-    return "; ".join(parts)
 
 
 class _ThreadSinkAdapter:
