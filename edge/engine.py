@@ -76,7 +76,6 @@ class _BodyFromClient:
         self._idle_s = idle_s
         self.client_gone = False
         self.timed_out = False
-        self.bytes = 0
 
     async def __aiter__(self):
         it = self._body.__aiter__()
@@ -91,7 +90,6 @@ class _BodyFromClient:
             except ClientGone:
                 self.client_gone = True
                 raise
-            self.bytes += len(chunk)
             yield chunk
 
 

@@ -76,7 +76,7 @@ class Runtime:
         for layer, section in ((Layer.EDGE, config.edge), (Layer.BALANCER, config.balancer)):
             if section is None or not section.listeners:
                 continue
-            snapshot = Snapshot(layer=layer, router=Router(section.routes), routes=section.routes,
+            snapshot = Snapshot(layer=layer, router=Router(section.routes),
                                 pools=self.pools, remotes=remotes if layer is Layer.EDGE else {},
                                 listeners={lst.name: lst for lst in section.listeners})
             engine = Engine(snapshot, self.forwarder, self.telemetry)

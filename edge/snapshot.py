@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from balancer.pool import Pool
-from edge.config import ListenerConfig, RouteConfig
+from edge.config import ListenerConfig
 from edge.routing import Router
 from telemetry.names import Layer
 
@@ -27,8 +27,6 @@ class RemoteTarget:
 class Snapshot:
     layer: Layer
     router: Router
-    routes: tuple[RouteConfig, ...]
     pools: dict[str, Pool]
     remotes: dict[str, RemoteTarget]
     listeners: dict[str, ListenerConfig]
-    generation: int = 1
