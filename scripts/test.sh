@@ -9,8 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-python3}"
-# Binaries the tests run for real. Empty today; the dashboards and policy issues add prometheus and redis-server.
-DEBIAN_PACKAGES=()
+# Binaries the tests run for real: Prometheus (+ promtool) for the dashboards/alert tests, Redis for rate limits.
+DEBIAN_PACKAGES=(prometheus redis-server)
 declare -A BINARY_OF=([prometheus]=prometheus [redis-server]=redis-server)
 
 missing=()

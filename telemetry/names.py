@@ -31,6 +31,13 @@ class Outcome(StrEnum):
     UPSTREAM_ERROR = "upstream_error"  # 502 or aborted transfer: reset, protocol error, died mid-body
     CLIENT_ABORT = "client_abort"  # the client went away before the response was complete
     CLIENT_TIMEOUT = "client_timeout"  # 408: the client's request body stalled longer than the route's idle_s
+    DENIED_POLICY = "denied_policy"  # 403: an access rule (IP list, CORS origin) refused it
+    PAYLOAD_TOO_LARGE = "payload_too_large"  # 413: the body exceeds the route's size limit
+    INVALID_BODY = "invalid_body"  # 400: the body failed the route's JSON schema
+    PREFLIGHT = "preflight"  # 204: a CORS preflight answered by the gateway itself
+    CIRCUIT_OPEN = "circuit_open"  # 503: the route's circuit breaker is open
+    UPSTREAM_OVERFLOW = "upstream_overflow"  # 503: every candidate instance is at its connection/pending limit
+    RETRY_BUDGET_EXHAUSTED = "retry_budget_exhausted"  # the last attempt failed and the budget forbade another
     INTERNAL_ERROR = "internal_error"  # 500: a Gatewatch bug; never expected
 
 
@@ -41,6 +48,12 @@ OUTCOME_STATUS: dict[Outcome, int] = {
     Outcome.CLIENT_TIMEOUT: 408,
     Outcome.DENIED_AUTH: 403,
     Outcome.RATE_LIMITED: 429,
+    Outcome.DENIED_POLICY: 403,
+    Outcome.PAYLOAD_TOO_LARGE: 413,
+    Outcome.INVALID_BODY: 400,
+    Outcome.PREFLIGHT: 204,
+    Outcome.CIRCUIT_OPEN: 503,
+    Outcome.UPSTREAM_OVERFLOW: 503,
     Outcome.NO_HEALTHY_UPSTREAM: 503,
     Outcome.UPSTREAM_CONNECT_ERROR: 502,
     Outcome.UPSTREAM_TIMEOUT: 504,
@@ -58,6 +71,7 @@ class ErrorType(StrEnum):
     READ_TIMEOUT = "read_timeout"  # the body stalled longer than the idle timeout
     UPSTREAM_RESET = "upstream_reset"  # the connection closed or reset before the response was complete
     PROTOCOL_ERROR = "protocol_error"  # the upstream's reply was not valid HTTP
+    STATUS_5XX = "status_5xx"  # the upstream answered with a retryable 5xx status (retried, or relayed)
     CLIENT_ABORT = "client_abort"
     CLIENT_TIMEOUT = "client_timeout"
     INTERNAL = "_OTHER"
@@ -134,6 +148,34 @@ class Attr:
     DECISION_RESULT = "gatewatch.decision.result"  # e.g. matched / no_match / picked / no_healthy
     DECISION_REASON = "gatewatch.decision.reason"  # closed vocabulary, see Reason
     TRACE_CONTEXT = "gatewatch.trace_context"  # how the inbound trace context was treated
+    # balancer
+    POOL = "gatewatch.pool"
+    PRIORITY = "gatewatch.lb.priority"  # the priority level the pick was made in
+    LB_PANIC = "gatewatch.lb.panic"  # true when the pick ignored health because too few were healthy
+    LB_AFFINITY = "gatewatch.lb.affinity"  # cookie|hash when session affinity decided
+    LB_HASH_KEY_SOURCE = "gatewatch.lb.hash_key"  # e.g. header:x-user, never the key's value
+    RETRY_BUDGET_REMAINING = "gatewatch.retry.budget_remaining"
+    RETRY_ATTEMPT = "gatewatch.retry.attempt"
+    FAILOVER_FROM = "gatewatch.failover.from"  # instance id or priority level
+    FAILOVER_TO = "gatewatch.failover.to"
+    HEALTH_FROM = "gatewatch.health.from"
+    HEALTH_TO = "gatewatch.health.to"
+    HEALTH_CHECK = "gatewatch.health.check"  # active|passive
+    PROBE_RESULT = "gatewatch.health.probe_result"  # e.g. status 503, connect_refused, timeout
+    EJECTION_COUNT = "gatewatch.outlier.ejection_count"
+    EJECTION_DURATION_S = "gatewatch.outlier.ejection_duration_s"
+    EJECTION_TRACE_IDS = "gatewatch.outlier.trace_ids"  # the failing requests that caused the ejection
+    # policies
+    POLICY_NAME = "gatewatch.policy.name"
+    POLICY_TYPE = "gatewatch.policy.type"
+    POLICY_VERDICT = "gatewatch.policy.verdict"
+    POLICY_REASON = "gatewatch.policy.reason"
+    POLICY_SHADOW = "gatewatch.policy.shadow"
+    CONSUMER = "gatewatch.consumer"
+    RATELIMIT_LIMIT = "gatewatch.ratelimit.limit"
+    RATELIMIT_REMAINING = "gatewatch.ratelimit.remaining"
+    CIRCUIT_FROM = "gatewatch.circuit.from"
+    CIRCUIT_TO = "gatewatch.circuit.to"
 
 
 class Reason(StrEnum):
@@ -144,7 +186,96 @@ class Reason(StrEnum):
     PICK_ROUND_ROBIN = "pick.round_robin"
     PICK_WEIGHTED = "pick.weighted_round_robin"
     PICK_STATIC = "pick.static"
+    PICK_RANDOM = "pick.random"
+    PICK_LEAST_REQUEST = "pick.least_request"
+    PICK_LEAST_CONNECTIONS = "pick.least_connections"
+    PICK_RING_HASH = "pick.ring_hash"
+    PICK_MAGLEV = "pick.maglev"
+    PICK_AFFINITY = "pick.affinity"  # the session-affinity cookie named a usable instance
     PICK_NO_CANDIDATES = "pick.no_candidates"
+    PICK_OVERFLOW = "pick.overflow"  # candidates existed but all were at their limits
+    # retry decisions (taken or refused)
+    RETRY_CONNECT_FAILURE = "retry.connect_failure"  # nothing reached the upstream: any method may be retried
+    RETRY_RESET = "retry.reset"  # idempotent request, no response
+    RETRY_TIMEOUT = "retry.timeout"  # idempotent request, per-try timeout
+    RETRY_STATUS = "retry.status"  # idempotent request, retryable status
+    RETRY_REFUSED_BUDGET = "retry.budget_exhausted"
+    RETRY_REFUSED_ATTEMPTS = "retry.attempts_exhausted"
+    RETRY_REFUSED_DEADLINE = "retry.deadline_exceeded"
+    RETRY_REFUSED_NOT_IDEMPOTENT = "retry.not_idempotent"  # bytes may have reached the upstream
+    RETRY_REFUSED_BODY_SENT = "retry.body_not_replayable"  # the request body was streamed and is gone
+    # failover decisions
+    FAILOVER_PRIORITY_DEGRADED = "failover.priority_degraded"  # traffic spills to the next priority
+    FAILOVER_PRIORITY_RECOVERED = "failover.priority_recovered"
+    FAILOVER_RETRY_OTHER_INSTANCE = "failover.retry_other_instance"  # a retry went to a different instance
+    FAILOVER_PANIC = "failover.panic"  # too few healthy instances: balancing across all
+    # health and outlier state changes
+    HEALTH_PROBE_PASSED = "health.probe_passed"
+    HEALTH_PROBE_FAILED = "health.probe_failed"
+    OUTLIER_CONSECUTIVE_5XX = "outlier.consecutive_5xx"
+    OUTLIER_CONSECUTIVE_GATEWAY_ERRORS = "outlier.consecutive_gateway_errors"
+    OUTLIER_EJECTION_EXPIRED = "outlier.ejection_expired"
+    OUTLIER_MAX_EJECTION_PERCENT = "outlier.max_ejection_percent"  # an ejection was due but the cap forbade it
+
+
+class Exclusion(StrEnum):
+    """Why the balancer skipped an instance (`gatewatch.lb.excluded` is a list of `instance=reason`)."""
+
+    UNHEALTHY = "unhealthy"  # active health checks say down
+    EJECTED = "ejected"  # outlier detection ejected it
+    DRAINING = "draining"  # config or admin API: no new requests
+    TRIED = "tried"  # an earlier attempt of this request used it
+    OVER_LIMIT = "over_limit"  # at max_connections / max_pending
+    LOWER_PRIORITY = "lower_priority"  # a higher-priority group is healthy enough
+
+
+class Verdict(StrEnum):
+    """A policy's verdict on one request."""
+
+    ALLOW = "allow"
+    DENY = "deny"
+    SHADOW_DENY = "shadow_deny"  # the policy would deny, but runs in shadow mode: the request continues
+    ERROR = "error"  # the policy could not decide (e.g. key store down) and its fail mode applied
+
+
+class PolicyReason(StrEnum):
+    """Closed vocabulary of policy-verdict reasons (the edge-policies issue owns the members)."""
+
+    JWT_VALID = "jwt.valid"
+    JWT_MISSING = "jwt.missing"
+    JWT_MALFORMED = "jwt.malformed"
+    JWT_OVERSIZED = "jwt.oversized"
+    JWT_ALG_NOT_ALLOWED = "jwt.alg_not_allowed"
+    JWT_FORBIDDEN_HEADER = "jwt.forbidden_header"  # jku / x5u / jwk / crit the gateway will not honour
+    JWT_UNKNOWN_KID = "jwt.unknown_kid"
+    JWT_BAD_SIGNATURE = "jwt.bad_signature"
+    JWT_EXPIRED = "jwt.expired"
+    JWT_NOT_YET_VALID = "jwt.not_yet_valid"
+    JWT_BAD_ISSUER = "jwt.bad_issuer"
+    JWT_BAD_AUDIENCE = "jwt.bad_audience"
+    JWT_MISSING_CLAIM = "jwt.missing_claim"
+    JWT_INSUFFICIENT_SCOPE = "jwt.insufficient_scope"
+    JWT_KEYS_UNAVAILABLE = "jwt.keys_unavailable"
+    APIKEY_VALID = "apikey.valid"
+    APIKEY_MISSING = "apikey.missing"
+    APIKEY_INVALID = "apikey.invalid"
+    RATELIMIT_WITHIN = "ratelimit.within_limit"
+    RATELIMIT_EXCEEDED = "ratelimit.exceeded"
+    RATELIMIT_STORE_UNAVAILABLE = "ratelimit.store_unavailable"
+    IP_ALLOWED = "ip.allowed"
+    IP_DENIED = "ip.denied"
+    CORS_ALLOWED = "cors.allowed"
+    CORS_PREFLIGHT = "cors.preflight"
+    CORS_ORIGIN_DENIED = "cors.origin_denied"
+    SIZE_WITHIN = "size.within_limit"
+    SIZE_TOO_LARGE = "size.too_large"
+    SCHEMA_VALID = "schema.valid"
+    SCHEMA_INVALID = "schema.invalid"
+    SCHEMA_NOT_JSON = "schema.not_json"
+    TRANSFORM_APPLIED = "transform.applied"
+    CIRCUIT_CLOSED = "circuit.closed"
+    CIRCUIT_OPEN = "circuit.open"
+    CIRCUIT_HALF_OPEN_PROBE = "circuit.half_open_probe"
 
 
 class Metric:
@@ -158,6 +289,19 @@ class Metric:
     RETRIES = "gatewatch_retries"  # counter -> gatewatch_retries_total
     ENDPOINTS = "gatewatch_endpoints"  # gauge, by pool and state
     IN_FLIGHT = "gatewatch_upstream_in_flight_requests"  # gauge, by pool and instance
+    EJECTIONS_ACTIVE = "gatewatch_ejected_endpoints"  # gauge, by pool
+    RETRY_BUDGET_EXHAUSTED = "gatewatch_retry_budget_exhausted"  # counter -> ..._total, by route and upstream
+    PANIC_MODE = "gatewatch_pool_panic_mode"  # gauge 0/1, by pool
+    ACTIVE_PRIORITY = "gatewatch_pool_active_priority"  # gauge, by pool: the priority level taking traffic
+    SLOW_START_WEIGHT = "gatewatch_slow_start_weight_ratio"  # gauge 0..1, by pool and instance
+    HEALTH_PROBES = "gatewatch_health_probes"  # counter -> ..._total, by pool, instance and result
+    HEALTH_TRANSITIONS = "gatewatch_health_transitions"  # counter -> ..._total, by pool, instance and state
+    INSTANCE_REQUESTS = "gatewatch_instance_requests"  # counter -> ..._total, by pool, instance and outcome
+    POLICY_VERDICTS = "gatewatch_policy_verdicts"  # counter -> ..._total, by route, policy, type, verdict, reason
+    RATE_LIMITED_CONSUMERS = "gatewatch_ratelimit_consumer_limited"  # counter -> ..._total, consumer (capped)
+    CIRCUIT_STATE = "gatewatch_circuit_state"  # gauge 0/1 per state, by route and state
+    CONFIG_RELOADS = "gatewatch_config_reloads"  # counter -> ..._total, by result
+    WORKERS = "gatewatch_workers"  # gauge, by state (running/restarting), supervisor only
     TELEMETRY_DROPPED = "gatewatch_telemetry_dropped"  # counter -> gatewatch_telemetry_dropped_total
     TELEMETRY_EXPORTED = "gatewatch_telemetry_exported"  # counter -> gatewatch_telemetry_exported_total
     TELEMETRY_QUEUE = "gatewatch_telemetry_queue_items"  # gauge
@@ -178,6 +322,11 @@ class Label:
     RESULT = "result"
     SIGNAL = "signal"
     REASON = "reason"
+    PRIORITY = "priority"
+    POLICY = "gatewatch_policy"
+    POLICY_TYPE = "gatewatch_policy_type"
+    VERDICT = "verdict"
+    CONSUMER = "gatewatch_consumer"  # capped: at most CONSUMER_LABEL_CAP distinct values, then OVERFLOW_LABEL
 
 
 class EndpointState(StrEnum):
@@ -185,6 +334,17 @@ class EndpointState(StrEnum):
     UNHEALTHY = "unhealthy"
     EJECTED = "ejected"
     DRAINING = "draining"
+    SLOW_START = "slow_start"  # healthy, ramping up its effective weight
+
+
+class CircuitState(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+CONSUMER_LABEL_CAP = 100
+OVERFLOW_LABEL = "_overflow"
 
 
 class TelemetrySignal(StrEnum):
