@@ -21,6 +21,7 @@ import yaml
 from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
 from balancer.config import NAME_PATTERN, PoolConfig, Strict
+from edge.policies.config import PolicyConfig
 from telemetry.config import TelemetryConfig
 
 TEMPLATE_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -159,6 +160,16 @@ class RouteConfig(Strict):
     timeouts: TimeoutsConfig = TimeoutsConfig()
     rewrite: RewriteConfig = RewriteConfig()
     preserve_host: bool = True  # send the client's Host upstream (else the instance's host:port)
+    policies: tuple[PolicyConfig, ...] = ()  # evaluated in this order in the POLICY phase
+
+    @field_validator("policies")
+    @classmethod
+    def _unique_policy_names(cls, v):
+        names = [p.name for p in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate policy name(s) {', '.join(dup)}")
+        return v
 
 
 class RemoteUpstreamConfig(Strict):

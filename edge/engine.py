@@ -28,12 +28,13 @@ from typing import AsyncIterator, Callable
 from balancer.algorithms import NoHealthyEndpoint
 from edge import headers as hdr
 from edge.messages import ClientGone, Downstream, Forwarder, RequestHead, UpstreamFailure, UpstreamRequest
+from edge.policies.base import PolicyRequest, PolicyVerdict
 from edge.paths import InvalidPath, canonical_path, split_target, strip_prefix, target_authority
 from edge.routing import NoRoute, RouteMatch
 from edge.snapshot import Snapshot
 from telemetry.context import (AttemptRecord, DecisionRecord, RequestRecord, format_traceparent, new_span_id,
                                start_trace)
-from telemetry.names import OUTCOME_STATUS, Attr, DecisionKind, ErrorType, Layer, Outcome, Reason
+from telemetry.names import OUTCOME_STATUS, Attr, DecisionKind, ErrorType, Layer, Outcome, Reason, Verdict
 from telemetry.recorder import Telemetry
 
 log = logging.getLogger("gatewatch.engine")
@@ -62,6 +63,14 @@ MESSAGES = {
     Outcome.UPSTREAM_CONNECT_ERROR: "could not connect to the upstream",
     Outcome.UPSTREAM_TIMEOUT: "the upstream did not answer in time",
     Outcome.UPSTREAM_ERROR: "the upstream failed before sending a complete response",
+    Outcome.DENIED_AUTH: "authentication failed or is missing",
+    Outcome.DENIED_POLICY: "an access policy refused this request",
+    Outcome.RATE_LIMITED: "rate limit exceeded",
+    Outcome.PAYLOAD_TOO_LARGE: "the request body exceeds this route's limit",
+    Outcome.INVALID_BODY: "the request body does not match this route's schema",
+    Outcome.CIRCUIT_OPEN: "the upstream's circuit breaker is open",
+    Outcome.UPSTREAM_OVERFLOW: "every instance is at its connection limit",
+    Outcome.RETRY_BUDGET_EXHAUSTED: "the upstream failed and the retry budget is exhausted",
     Outcome.INTERNAL_ERROR: "internal error",
 }
 
@@ -157,8 +166,36 @@ class Engine:
         route = match.route
         rec.route, rec.route_template, rec.upstream = route.name, match.template, route.upstream
 
-        # POLICY: no policies exist yet; the edge-policies issue evaluates route policies here, in order.
+        # POLICY: the route's policies in declared order; the first blocking verdict answers locally.
+        chain = snap.policies.get(route.name)
+        if not chain:
+            await self._forward(snap, head, body, down, rec, route, path, None)
+            return
+        ctx = PolicyRequest(head=head, route=route.name, path=path, query=rec.query,
+                            client_address=head.client_address, body=body if head.has_body else None,
+                            now=self.clock_ns() / 1e9, rng=self.rng)
+        evaluated = []
+        try:
+            for policy in chain:
+                evaluated.append(policy)
+                verdict = await policy.evaluate(ctx)
+                self._decide_policy(rec, verdict)
+                if verdict.block:
+                    await self._answer(down, rec, verdict.outcome, verdict.status,
+                                       verdict.headers + tuple(ctx.response_headers), verdict.message)
+                    return
+            rec.consumer = ctx.consumer
+            await self._forward(snap, head, ctx.body if ctx.body is not None else body, down, rec, route,
+                                ctx.path, ctx)
+        finally:
+            rec.consumer = ctx.consumer
+            for policy in evaluated:  # circuit breakers learn from the result; exactly once per policy
+                observe = getattr(policy, "observe", None)
+                if observe is not None:
+                    observe(ctx, rec.outcome, rec.status)
 
+    async def _forward(self, snap: Snapshot, head: RequestHead, body: AsyncIterator[bytes], down: Downstream,
+                       rec: RequestRecord, route, path: str, ctx: PolicyRequest | None) -> None:
         # PICK
         pool = snap.pools.get(route.upstream)
         if pool is not None:
@@ -200,13 +237,16 @@ class Engine:
             traceparent=format_traceparent(rec.trace.trace_id, attempt.span_id, rec.trace.sampled),
             tracestate=rec.trace.tracestate, version=head.version,
             keep_baggage=rec.trace.treatment == "continued")
+        if ctx is not None and (ctx.upstream_set or ctx.upstream_remove):
+            up_headers = hdr.apply_changes(up_headers, ctx.upstream_set, ctx.upstream_remove)
         request = UpstreamRequest(head.method, host, port, scheme, target, up_headers, head.has_body)
         client_body = _BodyFromClient(body, route.timeouts.idle_s) if head.has_body else None
         attempt_mono = self.monotonic()
         if pool is not None:
             pool.acquire(ep)
         try:
-            await self._exchange(route, request, client_body, down, rec, attempt, attempt_mono, pool is not None)
+            await self._exchange(route, request, client_body, down, rec, attempt, attempt_mono,
+                                 ctx.response_headers if ctx is not None else ())
         finally:
             if pool is not None:
                 pool.release(ep)
@@ -216,7 +256,7 @@ class Engine:
 
     async def _exchange(self, route, request: UpstreamRequest, client_body: _BodyFromClient | None,
                         down: Downstream, rec: RequestRecord, attempt: AttemptRecord, attempt_mono: float,
-                        in_process: bool) -> None:
+                        extra_headers) -> None:
         t = route.timeouts
         try:
             response = await self.forwarder.send(route.upstream, request, client_body.__aiter__() if client_body else None,
@@ -239,6 +279,7 @@ class Engine:
         headers = [(k, v) for k, v in hdr.downstream_response_headers(response.headers, rec.protocol_version)
                    if k.lower() not in ("x-request-id", "traceresponse")]  # ours replace an inner tier's
         headers.append(("X-Request-Id", rec.request_id))
+        headers.extend(extra_headers)
         if self.telemetry_enabled and rec.trace.sampled and self.snapshot.listeners[rec.listener].trace_response_header:
             headers.append(("traceresponse", format_traceparent(rec.trace.trace_id, rec.trace.span_id, True)))
         rec.status = response.status
@@ -275,6 +316,14 @@ class Engine:
             rec.decisions.append(DecisionRecord(
                 DecisionKind.ROUTE, match.nearest or "", "no_match", Reason.ROUTE_NO_MATCH.value, self.clock_ns(),
                 rec.trace.span_id, {"gatewatch.route.failed_condition": match.reason}))
+
+    def _decide_policy(self, rec: RequestRecord, v: PolicyVerdict) -> None:
+        rec.policies.append((v.policy, v.type, v.verdict.value, v.reason))
+        if v.verdict is not Verdict.ALLOW:  # allows are summarised on the span and counted, not logged
+            rec.decisions.append(DecisionRecord(
+                DecisionKind.POLICY, v.policy, v.verdict.value, v.reason, self.clock_ns(), rec.trace.span_id,
+                {Attr.POLICY_TYPE: v.type, Attr.POLICY_SHADOW: v.verdict is Verdict.SHADOW_DENY or None,
+                 **v.attributes}))
 
     def _decide_pick(self, rec: RequestRecord, pool: str, picked, in_flight: dict[str, int]) -> None:
         algorithm = picked.algorithm.value
@@ -314,25 +363,32 @@ class Engine:
         return _error_body(Outcome.BAD_REQUEST, status, rec.request_id, rec.layer), rec.request_id
 
     async def _fail(self, down: Downstream, rec: RequestRecord, outcome: Outcome, error_type: str | None) -> None:
-        rec.outcome = outcome.value
         rec.error_type = error_type
-        if down.started:  # the head is out: the only honest signal left is a broken connection
+        await self._answer(down, rec, outcome, OUTCOME_STATUS[outcome], (), None)
+
+    async def _answer(self, down: Downstream, rec: RequestRecord, outcome: Outcome, status: int,
+                      extra: tuple[tuple[str, str], ...], message: str | None) -> None:
+        """Answer locally: a small JSON body naming the outcome (none for 204/304), or, when the response head
+        is already out, a broken connection (the only honest signal left)."""
+        rec.outcome = outcome.value
+        if down.started:
             down.abort()
             return
-        status = OUTCOME_STATUS[outcome]
         rec.status = status
-        payload = _error_body(outcome, status, rec.request_id, rec.layer)
-        headers = [("Content-Type", "application/json"), ("X-Request-Id", rec.request_id),
-                   ("Cache-Control", "no-store")]
+        payload = b"" if status in (204, 304) else _error_body(outcome, status, rec.request_id, rec.layer, message)
+        headers = [("X-Request-Id", rec.request_id), ("Cache-Control", "no-store"), *extra]
+        if payload:
+            headers.insert(0, ("Content-Type", "application/json"))
         if self.telemetry_enabled and rec.trace.sampled and self.snapshot.listeners[rec.listener].trace_response_header:
             headers.append(("traceresponse", format_traceparent(rec.trace.trace_id, rec.trace.span_id, True)))
         await down.start(status, None, tuple(headers), len(payload))
-        await down.write(payload)
+        if payload:
+            await down.write(payload)
         await down.finish()
 
 
-def _error_body(outcome: Outcome, status: int, request_id: str, layer: str) -> bytes:
-    return json.dumps({"error": {"status": status, "outcome": outcome.value, "message": MESSAGES[outcome],
+def _error_body(outcome: Outcome, status: int, request_id: str, layer: str, message: str | None = None) -> bytes:
+    return json.dumps({"error": {"status": status, "outcome": outcome.value, "message": message or MESSAGES[outcome],
                                  "request_id": request_id, "layer": layer}}).encode()
 
 

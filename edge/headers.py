@@ -92,3 +92,10 @@ def content_length(headers: Headers) -> int | None:
     if not values or any(v != values[0] for v in values) or not (values[0].isascii() and values[0].isdigit()):
         return None
     return int(values[0])
+
+
+def apply_changes(headers: Headers, set_: list[tuple[str, str]], remove: set[str]) -> Headers:
+    """Policy edits to the upstream request headers: drop every header named in `remove` (lower-case) or in
+    `set_` (so a client-sent copy of an identity header can never survive next to ours), then append `set_`."""
+    drop = remove | {k.lower() for k, _ in set_}
+    return tuple((k, v) for k, v in headers if k.lower() not in drop) + tuple(set_)

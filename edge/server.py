@@ -25,6 +25,7 @@ from edge.dataplane.forwarder import RawForwarder
 from edge.dataplane.listener import RawListener
 from edge.engine import Engine
 from edge.forwarder import AiohttpForwarder
+from edge.policies.build import PolicyResources, build_policies
 from edge.listener import AiohttpListener
 from edge.routing import Router
 from edge.snapshot import RemoteTarget, Snapshot
@@ -73,12 +74,14 @@ class Runtime:
         self.forwarder = RawForwarder(limits) if fast else AiohttpForwarder(limits)
         self.listeners: list[RawListener | AiohttpListener] = []
         self.engines: dict[Layer, Engine] = {}
+        self.policy_resources = PolicyResources(self.metrics, self.telemetry)
         for layer, section in ((Layer.EDGE, config.edge), (Layer.BALANCER, config.balancer)):
             if section is None or not section.listeners:
                 continue
             snapshot = Snapshot(layer=layer, router=Router(section.routes),
                                 pools=self.pools, remotes=remotes if layer is Layer.EDGE else {},
-                                listeners={lst.name: lst for lst in section.listeners})
+                                listeners={lst.name: lst for lst in section.listeners},
+                                policies=build_policies(section.routes, self.policy_resources))
             engine = Engine(snapshot, self.forwarder, self.telemetry)
             self.engines[layer] = engine
             for lst in section.listeners:
@@ -116,6 +119,7 @@ class Runtime:
 
     async def start(self) -> None:
         await self.telemetry.start()
+        await self.policy_resources.start()
         host, port = parse_address(self.config.admin.address)
         if port and self.worker:
             port += self.worker  # one admin listener per worker: 9901, 9902, ...
@@ -142,6 +146,7 @@ class Runtime:
             except Exception:  # one stuck listener must not keep the others (or telemetry) from stopping
                 log.warning("listener %s did not stop cleanly", lst.name, exc_info=True)
         await self.forwarder.close()
+        await self.policy_resources.close()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
         await self.telemetry.stop(3.0)

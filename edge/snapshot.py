@@ -5,7 +5,7 @@ A request keeps the snapshot it started with (the engine reads `engine.snapshot`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from balancer.pool import Pool
 from edge.config import ListenerConfig
@@ -30,3 +30,4 @@ class Snapshot:
     pools: dict[str, Pool]
     remotes: dict[str, RemoteTarget]
     listeners: dict[str, ListenerConfig]
+    policies: dict[str, tuple] = field(default_factory=dict)  # route name → compiled policies, in order

@@ -158,5 +158,7 @@ class RequestRecord:
     balance_start_ns: int = 0
     balance_end_ns: int = 0
     lb: dict[str, Any] = field(default_factory=dict)
+    consumer: str | None = None  # established by an authentication policy
+    policies: list[tuple[str, str, str, str]] = field(default_factory=list)  # (name, type, verdict, reason)
     attempts: list[AttemptRecord] = field(default_factory=list)
     decisions: list[DecisionRecord] = field(default_factory=list)

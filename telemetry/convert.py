@@ -80,6 +80,9 @@ def span_models(r: RequestRecord) -> list[SpanModel]:
         Attr.OUTCOME: r.outcome,
         Attr.REQUEST_ID: r.request_id,
         Attr.TRACE_CONTEXT: t.treatment,
+        Attr.CONSUMER: r.consumer,
+        # every verdict of the route's policies, in order: "name=verdict:reason"
+        Attr.POLICY_SUMMARY: [f"{p[0]}={p[2]}:{p[3]}" for p in r.policies] or None,
     })
     if r.lb and not r.balance_span_id:  # a balancer tier: its SERVER span carries the pick
         attrs.update(r.lb)

@@ -14,7 +14,7 @@ from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPEN
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from telemetry.fastmetrics import FastCounter, FastHistogram
-from telemetry.names import DURATION_BUCKETS_S, KNOWN_METHODS, Label, Metric
+from telemetry.names import CONSUMER_LABEL_CAP, DURATION_BUCKETS_S, KNOWN_METHODS, OVERFLOW_LABEL, Label, Metric
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -43,8 +43,55 @@ class Metrics:
         self.decisions = FastCounter(
             Metric.DECISIONS, "Decisions taken, by kind and result.",
             [Label.LAYER, Label.DECISION, Label.RESULT, Label.REASON])
-        for c in (self.server_duration, self.client_duration, self.decisions):
+        self.policy_verdicts = FastCounter(
+            Metric.POLICY_VERDICTS, "Policy verdicts, by route, policy, policy type, verdict and reason.",
+            [Label.ROUTE, Label.POLICY, Label.POLICY_TYPE, Label.VERDICT, Label.REASON])
+        self.instance_requests = FastCounter(
+            Metric.INSTANCE_REQUESTS, "Upstream attempts per instance, by pool and outcome.",
+            [Label.POOL, Label.INSTANCE, Label.OUTCOME])
+        for c in (self.server_duration, self.client_duration, self.decisions, self.policy_verdicts,
+                  self.instance_requests):
             r.register(c)
+        # balancer state and events (per pool; instance labels are bounded by the pool's size)
+        self.failovers = Counter(
+            Metric.FAILOVERS, "Failovers: traffic moved to another priority or a retry went to another instance.",
+            [Label.POOL, Label.REASON], registry=r)
+        self.ejections = Counter(
+            Metric.EJECTIONS, "Outlier ejections, by pool, instance and reason.",
+            [Label.POOL, Label.INSTANCE, Label.REASON], registry=r)
+        self.ejected = Gauge(Metric.EJECTIONS_ACTIVE, "Instances currently ejected, by pool.", [Label.POOL], registry=r)
+        self.retries = Counter(
+            Metric.RETRIES, "Retries taken, by route, upstream and reason.",
+            [Label.ROUTE, Label.UPSTREAM, Label.REASON], registry=r)
+        self.retry_budget_exhausted = Counter(
+            Metric.RETRY_BUDGET_EXHAUSTED, "Retries refused because the retry budget was exhausted.",
+            [Label.ROUTE, Label.UPSTREAM], registry=r)
+        self.panic_mode = Gauge(
+            Metric.PANIC_MODE, "1 while the pool balances across all instances because too few are healthy.",
+            [Label.POOL], registry=r)
+        self.active_priority = Gauge(
+            Metric.ACTIVE_PRIORITY, "The highest priority level currently taking traffic, by pool.",
+            [Label.POOL], registry=r)
+        self.slow_start = Gauge(
+            Metric.SLOW_START_WEIGHT, "Effective share of an instance's weight during slow start (1 = full).",
+            [Label.POOL, Label.INSTANCE], registry=r)
+        self.health_probes = Counter(
+            Metric.HEALTH_PROBES, "Active health probes, by pool, instance and result.",
+            [Label.POOL, Label.INSTANCE, Label.RESULT], registry=r)
+        self.health_transitions = Counter(
+            Metric.HEALTH_TRANSITIONS, "Instance state changes, by pool, instance and new state.",
+            [Label.POOL, Label.INSTANCE, Label.STATE], registry=r)
+        # policies
+        self.ratelimit_consumers = Counter(
+            Metric.RATE_LIMITED_CONSUMERS,
+            f"Requests refused by a rate limit, by consumer (at most {CONSUMER_LABEL_CAP} consumers, then "
+            f"'{OVERFLOW_LABEL}').", [Label.ROUTE, Label.CONSUMER], registry=r)
+        self.consumer_label = CappedLabel(CONSUMER_LABEL_CAP)
+        self.circuit_state = Gauge(
+            Metric.CIRCUIT_STATE, "1 for the circuit breaker's current state, by route and state.",
+            [Label.ROUTE, Label.STATE], registry=r)
+        self.config_reloads = Counter(
+            Metric.CONFIG_RELOADS, "Configuration reloads, by result.", [Label.RESULT], registry=r)
         self.endpoints = Gauge(
             Metric.ENDPOINTS, "Instances per pool and state.", [Label.POOL, Label.STATE], registry=r)
         self.in_flight = Gauge(
@@ -63,3 +110,22 @@ class Metrics:
         if accept and "application/openmetrics-text" in accept:
             return generate_openmetrics(self.registry), OPENMETRICS_CONTENT_TYPE
         return generate_latest(self.registry), PROMETHEUS_CONTENT_TYPE
+
+
+class CappedLabel:
+    """A user-derived label value (e.g. a consumer name) under a cardinality cap: the first `cap` distinct values
+    pass through, later ones become `_overflow`, so no client can create unbounded series."""
+
+    def __init__(self, cap: int):
+        self._cap = cap
+        self._seen: set[str] = set()
+
+    def __call__(self, value: str | None) -> str:
+        if not value:
+            return ""
+        if value in self._seen:
+            return value
+        if len(self._seen) >= self._cap:
+            return OVERFLOW_LABEL
+        self._seen.add(value)
+        return value

@@ -182,6 +182,7 @@ class Telemetry:
         self._server = metrics.server_duration
         self._client = metrics.client_duration
         self._decisions = metrics.decisions
+        self._verdicts = metrics.policy_verdicts
         self._allow_logs_sampled_only = resolved.allow_decision_logs == "sampled"
 
     async def start(self) -> None:
@@ -199,6 +200,8 @@ class Telemetry:
                                   a.outcome or ""), a.duration_s, trace_id)
         for d in r.decisions:
             self._decisions.inc((d.layer or r.layer, d.kind.value, d.result, d.reason))
+        for p in r.policies:
+            self._verdicts.inc((route, *p))
         if self.sink is None:
             return
         if not r.trace.sampled and r.decisions and self._allow_logs_sampled_only:

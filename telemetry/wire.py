@@ -15,7 +15,7 @@ from operator import attrgetter
 from telemetry.context import AttemptRecord, DecisionRecord, RequestRecord, TraceContext
 from telemetry.names import DecisionKind
 
-_NESTED = ("trace", "attempts", "decisions")
+_NESTED = ("trace", "attempts", "decisions", "policies")
 _REQ_FIELDS = tuple(f.name for f in dataclasses.fields(RequestRecord) if f.name not in _NESTED)
 _req = attrgetter(*_REQ_FIELDS)
 _trace = attrgetter(*(f.name for f in dataclasses.fields(TraceContext)))
@@ -27,7 +27,7 @@ HEADER = struct.Struct("!I")
 
 def _to_tuple(r: RequestRecord) -> tuple:
     decisions = [(d.kind.value,) + _decision(d)[1:] for d in r.decisions]
-    return (_req(r), _trace(r.trace), [_attempt(a) for a in r.attempts], decisions)
+    return (_req(r), _trace(r.trace), [_attempt(a) for a in r.attempts], decisions, r.policies)
 
 
 def encode(records: list[RequestRecord]) -> bytes:
@@ -37,8 +37,8 @@ def encode(records: list[RequestRecord]) -> bytes:
 
 def decode(payload: bytes) -> list[RequestRecord]:
     out = []
-    for req, trace, attempts, decisions in marshal.loads(payload):
-        r = RequestRecord(**dict(zip(_REQ_FIELDS, req)), trace=TraceContext(*trace))
+    for req, trace, attempts, decisions, policies in marshal.loads(payload):
+        r = RequestRecord(**dict(zip(_REQ_FIELDS, req)), trace=TraceContext(*trace), policies=policies)
         r.attempts = [AttemptRecord(*a) for a in attempts]
         r.decisions = [DecisionRecord(DecisionKind(d[0]), *d[1:]) for d in decisions]
         out.append(r)

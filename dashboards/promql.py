@@ -1,0 +1,105 @@
+"""PromQL built from `telemetry.names` only: series names, selectors, rates and quantiles.
+
+Primitives: `series(metric, suffix)` (the exposed name of a counter/histogram series), `sel(name, **matchers)`
+(a selector; a value starting with `~` is a regex match), `rate`/`increase`, `quantile`, `ratio`. Panels and
+alert rules never spell a metric name themselves, so a name changed in `telemetry/names.py` changes here too and
+a name that does not exist there cannot be written (tests/dashboards checks the output).
+
+Grafana variables appear as `$route`-style strings; `RATE` is Grafana's `$__rate_interval`.
+"""
+
+from __future__ import annotations
+
+from telemetry.names import Label, Layer, Metric
+
+RATE = "$__rate_interval"
+RANGE = "$__range"
+
+
+def series(metric: str, suffix: str = "") -> str:
+    """The exposed series name: `series(Metric.DECISIONS, "total")` → `gatewatch_decisions_total`."""
+    return f"{metric}_{suffix}" if suffix else metric
+
+
+# Series the panels and rules use (histograms expose _bucket/_count/_sum; counters _total; Info _info).
+SERVER_BUCKET = series(Metric.SERVER_DURATION, "bucket")
+SERVER_COUNT = series(Metric.SERVER_DURATION, "count")
+SERVER_SUM = series(Metric.SERVER_DURATION, "sum")
+CLIENT_BUCKET = series(Metric.CLIENT_DURATION, "bucket")
+CLIENT_COUNT = series(Metric.CLIENT_DURATION, "count")
+CLIENT_SUM = series(Metric.CLIENT_DURATION, "sum")
+DECISIONS = series(Metric.DECISIONS, "total")
+FAILOVERS = series(Metric.FAILOVERS, "total")
+EJECTIONS = series(Metric.EJECTIONS, "total")
+RETRIES = series(Metric.RETRIES, "total")
+RETRY_BUDGET_EXHAUSTED = series(Metric.RETRY_BUDGET_EXHAUSTED, "total")
+HEALTH_PROBES = series(Metric.HEALTH_PROBES, "total")
+HEALTH_TRANSITIONS = series(Metric.HEALTH_TRANSITIONS, "total")
+INSTANCE_REQUESTS = series(Metric.INSTANCE_REQUESTS, "total")
+POLICY_VERDICTS = series(Metric.POLICY_VERDICTS, "total")
+RATE_LIMITED_CONSUMERS = series(Metric.RATE_LIMITED_CONSUMERS, "total")
+CONFIG_RELOADS = series(Metric.CONFIG_RELOADS, "total")
+TELEMETRY_DROPPED = series(Metric.TELEMETRY_DROPPED, "total")
+TELEMETRY_EXPORTED = series(Metric.TELEMETRY_EXPORTED, "total")
+BUILD_INFO = series(Metric.BUILD_INFO, "info")
+ENDPOINTS = Metric.ENDPOINTS
+IN_FLIGHT = Metric.IN_FLIGHT
+EJECTED = Metric.EJECTIONS_ACTIVE
+PANIC_MODE = Metric.PANIC_MODE
+ACTIVE_PRIORITY = Metric.ACTIVE_PRIORITY
+SLOW_START = Metric.SLOW_START_WEIGHT
+CIRCUIT_STATE = Metric.CIRCUIT_STATE
+WORKERS = Metric.WORKERS
+TELEMETRY_QUEUE = Metric.TELEMETRY_QUEUE
+
+EDGE = {Label.LAYER: Layer.EDGE.value}
+BALANCER = {Label.LAYER: Layer.BALANCER.value}
+SERVER_ERROR = {Label.STATUS: "~5.."}  # the SLO's "bad" requests: answered (or failed) with a 5xx
+
+
+def sel(name: str, matchers: dict[str, str] | None = None, **more: str) -> str:
+    """`sel(SERVER_COUNT, EDGE, gatewatch_route="~$route")` → `..._count{gatewatch_layer="edge",gatewatch_route=~"$route"}`."""
+    parts = []
+    for label, value in {**(matchers or {}), **more}.items():
+        op = "="
+        if value.startswith("~"):
+            op, value = "=~", value[1:]
+        elif value.startswith("!~"):
+            op, value = "!~", value[2:]
+        elif value.startswith("!"):
+            op, value = "!=", value[1:]
+        parts.append(f'{label}{op}"{value}"')
+    return f"{name}{{{','.join(parts)}}}" if parts else name
+
+
+def by(*labels: str) -> str:
+    return f"by ({', '.join(labels)})" if labels else ""
+
+
+def rate(selector: str, window: str = RATE) -> str:
+    return f"rate({selector}[{window}])"
+
+
+def increase(selector: str, window: str = RATE) -> str:
+    return f"increase({selector}[{window}])"
+
+
+def sum_(expr: str, *labels: str) -> str:
+    return f"sum {by(*labels)} ({expr})".replace("sum  (", "sum (")
+
+
+def sum_rate(selector: str, *labels: str, window: str = RATE) -> str:
+    return sum_(rate(selector, window), *labels)
+
+
+def quantile(q: float, bucket_selector: str, *labels: str, window: str = RATE) -> str:
+    return f"histogram_quantile({q}, {sum_rate(bucket_selector, *labels, 'le', window=window)})"
+
+
+def ratio(numerator: str, denominator: str) -> str:
+    return f"({numerator}) / ({denominator})"
+
+
+def regex_of(values) -> str:
+    """An anchored alternation of closed-enum values, dots escaped: `jwt\\\\.expired|apikey\\\\.invalid`."""
+    return "|".join(str(v).replace(".", "\\\\.") for v in values)
