@@ -106,6 +106,20 @@ class DecisionRecord:
 
 
 @dataclass(slots=True)
+class EventRecord:
+    """A state change outside any request (health transition, outlier ejection, circuit transition, config
+    reload): becomes one log record with `event_name`. `trace_id`/`span_id` are set when one request caused it."""
+
+    event: str  # telemetry.names.Event value
+    time_ns: int
+    body: str
+    attributes: dict[str, Any] = field(default_factory=dict)
+    trace_id: int = 0
+    span_id: int = 0
+    severity: str = "INFO"  # INFO | WARN
+
+
+@dataclass(slots=True)
 class AttemptRecord:
     span_id: int
     layer: str

@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-from telemetry.context import RequestRecord
+from telemetry.context import EventRecord, RequestRecord
 from telemetry.names import DECISION_EVENTS, Attr, Layer, SCOPE_NAME
 
 INTERNAL, SERVER, CLIENT = 1, 2, 3  # OTLP SpanKind numbers
@@ -51,6 +51,7 @@ class LogModel(NamedTuple):
     body: str
     attributes: dict[str, Any]
     event_name: str
+    severity: str = "INFO"
 
 
 def _clean(attrs: dict[str, Any]) -> dict[str, Any]:
@@ -124,7 +125,10 @@ def span_models(r: RequestRecord) -> list[SpanModel]:
     return out
 
 
-def log_models(r: RequestRecord) -> list[LogModel]:
+def log_models(r: RequestRecord | EventRecord) -> list[LogModel]:
+    if isinstance(r, EventRecord):
+        return [LogModel(r.time_ns, r.trace_id, r.span_id, bool(r.trace_id), r.body, _clean(r.attributes), r.event,
+                         r.severity)]
     out = []
     for d in r.decisions:
         attrs = _clean({
@@ -186,7 +190,8 @@ class Converter:
                 record = LogRecord(
                     timestamp=m.time_ns, observed_timestamp=m.time_ns, trace_id=m.trace_id, span_id=m.span_id,
                     trace_flags=TraceFlags(TraceFlags.SAMPLED if m.sampled else TraceFlags.DEFAULT),
-                    severity_text="INFO", severity_number=SeverityNumber.INFO, body=m.body,
+                    severity_text=m.severity,
+                    severity_number=SeverityNumber.WARN if m.severity == "WARN" else SeverityNumber.INFO, body=m.body,
                     attributes=m.attributes, event_name=m.event_name)
                 out.append(ReadableLogRecord(record, resource=self.resource, instrumentation_scope=self.scope))
         return out

@@ -20,6 +20,7 @@ from opentelemetry.sdk.resources import Resource
 
 from telemetry import wire
 from telemetry.config import ResolvedTelemetry
+from telemetry.context import EventRecord
 from telemetry.convert import Converter, log_models, span_models
 from telemetry.otlp_encode import Envelope, encode_log, encode_span
 from telemetry.otlp_send import EncodedBatch, GrpcSender, HttpSender
@@ -67,6 +68,9 @@ class ThreadSink:
         self.traces, self.logs = workers
 
     def submit(self, r) -> None:
+        if isinstance(r, EventRecord):
+            self.logs.submit((r, (r,)))
+            return
         if r.trace.sampled:
             self.traces.submit(r)
         if r.decisions:

@@ -117,13 +117,13 @@ def encode_span(m: SpanModel) -> bytes:
 def encode_log(m: LogModel) -> bytes:
     parts = [
         b"\x09" + _F64.pack(m.time_ns),  # time_unix_nano = 1
-        b"\x10\x09",  # severity_number = 2: INFO
-        _str(0x1A, "INFO"),  # severity_text = 3
+        b"\x10\x0d" if m.severity == "WARN" else b"\x10\x09",  # severity_number = 2: WARN 13 / INFO 9
+        _str(0x1A, m.severity),  # severity_text = 3
         _ld(0x2A, _any(m.body)),  # body = 5
         _attrs(0x32, m.attributes),  # attributes = 6
         b"\x45" + _F32.pack(1 if m.sampled else 0),  # flags = 8
-        _id(0x4A, m.trace_id, 16),  # trace_id = 9
-        _id(0x52, m.span_id, 8),  # span_id = 10
+        _id(0x4A, m.trace_id, 16) if m.trace_id else b"",  # trace_id = 9 (absent: not caused by one request)
+        _id(0x52, m.span_id, 8) if m.span_id else b"",  # span_id = 10
         b"\x59" + _F64.pack(m.time_ns),  # observed_time_unix_nano = 11
         _str(0x62, m.event_name),  # event_name = 12
     ]

@@ -24,11 +24,11 @@ import uuid
 
 from telemetry import wire
 from telemetry.config import ResolvedTelemetry
-from telemetry.context import RequestRecord
+from telemetry.context import EventRecord, RequestRecord
 from telemetry.export import destination
 from telemetry.exporter_process import ThreadSink, span_count
 from telemetry.metrics import Metrics, method_label, status_label
-from telemetry.names import DropReason, TelemetrySignal
+from telemetry.names import DropReason, Event, TelemetrySignal
 
 log = logging.getLogger("gatewatch.telemetry")
 FLUSH_S = 0.05
@@ -59,9 +59,12 @@ class ProcessSink:
         self._tasks = [asyncio.get_running_loop().create_task(self._flusher()),
                        asyncio.get_running_loop().create_task(self._read_totals())]
 
-    def submit(self, r: RequestRecord) -> None:
-        spans = span_count(r) if r.trace.sampled else 0
-        logs = len(r.decisions)
+    def submit(self, r: RequestRecord | EventRecord) -> None:
+        if isinstance(r, EventRecord):
+            spans, logs = 0, 1
+        else:
+            spans = span_count(r) if r.trace.sampled else 0
+            logs = len(r.decisions)
         p = self._pending_items
         if p[0] + spans > self._max_items or p[1] + logs > self._max_items:
             self._drop(spans, logs, DropReason.QUEUE_FULL)
@@ -152,7 +155,7 @@ class _ThreadSinkAdapter:
     async def start(self) -> None:
         pass
 
-    def submit(self, r: RequestRecord) -> None:
+    def submit(self, r: RequestRecord | EventRecord) -> None:
         self._sink.submit(r)
 
     async def stop(self, timeout_s: float) -> None:
@@ -212,6 +215,15 @@ class Telemetry:
                 r.decisions = kept
         if r.trace.sampled or r.decisions:
             self.sink.submit(r)
+
+    def event(self, event: Event, body: str, attributes: dict, trace_id: int | None = None,
+              span_id: int | None = None, severity: str = "INFO") -> None:
+        """A state change outside any request (health transition, ejection, circuit transition, config
+        reload) as one decision-log record. Bounded like everything else: queued with the request records."""
+        if self.sink is None:
+            return
+        self.sink.submit(EventRecord(event.value, time.time_ns(), body, attributes, trace_id or 0, span_id or 0,
+                                     severity))
 
     async def stop(self, timeout_s: float = 3.0) -> None:
         if self.sink is not None:

@@ -1,6 +1,6 @@
 """Finished request records as plain tuples, for the trip to the exporter process.
 
-`encode(records) -> bytes` and `decode(bytes) -> list[RequestRecord]` use `marshal` (C, no code execution
+`encode(records) -> bytes` and `decode(bytes) -> list[RequestRecord | EventRecord]` use `marshal` (C, no code execution
 on load of these types, and several times faster than pickle for tuples of primitives). The field order
 comes from the dataclasses themselves, so adding a field to a record needs no change here.
 """
@@ -12,7 +12,7 @@ import marshal
 import struct
 from operator import attrgetter
 
-from telemetry.context import AttemptRecord, DecisionRecord, RequestRecord, TraceContext
+from telemetry.context import AttemptRecord, DecisionRecord, EventRecord, RequestRecord, TraceContext
 from telemetry.names import DecisionKind
 
 _NESTED = ("trace", "attempts", "decisions", "policies")
@@ -21,23 +21,30 @@ _req = attrgetter(*_REQ_FIELDS)
 _trace = attrgetter(*(f.name for f in dataclasses.fields(TraceContext)))
 _attempt = attrgetter(*(f.name for f in dataclasses.fields(AttemptRecord)))
 _DEC_FIELDS = tuple(f.name for f in dataclasses.fields(DecisionRecord))
+_event = attrgetter(*(f.name for f in dataclasses.fields(EventRecord)))
 _decision = attrgetter(*_DEC_FIELDS)
 HEADER = struct.Struct("!I")
 
 
-def _to_tuple(r: RequestRecord) -> tuple:
+def _to_tuple(r: RequestRecord | EventRecord) -> tuple:
+    if isinstance(r, EventRecord):
+        return ("E", _event(r))
     decisions = [(d.kind.value,) + _decision(d)[1:] for d in r.decisions]
     return (_req(r), _trace(r.trace), [_attempt(a) for a in r.attempts], decisions, r.policies)
 
 
-def encode(records: list[RequestRecord]) -> bytes:
+def encode(records: list[RequestRecord | EventRecord]) -> bytes:
     payload = marshal.dumps([_to_tuple(r) for r in records])
     return HEADER.pack(len(payload)) + payload
 
 
-def decode(payload: bytes) -> list[RequestRecord]:
+def decode(payload: bytes) -> list[RequestRecord | EventRecord]:
     out = []
-    for req, trace, attempts, decisions, policies in marshal.loads(payload):
+    for item in marshal.loads(payload):
+        if item[0] == "E":
+            out.append(EventRecord(*item[1]))
+            continue
+        req, trace, attempts, decisions, policies = item
         r = RequestRecord(**dict(zip(_REQ_FIELDS, req)), trace=TraceContext(*trace), policies=policies)
         r.attempts = [AttemptRecord(*a) for a in attempts]
         r.decisions = [DecisionRecord(DecisionKind(d[0]), *d[1:]) for d in decisions]
