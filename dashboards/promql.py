@@ -57,10 +57,16 @@ BALANCER = {Label.LAYER: Layer.BALANCER.value}
 SERVER_ERROR = {Label.STATUS: "~5.."}  # the SLO's "bad" requests: answered (or failed) with a 5xx
 
 
-def sel(name: str, matchers: dict[str, str] | None = None, **more: str) -> str:
-    """`sel(SERVER_COUNT, EDGE, gatewatch_route="~$route")` → `..._count{gatewatch_layer="edge",gatewatch_route=~"$route"}`."""
+def sel(name: str, *matchers: dict[str, str], **more: str) -> str:
+    """`sel(SERVER_COUNT, EDGE, gatewatch_route="~$route")` → `..._count{gatewatch_layer="edge",gatewatch_route=~"$route"}`.
+
+    A value starting with `~` is a regex match, `!~` a negative regex, `!` a negative match."""
+    merged: dict[str, str] = {}
+    for m in matchers:
+        merged.update(m)
+    merged.update(more)
     parts = []
-    for label, value in {**(matchers or {}), **more}.items():
+    for label, value in merged.items():
         op = "="
         if value.startswith("~"):
             op, value = "=~", value[1:]
@@ -103,3 +109,11 @@ def ratio(numerator: str, denominator: str) -> str:
 def regex_of(values) -> str:
     """An anchored alternation of closed-enum values, dots escaped: `jwt\\\\.expired|apikey\\\\.invalid`."""
     return "|".join(str(v).replace(".", "\\\\.") for v in values)
+
+
+def or_zero(part: str, whole: str) -> str:
+    """`part`, or 0 for each series of `whole` that has no `part` (no 5xx yet reads 0 %, not "No data").
+
+    Both sides must be aggregated to the same labels; `whole` is the same metric without the narrowing matcher,
+    so a zero is only shown where the metric itself exists."""
+    return f"({part} or {whole} * 0)"

@@ -4,6 +4,7 @@
     gatewatch validate FILE...   check config files; print every problem with its field path
     gatewatch demo               two tiers + three demo backends + traffic, with a live summary
     gatewatch backend            one demo backend instance (used by the demo and the compose stack)
+    gatewatch dashboards build   Grafana dashboards, provisioning and Prometheus alert rules (docs/dashboards.md)
 
 Exit codes: 0 success, 1 runtime failure, 2 invalid configuration or usage.
 """
@@ -23,6 +24,7 @@ examples:
   gatewatch validate examples/gateway.yaml
   gatewatch run -c examples/gateway.yaml
   gatewatch demo --duration 30
+  gatewatch dashboards build --out ./observability --slo 99.95
   OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 gatewatch demo   # send telemetry to a collector
 
 telemetry: the standard OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_PROTOCOL (grpc | http/protobuf),
@@ -116,6 +118,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(duration_s=args.duration, rps=args.rps, workdir=args.workdir)
 
 
+def cmd_dashboards_build(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from dashboards.build import render_all, write
+    from dashboards.options import DEFAULT, OptionsError, load_options, with_slo
+
+    try:
+        opts = with_slo(load_options(args.config) if args.config else DEFAULT, args.slo)
+    except OptionsError as err:
+        print(f"{args.config or 'options'}: invalid, nothing written:", file=sys.stderr)
+        for p in err.problems:
+            print(f"  {p}", file=sys.stderr)
+        return 2
+    try:
+        written = write(Path(args.out), render_all(opts))
+    except OSError as err:
+        print(f"gatewatch dashboards build: cannot write {args.out}: {err}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(path)
+    print(f"SLO: {opts.slo.availability_percent}% of edge requests without a 5xx, {opts.slo.latency_percent}% "
+          f"under {opts.slo.latency_threshold_s} s", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gatewatch",
@@ -161,6 +188,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ready-file", metavar="PATH")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_backend)
+
+    dash = sub.add_parser("dashboards", help="Grafana dashboards and Prometheus alert rules, generated as code",
+                          description="Dashboards and alert rules generated from telemetry/names.py, the names "
+                                      "the runtime exports (docs/dashboards.md).")
+    dash_sub = dash.add_subparsers(dest="dashboards_command", metavar="COMMAND", required=True)
+    p = dash_sub.add_parser(
+        "build", help="write dashboards JSON, Grafana provisioning and Prometheus rule files",
+        description="Write the five Gatewatch dashboards, Grafana provisioning (Prometheus/Tempo/Loki datasources "
+                    "linked to each other, a dashboard provider) and the Prometheus alert rules:\n"
+                    "  DIR/grafana/dashboards/*.json\n"
+                    "  DIR/grafana/provisioning/datasources/datasources.yaml\n"
+                    "  DIR/grafana/provisioning/dashboards/dashboards.yaml\n"
+                    "  DIR/prometheus/rules/gatewatch-alerts.yml\n"
+                    "Check the rules with: promtool check rules DIR/prometheus/rules/gatewatch-alerts.yml",
+        epilog="example options file (-c):\n"
+               "  slo:\n"
+               "    availability_percent: 99.9   # edge requests without a 5xx\n"
+               "    latency_threshold_s: 0.5     # a histogram bucket boundary\n"
+               "    latency_percent: 99          # share of edge requests faster than that\n"
+               "  grafana_url: http://localhost:3000   # alert annotations link to the dashboards here",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="gatewatch-dashboards", metavar="DIR",
+                   help="output directory (default: ./gatewatch-dashboards; the repo's committed copy is "
+                        "regenerated with --out dashboards/generated)")
+    p.add_argument("-c", "--config", metavar="FILE", help="YAML build options: SLOs and the Grafana URL")
+    p.add_argument("--slo", type=float, metavar="PERCENT",
+                   help="availability SLO of edge requests, e.g. 99.9 (overrides the options file; default 99.9)")
+    p.set_defaults(func=cmd_dashboards_build)
     return parser
 
 

@@ -1,0 +1,220 @@
+"""Prometheus alert rules for Gatewatch, generated from the same names as the dashboards.
+
+Primitives: `AlertRule` (one rule: expression, `for`, severity, summary, description, runbook, dashboard link,
+and the `signals` — the sub-expressions the rule compares, which a test can check return data while the rule
+itself is silent), `rules(opts)` (all of them) and `rule_file(opts)` (the Prometheus rule-file document).
+
+Tuning — one flap must not page:
+- ratios are over ≥ 5 m windows and need a minimum of traffic, so a handful of failures on a quiet pool is not
+  a spike;
+- every rule has a `for:` longer than a health check's fall/rise cycle (a single instance flap is over before the
+  rule could fire);
+- the SLO burn rules are the multi-window, multi-burn-rate pairs of the Google SRE workbook: a long window that
+  says the budget is really burning and a short one that says it still is (14.4× over 1 h and 5 m pages: 2 % of
+  a 30-day budget in an hour; 6× over 6 h and 30 m opens a ticket: 5 % in six hours).
+Severity: `page` wakes someone, `ticket` can wait for working hours.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client.utils import floatToGoString
+
+from dashboards.options import BuildOptions
+from dashboards.panels import UID
+from dashboards.promql import (BALANCER, CLIENT_COUNT, EDGE, EJECTIONS, ENDPOINTS, FAILOVERS, PANIC_MODE,
+                               POLICY_VERDICTS, RETRIES, RETRY_BUDGET_EXHAUSTED, SERVER_BUCKET, SERVER_COUNT,
+                               SERVER_ERROR, TELEMETRY_DROPPED, TELEMETRY_EXPORTED, or_zero, ratio, sel, sum_,
+                               sum_rate)
+from telemetry.names import EndpointState, Label, PolicyReason
+
+PL = Label.POOL
+SERVING = f"{EndpointState.HEALTHY.value}|{EndpointState.SLOW_START.value}"
+# Minimum attempts/s through a pool (over 5 m) before a failover share can page: ~1 request every 5 s.
+MIN_POOL_RPS = 0.2
+
+
+@dataclass(frozen=True)
+class AlertRule:
+    name: str
+    expr: str
+    for_: str
+    severity: str  # page | ticket
+    summary: str
+    description: str
+    runbook: str
+    dashboard: str  # key of dashboards.panels.UID
+    dashboard_vars: dict[str, str] = field(default_factory=dict)  # var → Prometheus template of a label
+    signals: tuple[str, ...] = ()  # what the rule measures (returns data even while the rule is silent)
+
+    def document(self, grafana_url: str) -> dict:
+        params = "".join(f"&var-{k}={v}" for k, v in self.dashboard_vars.items())
+        return {
+            "alert": self.name,
+            "expr": self.expr,
+            "for": self.for_,
+            "labels": {"severity": self.severity, "service": "gatewatch"},
+            "annotations": {
+                "summary": self.summary,
+                "description": self.description,
+                "runbook": self.runbook,
+                "dashboard": f"{grafana_url}/d/{UID[self.dashboard]}?from=now-3h&to=now{params}",
+            },
+        }
+
+
+def _pool_attempts(window: str) -> str:
+    """Attempts/s per pool at the balancing layer, relabelled from `gatewatch_upstream` to `gatewatch_pool`."""
+    attempts = f"rate({sel(CLIENT_COUNT, BALANCER)}[{window}])"
+    return f'sum by ({PL}) (label_replace({attempts}, "{PL}", "$1", "{Label.UPSTREAM}", "(.*)"))'
+
+
+def _edge_error_ratio(window: str) -> str:
+    total = sum_rate(sel(SERVER_COUNT, EDGE), window=window)
+    return ratio(or_zero(sum_rate(sel(SERVER_COUNT, EDGE, SERVER_ERROR), window=window), total), total)
+
+
+def _edge_slow_ratio(window: str, threshold_s: float) -> str:
+    total = sum_rate(sel(SERVER_COUNT, EDGE), window=window)
+    fast = sum_rate(sel(SERVER_BUCKET, EDGE, le=floatToGoString(threshold_s)), window=window)
+    return f"1 - ({ratio(fast, total)})"
+
+
+def _burn(ratio_of, budget: float, factor: float, long: str, short: str) -> str:
+    limit = f"({factor} * {budget})"
+    return f"({ratio_of(long)} > {limit}\nand\n{ratio_of(short)} > {limit})"
+
+
+def _burn_rules(kind: str, what: str, ratio_of, budget: float, target: str, dashboard: str) -> list[AlertRule]:
+    out = []
+    for speed, factor, long, short, for_, severity, share in (
+            ("Fast", 14.4, "1h", "5m", "2m", "page", "2 % of a 30-day error budget in one hour"),
+            ("Slow", 6, "6h", "30m", "15m", "ticket", "5 % of a 30-day error budget in six hours")):
+        out.append(AlertRule(
+            name=f"Gatewatch{kind}BudgetBurn{speed}",
+            expr=_burn(ratio_of, budget, factor, long, short),
+            for_=for_, severity=severity,
+            summary=f"Edge {what} budget burning {factor}× too fast ({long} and {short} windows)",
+            description=(f"The share of {what} edge requests over the last {long} and the last {short} is above "
+                         f"{factor}× the budget of the {target} SLO: at this rate {share} is gone. Over "
+                         f"{long}: {{{{ $value | humanizePercentage }}}}."),
+            runbook=("Open the Overview: which routes carry the bad requests (5xx ratio / p99 by route), then "
+                     "their Request journey: is it one instance (balancer layer) or the edge itself (gateway "
+                     "overhead, policies)? Exemplars and the slow/failed traces table lead to example traces."),
+            dashboard=dashboard,
+            signals=(ratio_of(long), ratio_of(short))))
+    return out
+
+
+def rules(opts: BuildOptions) -> list[AlertRule]:
+    slo = opts.slo
+    failovers = sum_rate(sel(FAILOVERS), PL, window="5m")
+    attempts = _pool_attempts("5m")
+    serving = f"sum by ({PL}) ({sel(ENDPOINTS, state='~' + SERVING)})"
+    instances = f"sum by ({PL}) ({ENDPOINTS})"
+    healthy_share = ratio(or_zero(serving, instances), instances)
+    ejections = sum_(f"increase({EJECTIONS}[15m])", PL)
+    exhausted = sum_rate(sel(RETRY_BUDGET_EXHAUSTED), Label.ROUTE, Label.UPSTREAM, window="5m")
+    store_down = sum_rate(sel(POLICY_VERDICTS, reason=PolicyReason.RATELIMIT_STORE_UNAVAILABLE.value.replace(
+        ".", "\\\\.")), Label.ROUTE, Label.POLICY, window="5m")
+    ratelimit_verdicts = sum_rate(sel(POLICY_VERDICTS, reason="~ratelimit\\\\..*"), Label.ROUTE, Label.POLICY,
+                                  window="5m")
+    exported = sum_rate(sel(TELEMETRY_EXPORTED), Label.SIGNAL, window="10m")
+    dropped = or_zero(sum_rate(sel(TELEMETRY_DROPPED), Label.SIGNAL, window="10m"), exported)
+    drop_share = ratio(dropped, f"{exported} + {dropped}")
+    pool_var = {"pool": f"{{{{ $labels.{PL} }}}}"}
+    out = [
+        AlertRule(
+            "GatewatchFailoverSpike",
+            f"{ratio(failovers, attempts)} > 0.05\nand\n{attempts} > {MIN_POOL_RPS}", "2m", "page",
+            "Pool {{ $labels.gatewatch_pool }}: {{ $value | humanizePercentage }} of attempts failed over",
+            "More than 5 % of the attempts through pool {{ $labels.gatewatch_pool }} over 5 minutes were "
+            "failovers (a retry sent to another instance, traffic moved to a lower priority, or panic mode), "
+            "for 2 minutes. Instances are failing while the pool still answers.",
+            "Balancer & health: which instances are unhealthy or ejected, and the failover reasons. Failover "
+            "decision logs carry the trace ids of the affected requests. If one instance keeps failing, drain it; "
+            "if a whole priority level is down, check that zone.",
+            "balancer", pool_var, signals=(failovers, attempts)),
+        AlertRule(
+            "GatewatchEjectionsHigh", f"{ejections} > 3", "2m", "ticket",
+            "Pool {{ $labels.gatewatch_pool }}: {{ $value }} outlier ejections in 15 minutes",
+            "Outlier detection ejected instances of pool {{ $labels.gatewatch_pool }} more than 3 times in 15 "
+            "minutes: instances are failing repeatedly (a single ejection of a flapping instance does not fire).",
+            "Balancer & health: ejections by instance and reason; the ejection events in the logs list the "
+            "failing requests' trace ids. Repeated ejections of one instance: take it out (drain) and look at "
+            "it; of many: the backend as a whole is sick.",
+            "balancer", pool_var, signals=(ejections,)),
+        AlertRule(
+            "GatewatchPoolNoHealthyInstance", f"{or_zero(serving, instances)} == 0\nand\n{instances} > 0",
+            "1m", "page",
+            "Pool {{ $labels.gatewatch_pool }} has no healthy instance",
+            "Every instance of pool {{ $labels.gatewatch_pool }} is unhealthy, ejected or draining: its "
+            "requests fail with no_healthy_upstream (503) unless panic mode spreads them over all instances.",
+            "Balancer & health: instance states and health probe results. Check the backends themselves; if "
+            "they are fine, check the health check's path/port and the network between balancer and instances.",
+            "balancer", pool_var, signals=(serving, instances)),
+        AlertRule(
+            "GatewatchPoolDegraded", f"{healthy_share} < 0.5", "5m", "ticket",
+            "Pool {{ $labels.gatewatch_pool }}: only {{ $value | humanizePercentage }} of instances healthy",
+            "Fewer than half the instances of pool {{ $labels.gatewatch_pool }} have taken traffic for 5 "
+            "minutes; the survivors carry the load.",
+            "Balancer & health: which instances are out and why (unhealthy / ejected / draining). Restore "
+            "capacity before the survivors saturate (in-flight per instance).",
+            "balancer", pool_var, signals=(healthy_share,)),
+        AlertRule(
+            "GatewatchPoolPanicMode", f"max by ({PL}) ({PANIC_MODE}) > 0", "2m", "page",
+            "Pool {{ $labels.gatewatch_pool }} is in panic mode",
+            "Too few instances of pool {{ $labels.gatewatch_pool }} are healthy, so the balancer spreads "
+            "requests over all instances, healthy or not: some requests go to broken instances.",
+            "Balancer & health: healthy share and instance states. Restore instances; panic mode ends by itself "
+            "when the healthy share is back above the panic threshold.",
+            "balancer", pool_var, signals=(f"max by ({PL}) ({PANIC_MODE})",)),
+        *_burn_rules("Error", "5xx", _edge_error_ratio, slo.error_budget,
+                     f"{slo.availability_percent} % availability", "overview"),
+        *_burn_rules("Latency", f"slower than {floatToGoString(slo.latency_threshold_s)} s",
+                     lambda w: _edge_slow_ratio(w, slo.latency_threshold_s), slo.latency_budget,
+                     f"{slo.latency_percent} % under {floatToGoString(slo.latency_threshold_s)} s latency",
+                     "overview"),
+        AlertRule(
+            "GatewatchRetryBudgetExhausted", f"{exhausted} > 0.05", "5m", "ticket",
+            "Retry budget exhausted: {{ $labels.gatewatch_route }} → {{ $labels.gatewatch_upstream }}",
+            "Retries of route {{ $labels.gatewatch_route }} to {{ $labels.gatewatch_upstream }} have been "
+            "refused by the retry budget for 5 minutes (more than one refusal every 20 s): failures reach "
+            "clients that a retry would have hidden, because too many requests are failing at once.",
+            "Balancer & health: retries by reason and retry budget use; the upstream is failing broadly. The "
+            "budget is working as intended (no retry storm) — fix the upstream, do not raise the budget.",
+            "balancer", {"pool": "{{ $labels.gatewatch_upstream }}"}, signals=(sum_rate(
+                sel(RETRIES), Label.ROUTE, Label.UPSTREAM, window="5m"), exhausted)),
+        AlertRule(
+            "GatewatchRateLimitStoreUnavailable", f"{store_down} > 0", "2m", "page",
+            "Rate-limit store unreachable for policy {{ $labels.gatewatch_policy }}",
+            "Policy {{ $labels.gatewatch_policy }} on route {{ $labels.gatewatch_route }} cannot reach its "
+            "rate-limit store (Redis) and applies its fail mode: fail-open lets every request through unlimited, "
+            "fail-closed refuses them.",
+            "Decisions: policy verdicts with reason ratelimit.store_unavailable. Check Redis (reachable from "
+            "every Gatewatch replica, not out of memory, latency under the policy's timeout).",
+            "decisions", {"route": "{{ $labels.gatewatch_route }}"}, signals=(ratelimit_verdicts,)),
+        AlertRule(
+            "GatewatchTelemetryDropping", f"{drop_share} > 0.01", "10m", "ticket",
+            "Gatewatch drops {{ $value | humanizePercentage }} of its {{ $labels.signal }}",
+            "More than 1 % of {{ $labels.signal }} items were dropped over 10 minutes (queue full or export "
+            "failed): traces or decision logs are missing. Requests are not affected.",
+            "Gatewatch itself: drops by reason. export_failed → the collector is down or refusing; queue_full → "
+            "the collector is too slow for the traffic (scale it, or raise the queue/batch sizes, or sample).",
+            "self", signals=(exported,)),
+        AlertRule(
+            "GatewatchBalancerSilent", f"absent({ENDPOINTS})", "2m", "page",
+            "No Gatewatch balancer is reporting metrics",
+            "No process has exported gatewatch_endpoints (the balancer's pool gauges) for 2 minutes: the "
+            "balancer is down, or Prometheus cannot scrape it. (Remove this rule for gateway-only deployments, "
+            "which have no pools.)",
+            "Check the balancer processes and Prometheus's targets page (is the scrape failing?). Until it is "
+            "back, nothing on the Balancer & health board can be trusted.",
+            "self", signals=(f"count({ENDPOINTS})",)),
+    ]
+    return out
+
+
+def rule_file(opts: BuildOptions) -> dict:
+    return {"groups": [{"name": "gatewatch", "rules": [r.document(opts.grafana_url) for r in rules(opts)]}]}

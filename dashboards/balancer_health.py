@@ -1,0 +1,115 @@
+"""Balancer & health: instance states per pool, failovers, ejections, retries, panic mode, slow start, saturation.
+
+Variables: `pool`, `instance`. The decision-log panels show the balancer's own account (failovers, retries,
+health transitions, ejections with the trace ids that caused them) from Loki.
+"""
+
+from __future__ import annotations
+
+from grafana_foundation_sdk.builders import dashboard as gd
+
+from dashboards import panels as P
+from dashboards.loki import decision_logs, state_event_logs
+from dashboards.promql import (ACTIVE_PRIORITY, BALANCER, CLIENT_COUNT, EJECTED, EJECTIONS, ENDPOINTS, FAILOVERS,
+                               HEALTH_PROBES, HEALTH_TRANSITIONS, IN_FLIGHT, INSTANCE_REQUESTS, PANIC_MODE, RETRIES,
+                               RETRY_BUDGET_EXHAUSTED, SLOW_START, increase, or_zero, ratio, sel, sum_, sum_rate)
+from telemetry.names import Attr, DecisionKind, EndpointState, Label
+
+POOL = {Label.POOL: "~$pool"}
+INSTANCE = {Label.INSTANCE: "~$instance"}
+UPSTREAM_IS_POOL = {Label.UPSTREAM: "~$pool"}
+PL, I, REASON = Label.POOL, Label.INSTANCE, Label.REASON
+SERVING = f"{EndpointState.HEALTHY.value}|{EndpointState.SLOW_START.value}"
+
+
+def healthy_share() -> str:
+    """Share of each pool's instances that take traffic (healthy or ramping up in slow start)."""
+    return ratio(or_zero(f"sum by ({PL}) ({sel(ENDPOINTS, POOL, state='~' + SERVING)})",
+                         f"sum by ({PL}) ({sel(ENDPOINTS, POOL)})"),
+                 f"sum by ({PL}) ({sel(ENDPOINTS, POOL)})")
+
+
+def build(opts) -> gd.Dashboard:  # noqa: ARG001 - same signature as the other boards
+    d = P.new_dashboard("balancer", "Gatewatch / Balancer & health",
+                        "Pools and instances: health, ejections, failovers, retries, panic mode, slow start.")
+    d = d.with_variable(P.query_var("pool", "Pool", f"label_values({ENDPOINTS}, {PL})", "Balancer pools."))
+    d = d.with_variable(P.query_var(
+        "instance", "Instance", f"label_values({sel(CLIENT_COUNT, BALANCER, **UPSTREAM_IS_POOL)}, {I})",
+        "Instances of the selected pools that received attempts."))
+
+    d = d.with_row(gd.Row("Instance states"))
+    d = d.with_panel(P.state_timeline(
+        "Instances per pool and state",
+        "How many instances of each pool are healthy, in slow start, unhealthy (active checks), ejected "
+        "(outlier detection) or draining, over time.",
+        [P.prom(f"sum by ({PL}, {Label.STATE}) ({sel(ENDPOINTS, POOL)})", "{{gatewatch_pool}} {{state}}")],
+        colors=[(None, "transparent"), (1, "blue")]))
+    d = d.with_panel(P.timeseries(
+        "Healthy share per pool", "Instances taking traffic / all instances. Below the panic threshold the pool "
+        "balances across all instances (panic mode).",
+        [P.prom(healthy_share(), "{{gatewatch_pool}}")], "percentunit", max_=1))
+    d = d.with_panel(P.state_timeline(
+        "Panic mode", "1 while a pool ignores health because too few instances are healthy.",
+        [P.prom(f"max by ({PL}) ({sel(PANIC_MODE, POOL)})", "{{gatewatch_pool}}")],
+        colors=[(None, "green"), (1, "red")]))
+    d = d.with_panel(P.state_timeline(
+        "Active priority level", "The priority level taking traffic (0 = primary); a change is a failover.",
+        [P.prom(f"max by ({PL}) ({sel(ACTIVE_PRIORITY, POOL)})", "{{gatewatch_pool}}")],
+        colors=[(None, "green"), (1, "orange")]))
+
+    d = d.with_row(gd.Row("Failovers, ejections, retries"))
+    d = d.with_panel(P.timeseries(
+        "Failovers by reason", "Traffic moved to another priority level, a retry went to another instance, or "
+        "the pool entered panic mode.",
+        [P.prom(sum_rate(sel(FAILOVERS, POOL), PL, REASON), "{{gatewatch_pool}} {{reason}}")], "ops", stack=True))
+    d = d.with_panel(P.timeseries(
+        "Ejections by instance and reason (bars) and ejected instances",
+        "Outlier ejections per instance and reason, and how many instances are ejected right now.",
+        [P.prom(sum_(increase(sel(EJECTIONS, POOL, **INSTANCE)), PL, I, REASON),
+                "{{gatewatch_instance}} {{reason}}"),
+         P.prom(f"sum by ({PL}) ({sel(EJECTED, POOL)})", "ejected now: {{gatewatch_pool}}")], "short"))
+    d = d.with_panel(P.timeseries(
+        "Retries by reason", "Retries taken per upstream and reason.",
+        [P.prom(sum_rate(sel(RETRIES, UPSTREAM_IS_POOL), Label.UPSTREAM, REASON),
+                "{{gatewatch_upstream}} {{reason}}")], "ops", stack=True))
+    d = d.with_panel(P.timeseries(
+        "Retry budget use", "Retries as a share of attempts per upstream (the budget caps this share), and "
+        "retries refused because the budget was exhausted.",
+        [P.prom(ratio(or_zero(sum_rate(sel(RETRIES, UPSTREAM_IS_POOL), Label.UPSTREAM),
+                              sum_rate(sel(CLIENT_COUNT, BALANCER, UPSTREAM_IS_POOL), Label.UPSTREAM)),
+                      sum_rate(sel(CLIENT_COUNT, BALANCER, UPSTREAM_IS_POOL), Label.UPSTREAM)),
+                "retry share {{gatewatch_upstream}}"),
+         P.prom(sum_rate(sel(RETRY_BUDGET_EXHAUSTED, UPSTREAM_IS_POOL), Label.ROUTE, Label.UPSTREAM),
+                "budget exhausted/s {{gatewatch_route}} → {{gatewatch_upstream}}")], "percentunit"))
+
+    d = d.with_row(gd.Row("Instances"))
+    d = d.with_panel(P.timeseries(
+        "Requests per instance by outcome", "Attempts each instance received and how they ended.",
+        [P.prom(sum_rate(sel(INSTANCE_REQUESTS, POOL, **INSTANCE), I, Label.OUTCOME),
+                "{{gatewatch_instance}} {{gatewatch_outcome}}")], "reqps", stack=True))
+    d = d.with_panel(P.timeseries(
+        "Saturation: in-flight requests per instance", "Requests being served by each instance right now.",
+        [P.prom(f"sum by ({PL}, {I}) ({sel(IN_FLIGHT, POOL, **INSTANCE)})", "{{gatewatch_instance}}")], "short"))
+    d = d.with_panel(P.timeseries(
+        "Slow start weight", "Effective share of an instance's weight while it ramps up after becoming "
+        "healthy (1 = full weight).",
+        [P.prom(f"max by ({PL}, {I}) ({sel(SLOW_START, POOL, **INSTANCE)})", "{{gatewatch_instance}}")],
+        "percentunit", max_=1))
+    d = d.with_panel(P.timeseries(
+        "Health probes by result and transitions", "Active health probes per instance and result; state "
+        "transitions (to the new state) as bars.",
+        [P.prom(sum_rate(sel(HEALTH_PROBES, POOL, **INSTANCE), I, Label.RESULT),
+                "{{gatewatch_instance}} {{result}}"),
+         P.prom(sum_(increase(sel(HEALTH_TRANSITIONS, POOL, **INSTANCE)), I, Label.STATE),
+                "→ {{state}} {{gatewatch_instance}}")], "short"))
+
+    d = d.with_row(gd.Row("Decision logs (Loki)"))
+    d = d.with_panel(P.logs(
+        "Failover and retry decisions", "gatewatch.decision.failover / .retry records; open one for its trace.",
+        decision_logs(DecisionKind.FAILOVER, DecisionKind.RETRY), w=12))
+    d = d.with_panel(P.logs(
+        "Health transitions and ejections",
+        "gatewatch.health.transition and gatewatch.outlier.ejection events; an ejection lists the trace ids of "
+        "the failing requests that caused it.",
+        state_event_logs(Attr.HEALTH_TO, Attr.EJECTION_COUNT), w=12))
+    return d
