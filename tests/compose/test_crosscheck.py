@@ -38,7 +38,8 @@ DATASOURCE_UIDS = {"prometheus", "tempo", "loki"}
 # deprecated aliases.
 CURRENT_TYPES = {
     "receivers": {"otlp"},
-    "processors": {"memory_limiter", "batch", "tail_sampling", "resource", "attributes", "transform", "filter"},
+    # no `batch`: exporters batch in their sending queue (sending_queue.batch), the Collector's recommended path
+    "processors": {"memory_limiter", "tail_sampling", "resource", "attributes", "transform", "filter"},
     "exporters": {"otlp_grpc", "otlp_http", "debug", "prometheus", "prometheus_remote_write"},
     "connectors": {"span_metrics", "service_graph", "forward"},
 }
