@@ -31,7 +31,7 @@ RPS = float(os.environ.get("RPS", "15"))
 CYCLE_S = float(os.environ.get("CYCLE_S", "60"))
 BURST_REQUESTS = int(os.environ.get("BURST_REQUESTS", "300"))
 BAD_TOKEN_SHARE = float(os.environ.get("BAD_TOKEN_SHARE", "0.06"))
-JWT_SECRET = os.environ.get("GATEWATCH_DEMO_JWT_SECRET", "gatewatch-demo-secret-change-me")
+JWT_SECRET = os.environ.get("GATEWATCH_DEMO_JWT_SECRET", "gatewatch-demo-jwt-secret-change-me-0000")
 JWT_ISSUER = os.environ.get("GATEWATCH_DEMO_JWT_ISSUER", "https://auth.demo.gatewatch")
 JWT_AUDIENCE = os.environ.get("GATEWATCH_DEMO_JWT_AUDIENCE", "shop-api")
 USERS = [f"user-{i}" for i in range(1, 9)]
@@ -41,7 +41,7 @@ def token(sub: str, *, expired: bool = False, wrong_key: bool = False) -> str:
     now = int(time.time())
     claims = {"sub": sub, "iss": JWT_ISSUER, "aud": JWT_AUDIENCE, "iat": now - 30,
               "exp": now - 60 if expired else now + 300}
-    return jwt.encode(claims, "not-the-gateway-key" if wrong_key else JWT_SECRET, algorithm="HS256")
+    return jwt.encode(claims, "not-the-gateway-key-but-long-enough-0000" if wrong_key else JWT_SECRET, algorithm="HS256")
 
 
 def credentials(rng: random.Random, sub: str) -> tuple[str, dict[str, str]]:
