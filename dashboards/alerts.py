@@ -116,8 +116,9 @@ def rules(opts: BuildOptions) -> list[AlertRule]:
     healthy_share = ratio(or_zero(serving, instances), instances)
     ejections = sum_(f"increase({EJECTIONS}[15m])", PL)
     exhausted = sum_rate(sel(RETRY_BUDGET_EXHAUSTED), Label.ROUTE, Label.UPSTREAM, window="5m")
-    store_down = sum_rate(sel(POLICY_VERDICTS, reason=PolicyReason.RATELIMIT_STORE_UNAVAILABLE.value.replace(
-        ".", "\\\\.")), Label.ROUTE, Label.POLICY, window="5m")
+    # 2 m window, 3 m `for`: a store blip shorter than the window can never be pending long enough to page.
+    store_down = sum_rate(sel(POLICY_VERDICTS, reason=PolicyReason.RATELIMIT_STORE_UNAVAILABLE.value),
+                          Label.ROUTE, Label.POLICY, window="2m")
     ratelimit_verdicts = sum_rate(sel(POLICY_VERDICTS, reason="~ratelimit\\\\..*"), Label.ROUTE, Label.POLICY,
                                   window="5m")
     exported = sum_rate(sel(TELEMETRY_EXPORTED), Label.SIGNAL, window="10m")
@@ -187,19 +188,19 @@ def rules(opts: BuildOptions) -> list[AlertRule]:
             "balancer", {"pool": "{{ $labels.gatewatch_upstream }}"}, signals=(sum_rate(
                 sel(RETRIES), Label.ROUTE, Label.UPSTREAM, window="5m"), exhausted)),
         AlertRule(
-            "GatewatchRateLimitStoreUnavailable", f"{store_down} > 0", "2m", "page",
+            "GatewatchRateLimitStoreUnavailable", f"{store_down} > 0", "3m", "page",
             "Rate-limit store unreachable for policy {{ $labels.gatewatch_policy }}",
             "Policy {{ $labels.gatewatch_policy }} on route {{ $labels.gatewatch_route }} cannot reach its "
-            "rate-limit store (Redis) and applies its fail mode: fail-open lets every request through unlimited, "
+            "rate-limit store (Redis) for 3 minutes and applies its fail mode: fail-open lets every request through unlimited, "
             "fail-closed refuses them.",
             "Decisions: policy verdicts with reason ratelimit.store_unavailable. Check Redis (reachable from "
             "every Gatewatch replica, not out of memory, latency under the policy's timeout).",
             "decisions", {"route": "{{ $labels.gatewatch_route }}"}, signals=(ratelimit_verdicts,)),
         AlertRule(
-            "GatewatchTelemetryDropping", f"{drop_share} > 0.01", "10m", "ticket",
+            "GatewatchTelemetryDropping", f"{drop_share} > 0.01", "15m", "ticket",
             "Gatewatch drops {{ $value | humanizePercentage }} of its {{ $labels.signal }}",
-            "More than 1 % of {{ $labels.signal }} items were dropped over 10 minutes (queue full or export "
-            "failed): traces or decision logs are missing. Requests are not affected.",
+            "More than 1 % of {{ $labels.signal }} items have been dropped over 10 minutes for 15 minutes "
+            "(queue full or export failed): traces or decision logs are missing. Requests are not affected.",
             "Gatewatch itself: drops by reason. export_failed → the collector is down or refusing; queue_full → "
             "the collector is too slow for the traffic (scale it, or raise the queue/batch sizes, or sample).",
             "self", signals=(exported,)),
