@@ -276,6 +276,12 @@ class PolicyReason(StrEnum):
     CIRCUIT_CLOSED = "circuit.closed"
     CIRCUIT_OPEN = "circuit.open"
     CIRCUIT_HALF_OPEN_PROBE = "circuit.half_open_probe"
+    CORS_NO_ORIGIN = "cors.no_origin"  # not a cross-origin request: nothing to decide
+    SCHEMA_SKIPPED = "schema.skipped"  # a method the schema policy does not check
+    REWRITE_APPLIED = "rewrite.applied"
+    REWRITE_NO_MATCH = "rewrite.no_match"
+    REWRITE_INVALID = "rewrite.invalid_result"  # the rewritten path is not a valid path: the original is kept
+    CIRCUIT_HALF_OPEN_REJECTED = "circuit.half_open_rejected"  # half-open and every probe slot is taken
 
 
 class Metric:

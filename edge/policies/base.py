@@ -77,3 +77,17 @@ def deny(policy: Policy, reason: str, status: int, outcome: Outcome, message: st
         return PolicyVerdict(policy.name, policy.type, Verdict.SHADOW_DENY, reason, attributes)
     return PolicyVerdict(policy.name, policy.type, Verdict.DENY, reason, attributes, True, status, outcome,
                          headers, message)
+
+
+def error(policy: Policy, reason: str, fail_closed: bool, status: int, outcome: Outcome, message: str | None = None,
+          headers: tuple[tuple[str, str], ...] = (), **attributes: Any) -> PolicyVerdict:
+    """The policy could not decide (its key store or limiter is unreachable): verdict `error`, and its fail mode
+    decides — fail-closed refuses (unless in shadow mode), fail-open lets the request through."""
+    block = fail_closed and not policy.shadow
+    return PolicyVerdict(policy.name, policy.type, Verdict.ERROR, reason, attributes, block, status, outcome,
+                         headers if block else (), message if block else None)
+
+
+def header_values(req: PolicyRequest, name: str) -> list[str]:
+    name = name.lower()
+    return [v for k, v in req.head.headers if k.lower() == name]

@@ -1,13 +1,32 @@
 """Compile the policies of a layer's routes into runtime objects (once per snapshot), with the shared
-resources they need (metrics, telemetry, clients that live as long as the process)."""
+resources they need (metrics, telemetry, clients that live as long as the process).
+
+`PolicyResources` owns the process-wide clients: one aiohttp session for JWKS fetches, one JWKS cache per URL,
+one Redis client per URL (policies sharing a Redis share its connection pool). They are created lazily while
+policies are built (no I/O), connected in `start()` (an initial JWKS fetch, in the background: a down identity
+provider must not stop the gateway from starting) and closed in `close()`.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass, field
+from typing import Callable
 
+from edge.policies import config as c
+from edge.policies.apikey import ApiKeyPolicy
 from edge.policies.base import Policy
-from edge.policies.config import IpAccessPolicyConfig
+from edge.policies.circuit import CircuitBreakerPolicy
+from edge.policies.cors import CorsPolicy
 from edge.policies.ip_access import IpAccessPolicy
+from edge.policies.jwks import JwksCache
+from edge.policies.jwt_auth import JwtPolicy
+from edge.policies.limiter import LocalStore, RedisStore
+from edge.policies.ratelimit import RateLimitPolicy
+from edge.policies.schema import JsonSchemaPolicy
+from edge.policies.size import SizeLimitPolicy
+from edge.policies.transform import HeadersPolicy, PathRewritePolicy
 
 
 @dataclass
@@ -17,20 +36,89 @@ class PolicyResources:
     metrics: object
     telemetry: object
     closers: list = field(default_factory=list)
+    monotonic: Callable[[], float] = time.monotonic
+    session: object = None  # aiohttp.ClientSession, created in start()
+    jwks: dict = field(default_factory=dict)  # url → JwksCache
+    redis: dict = field(default_factory=dict)  # (url, timeout) → redis.asyncio.Redis
+    _tasks: list = field(default_factory=list)
+
+    def jwks_cache(self, cfg) -> JwksCache:
+        cache = self.jwks.get(cfg.url)
+        if cache is None:
+            cache = self.jwks[cfg.url] = JwksCache(cfg, self._session, self.monotonic)
+        return cache
+
+    def _session(self):
+        if self.session is None:  # a policy evaluated before start() (tests driving policies directly)
+            self._new_session()
+        return self.session
+
+    def _new_session(self) -> None:
+        import aiohttp
+
+        self.session = aiohttp.ClientSession(headers={"User-Agent": "gatewatch-jwks"})
+
+    def redis_client(self, cfg):
+        key = (cfg.url, cfg.timeout_s)
+        client = self.redis.get(key)
+        if client is None:
+            from redis.asyncio import Redis
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+
+            # Short timeouts and no client-side retries: an unreachable store must cost a request at most
+            # about one timeout, after which the policy's fail mode decides (and the store is skipped a while).
+            client = self.redis[key] = Redis.from_url(
+                cfg.url, socket_timeout=cfg.timeout_s, socket_connect_timeout=cfg.timeout_s,
+                retry=Retry(NoBackoff(), 0), retry_on_timeout=False, health_check_interval=0,
+                max_connections=256)
+        return client
 
     async def start(self) -> None:
-        pass
+        if self.jwks and self.session is None:
+            self._new_session()
+        for cache in self.jwks.values():
+            self._tasks.append(asyncio.get_running_loop().create_task(cache.refresh()))
 
     async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
         for close in reversed(self.closers):
             await close()
+        for client in self.redis.values():
+            await client.aclose()
+        self.redis.clear()
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
 
 
-def build_policy(cfg, resources: PolicyResources) -> Policy:
-    if isinstance(cfg, IpAccessPolicyConfig):
+def build_policy(cfg, route: str, resources: PolicyResources) -> Policy:
+    r = resources
+    if isinstance(cfg, c.IpAccessPolicyConfig):
         return IpAccessPolicy(cfg)
+    if isinstance(cfg, c.JwtPolicyConfig):
+        return JwtPolicy(cfg, r.jwks_cache(cfg.jwks) if cfg.jwks else None)
+    if isinstance(cfg, c.ApiKeyPolicyConfig):
+        return ApiKeyPolicy(cfg)
+    if isinstance(cfg, c.RateLimitPolicyConfig):
+        store = (RedisStore(r.redis_client(cfg.redis), cfg.redis, r.monotonic) if cfg.store == "redis"
+                 else LocalStore(cfg.max_keys, r.monotonic))
+        return RateLimitPolicy(cfg, route, store, r.metrics)
+    if isinstance(cfg, c.CorsPolicyConfig):
+        return CorsPolicy(cfg)
+    if isinstance(cfg, c.SizeLimitPolicyConfig):
+        return SizeLimitPolicy(cfg)
+    if isinstance(cfg, c.HeadersPolicyConfig):
+        return HeadersPolicy(cfg)
+    if isinstance(cfg, c.PathRewritePolicyConfig):
+        return PathRewritePolicy(cfg)
+    if isinstance(cfg, c.JsonSchemaPolicyConfig):
+        return JsonSchemaPolicy(cfg)
+    if isinstance(cfg, c.CircuitBreakerPolicyConfig):
+        return CircuitBreakerPolicy(cfg, route, r.metrics, r.telemetry, r.monotonic)
     raise TypeError(f"no runtime for policy type {cfg.type!r}")
 
 
 def build_policies(routes, resources: PolicyResources) -> dict[str, tuple[Policy, ...]]:
-    return {r.name: tuple(build_policy(p, resources) for p in r.policies) for r in routes if r.policies}
+    return {r.name: tuple(build_policy(p, r.name, resources) for p in r.policies) for r in routes if r.policies}

@@ -1,0 +1,49 @@
+"""Helpers for policies that look at the request body: bounded read-ahead with a stall timeout, replay of what
+was read, and a streaming byte counter."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator
+
+from edge.messages import ClientGone
+
+
+class BodyTooLarge(ClientGone):
+    """A streamed body passed a size limit after forwarding began. It ends the exchange like a vanished client
+    (the upload is cut and the connection closed): no honest status can be sent once the upstream has part of
+    the body. A ClientGone subclass so that today's engine already cuts both sides cleanly."""
+
+
+async def read_ahead(body: AsyncIterator[bytes], limit: int, idle_s: float) -> tuple[list[bytes], int, bool]:
+    """Read until the body ends or more than `limit` bytes arrived: (chunks, bytes read, ended). A body that
+    stalls longer than `idle_s` raises ClientGone."""
+    chunks, total = [], 0
+    it = body.__aiter__()
+    while total <= limit:
+        try:
+            chunk = await asyncio.wait_for(it.__anext__(), idle_s)
+        except StopAsyncIteration:
+            return chunks, total, True
+        except asyncio.TimeoutError:
+            raise ClientGone() from None
+        chunks.append(chunk)
+        total += len(chunk)
+    return chunks, total, False
+
+
+async def replay(chunks: list[bytes], rest: AsyncIterator[bytes] | None = None) -> AsyncIterator[bytes]:
+    for c in chunks:
+        yield c
+    if rest is not None:
+        async for c in rest:
+            yield c
+
+
+async def counted(body: AsyncIterator[bytes], already: int, limit: int) -> AsyncIterator[bytes]:
+    total = already
+    async for chunk in body:
+        total += len(chunk)
+        if total > limit:
+            raise BodyTooLarge()
+        yield chunk

@@ -1,0 +1,169 @@
+"""`jwt`: verify a bearer token and forward the verified identity.
+
+Hostile-token rules, checked before any key is touched: oversized tokens, `alg: none` and algorithms the policy
+does not list are refused; `jku`, `x5u`, `jwk`, `x5c` (keys named by the token) and `crit` (extensions we do not
+implement) are refused, never followed. A key verifies only its own algorithm family (no HS/RS confusion).
+Then signature, then `exp` (required), `nbf`, `iss`, `aud` with bounded leeway, then required claims and scopes.
+
+Reasons: jwt.valid, jwt.missing, jwt.malformed, jwt.oversized, jwt.alg_not_allowed, jwt.forbidden_header,
+jwt.unknown_kid, jwt.bad_signature, jwt.expired, jwt.not_yet_valid, jwt.bad_issuer, jwt.bad_audience,
+jwt.missing_claim, jwt.insufficient_scope, jwt.keys_unavailable (verdict `error`, always fail-closed).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from http.cookies import CookieError, SimpleCookie
+from urllib.parse import parse_qsl
+
+import jwt as pyjwt
+
+from edge.policies.base import PolicyRequest, PolicyVerdict, allow, deny, error, header_values
+from edge.policies.jwks import JwksCache, VerifyKey, static_keys
+from telemetry.names import Attr, Outcome, PolicyReason as R
+
+FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c", "crit")
+MAX_CONSUMER_CHARS = 128
+UNAUTHORIZED = (("WWW-Authenticate", 'Bearer realm="gatewatch"'),)
+INVALID = (("WWW-Authenticate", 'Bearer realm="gatewatch", error="invalid_token"'),)
+SCOPE = (("WWW-Authenticate", 'Bearer realm="gatewatch", error="insufficient_scope"'),)
+
+_ERRORS = (  # PyJWT exception → reason, most specific first
+    (pyjwt.InvalidSignatureError, R.JWT_BAD_SIGNATURE),
+    (pyjwt.ExpiredSignatureError, R.JWT_EXPIRED),
+    (pyjwt.ImmatureSignatureError, R.JWT_NOT_YET_VALID),
+    (pyjwt.InvalidIssuerError, R.JWT_BAD_ISSUER),
+    (pyjwt.InvalidAudienceError, R.JWT_BAD_AUDIENCE),
+    (pyjwt.MissingRequiredClaimError, R.JWT_MISSING_CLAIM),
+)
+
+
+class JwtPolicy:
+    type = "jwt"
+
+    def __init__(self, cfg, jwks: JwksCache | None):
+        self.name, self.shadow, self.cfg = cfg.name, cfg.shadow, cfg
+        self.algorithms = frozenset(cfg.algorithms)
+        self.keys: tuple[VerifyKey, ...] = static_keys(cfg.keys)
+        self.jwks = jwks
+        self.identity_headers = {h.lower() for h in cfg.forward_claims}
+        self.require = ["exp", "iss", "aud"] + (["nbf"] if cfg.require_nbf else [])
+
+    def token(self, req: PolicyRequest) -> str | None:
+        for v in header_values(req, self.cfg.header):
+            scheme, _, tok = v.strip().partition(" ")
+            if self.cfg.header.lower() != "authorization":
+                return v.strip() or None
+            if scheme.lower() == "bearer" and tok.strip():
+                return tok.strip()
+        if self.cfg.cookie:
+            for v in header_values(req, "cookie"):
+                try:
+                    c = SimpleCookie(v)
+                except CookieError:
+                    continue
+                if self.cfg.cookie in c and c[self.cfg.cookie].value:
+                    return c[self.cfg.cookie].value
+        if self.cfg.query:
+            for k, v in parse_qsl(req.query, keep_blank_values=False):
+                if k == self.cfg.query:
+                    return v
+        return None
+
+    async def evaluate(self, req: PolicyRequest) -> PolicyVerdict:
+        req.upstream_remove |= self.identity_headers  # whatever happens, the client's copies never go upstream
+        tok = self.token(req)
+        if tok is None:
+            return self._deny(R.JWT_MISSING, UNAUTHORIZED)
+        if len(tok) > self.cfg.max_token_bytes:
+            return self._deny(R.JWT_OVERSIZED, INVALID)
+        header = _header(tok)
+        if header is None:
+            return self._deny(R.JWT_MALFORMED, INVALID)
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in self.algorithms:  # includes "none"
+            return self._deny(R.JWT_ALG_NOT_ALLOWED, INVALID)
+        if any(h in header for h in FORBIDDEN_HEADERS):
+            return self._deny(R.JWT_FORBIDDEN_HEADER, INVALID)
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            return self._deny(R.JWT_MALFORMED, INVALID)
+        candidates = tuple(k for k in self.keys if kid is None or k.kid is None or k.kid == kid)
+        if not candidates and self.jwks is not None:
+            fetched = await self.jwks.get(kid)
+            if fetched is None:
+                return error(self, R.JWT_KEYS_UNAVAILABLE.value, True, 401, Outcome.DENIED_AUTH,
+                             "the token's signing keys are unavailable", INVALID)
+            candidates = fetched
+        if not candidates:
+            return self._deny(R.JWT_UNKNOWN_KID, INVALID)
+        usable = [k for k in candidates if alg in k.algorithms]
+        if not usable:  # e.g. an HS256 token naming an RSA key: algorithm confusion
+            return self._deny(R.JWT_ALG_NOT_ALLOWED, INVALID)
+        claims, reason = self._verify(tok, alg, usable)
+        if claims is None:
+            return self._deny(reason, INVALID)
+        return self._authorize(req, claims)
+
+    def _verify(self, tok: str, alg: str, keys) -> tuple[dict | None, R]:
+        reason = R.JWT_BAD_SIGNATURE
+        for key in keys:
+            try:
+                claims = pyjwt.decode(
+                    tok, key.key, algorithms=[alg], issuer=self.cfg.issuer, audience=self.cfg.audience,
+                    leeway=self.cfg.leeway_s, options={"require": self.require, "verify_sub": False,
+                                                       "verify_jti": False})
+                return claims, R.JWT_VALID
+            except pyjwt.PyJWTError as e:
+                reason = next((r for exc, r in _ERRORS if isinstance(e, exc)), R.JWT_MALFORMED)
+                if reason is not R.JWT_BAD_SIGNATURE:
+                    return None, reason  # the signature was good: the claims are the problem
+        return None, reason
+
+    def _authorize(self, req: PolicyRequest, claims: dict) -> PolicyVerdict:
+        for claim, want in self.cfg.required_claims.items():  # noqa: B007
+            have = claims.get(claim)
+            wants = (want,) if isinstance(want, str) else want
+            haves = have if isinstance(have, list) else [have]
+            if not any(h in wants for h in haves):
+                return self._deny(R.JWT_MISSING_CLAIM, INVALID)
+        if self.cfg.required_scopes:
+            scopes = claims.get("scope", claims.get("scp", ""))
+            granted = set(scopes.split() if isinstance(scopes, str) else scopes if isinstance(scopes, list) else ())
+            missing = [s for s in self.cfg.required_scopes if s not in granted]
+            if missing:
+                return deny(self, R.JWT_INSUFFICIENT_SCOPE.value, 403, Outcome.DENIED_AUTH,
+                            "the token lacks a required scope", SCOPE)
+        consumer = claims.get(self.cfg.consumer_claim) if self.cfg.consumer_claim else None
+        if isinstance(consumer, str) and 0 < len(consumer) <= MAX_CONSUMER_CHARS:
+            req.consumer = consumer
+        plan = claims.get(self.cfg.plan_claim) if self.cfg.plan_claim else None
+        if isinstance(plan, str):
+            req.plan = plan
+        for header, claim in self.cfg.forward_claims.items():
+            value = claims.get(claim)
+            if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+                text = str(value)
+                if "\r" not in text and "\n" not in text:
+                    req.upstream_set.append((header, text))
+        attrs = {Attr.CONSUMER: req.consumer} if req.consumer else {}
+        return allow(self, R.JWT_VALID.value, **attrs)
+
+    def _deny(self, reason: R, headers) -> PolicyVerdict:
+        return deny(self, reason.value, 401, Outcome.DENIED_AUTH, None, headers)
+
+
+def _header(tok: str) -> dict | None:
+    """The JOSE header, read by hand: PyJWT's reader already judges some fields (`crit`), and the reason for
+    refusing them must be ours."""
+    parts = tok.split(".")
+    if len(parts) != 3:
+        return None
+    seg = parts[0]
+    try:
+        header = json.loads(base64.urlsafe_b64decode(seg + "=" * (-len(seg) % 4)))
+    except (ValueError, binascii.Error):
+        return None
+    return header if isinstance(header, dict) else None

@@ -1,0 +1,171 @@
+"""Rate-limit algorithms and their stores: pure arithmetic, a local (per-process) store and a Redis store.
+
+Primitives:
+- `Hit`: one counted request's result — allowed, the limit, remaining, seconds until the limit is fully
+  available again (`reset_s`), and when refused, seconds until one request would pass (`retry_after_s`).
+- `token_bucket(state, now, limit, window_s)` / `sliding_window(...)`: pure functions of (state, clock) →
+  (new state, Hit). Token bucket: a burst of `limit`, refilled at limit/window_s per second. Sliding window:
+  the two-window estimate (previous window's count weighted by its remaining overlap + the current count).
+- `LocalStore`: per-process state in a bounded LRU map, clock injected.
+- `RedisStore`: the same two algorithms as Lua scripts run atomically in Redis (clock = Redis `TIME`, so all
+  gatewatch processes agree); a short timeout; after a failure the store is skipped for `retry_after_s`
+  (callers get `None` = unavailable, and their fail mode decides).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable
+
+log = logging.getLogger("gatewatch.policies.ratelimit")
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_s: float
+    retry_after_s: float = 0.0
+
+
+def _tb_result(tokens: float, allowed: bool, limit: int, window_s: float) -> Hit:
+    rate = limit / window_s
+    return Hit(allowed, limit, max(0, math.floor(tokens)), (limit - tokens) / rate,
+               0.0 if allowed else (1 - tokens) / rate)
+
+
+def token_bucket(state, now: float, limit: int, window_s: float):
+    tokens, ts = state if state is not None else (float(limit), now)
+    tokens = min(float(limit), tokens + max(0.0, now - ts) * limit / window_s)
+    allowed = tokens >= 1
+    if allowed:
+        tokens -= 1
+    return (tokens, now), _tb_result(tokens, allowed, limit, window_s)
+
+
+def _sw_result(est: float, elapsed: float, cur: int, prev: int, allowed: bool, limit: int, window_s: float) -> Hit:
+    reset = window_s - elapsed
+    if allowed:
+        return Hit(True, limit, max(0, math.floor(limit - est)), reset)
+    if cur >= limit or prev == 0:
+        retry = reset  # only the next window can make room
+    else:  # the previous window's weight must shrink until the estimate drops below limit - 1
+        need = (limit - 1 - cur) / prev  # required remaining overlap fraction
+        retry = max(0.0, (1 - need) * window_s - elapsed)
+    return Hit(False, limit, 0, reset, retry)
+
+
+def sliding_window(state, now: float, limit: int, window_s: float):
+    w = math.floor(now / window_s)
+    sw, cur, prev = state if state is not None else (w, 0, 0)
+    if sw != w:
+        cur, prev = (0, cur) if sw == w - 1 else (0, 0)
+    elapsed = now - w * window_s
+    est = prev * (1 - elapsed / window_s) + cur
+    allowed = est + 1 <= limit
+    if allowed:
+        cur += 1
+        est += 1
+    return (w, cur, prev), _sw_result(est, elapsed, cur, prev, allowed, limit, window_s)
+
+
+ALGORITHMS = {"token_bucket": token_bucket, "sliding_window": sliding_window}
+
+
+class LocalStore:
+    def __init__(self, max_keys: int, monotonic: Callable[[], float] = time.monotonic):
+        self._state: OrderedDict[str, tuple] = OrderedDict()
+        self._max = max_keys
+        self._mono = monotonic
+
+    async def hit(self, key: str, algorithm: str, limit: int, window_s: float) -> Hit:
+        state, result = ALGORITHMS[algorithm](self._state.get(key), self._mono(), limit, window_s)
+        self._state[key] = state
+        self._state.move_to_end(key)
+        if len(self._state) > self._max:
+            self._state.popitem(last=False)
+        return result
+
+
+TOKEN_BUCKET_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local s = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(s[1])
+local ts = tonumber(s[2])
+if tokens == nil or ts == nil then tokens = limit; ts = now end
+tokens = math.min(limit, tokens + math.max(0, now - ts) * limit / window)
+local allowed = 0
+if tokens >= 1 then tokens = tokens - 1; allowed = 1 end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(window * 1000) + 1000)
+return {allowed, tostring(tokens)}
+"""
+
+SLIDING_WINDOW_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local w = math.floor(now / window)
+local s = redis.call('HMGET', KEYS[1], 'w', 'c', 'p')
+local sw = tonumber(s[1])
+local cur = tonumber(s[2]) or 0
+local prev = tonumber(s[3]) or 0
+if sw ~= w then
+  if sw == w - 1 then prev = cur else prev = 0 end
+  cur = 0
+end
+local elapsed = now - w * window
+local est = prev * (1 - elapsed / window) + cur
+local allowed = 0
+if est + 1 <= limit then allowed = 1; cur = cur + 1; est = est + 1 end
+redis.call('HSET', KEYS[1], 'w', tostring(w), 'c', cur, 'p', prev)
+redis.call('PEXPIRE', KEYS[1], math.ceil(window * 2000) + 1000)
+return {allowed, tostring(est), tostring(elapsed), cur, prev}
+"""
+
+
+class RedisStore:
+    def __init__(self, client, cfg, monotonic: Callable[[], float] = time.monotonic):
+        self.cfg = cfg
+        self._client = client
+        self._mono = monotonic
+        self._scripts = {"token_bucket": client.register_script(TOKEN_BUCKET_LUA),
+                         "sliding_window": client.register_script(SLIDING_WINDOW_LUA)}
+        self._down_until = float("-inf")
+        self.available = True  # last known state, to log transitions once
+
+    async def hit(self, key: str, algorithm: str, limit: int, window_s: float) -> Hit | None:
+        if self._mono() < self._down_until:
+            return None
+        try:
+            async with asyncio.timeout(self.cfg.timeout_s * 2):  # connect + command, whatever the client does
+                res = await self._scripts[algorithm](keys=[key], args=[limit, repr(float(window_s))])
+        except Exception as e:  # any failure is "unavailable": the policy's fail mode decides, never a 500
+            self._down_until = self._mono() + self.cfg.retry_after_s
+            if self.available:
+                log.warning("rate-limit store %s unavailable (%s); failing %s for %ss between attempts",
+                            _safe_url(self.cfg.url), type(e).__name__, self.cfg.on_error, self.cfg.retry_after_s)
+            self.available = False
+            return None
+        if not self.available:
+            log.warning("rate-limit store %s available again", _safe_url(self.cfg.url))
+            self.available = True
+        if algorithm == "token_bucket":
+            return _tb_result(float(res[1]), res[0] == 1, limit, window_s)
+        est, elapsed, cur, prev = float(res[1]), float(res[2]), int(res[3]), int(res[4])
+        return _sw_result(est, elapsed, cur, prev, res[0] == 1, limit, window_s)
+
+
+def _safe_url(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}"  # never log a password
