@@ -1,17 +1,23 @@
-"""Load-balancing algorithms: small functions over an immutable endpoint list, a cursor state and an rng.
+"""Load-balancing algorithms: small functions over an immutable endpoint tuple, a per-pool cursor state, a hash
+key and an rng.
 
-`pick(endpoints, state, exclude, rng) -> Pick | NoHealthyEndpoint` — the caller passes what to avoid (`exclude`:
-endpoint id → reason, e.g. "tried"), the algorithm never hides failover state of its own (Pingora's lesson).
-Every answer says how many candidates there were and which endpoints were excluded and why, so the decision
-log can explain the pick.
-
-The balancer issue adds least-request, least-connections, random and consistent hashing next to these.
+`pick(endpoints, state, key, exclude, rng) -> Pick | NoHealthyEndpoint`
+- `endpoints`: the candidates the pool allows right now (healthy, in the active priority level, not draining),
+  with their *effective* weights (slow start lowers them). The tuple object is stable while the pool's state
+  is, so per-set work (WRR schedule, cumulative weights, hash ring, Maglev table) is cached by identity.
+- `key`: the request's hash key (consistent hashing) or None.
+- `exclude`: endpoint id → reason for this request only (`tried`, `over_limit`): failover is a predicate the
+  caller passes, never state hidden in the balancer (Pingora's lesson).
+Every answer says how many candidates there were and which were excluded and why.
 """
 
 from __future__ import annotations
 
+import bisect
+import hashlib
 import random
 from dataclasses import dataclass, field
+from math import gcd
 from typing import Mapping
 
 from balancer.config import Algorithm
@@ -25,6 +31,7 @@ class Endpoint:
     weight: int
     zone: str | None
     index: int
+    priority: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +40,7 @@ class Pick:
     algorithm: Algorithm
     candidates: int
     excluded: tuple[tuple[str, str], ...]  # (endpoint id, reason)
+    hashed: bool = False  # the pick followed the request's hash key
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,28 +52,46 @@ class NoHealthyEndpoint:
 
 @dataclass(slots=True)
 class CursorState:
-    """Per-pool mutable state of the stateful algorithms (a round-robin counter, smooth-WRR current weights and
-    its precomputed schedule). Owned by one event loop, so no locks."""
+    """Per-pool mutable state of the stateful algorithms and their per-endpoint-set caches. Owned by one event
+    loop, so no locks."""
 
     counter: int = 0
     current: dict[str, int] = field(default_factory=dict)
     schedule: list | None = None  # one period of the smooth-WRR sequence over all endpoints
     schedule_for: tuple | None = None  # the endpoints the schedule was built for
+    cache: dict = field(default_factory=dict)  # (kind) -> (endpoints, data): cumulative weights, ring, table
+    in_flight: dict[str, int] = field(default_factory=dict)  # the pool's live counts (least_* read them)
+    ring_vnodes: int = 256
+    # Consistent hashing builds its ring/table over every endpoint of the pool (set by the pool), once, and
+    # skips the ones that are not candidates now: an instance going down moves only its own keys, and a state
+    # change costs no rebuild. None (a bare call): the endpoints passed in.
+    all_endpoints: tuple | None = None
+
 
 # Building a schedule costs period × endpoints steps; above this budget (huge weight sums on huge pools) picks
 # are computed one by one instead (O(n) each).
 MAX_SCHEDULE_WORK = 2_000_000
+MAGLEV_TABLE_SIZE = 65537  # prime, ≥ 100 × a large pool
 
 
 def _candidates(endpoints, exclude: Mapping[str, str]):
     if not exclude:
         return endpoints, ()
-    cands = [e for e in endpoints if e.id not in exclude]
+    cands = tuple(e for e in endpoints if e.id not in exclude)
     excluded = tuple((e.id, exclude[e.id]) for e in endpoints if e.id in exclude)
     return cands, excluded
 
 
-def round_robin(endpoints, state: CursorState, exclude: Mapping[str, str], rng: random.Random) -> Pick | NoHealthyEndpoint:
+def _cached(state: CursorState, kind: str, endpoints, build):
+    hit = state.cache.get(kind)
+    if hit is not None and hit[0] is endpoints:
+        return hit[1]
+    data = build(endpoints)
+    state.cache[kind] = (endpoints, data)
+    return data
+
+
+def round_robin(endpoints, state: CursorState, key, exclude: Mapping[str, str], rng: random.Random):
     cands, excluded = _candidates(endpoints, exclude)
     if not cands:
         return NoHealthyEndpoint(Algorithm.ROUND_ROBIN, 0, excluded)
@@ -78,13 +104,17 @@ def prepare(algorithm: Algorithm, endpoints, state: CursorState) -> None:
     """Do an algorithm's per-endpoint-set work up front (at config load), not on a request."""
     if algorithm is Algorithm.WEIGHTED_ROUND_ROBIN:
         state.schedule, state.schedule_for = _schedule(endpoints), endpoints
+    elif algorithm is Algorithm.RING_HASH:
+        _cached(state, "ring", state.all_endpoints or endpoints, lambda eps: build_ring(eps, state.ring_vnodes))
+    elif algorithm is Algorithm.MAGLEV:
+        _cached(state, "maglev", state.all_endpoints or endpoints, build_maglev)
+    elif algorithm is Algorithm.RANDOM:
+        _cached(state, "cumulative", endpoints, _cumulative)
 
 
 def _schedule(endpoints) -> list | None:
     """One period of the smooth sequence (weights reduced by their gcd), so a pick over an unchanged set of
     endpoints is O(1) instead of O(n): a pool of 1,000 instances picks as fast as a pool of 3."""
-    from math import gcd
-
     g = 0
     for e in endpoints:
         g = gcd(g, e.weight)
@@ -97,8 +127,8 @@ def _schedule(endpoints) -> list | None:
     return [by_id[_swrr_step(reduced, state).id] for _ in range(period)]
 
 
-def smooth_weighted_round_robin(endpoints, state: CursorState, exclude: Mapping[str, str],
-                                rng: random.Random) -> Pick | NoHealthyEndpoint:
+def smooth_weighted_round_robin(endpoints, state: CursorState, key, exclude: Mapping[str, str],
+                                rng: random.Random):
     """nginx's smooth weighted round robin: weights 5:1:1 give a a b a c a a, never five a's in a row."""
     cands, excluded = _candidates(endpoints, exclude)
     if not cands:
@@ -128,7 +158,149 @@ def _swrr_step(cands, state: CursorState) -> Endpoint:
     return best
 
 
+def _cumulative(endpoints) -> list[int]:
+    out, total = [], 0
+    for e in endpoints:
+        total += e.weight
+        out.append(total)
+    return out
+
+
+def weighted_random(endpoints, state: CursorState, key, exclude: Mapping[str, str], rng: random.Random):
+    cands, excluded = _candidates(endpoints, exclude)
+    if not cands:
+        return NoHealthyEndpoint(Algorithm.RANDOM, 0, excluded)
+    cum = _cached(state, "cumulative", cands, _cumulative) if not excluded else _cumulative(cands)
+    i = bisect.bisect_right(cum, rng.random() * cum[-1])
+    return Pick(cands[min(i, len(cands) - 1)], Algorithm.RANDOM, len(cands), excluded)
+
+
+def _load(e: Endpoint, in_flight: Mapping[str, int]) -> float:
+    return (in_flight.get(e.id, 0) + 1) / e.weight
+
+
+def least_request(endpoints, state: CursorState, key, exclude: Mapping[str, str], rng: random.Random,
+                  choices: int = 2):
+    """Power of `choices` random choices: sample that many candidates, keep the one with the fewest in-flight
+    requests per unit of weight (ties: the first sampled). O(choices), near-optimal spread (Mitzenmacher)."""
+    cands, excluded = _candidates(endpoints, exclude)
+    if not cands:
+        return NoHealthyEndpoint(Algorithm.LEAST_REQUEST, 0, excluded)
+    n = len(cands)
+    best = None
+    best_load = 0.0
+    for _ in range(min(choices, n) if n > 1 else 1):
+        e = cands[rng.randrange(n)]
+        load = _load(e, state.in_flight)
+        if best is None or load < best_load:
+            best, best_load = e, load
+    return Pick(best, Algorithm.LEAST_REQUEST, n, excluded)
+
+
+def least_connections(endpoints, state: CursorState, key, exclude: Mapping[str, str], rng: random.Random):
+    """Full scan for the fewest in-flight requests per unit of weight; ties go round robin (so an idle pool
+    still spreads). O(n): prefer least_request for large pools."""
+    cands, excluded = _candidates(endpoints, exclude)
+    if not cands:
+        return NoHealthyEndpoint(Algorithm.LEAST_CONNECTIONS, 0, excluded)
+    n = len(cands)
+    start = state.counter % n
+    state.counter += 1
+    best, best_load = None, 0.0
+    for i in range(n):
+        e = cands[(start + i) % n]
+        load = _load(e, state.in_flight)
+        if best is None or load < best_load:
+            best, best_load = e, load
+    return Pick(best, Algorithm.LEAST_CONNECTIONS, n, excluded)
+
+
+def hash64(data: str) -> int:
+    return int.from_bytes(hashlib.blake2b(data.encode("utf-8", "surrogateescape"), digest_size=8).digest(), "big")
+
+
+def build_ring(endpoints, per_unit: int = 256) -> tuple[list[int], list[Endpoint]]:
+    """Ketama-style ring: each endpoint gets `weight × per_unit` virtual nodes placed by hashing `id#n`. The
+    points of an instance depend on nothing else, so adding one moves only the keys landing on its points."""
+    points = sorted((hash64(f"{e.id}#{n}"), e.index, e) for e in endpoints for n in range(e.weight * per_unit))
+    return [p[0] for p in points], [p[2] for p in points]
+
+
+def ring_hash(endpoints, state: CursorState, key, exclude: Mapping[str, str], rng: random.Random):
+    cands, excluded = _candidates(endpoints, exclude)
+    if not cands:
+        return NoHealthyEndpoint(Algorithm.RING_HASH, 0, excluded)
+    if key is None:
+        return Pick(cands[rng.randrange(len(cands))], Algorithm.RING_HASH, len(cands), excluded)
+    hashes, owners = _cached(state, "ring", state.all_endpoints or endpoints,
+                             lambda eps: build_ring(eps, state.ring_vnodes))
+    usable = _cached(state, "usable", cands, lambda c: {e.id: e for e in c})
+    i = bisect.bisect_left(hashes, hash64(key))
+    n = len(hashes)
+    for step in range(n):  # walk clockwise past unusable endpoints (their keys spread over the others)
+        e = usable.get(owners[(i + step) % n].id)
+        if e is not None:
+            return Pick(e, Algorithm.RING_HASH, len(cands), excluded, True)
+    return NoHealthyEndpoint(Algorithm.RING_HASH, 0, excluded)
+
+
+def build_maglev(endpoints, size: int = MAGLEV_TABLE_SIZE) -> list[Endpoint]:
+    """Maglev lookup table (Eisenbud et al., NSDI'16) with weights: each endpoint fills slots from its own
+    permutation (offset, skip), endpoints taking turns in proportion to their weights."""
+    n = len(endpoints)
+    if n == 0:
+        return []
+    perms = []
+    for e in endpoints:
+        h = hash64(e.id)
+        perms.append((h % size, (h >> 32) % (size - 1) + 1))
+    nxt = [0] * n
+    table: list[Endpoint | None] = [None] * size
+    max_w = max(e.weight for e in endpoints)
+    credit = [0.0] * n
+    filled = 0
+    while True:
+        for i, e in enumerate(endpoints):
+            credit[i] += e.weight / max_w
+            if credit[i] < 1.0:
+                continue
+            credit[i] -= 1.0
+            offset, skip = perms[i]
+            while True:
+                slot = (offset + nxt[i] * skip) % size
+                nxt[i] += 1
+                if table[slot] is None:
+                    break
+            table[slot] = e
+            filled += 1
+            if filled == size:
+                return table
+
+
+def maglev(endpoints, state: CursorState, key, exclude: Mapping[str, str], rng: random.Random):
+    cands, excluded = _candidates(endpoints, exclude)
+    if not cands:
+        return NoHealthyEndpoint(Algorithm.MAGLEV, 0, excluded)
+    if key is None:
+        return Pick(cands[rng.randrange(len(cands))], Algorithm.MAGLEV, len(cands), excluded)
+    table = _cached(state, "maglev", state.all_endpoints or endpoints, build_maglev)
+    usable = _cached(state, "usable", cands, lambda c: {e.id: e for e in c})
+    h = hash64(key)
+    size = len(table)
+    # An unusable owner (down, tried, over limit): re-hash deterministically until a usable slot, bounded.
+    for attempt in range(64):
+        e = usable.get(table[(h + attempt * 0x9E3779B1) % size].id)
+        if e is not None:
+            return Pick(e, Algorithm.MAGLEV, len(cands), excluded, True)
+    return Pick(cands[h % len(cands)], Algorithm.MAGLEV, len(cands), excluded, True)
+
+
 ALGORITHMS = {
     Algorithm.ROUND_ROBIN: round_robin,
     Algorithm.WEIGHTED_ROUND_ROBIN: smooth_weighted_round_robin,
+    Algorithm.RANDOM: weighted_random,
+    Algorithm.LEAST_REQUEST: least_request,
+    Algorithm.LEAST_CONNECTIONS: least_connections,
+    Algorithm.RING_HASH: ring_hash,
+    Algorithm.MAGLEV: maglev,
 }

@@ -1,16 +1,22 @@
-"""Typed, frozen configuration of the balancer layer: pools of instances and how to pick among them.
+"""Typed, frozen configuration of the balancer layer: pools of instances, how to pick among them, how to tell
+which are healthy, and when to fail over.
 
-Primitives: `InstanceConfig`, `PoolConfig`, `Algorithm`. Validation of names across sections (routes that name a
-pool, duplicate ids) lives in `edge.config.semantic_errors`, which sees the whole file.
+Primitives: `InstanceConfig`, `PoolConfig` (with `HealthCheckConfig`, `OutlierConfig`, `FailoverConfig`,
+`SlowStartConfig`, `AffinityConfig`, `HashKeyConfig`, `LeastRequestConfig`), `Algorithm`, `RetryConfig` (per
+route; lives here because retries are the balancer's business). Validation of names across sections (routes that
+name a pool, duplicate ids) lives in `edge.config.semantic_errors`, which sees the whole file.
 """
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+HTTP_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 class Strict(BaseModel):
@@ -22,6 +28,14 @@ class Strict(BaseModel):
 class Algorithm(StrEnum):
     ROUND_ROBIN = "round_robin"
     WEIGHTED_ROUND_ROBIN = "weighted_round_robin"
+    RANDOM = "random"  # weighted random
+    LEAST_REQUEST = "least_request"  # power of `choice_count` choices on in-flight / weight
+    LEAST_CONNECTIONS = "least_connections"  # full scan: fewest in-flight per unit of weight
+    RING_HASH = "ring_hash"  # consistent hashing (ketama-style ring), keyed by `hash_key`
+    MAGLEV = "maglev"  # consistent hashing with Google's Maglev table, keyed by `hash_key`
+
+
+HASHING = frozenset({Algorithm.RING_HASH, Algorithm.MAGLEV})
 
 
 class InstanceConfig(Strict):
@@ -30,6 +44,8 @@ class InstanceConfig(Strict):
     weight: int = Field(default=1, ge=1, le=10_000)
     id: str | None = Field(default=None, pattern=NAME_PATTERN)
     zone: str | None = Field(default=None, pattern=NAME_PATTERN)
+    priority: int = Field(default=0, ge=0, le=7)  # 0 takes traffic first; higher levels are failover targets
+    draining: bool = False  # no new requests; in-flight ones finish (also settable at run time: admin API)
 
     @field_validator("host")
     @classmethod
@@ -44,9 +60,175 @@ class InstanceConfig(Strict):
         return self.id or f"{self.host}:{self.port}"
 
 
+def _status_ranges(v: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    for item in v:
+        text = str(item)
+        m = re.fullmatch(r"([1-5]\d\d)(?:-([1-5]\d\d))?", text)
+        if not m or (m.group(2) and int(m.group(2)) < int(m.group(1))):
+            raise ValueError(f"{text!r} is not a status code or range like 200-399")
+    return v
+
+
+def status_set(v: tuple[str | int, ...]) -> frozenset[int]:
+    out: set[int] = set()
+    for item in v:
+        lo, _, hi = str(item).partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return frozenset(out)
+
+
+class HealthCheckConfig(Strict):
+    """Active health checks: one probe per instance every `interval_s` (± `jitter_s`); `unhealthy_threshold`
+    consecutive failures mark it unhealthy, `healthy_threshold` consecutive passes bring it back."""
+
+    type: Literal["http", "tcp"] = "http"
+    path: str = "/healthz"
+    method: Literal["GET", "HEAD", "OPTIONS"] = "GET"
+    host: str | None = None  # Host header of HTTP probes (default: the instance's host:port)
+    expected_statuses: tuple[str | int, ...] = ("200-399",)
+    timeout_s: float = Field(default=1.0, gt=0, le=60)
+    interval_s: float = Field(default=5.0, gt=0, le=3600)
+    jitter_s: float = Field(default=0.5, ge=0, le=60)
+    healthy_threshold: int = Field(default=2, ge=1, le=100)  # "rise"
+    unhealthy_threshold: int = Field(default=3, ge=1, le=100)  # "fall"
+
+    _statuses = field_validator("expected_statuses")(classmethod(lambda cls, v: _status_ranges(v)))
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/") or any(c in v for c in " \r\n"):
+            raise ValueError("must be an absolute path without spaces")
+        return v
+
+    @model_validator(mode="after")
+    def _timeout_below_interval(self):
+        if self.timeout_s > self.interval_s:
+            raise ValueError("timeout_s must not exceed interval_s (probes would overlap)")
+        return self
+
+
+class OutlierConfig(Strict):
+    """Passive health: eject an instance after consecutive failures seen on real traffic. The n-th ejection of
+    an instance lasts `base_ejection_s × n` (capped at `max_ejection_s`); at most `max_ejection_percent` of a
+    pool is ejected at once."""
+
+    consecutive_5xx: int | None = Field(default=5, ge=1, le=1000)  # any 5xx answer or gateway error
+    consecutive_gateway_errors: int | None = Field(default=3, ge=1, le=1000)  # connect failure/reset/timeout/502-504
+    base_ejection_s: float = Field(default=30.0, gt=0, le=3600)
+    max_ejection_s: float = Field(default=300.0, gt=0, le=86400)
+    max_ejection_percent: int = Field(default=50, ge=0, le=100)
+    trace_ids_kept: int = Field(default=5, ge=1, le=50)  # failing requests linked from an ejection event
+
+
+class FailoverConfig(Strict):
+    """Priority groups (`instances[].priority`): traffic goes to the lowest priority level whose usable share is at
+    least `min_healthy_percent`, and back as soon as it recovers. Below `panic_threshold_percent` usable across
+    the whole pool, the balancer ignores health and spreads load over every non-draining instance instead of
+    crushing the survivors (0 disables panic mode)."""
+
+    min_healthy_percent: int = Field(default=70, ge=1, le=100)
+    panic_threshold_percent: int = Field(default=50, ge=0, le=100)
+
+
+class SlowStartConfig(Strict):
+    """An instance that just became healthy ramps its effective weight from `min_weight_percent` to 100 % over
+    `window_s` (linear at aggression 1, faster start above 1)."""
+
+    window_s: float = Field(default=30.0, gt=0, le=3600)
+    min_weight_percent: int = Field(default=10, ge=1, le=100)
+    aggression: float = Field(default=1.0, gt=0, le=10)
+
+
+class HashKeyConfig(Strict):
+    """What consistent hashing (and hash affinity) hashes: a header, a cookie, a query parameter, or the client
+    address. A request without the key is balanced at random (and says so in its pick)."""
+
+    source: Literal["header", "cookie", "query", "client_address"]
+    name: str | None = Field(default=None, min_length=1, max_length=256)
+
+    @model_validator(mode="after")
+    def _name_needed(self):
+        if self.source != "client_address" and not self.name:
+            raise ValueError(f"'name' is required when source is {self.source!r}")
+        if self.source == "header" and not HTTP_TOKEN.fullmatch(self.name or ""):
+            raise ValueError("'name' must be a valid header name")
+        return self
+
+    def describe(self) -> str:
+        return self.source if self.source == "client_address" else f"{self.source}:{self.name}"
+
+
+class AffinityConfig(Strict):
+    """Session affinity by a cookie the balancer sets (opaque value naming the instance). Requests carrying
+    it go back to that instance while it is usable; otherwise they are balanced normally and re-pinned."""
+
+    cookie: str = Field(default="gw_affinity", pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")
+    ttl_s: int | None = Field(default=None, ge=1, le=31_536_000)  # None: a session cookie
+    path: str = "/"
+    secure: bool = False
+    http_only: bool = True
+
+
+class LeastRequestConfig(Strict):
+    choice_count: int = Field(default=2, ge=2, le=100)
+
+
 class PoolConfig(Strict):
     name: str = Field(pattern=NAME_PATTERN)
     algorithm: Algorithm = Algorithm.ROUND_ROBIN
     instances: tuple[InstanceConfig, ...] = Field(min_length=1)
     max_connections_per_instance: int = Field(default=256, ge=1, le=100_000)
+    # requests that may wait for a connection when all max_connections are busy; beyond: instance over limit
+    max_pending_per_instance: int = Field(default=64, ge=0, le=100_000)
     keepalive_idle_s: float = Field(default=15.0, gt=0, le=3600)
+    least_request: LeastRequestConfig = LeastRequestConfig()
+    hash_key: HashKeyConfig | None = None  # required by ring_hash / maglev
+    # ring_hash: points on the ring per unit of weight. Fixed per instance (not scaled to the pool), so adding an
+    # instance moves only the keys that land on its own points (≤ 1/N of them).
+    ring_vnodes_per_weight: int = Field(default=256, ge=16, le=4096)
+    health_check: HealthCheckConfig | None = None
+    outlier_detection: OutlierConfig | None = None  # off unless configured (like Envoy)
+    failover: FailoverConfig = FailoverConfig()
+    slow_start: SlowStartConfig | None = None
+    affinity: AffinityConfig | None = None
+
+    @model_validator(mode="after")
+    def _hash_needs_key(self):
+        if self.algorithm in HASHING and self.hash_key is None:
+            raise ValueError(f"algorithm {self.algorithm.value} needs 'hash_key' (what to hash)")
+        return self
+
+
+RETRY_ON = Literal["connect_failure", "reset", "timeout", "status"]
+
+
+class RetryBudgetConfig(Strict):
+    """Envoy-style retry budget per upstream: concurrent retries may be at most `percent` of the active
+    requests, but never fewer than `min_concurrent` — so retries cannot multiply an outage."""
+
+    percent: float = Field(default=20.0, ge=0, le=100)
+    min_concurrent: int = Field(default=3, ge=0, le=10_000)
+
+
+class RetryConfig(Strict):
+    """Retries of one route. Any method is retried after a connect failure (provably nothing reached the
+    upstream); only idempotent methods after a reset, a per-try timeout or a status in `statuses`; never once a
+    streamed request body has been consumed. Retries prefer an instance not tried yet."""
+
+    attempts: int = Field(default=2, ge=1, le=10)  # total tries, the first included; 1 disables retries
+    retry_on: tuple[RETRY_ON, ...] = ("connect_failure", "reset")
+    statuses: tuple[int, ...] = (502, 503, 504)  # with retry_on: status
+    per_try_timeout_s: float | None = Field(default=None, gt=0, le=3600)  # default: the route's response_s
+    deadline_s: float | None = Field(default=None, gt=0, le=3600)  # all tries + backoff; default: no overall cap
+    backoff_base_s: float = Field(default=0.025, ge=0, le=10)
+    backoff_max_s: float = Field(default=0.25, ge=0, le=60)
+    budget: RetryBudgetConfig = RetryBudgetConfig()
+
+    @field_validator("statuses")
+    @classmethod
+    def _statuses(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        for s in v:
+            if not 500 <= s <= 599:
+                raise ValueError(f"{s} is not a 5xx status (only server errors are retried)")
+        return v

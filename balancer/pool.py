@@ -1,35 +1,209 @@
-"""A pool at run time: its endpoints (from config), the algorithm's cursor and per-endpoint in-flight counts.
+"""A pool at run time: its instances and their state (health, ejection, draining, slow start, in-flight), the
+view of which instances may take traffic now, and the pick.
 
-`Pool.pick(exclude, rng)` asks the configured algorithm; `Pool.acquire(endpoint)` / `release(endpoint)` keep the
-in-flight gauge that least-request balancing and the `gatewatch.lb.in_flight` attribute read.
+Primitives:
+- `Pool.pick(key, exclude, rng) -> Pick | NoHealthyEndpoint`: the configured algorithm over the current view's
+  candidates. The answer carries every excluded instance with its reason (unhealthy, ejected, draining,
+  lower_priority, plus the caller's `tried`/`over_limit`), the priority level picked from and panic mode.
+- `View`: computed once per state change (cached by `version`): per priority level the usable instances, the
+  active level (the first whose usable share ≥ `failover.min_healthy_percent`), panic mode (usable share below
+  `panic_threshold_percent`: balance across every non-draining instance of the level), effective weights.
+- State changes come from outside: `probe(id, ok, detail)` (active checks), `observe(id, result, trace, span)`
+  (passive, after each attempt), `set_draining(id, bool)` (config/admin), `tick()` (ejection expiry, slow-start
+  ramp). Each returns nothing; what changed is reported through `notify` (events) — the pool never blocks.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
-from typing import Mapping
+import time
+from dataclasses import dataclass, replace
+from typing import Callable, Mapping
 
-from balancer.algorithms import ALGORITHMS, CursorState, Endpoint, NoHealthyEndpoint, Pick, prepare
-from balancer.config import PoolConfig
+from balancer.algorithms import (ALGORITHMS, CursorState, Endpoint, NoHealthyEndpoint, Pick, least_request,
+                                 prepare)
+from balancer.config import HASHING, Algorithm, PoolConfig
+from balancer.health import OutlierTracker, ProbeCounter, Result
+from telemetry.names import Attr, EndpointState, Event, Exclusion, Reason
+
+MAX_OVER_LIMIT_REPICKS = 8
+EXCLUDED_LISTED = 20  # exclusions listed on a span/log; the rest are counted
+
+
+@dataclass(slots=True)
+class Instance:
+    endpoint: Endpoint  # configured weight
+    probe: ProbeCounter | None
+    outlier: OutlierTracker | None
+    draining: bool = False
+    usable_since: float = 0.0  # monotonic; for slow start (0: not ramping)
+    last_state: str = EndpointState.HEALTHY.value
+
+    def state(self, now: float) -> str:
+        if self.draining:
+            return EndpointState.DRAINING.value
+        if self.probe is not None and not self.probe.healthy:
+            return EndpointState.UNHEALTHY.value
+        if self.outlier is not None and self.outlier.ejected(now):
+            return EndpointState.EJECTED.value
+        return EndpointState.HEALTHY.value
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    version: int
+    candidates: tuple[Endpoint, ...]  # effective weights
+    excluded: dict[str, str]  # id → reason (state-based)
+    priority: int
+    panic: bool
+    usable: int
+    total: int
+    ramping: bool  # some candidate is in slow start
+    by_id: dict[str, Endpoint]
 
 
 class Pool:
-    def __init__(self, config: PoolConfig):
+    def __init__(self, config: PoolConfig, *, clock: Callable[[], float] = time.monotonic,
+                 notify: Callable[..., None] | None = None):
         self.config = config
         self.name = config.name
         self.algorithm = config.algorithm
+        self.clock = clock
+        self.notify = notify or (lambda *a, **k: None)
         self.endpoints = tuple(
-            Endpoint(id=i.instance_id, host=i.host, port=i.port, weight=i.weight, zone=i.zone, index=n)
-            for n, i in enumerate(config.instances)
-        )
+            Endpoint(id=i.instance_id, host=i.host, port=i.port, weight=i.weight, zone=i.zone, index=n,
+                     priority=i.priority)
+            for n, i in enumerate(config.instances))
+        hc, oc = config.health_check, config.outlier_detection
+        self.instances = {e.id: Instance(e, ProbeCounter(hc.healthy_threshold, hc.unhealthy_threshold) if hc else None,
+                                         OutlierTracker(oc) if oc else None, draining=i.draining)
+                          for e, i in zip(self.endpoints, config.instances)}
         self._by_id = {e.id: e for e in self.endpoints}
-        self._state = CursorState()
-        prepare(config.algorithm, self.endpoints, self._state)
-        self._pick = ALGORITHMS[config.algorithm]
         self.in_flight: dict[str, int] = {e.id: 0 for e in self.endpoints}
+        self._state = CursorState(in_flight=self.in_flight, ring_vnodes=config.ring_vnodes_per_weight,
+                                  all_endpoints=self.endpoints)
+        self._pick = ALGORITHMS[config.algorithm]
+        self._choices = config.least_request.choice_count
+        self.limit = config.max_connections_per_instance + config.max_pending_per_instance
+        self._version = 0
+        self._view: View | None = None
+        self._affinity_keys = {self._affinity_value(e.id): e.id for e in self.endpoints}
+        self.active_priority = min(e.priority for e in self.endpoints)
+        self.panic = False
+        prepare(config.algorithm, self.view().candidates, self._state)
 
-    def pick(self, exclude: Mapping[str, str], rng: random.Random) -> Pick | NoHealthyEndpoint:
-        return self._pick(self.endpoints, self._state, exclude, rng)
+    # --- the view -------------------------------------------------------------------------------------------
+
+    def view(self) -> View:
+        v = self._view
+        if v is None or v.version != self._version:
+            v = self._view = self._compute_view(self.clock())
+        return v
+
+    def _changed(self) -> None:
+        self._version += 1
+
+    def _compute_view(self, now: float) -> View:
+        f = self.config.failover
+        levels: dict[int, list[Instance]] = {}
+        for inst in self.instances.values():
+            levels.setdefault(inst.endpoint.priority, []).append(inst)
+        excluded: dict[str, str] = {}
+        stats = []
+        for prio in sorted(levels):
+            members = [i for i in levels[prio] if not i.draining]
+            usable = [i for i in members if i.state(now) == EndpointState.HEALTHY.value]
+            share = 100 * len(usable) / len(members) if members else 0.0
+            stats.append((prio, members, usable, share))
+        active = next((s for s in stats if s[3] >= f.min_healthy_percent), None)
+        if active is None:  # nobody healthy enough: the best level (lowest priority on ties)
+            active = max(stats, key=lambda s: (s[3], -s[0]))
+        prio, members, usable, share = active
+        panic = bool(f.panic_threshold_percent) and members and share < f.panic_threshold_percent
+        chosen = members if panic else usable
+        chosen_ids = {i.endpoint.id for i in chosen}
+        for inst in self.instances.values():
+            eid = inst.endpoint.id
+            if eid in chosen_ids:
+                continue
+            state = inst.state(now)
+            if state == EndpointState.HEALTHY.value:
+                excluded[eid] = Exclusion.LOWER_PRIORITY.value
+            else:
+                excluded[eid] = state
+        ss = self.config.slow_start
+        ordered = sorted(chosen, key=lambda i: i.endpoint.index)
+        factors = [self._ramp(inst, now, ss) for inst in ordered]
+        ramping = any(f < 1.0 for f in factors)
+        if ramping:  # weights ×100 while anyone ramps, so 10 % of weight 1 is still an integer
+            cands = tuple(replace(i.endpoint, weight=max(1, round(i.endpoint.weight * 100 * f)))
+                          for i, f in zip(ordered, factors))
+        else:
+            cands = tuple(i.endpoint for i in ordered)
+        self._note_failover(prio, bool(panic), share)
+        return View(self._version, cands, excluded, prio, bool(panic), len(usable), len(members), ramping,
+                    {e.id: e for e in cands})
+
+    def _ramp(self, inst: Instance, now: float, ss) -> float:
+        if ss is None or not inst.usable_since or self.algorithm in HASHING:
+            return 1.0
+        elapsed = now - inst.usable_since
+        if elapsed >= ss.window_s:
+            inst.usable_since = 0.0
+            return 1.0
+        return max(ss.min_weight_percent / 100, (elapsed / ss.window_s) ** (1 / ss.aggression))
+
+    def _note_failover(self, prio: int, panic: bool, share: float) -> None:
+        if prio != self.active_priority:
+            reason = (Reason.FAILOVER_PRIORITY_DEGRADED if prio > self.active_priority
+                      else Reason.FAILOVER_PRIORITY_RECOVERED)
+            self.notify(Event.DECISION_FAILOVER, f"pool {self.name}: traffic moves from priority "
+                        f"{self.active_priority} to {prio}", {Attr.POOL: self.name, Attr.FAILOVER_FROM: str(self.active_priority),
+                        Attr.FAILOVER_TO: str(prio), Attr.DECISION_REASON: reason.value})
+            self.active_priority = prio
+        if panic != self.panic:
+            self.panic = panic
+            self.notify(Event.DECISION_FAILOVER, f"pool {self.name}: panic mode {'on' if panic else 'off'} "
+                        f"({share:.0f}% usable)", {Attr.POOL: self.name, Attr.LB_PANIC: panic,
+                        Attr.DECISION_REASON: Reason.FAILOVER_PANIC.value})
+
+    # --- the pick -------------------------------------------------------------------------------------------
+
+    def pick(self, key: str | None, exclude: Mapping[str, str], rng: random.Random) -> Pick | NoHealthyEndpoint:
+        v = self.view()
+        cands = v.candidates
+        excl = dict(exclude) if exclude else {}
+        if self.algorithm is Algorithm.LEAST_REQUEST:
+            algo = lambda c, s, k, x, r: least_request(c, s, k, x, r, self._choices)  # noqa: E731
+        else:
+            algo = self._pick
+        for _ in range(MAX_OVER_LIMIT_REPICKS):
+            picked = algo(cands, self._state, key, excl, rng)
+            if isinstance(picked, NoHealthyEndpoint) or self.in_flight[picked.endpoint.id] < self.limit:
+                break
+            excl[picked.endpoint.id] = Exclusion.OVER_LIMIT.value
+        else:  # many at their limit: one scan settles it
+            for e in cands:
+                if e.id not in excl and self.in_flight[e.id] >= self.limit:
+                    excl[e.id] = Exclusion.OVER_LIMIT.value
+            picked = algo(cands, self._state, key, excl, rng)
+        if not v.excluded and not excl:
+            return picked
+        if v.excluded:  # state-based and per-request exclusions together, in endpoint order
+            reasons = {**excl, **v.excluded}
+            merged = tuple((e.id, reasons[e.id]) for e in self.endpoints if e.id in reasons)
+        else:
+            merged = picked.excluded
+        if isinstance(picked, NoHealthyEndpoint):
+            return NoHealthyEndpoint(picked.algorithm, picked.candidates, merged)
+        return replace(picked, excluded=merged)
+
+    def usable(self, endpoint_id: str, exclude: Mapping[str, str]) -> Endpoint | None:
+        """The endpoint if it may take this request (affinity): a candidate now, not excluded, under its limit."""
+        if endpoint_id in exclude or self.in_flight.get(endpoint_id, self.limit) >= self.limit:
+            return None
+        return self.view().by_id.get(endpoint_id)
 
     def acquire(self, endpoint: Endpoint) -> None:
         self.in_flight[endpoint.id] += 1
@@ -39,3 +213,104 @@ class Pool:
 
     def endpoint(self, endpoint_id: str) -> Endpoint | None:
         return self._by_id.get(endpoint_id)
+
+    # --- affinity -------------------------------------------------------------------------------------------
+
+    def _affinity_value(self, endpoint_id: str) -> str:
+        """Opaque cookie value naming an instance (does not reveal its address or id)."""
+        return hashlib.blake2b(f"{self.name}\0{endpoint_id}".encode(), digest_size=8).hexdigest()
+
+    def affinity_value(self, endpoint_id: str) -> str:
+        return self._affinity_value(endpoint_id)
+
+    def affinity_target(self, cookie_value: str | None) -> str | None:
+        return self._affinity_keys.get(cookie_value) if cookie_value else None
+
+    # --- state changes --------------------------------------------------------------------------------------
+
+    def probe(self, endpoint_id: str, ok: bool, detail: str) -> None:
+        inst = self.instances[endpoint_id]
+        if inst.probe is None or not inst.probe.observe(ok):
+            return
+        self._transition(inst, "active", detail)
+
+    def observe(self, endpoint_id: str, result: Result, trace_id: str | None, span_id: str | None) -> None:
+        inst = self.instances.get(endpoint_id)
+        if inst is None or inst.outlier is None:
+            return
+        now = self.clock()
+        reason = inst.outlier.observe(result, trace_id, span_id)
+        if reason is None or inst.outlier.ejected(now):
+            return
+        oc = self.config.outlier_detection
+        total = len(self.instances)
+        ejected = sum(1 for i in self.instances.values() if i.outlier is not None and i.outlier.ejected(now))
+        allowed = max(1, total * oc.max_ejection_percent // 100) if oc.max_ejection_percent else 0
+        if ejected >= allowed:
+            inst.outlier.consecutive_5xx = inst.outlier.consecutive_gateway = 0
+            self.notify(Event.OUTLIER_EJECTION, f"pool {self.name}: {endpoint_id} not ejected: "
+                        f"{ejected}/{total} already ejected (max {oc.max_ejection_percent}%)",
+                        {Attr.POOL: self.name, Attr.INSTANCE: endpoint_id,
+                         Attr.DECISION_REASON: Reason.OUTLIER_MAX_EJECTION_PERCENT.value,
+                         Attr.EJECTION_TRACE_IDS: [t for t, _ in inst.outlier.recent]},
+                        trace_id=trace_id, span_id=span_id, severity="WARN")
+            return
+        ej = inst.outlier.eject(reason, now)
+        self.notify(Event.OUTLIER_EJECTION, f"pool {self.name}: {endpoint_id} ejected for {ej.duration_s:g}s "
+                    f"({reason}, ejection #{ej.count})",
+                    {Attr.POOL: self.name, Attr.INSTANCE: endpoint_id, Attr.DECISION_REASON: reason,
+                     Attr.EJECTION_COUNT: ej.count, Attr.EJECTION_DURATION_S: ej.duration_s,
+                     Attr.EJECTION_TRACE_IDS: list(ej.trace_ids), Attr.HEALTH_CHECK: "passive"},
+                    trace_id=ej.last_trace_id, span_id=ej.last_span_id, severity="WARN")
+        self._transition(inst, "passive", reason)
+
+    def set_draining(self, endpoint_id: str, draining: bool) -> bool:
+        inst = self.instances.get(endpoint_id)
+        if inst is None:
+            return False
+        if inst.draining != draining:
+            inst.draining = draining
+            self._transition(inst, "admin", "draining" if draining else "undrained")
+        return True
+
+    def tick(self) -> None:
+        """Periodic (about once a second): end expired ejections, advance slow-start ramps."""
+        now = self.clock()
+        for inst in self.instances.values():
+            if inst.outlier is not None and inst.outlier.expire(now):
+                self.notify(Event.OUTLIER_EJECTION, f"pool {self.name}: {inst.endpoint.id} returns from ejection",
+                            {Attr.POOL: self.name, Attr.INSTANCE: inst.endpoint.id,
+                             Attr.DECISION_REASON: Reason.OUTLIER_EJECTION_EXPIRED.value,
+                             Attr.EJECTION_COUNT: inst.outlier.ejections, Attr.HEALTH_CHECK: "passive"})
+                self._transition(inst, "passive", Reason.OUTLIER_EJECTION_EXPIRED.value)
+        v = self._view
+        if v is not None and (v.ramping or v.version != self._version):
+            self._changed()
+            self.view()
+        else:
+            self.view()  # failover/panic notes for changes that happened by time alone
+
+    def _transition(self, inst: Instance, check: str, detail: str) -> None:
+        now = self.clock()
+        new = inst.state(now)
+        old = inst.last_state
+        self._changed()
+        if new == old:
+            return
+        inst.last_state = new
+        if new == EndpointState.HEALTHY.value and self.config.slow_start is not None:
+            inst.usable_since = now
+        self.notify(Event.HEALTH_TRANSITION, f"pool {self.name}: {inst.endpoint.id} {old} -> {new} ({detail})",
+                    {Attr.POOL: self.name, Attr.INSTANCE: inst.endpoint.id, Attr.ZONE: inst.endpoint.zone,
+                     Attr.HEALTH_FROM: old, Attr.HEALTH_TO: new, Attr.HEALTH_CHECK: check, Attr.PROBE_RESULT: detail},
+                    severity="INFO" if new == EndpointState.HEALTHY.value else "WARN")
+        self.view()
+
+    # --- reporting ------------------------------------------------------------------------------------------
+
+    def states(self) -> dict[str, str]:
+        now = self.clock()
+        return {i.endpoint.id: i.state(now) for i in self.instances.values()}
+
+    def slow_start_ratio(self, endpoint_id: str) -> float:
+        return self._ramp(self.instances[endpoint_id], self.clock(), self.config.slow_start)

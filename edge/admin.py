@@ -4,7 +4,9 @@ GET /healthz   liveness: the process runs.
 GET /readyz    readiness: every listener is bound and serving (503 while starting or draining).
 GET /metrics   Prometheus text; OpenMetrics with exemplars when the client asks (Accept: application/openmetrics-text).
 GET /config    the effective configuration as JSON (OTLP headers redacted).
-GET /upstreams pools and remote upstreams with per-instance in-flight counts.
+GET /upstreams pools (per instance: state, priority, in-flight, slow start, ejections) and remote upstreams.
+POST /upstreams/{pool}/instances/{instance}/drain    stop sending new requests to it (in-flight ones finish).
+POST /upstreams/{pool}/instances/{instance}/undrain  take it back.
 """
 
 from __future__ import annotations
@@ -46,6 +48,14 @@ def build_admin_app(rt: "Runtime") -> web.Application:
     async def upstreams(_: web.Request) -> web.Response:
         return web.json_response(rt.upstream_state())
 
+    async def drain(request: web.Request) -> web.Response:
+        pool, instance = request.match_info["pool"], request.match_info["instance"]
+        on = request.match_info["action"] == "drain"
+        if not rt.balancer or not rt.balancer.drain(pool, instance, on):
+            return web.json_response({"error": f"no instance {instance!r} in pool {pool!r}"}, status=404)
+        return web.json_response({"pool": pool, "instance": instance, "draining": on})
+
+    app.router.add_post("/upstreams/{pool}/instances/{instance}/{action:drain|undrain}", drain)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

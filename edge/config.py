@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
-from balancer.config import NAME_PATTERN, PoolConfig, Strict
+from balancer.config import NAME_PATTERN, PoolConfig, RetryConfig, Strict
 from edge.policies.config import PolicyConfig
 from telemetry.config import TelemetryConfig
 
@@ -160,6 +160,7 @@ class RouteConfig(Strict):
     timeouts: TimeoutsConfig = TimeoutsConfig()
     rewrite: RewriteConfig = RewriteConfig()
     preserve_host: bool = True  # send the client's Host upstream (else the instance's host:port)
+    retries: RetryConfig = RetryConfig()
     policies: tuple[PolicyConfig, ...] = ()  # evaluated in this order in the POLICY phase
 
     @field_validator("policies")

@@ -25,7 +25,11 @@ import random
 import time
 from typing import AsyncIterator, Callable
 
-from balancer.algorithms import NoHealthyEndpoint
+from balancer.algorithms import Endpoint, NoHealthyEndpoint
+from balancer.health import Result, classify
+from balancer.pool import EXCLUDED_LISTED
+from balancer.retry import Body, Failure, RetryBudget, backoff_s, failure_of
+from balancer.retry import decide as retry_decide
 from edge import headers as hdr
 from edge.messages import ClientGone, Downstream, Forwarder, RequestHead, UpstreamFailure, UpstreamRequest
 from edge.policies.base import PolicyRequest, PolicyVerdict
@@ -34,7 +38,7 @@ from edge.routing import NoRoute, RouteMatch
 from edge.snapshot import Snapshot
 from telemetry.context import (AttemptRecord, DecisionRecord, RequestRecord, format_traceparent, new_span_id,
                                start_trace)
-from telemetry.names import OUTCOME_STATUS, Attr, DecisionKind, ErrorType, Layer, Outcome, Reason, Verdict
+from telemetry.names import OUTCOME_STATUS, Attr, DecisionKind, ErrorType, Exclusion, Layer, Outcome, Reason, Verdict
 from telemetry.recorder import Telemetry
 
 log = logging.getLogger("gatewatch.engine")
@@ -45,7 +49,11 @@ PROXIED = Outcome.PROXIED.value
 CLIENT_ABORT = Outcome.CLIENT_ABORT.value
 BALANCER = Layer.BALANCER.value
 MATCHED = Reason.ROUTE_MATCHED.value
-PICK_REASON = {"round_robin": Reason.PICK_ROUND_ROBIN.value, "weighted_round_robin": Reason.PICK_WEIGHTED.value}
+PICK_REASON = {"round_robin": Reason.PICK_ROUND_ROBIN.value, "weighted_round_robin": Reason.PICK_WEIGHTED.value,
+               "random": Reason.PICK_RANDOM.value, "least_request": Reason.PICK_LEAST_REQUEST.value,
+               "least_connections": Reason.PICK_LEAST_CONNECTIONS.value, "ring_hash": Reason.PICK_RING_HASH.value,
+               "maglev": Reason.PICK_MAGLEV.value}
+PICK_AFFINITY = Reason.PICK_AFFINITY.value
 
 FAILURE_OUTCOME = {
     ErrorType.CONNECT_REFUSED: Outcome.UPSTREAM_CONNECT_ERROR,
@@ -85,8 +93,10 @@ class _BodyFromClient:
         self._idle_s = idle_s
         self.client_gone = False
         self.timed_out = False
+        self.started = False  # a byte was read: the body cannot be replayed to another attempt
 
     async def __aiter__(self):
+        self.started = True
         it = self._body.__aiter__()
         while True:
             try:
@@ -196,38 +206,106 @@ class Engine:
 
     async def _forward(self, snap: Snapshot, head: RequestHead, body: AsyncIterator[bytes], down: Downstream,
                        rec: RequestRecord, route, path: str, ctx: PolicyRequest | None) -> None:
-        # PICK
+        """PICK → UPSTREAM, attempt after attempt: each failure that left the client untouched is weighed by
+        `balancer.retry.decide` (method, what reached the upstream, retry_on, attempts, deadline, budget)."""
         pool = snap.pools.get(route.upstream)
-        if pool is not None:
+        cfg = route.retries
+        if pool is not None and self.layer is Layer.EDGE:
             # In an edge process the pick is the balancer layer at work: give it its own span so the trace
             # shows both layers. A balancer tier's SERVER span already is the balancer layer.
-            in_process = self.layer is Layer.EDGE
-            rec.balance_span_id = new_span_id(self.rng) if in_process else None
-            rec.balance_start_ns = self.clock_ns()
-            picked = pool.pick({}, self.rng)
-            self._decide_pick(rec, pool.name, picked, pool.in_flight)
-            if isinstance(picked, NoHealthyEndpoint):
-                rec.balance_end_ns = self.clock_ns()
-                await self._fail(down, rec, Outcome.NO_HEALTHY_UPSTREAM, None)
-                return
-            ep = picked.endpoint
-            host, port, scheme, instance, zone = ep.host, ep.port, "http", ep.id, ep.zone
-            attempt_layer = BALANCER
-        else:
-            remote = snap.remotes[route.upstream]
-            host, port, scheme, instance, zone = remote.host, remote.port, remote.scheme, f"{remote.host}:{remote.port}", None
-            attempt_layer, pool, ep = self.layer_value, None, None
-
-        # UPSTREAM (one attempt; the retry loop of the balancer issue wraps this block)
+            rec.balance_span_id = new_span_id(self.rng)
+        rec.balance_start_ns = self.clock_ns()
         target = strip_prefix(path, route.rewrite.strip_prefix) if route.rewrite.strip_prefix else path
         if rec.query:
             target += "?" + rec.query
+        client_body = _BodyFromClient(body, route.timeouts.idle_s) if head.has_body else None
+        extra = list(ctx.response_headers) if ctx is not None else []
+        key = _hash_key(pool.config.hash_key, head, rec.query) if pool is not None and pool.config.hash_key else None
+        affinity = pool.affinity_target(_cookie(head, pool.config.affinity.cookie)) \
+            if pool is not None and pool.config.affinity else None
+        budget = snap.budgets.setdefault(route.upstream, RetryBudget())
+        deadline = self.monotonic() + cfg.deadline_s if cfg.deadline_s else None
+        per_try_s = cfg.per_try_timeout_s or route.timeouts.response_s
+        tried: dict[str, str] = {}
+        previous: str | None = None
+        budget.active += 1
+        try:
+            for n in range(cfg.attempts):
+                if n:
+                    budget.retrying += 1
+                try:
+                    # PICK
+                    if pool is not None:
+                        ep = pool.usable(affinity, tried) if affinity else None
+                        picked = ep if ep is not None else pool.pick(key, tried, self.rng)
+                        if tried and isinstance(picked, NoHealthyEndpoint):  # only tried ones left: reuse one
+                            picked = pool.pick(key, {}, self.rng)
+                        lb = self._decide_pick(rec, pool, picked, affinity is not None and ep is not None, key)
+                        if isinstance(picked, NoHealthyEndpoint):
+                            overflow = any(r == Exclusion.OVER_LIMIT.value for _, r in picked.excluded)
+                            await self._fail(down, rec, Outcome.UPSTREAM_OVERFLOW if overflow
+                                             else Outcome.NO_HEALTHY_UPSTREAM, None)
+                            return
+                        ep = picked if isinstance(picked, Endpoint) else picked.endpoint
+                        host, port, scheme, instance, zone = ep.host, ep.port, "http", ep.id, ep.zone
+                        layer = BALANCER
+                        if pool.config.affinity and ep.id != affinity:
+                            a = pool.config.affinity
+                            extra.append(("Set-Cookie", _affinity_cookie(a, pool.affinity_value(ep.id))))
+                    else:
+                        remote = snap.remotes[route.upstream]
+                        host, port, scheme, zone, ep, lb = remote.host, remote.port, remote.scheme, None, None, {}
+                        instance, layer = f"{remote.host}:{remote.port}", self.layer_value
+                    if n and previous is not None and previous != instance and pool is not None:
+                        self._decide_failover(rec, pool.name, previous, instance)
+                    previous = instance
+                    # UPSTREAM
+                    response_s = per_try_s if deadline is None else max(0.001, min(per_try_s, deadline - self.monotonic()))
+                    failure = await self._attempt(snap, head, rec, route, pool, ep, layer, host, port, scheme,
+                                                  instance, zone, target, client_body, down, ctx, extra, lb, n,
+                                                  response_s, cfg)
+                finally:
+                    if n:
+                        budget.retrying -= 1
+                if failure is None:
+                    return
+                # RETRY? (the client has seen nothing yet)
+                error_type, status, response = failure
+                kind = Failure.STATUS if status is not None else failure_of(error_type)
+                tried[instance] = Exclusion.TRIED.value
+                verdict = retry_decide(cfg, head.method, kind, n + 1, _body_state(client_body), budget.left(cfg.budget),
+                                       None if deadline is None else deadline - self.monotonic())
+                if cfg.attempts > 1:
+                    self._decide_retry(rec, route.name, verdict, n + 1, budget.left(cfg.budget), instance, kind)
+                if not verdict.retry:
+                    if response is not None:  # a retryable status nobody may retry: relay it as it is
+                        last = rec.attempts[-1]
+                        await self._relay(response, down, rec, last, extra, self.monotonic() - last.duration_s)
+                        return
+                    outcome = FAILURE_OUTCOME.get(error_type, Outcome.UPSTREAM_ERROR)
+                    await self._fail(down, rec, outcome, error_type.value)
+                    return
+                if response is not None:
+                    response.close()
+                pause = backoff_s(cfg, n + 1, self.rng)
+                if deadline is not None:
+                    pause = min(pause, max(0.0, deadline - self.monotonic()))
+                if pause:
+                    await asyncio.sleep(pause)
+        finally:
+            budget.active -= 1
+            rec.balance_end_ns = self.clock_ns()
+
+    async def _attempt(self, snap, head, rec, route, pool, ep, layer, host, port, scheme, instance, zone, target,
+                       client_body, down, ctx, extra, lb, n, response_s, cfg):
+        """One attempt. Returns None when the request is settled (relayed, answered, aborted) or
+        `(error_type, status, response)` when it failed before the client saw anything (status/response set
+        for a retryable status whose response is still unread)."""
         attempt = AttemptRecord(
-            span_id=new_span_id(self.rng), layer=attempt_layer, upstream=route.upstream, instance=instance,
+            span_id=new_span_id(self.rng), layer=layer, upstream=route.upstream, instance=instance,
             zone=zone, host=host, port=port, url_full=f"{scheme}://{_hostport(host, port)}{target}",
-            method=head.method, resend_count=0, start_ns=self.clock_ns())
-        if ep is not None:  # the CLIENT span also carries the pick's algorithm and candidates (rec.lb)
-            attempt.lb = {Attr.LB_WEIGHT: ep.weight, Attr.LB_IN_FLIGHT: pool.in_flight[ep.id]}
+            method=head.method, resend_count=n, start_ns=self.clock_ns())
+        attempt.lb = lb
         rec.attempts.append(attempt)
         listener = snap.listeners[head.listener]
         up_headers = hdr.upstream_request_headers(
@@ -240,42 +318,49 @@ class Engine:
         if ctx is not None and (ctx.upstream_set or ctx.upstream_remove):
             up_headers = hdr.apply_changes(up_headers, ctx.upstream_set, ctx.upstream_remove)
         request = UpstreamRequest(head.method, host, port, scheme, target, up_headers, head.has_body)
-        client_body = _BodyFromClient(body, route.timeouts.idle_s) if head.has_body else None
         attempt_mono = self.monotonic()
-        if pool is not None:
+        if ep is not None:
             pool.acquire(ep)
+        result = Result.SUCCESS
         try:
-            await self._exchange(route, request, client_body, down, rec, attempt, attempt_mono,
-                                 ctx.response_headers if ctx is not None else ())
+            t = route.timeouts
+            try:
+                response = await self.forwarder.send(
+                    route.upstream, request, client_body.__aiter__() if client_body else None, t.connect_s,
+                    response_s, t.idle_s)
+            except UpstreamFailure as failure:
+                if client_body is not None and client_body.timed_out:
+                    attempt.error_type, attempt.outcome = ErrorType.CLIENT_TIMEOUT.value, Outcome.CLIENT_TIMEOUT.value
+                    await self._fail(down, rec, Outcome.CLIENT_TIMEOUT, ErrorType.CLIENT_TIMEOUT.value)
+                    return None
+                if client_body is not None and client_body.client_gone:
+                    raise ClientGone() from None
+                outcome = FAILURE_OUTCOME.get(failure.error_type, Outcome.UPSTREAM_ERROR)
+                attempt.error_type, attempt.outcome = failure.error_type.value, outcome.value
+                result = Result.GATEWAY_ERROR
+                return failure.error_type, None, None
+            attempt.status = response.status
+            attempt.peer_address, attempt.peer_port = response.peer_address, response.peer_port
+            result = classify(response.status, False)
+            if cfg.attempts > 1 and "status" in cfg.retry_on and response.status in cfg.statuses:
+                attempt.error_type, attempt.outcome = ErrorType.STATUS_5XX.value, Outcome.UPSTREAM_ERROR.value
+                attempt.end_ns, attempt.duration_s = self.clock_ns(), self.monotonic() - attempt_mono
+                return ErrorType.STATUS_5XX, response.status, response
+            # RESPONSE
+            if not await self._relay(response, down, rec, attempt, extra, attempt_mono):
+                result = Result.GATEWAY_ERROR
+            return None
         finally:
-            if pool is not None:
+            if ep is not None:
                 pool.release(ep)
+                pool.observe(ep.id, result, f"{rec.trace.trace_id:032x}", f"{attempt.span_id:016x}")
             attempt.end_ns = attempt.end_ns or self.clock_ns()
             attempt.duration_s = attempt.duration_s or (self.monotonic() - attempt_mono)
-            rec.balance_end_ns = self.clock_ns()
 
-    async def _exchange(self, route, request: UpstreamRequest, client_body: _BodyFromClient | None,
-                        down: Downstream, rec: RequestRecord, attempt: AttemptRecord, attempt_mono: float,
-                        extra_headers) -> None:
-        t = route.timeouts
-        try:
-            response = await self.forwarder.send(route.upstream, request, client_body.__aiter__() if client_body else None,
-                                                 t.connect_s, t.response_s, t.idle_s)
-        except UpstreamFailure as failure:
-            if client_body is not None and client_body.timed_out:
-                attempt.error_type, attempt.outcome = ErrorType.CLIENT_TIMEOUT.value, Outcome.CLIENT_TIMEOUT.value
-                await self._fail(down, rec, Outcome.CLIENT_TIMEOUT, ErrorType.CLIENT_TIMEOUT.value)
-                return
-            if client_body is not None and client_body.client_gone:
-                raise ClientGone() from None
-            outcome = FAILURE_OUTCOME.get(failure.error_type, Outcome.UPSTREAM_ERROR)
-            attempt.error_type, attempt.outcome = failure.error_type.value, outcome.value
-            await self._fail(down, rec, outcome, failure.error_type.value)
-            return
-        attempt.status = response.status
-        attempt.peer_address, attempt.peer_port = response.peer_address, response.peer_port
-
-        # RESPONSE
+    async def _relay(self, response, down: Downstream, rec: RequestRecord, attempt: AttemptRecord, extra_headers,
+                     attempt_mono: float) -> bool:
+        """Relay the response head and stream its body. False when the upstream failed mid-body (the client
+        connection is aborted so the truncated body cannot look complete)."""
         headers = [(k, v) for k, v in hdr.downstream_response_headers(response.headers, rec.protocol_version)
                    if k.lower() not in ("x-request-id", "traceresponse")]  # ours replace an inner tier's
         headers.append(("X-Request-Id", rec.request_id))
@@ -283,6 +368,7 @@ class Engine:
         if self.telemetry_enabled and rec.trace.sampled and self.snapshot.listeners[rec.listener].trace_response_header:
             headers.append(("traceresponse", format_traceparent(rec.trace.trace_id, rec.trace.span_id, True)))
         rec.status = response.status
+        attempt.error_type = attempt.outcome = None
         try:
             await down.start(response.status, response.reason, tuple(headers), hdr.content_length(response.headers))
             async for chunk in response.body():
@@ -294,7 +380,7 @@ class Engine:
             outcome = FAILURE_OUTCOME.get(failure.error_type, Outcome.UPSTREAM_ERROR)
             attempt.error_type, attempt.outcome = failure.error_type.value, outcome.value
             rec.outcome, rec.error_type = outcome.value, failure.error_type.value
-            return
+            return False
         except ClientGone:
             response.close()
             attempt.outcome = CLIENT_ABORT
@@ -304,6 +390,7 @@ class Engine:
             attempt.duration_s = self.monotonic() - attempt_mono
         response.close()
         attempt.outcome = rec.outcome = PROXIED
+        return True
 
     # --- decisions (pure bookkeeping: what was decided, by which rule, why) ---
 
@@ -325,24 +412,58 @@ class Engine:
                 {Attr.POLICY_TYPE: v.type, Attr.POLICY_SHADOW: v.verdict is Verdict.SHADOW_DENY or None,
                  **v.attributes}))
 
-    def _decide_pick(self, rec: RequestRecord, pool: str, picked, in_flight: dict[str, int]) -> None:
-        algorithm = picked.algorithm.value
-        rec.lb = {Attr.LB_ALGORITHM: algorithm, Attr.LB_CANDIDATES: picked.candidates}
-        excluded = [f"{i}={why}" for i, why in picked.excluded]
+    def _decide_pick(self, rec: RequestRecord, pool, picked, by_affinity: bool, key: str | None) -> dict:
+        """Record the pick (decision log + span attributes); return the attributes for the attempt's span."""
+        view = pool.view()
+        if isinstance(picked, Endpoint):  # session affinity chose; the algorithm was not asked
+            algorithm, candidates, excluded, reason = pool.algorithm.value, len(view.candidates), (), PICK_AFFINITY
+        else:
+            algorithm, candidates, excluded = picked.algorithm.value, picked.candidates, picked.excluded
+            reason = PICK_REASON[algorithm]
+        lb = {Attr.LB_ALGORITHM: algorithm, Attr.LB_CANDIDATES: candidates}
         if excluded:
-            rec.lb[Attr.LB_EXCLUDED] = excluded
-        attrs = {Attr.UPSTREAM: pool, **rec.lb}
+            listed = [f"{i}={why}" for i, why in excluded[:EXCLUDED_LISTED]]
+            if len(excluded) > EXCLUDED_LISTED:
+                listed.append(f"...+{len(excluded) - EXCLUDED_LISTED} more")
+            lb[Attr.LB_EXCLUDED] = listed
+        if view.priority:
+            lb[Attr.PRIORITY] = view.priority
+        if view.panic:
+            lb[Attr.LB_PANIC] = True
+        if by_affinity:
+            lb[Attr.LB_AFFINITY] = "cookie"
+        elif pool.config.hash_key is not None:
+            lb[Attr.LB_HASH_KEY_SOURCE] = pool.config.hash_key.describe() + ("" if key is not None else " (absent)")
+        rec.lb = lb
+        attrs = {Attr.UPSTREAM: pool.name, **lb}
+        span = rec.balance_span_id or rec.trace.span_id
         if isinstance(picked, NoHealthyEndpoint):
-            rec.decisions.append(DecisionRecord(DecisionKind.PICK, pool, "no_candidates", Reason.PICK_NO_CANDIDATES.value,
-                                                self.clock_ns(), rec.balance_span_id or rec.trace.span_id, attrs,
+            rec.decisions.append(DecisionRecord(DecisionKind.PICK, pool.name, "no_candidates",
+                                                Reason.PICK_NO_CANDIDATES.value, self.clock_ns(), span, attrs,
                                                 BALANCER))
-            return
-        ep = picked.endpoint
+            return lb
+        ep = picked if isinstance(picked, Endpoint) else picked.endpoint
+        lb = {**lb, Attr.LB_WEIGHT: ep.weight, Attr.LB_IN_FLIGHT: pool.in_flight[ep.id]}
         attrs.update({Attr.INSTANCE: ep.id, Attr.ZONE: ep.zone, Attr.LB_WEIGHT: ep.weight,
-                      Attr.LB_IN_FLIGHT: in_flight[ep.id]})
-        rec.decisions.append(DecisionRecord(DecisionKind.PICK, pool, "picked", PICK_REASON[algorithm],
-                                            self.clock_ns(), rec.balance_span_id or rec.trace.span_id, attrs,
-                                            BALANCER))
+                      Attr.LB_IN_FLIGHT: pool.in_flight[ep.id]})
+        rec.decisions.append(DecisionRecord(DecisionKind.PICK, pool.name, "picked", reason, self.clock_ns(), span,
+                                            attrs, BALANCER))
+        return lb
+
+    def _decide_retry(self, rec: RequestRecord, route: str, verdict, attempts_made: int, budget_left: int,
+                      instance: str, kind: Failure) -> None:
+        rec.decisions.append(DecisionRecord(
+            DecisionKind.RETRY, route, "retry" if verdict.retry else "refused", verdict.reason, self.clock_ns(),
+            rec.balance_span_id or rec.trace.span_id,
+            {Attr.UPSTREAM: rec.upstream, Attr.INSTANCE: instance, Attr.RETRY_ATTEMPT: attempts_made,
+             Attr.RETRY_BUDGET_REMAINING: budget_left, "gatewatch.retry.failure": kind.value},
+            BALANCER if rec.balance_span_id else None))
+
+    def _decide_failover(self, rec: RequestRecord, pool: str, from_instance: str, to_instance: str) -> None:
+        rec.decisions.append(DecisionRecord(
+            DecisionKind.FAILOVER, pool, "failover", Reason.FAILOVER_RETRY_OTHER_INSTANCE.value, self.clock_ns(),
+            rec.balance_span_id or rec.trace.span_id,
+            {Attr.UPSTREAM: pool, Attr.FAILOVER_FROM: from_instance, Attr.FAILOVER_TO: to_instance}, BALANCER))
 
     # --- local answers ---
 
@@ -390,6 +511,48 @@ class Engine:
 def _error_body(outcome: Outcome, status: int, request_id: str, layer: str, message: str | None = None) -> bytes:
     return json.dumps({"error": {"status": status, "outcome": outcome.value, "message": message or MESSAGES[outcome],
                                  "request_id": request_id, "layer": layer}}).encode()
+
+
+def _hash_key(cfg, head: RequestHead, query: str) -> str | None:
+    """The request's consistent-hashing key per the pool's `hash_key`, or None when the request lacks it."""
+    if cfg.source == "client_address":
+        return head.client_address
+    if cfg.source == "header":
+        return head.header(cfg.name.lower())
+    if cfg.source == "cookie":
+        return _cookie(head, cfg.name)
+    for part in query.split("&") if query else ():
+        k, _, v = part.partition("=")
+        if k == cfg.name:
+            return v
+    return None
+
+
+def _cookie(head: RequestHead, name: str) -> str | None:
+    for k, v in head.headers:
+        if k.lower() == "cookie":
+            for item in v.split(";"):
+                ck, _, cv = item.strip().partition("=")
+                if ck == name:
+                    return cv.strip('"')
+    return None
+
+
+def _affinity_cookie(cfg, value: str) -> str:
+    parts = [f"{cfg.cookie}={value}", f"Path={cfg.path}", "SameSite=Lax"]
+    if cfg.ttl_s:
+        parts.append(f"Max-Age={cfg.ttl_s}")
+    if cfg.http_only:
+        parts.append("HttpOnly")
+    if cfg.secure:
+        parts.append("Secure")
+    return "; ".join(parts)
+
+
+def _body_state(body: _BodyFromClient | None) -> Body:
+    if body is None:
+        return Body.NONE
+    return Body.CONSUMED if body.started else Body.UNREAD
 
 
 def _hostport(host: str, port: int) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 from aiohttp import web
 from yarl import URL
 
-from balancer.pool import Pool
+from balancer.runtime import BalancerRuntime
 from edge.admin import build_admin_app
 from edge.config import GatewatchConfig, parse_address
 from edge.dataplane.forwarder import RawForwarder
@@ -31,7 +31,7 @@ from edge.routing import Router
 from edge.snapshot import RemoteTarget, Snapshot
 from telemetry.config import resolve
 from telemetry.metrics import Metrics
-from telemetry.names import EndpointState, Layer
+from telemetry.names import Layer
 from telemetry.recorder import Telemetry
 
 log = logging.getLogger("gatewatch")
@@ -66,7 +66,8 @@ class Runtime:
         # would interleave or lose lines.
         stem = self.resolved.service_name + (f"-w{worker}" if worker is not None else "")
         self.telemetry = Telemetry(self.resolved, self.metrics, VERSION, stem, config.telemetry.exporter)
-        self.pools = {p.name: Pool(p) for p in config.balancer.pools} if config.balancer else {}
+        self.balancer = BalancerRuntime(config.balancer.pools, self.telemetry, self.metrics) if config.balancer else None
+        self.pools = self.balancer.pools if self.balancer else {}
         remotes = {u.name: _remote(u.name, u.url) for u in config.edge.upstreams} if config.edge else {}
         limits = {p.name: (p.max_connections_per_instance, p.keepalive_idle_s) for p in (config.balancer.pools if config.balancer else ())}
         limits.update({u.name: (u.max_connections, u.keepalive_idle_s) for u in (config.edge.upstreams if config.edge else ())})
@@ -103,23 +104,20 @@ class Runtime:
         return {lst.name: f"{lst.bound[0]}:{lst.bound[1]}" for lst in self.listeners if lst.bound}
 
     def refresh_gauges(self) -> None:
-        for pool in self.pools.values():
-            self.metrics.endpoints.labels(pool.name, EndpointState.HEALTHY.value).set(len(pool.endpoints))
-            for ep in pool.endpoints:
-                self.metrics.in_flight.labels(pool.name, ep.id).set(pool.in_flight[ep.id])
+        if self.balancer:
+            self.balancer.refresh_gauges()
 
     def upstream_state(self) -> dict:
         return {
-            "pools": {p.name: {"algorithm": p.algorithm.value, "instances": [
-                {"id": e.id, "host": e.host, "port": e.port, "weight": e.weight, "zone": e.zone,
-                 "state": EndpointState.HEALTHY.value, "in_flight": p.in_flight[e.id]} for e in p.endpoints]}
-                for p in self.pools.values()},
+            "pools": self.balancer.state() if self.balancer else {},
             "remotes": {u.name: {"url": u.url} for u in (self.config.edge.upstreams if self.config.edge else ())},
         }
 
     async def start(self) -> None:
         await self.telemetry.start()
         await self.policy_resources.start()
+        if self.balancer:
+            await self.balancer.start()
         host, port = parse_address(self.config.admin.address)
         if port and self.worker:
             port += self.worker  # one admin listener per worker: 9901, 9902, ...
@@ -145,6 +143,8 @@ class Runtime:
                 await lst.stop(grace_s)
             except Exception:  # one stuck listener must not keep the others (or telemetry) from stopping
                 log.warning("listener %s did not stop cleanly", lst.name, exc_info=True)
+        if self.balancer:
+            await self.balancer.stop()
         await self.forwarder.close()
         await self.policy_resources.close()
         if self._admin_runner is not None:

@@ -31,3 +31,4 @@ class Snapshot:
     remotes: dict[str, RemoteTarget]
     listeners: dict[str, ListenerConfig]
     policies: dict[str, tuple] = field(default_factory=dict)  # route name → compiled policies, in order
+    budgets: dict = field(default_factory=dict)  # upstream name → balancer.retry.RetryBudget (live counters)

@@ -204,6 +204,7 @@ class Reason(StrEnum):
     RETRY_REFUSED_DEADLINE = "retry.deadline_exceeded"
     RETRY_REFUSED_NOT_IDEMPOTENT = "retry.not_idempotent"  # bytes may have reached the upstream
     RETRY_REFUSED_BODY_SENT = "retry.body_not_replayable"  # the request body was streamed and is gone
+    RETRY_REFUSED_NOT_CONFIGURED = "retry.not_configured"  # this kind of failure is not in the route's retry_on
     # failover decisions
     FAILOVER_PRIORITY_DEGRADED = "failover.priority_degraded"  # traffic spills to the next priority
     FAILOVER_PRIORITY_RECOVERED = "failover.priority_recovered"

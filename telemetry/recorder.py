@@ -28,11 +28,13 @@ from telemetry.context import EventRecord, RequestRecord
 from telemetry.export import destination
 from telemetry.exporter_process import ThreadSink, span_count
 from telemetry.metrics import Metrics, method_label, status_label
-from telemetry.names import DropReason, Event, TelemetrySignal
+from telemetry.names import DecisionKind, DropReason, Event, Layer, Reason, TelemetrySignal
 
 log = logging.getLogger("gatewatch.telemetry")
 FLUSH_S = 0.05
 ALLOW_RESULTS = frozenset({"matched", "picked"})  # decisions that let a request through
+RETRY_OR_FAILOVER = frozenset({DecisionKind.RETRY, DecisionKind.FAILOVER})
+BALANCER = Layer.BALANCER.value
 PIPE_LIMIT = 16 * 1024 * 1024  # bytes waiting in the pipe to the exporter before batches are dropped
 
 
@@ -186,6 +188,7 @@ class Telemetry:
         self._client = metrics.client_duration
         self._decisions = metrics.decisions
         self._verdicts = metrics.policy_verdicts
+        self._instances = metrics.instance_requests
         self._allow_logs_sampled_only = resolved.allow_decision_logs == "sampled"
 
     async def start(self) -> None:
@@ -201,8 +204,12 @@ class Telemetry:
         for a in r.attempts:
             self._client.observe((a.layer, route, a.upstream, a.instance, method, status_label(a.status),
                                   a.outcome or ""), a.duration_s, trace_id)
+            if a.layer == BALANCER:  # per-instance counts of a pool (bounded by the pool's size)
+                self._instances.inc((a.upstream, a.instance, a.outcome or ""))
         for d in r.decisions:
             self._decisions.inc((d.layer or r.layer, d.kind.value, d.result, d.reason))
+            if d.kind in RETRY_OR_FAILOVER:
+                self._retry_metrics(r, d)
         for p in r.policies:
             self._verdicts.inc((route, *p))
         if self.sink is None:
@@ -224,6 +231,15 @@ class Telemetry:
             return
         self.sink.submit(EventRecord(event.value, time.time_ns(), body, attributes, trace_id or 0, span_id or 0,
                                      severity))
+
+    def _retry_metrics(self, r: RequestRecord, d) -> None:
+        m = self.metrics
+        if d.kind is DecisionKind.FAILOVER:
+            m.failovers.labels(d.rule, d.reason).inc()
+        elif d.result == "retry":
+            m.retries.labels(r.route or "", r.upstream or "", d.reason).inc()
+        elif d.reason == Reason.RETRY_REFUSED_BUDGET.value:
+            m.retry_budget_exhausted.labels(r.route or "", r.upstream or "").inc()
 
     async def stop(self, timeout_s: float = 3.0) -> None:
         if self.sink is not None:

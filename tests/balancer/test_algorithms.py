@@ -29,7 +29,7 @@ def pool(algorithm: str, **weights: int) -> Pool:
 def sequence(pick, n: int, exclude=None) -> str:
     out = []
     for _ in range(n):
-        result = pick(exclude or {}, random.Random(7))
+        result = pick(None, exclude or {}, random.Random(7))
         assert isinstance(result, Pick)
         out.append(result.endpoint.id)
     return " ".join(out)
@@ -50,7 +50,7 @@ def test_round_robin_sequence(weights, n, expected):
 def test_round_robin_rotates_over_the_remaining_candidates():
     eps = endpoints(a=1, b=1, c=1)
     state, rng = CursorState(), random.Random(1)
-    picks = [round_robin(eps, state, exclude, rng) for exclude in ({}, {"b": "tried"}, {"b": "tried"})]
+    picks = [round_robin(eps, state, None, exclude, rng) for exclude in ({}, {"b": "tried"}, {"b": "tried"})]
     assert [p.endpoint.id for p in picks] == ["a", "c", "a"]
     assert [p.candidates for p in picks] == [3, 2, 2]
     assert [p.excluded for p in picks] == [(), (("b", "tried"),), (("b", "tried"),)]
@@ -82,7 +82,7 @@ def test_smooth_weighted_round_robin_sequence(weights, expected):
 def test_smooth_weighted_round_robin_distribution_is_exact(weights, picks, expected):
     p = pool("weighted_round_robin", **weights)
     rng = random.Random(42)
-    counts = Counter(p.pick({}, rng).endpoint.id for _ in range(picks))
+    counts = Counter(p.pick(None, {}, rng).endpoint.id for _ in range(picks))
     assert counts == expected
 
 
@@ -96,7 +96,7 @@ def test_smooth_weighted_round_robin_never_bursts():
 def test_smooth_weighted_round_robin_with_exclusion():
     eps = endpoints(a=5, b=1, c=1)
     state, rng = CursorState(), random.Random(3)
-    picks = [smooth_weighted_round_robin(eps, state, {"a": "ejected"}, rng) for _ in range(4)]
+    picks = [smooth_weighted_round_robin(eps, state, None, {"a": "ejected"}, rng) for _ in range(4)]
     assert [p.endpoint.id for p in picks] == ["b", "c", "b", "c"]
     assert {(p.candidates, p.excluded, p.algorithm) for p in picks} == {
         (2, (("a", "ejected"),), Algorithm.WEIGHTED_ROUND_ROBIN)}
@@ -115,7 +115,7 @@ def test_exclusions(algorithm, exclude, candidates, excluded, allowed):
     p = pool(algorithm, a=2, b=1, c=1)
     rng = random.Random(0)
     for _ in range(8):
-        result = p.pick(exclude, rng)
+        result = p.pick(None, exclude, rng)
         assert isinstance(result, Pick)
         assert result.endpoint.id in allowed
         assert (result.candidates, result.excluded) == (candidates, excluded)
@@ -125,7 +125,7 @@ def test_exclusions(algorithm, exclude, candidates, excluded, allowed):
 @pytest.mark.parametrize("algorithm", ["round_robin", "weighted_round_robin"])
 def test_all_excluded_is_no_healthy_endpoint(algorithm):
     p = pool(algorithm, a=1, b=2)
-    result = p.pick({"b": "tried", "a": "unhealthy"}, random.Random(0))
+    result = p.pick(None, {"b": "tried", "a": "unhealthy"}, random.Random(0))
     assert result == NoHealthyEndpoint(Algorithm(algorithm), 0, (("a", "unhealthy"), ("b", "tried")))
 
 
@@ -161,5 +161,5 @@ def test_pool_in_flight():
 def test_pools_do_not_share_cursor_state():
     p1, p2 = pool("round_robin", a=1, b=1), pool("round_robin", a=1, b=1)
     rng = random.Random(0)
-    assert [p1.pick({}, rng).endpoint.id for _ in range(3)] == ["a", "b", "a"]
-    assert p2.pick({}, rng).endpoint.id == "a"
+    assert [p1.pick(None, {}, rng).endpoint.id for _ in range(3)] == ["a", "b", "a"]
+    assert p2.pick(None, {}, rng).endpoint.id == "a"

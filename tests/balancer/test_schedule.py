@@ -15,7 +15,7 @@ def test_schedule_equals_step_by_step(weights):
     fast, slow = CursorState(), CursorState()
     rng = random.Random(1)
     for _ in range(3 * sum(weights)):
-        a = smooth_weighted_round_robin(eps, fast, {}, rng).endpoint.id
+        a = smooth_weighted_round_robin(eps, fast, None, {}, rng).endpoint.id
         b = _swrr_step(list(eps), slow).id
         assert a == b
     assert fast.schedule is not None  # the O(1) path was the one exercised

@@ -240,7 +240,7 @@ BAD_DOCUMENTS = [
     pytest.param(second_pool("[{host: 10.0.0.2, port: 9000}, {host: 10.0.0.3, port: 9000, weight: 0}]"),
                  ["balancer.pools[1].instances[1].weight: Input should be greater than or equal to 1"], id="weight-zero"),
     pytest.param(second_pool("[{host: 10.0.0.2, port: 9000}]", extra=", algorithm: least_conn"),
-                 ["balancer.pools[1].algorithm: Input should be 'round_robin' or 'weighted_round_robin'"],
+                 ["balancer.pools[1].algorithm: Input should be 'round_robin', 'weighted_round_robin', 'random', 'least_request', 'least_connections', 'ring_hash' or 'maglev'"],
                  id="unknown-algorithm"),
     pytest.param(edge_with("- {name: r, upstream: orders, timeouts: {connect_s: 0}}"),
                  ["edge.routes[0].timeouts.connect_s: Input should be greater than 0"], id="timeout-zero"),

@@ -21,8 +21,9 @@ async def running(config: dict[str, Any], env: dict[str, str] | None = None):
 
 
 def in_process_config(backend_ports: list[int], tmp_path, data_plane: str = "fast", **route_extra) -> dict[str, Any]:
+    # One attempt unless a test asks for retries: most tests here pin down what a single failure maps to.
     route = {"name": "api", "match": {"path": {"prefix": "/api"}}, "upstream": "pool",
-             "timeouts": {"connect_s": 1, "response_s": 2, "idle_s": 2}}
+             "timeouts": {"connect_s": 1, "response_s": 2, "idle_s": 2}, "retries": {"attempts": 1}}
     route.update(route_extra)
     return {
         "data_plane": data_plane,

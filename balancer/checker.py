@@ -1,0 +1,91 @@
+"""Active health checks (control plane, aiohttp): one task per pool probes each instance every `interval_s`
+± `jitter_s`, HTTP (method, path, Host, expected statuses, timeout) or TCP connect. Probes are not request
+traces: they carry no trace context and make no spans; they are counted in `gatewatch_health_probes_total`
+and only verdict flips become events (`Pool.probe` applies the rise/fall thresholds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+
+import aiohttp
+
+from balancer.config import HealthCheckConfig, status_set
+from balancer.pool import Pool
+
+log = logging.getLogger("gatewatch.health")
+
+
+async def probe_http(session: aiohttp.ClientSession, cfg: HealthCheckConfig, host: str, port: int,
+                     statuses: frozenset[int]) -> tuple[bool, str]:
+    hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        async with session.request(cfg.method, f"http://{hostport}{cfg.path}",
+                                   headers={"Host": cfg.host or hostport, "User-Agent": "gatewatch-health-check"},
+                                   timeout=aiohttp.ClientTimeout(total=cfg.timeout_s), allow_redirects=False) as r:
+            await r.read()
+            return r.status in statuses, f"status {r.status}"
+    except asyncio.TimeoutError:
+        return False, "timeout"
+    except aiohttp.ClientConnectorError:
+        return False, "connect_refused"
+    except aiohttp.ClientError as err:
+        return False, f"error {type(err).__name__}"
+
+
+async def probe_tcp(cfg: HealthCheckConfig, host: str, port: int) -> tuple[bool, str]:
+    try:
+        async with asyncio.timeout(cfg.timeout_s):
+            _, writer = await asyncio.open_connection(host, port)
+        writer.close()
+        return True, "connected"
+    except TimeoutError:
+        return False, "timeout"
+    except OSError as err:
+        return False, f"connect_refused ({err.strerror or err})"
+
+
+class HealthChecker:
+    def __init__(self, pool: Pool, metrics, rng: random.Random | None = None):
+        self.pool = pool
+        self.cfg = pool.config.health_check
+        self.metrics = metrics
+        self.rng = rng or random.Random()
+        self._statuses = status_set(self.cfg.expected_statuses)
+        self._tasks: list[asyncio.Task] = []
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        if self.cfg.type == "http":
+            # No connection reuse: a probe must see a fresh connect, like a new request would.
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True),
+                                                  auto_decompress=False, trust_env=False)
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._loop(e.id, e.host, e.port)) for e in self.pool.endpoints]
+
+    async def _loop(self, endpoint_id: str, host: str, port: int) -> None:
+        cfg = self.cfg
+        counter = self.metrics.health_probes
+        # Spread the first probes over one interval so a big pool does not probe everything at once.
+        await asyncio.sleep(self.rng.uniform(0, min(cfg.interval_s, 1.0)))
+        while True:
+            try:
+                if cfg.type == "http":
+                    ok, detail = await probe_http(self._session, cfg, host, port, self._statuses)
+                else:
+                    ok, detail = await probe_tcp(cfg, host, port)
+            except Exception:  # a probe bug must not stop checking this instance
+                log.exception("health probe of %s/%s failed unexpectedly", self.pool.name, endpoint_id)
+                ok, detail = False, "internal_error"
+            counter.labels(self.pool.name, endpoint_id, "pass" if ok else "fail").inc()
+            self.pool.probe(endpoint_id, ok, detail)
+            await asyncio.sleep(max(0.05, cfg.interval_s + self.rng.uniform(-cfg.jitter_s, cfg.jitter_s)))
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()

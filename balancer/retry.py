@@ -1,0 +1,87 @@
+"""Retry eligibility (pure) and the retry budget.
+
+`decide(cfg, method, failure, attempts_made, body, budget_left, time_left_s) -> RetryVerdict` answers whether
+one more attempt may be made after a failed one, and why (a `telemetry.names.Reason` value either way):
+- `Failure.CONNECT`: nothing reached the upstream (connect refused/timed out, no free connection): any method.
+- `Failure.RESET` / `TIMEOUT` / `STATUS`: the upstream may have acted on the request: idempotent methods only.
+- a request body that was streamed to a failed attempt is gone: never retried (`retry.body_not_replayable`).
+- then the configured `retry_on`, the attempt count, the overall deadline and the budget, in that order.
+
+`RetryBudget`: concurrent retries per upstream may be at most `percent` % of the requests active on it, never
+fewer than `min_concurrent` (Envoy's retry budget), so a full outage cannot multiply the load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from balancer.config import RetryBudgetConfig, RetryConfig
+from telemetry.names import ErrorType, Reason
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+
+class Failure(Enum):
+    CONNECT = "connect_failure"
+    RESET = "reset"
+    TIMEOUT = "timeout"
+    STATUS = "status"
+
+
+def failure_of(error_type: ErrorType) -> Failure:
+    if error_type in (ErrorType.CONNECT_REFUSED, ErrorType.CONNECT_TIMEOUT):
+        return Failure.CONNECT
+    if error_type is ErrorType.RESPONSE_TIMEOUT:
+        return Failure.TIMEOUT
+    return Failure.RESET  # reset, protocol error, read timeout before the head
+
+
+class Body(Enum):
+    NONE = "none"  # the request has no body
+    UNREAD = "unread"  # it has one, and no byte of it was read yet (replayable as is)
+    CONSUMED = "consumed"  # bytes went to a failed attempt: gone
+
+
+@dataclass(frozen=True, slots=True)
+class RetryVerdict:
+    retry: bool
+    reason: str
+
+
+_WHY = {Failure.CONNECT: Reason.RETRY_CONNECT_FAILURE, Failure.RESET: Reason.RETRY_RESET,
+        Failure.TIMEOUT: Reason.RETRY_TIMEOUT, Failure.STATUS: Reason.RETRY_STATUS}
+
+
+def decide(cfg: RetryConfig, method: str, failure: Failure, attempts_made: int, body: Body, budget_left: int,
+           time_left_s: float | None) -> RetryVerdict:
+    if failure is not Failure.CONNECT and method not in IDEMPOTENT:
+        return RetryVerdict(False, Reason.RETRY_REFUSED_NOT_IDEMPOTENT.value)
+    if body is Body.CONSUMED:
+        return RetryVerdict(False, Reason.RETRY_REFUSED_BODY_SENT.value)
+    if failure.value not in cfg.retry_on:
+        return RetryVerdict(False, Reason.RETRY_REFUSED_NOT_CONFIGURED.value)
+    if attempts_made >= cfg.attempts:
+        return RetryVerdict(False, Reason.RETRY_REFUSED_ATTEMPTS.value)
+    if time_left_s is not None and time_left_s <= 0:
+        return RetryVerdict(False, Reason.RETRY_REFUSED_DEADLINE.value)
+    if budget_left <= 0:
+        return RetryVerdict(False, Reason.RETRY_REFUSED_BUDGET.value)
+    return RetryVerdict(True, _WHY[failure].value)
+
+
+def backoff_s(cfg: RetryConfig, retry_number: int, rng) -> float:
+    """Full-jitter exponential backoff before retry `retry_number` (1-based)."""
+    cap = min(cfg.backoff_max_s, cfg.backoff_base_s * (2 ** (retry_number - 1)))
+    return rng.uniform(0, cap) if cap > 0 else 0.0
+
+
+class RetryBudget:
+    __slots__ = ("active", "retrying")
+
+    def __init__(self):
+        self.active = 0  # requests in flight to this upstream
+        self.retrying = 0  # of which are in a retry attempt now
+
+    def left(self, cfg: RetryBudgetConfig) -> int:
+        return max(cfg.min_concurrent, int(self.active * cfg.percent / 100)) - self.retrying

@@ -1,0 +1,102 @@
+"""The balancer's live side in one process: the pools with their event reporting, active health checkers and
+the ticker (ejection expiry, slow-start ramps, failover re-evaluation), and the gauges read at scrape time.
+
+`BalancerRuntime(pool_configs, telemetry, metrics)`; `await start()` / `await stop()`; `refresh_gauges()`;
+`state()` for the admin API; `drain(pool, instance, on)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from balancer.checker import HealthChecker
+from balancer.config import PoolConfig
+from balancer.pool import Pool
+from telemetry.names import Attr, EndpointState, Event
+
+log = logging.getLogger("gatewatch.balancer")
+TICK_S = 1.0
+
+
+class BalancerRuntime:
+    def __init__(self, pools: tuple[PoolConfig, ...], telemetry, metrics):
+        self.telemetry = telemetry
+        self.metrics = metrics
+        self.pools = {p.name: Pool(p, notify=self._notify) for p in pools}
+        self._checkers = [HealthChecker(p, metrics) for p in self.pools.values() if p.config.health_check]
+        self._ticker: asyncio.Task | None = None
+
+    def _notify(self, event: Event, body: str, attrs: dict, trace_id: str | None = None, span_id: str | None = None,
+                severity: str = "INFO") -> None:
+        """Every pool state change: a log record (with the causing request's trace when there is one) and its
+        counter. Logged locally too: an operator tailing the process sees ejections and failovers."""
+        m = self.metrics
+        pool, instance, reason = attrs.get(Attr.POOL, ""), attrs.get(Attr.INSTANCE, ""), attrs.get(Attr.DECISION_REASON, "")
+        if event is Event.HEALTH_TRANSITION:
+            m.health_transitions.labels(pool, instance, attrs[Attr.HEALTH_TO]).inc()
+        elif event is Event.OUTLIER_EJECTION and Attr.EJECTION_DURATION_S in attrs:
+            m.ejections.labels(pool, instance, reason).inc()
+        elif event is Event.DECISION_FAILOVER and (Attr.FAILOVER_TO in attrs or attrs.get(Attr.LB_PANIC)):
+            m.failovers.labels(pool, reason).inc()
+        (log.warning if severity == "WARN" else log.info)("%s", body)
+        self.telemetry.event(event, body, attrs, int(trace_id, 16) if trace_id else None,
+                             int(span_id, 16) if span_id else None, severity)
+
+    async def start(self) -> None:
+        for c in self._checkers:
+            await c.start()
+        self._ticker = asyncio.get_running_loop().create_task(self._tick())
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            for p in self.pools.values():
+                try:
+                    p.tick()
+                except Exception:
+                    log.exception("pool %s tick failed", p.name)
+
+    async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            await asyncio.gather(self._ticker, return_exceptions=True)
+        for c in self._checkers:
+            await c.stop()
+
+    def drain(self, pool: str, instance: str, on: bool) -> bool:
+        p = self.pools.get(pool)
+        return p is not None and p.set_draining(instance, on)
+
+    def refresh_gauges(self) -> None:
+        m = self.metrics
+        for pool in self.pools.values():
+            states = pool.states()
+            view = pool.view()
+            counts = {s.value: 0 for s in EndpointState}
+            for eid, state in states.items():
+                if state == EndpointState.HEALTHY.value and pool.slow_start_ratio(eid) < 1.0:
+                    counts[EndpointState.SLOW_START.value] += 1
+                counts[state] += 1
+                m.in_flight.labels(pool.name, eid).set(pool.in_flight[eid])
+                if pool.config.slow_start is not None:
+                    m.slow_start.labels(pool.name, eid).set(pool.slow_start_ratio(eid))
+            for state, n in counts.items():
+                m.endpoints.labels(pool.name, state).set(n)
+            m.ejected.labels(pool.name).set(counts[EndpointState.EJECTED.value])
+            m.panic_mode.labels(pool.name).set(1 if view.panic else 0)
+            m.active_priority.labels(pool.name).set(view.priority)
+
+    def state(self) -> dict:
+        out = {}
+        for p in self.pools.values():
+            states, view = p.states(), p.view()
+            out[p.name] = {
+                "algorithm": p.algorithm.value, "active_priority": view.priority, "panic": view.panic,
+                "instances": [{
+                    "id": e.id, "host": e.host, "port": e.port, "weight": e.weight, "zone": e.zone,
+                    "priority": e.priority, "state": states[e.id], "in_flight": p.in_flight[e.id],
+                    "slow_start_ratio": round(p.slow_start_ratio(e.id), 3),
+                    "ejections": p.instances[e.id].outlier.ejections if p.instances[e.id].outlier else 0,
+                } for e in p.endpoints]}
+        return out
