@@ -9,6 +9,7 @@ Primitives:
   stop (`block`), the local answer (status, outcome, extra headers).
 - `Policy`: `name`, `type`, `async evaluate(req) -> PolicyVerdict`; optionally `observe(req, outcome, status)`,
   called once when the request ends (circuit breakers learn from results there).
+- `allow()`, `deny()`, `error()`: build verdicts; `deny` and `error` implement shadow mode (never block).
 
 Guarantees the engine gives: policies run in declared order, each at most once per request; the first verdict
 with `block=True` ends the POLICY phase and is answered locally; every verdict is recorded once (deny,

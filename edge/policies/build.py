@@ -83,6 +83,8 @@ class PolicyResources:
     async def close(self) -> None:
         for t in self._tasks:
             t.cancel()
+        for cache in self.jwks.values():
+            cache.cancel()
         for close in reversed(self.closers):
             await close()
         for client in self.redis.values():

@@ -117,6 +117,10 @@ class JwksCache:
         self._inflight: asyncio.Task | None = None
         self.fetches = 0  # attempts, for tests and the admin view
 
+    def cancel(self) -> None:
+        if self._inflight is not None:
+            self._inflight.cancel()
+
     def usable(self) -> bool:
         return self.fetched_at is not None and self._mono() - self.fetched_at <= self.cfg.max_stale_s
 

@@ -84,3 +84,41 @@ async def test_verdict_in_response_span_log_and_metrics(echo_port, tmp_path, otl
             verdict, reason, ptype)
         assert a.get("gatewatch.policy.shadow") == (True if shadow else None)
         assert log["span_id"] == span["span_id"]
+
+
+async def test_circuit_transitions_are_logged_events(echo_port, tmp_path, otlp):
+    cfg = policy_config(echo_port, tmp_path, [{"name": "cb", "type": "circuit_breaker", "failures": 2,
+                                               "open_s": 60}])
+    async with running(cfg, env=otlp.env("grpc")) as rt:
+        statuses = [(await send(rt.listeners[0].bound[1], "GET", "/api/x?status=502", {}, None, 1))[0]
+                    for _ in range(3)]
+        assert statuses == [502, 502, 503]
+        assert rt.metrics.circuit_state.labels("api", "open")._value.get() == 1
+
+    def transition(spans, logs):
+        return [r for r in logs if r["event_name"] == "gatewatch.circuit.transition"]
+
+    assert otlp.data.wait_for(lambda s, logs: transition(s, logs))
+    [event] = transition(*otlp.data.snapshot())
+    a = event["attributes"]
+    assert (a["gatewatch.route"], a["gatewatch.policy.name"], a["gatewatch.circuit.from"],
+            a["gatewatch.circuit.to"]) == ("api", "cb", "closed", "open")
+
+
+async def test_consumer_label_is_capped(echo_port, tmp_path):
+    from edge.policies.apikey import hash_key as h
+
+    keys = [{"consumer": f"c{i}", "hash": h(f"k{i}")} for i in range(103)]
+    cfg = policy_config(echo_port, tmp_path, [{"name": "key", "type": "api_key", "keys": keys},
+                                              {"name": "rl", "type": "rate_limit", "key": "consumer", "limit": 1,
+                                               "window_s": 60}])
+    async with running(cfg) as rt:
+        port = rt.listeners[0].bound[1]
+        async with aiohttp.ClientSession() as s:
+            for i in range(103):
+                for _ in range(2):
+                    async with s.get(f"http://127.0.0.1:{port}/api/x", headers={"X-API-Key": f"k{i}"}) as r:
+                        await r.read()
+        labels = {sample.labels["gatewatch_consumer"] for m in rt.metrics.ratelimit_consumers.collect()
+                  for sample in m.samples if sample.name.endswith("_total")}
+    assert len(labels) == 101 and "_overflow" in labels
