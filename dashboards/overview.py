@@ -101,7 +101,8 @@ def build(opts: BuildOptions) -> gd.Dashboard:
     d = d.with_row(gd.Row("Top routes (over the time range)"))
     d = d.with_panel(P.table(
         "Top routes by 5xx", "Routes with the most 5xx answers over the dashboard's range.",
-        [P.prom(f"topk(10, {sum_(f'increase({errors}[{RANGE}])', R)})", instant=True, table=True)],
+        [P.prom(f"topk(10, {or_zero(sum_(f'increase({errors}[{RANGE}])', R), sum_(f'increase({requests}[{RANGE}])', R))})",
+                instant=True, table=True)],
         links=[_journey_link()]))
     d = d.with_panel(P.table(
         "Top routes by p99 latency", "Routes with the highest 99th percentile over the dashboard's range.",

@@ -1,0 +1,340 @@
+"""The generated boards and rules against a real Prometheus scraping real Gatewatch processes.
+
+Scenario (two tiers, as `gatewatch demo` runs them): three demo backends behind a balancer process (pool `shop`
+with health checks, outlier detection, slow start, retries) behind an edge process (routes `orders` with API-key
+auth, a per-consumer rate limit, a circuit breaker and a shadow IP rule; `catalog` without policies), plus a
+"canary" edge whose collector accepts connections and never answers (its telemetry queue overflows: drops). A real
+Prometheus scrapes the three admin endpoints every second with exemplar storage on and evaluates the generated
+rules every second. Traffic: a baseline, then instance `inst-b` is killed (SIGKILL) while traffic continues, then
+auth failures, a rate-limit burst and the canary's traffic.
+
+Checked through Prometheus's HTTP API:
+- every PromQL expression of every panel, variable, rule and trace-to-metrics query parses, and returns data
+  (range queries over the scenario, variables set to the values their queries return);
+- every metric the expressions name exists (the failure message lists the expressions whose metrics the runtime
+  does not export yet — they fail, they are never skipped);
+- every rule loaded and evaluates without error, and the sub-expressions it compares return data;
+- variable queries return exactly the scenario's routes, pools and instances;
+- the failover alert is neither pending nor firing before the kill, and is pending or firing after it;
+- exemplars on the latency panels carry trace ids the OTLP receiver really received.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+
+import pytest
+
+from dashboards.alerts import rules as alert_rules
+from dashboards.build import RULES_FILE, render_all
+from dashboards.options import DEFAULT
+from tests.dashboards.prom import Prometheus, has_data
+from tests.dashboards.queries import Query, all_queries, promql_metrics, substitute, variable_parts
+from tests.support.procs import Proc, cli, port_of
+
+pytestmark = pytest.mark.timeout(150)
+
+KEYS = {"alice": "alice-secret-key", "bob": "bob-secret-key"}
+INSTANCES = ("inst-a", "inst-b", "inst-c")
+ROUTES = {"orders", "catalog"}
+EXPECTED_VARIABLES = {  # variable → the values its query must return in this scenario
+    "route": ROUTES, "upstream": {"shop"}, "instance": set(INSTANCES), "pool": {"shop"}}
+RATE_WINDOW = "10s"  # what $__rate_interval becomes (Grafana: max(4 × scrape interval, step + scrape interval))
+
+
+def _hash(key: str) -> str:
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def balancer_config(backends: list[Proc]) -> dict:
+    return {
+        "admin": {"address": "127.0.0.1:0"},
+        "telemetry": {"service_name": "gatewatch-balancer"},
+        "balancer": {
+            "listeners": [{"name": "internal", "address": "127.0.0.1:0", "trust_forwarded_headers": True,
+                           "trace_response_header": False}],
+            "routes": [{"name": "shop", "upstream": "shop",
+                        "retries": {"attempts": 3, "retry_on": ["connect_failure", "reset"]}}],
+            "pools": [{
+                "name": "shop", "algorithm": "round_robin",
+                "instances": [{"id": b.name.removeprefix("backend-"), "host": "127.0.0.1",
+                               "port": port_of(b.info["address"])} for b in backends],
+                # The killed instance is marked unhealthy after ~10 s; until then outlier detection ejects it and
+                # lets it back (0.5 s, 1 s, 1.5 s, ...) and each return costs failovers: the sustained failover
+                # share the alert is about. A faster check would end the incident before the alert could notice
+                # it, as it should in production (one flap must not page).
+                "health_check": {"path": "/healthz", "interval_s": 1.0, "timeout_s": 0.5, "jitter_s": 0,
+                                 "healthy_threshold": 1, "unhealthy_threshold": 10},
+                "outlier_detection": {"consecutive_gateway_errors": 3, "base_ejection_s": 0.5},
+                "slow_start": {"window_s": 5},
+            }],
+        },
+    }
+
+
+def edge_config(balancer_url: str, service: str) -> dict:
+    orders_policies = [
+        {"name": "auth", "type": "api_key", "keys": [{"consumer": c, "hash": _hash(k)} for c, k in KEYS.items()]},
+        {"name": "per-consumer", "type": "rate_limit", "key": "consumer", "limit": 30, "window_s": 1},
+        {"name": "breaker", "type": "circuit_breaker", "failures": 50, "open_s": 5},
+        {"name": "office-only", "type": "ip_access", "deny": ["127.0.0.0/8"], "shadow": True},
+    ]
+    return {
+        "admin": {"address": "127.0.0.1:0"},
+        "telemetry": {"service_name": service},
+        "edge": {
+            "listeners": [{"name": "public", "address": "127.0.0.1:0"}],
+            "routes": [
+                {"name": "orders", "match": {"path": {"template": "/api/orders/{id}"}}, "upstream": "shop-tier",
+                 "policies": orders_policies},
+                {"name": "catalog", "match": {"path": {"prefix": "/api/catalog"}}, "upstream": "shop-tier"},
+            ],
+            "upstreams": [{"name": "shop-tier", "url": balancer_url}],
+        },
+    }
+
+
+def start(workdir, name: str, config: dict, env: dict) -> Proc:
+    import yaml
+
+    path = workdir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return Proc(name, cli("run", "-c", str(path)), workdir, env)
+
+
+def send(url: str, headers: dict | None = None) -> int:
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            r.read()
+            return r.status
+    except urllib.error.HTTPError as err:
+        err.read()
+        return err.code
+    except OSError:
+        return 0
+
+
+class Traffic:
+    """Steady background traffic (alice's orders and catalog reads) from a few threads until stopped."""
+
+    def __init__(self, edge: str, rps: float = 6.0, threads: int = 2):
+        self.edge, self.period = edge, threads / rps
+        self.stop_event = threading.Event()
+        self.statuses: list[int] = []
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+
+    def _run(self, i: int) -> None:
+        n = 0
+        while not self.stop_event.is_set():
+            n += 1
+            if n % 2:
+                status = send(f"http://{self.edge}/api/orders/{i}{n}", {"X-API-Key": KEYS["alice"]})
+            else:
+                status = send(f"http://{self.edge}/api/catalog/items/{n}")
+            self.statuses.append(status)
+            self.stop_event.wait(self.period)
+
+    def __enter__(self) -> "Traffic":
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_event.set()
+        for t in self.threads:
+            t.join(10)
+
+
+def failover_alert_states(prom: Prometheus) -> set[str]:
+    return {a["state"] for a in prom.active_alerts() if a["labels"].get("alertname") == "GatewatchFailoverSpike"}
+
+
+@dataclass
+class Report:
+    problems: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, kind: str, text: str) -> None:
+        self.problems.setdefault(kind, []).append(text)
+
+    def render(self) -> str:
+        return "\n".join(f"\n== {kind} ({len(items)}) ==\n" + "\n".join(f"- {t}" for t in items)
+                         for kind, items in self.problems.items())
+
+
+@pytest.fixture
+def blackhole():
+    """A collector that accepts connections and never answers."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(64)
+    yield f"http://127.0.0.1:{srv.getsockname()[1]}"
+    srv.close()
+
+
+def test_boards_and_rules_against_real_prometheus(tmp_path, otlp, blackhole):
+    files = render_all(DEFAULT)
+    rules_path = tmp_path / "gatewatch-alerts.yml"
+    rules_path.write_text(files[RULES_FILE])
+    env = otlp.env("grpc")
+    procs: list[Proc] = []
+    prom = None
+    report = Report()
+    try:
+        # --- processes -------------------------------------------------------------------------------------
+        backends = [Proc(f"backend-{i}", cli("backend", "--id", i, "--zone", "z1"), tmp_path, env) for i in INSTANCES]
+        procs += backends
+        for b in backends:
+            b.wait_ready()
+        balancer = start(tmp_path, "balancer", balancer_config(backends), env)
+        procs.append(balancer)
+        balancer.wait_ready()
+        bal_url = f"http://{balancer.listener('internal')}"
+        edge = start(tmp_path, "edge", edge_config(bal_url, "gatewatch-edge"), env)
+        canary_cfg = edge_config(bal_url, "gatewatch-canary")
+        canary_cfg["telemetry"].update({"queue_size": 8, "batch_size": 4, "export_interval_s": 0.2})
+        canary = start(tmp_path, "canary", canary_cfg, {"OTEL_EXPORTER_OTLP_ENDPOINT": blackhole,
+                                                        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                                                        "OTEL_EXPORTER_OTLP_TIMEOUT": "10000"})
+        procs += [edge, canary]
+        edge.wait_ready()
+        canary.wait_ready()
+        prom = Prometheus(tmp_path, {"gatewatch": [edge.admin, balancer.admin], "gatewatch-canary": [canary.admin]},
+                          [rules_path])
+        prom.wait_ready()
+        t0 = time.time()
+        public = edge.listener("public")
+
+        # --- traffic ---------------------------------------------------------------------------------------
+        with Traffic(public) as traffic:
+            time.sleep(8)  # baseline
+            before_kill = failover_alert_states(prom)
+            kill_at = time.time()
+            backends[1].popen.send_signal(signal.SIGKILL)
+            after_kill: set[str] = set()
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                after_kill |= failover_alert_states(prom)
+                if after_kill and time.time() - kill_at > 8:
+                    break
+                time.sleep(1)
+            # After the kill (so their attempts do not dilute the failover share the alert measures):
+            for i in range(10):  # auth failures: missing and wrong keys
+                send(f"http://{public}/api/orders/{i}")
+                send(f"http://{public}/api/orders/{i}", {"X-API-Key": "not-a-key"})
+            burst = [send(f"http://{public}/api/orders/{i}", {"X-API-Key": KEYS["bob"]}) for i in range(60)]
+            for i in range(40):  # the canary's collector never answers: its telemetry queue overflows
+                send(f"http://{canary.listener('public')}/api/catalog/{i}")
+        time.sleep(2.5)  # the last scrape and rule evaluation
+        t1 = time.time()
+        for p in (edge, balancer, canary):  # kept next to the processes' logs, for whoever reads a failure
+            with urllib.request.urlopen(f"http://{p.admin}/metrics", timeout=5) as r:
+                (tmp_path / f"{p.name}.metrics.txt").write_bytes(r.read())
+
+        # --- what the scenario itself did ------------------------------------------------------------------
+        if 429 not in burst:
+            report.add("scenario", f"the rate-limit burst got no 429 (statuses {sorted(set(burst))})")
+        if not traffic.statuses or traffic.statuses.count(200) < len(traffic.statuses) * 0.8:
+            report.add("scenario", f"baseline traffic mostly failed: {sorted(set(traffic.statuses))}")
+        if before_kill:
+            report.add("alerts", f"GatewatchFailoverSpike was {before_kill} before the kill")
+        if not after_kill & {"pending", "firing"}:
+            share = prom.instant(next(r for r in alert_rules(DEFAULT) if r.name == "GatewatchFailoverSpike")
+                                 .expr.split(" > ")[0])
+            report.add("alerts", "GatewatchFailoverSpike never pending or firing during the kill (failover share "
+                                 f"now: {share.data['result'] if share.ok else share.error})")
+
+        check_everything(prom, files, report, t0, t1, otlp)
+    finally:
+        if prom is not None:
+            prom.stop()
+        for p in reversed(procs):
+            p.stop()
+    assert not report.problems, (f"the dashboards and rules against a real Prometheus (process logs and final "
+                                 f"/metrics in {tmp_path}):" + report.render())
+
+
+def check_everything(prom: Prometheus, files: dict[str, str], report: Report, t0: float, t1: float, otlp) -> None:
+    present = prom.metric_names()
+    queries = all_queries(files)
+    range_ = f"{int(t1 - t0) + 1}s"
+
+    def missing(expr: str) -> str:
+        absent = sorted(promql_metrics(expr) - present)
+        return f" — not exported by the runtime: {', '.join(absent)}" if absent else ""
+
+    # Variables, in dashboard order (a variable may use the ones before it).
+    values: dict[str, dict[str, str]] = {}
+    for q in [q for q in queries if q.kind == "variable"]:
+        board, name = q.where.split(" / $")
+        selector, label = variable_parts(q.text)
+        selector = substitute(selector, values.get(board, {}))
+        answer = prom.label_values(label, selector, t0, t1)
+        got = set(answer.data or []) if answer.ok else set()
+        if not answer.ok:
+            report.add("variables", f"{q.where}: {answer.error}")
+        elif got != EXPECTED_VARIABLES[name]:
+            report.add("variables", f"{q.where}: {sorted(got)}, expected {sorted(EXPECTED_VARIABLES[name])}"
+                                    f"{missing(selector)}")
+        values.setdefault(board, {})[name] = "|".join(sorted(got)) or "none"
+
+    # Every panel and trace-to-metrics expression: parses, returns data.
+    for q in [q for q in queries if q.kind == "promql"]:
+        board = q.where.split(" / ")[0]
+        expr = substitute(q.text, values.get(board, {}), RATE_WINDOW, range_)
+        answer = prom.range(expr, t0, t1) if "$__range" not in q.text else prom.instant(expr)
+        if not answer.ok:
+            report.add("expressions that do not parse or evaluate", f"{q.where}: {answer.error}\n    {expr}")
+        elif not has_data(answer):
+            report.add("expressions without data", f"{q.where}{missing(expr)}\n    {expr}")
+
+    # Rules: loaded, evaluated without error, and what they compare returns data.
+    loaded = {r["name"]: r for r in prom.rules()}
+    for rule in alert_rules(DEFAULT):
+        got = loaded.get(rule.name)
+        if got is None:
+            report.add("rules", f"{rule.name}: not loaded by Prometheus")
+            continue
+        if got.get("health") != "ok" or got.get("lastError"):
+            report.add("rules", f"{rule.name}: health {got.get('health')} {got.get('lastError')}")
+        for signal_ in rule.signals:
+            answer = prom.range(signal_, t0, t1)
+            if not answer.ok:
+                report.add("rules", f"{rule.name}: {answer.error}\n    {signal_}")
+            elif not has_data(answer):
+                report.add("rule signals without data", f"{rule.name}{missing(signal_)}\n    {signal_}")
+
+    check_exemplars(prom, queries, values, report, t0, t1, otlp)
+
+
+def check_exemplars(prom: Prometheus, queries: list[Query], values, report: Report, t0: float, t1: float,
+                    otlp) -> None:
+    """Exemplars of the latency panels name traces the OTLP receiver got (the canary's collector is a black
+    hole, so its exemplars name traces nobody received: they are left out on purpose)."""
+    wanted: dict[str, set[str]] = {}
+    for q in [q for q in queries if q.exemplar]:
+        expr = substitute(q.text, values.get(q.where.split(" / ")[0], {}), RATE_WINDOW)
+        answer = prom.exemplars(expr, t0, t1)
+        if not answer.ok:
+            report.add("exemplars", f"{q.where}: {answer.error}")
+            continue
+        ids = {e["labels"].get("trace_id") for s in answer.data if s["seriesLabels"].get("job") == "gatewatch"
+               for e in s["exemplars"]}
+        if not ids or None in ids:
+            report.add("exemplars", f"{q.where}: no exemplars with a trace_id ({len(answer.data)} series)")
+        wanted[q.where] = ids - {None}
+    every = set().union(*wanted.values()) if wanted else set()
+    otlp.data.wait_for(lambda spans, logs: every <= {s["trace_id"] for s in spans}, timeout_s=10)
+    received = {s["trace_id"] for s in otlp.data.snapshot()[0]}
+    for where, ids in wanted.items():
+        unknown = ids - received
+        if unknown:
+            report.add("exemplars", f"{where}: {len(unknown)} of {len(ids)} exemplar trace ids never reached the "
+                                    f"OTLP receiver, e.g. {sorted(unknown)[:3]}")
