@@ -77,8 +77,15 @@ def _edge_error_ratio(window: str) -> str:
 
 def _edge_slow_ratio(window: str, threshold_s: float) -> str:
     total = sum_rate(sel(SERVER_COUNT, EDGE), window=window)
-    fast = sum_rate(sel(SERVER_BUCKET, EDGE, le=floatToGoString(threshold_s)), window=window)
+    fast = sum_rate(sel(SERVER_BUCKET, EDGE, le="~" + le_regex(threshold_s)), window=window)
     return f"1 - ({ratio(fast, total)})"
+
+
+def le_regex(bound: float) -> str:
+    """The bucket's `le` as Prometheus 2 stores it from the exposition (`1.0`) and as Prometheus 3 normalises it
+    (`1`): a rule must match both to work with either."""
+    spellings = sorted({floatToGoString(bound), format(bound, "g")})
+    return "|".join(v.replace(".", "\\\\.") for v in spellings)
 
 
 def _burn(ratio_of, budget: float, factor: float, long: str, short: str) -> str:

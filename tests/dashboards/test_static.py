@@ -201,3 +201,13 @@ def test_cli_builds_the_documented_layout(tmp_path):
 
 def test_names_module_was_only_read():
     assert names.Metric.FAILOVERS == "gatewatch_failovers"  # the contract the rules are written against
+
+
+@pytest.mark.parametrize("bound, spellings", [(0.5, ["0.5"]), (1.0, ["1", "1.0"]), (10.0, ["10", "10.0"])])
+def test_latency_bucket_matcher_works_with_prometheus_2_and_3(bound, spellings):
+    """Prometheus 2 keeps `le` as exposed (`1.0`), Prometheus 3 normalises it (`1`): the SLO rule matches both."""
+    from dashboards.alerts import le_regex
+
+    pattern = le_regex(bound).replace("\\\\", "\\")  # the PromQL string literal's unescaped regex
+    assert all(re.fullmatch(pattern, s) for s in spellings)
+    assert not re.fullmatch(pattern, "0.25")
