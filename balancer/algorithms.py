@@ -56,6 +56,7 @@ class CursorState:
     loop, so no locks."""
 
     counter: int = 0
+    detour: int = 0  # round robin's counter for picks made around exclusions
     current: dict[str, int] = field(default_factory=dict)
     schedule: list | None = None  # one period of the smooth-WRR sequence over all endpoints
     schedule_for: tuple | None = None  # the endpoints the schedule was built for
@@ -95,8 +96,12 @@ def round_robin(endpoints, state: CursorState, key, exclude: Mapping[str, str], 
     cands, excluded = _candidates(endpoints, exclude)
     if not cands:
         return NoHealthyEndpoint(Algorithm.ROUND_ROBIN, 0, excluded)
-    chosen = cands[state.counter % len(cands)]
-    state.counter += 1
+    if excluded:  # a pick around exclusions (a retry, a full instance) rotates on its own detour counter,
+        chosen = cands[(state.counter + state.detour) % len(cands)]  # leaving the first attempts' rotation alone
+        state.detour += 1
+    else:
+        chosen = cands[state.counter % len(cands)]
+        state.counter += 1
     return Pick(chosen, Algorithm.ROUND_ROBIN, len(cands), excluded)
 
 

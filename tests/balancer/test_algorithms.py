@@ -55,7 +55,7 @@ def test_round_robin_rotates_over_the_remaining_candidates():
     assert [p.candidates for p in picks] == [3, 2, 2]
     assert [p.excluded for p in picks] == [(), (("b", "tried"),), (("b", "tried"),)]
     assert all(p.algorithm is Algorithm.ROUND_ROBIN for p in picks)
-    assert state.counter == 3  # one shared cursor, advanced once per pick
+    assert (state.counter, state.detour) == (1, 2)  # retries rotate on their own counter
 
 
 # --- smooth weighted round robin ------------------------------------------------------------------------------------
