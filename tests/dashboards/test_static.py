@@ -211,3 +211,13 @@ def test_latency_bucket_matcher_works_with_prometheus_2_and_3(bound, spellings):
     pattern = le_regex(bound).replace("\\\\", "\\")  # the PromQL string literal's unescaped regex
     assert all(re.fullmatch(pattern, s) for s in spellings)
     assert not re.fullmatch(pattern, "0.25")
+
+
+def test_the_sdk_reads_every_board_back_unchanged():
+    """Each board is valid for grafana-foundation-sdk's dashboard model: decoding and re-encoding is lossless."""
+    from grafana_foundation_sdk.cog.encoder import JSONEncoder
+    from grafana_foundation_sdk.models.dashboard import Dashboard
+
+    for uid, board in dashboards(FILES).items():
+        again = json.loads(json.dumps(Dashboard.from_json(board), cls=JSONEncoder))
+        assert again == board, uid
