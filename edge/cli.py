@@ -106,7 +106,8 @@ def cmd_backend(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve_backend(host, port, args.id, args.zone, args.delay_ms, args.jitter_ms, args.ready_file, stop)
+        await serve_backend(host, port, args.id, args.zone, args.delay_ms, args.jitter_ms, args.ready_file, stop,
+                            args.request_log)
 
     _run_loop(main())
     return 0
@@ -185,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zone", default=None)
     p.add_argument("--delay-ms", type=float, default=0.0, help="base delay per request")
     p.add_argument("--jitter-ms", type=float, default=0.0, help="extra random delay up to this")
+    p.add_argument("--request-log", metavar="FILE",
+                   help="append 'METHOD X-Request-Id' per request to FILE (to count what reached this instance)")
     p.add_argument("--ready-file", metavar="PATH")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_backend)

@@ -80,11 +80,18 @@ def _tracer_provider(instance_id: str, zone: str | None) -> TracerProvider:
 
 
 def build_app(instance_id: str, zone: str | None, delay_ms: float, jitter_ms: float,
-              provider: TracerProvider | None) -> web.Application:
+              provider: TracerProvider | None, request_log: str | None = None) -> web.Application:
     tracer = provider.get_tracer("gatewatch.demo_backend") if provider else None
     rng = random.Random()
+    # One line per request ("METHOD X-Request-Id"), written before answering and flushed, so a test can count
+    # what reached this instance even after it was killed.
+    log_file = open(request_log, "a", buffering=1) if request_log else None
 
     async def handle(request: web.Request) -> web.StreamResponse:
+        if request.path == "/healthz":  # health probes: answered, never traced, never logged
+            return web.json_response({"status": "ok", "instance": instance_id})
+        if log_file is not None:
+            log_file.write(f"{request.method} {request.headers.get('X-Request-Id', '-')}\n")
         ctx = extract(dict(request.headers))
         name = f"{request.method} /bytes/{{n}}" if request.path.startswith("/bytes/") else f"{request.method} /{{path}}"
         if tracer is None:
@@ -140,9 +147,10 @@ def build_app(instance_id: str, zone: str | None, delay_ms: float, jitter_ms: fl
 
 
 async def serve_backend(host: str, port: int, instance_id: str, zone: str | None, delay_ms: float,
-                        jitter_ms: float, ready_file: str | None, stop: asyncio.Event) -> None:
+                        jitter_ms: float, ready_file: str | None, stop: asyncio.Event,
+                        request_log: str | None = None) -> None:
     provider = _tracer_provider(instance_id, zone)
-    runner = web.AppRunner(build_app(instance_id, zone, delay_ms, jitter_ms, provider), access_log=None,
+    runner = web.AppRunner(build_app(instance_id, zone, delay_ms, jitter_ms, provider, request_log), access_log=None,
                            handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)

@@ -17,6 +17,7 @@ class Proc:
     def __init__(self, name: str, argv: list[str], workdir: Path, env: dict[str, str] | None = None):
         self.name = name
         self.ready_file = workdir / f"{name}.ready.json"
+        self.ready_file.unlink(missing_ok=True)  # a restarted process must announce itself again
         self.log_path = workdir / f"{name}.log"
         full_env = dict(os.environ)
         full_env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
@@ -78,9 +79,11 @@ class Cluster:
         self.env = env or {}
         self.procs: list[Proc] = []
 
-    def backend(self, instance_id: str, zone: str = "z1", delay_ms: float = 0) -> Proc:
+    def backend(self, instance_id: str, zone: str = "z1", delay_ms: float = 0, listen: str = "127.0.0.1:0",
+                request_log: Path | None = None) -> Proc:
+        extra = ["--request-log", str(request_log)] if request_log else []
         p = Proc(f"backend-{instance_id}", cli("backend", "--id", instance_id, "--zone", zone, "--delay-ms",
-                                                str(delay_ms)), self.workdir, self.env)
+                                                str(delay_ms), "--listen", listen, *extra), self.workdir, self.env)
         self.procs.append(p)
         p.wait_ready()
         return p
