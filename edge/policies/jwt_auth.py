@@ -102,25 +102,38 @@ class JwtPolicy:
         usable = [k for k in candidates if alg in k.algorithms]
         if not usable:  # e.g. an HS256 token naming an RSA key: algorithm confusion
             return self._deny(R.JWT_ALG_NOT_ALLOWED, INVALID)
-        claims, reason = self._verify(tok, alg, usable)
+        claims, reason = self._verify(tok, alg, usable, req.now)
         if claims is None:
             return self._deny(reason, INVALID)
         return self._authorize(req, claims)
 
-    def _verify(self, tok: str, alg: str, keys) -> tuple[dict | None, R]:
+    def _verify(self, tok: str, alg: str, keys, now: float) -> tuple[dict | None, R]:
         reason = R.JWT_BAD_SIGNATURE
         for key in keys:
             try:
                 claims = pyjwt.decode(
                     tok, key.key, algorithms=[alg], issuer=self.cfg.issuer, audience=self.cfg.audience,
-                    leeway=self.cfg.leeway_s, options={"require": self.require, "verify_sub": False,
-                                                       "verify_jti": False})
-                return claims, R.JWT_VALID
+                    options={"require": self.require, "verify_exp": False, "verify_nbf": False,
+                             "verify_iat": False, "verify_sub": False, "verify_jti": False})
             except pyjwt.PyJWTError as e:
                 reason = next((r for exc, r in _ERRORS if isinstance(e, exc)), R.JWT_MALFORMED)
                 if reason is not R.JWT_BAD_SIGNATURE:
                     return None, reason  # the signature was good: the claims are the problem
+                continue
+            return None if (r := self._times(claims, now)) else claims, r or R.JWT_VALID
         return None, reason
+
+    def _times(self, claims: dict, now: float) -> R | None:
+        """`exp` and `nbf` against the request's clock (not the library's), with the configured leeway."""
+        exp, nbf = claims.get("exp"), claims.get("nbf")
+        for v in (exp, nbf):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                return R.JWT_MALFORMED
+        if now > exp + self.cfg.leeway_s:
+            return R.JWT_EXPIRED
+        if nbf is not None and now < nbf - self.cfg.leeway_s:
+            return R.JWT_NOT_YET_VALID
+        return None
 
     def _authorize(self, req: PolicyRequest, claims: dict) -> PolicyVerdict:
         for claim, want in self.cfg.required_claims.items():  # noqa: B007

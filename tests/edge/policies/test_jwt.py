@@ -27,7 +27,12 @@ def bearer(tok):
     return [("Authorization", f"Bearer {tok}")]
 
 
-NOW = int(time.time())
+
+
+def now() -> int:  # at evaluation time: the table is built when the module is collected, maybe minutes earlier
+    return int(time.time())
+
+
 CASES = [
     ("valid RS256", lambda: bearer(token("RS256", "r1")), "allow", "jwt.valid", 200),
     ("valid PS256", lambda: bearer(token("PS256", "r1")), "allow", "jwt.valid", 200),
@@ -48,9 +53,9 @@ CASES = [
      401),
     ("ES256 naming the RSA key", lambda: bearer(token("ES256", "e1", headers={"kid": "r1"})), "deny",
      "jwt.alg_not_allowed", 401),
-    ("expired", lambda: bearer(token(exp=NOW - 3600)), "deny", "jwt.expired", 401),
-    ("expired within leeway", lambda: bearer(token(exp=NOW - 5)), "allow", "jwt.valid", 200),
-    ("future nbf", lambda: bearer(token(nbf=NOW + 3600)), "deny", "jwt.not_yet_valid", 401),
+    ("expired", lambda: bearer(token(exp=now() - 3600)), "deny", "jwt.expired", 401),
+    ("expired within leeway", lambda: bearer(token(exp=now() - 5)), "allow", "jwt.valid", 200),
+    ("future nbf", lambda: bearer(token(nbf=now() + 3600)), "deny", "jwt.not_yet_valid", 401),
     ("wrong aud", lambda: bearer(token(aud="someone-else")), "deny", "jwt.bad_audience", 401),
     ("wrong iss", lambda: bearer(token(iss="https://evil.example")), "deny", "jwt.bad_issuer", 401),
     ("no exp", lambda: bearer(token(exp=None)), "deny", "jwt.missing_claim", 401),
@@ -64,7 +69,7 @@ CASES = [
     ("embedded jwk", lambda: bearer(token(headers={"jwk": {"kty": "oct", "k": "AAAA"}})), "deny",
      "jwt.forbidden_header", 401),
     ("tampered payload", lambda: bearer(_tamper(token())), "deny", "jwt.bad_signature", 401),
-    ("expired and bad signature", lambda: bearer(_tamper(token(exp=NOW - 3600))), "deny", "jwt.bad_signature",
+    ("expired and bad signature", lambda: bearer(_tamper(token(exp=now() - 3600))), "deny", "jwt.bad_signature",
      401),
 ]
 
@@ -126,7 +131,7 @@ async def test_token_sources(source, headers, query):
 
 
 async def test_shadow_mode_lets_a_bad_token_through_as_shadow_deny():
-    v = await policy(shadow=True).evaluate(request(headers=bearer(token(exp=NOW - 3600))))
+    v = await policy(shadow=True).evaluate(request(headers=bearer(token(exp=now() - 3600))))
     assert (v.verdict.value, v.reason, v.block) == ("shadow_deny", "jwt.expired", False)
 
 
@@ -146,3 +151,19 @@ def test_bad_keys_are_config_errors_naming_the_field(tmp_path, key, problem):
         parse_config(cfg)
     assert any(p.startswith("edge.routes[0].policies[0].jwt.keys[0]") and problem in p
                for p in e.value.problems), e.value.problems
+
+
+@pytest.mark.parametrize("offset_s,reason", [
+    (0, "jwt.valid"), (300 + 30, "jwt.valid"), (300 + 31, "jwt.expired"),  # exp = iat + 300, leeway 30
+    (-60 - 30, "jwt.valid"), (-60 - 31, "jwt.not_yet_valid"),  # nbf = iat - 60
+])
+async def test_validity_is_judged_on_the_requests_clock(offset_s, reason):
+    t = 1_700_000_000
+    tok = token(iat=t, exp=t + 300, nbf=t - 60)
+    v = await policy().evaluate(request(headers=bearer(tok), now=t + offset_s))
+    assert v.reason == reason
+
+
+async def test_non_numeric_exp_is_malformed():
+    v = await policy().evaluate(request(headers=bearer(token(exp="tomorrow"))))
+    assert v.reason in ("jwt.malformed",)
