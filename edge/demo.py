@@ -2,7 +2,9 @@
 
 Processes (each a real `gatewatch` CLI process, so the demo shows exactly what a deployment runs):
     traffic (this process) → edge (gatewatch run) → balancer (gatewatch run) → 3 × demo backend
-The backends sit in two zones; `demo-c` is slower. The summary reads the edge's and the balancer's own
+The backends sit in two zones: zone-a (demo-a, demo-b) takes traffic, zone-b (demo-c, slower) is the failover
+priority. Every `INCIDENT_EVERY_S` the demo kills demo-b and restarts it `INCIDENT_DOWN_S` later, so ejection,
+failover to zone-b, health transitions, retries and slow start happen while you watch. The summary reads the edge's and the balancer's own
 `/metrics` (so what you see is what Prometheus would see) and the `traceresponse` header of answers.
 Children run in their own sessions and are always stopped in order (edge, balancer, backends) on exit or
 Ctrl-C, so nothing is orphaned and every tier flushes its telemetry.
@@ -29,6 +31,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from telemetry.names import Label, Metric
 
 BACKENDS = (("demo-a", "zone-a", 5.0, 10.0), ("demo-b", "zone-a", 5.0, 10.0), ("demo-c", "zone-b", 60.0, 60.0))
+PRIORITY = {"zone-a": 0, "zone-b": 1}
+INCIDENT_EVERY_S = 45.0  # first at 20 s, then every 45 s
+INCIDENT_FIRST_S = float(os.environ.get("GATEWATCH_DEMO_INCIDENT_AT", "20"))
+INCIDENT_DOWN_S = 12.0
 
 
 def _free(port: int) -> bool:
@@ -50,7 +56,7 @@ class Child:
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
-        log = open(self.log_path, "wb")
+        log = open(self.log_path, "ab")
         self.proc = await asyncio.create_subprocess_exec(
             *self.argv, "--ready-file", str(self.ready_file), stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL,
             start_new_session=True)
@@ -91,8 +97,12 @@ def balancer_config(backends: list[dict]) -> dict:
             "routes": [{"name": "shop", "match": {"path": {"prefix": "/"}}, "upstream": "shop",
                         "timeouts": {"connect_s": 1, "response_s": 5, "idle_s": 10}}],
             "pools": [{"name": "shop", "algorithm": "weighted_round_robin", "instances": [
-                {"id": b["id"], "zone": b["zone"], "host": "127.0.0.1", "port": b["port"], "weight": b["weight"]}
-                for b in backends]}],
+                {"id": b["id"], "zone": b["zone"], "host": "127.0.0.1", "port": b["port"], "weight": b["weight"],
+                 "priority": PRIORITY[b["zone"]]} for b in backends],
+                "health_check": {"path": "/healthz", "interval_s": 1, "jitter_s": 0.2, "timeout_s": 0.5,
+                                 "healthy_threshold": 2, "unhealthy_threshold": 2},
+                "outlier_detection": {"consecutive_gateway_errors": 3, "base_ejection_s": 10},
+                "slow_start": {"window_s": 10}}],
         },
     }
 
@@ -115,6 +125,45 @@ def edge_config(edge_port: int, balancer_url: str) -> dict:
             "upstreams": [{"name": "shop-tier", "url": balancer_url}],
         },
     }
+
+
+INCIDENT_LOG: list[str] = []
+
+
+async def _incidents(victim: "Child", port: int, workdir: Path, stop: asyncio.Event, started: float) -> None:
+    """Kill demo-b (like a crash: no goodbye) and restart it on the same port, on a schedule."""
+    next_at = started + INCIDENT_FIRST_S
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), max(0.0, next_at - time.monotonic()))
+            return
+        except asyncio.TimeoutError:
+            pass
+        victim.proc.kill()
+        await victim.proc.wait()
+        t = time.monotonic() - started
+        INCIDENT_LOG.append(f"demo-b killed at {t:.0f}s; restarts at {t + INCIDENT_DOWN_S:.0f}s")
+        try:
+            await asyncio.wait_for(stop.wait(), INCIDENT_DOWN_S)
+            return
+        except asyncio.TimeoutError:
+            pass
+        if "--listen" not in victim.argv:  # the same port: the balancer's config names it
+            victim.argv = victim.argv + ["--listen", f"127.0.0.1:{port}"]
+        victim.ready_file.unlink(missing_ok=True)
+        await victim.start()
+        await victim.ready()
+        INCIDENT_LOG.append(f"demo-b restarted at {time.monotonic() - started:.0f}s (watch it come back through "
+                            "slow start)")
+        next_at = time.monotonic() + INCIDENT_EVERY_S
+
+
+async def _pools(session: aiohttp.ClientSession, admin: str) -> dict:
+    try:
+        async with session.get(f"http://{admin}/upstreams") as r:
+            return (await r.json())["pools"]
+    except (aiohttp.ClientError, KeyError, ValueError):
+        return {}
 
 
 async def _scrape(session: aiohttp.ClientSession, admin: str) -> dict[str, list]:
@@ -197,8 +246,19 @@ class Traffic:
                 await asyncio.wait(tasks, timeout=10)
 
 
-def render(elapsed: float, traffic: Traffic, edge: dict, bal: dict, edge_url: str, dest: str) -> str:
+def render(elapsed: float, traffic: Traffic, edge: dict, bal: dict, edge_url: str, dest: str,
+           pools: dict | None = None, incident: str = "") -> str:
     lines = [f"gatewatch demo — {elapsed:5.1f}s — edge {edge_url} — telemetry: {dest}", ""]
+    for name, pool in (pools or {}).items():
+        states = ", ".join(f"{i['id']} {i['state']}" + (f" (slow start {i['slow_start_ratio']:.0%})"
+                                                        if i["slow_start_ratio"] < 1 else "")
+                           for i in pool["instances"])
+        lines.append(f"pool {name}: priority {pool['active_priority']} takes traffic"
+                     f"{' — PANIC' if pool['panic'] else ''}; {states}")
+    if incident:
+        lines.append(f"incident: {incident}")
+    if pools or incident:
+        lines.append("")
     by_route = _counts(edge.get(Metric.SERVER_DURATION), Metric.SERVER_DURATION + "_count",
                        (Label.ROUTE, Label.OUTCOME))
     lines.append("requests per route (edge /metrics)          outcome")
@@ -256,6 +316,9 @@ async def _demo(duration_s: float | None, rps: float, workdir: Path, edge_port: 
         traffic = Traffic(edge_url, rps, random.Random())
         traffic_task = asyncio.create_task(traffic.run(stop))
         started = time.monotonic()
+        victim = next(c for c in children if c.name == "demo-b")
+        victim_port = next(b["port"] for b in backends if b["id"] == "demo-b")
+        incident_task = asyncio.create_task(_incidents(victim, victim_port, workdir, stop, started))
         tty = sys.stdout.isatty()
         async with aiohttp.ClientSession() as session:
             last_print = 0.0
@@ -273,13 +336,16 @@ async def _demo(duration_s: float | None, rps: float, workdir: Path, edge_port: 
                         await traffic_task
                         await asyncio.sleep(0.2)
                     e, b = await _scrape(session, edge_info["admin"]), await _scrape(session, bal_info["admin"])
-                    text = render(elapsed, traffic, e, b, edge_url, dest)
+                    pools = await _pools(session, bal_info["admin"])
+                    text = render(elapsed, traffic, e, b, edge_url, dest, pools, INCIDENT_LOG[-1] if INCIDENT_LOG else "")
                     if tty and not stop.is_set():
                         sys.stdout.write("\x1b[H\x1b[2J" + text + "\n\n(Ctrl-C to stop)\n")
                     else:
                         sys.stdout.write(("\nfinal summary\n" if stop.is_set() else "\n") + text + "\n")
                     sys.stdout.flush()
         await traffic_task
+        incident_task.cancel()
+        await asyncio.gather(incident_task, return_exceptions=True)
         return 0
     finally:
         for c in reversed(children):  # edge first, then balancer, then backends: each flushes its telemetry

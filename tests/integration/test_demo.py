@@ -40,7 +40,7 @@ def test_demo_delivers_two_tier_traces_and_logs_and_cleans_up(otlp, tmp_path):
     services = {s["resource"]["service.name"] for s in spans}
     assert services == {"gatewatch-edge", "gatewatch-balancer", "demo-backend"}
     instances = {s["resource"].get("service.instance.id") for s in spans if s["resource"]["service.name"] == "demo-backend"}
-    assert instances == {"demo-a", "demo-b", "demo-c"}
+    assert instances == {"demo-a", "demo-b"}  # zone-a takes the traffic; demo-c (zone-b) is the failover priority
     # Nothing orphaned: no process is left running in the demo's working directory (they all inherit it).
     leftover = []
     for p in psutil.process_iter(["pid", "cmdline", "cwd"]):
@@ -80,3 +80,23 @@ def test_demo_ctrl_c_stops_everything(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_demo_incident_fails_over_without_client_errors(otlp, tmp_path):
+    """The demo's scheduled incident (demo-b killed, restarted later), brought forward to 2 s: clients see no
+    error, zone-b takes over, and the balancer reports the transitions."""
+    import re
+
+    env = {**os.environ, **otlp.env("http/protobuf"), "PYTHONUNBUFFERED": "1", "GATEWATCH_DEMO_INCIDENT_AT": "2"}
+    proc = subprocess.run([sys.executable, "-m", "edge.cli", "demo", "--duration", "10", "--rps", "30",
+                           "--workdir", str(tmp_path)], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=90)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = proc.stdout.rsplit("final summary", 1)[1]
+    assert "incident: demo-b killed at 2s" in proc.stdout
+    statuses = re.search(r"statuses \{([^}]*)\}, transport errors (\d+)", final)
+    assert statuses.group(2) == "0"
+    assert {int(k) for k, _ in re.findall(r"(\d+): (\d+)", statuses.group(1))} <= {200, 404}
+    assert otlp.data.wait_for(lambda spans, logs: any(
+        r["event_name"] == "gatewatch.health.transition" and r["attributes"].get("gatewatch.instance") == "demo-b"
+        for r in logs) and any(s["resource"].get("service.instance.id") == "demo-c" for s in spans), timeout_s=10)
