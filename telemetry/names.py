@@ -283,6 +283,7 @@ class PolicyReason(StrEnum):
     REWRITE_NO_MATCH = "rewrite.no_match"
     REWRITE_INVALID = "rewrite.invalid_result"  # the rewritten path is not a valid path: the original is kept
     CIRCUIT_HALF_OPEN_REJECTED = "circuit.half_open_rejected"  # half-open and every probe slot is taken
+    BODY_STALLED = "body.stalled"  # the body stalled while a policy was reading it (408 client_timeout)
 
 
 class Metric:

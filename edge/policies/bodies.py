@@ -8,6 +8,8 @@ from typing import AsyncIterator
 
 from edge.messages import ClientGone
 
+ENDED, OVER, STALLED = "ended", "over", "stalled"
+
 
 class BodyTooLarge(ClientGone):
     """A streamed body passed a size limit after forwarding began. It ends the exchange like a vanished client
@@ -15,21 +17,31 @@ class BodyTooLarge(ClientGone):
     the body. A ClientGone subclass so that today's engine already cuts both sides cleanly."""
 
 
-async def read_ahead(body: AsyncIterator[bytes], limit: int, idle_s: float) -> tuple[list[bytes], int, bool]:
-    """Read until the body ends or more than `limit` bytes arrived: (chunks, bytes read, ended). A body that
-    stalls longer than `idle_s` raises ClientGone."""
+async def read_ahead(body: AsyncIterator[bytes], limit: int, idle_s: float) -> tuple[list[bytes], int, str]:
+    """Read until the body ends, more than `limit` bytes arrived, or it stalls longer than `idle_s`:
+    (chunks, bytes read, ENDED | OVER | STALLED)."""
     chunks, total = [], 0
     it = body.__aiter__()
     while total <= limit:
         try:
             chunk = await asyncio.wait_for(it.__anext__(), idle_s)
         except StopAsyncIteration:
-            return chunks, total, True
+            return chunks, total, ENDED
         except asyncio.TimeoutError:
-            raise ClientGone() from None
+            return chunks, total, STALLED
         chunks.append(chunk)
         total += len(chunk)
-    return chunks, total, False
+    return chunks, total, OVER
+
+
+def stalled(policy, idle_s: float):
+    """The verdict for a body that stalled while a policy was reading it: 408 client_timeout, like a stall
+    during forwarding (in shadow mode the request goes on and the forwarding's own idle timeout applies)."""
+    from edge.policies.base import error
+    from telemetry.names import Outcome, PolicyReason
+
+    return error(policy, PolicyReason.BODY_STALLED.value, True, 408, Outcome.CLIENT_TIMEOUT,
+                 f"the request body stalled for more than {idle_s:g}s")
 
 
 async def replay(chunks: list[bytes], rest: AsyncIterator[bytes] | None = None) -> AsyncIterator[bytes]:

@@ -206,7 +206,7 @@ class SizeLimitPolicyConfig(PolicyBase):
     # A body without Content-Length is read ahead up to this many bytes so the answer can still be a 413;
     # beyond it the body streams and an oversize upload is cut off (connection closed).
     lookahead_bytes: int = Field(default=1 << 20, ge=0, le=64 << 20)
-    idle_s: float = Field(default=30.0, gt=0)  # a body stalled this long during the read-ahead ends the request
+    idle_s: float = Field(default=30.0, gt=0)  # a body stalled this long during the read-ahead: 408
 
 
 class HeadersPolicyConfig(PolicyBase):
@@ -245,7 +245,7 @@ class JsonSchemaPolicyConfig(PolicyBase):
     schema_file: str | None = None
     max_bytes: int = Field(default=1 << 20, ge=1, le=64 << 20)
     methods: tuple[str, ...] = ("POST", "PUT", "PATCH")  # other methods pass unchecked
-    idle_s: float = Field(default=10.0, gt=0)  # a body stalled this long ends the request
+    idle_s: float = Field(default=10.0, gt=0)  # a body stalled this long: 408 client_timeout
 
     @model_validator(mode="after")
     def _schema(self):

@@ -4,7 +4,8 @@ The schema is checked when the config loads (an invalid schema is a config error
 `max_bytes` is refused with 413 (size.too_large) as soon as the excess arrives; a body that is not JSON
 (or not declared as JSON) gets 400 (schema.not_json); one that fails the schema gets 400 (schema.invalid) with
 the JSON path of the first failing element in the message — never the offending value. A valid body goes
-upstream unchanged (same bytes, same length). Methods not listed pass unchecked (schema.skipped).
+upstream unchanged (same bytes, same length). Methods not listed pass unchecked (schema.skipped). A body that
+stalls longer than `idle_s` is answered 408 client_timeout (body.stalled).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from jsonschema import validators
 
 from edge.policies.base import PolicyRequest, PolicyVerdict, allow, deny
-from edge.policies.bodies import read_ahead, replay
+from edge.policies.bodies import ENDED, OVER, STALLED, read_ahead, replay, stalled
 from telemetry.names import Outcome, PolicyReason as R
 
 
@@ -49,9 +50,11 @@ class JsonSchemaPolicy:
         declared = req.head.header("content-length")
         if declared is not None and declared.strip().isdigit() and int(declared) > self.cfg.max_bytes:
             return self._too_large()
-        chunks, total, ended = await read_ahead(req.body, self.cfg.max_bytes, self.cfg.idle_s)
-        req.body = replay(chunks, None if ended else req.body)
-        if not ended:
+        chunks, total, state = await read_ahead(req.body, self.cfg.max_bytes, self.cfg.idle_s)
+        req.body = replay(chunks, None if state == ENDED else req.body)
+        if state == STALLED:
+            return stalled(self, self.cfg.idle_s)
+        if state == OVER:
             return self._too_large()
         try:
             doc = json.loads(b"".join(chunks))

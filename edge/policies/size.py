@@ -7,13 +7,13 @@
   judged exactly (413, or replayed upstream unchanged). Beyond the look-ahead (only when `max_bytes` is larger)
   the body streams through a counter that cuts the upload and closes the connection at the limit.
 
-Reasons: size.within_limit, size.too_large.
+Reasons: size.within_limit, size.too_large, body.stalled (408 client_timeout: the read-ahead waited `idle_s`).
 """
 
 from __future__ import annotations
 
 from edge.policies.base import PolicyRequest, PolicyVerdict, allow, deny
-from edge.policies.bodies import counted, read_ahead, replay
+from edge.policies.bodies import ENDED, STALLED, counted, read_ahead, replay, stalled
 from telemetry.names import Outcome, PolicyReason as R
 
 
@@ -35,8 +35,11 @@ class SizeLimitPolicy:
         if declared is not None and declared.strip().isdigit():
             return self._too_large() if int(declared) > self.max else allow(self, R.SIZE_WITHIN.value)
         window = min(self.max, self.cfg.lookahead_bytes)
-        chunks, total, ended = await read_ahead(req.body, window, self.cfg.idle_s)
-        if ended:
+        chunks, total, state = await read_ahead(req.body, window, self.cfg.idle_s)
+        if state == STALLED:
+            req.body = replay(chunks, req.body)
+            return stalled(self, self.cfg.idle_s)
+        if state == ENDED:
             req.body = replay(chunks)
             return self._too_large() if total > self.max else allow(self, R.SIZE_WITHIN.value)
         if total > self.max:

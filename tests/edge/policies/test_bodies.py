@@ -22,7 +22,7 @@ async def exchange(port: int, data: bytes, then: bytes = b"", wait_s: float = 0.
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(data)
     out, closed = b"", False
-    for payload in (then, None):
+    for payload in (then, None) if then else (None,):
         try:
             while True:
                 chunk = await asyncio.wait_for(reader.read(65536), wait_s)
@@ -30,6 +30,8 @@ async def exchange(port: int, data: bytes, then: bytes = b"", wait_s: float = 0.
                     closed = True
                     break
                 out += chunk
+                if out.endswith(b"}") and not payload:
+                    wait_s = min(wait_s, 0.1)  # a JSON answer is complete: only wait to see a close
         except asyncio.TimeoutError:
             pass
         except ConnectionResetError:
@@ -159,3 +161,17 @@ async def test_transformations_shape_what_the_upstream_receives(echo_port, tmp_p
     assert headers["x-env"] == "prod" and headers["x-new"] == "v"
     assert "x-debug" not in headers and "x-old" not in headers
     assert json.dumps(echoed).count("spoofed") == 0
+
+
+@pytest.mark.parametrize("policy", [
+    {"type": "size_limit", "max_bytes": 100, "idle_s": 0.3},
+    {"type": "json_schema", "schema": {"type": "object"}, "idle_s": 0.3},
+])
+async def test_body_stalling_while_a_policy_reads_it_is_a_408(echo_port, tmp_path, data_plane, policy):
+    c = cfg(echo_port, tmp_path, data_plane, policy)
+    async with running(c) as rt:
+        req = (b"POST /api/x HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n")  # ... and then nothing
+        out, _ = await exchange(rt.listeners[0].bound[1], req, wait_s=0.8)
+        assert out.startswith(b"HTTP/1.1 408 ") and b'"outcome": "client_timeout"' in out
+        assert rt.metrics.policy_verdicts.value(("api", "p0", policy["type"], "error", "body.stalled")) == 1
