@@ -182,8 +182,9 @@ class _RawTarget:
 
 
 def query_var(name: str, label: str, query: str, description: str, *, multi: bool = True) -> gd.QueryVariable:
-    v = (gd.QueryVariable(name).label(label).description(description).datasource(PROMETHEUS)
-         .query({"qryType": 1, "query": query, "refId": f"PrometheusVariableQueryEditor-{name}"})
+    # The query as a plain `label_values(...)` string: every Grafana version runs it as written (and migrates it
+    # to its current editor model on load), where the object forms differ between versions.
+    v = (gd.QueryVariable(name).label(label).description(description).datasource(PROMETHEUS).query(query)
          .definition(query).refresh(gm.VariableRefresh.ON_TIME_RANGE_CHANGED).sort(gm.VariableSort.ALPHABETICAL_ASC))
     if multi:
         v = v.multi(True).include_all(True).all_value(".*")

@@ -57,7 +57,8 @@ def all_queries(files: dict[str, str]) -> list[Query]:
                 out.append(Query(f"{uid} / {panel['title']} (link {link['title']})", "link", link["url"]))
         for v in board.get("templating", {}).get("list", []):
             if v.get("type") == "query":
-                out.append(Query(f"{uid} / ${v['name']}", "variable", v["query"]["query"]))
+                query = v["query"] if isinstance(v["query"], str) else v["query"]["query"]
+                out.append(Query(f"{uid} / ${v['name']}", "variable", query))
     rules = yaml.safe_load(files[RULES_FILE])
     for group in rules["groups"]:
         for r in group["rules"]:
