@@ -48,6 +48,7 @@ def build(opts) -> gd.Dashboard:  # noqa: ARG001
         [P.prom(sum_(increase(sel(CONFIG_RELOADS)), "instance", Label.RESULT), "{{instance}} {{result}}")],
         "short"))
     d = d.with_panel(P.table(
-        "Running versions", "Gatewatch processes reporting metrics, by version.",
-        [P.prom(f"count by (version) ({BUILD_INFO})", instant=True, table=True)], w=24, h=5))
+        "Running processes and versions", "One row per Gatewatch process Prometheus scrapes, with its version "
+        "(the labels of the build info metric).",
+        [P.prom(BUILD_INFO, instant=True, table=True)], w=24, h=5))
     return d

@@ -25,8 +25,8 @@ FILES = render_all(DEFAULT)
 QUERIES = all_queries(FILES)
 
 # Labels Prometheus or the exposition add, not Gatewatch: `le` (histogram buckets), `instance`/`job` (the scrape
-# target), `version` (the label of gatewatch_build_info, set in telemetry/metrics.py).
-TARGET_LABELS = {"le", "instance", "job", "version"}
+# target).
+TARGET_LABELS = {"le", "instance", "job"}
 NAMED_LABELS = {v for k, v in vars(Label).items() if not k.startswith("_")}
 EXPOSED = {f"{m}{suffix}" for k, m in vars(Metric).items() if not k.startswith("_")
            for suffix in ("", "_total", "_bucket", "_count", "_sum", "_info")}
