@@ -22,7 +22,7 @@ from edge.policies.cors import CorsPolicy
 from edge.policies.ip_access import IpAccessPolicy
 from edge.policies.jwks import JwksCache
 from edge.policies.jwt_auth import JwtPolicy
-from edge.policies.limiter import LocalStore, RedisStore
+from edge.policies.limiter import MAX_REDIS_CONNECTIONS, LocalStore, RedisStore
 from edge.policies.ratelimit import RateLimitPolicy
 from edge.policies.schema import JsonSchemaPolicy
 from edge.policies.size import SizeLimitPolicy
@@ -40,6 +40,7 @@ class PolicyResources:
     session: object = None  # aiohttp.ClientSession, created in start()
     jwks: dict = field(default_factory=dict)  # url → JwksCache
     redis: dict = field(default_factory=dict)  # (url, timeout) → redis.asyncio.Redis
+    redis_slots: dict = field(default_factory=dict)  # (url, timeout) → Semaphore shared by its stores
     _tasks: list = field(default_factory=list)
 
     def jwks_cache(self, cfg) -> JwksCache:
@@ -71,14 +72,18 @@ class PolicyResources:
             client = self.redis[key] = Redis.from_url(
                 cfg.url, socket_timeout=cfg.timeout_s, socket_connect_timeout=cfg.timeout_s,
                 retry=Retry(NoBackoff(), 0), retry_on_timeout=False, health_check_interval=0,
-                max_connections=256)
+                max_connections=MAX_REDIS_CONNECTIONS)
+            self.redis_slots[key] = asyncio.Semaphore(MAX_REDIS_CONNECTIONS)
         return client
 
     async def start(self) -> None:
         if self.jwks and self.session is None:
             self._new_session()
+        loop = asyncio.get_running_loop()
         for cache in self.jwks.values():
-            self._tasks.append(asyncio.get_running_loop().create_task(cache.refresh()))
+            self._tasks.append(loop.create_task(cache.refresh()))
+        for client in self.redis.values():  # open a first connection early; a failure here is not fatal
+            self._tasks.append(loop.create_task(_warm(client)))
 
     async def close(self) -> None:
         for t in self._tasks:
@@ -104,8 +109,11 @@ def build_policy(cfg, route: str, resources: PolicyResources) -> Policy:
     if isinstance(cfg, c.ApiKeyPolicyConfig):
         return ApiKeyPolicy(cfg)
     if isinstance(cfg, c.RateLimitPolicyConfig):
-        store = (RedisStore(r.redis_client(cfg.redis), cfg.redis, r.monotonic) if cfg.store == "redis"
-                 else LocalStore(cfg.max_keys, r.monotonic))
+        if cfg.store == "redis":
+            client = r.redis_client(cfg.redis)
+            store = RedisStore(client, cfg.redis, r.monotonic, r.redis_slots[(cfg.redis.url, cfg.redis.timeout_s)])
+        else:
+            store = LocalStore(cfg.max_keys, r.monotonic)
         return RateLimitPolicy(cfg, route, store, r.metrics)
     if isinstance(cfg, c.CorsPolicyConfig):
         return CorsPolicy(cfg)
@@ -124,3 +132,13 @@ def build_policy(cfg, route: str, resources: PolicyResources) -> Policy:
 
 def build_policies(routes, resources: PolicyResources) -> dict[str, tuple[Policy, ...]]:
     return {r.name: tuple(build_policy(p, r.name, resources) for p in r.policies) for r in routes if r.policies}
+
+
+async def _warm(client, connections: int = 8) -> None:
+    """Open a few connections before traffic: a burst of first requests would otherwise spend its short
+    timeouts on connection setup."""
+    try:
+        async with asyncio.timeout(2):
+            await asyncio.gather(*(client.ping() for _ in range(connections)))
+    except Exception:  # the first request will find out and apply its fail mode
+        pass

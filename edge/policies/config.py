@@ -143,7 +143,7 @@ class ApiKeyPolicyConfig(PolicyBase):
 
 class RedisStoreConfig(Strict):
     url: str = Field(default="redis://127.0.0.1:6379/0", pattern=r"^rediss?://")
-    timeout_s: float = Field(default=0.05, gt=0, le=5)  # connect and command timeout
+    timeout_s: float = Field(default=0.1, gt=0, le=5)  # connect and command timeout (each)
     on_error: Literal["open", "closed"] = "open"  # store unreachable: let requests through, or refuse them
     retry_after_s: float = Field(default=1.0, ge=0, le=60)  # after a failure, skip the store this long
     key_prefix: str = "gatewatch:rl"

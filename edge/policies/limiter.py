@@ -8,8 +8,11 @@ Primitives:
   the two-window estimate (previous window's count weighted by its remaining overlap + the current count).
 - `LocalStore`: per-process state in a bounded LRU map, clock injected.
 - `RedisStore`: the same two algorithms as Lua scripts run atomically in Redis (clock = Redis `TIME`, so all
-  gatewatch processes agree); a short timeout; after a failure the store is skipped for `retry_after_s`
-  (callers get `None` = unavailable, and their fail mode decides).
+  gatewatch processes agree); a short timeout. Callers get `None` when the store could not decide (their
+  fail mode applies); after a connection failure, or `TIMEOUTS_BEFORE_DOWN` timeouts in a row, the store is
+  not tried again for `retry_after_s`. Commands in flight are capped at the
+  client's connection count; a request that finds no free connection within `timeout_s` is undecided too,
+  without taking the store offline.
 """
 
 from __future__ import annotations
@@ -22,7 +25,12 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
+from redis.exceptions import TimeoutError as RedisTimeout
+
 log = logging.getLogger("gatewatch.policies.ratelimit")
+
+MAX_REDIS_CONNECTIONS = 64  # per Redis client (one client per URL per process)
+TIMEOUTS_BEFORE_DOWN = 3  # consecutive command timeouts that take the store offline for retry_after_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,28 +143,56 @@ return {allowed, tostring(est), tostring(elapsed), cur, prev}
 
 
 class RedisStore:
-    def __init__(self, client, cfg, monotonic: Callable[[], float] = time.monotonic):
+    def __init__(self, client, cfg, monotonic: Callable[[], float] = time.monotonic,
+                 slots: asyncio.Semaphore | None = None):
         self.cfg = cfg
         self._client = client
         self._mono = monotonic
+        # At most as many commands in flight as the client has connections: a burst waits for a free one (up
+        # to timeout_s) instead of failing with "too many connections" and taking the store offline.
+        self._slots = slots or asyncio.Semaphore(MAX_REDIS_CONNECTIONS)
         self._scripts = {"token_bucket": client.register_script(TOKEN_BUCKET_LUA),
                          "sliding_window": client.register_script(SLIDING_WINDOW_LUA)}
         self._down_until = float("-inf")
         self.available = True  # last known state, to log transitions once
+        self.overloaded = 0  # requests that found no free connection in time (counted, not a store failure)
+        self._timeouts = 0  # consecutive command timeouts
+        self._last_ok = float("-inf")
+
+    def _down(self, why: str) -> None:
+        self._down_until = self._mono() + self.cfg.retry_after_s
+        self._timeouts = 0
+        if self.available:
+            log.warning("rate-limit store %s unavailable (%s); failing %s, retrying every %ss",
+                        _safe_url(self.cfg.url), why, self.cfg.on_error, self.cfg.retry_after_s)
+        self.available = False
 
     async def hit(self, key: str, algorithm: str, limit: int, window_s: float) -> Hit | None:
         if self._mono() < self._down_until:
             return None
         try:
+            async with asyncio.timeout(self.cfg.timeout_s):
+                await self._slots.acquire()
+        except TimeoutError:
+            self.overloaded += 1  # this request is undecided; the store itself is fine
+            return None
+        try:
             async with asyncio.timeout(self.cfg.timeout_s * 2):  # connect + command, whatever the client does
                 res = await self._scripts[algorithm](keys=[key], args=[limit, repr(float(window_s))])
-        except Exception as e:  # any failure is "unavailable": the policy's fail mode decides, never a 500
-            self._down_until = self._mono() + self.cfg.retry_after_s
-            if self.available:
-                log.warning("rate-limit store %s unavailable (%s); failing %s for %ss between attempts",
-                            _safe_url(self.cfg.url), type(e).__name__, self.cfg.on_error, self.cfg.retry_after_s)
-            self.available = False
+        except (TimeoutError, RedisTimeout):
+            # One slow answer decides nothing about the store (a burst of new connections can be slow): only
+            # several in a row, with no success meanwhile, take it offline.
+            self._timeouts += 1
+            if (self._timeouts >= TIMEOUTS_BEFORE_DOWN
+                    and self._mono() - self._last_ok > 2 * self.cfg.timeout_s):
+                self._down("timeouts")
             return None
+        except Exception as e:  # refused, reset, protocol or script error: the store is unusable right now
+            self._down(type(e).__name__)
+            return None
+        finally:
+            self._slots.release()
+        self._timeouts, self._last_ok = 0, self._mono()
         if not self.available:
             log.warning("rate-limit store %s available again", _safe_url(self.cfg.url))
             self.available = True
