@@ -26,6 +26,7 @@ from telemetry.names import Attr, Outcome, PolicyReason as R
 
 FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c", "crit")
 MAX_CONSUMER_CHARS = 128
+MAX_FORWARDED_CHARS = 1024
 UNAUTHORIZED = (("WWW-Authenticate", 'Bearer realm="gatewatch"'),)
 INVALID = (("WWW-Authenticate", 'Bearer realm="gatewatch", error="invalid_token"'),)
 SCOPE = (("WWW-Authenticate", 'Bearer realm="gatewatch", error="insufficient_scope"'),)
@@ -150,7 +151,7 @@ class JwtPolicy:
                 return deny(self, R.JWT_INSUFFICIENT_SCOPE.value, 403, Outcome.DENIED_AUTH,
                             "the token lacks a required scope", SCOPE)
         consumer = claims.get(self.cfg.consumer_claim) if self.cfg.consumer_claim else None
-        if isinstance(consumer, str) and 0 < len(consumer) <= MAX_CONSUMER_CHARS:
+        if isinstance(consumer, str) and 0 < len(consumer) <= MAX_CONSUMER_CHARS and consumer.isprintable():
             req.consumer = consumer
         plan = claims.get(self.cfg.plan_claim) if self.cfg.plan_claim else None
         if isinstance(plan, str):
@@ -159,7 +160,7 @@ class JwtPolicy:
             value = claims.get(claim)
             if isinstance(value, (str, int, float)) and not isinstance(value, bool):
                 text = str(value)
-                if "\r" not in text and "\n" not in text:
+                if text.isprintable() and len(text) <= MAX_FORWARDED_CHARS:  # no CR/LF or other controls
                     req.upstream_set.append((header, text))
         attrs = {Attr.CONSUMER: req.consumer} if req.consumer else {}
         return allow(self, R.JWT_VALID.value, **attrs)

@@ -167,3 +167,11 @@ async def test_validity_is_judged_on_the_requests_clock(offset_s, reason):
 async def test_non_numeric_exp_is_malformed():
     v = await policy().evaluate(request(headers=bearer(token(exp="tomorrow"))))
     assert v.reason in ("jwt.malformed",)
+
+
+@pytest.mark.parametrize("sub,forwarded", [("alice", [("X-User", "alice")]), ("a\r\nX-Admin: 1", []),
+                                           ("a\x00b", []), ("x" * 2000, [])])
+async def test_forwarded_claims_never_carry_control_characters(sub, forwarded):
+    req = request(headers=bearer(token(sub=sub)))
+    await policy().evaluate(req)
+    assert req.upstream_set == forwarded
