@@ -160,13 +160,18 @@ def failover_alert_states(prom: Prometheus) -> set[str]:
 @dataclass
 class Report:
     problems: dict[str, list[str]] = field(default_factory=dict)
+    missing_metrics: dict[str, set[str]] = field(default_factory=dict)  # metric → where it is used
 
     def add(self, kind: str, text: str) -> None:
         self.problems.setdefault(kind, []).append(text)
 
     def render(self) -> str:
-        return "\n".join(f"\n== {kind} ({len(items)}) ==\n" + "\n".join(f"- {t}" for t in items)
-                         for kind, items in self.problems.items())
+        head = ""
+        if self.missing_metrics:
+            head = "\nmetrics the runtime does not export (yet): " + ", ".join(
+                f"{m} ({len(w)} expression{'s' if len(w) > 1 else ''})" for m, w in sorted(self.missing_metrics.items()))
+        return head + "\n".join(f"\n== {kind} ({len(items)}) ==\n" + "\n".join(f"- {t}" for t in items)
+                                for kind, items in self.problems.items())
 
 
 @pytest.fixture
@@ -266,8 +271,10 @@ def check_everything(prom: Prometheus, files: dict[str, str], report: Report, t0
     queries = all_queries(files)
     range_ = f"{int(t1 - t0) + 1}s"
 
-    def missing(expr: str) -> str:
+    def missing(expr: str, where: str = "") -> str:
         absent = sorted(promql_metrics(expr) - present)
+        for m in absent:
+            report.missing_metrics.setdefault(m, set()).add(where or expr)
         return f" — not exported by the runtime: {', '.join(absent)}" if absent else ""
 
     # Variables, in dashboard order (a variable may use the ones before it).
@@ -282,7 +289,7 @@ def check_everything(prom: Prometheus, files: dict[str, str], report: Report, t0
             report.add("variables", f"{q.where}: {answer.error}")
         elif got != EXPECTED_VARIABLES[name]:
             report.add("variables", f"{q.where}: {sorted(got)}, expected {sorted(EXPECTED_VARIABLES[name])}"
-                                    f"{missing(selector)}")
+                                    f"{missing(selector, q.where)}")
         values.setdefault(board, {})[name] = "|".join(sorted(got)) or "none"
 
     # Every panel and trace-to-metrics expression: parses, returns data.
@@ -293,7 +300,10 @@ def check_everything(prom: Prometheus, files: dict[str, str], report: Report, t0
         if not answer.ok:
             report.add("expressions that do not parse or evaluate", f"{q.where}: {answer.error}\n    {expr}")
         elif not has_data(answer):
-            report.add("expressions without data", f"{q.where}{missing(expr)}\n    {expr}")
+            report.add("expressions without data", f"{q.where}{missing(expr, q.where)}\n    {expr}")
+        elif promql_metrics(expr) - present:  # data only thanks to a zero fallback (`x or whole * 0`)
+            report.add("expressions with data but a metric the runtime does not export",
+                       f"{q.where}{missing(expr, q.where)}\n    {expr}")
 
     # Rules: loaded, evaluated without error, and what they compare returns data.
     loaded = {r["name"]: r for r in prom.rules()}
@@ -309,7 +319,10 @@ def check_everything(prom: Prometheus, files: dict[str, str], report: Report, t0
             if not answer.ok:
                 report.add("rules", f"{rule.name}: {answer.error}\n    {signal_}")
             elif not has_data(answer):
-                report.add("rule signals without data", f"{rule.name}{missing(signal_)}\n    {signal_}")
+                report.add("rule signals without data", f"{rule.name}{missing(signal_, rule.name)}\n    {signal_}")
+        if promql_metrics(got["query"]) - present:
+            report.add("rules naming a metric the runtime does not export", f"{rule.name}"
+                                                                            f"{missing(got['query'], rule.name)}")
 
     check_exemplars(prom, queries, values, report, t0, t1, otlp)
 
