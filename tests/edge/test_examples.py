@@ -1,4 +1,4 @@
-"""The shipped examples and the complete config files in docs/configuration.md must stay valid.
+"""The shipped examples and the complete config files in the docs (every `docs/*.md`) must stay valid.
 
 Every `examples/*.yaml` is loaded with `edge.config.load_config`. In the docs, a ```yaml block that is a complete
 config file is marked by an HTML comment `<!-- validate -->` on the line right before its opening fence; each such
@@ -16,12 +16,13 @@ from edge.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+DOCS = sorted((ROOT / "docs").glob("*.md"))
 DOC = ROOT / "docs" / "configuration.md"
 MARKER = "<!-- validate -->"
 EXPECTED_EXAMPLES = {"gateway.yaml", "two-tier-edge.yaml", "two-tier-balancer.yaml", "balancer-only.yaml"}
 
 
-def marked_blocks(text: str) -> list[tuple[int, str]]:
+def marked_blocks(text: str, name: str = DOC.name) -> list[tuple[int, str]]:
     """(line number of the opening fence, block text) for every block marked as a complete file."""
     lines = text.splitlines()
     blocks: list[tuple[int, str]] = []
@@ -30,12 +31,12 @@ def marked_blocks(text: str) -> list[tuple[int, str]]:
         if lines[i].strip() == MARKER:
             fence = i + 1
             if fence >= len(lines) or not re.fullmatch(r"```ya?ml\s*", lines[fence].strip()):
-                raise AssertionError(f"{DOC.name}:{i + 1}: {MARKER} must be followed directly by a ```yaml fence")
+                raise AssertionError(f"{name}:{i + 1}: {MARKER} must be followed directly by a ```yaml fence")
             end = fence + 1
             while end < len(lines) and lines[end].strip() != "```":
                 end += 1
             if end >= len(lines):
-                raise AssertionError(f"{DOC.name}:{fence + 1}: unterminated ```yaml block")
+                raise AssertionError(f"{name}:{fence + 1}: unterminated ```yaml block")
             blocks.append((fence + 1, "\n".join(lines[fence + 1:end]) + "\n"))
             i = end
         i += 1
@@ -58,20 +59,24 @@ def test_example_file_validates(path: Path):
     _load(path, f"examples/{path.name}")
 
 
-DOC_BLOCKS = marked_blocks(DOC.read_text(encoding="utf-8")) if DOC.exists() else []
+DOC_BLOCKS = {doc.name: marked_blocks(doc.read_text(encoding="utf-8"), doc.name) for doc in DOCS}
+ALL_DOC_BLOCKS = [(name, line, block) for name, blocks in DOC_BLOCKS.items() for line, block in blocks]
 
 
 def test_docs_mark_complete_files():
     assert DOC.exists(), "docs/configuration.md is missing"
     # The four deployment patterns and the full annotated example, at least.
-    assert len(DOC_BLOCKS) >= 5, f"only {len(DOC_BLOCKS)} blocks in {DOC.name} are marked {MARKER}"
+    blocks = DOC_BLOCKS.get(DOC.name, [])
+    assert len(blocks) >= 5, f"only {len(blocks)} blocks in {DOC.name} are marked {MARKER}"
+    # The balancer walkthrough's complete example is checked too.
+    assert DOC_BLOCKS.get("balancer.md"), f"docs/balancer.md has no block marked {MARKER}"
 
 
-@pytest.mark.parametrize("line,block", DOC_BLOCKS, ids=[f"line{n}" for n, _ in DOC_BLOCKS])
-def test_docs_complete_file_validates(line: int, block: str, tmp_path: Path):
-    path = tmp_path / f"configuration.md-line{line}.yaml"
+@pytest.mark.parametrize("doc,line,block", ALL_DOC_BLOCKS, ids=[f"{d}-line{n}" for d, n, _ in ALL_DOC_BLOCKS])
+def test_docs_complete_file_validates(doc: str, line: int, block: str, tmp_path: Path):
+    path = tmp_path / f"{doc}-line{line}.yaml"
     path.write_text(block, encoding="utf-8")
-    _load(path, f"docs/configuration.md, the yaml block at line {line}")
+    _load(path, f"docs/{doc}, the yaml block at line {line}")
 
 
 def test_a_broken_block_would_be_caught(tmp_path: Path):
