@@ -138,6 +138,11 @@ class JwksCache:
             found = self._find(kid)
         return found if self.usable() else None
 
+    def touch(self) -> None:
+        """A request used a cached key without `get`: keep the background refresh schedule anyway."""
+        if self.fetched_at is not None and self._mono() - self.fetched_at > self.cfg.refresh_s:
+            self._refresh_soon()
+
     def _find(self, kid: str | None) -> tuple[VerifyKey, ...]:
         return tuple(k for k in self.keys if kid is None or k.kid == kid)
 

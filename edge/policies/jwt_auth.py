@@ -4,6 +4,8 @@ Hostile-token rules, checked before any key is touched: oversized tokens, `alg: 
 does not list are refused; `jku`, `x5u`, `jwk`, `x5c` (keys named by the token) and `crit` (extensions we do not
 implement) are refused, never followed. A key verifies only its own algorithm family (no HS/RS confusion).
 Then signature, then `exp` (required), `nbf`, `iss`, `aud` with bounded leeway, then required claims and scopes.
+A token whose signature was verified is remembered (bounded LRU) while its key is still trusted, so a client
+reusing its token costs a hash lookup; `exp`/`nbf`, claims and scopes are judged on every request.
 
 Reasons: jwt.valid, jwt.missing, jwt.malformed, jwt.oversized, jwt.alg_not_allowed, jwt.forbidden_header,
 jwt.unknown_kid, jwt.bad_signature, jwt.expired, jwt.not_yet_valid, jwt.bad_issuer, jwt.bad_audience,
@@ -14,7 +16,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
+from collections import OrderedDict
 from http.cookies import CookieError, SimpleCookie
 from urllib.parse import parse_qsl
 
@@ -27,6 +31,7 @@ from telemetry.names import Attr, Outcome, PolicyReason as R
 FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c", "crit")
 MAX_CONSUMER_CHARS = 128
 MAX_FORWARDED_CHARS = 1024
+VERIFIED_CACHE = 1024  # tokens whose signature was verified (bounded: tokens may be up to max_token_bytes)
 UNAUTHORIZED = (("WWW-Authenticate", 'Bearer realm="gatewatch"'),)
 INVALID = (("WWW-Authenticate", 'Bearer realm="gatewatch", error="invalid_token"'),)
 SCOPE = (("WWW-Authenticate", 'Bearer realm="gatewatch", error="insufficient_scope"'),)
@@ -51,6 +56,10 @@ class JwtPolicy:
         self.jwks = jwks
         self.identity_headers = {h.lower() for h in cfg.forward_claims}
         self.require = ["exp", "iss", "aud"] + (["nbf"] if cfg.require_nbf else [])
+        # Verified tokens (by SHA-256 of the token) → (claims, key): a client reusing its token skips the
+        # signature check; times, claims and scopes are still judged on every request.
+        self._verified: OrderedDict[bytes, tuple[dict, VerifyKey]] = OrderedDict()
+        self.cache_hits = 0
 
     def token(self, req: PolicyRequest) -> str | None:
         for v in header_values(req, self.cfg.header):
@@ -80,6 +89,13 @@ class JwtPolicy:
             return self._deny(R.JWT_MISSING, UNAUTHORIZED)
         if len(tok) > self.cfg.max_token_bytes:
             return self._deny(R.JWT_OVERSIZED, INVALID)
+        digest = hashlib.sha256(tok.encode()).digest()
+        cached = self._verified.get(digest)
+        if cached is not None and self._current(cached[1]):
+            self._verified.move_to_end(digest)
+            self.cache_hits += 1
+            late = self._times(cached[0], req.now)
+            return self._deny(late, INVALID) if late else self._authorize(req, cached[0])
         header = _header(tok)
         if header is None:
             return self._deny(R.JWT_MALFORMED, INVALID)
@@ -103,12 +119,25 @@ class JwtPolicy:
         usable = [k for k in candidates if alg in k.algorithms]
         if not usable:  # e.g. an HS256 token naming an RSA key: algorithm confusion
             return self._deny(R.JWT_ALG_NOT_ALLOWED, INVALID)
-        claims, reason = self._verify(tok, alg, usable, req.now)
+        claims, reason, key = self._verify(tok, alg, usable, req.now)
         if claims is None:
             return self._deny(reason, INVALID)
+        self._verified[digest] = (claims, key)
+        if len(self._verified) > VERIFIED_CACHE:
+            self._verified.popitem(last=False)
         return self._authorize(req, claims)
 
-    def _verify(self, tok: str, alg: str, keys, now: float) -> tuple[dict | None, R]:
+    def _current(self, key: VerifyKey) -> bool:
+        """A cached verification counts only while its key is still one we trust (a JWKS refresh replaces the
+        key objects, so every refresh — and any rotation — makes cached tokens verify again)."""
+        if any(k is key for k in self.keys):
+            return True
+        if self.jwks is None or not self.jwks.usable() or not any(k is key for k in self.jwks.keys):
+            return False
+        self.jwks.touch()
+        return True
+
+    def _verify(self, tok: str, alg: str, keys, now: float) -> tuple[dict | None, R, VerifyKey | None]:
         reason = R.JWT_BAD_SIGNATURE
         for key in keys:
             try:
@@ -119,10 +148,11 @@ class JwtPolicy:
             except pyjwt.PyJWTError as e:
                 reason = next((r for exc, r in _ERRORS if isinstance(e, exc)), R.JWT_MALFORMED)
                 if reason is not R.JWT_BAD_SIGNATURE:
-                    return None, reason  # the signature was good: the claims are the problem
+                    return None, reason, None  # the signature was good: the claims are the problem
                 continue
-            return None if (r := self._times(claims, now)) else claims, r or R.JWT_VALID
-        return None, reason
+            late = self._times(claims, now)
+            return (None, late, None) if late else (claims, R.JWT_VALID, key)
+        return None, reason, None
 
     def _times(self, claims: dict, now: float) -> R | None:
         """`exp` and `nbf` against the request's clock (not the library's), with the configured leeway."""

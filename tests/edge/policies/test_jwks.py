@@ -142,3 +142,31 @@ def test_jwks_symmetric_and_encryption_keys_are_ignored():
     keys = parse_jwks({"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "h"}, {**jwk("r1"), "use": "enc"},
                                 {**jwk("e1"), "alg": "ES256"}, {"kty": "RSA", "kid": "broken"}]})
     assert [(k.kid, sorted(k.algorithms)) for k in keys] == [("e1", ["ES256"])]
+
+
+async def test_verified_tokens_are_cached_until_the_key_set_changes(idp, session):
+    clock = FakeClock()
+    pol, cache = make(idp, session, clock)
+    tok = token("RS256", "r1")
+    for _ in range(3):
+        assert await verdict(pol, tok) == ("allow", "jwt.valid")
+    assert pol.cache_hits == 2
+    idp.kids = ["e1"]  # the issuer retires r1
+    clock.advance(61)
+    await verdict(pol, tok)  # still the cached key set: served, and a background refresh starts
+    await asyncio.sleep(0.05)
+    assert cache.fetches == 2
+    assert await verdict(pol, tok) == ("deny", "jwt.unknown_kid")  # the retired key's tokens stop working
+
+
+async def test_a_cached_token_still_expires():
+    from edge.policies.config import JwtPolicyConfig
+    from tests.edge.policies.jwt_keys import public_pem
+
+    pol = JwtPolicy(JwtPolicyConfig(name="auth", type="jwt", issuer=ISS, audience=AUD, leeway_s=0,
+                                    keys=[{"kid": "r1", "public_key": public_pem("r1")}]), None)
+    t = 1_700_000_000
+    tok = token(iat=t, exp=t + 10)
+    ok = await pol.evaluate(request(headers=[("Authorization", f"Bearer {tok}")], now=t))
+    late = await pol.evaluate(request(headers=[("Authorization", f"Bearer {tok}")], now=t + 11))
+    assert (ok.reason, late.reason, pol.cache_hits) == ("jwt.valid", "jwt.expired", 1)
