@@ -11,7 +11,7 @@ import ipaddress
 import re
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_serializer, field_validator, model_validator
 
 from balancer.config import NAME_PATTERN, Strict
 
@@ -57,7 +57,7 @@ class JwtKeyConfig(Strict):
 
     kid: str | None = None
     algorithms: tuple[str, ...] = ()  # narrow the key to these algorithms (default: all of its family)
-    secret: str | None = None
+    secret: SecretStr | None = None  # redacted wherever the config is shown (admin /config)
     secret_file: str | None = None
     public_key: str | None = None
     public_key_file: str | None = None
@@ -147,6 +147,12 @@ class RedisStoreConfig(Strict):
     on_error: Literal["open", "closed"] = "open"  # store unreachable: let requests through, or refuse them
     retry_after_s: float = Field(default=1.0, ge=0, le=60)  # after a failure, skip the store this long
     key_prefix: str = "gatewatch:rl"
+
+    @field_serializer("url")
+    def _redact(self, v: str) -> str:  # never show a password (admin /config)
+        scheme, sep, rest = v.partition("://")
+        userinfo, at, host = rest.rpartition("@")
+        return f"{scheme}{sep}<redacted>@{host}" if at else v
 
 
 class RateLimitPlan(Strict):

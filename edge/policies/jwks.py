@@ -68,7 +68,7 @@ def static_keys(keys) -> tuple[VerifyKey, ...]:
     out = []
     for k in keys:
         if k.secret or k.secret_file:
-            secret = (k.secret.encode() if k.secret else Path(k.secret_file).read_bytes().strip())
+            secret = (k.secret.get_secret_value().encode() if k.secret else Path(k.secret_file).read_bytes().strip())
             if len(secret) < 32:
                 raise ValueError("an HMAC secret must be at least 32 bytes")
             out.append(VerifyKey(k.kid, _narrow("HMAC", k.algorithms), secret))

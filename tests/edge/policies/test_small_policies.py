@@ -141,3 +141,23 @@ async def test_schema_shadow_forwards_the_body_it_read():
     v = await JsonSchemaPolicy(cfg).evaluate(req)
     assert (v.verdict.value, v.reason) == ("shadow_deny", "schema.invalid")
     assert await collect(req.body) == b'{"a": 1}'
+
+
+async def test_admin_config_never_shows_secrets(tmp_path):
+    import aiohttp
+
+    from tests.edge.policies.jwt_keys import AUD, HMAC_SECRET, ISS
+    from tests.edge.policies.support import policy_config
+    from tests.support.runtime import running
+
+    cfg = policy_config(1, tmp_path, [
+        {"name": "auth", "type": "jwt", "issuer": ISS, "audience": AUD, "algorithms": ["HS256"],
+         "keys": [{"secret": HMAC_SECRET}]},
+        {"name": "rl", "type": "rate_limit", "limit": 1, "window_s": 1, "store": "redis",
+         "redis": {"url": "redis://user:hunter2@127.0.0.1:1/0"}}])
+    async with running(cfg) as rt, aiohttp.ClientSession() as s:
+        host, port = rt.admin_bound
+        async with s.get(f"http://{host}:{port}/config") as r:
+            text = await r.text()
+    assert r.status == 200 and HMAC_SECRET not in text and "hunter2" not in text
+    assert "redis://<redacted>@127.0.0.1:1/0" in text
