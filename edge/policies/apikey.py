@@ -19,11 +19,13 @@ import secrets
 import sys
 from urllib.parse import parse_qsl
 
-from edge.policies.base import PolicyRequest, PolicyVerdict, allow, deny, header_values
+from edge.policies.base import PolicyRequest, PolicyVerdict, allow, deny
 from telemetry.names import Attr, Outcome, PolicyReason as R
 
 CHALLENGE = (("WWW-Authenticate", 'ApiKey realm="gatewatch"'),)
 MAX_KEY_CHARS = 512
+VALID, MISSING, INVALID = R.APIKEY_VALID.value, R.APIKEY_MISSING.value, R.APIKEY_INVALID.value  # plain str
+CONSUMER = Attr.CONSUMER
 
 
 def hash_key(key: str) -> str:
@@ -37,14 +39,15 @@ class ApiKeyPolicy:
         self.name, self.shadow, self.cfg = cfg.name, cfg.shadow, cfg
         self.entries = {e.hash: e for e in cfg.keys}
         self.strip = {cfg.consumer_header.lower()} if cfg.consumer_header else set()
-        if cfg.header and not cfg.forward_key:
-            self.strip.add(cfg.header.lower())
+        self.header = cfg.header.lower() if cfg.header else None
+        if self.header and not cfg.forward_key:
+            self.strip.add(self.header)
 
     def _key(self, req: PolicyRequest) -> str | None:
-        if self.cfg.header:
-            for v in header_values(req, self.cfg.header):
-                if v.strip():
-                    return v.strip()
+        if self.header:
+            v = req.head.header(self.header)
+            if v and v.strip():
+                return v.strip()
         if self.cfg.query:
             for k, v in parse_qsl(req.query):
                 if k == self.cfg.query and v:
@@ -55,14 +58,14 @@ class ApiKeyPolicy:
         req.upstream_remove |= self.strip
         key = self._key(req)
         if key is None:
-            return deny(self, R.APIKEY_MISSING.value, 401, Outcome.DENIED_AUTH, None, CHALLENGE)
+            return deny(self, MISSING, 401, Outcome.DENIED_AUTH, None, CHALLENGE)
         entry = self.entries.get(hash_key(key)) if len(key) <= MAX_KEY_CHARS else None
         if entry is None:
-            return deny(self, R.APIKEY_INVALID.value, 401, Outcome.DENIED_AUTH, None, CHALLENGE)
+            return deny(self, INVALID, 401, Outcome.DENIED_AUTH, None, CHALLENGE)
         req.consumer, req.plan = entry.consumer, entry.plan
         if self.cfg.consumer_header:
             req.upstream_set.append((self.cfg.consumer_header, entry.consumer))
-        return allow(self, R.APIKEY_VALID.value, **{Attr.CONSUMER: entry.consumer})
+        return allow(self, VALID, **{CONSUMER: entry.consumer})
 
 
 def main(argv: list[str] | None = None) -> int:

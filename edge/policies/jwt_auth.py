@@ -31,6 +31,7 @@ from telemetry.names import Attr, Outcome, PolicyReason as R
 FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c", "crit")
 MAX_CONSUMER_CHARS = 128
 MAX_FORWARDED_CHARS = 1024
+VALID = R.JWT_VALID.value  # plain str: verdicts cross a pipe to the exporter process
 VERIFIED_CACHE = 1024  # tokens whose signature was verified (bounded: tokens may be up to max_token_bytes)
 UNAUTHORIZED = (("WWW-Authenticate", 'Bearer realm="gatewatch"'),)
 INVALID = (("WWW-Authenticate", 'Bearer realm="gatewatch", error="invalid_token"'),)
@@ -55,6 +56,8 @@ class JwtPolicy:
         self.keys: tuple[VerifyKey, ...] = static_keys(cfg.keys)
         self.jwks = jwks
         self.identity_headers = {h.lower() for h in cfg.forward_claims}
+        self.header = cfg.header.lower()
+        self.bearer = self.header == "authorization"
         self.require = ["exp", "iss", "aud"] + (["nbf"] if cfg.require_nbf else [])
         # Verified tokens (by SHA-256 of the token) → (claims, key): a client reusing its token skips the
         # signature check; times, claims and scopes are still judged on every request.
@@ -62,12 +65,15 @@ class JwtPolicy:
         self.cache_hits = 0
 
     def token(self, req: PolicyRequest) -> str | None:
-        for v in header_values(req, self.cfg.header):
-            scheme, _, tok = v.strip().partition(" ")
-            if self.cfg.header.lower() != "authorization":
-                return v.strip() or None
-            if scheme.lower() == "bearer" and tok.strip():
-                return tok.strip()
+        v = req.head.header(self.header)
+        if v is not None:
+            if not self.bearer:
+                if v.strip():
+                    return v.strip()
+            else:
+                scheme, _, tok = v.strip().partition(" ")
+                if scheme.lower() == "bearer" and tok.strip():
+                    return tok.strip()
         if self.cfg.cookie:
             for v in header_values(req, "cookie"):
                 try:
@@ -193,7 +199,7 @@ class JwtPolicy:
                 if text.isprintable() and len(text) <= MAX_FORWARDED_CHARS:  # no CR/LF or other controls
                     req.upstream_set.append((header, text))
         attrs = {Attr.CONSUMER: req.consumer} if req.consumer else {}
-        return allow(self, R.JWT_VALID.value, **attrs)
+        return allow(self, VALID, **attrs)
 
     def _deny(self, reason: R, headers) -> PolicyVerdict:
         return deny(self, reason.value, 401, Outcome.DENIED_AUTH, None, headers)

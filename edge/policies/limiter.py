@@ -33,7 +33,7 @@ MAX_REDIS_CONNECTIONS = 64  # per Redis client (one client per URL per process)
 TIMEOUTS_BEFORE_DOWN = 3  # consecutive command timeouts that take the store offline for retry_after_s
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Hit:
     allowed: bool
     limit: int

@@ -21,6 +21,8 @@ from edge.policies.limiter import Hit
 from telemetry.names import Attr, Outcome, PolicyReason as R
 
 MAX_KEY_PART = 128
+WITHIN = R.RATELIMIT_WITHIN.value  # plain str: verdicts cross a pipe to the exporter process
+LIMIT, REMAINING = Attr.RATELIMIT_LIMIT, Attr.RATELIMIT_REMAINING
 
 
 def _part(value: str) -> str:
@@ -42,6 +44,7 @@ class RateLimitPolicy:
         self.retry_after_s = cfg.redis.retry_after_s if cfg.redis else 1.0
         prefix = cfg.redis.key_prefix if cfg.store == "redis" else "rl"
         self.prefix = f"{prefix}:{route}:{cfg.name}"
+        self._policy_headers: dict[tuple[int, float], str] = {}
 
     def key(self, req: PolicyRequest) -> str:
         kind = self.cfg.key
@@ -55,6 +58,12 @@ class RateLimitPolicy:
                 return "header:" + _part(values[0])
         addr = client_ip(req, self.trusted)
         return "addr:" + (str(addr) if addr is not None else _part(req.client_address))
+
+    def _policy_header(self, limit: int, window_s: float) -> str:
+        value = self._policy_headers.get((limit, window_s))
+        if value is None:  # at most one per plan
+            value = self._policy_headers[(limit, window_s)] = f'"{self.name}";q={limit};w={_secs(window_s)}'
+        return value
 
     def limits(self, req: PolicyRequest) -> tuple[str, int, float]:
         plan = self.cfg.plans.get(req.plan) if req.plan else None
@@ -71,12 +80,12 @@ class RateLimitPolicy:
             retry = (("Retry-After", str(max(1, math.ceil(self.retry_after_s)))),)
             return error(self, R.RATELIMIT_STORE_UNAVAILABLE.value, self.fail_closed, 429, Outcome.RATE_LIMITED,
                          "the rate limiter is unavailable", retry, **{Attr.RATELIMIT_LIMIT: limit}, **consumer)
-        attrs = {Attr.RATELIMIT_LIMIT: hit.limit, Attr.RATELIMIT_REMAINING: hit.remaining, **consumer}
+        attrs = {LIMIT: hit.limit, REMAINING: hit.remaining, **consumer}
         if not self.shadow:
-            req.response_headers.append(("RateLimit-Policy", f'"{self.name}";q={limit};w={_secs(window_s)}'))
+            req.response_headers.append(("RateLimit-Policy", self._policy_header(limit, window_s)))
             req.response_headers.append(("RateLimit", f'"{self.name}";r={hit.remaining};t={_secs(hit.reset_s)}'))
         if hit.allowed:
-            return allow(self, R.RATELIMIT_WITHIN.value, **attrs)
+            return allow(self, WITHIN, **attrs)
         if not self.shadow:
             self.metrics.ratelimit_consumers.labels(self.route, self.metrics.consumer_label(req.consumer)).inc()
         return deny(self, R.RATELIMIT_EXCEEDED.value, 429, Outcome.RATE_LIMITED, None,
