@@ -176,7 +176,7 @@ class JwtPolicy:
         for claim, want in self.cfg.required_claims.items():  # noqa: B007
             have = claims.get(claim)
             wants = (want,) if isinstance(want, str) else want
-            haves = have if isinstance(have, list) else [have]
+            haves = [_text(h) for h in (have if isinstance(have, list) else [have])]
             if not any(h in wants for h in haves):
                 return self._deny(R.JWT_MISSING_CLAIM, INVALID)
         if self.cfg.required_scopes:
@@ -217,3 +217,12 @@ def _header(tok: str) -> dict | None:
     except (ValueError, binascii.Error):
         return None
     return header if isinstance(header, dict) else None
+
+
+def _text(value) -> str | None:
+    """A claim as config spells it: true/false for booleans, numbers in decimal, strings as they are."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, str)):
+        return str(value)
+    return None

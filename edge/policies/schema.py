@@ -11,20 +11,38 @@ stalls longer than `idle_s` is answered 408 client_timeout (body.stalled).
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from jsonschema import validators
+from referencing import Registry
 
-from edge.policies.base import PolicyRequest, PolicyVerdict, allow, deny
+from edge.policies.base import PolicyRequest, PolicyVerdict, allow, deny, error
 from edge.policies.bodies import ENDED, OVER, STALLED, read_ahead, replay, stalled
 from telemetry.names import Outcome, PolicyReason as R
+
+log = logging.getLogger("gatewatch.policies.schema")
 
 
 def load_schema(cfg) -> dict:
     schema = cfg.schema_ if cfg.schema_ is not None else json.loads(Path(cfg.schema_file).read_text())
     cls = validators.validator_for(schema)
     cls.check_schema(schema)  # raises SchemaError naming the problem
+    remote = sorted(_refs(schema) - {r for r in _refs(schema) if r.startswith("#")})
+    if remote:  # jsonschema would fetch them with blocking I/O, from wherever the schema points
+        raise ValueError(f"only local $ref ('#/...') are supported, not {', '.join(remote)}")
     return schema
+
+
+def _refs(node) -> set[str]:
+    if isinstance(node, dict):
+        out = {node["$ref"]} if isinstance(node.get("$ref"), str) else set()
+        for v in node.values():
+            out |= _refs(v)
+        return out
+    if isinstance(node, list):
+        return set().union(*(_refs(v) for v in node)) if node else set()
+    return set()
 
 
 class JsonSchemaPolicy:
@@ -33,7 +51,8 @@ class JsonSchemaPolicy:
     def __init__(self, cfg):
         self.name, self.shadow, self.cfg = cfg.name, cfg.shadow, cfg
         schema = load_schema(cfg)
-        self.validator = validators.validator_for(schema)(schema)
+        # An empty registry: nothing is ever retrieved while validating (remote refs were refused at load).
+        self.validator = validators.validator_for(schema)(schema, registry=Registry())
         self.methods = frozenset(m.upper() for m in cfg.methods)
 
     def _invalid(self, reason: R, message: str) -> PolicyVerdict:
@@ -60,7 +79,12 @@ class JsonSchemaPolicy:
             doc = json.loads(b"".join(chunks))
         except (ValueError, UnicodeDecodeError):
             return self._invalid(R.SCHEMA_NOT_JSON, "the request body is not valid JSON")
-        err = next(iter(self.validator.iter_errors(doc)), None)
+        try:
+            err = next(iter(self.validator.iter_errors(doc)), None)
+        except Exception:  # e.g. a local $ref that points nowhere: the schema is broken, not the request
+            log.exception("json_schema policy %s: the schema cannot be evaluated", self.name)
+            return error(self, R.SCHEMA_INVALID.value, True, 500, Outcome.INTERNAL_ERROR,
+                         "the route's schema cannot be evaluated")
         if err is not None:
             where = err.json_path if hasattr(err, "json_path") else "$"
             return self._invalid(R.SCHEMA_INVALID, f"the request body does not match the schema at {where} "

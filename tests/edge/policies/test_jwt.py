@@ -98,6 +98,9 @@ async def test_token_table(name, headers, verdict, reason, status):
     ({"required_claims": {"tenant": ["acme", "globex"]}}, {"tenant": "globex"}, "allow", "jwt.valid"),
     ({"required_claims": {"tenant": "acme"}}, {"tenant": "initech"}, "deny", "jwt.missing_claim"),
     ({"required_claims": {"roles": "admin"}}, {"roles": ["user", "admin"]}, "allow", "jwt.valid"),
+    ({"required_claims": {"email_verified": "true"}}, {"email_verified": True}, "allow", "jwt.valid"),
+    ({"required_claims": {"email_verified": "true"}}, {"email_verified": False}, "deny", "jwt.missing_claim"),
+    ({"required_claims": {"tier": "2"}}, {"tier": 2}, "allow", "jwt.valid"),
     ({"require_nbf": True}, {}, "deny", "jwt.missing_claim"),
     ({"audience": ["other", AUD]}, {}, "allow", "jwt.valid"),
 ])

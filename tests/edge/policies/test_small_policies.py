@@ -129,6 +129,7 @@ async def test_size_limit(headers, chunks, verdict, reason, forwarded):
 @pytest.mark.parametrize("schema,problem", [
     ({"type": "nonsense"}, "invalid JSON Schema"),
     (None, "exactly one"),
+    ({"properties": {"a": {"$ref": "http://127.0.0.1:9/x.json"}}}, "only local \\$ref"),
 ])
 def test_bad_schema_is_a_config_error(schema, problem):
     with pytest.raises(ValueError, match=problem):
@@ -161,3 +162,17 @@ async def test_admin_config_never_shows_secrets(tmp_path):
             text = await r.text()
     assert r.status == 200 and HMAC_SECRET not in text and "hunter2" not in text
     assert "redis://<redacted>@127.0.0.1:1/0" in text
+
+
+async def test_schema_local_refs_work_and_a_dangling_one_is_an_error_not_a_crash():
+    schema = {"$defs": {"n": {"type": "integer"}}, "properties": {"a": {"$ref": "#/$defs/n"},
+                                                                   "b": {"$ref": "#/$defs/missing"}}}
+    pol = JsonSchemaPolicy(JsonSchemaPolicyConfig(name="j", type="json_schema", schema=schema))
+
+    async def judge(body):
+        v = await pol.evaluate(request(method="POST", headers=[("Content-Type", "application/json")], body=[body]))
+        return v.verdict.value, v.reason, v.status if v.block else None
+
+    assert await judge(b'{"a": 1}') == ("allow", "schema.valid", None)
+    assert await judge(b'{"a": "x"}') == ("deny", "schema.invalid", 400)
+    assert await judge(b'{"b": 1}') == ("error", "schema.invalid", 500)
