@@ -13,8 +13,13 @@ ENDED, OVER, STALLED = "ended", "over", "stalled"
 
 class BodyTooLarge(ClientGone):
     """A streamed body passed a size limit after forwarding began. It ends the exchange like a vanished client
-    (the upload is cut and the connection closed): no honest status can be sent once the upstream has part of
-    the body. A ClientGone subclass so that today's engine already cuts both sides cleanly."""
+    (the upload is cut and the connection closed). A ClientGone subclass so that today's engine already cuts
+    both sides cleanly; it names the policy so an engine that recognises it can record the late refusal
+    (`policy`, `type`, reason size.too_large) and answer 413 when no response head was sent yet."""
+
+    def __init__(self, policy: str = "", type_: str = "", limit: int = 0):
+        super().__init__(f"request body over {limit} bytes")
+        self.policy, self.type, self.limit = policy, type_, limit
 
 
 async def read_ahead(body: AsyncIterator[bytes], limit: int, idle_s: float) -> tuple[list[bytes], int, str]:
@@ -52,10 +57,11 @@ async def replay(chunks: list[bytes], rest: AsyncIterator[bytes] | None = None) 
             yield c
 
 
-async def counted(body: AsyncIterator[bytes], already: int, limit: int) -> AsyncIterator[bytes]:
+async def counted(body: AsyncIterator[bytes], already: int, limit: int, policy: str = "",
+                  type_: str = "") -> AsyncIterator[bytes]:
     total = already
     async for chunk in body:
         total += len(chunk)
         if total > limit:
-            raise BodyTooLarge()
+            raise BodyTooLarge(policy, type_, limit)
         yield chunk

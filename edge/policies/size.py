@@ -46,6 +46,6 @@ class SizeLimitPolicy:
             verdict = self._too_large()
             req.body = replay(chunks, req.body)  # shadow mode: the whole body still goes upstream
             return verdict
-        rest = req.body if self.shadow else counted(req.body, total, self.max)
+        rest = req.body if self.shadow else counted(req.body, total, self.max, self.name, self.type)
         req.body = replay(chunks, rest)
         return allow(self, R.SIZE_WITHIN.value)
