@@ -14,7 +14,11 @@ import pytest
 from tests.edge.policies.support import policy_config
 from tests.support.runtime import running
 
-pytestmark = pytest.mark.parametrize("data_plane", ["fast", "aiohttp"])
+BOTH = pytest.mark.parametrize("data_plane", ["fast", "aiohttp"])
+# The bounded drain and cutting an oversize streamed upload are the fast listener's: aiohttp's server reads an
+# unread body itself, and its listener does not yet close a connection whose request ended without a response
+# (reported with issue 5).
+FAST = pytest.mark.parametrize("data_plane", ["fast"])
 
 
 async def exchange(port: int, data: bytes, then: bytes = b"", wait_s: float = 0.3) -> tuple[bytes, bool]:
@@ -52,6 +56,7 @@ def cfg(port, tmp_path, data_plane, *policies, **route):
     return c
 
 
+@BOTH
 async def test_expect_continue_gets_the_final_status_when_a_policy_refuses(echo_port, tmp_path, data_plane):
     c = cfg(echo_port, tmp_path, data_plane, {"type": "size_limit", "max_bytes": 10})
     async with running(c) as rt:
@@ -64,6 +69,7 @@ async def test_expect_continue_gets_the_final_status_when_a_policy_refuses(echo_
             assert closed  # the client was told not to send the body; the connection cannot be reused safely
 
 
+@BOTH
 async def test_expect_continue_with_an_allowing_policy_gets_100_continue(echo_port, tmp_path, data_plane):
     c = cfg(echo_port, tmp_path, data_plane, {"type": "size_limit", "max_bytes": 10})
     async with running(c) as rt:
@@ -73,6 +79,7 @@ async def test_expect_continue_with_an_allowing_policy_gets_100_continue(echo_po
         assert b'"body": "hello"' in out
 
 
+@BOTH
 async def test_small_refused_body_is_drained_and_the_connection_kept(echo_port, tmp_path, data_plane):
     c = cfg(echo_port, tmp_path, data_plane, {"type": "ip_access", "deny": ["127.0.0.1"]})
     async with running(c) as rt:
@@ -82,9 +89,8 @@ async def test_small_refused_body_is_drained_and_the_connection_kept(echo_port, 
         assert out.count(b"HTTP/1.1 403 ") == 2 and not closed
 
 
+@FAST
 async def test_large_refused_body_closes_the_connection(echo_port, tmp_path, data_plane):
-    if data_plane == "aiohttp":
-        pytest.skip("aiohttp's server reads an unread body itself; the bounded drain is the fast listener's")
     c = cfg(echo_port, tmp_path, data_plane, {"type": "ip_access", "deny": ["127.0.0.1"]})
     async with running(c) as rt:
         req = b"POST /api/x HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 1_000_000
@@ -98,6 +104,7 @@ def chunked(data: bytes, size: int = 1000) -> bytes:
 
 
 @pytest.mark.parametrize("length,status", [(10, 200), (11, 413)])
+@BOTH
 async def test_chunked_body_is_judged_exactly_within_the_lookahead(echo_port, tmp_path, data_plane, length, status):
     c = cfg(echo_port, tmp_path, data_plane, {"type": "size_limit", "max_bytes": 10})
     async with running(c) as rt:
@@ -108,10 +115,8 @@ async def test_chunked_body_is_judged_exactly_within_the_lookahead(echo_port, tm
             assert b'"body": "yyyyyyyyyy"' in out
 
 
+@FAST
 async def test_chunked_body_past_the_lookahead_is_cut_at_the_limit(echo_port, tmp_path, data_plane):
-    if data_plane == "aiohttp":
-        pytest.skip("the aiohttp listener does not close a connection whose request ended in client_abort "
-                    "without a response (reported: edge/listener.py must abort the transport)")
     c = cfg(echo_port, tmp_path, data_plane, {"type": "size_limit", "max_bytes": 200_000, "lookahead_bytes": 50_000})
     async with running(c) as rt:
         port = rt.listeners[0].bound[1]
@@ -123,6 +128,7 @@ async def test_chunked_body_past_the_lookahead_is_cut_at_the_limit(echo_port, tm
         assert closed and b"HTTP/1.1 200" not in out  # never relayed as if complete
 
 
+@BOTH
 async def test_schema_forwards_the_exact_bytes_and_caps_the_size(echo_port, tmp_path, data_plane):
     schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
     c = cfg(echo_port, tmp_path, data_plane, {"type": "json_schema", "schema": schema, "max_bytes": 100})
@@ -145,6 +151,7 @@ async def test_schema_forwards_the_exact_bytes_and_caps_the_size(echo_port, tmp_
             assert r.status == 200  # GET is not checked
 
 
+@BOTH
 async def test_transformations_shape_what_the_upstream_receives(echo_port, tmp_path, data_plane):
     c = cfg(echo_port, tmp_path, data_plane,
             {"type": "path_rewrite", "regex": "^/api/v1/(.*)$", "replacement": "/api/v2/\\1"},
@@ -167,6 +174,7 @@ async def test_transformations_shape_what_the_upstream_receives(echo_port, tmp_p
     {"type": "size_limit", "max_bytes": 100, "idle_s": 0.3},
     {"type": "json_schema", "schema": {"type": "object"}, "idle_s": 0.3},
 ])
+@BOTH
 async def test_body_stalling_while_a_policy_reads_it_is_a_408(echo_port, tmp_path, data_plane, policy):
     c = cfg(echo_port, tmp_path, data_plane, policy)
     async with running(c) as rt:
