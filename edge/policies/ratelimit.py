@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 
-from edge.policies.base import PolicyRequest, PolicyVerdict, allow, deny, error, header_values
+from edge.policies.base import PolicyRequest, PolicyVerdict, allow, deny, error
 from edge.policies.ip_access import _nets, client_ip
 from edge.policies.limiter import Hit
 from telemetry.names import Attr, Outcome, PolicyReason as R
@@ -45,6 +45,7 @@ class RateLimitPolicy:
         prefix = cfg.redis.key_prefix if cfg.store == "redis" else "rl"
         self.prefix = f"{prefix}:{route}:{cfg.name}"
         self._policy_headers: dict[tuple[int, float], str] = {}
+        self.header = cfg.header.lower() if cfg.header else ""
 
     def key(self, req: PolicyRequest) -> str:
         kind = self.cfg.key
@@ -53,9 +54,9 @@ class RateLimitPolicy:
         if kind == "consumer" and req.consumer:
             return "consumer:" + _part(req.consumer)
         if kind == "header":
-            values = header_values(req, self.cfg.header)
-            if values:
-                return "header:" + _part(values[0])
+            value = req.head.header(self.header)
+            if value:
+                return "header:" + _part(value)
         addr = client_ip(req, self.trusted)
         return "addr:" + (str(addr) if addr is not None else _part(req.client_address))
 
