@@ -36,6 +36,8 @@ class Algorithm(StrEnum):
 
 
 HASHING = frozenset({Algorithm.RING_HASH, Algorithm.MAGLEV})
+WEIGHTED = frozenset({Algorithm.WEIGHTED_ROUND_ROBIN, Algorithm.RANDOM, Algorithm.LEAST_REQUEST,
+                      Algorithm.LEAST_CONNECTIONS})
 
 
 class InstanceConfig(Strict):
@@ -120,15 +122,31 @@ class OutlierConfig(Strict):
     max_ejection_percent: int = Field(default=50, ge=0, le=100)
     trace_ids_kept: int = Field(default=5, ge=1, le=50)  # failing requests linked from an ejection event
 
+    @model_validator(mode="after")
+    def _sane(self):
+        if self.base_ejection_s > self.max_ejection_s:
+            raise ValueError("base_ejection_s must not exceed max_ejection_s")
+        if not self.consecutive_5xx and not self.consecutive_gateway_errors:
+            raise ValueError("set consecutive_5xx or consecutive_gateway_errors (or remove outlier_detection)")
+        return self
+
 
 class FailoverConfig(Strict):
     """Priority groups (`instances[].priority`): traffic goes to the lowest priority level whose usable share is at
-    least `min_healthy_percent`, and back as soon as it recovers. Below `panic_threshold_percent` usable across
-    the whole pool, the balancer ignores health and spreads load over every non-draining instance instead of
-    crushing the survivors (0 disables panic mode)."""
+    least `min_healthy_percent`, and back as soon as it recovers; when no level is, to the level with the best
+    share. When that level's usable share is below `panic_threshold_percent`, the balancer ignores health in it
+    and spreads load over all its non-draining instances instead of crushing the survivors (0 disables panic
+    mode)."""
 
     min_healthy_percent: int = Field(default=70, ge=1, le=100)
     panic_threshold_percent: int = Field(default=50, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _panic_below_failover(self):
+        if self.panic_threshold_percent > self.min_healthy_percent:
+            raise ValueError("panic_threshold_percent must not exceed min_healthy_percent (a level healthy enough "
+                             "to take traffic cannot be in panic)")
+        return self
 
 
 class SlowStartConfig(Strict):
@@ -194,9 +212,16 @@ class PoolConfig(Strict):
     affinity: AffinityConfig | None = None
 
     @model_validator(mode="after")
-    def _hash_needs_key(self):
+    def _knobs_fit_the_algorithm(self):
+        # Settings an algorithm would silently ignore are errors: a knob that does nothing looks like it works.
+        a = self.algorithm.value
         if self.algorithm in HASHING and self.hash_key is None:
-            raise ValueError(f"algorithm {self.algorithm.value} needs 'hash_key' (what to hash)")
+            raise ValueError(f"algorithm {a} needs 'hash_key' (what to hash)")
+        if self.hash_key is not None and self.algorithm not in HASHING:
+            raise ValueError(f"'hash_key' is only used by ring_hash and maglev, not {a}")
+        if self.slow_start is not None and self.algorithm not in WEIGHTED:
+            raise ValueError(f"'slow_start' ramps weights, which {a} does not use (use weighted_round_robin, "
+                             "random, least_request or least_connections)")
         return self
 
 

@@ -68,7 +68,7 @@ class OutlierTracker:
     consecutive_gateway: int = 0
     ejected_until: float = 0.0  # monotonic seconds; 0 = not ejected
     ejections: int = 0
-    returned_at: float = 0.0
+    returned_at: float | None = None
     recent: deque = field(default_factory=lambda: deque(maxlen=5))  # (trace id hex, span id hex)
 
     def __post_init__(self):
@@ -81,7 +81,7 @@ class OutlierTracker:
         """Count one attempt's result; return the ejection reason when a threshold is reached."""
         c = self.config
         if result is Result.SUCCESS:
-            self.consecutive_5xx = self.consecutive_gateway = 0
+            self.reset_run()
             return None
         if trace_id:
             self.recent.append((trace_id, span_id))
@@ -96,10 +96,16 @@ class OutlierTracker:
             return "outlier.consecutive_5xx"
         return None
 
+    def reset_run(self) -> None:
+        """Forget the current run of failures (a success, or an ejection the pool's cap refused): the next
+        ejection names only the failures of its own run."""
+        self.consecutive_5xx = self.consecutive_gateway = 0
+        self.recent.clear()
+
     def eject(self, reason: str, now: float) -> Ejection:
         c = self.config
         # An instance that stayed in good standing for max_ejection_s since its last return starts over.
-        if self.ejections and self.returned_at and now - self.returned_at > c.max_ejection_s:
+        if self.ejections and self.returned_at is not None and now - self.returned_at > c.max_ejection_s:
             self.ejections = 0
         self.ejections += 1
         duration = min(c.base_ejection_s * self.ejections, c.max_ejection_s)

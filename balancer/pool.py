@@ -4,7 +4,8 @@ view of which instances may take traffic now, and the pick.
 Primitives:
 - `Pool.pick(key, exclude, rng) -> Pick | NoHealthyEndpoint`: the configured algorithm over the current view's
   candidates. The answer carries every excluded instance with its reason (unhealthy, ejected, draining,
-  lower_priority, plus the caller's `tried`/`over_limit`), the priority level picked from and panic mode.
+  inactive_priority, over_limit, plus the caller's `tried`). The priority level and panic mode of the pick are
+  the view's (`view().priority`, `view().panic`).
 - `View`: computed once per state change (cached by `version`): per priority level the usable instances, the
   active level (the first whose usable share ≥ `failover.min_healthy_percent`), panic mode (usable share below
   `panic_threshold_percent`: balance across every non-draining instance of the level), effective weights.
@@ -27,7 +28,6 @@ from balancer.config import HASHING, Algorithm, PoolConfig
 from balancer.health import OutlierTracker, ProbeCounter, Result
 from telemetry.names import Attr, EndpointState, Event, Exclusion, Reason
 
-MAX_OVER_LIMIT_REPICKS = 8
 EXCLUDED_LISTED = 20  # exclusions listed on a span/log; the rest are counted
 
 
@@ -37,7 +37,7 @@ class Instance:
     probe: ProbeCounter | None
     outlier: OutlierTracker | None
     draining: bool = False
-    usable_since: float = 0.0  # monotonic; for slow start (0: not ramping)
+    usable_since: float | None = None  # when it became usable again (slow start ramps from there)
     last_state: str = EndpointState.HEALTHY.value
 
     def state(self, now: float) -> str:
@@ -45,7 +45,9 @@ class Instance:
             return EndpointState.DRAINING.value
         if self.probe is not None and not self.probe.healthy:
             return EndpointState.UNHEALTHY.value
-        if self.outlier is not None and self.outlier.ejected(now):
+        # Ejected until the pool's tick returns it (≤ 1 s after the deadline): the state, the view and the
+        # return event then change together, and the return starts slow start.
+        if self.outlier is not None and self.outlier.ejected_until:
             return EndpointState.EJECTED.value
         return EndpointState.HEALTHY.value
 
@@ -70,7 +72,7 @@ class Pool:
         self.name = config.name
         self.algorithm = config.algorithm
         self.clock = clock
-        self.notify = notify or (lambda *a, **k: None)
+        self.notify = notify if notify is not None else (lambda *a, **k: None)
         self.endpoints = tuple(
             Endpoint(id=i.instance_id, host=i.host, port=i.port, weight=i.weight, zone=i.zone, index=n,
                      priority=i.priority)
@@ -79,7 +81,11 @@ class Pool:
         self.instances = {e.id: Instance(e, ProbeCounter(hc.healthy_threshold, hc.unhealthy_threshold) if hc else None,
                                          OutlierTracker(oc) if oc else None, draining=i.draining)
                           for e, i in zip(self.endpoints, config.instances)}
+        now = clock()
+        for inst in self.instances.values():  # e.g. configured draining: transitions start from the truth
+            inst.last_state = inst.state(now)
         self._by_id = {e.id: e for e in self.endpoints}
+        self.full: set[str] = set()  # instances at their limit (in-flight ≥ max connections + max pending)
         self.in_flight: dict[str, int] = {e.id: 0 for e in self.endpoints}
         self._state = CursorState(in_flight=self.in_flight, ring_vnodes=config.ring_vnodes_per_weight,
                                   all_endpoints=self.endpoints)
@@ -129,7 +135,7 @@ class Pool:
                 continue
             state = inst.state(now)
             if state == EndpointState.HEALTHY.value:
-                excluded[eid] = Exclusion.LOWER_PRIORITY.value
+                excluded[eid] = Exclusion.INACTIVE_PRIORITY.value
             else:
                 excluded[eid] = state
         ss = self.config.slow_start
@@ -146,11 +152,11 @@ class Pool:
                     {e.id: e for e in cands})
 
     def _ramp(self, inst: Instance, now: float, ss) -> float:
-        if ss is None or not inst.usable_since or self.algorithm in HASHING:
+        if ss is None or inst.usable_since is None:
             return 1.0
         elapsed = now - inst.usable_since
         if elapsed >= ss.window_s:
-            inst.usable_since = 0.0
+            inst.usable_since = None
             return 1.0
         return max(ss.min_weight_percent / 100, (elapsed / ss.window_s) ** (1 / ss.aggression))
 
@@ -172,44 +178,38 @@ class Pool:
 
     def pick(self, key: str | None, exclude: Mapping[str, str], rng: random.Random) -> Pick | NoHealthyEndpoint:
         v = self.view()
-        cands = v.candidates
-        excl = dict(exclude) if exclude else {}
+        excl = exclude
+        if self.full:  # instances at their limit are out for everyone, and listed as such
+            excl = dict(exclude)
+            for eid in self.full:
+                excl.setdefault(eid, Exclusion.OVER_LIMIT.value)
         if self.algorithm is Algorithm.LEAST_REQUEST:
-            algo = lambda c, s, k, x, r: least_request(c, s, k, x, r, self._choices)  # noqa: E731
+            picked = least_request(v.candidates, self._state, key, excl, rng, self._choices)
         else:
-            algo = self._pick
-        for _ in range(MAX_OVER_LIMIT_REPICKS):
-            picked = algo(cands, self._state, key, excl, rng)
-            if isinstance(picked, NoHealthyEndpoint) or self.in_flight[picked.endpoint.id] < self.limit:
-                break
-            excl[picked.endpoint.id] = Exclusion.OVER_LIMIT.value
-        else:  # many at their limit: one scan settles it
-            for e in cands:
-                if e.id not in excl and self.in_flight[e.id] >= self.limit:
-                    excl[e.id] = Exclusion.OVER_LIMIT.value
-            picked = algo(cands, self._state, key, excl, rng)
-        if not v.excluded and not excl:
+            picked = self._pick(v.candidates, self._state, key, excl, rng)
+        if not v.excluded:
             return picked
-        if v.excluded:  # state-based and per-request exclusions together, in endpoint order
-            reasons = {**excl, **v.excluded}
-            merged = tuple((e.id, reasons[e.id]) for e in self.endpoints if e.id in reasons)
-        else:
-            merged = picked.excluded
+        reasons = {**excl, **v.excluded}  # state-based and per-request exclusions together, in endpoint order
+        merged = tuple((e.id, reasons[e.id]) for e in self.endpoints if e.id in reasons)
         if isinstance(picked, NoHealthyEndpoint):
             return NoHealthyEndpoint(picked.algorithm, picked.candidates, merged)
         return replace(picked, excluded=merged)
 
     def usable(self, endpoint_id: str, exclude: Mapping[str, str]) -> Endpoint | None:
         """The endpoint if it may take this request (affinity): a candidate now, not excluded, under its limit."""
-        if endpoint_id in exclude or self.in_flight.get(endpoint_id, self.limit) >= self.limit:
+        if endpoint_id in exclude or endpoint_id in self.full or endpoint_id not in self.in_flight:
             return None
         return self.view().by_id.get(endpoint_id)
 
     def acquire(self, endpoint: Endpoint) -> None:
-        self.in_flight[endpoint.id] += 1
+        n = self.in_flight[endpoint.id] = self.in_flight[endpoint.id] + 1
+        if n >= self.limit:
+            self.full.add(endpoint.id)
 
     def release(self, endpoint: Endpoint) -> None:
-        self.in_flight[endpoint.id] -= 1
+        n = self.in_flight[endpoint.id] = self.in_flight[endpoint.id] - 1
+        if n < self.limit:
+            self.full.discard(endpoint.id)
 
     def endpoint(self, endpoint_id: str) -> Endpoint | None:
         return self._by_id.get(endpoint_id)
@@ -240,19 +240,20 @@ class Pool:
             return
         now = self.clock()
         reason = inst.outlier.observe(result, trace_id, span_id)
-        if reason is None or inst.outlier.ejected(now):
+        if reason is None or inst.outlier.ejected_until:
             return
         oc = self.config.outlier_detection
         total = len(self.instances)
-        ejected = sum(1 for i in self.instances.values() if i.outlier is not None and i.outlier.ejected(now))
+        ejected = sum(1 for i in self.instances.values() if i.outlier is not None and i.outlier.ejected_until)
         allowed = max(1, total * oc.max_ejection_percent // 100) if oc.max_ejection_percent else 0
         if ejected >= allowed:
-            inst.outlier.consecutive_5xx = inst.outlier.consecutive_gateway = 0
+            recent = [t for t, _ in inst.outlier.recent]
+            inst.outlier.reset_run()
             self.notify(Event.OUTLIER_EJECTION, f"pool {self.name}: {endpoint_id} not ejected: "
                         f"{ejected}/{total} already ejected (max {oc.max_ejection_percent}%)",
                         {Attr.POOL: self.name, Attr.INSTANCE: endpoint_id,
                          Attr.DECISION_REASON: Reason.OUTLIER_MAX_EJECTION_PERCENT.value,
-                         Attr.EJECTION_TRACE_IDS: [t for t, _ in inst.outlier.recent]},
+                         Attr.EJECTION_TRACE_IDS: recent},
                         trace_id=trace_id, span_id=span_id, severity="WARN")
             return
         ej = inst.outlier.eject(reason, now)

@@ -64,6 +64,30 @@ class BalancerRuntime:
         for c in self._checkers:
             await c.stop()
 
+    async def reconcile(self, pools: tuple[PoolConfig, ...]) -> dict[str, Pool]:
+        """After a config reload: a pool whose config is unchanged keeps its `Pool` (health, ejections, in-flight
+        counts, cursors) and its checker; a new or changed pool starts fresh, with a new checker; a removed
+        pool's checker stops. Returns the new name → Pool map (requests already running keep the old one)."""
+        new: dict[str, Pool] = {}
+        keep_checkers = []
+        for cfg in pools:
+            old = self.pools.get(cfg.name)
+            new[cfg.name] = old if old is not None and old.config == cfg else Pool(cfg, notify=self._notify)
+        for c in self._checkers:
+            if new.get(c.pool.name) is c.pool:
+                keep_checkers.append(c)
+            else:
+                await c.stop()
+        started = []
+        for p in new.values():
+            if p.config.health_check and not any(c.pool is p for c in keep_checkers):
+                checker = HealthChecker(p, self.metrics)
+                await checker.start()
+                started.append(checker)
+        self._checkers = keep_checkers + started
+        self.pools = new
+        return new
+
     def drain(self, pool: str, instance: str, on: bool) -> bool:
         p = self.pools.get(pool)
         return p is not None and p.set_draining(instance, on)

@@ -78,7 +78,6 @@ MESSAGES = {
     Outcome.INVALID_BODY: "the request body does not match this route's schema",
     Outcome.CIRCUIT_OPEN: "the upstream's circuit breaker is open",
     Outcome.UPSTREAM_OVERFLOW: "every instance is at its connection limit",
-    Outcome.RETRY_BUDGET_EXHAUSTED: "the upstream failed and the retry budget is exhausted",
     Outcome.INTERNAL_ERROR: "internal error",
 }
 
@@ -231,8 +230,6 @@ class Engine:
         budget.active += 1
         try:
             for n in range(cfg.attempts):
-                if n:
-                    budget.retrying += 1
                 try:
                     # PICK
                     if pool is not None:
@@ -249,9 +246,11 @@ class Engine:
                         ep = picked if isinstance(picked, Endpoint) else picked.endpoint
                         host, port, scheme, instance, zone = ep.host, ep.port, "http", ep.id, ep.zone
                         layer = BALANCER
-                        if pool.config.affinity and ep.id != affinity:
+                        if pool.config.affinity:  # (re)pin the client to the instance of the last attempt
                             a = pool.config.affinity
-                            extra.append(("Set-Cookie", _affinity_cookie(a, pool.affinity_value(ep.id))))
+                            extra = [h for h in extra if h[0] != "Set-Cookie" or not h[1].startswith(a.cookie + "=")]
+                            if ep.id != affinity:
+                                extra.append(("Set-Cookie", _affinity_cookie(a, pool.affinity_value(ep.id))))
                     else:
                         remote = snap.remotes[route.upstream]
                         host, port, scheme, zone, ep, lb = remote.host, remote.port, remote.scheme, None, None, {}
@@ -265,7 +264,7 @@ class Engine:
                                                   instance, zone, target, client_body, down, ctx, extra, lb, n,
                                                   response_s, cfg)
                 finally:
-                    if n:
+                    if n:  # this retry's share of the budget, reserved when it was granted
                         budget.retrying -= 1
                 if failure is None:
                     return
@@ -285,6 +284,7 @@ class Engine:
                     outcome = FAILURE_OUTCOME.get(error_type, Outcome.UPSTREAM_ERROR)
                     await self._fail(down, rec, outcome, error_type.value)
                     return
+                budget.retrying += 1  # reserved now, so failures arriving during the backoff see it taken
                 if response is not None:
                     response.close()
                 pause = backoff_s(cfg, n + 1, self.rng)
@@ -438,9 +438,11 @@ class Engine:
         attrs = {Attr.UPSTREAM: pool.name, **lb}
         span = rec.balance_span_id or rec.trace.span_id
         if isinstance(picked, NoHealthyEndpoint):
-            rec.decisions.append(DecisionRecord(DecisionKind.PICK, pool.name, "no_candidates",
-                                                Reason.PICK_NO_CANDIDATES.value, self.clock_ns(), span, attrs,
-                                                BALANCER))
+            overflow = any(r == Exclusion.OVER_LIMIT.value for _, r in picked.excluded)
+            rec.decisions.append(DecisionRecord(
+                DecisionKind.PICK, pool.name, "overflow" if overflow else "no_candidates",
+                (Reason.PICK_OVERFLOW if overflow else Reason.PICK_NO_CANDIDATES).value, self.clock_ns(), span,
+                attrs, BALANCER))
             return lb
         ep = picked if isinstance(picked, Endpoint) else picked.endpoint
         lb = {**lb, Attr.LB_WEIGHT: ep.weight, Attr.LB_IN_FLIGHT: pool.in_flight[ep.id]}
@@ -456,7 +458,7 @@ class Engine:
             DecisionKind.RETRY, route, "retry" if verdict.retry else "refused", verdict.reason, self.clock_ns(),
             rec.balance_span_id or rec.trace.span_id,
             {Attr.UPSTREAM: rec.upstream, Attr.INSTANCE: instance, Attr.RETRY_ATTEMPT: attempts_made,
-             Attr.RETRY_BUDGET_REMAINING: budget_left, "gatewatch.retry.failure": kind.value},
+             Attr.RETRY_BUDGET_REMAINING: budget_left, Attr.RETRY_FAILURE: kind.value},
             BALANCER if rec.balance_span_id else None))
 
     def _decide_failover(self, rec: RequestRecord, pool: str, from_instance: str, to_instance: str) -> None:

@@ -116,8 +116,7 @@ def span_models(r: RequestRecord) -> list[SpanModel]:
             Attr.ZONE: a.zone,
             Attr.OUTCOME: a.outcome,
             Attr.REQUEST_ID: r.request_id,
-            **r.lb,
-            **a.lb,
+            **(a.lb or r.lb),  # each attempt's own pick (a retry's exclusions never leak onto the first attempt)
         })
         out.append(SpanModel(a.method, t.trace_id, a.span_id, attempt_parent, CLIENT, a.start_ns,
                              a.end_ns or r.end_ns, a_attrs, a.error_type is not None or (a.status or 0) >= 400,

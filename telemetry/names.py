@@ -37,7 +37,6 @@ class Outcome(StrEnum):
     PREFLIGHT = "preflight"  # 204: a CORS preflight answered by the gateway itself
     CIRCUIT_OPEN = "circuit_open"  # 503: the route's circuit breaker is open
     UPSTREAM_OVERFLOW = "upstream_overflow"  # 503: every candidate instance is at its connection/pending limit
-    RETRY_BUDGET_EXHAUSTED = "retry_budget_exhausted"  # the last attempt failed and the budget forbade another
     INTERNAL_ERROR = "internal_error"  # 500: a Gatewatch bug; never expected
 
 
@@ -152,10 +151,11 @@ class Attr:
     POOL = "gatewatch.pool"
     PRIORITY = "gatewatch.lb.priority"  # the priority level the pick was made in
     LB_PANIC = "gatewatch.lb.panic"  # true when the pick ignored health because too few were healthy
-    LB_AFFINITY = "gatewatch.lb.affinity"  # cookie|hash when session affinity decided
+    LB_AFFINITY = "gatewatch.lb.affinity"  # "cookie" when the session-affinity cookie decided the pick
     LB_HASH_KEY_SOURCE = "gatewatch.lb.hash_key"  # e.g. header:x-user, never the key's value
     RETRY_BUDGET_REMAINING = "gatewatch.retry.budget_remaining"
     RETRY_ATTEMPT = "gatewatch.retry.attempt"
+    RETRY_FAILURE = "gatewatch.retry.failure"  # connect_failure | reset | timeout | status
     FAILOVER_FROM = "gatewatch.failover.from"  # instance id or priority level
     FAILOVER_TO = "gatewatch.failover.to"
     HEALTH_FROM = "gatewatch.health.from"
@@ -185,7 +185,6 @@ class Reason(StrEnum):
     ROUTE_NO_MATCH = "route.no_match"
     PICK_ROUND_ROBIN = "pick.round_robin"
     PICK_WEIGHTED = "pick.weighted_round_robin"
-    PICK_STATIC = "pick.static"
     PICK_RANDOM = "pick.random"
     PICK_LEAST_REQUEST = "pick.least_request"
     PICK_LEAST_CONNECTIONS = "pick.least_connections"
@@ -211,8 +210,6 @@ class Reason(StrEnum):
     FAILOVER_RETRY_OTHER_INSTANCE = "failover.retry_other_instance"  # a retry went to a different instance
     FAILOVER_PANIC = "failover.panic"  # too few healthy instances: balancing across all
     # health and outlier state changes
-    HEALTH_PROBE_PASSED = "health.probe_passed"
-    HEALTH_PROBE_FAILED = "health.probe_failed"
     OUTLIER_CONSECUTIVE_5XX = "outlier.consecutive_5xx"
     OUTLIER_CONSECUTIVE_GATEWAY_ERRORS = "outlier.consecutive_gateway_errors"
     OUTLIER_EJECTION_EXPIRED = "outlier.ejection_expired"
@@ -227,7 +224,7 @@ class Exclusion(StrEnum):
     DRAINING = "draining"  # config or admin API: no new requests
     TRIED = "tried"  # an earlier attempt of this request used it
     OVER_LIMIT = "over_limit"  # at max_connections / max_pending
-    LOWER_PRIORITY = "lower_priority"  # a higher-priority group is healthy enough
+    INACTIVE_PRIORITY = "inactive_priority"  # healthy, but its priority level is not the one taking traffic
 
 
 class Verdict(StrEnum):
@@ -309,7 +306,10 @@ class Metric:
     RATE_LIMITED_CONSUMERS = "gatewatch_ratelimit_consumer_limited"  # counter -> ..._total, consumer (capped)
     CIRCUIT_STATE = "gatewatch_circuit_state"  # gauge 0/1 per state, by route and state
     CONFIG_RELOADS = "gatewatch_config_reloads"  # counter -> ..._total, by result
-    WORKERS = "gatewatch_workers"  # gauge, by state (running/restarting), supervisor only
+    # Process metrics of every Gatewatch process (each worker is its own scrape target): worker health.
+    PROCESS_START_TIME = "process_start_time_seconds"  # gauge: changes when a worker is replaced
+    PROCESS_CPU = "process_cpu_seconds"  # counter -> process_cpu_seconds_total
+    PROCESS_RSS = "process_resident_memory_bytes"  # gauge
     TELEMETRY_DROPPED = "gatewatch_telemetry_dropped"  # counter -> gatewatch_telemetry_dropped_total
     TELEMETRY_EXPORTED = "gatewatch_telemetry_exported"  # counter -> gatewatch_telemetry_exported_total
     TELEMETRY_QUEUE = "gatewatch_telemetry_queue_items"  # gauge

@@ -92,7 +92,6 @@ G5, GGW = "outlier.consecutive_5xx", "outlier.consecutive_gateway_errors"
     ({"consecutive_5xx": 3, "consecutive_gateway_errors": 3}, [E5, GW, GW], [None, None, G5]),
     ({"consecutive_5xx": 5, "consecutive_gateway_errors": 2}, [E5, GW, GW], [None, None, GGW]),
     # neither armed: never
-    ({"consecutive_5xx": None, "consecutive_gateway_errors": None}, [GW] * 10, [None] * 10),
     # successes never eject
     ({"consecutive_5xx": 1, "consecutive_gateway_errors": 1}, [S] * 5, [None] * 5),
 ])
@@ -111,7 +110,6 @@ def test_outlier_success_resets_both_counts():
 @pytest.mark.parametrize(("base", "cap", "durations"), [
     (30.0, 300.0, [30, 60, 90, 120, 150, 180, 210, 240, 270, 300, 300, 300]),
     (10.0, 25.0, [10, 20, 25, 25]),
-    (50.0, 20.0, [20, 20]),  # base above the cap: the cap wins from the first ejection
     (7.5, 1000.0, [7.5, 15, 22.5]),
 ])
 def test_ejection_duration_grows_base_times_n_capped(base, cap, durations):
@@ -179,7 +177,7 @@ def test_ejection_carries_the_failing_requests_trace_ids_oldest_first():
     (50, 8, tuple(f"t{i}" for i in range(8))),
 ])
 def test_ejection_trace_ids_are_bounded_by_trace_ids_kept(kept, failures, expected):
-    t = tracker(consecutive_5xx=None, consecutive_gateway_errors=None, trace_ids_kept=kept)
+    t = tracker(consecutive_5xx=1000, consecutive_gateway_errors=1000, trace_ids_kept=kept)
     feed(t, [E5] * failures)
     ej = t.eject(G5, 1.0)
     assert ej.trace_ids == expected
@@ -209,10 +207,6 @@ def test_an_ejection_starts_a_fresh_list_of_trace_ids():
     assert t.eject(GGW, 40.0).trace_ids == ("n1", "n2")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: OutlierTracker.observe(SUCCESS) resets the consecutive counts but not `recent`, so the ejection lists "
-    "trace ids of failures that preceded a success and did not cause it (consecutive_gateway_errors=2: "
-    "GW t0, SUCCESS, GW t2, GW t3 -> trace_ids ('t0', 't2', 't3'), want ('t2', 't3'))"))
 def test_ejection_lists_only_the_streak_that_caused_it():
     t = tracker(consecutive_gateway_errors=2)
     assert feed(t, [GW, S, GW, GW]) == [None, None, None, GGW]
@@ -241,3 +235,14 @@ def test_ejection_lists_only_the_streak_that_caused_it():
 ])
 def test_classify(status, gateway_failure, expected):
     assert classify(status, gateway_failure) is expected
+
+
+@pytest.mark.parametrize(("cfg", "message"), [
+    ({"consecutive_5xx": None, "consecutive_gateway_errors": None}, "set consecutive_5xx or consecutive_gateway_errors"),
+    ({"base_ejection_s": 50.0, "max_ejection_s": 20.0}, "base_ejection_s must not exceed max_ejection_s"),
+])
+def test_outlier_config_that_could_never_work_is_refused(cfg, message):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=message):
+        OutlierConfig(**cfg)

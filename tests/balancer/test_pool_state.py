@@ -94,11 +94,11 @@ def zones(**cfg) -> World:
 
 
 @pytest.mark.parametrize(("down", "priority", "candidates", "excluded"), [
-    ((), 0, "abcd", {"x": "lower_priority", "y": "lower_priority"}),
-    (("a",), 0, "bcd", {"a": "unhealthy", "x": "lower_priority", "y": "lower_priority"}),  # 75 % ≥ 70 %
-    (("a", "b"), 1, "xy", {"a": "unhealthy", "b": "unhealthy", "c": "lower_priority", "d": "lower_priority"}),
+    ((), 0, "abcd", {"x": "inactive_priority", "y": "inactive_priority"}),
+    (("a",), 0, "bcd", {"a": "unhealthy", "x": "inactive_priority", "y": "inactive_priority"}),  # 75 % ≥ 70 %
+    (("a", "b"), 1, "xy", {"a": "unhealthy", "b": "unhealthy", "c": "inactive_priority", "d": "inactive_priority"}),
     (("a", "b", "c", "d"), 1, "xy", dict.fromkeys("abcd", "unhealthy")),
-    (("a", "x"), 0, "bcd", {"a": "unhealthy", "x": "unhealthy", "y": "lower_priority"}),
+    (("a", "x"), 0, "bcd", {"a": "unhealthy", "x": "unhealthy", "y": "inactive_priority"}),
 ])
 def test_failover_view(down, priority, candidates, excluded):
     w = zones()
@@ -280,10 +280,6 @@ def test_configured_draining_instance_starts_excluded():
     assert w.picks(10) == {"a": 10}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: Instance.last_state defaults to 'healthy' even when the instance is configured draining: true, so "
-    "set_draining(id, False) computes healthy -> healthy and reports no HEALTH_TRANSITION (and starts no slow "
-    "start); fix: initialise last_state from inst.state(clock()) in Pool.__init__"))
 def test_undraining_a_configured_draining_instance_reports_the_transition():
     w = World(["a", ("b", {"draining": True})])
     w.events.clear()
@@ -454,11 +450,6 @@ def test_refused_ejection_happens_once_there_is_room():
     assert w.pool.states() == {"a": "healthy", "b": "ejected", "c": "healthy"}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: when max_ejection_percent refuses an ejection, Pool.observe resets the consecutive counts but not "
-    "outlier.recent, so the next event of that instance lists trace ids already reported by the refused one "
-    "(3-instance pool, 50 %: c fails t0..t2 (refused), then t3..t5 -> EJECTION_TRACE_IDS [t1..t5], want [t3..t5]); "
-    "fix: clear `recent` together with the counts (best inside OutlierTracker, e.g. a `reset_streak()`)"))
 def test_refused_ejection_does_not_leak_trace_ids_into_the_next_event():
     w = World(["a", "b", "c"], **OUTLIER)
     fail(w, "a", 3, prefix="a")
@@ -559,15 +550,13 @@ def test_slow_start_after_an_ejection_returns():
     assert {e.id: e.weight for e in w.pool.view().candidates} == {"a": 50, "b": 100, "c": 100, "d": 100}
 
 
-@pytest.mark.parametrize("algorithm", ["ring_hash", "maglev"])
-def test_no_slow_start_for_consistent_hashing(algorithm):
-    w = World(["a", "b"], algorithm=algorithm, hash_key={"source": "header", "name": "x-user"}, **ACTIVE_1_1,
-              slow_start={"window_s": 30})
-    w.at(100.0)
-    w.down("a")
-    w.up("a")
-    assert w.pool.slow_start_ratio("a") == 1.0
-    assert w.pool.view().ramping is False
+@pytest.mark.parametrize("algorithm", ["ring_hash", "maglev", "round_robin"])
+def test_slow_start_where_weights_mean_nothing_is_a_config_error(algorithm):
+    from pydantic import ValidationError
+
+    extra = {"hash_key": {"source": "header", "name": "x-user"}} if algorithm in ("ring_hash", "maglev") else {}
+    with pytest.raises(ValidationError, match="'slow_start' ramps weights"):
+        World(["a", "b"], algorithm=algorithm, **extra, **ACTIVE_1_1, slow_start={"window_s": 30})
 
 
 def test_no_slow_start_without_config_or_transition():
@@ -575,7 +564,7 @@ def test_no_slow_start_without_config_or_transition():
     w.down("a")
     w.up("a")
     assert w.pool.slow_start_ratio("a") == 1.0
-    w2 = World(["a", "b"], slow_start={"window_s": 30})
+    w2 = World(["a", "b"], algorithm="weighted_round_robin", slow_start={"window_s": 30})
     assert w2.pool.slow_start_ratio("a") == 1.0  # configured healthy from the start: no ramp
 
 
@@ -601,19 +590,11 @@ def test_over_limit_instance_is_excluded(algorithm):
         pick = w.pool.pick(f"user-{i}", {}, rng)
         assert isinstance(pick, Pick)
         assert pick.endpoint.id in {"b", "c"}
-        # today a full instance is listed only when the algorithm landed on it (see the xfail below)
-        assert pick.excluded in ((), (("a", "over_limit"),))
+        assert pick.excluded == (("a", "over_limit"),)  # every pick says so, whatever the algorithm
         listed += bool(pick.excluded)
-    if algorithm is not Algorithm.LEAST_CONNECTIONS:  # which never lands on the busiest
-        assert listed > 0
+    assert listed == 60
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: Pool.pick discovers over-limit instances only when the algorithm lands on one, so the answer's "
-    "candidates/excluded depend on luck: round_robin a,b,c with a at its limit (3 in flight): the 1st pick says "
-    "(candidates 2, excluded a=over_limit), the 2nd says (candidates 3, excluded ()) although a is still full. "
-    "Fix: put every instance with in_flight >= limit into the exclusions before the first algorithm call "
-    "(keep a set updated by acquire/release so it stays O(1)); the repick loop then goes away"))
 def test_every_pick_lists_the_instances_over_their_limit():
     w = World(["a", "b", "c"], algorithm="round_robin", **LIMITS)
     load(w, a=3)

@@ -242,6 +242,26 @@ BAD_DOCUMENTS = [
     pytest.param(second_pool("[{host: 10.0.0.2, port: 9000}]", extra=", algorithm: least_conn"),
                  ["balancer.pools[1].algorithm: Input should be 'round_robin', 'weighted_round_robin', 'random', 'least_request', 'least_connections', 'ring_hash' or 'maglev'"],
                  id="unknown-algorithm"),
+    # --- balancer knobs that would do nothing, or could never work --------------------------------------------
+    pytest.param(second_pool("[{host: 10.0.0.2, port: 9000}]", extra=", algorithm: ring_hash"),
+                 ["balancer.pools[1]: algorithm ring_hash needs 'hash_key' (what to hash)"], id="hash-without-key"),
+    pytest.param(second_pool("[{host: 10.0.0.2, port: 9000}]", extra=", hash_key: {source: client_address}"),
+                 ["balancer.pools[1]: 'hash_key' is only used by ring_hash and maglev, not round_robin"],
+                 id="hash-key-ignored"),
+    pytest.param(second_pool("[{host: 10.0.0.2, port: 9000}]", extra=", slow_start: {window_s: 10}"),
+                 ["balancer.pools[1]: 'slow_start' ramps weights, which round_robin does not use (use "
+                  "weighted_round_robin, random, least_request or least_connections)"], id="slow-start-ignored"),
+    pytest.param(second_pool("[{host: 10.0.0.2, port: 9000}]",
+                             extra=", failover: {min_healthy_percent: 50, panic_threshold_percent: 60}"),
+                 ["balancer.pools[1].failover: panic_threshold_percent must not exceed min_healthy_percent (a level "
+                  "healthy enough to take traffic cannot be in panic)"], id="panic-above-failover"),
+    pytest.param(second_pool("[{host: 10.0.0.2, port: 9000}]",
+                             extra=", health_check: {interval_s: 1, timeout_s: 2, expected_statuses: ['200-199']}"),
+                 ["balancer.pools[1].health_check.expected_statuses: '200-199' is not a status code or range like "
+                  "200-399"], id="health-check-bad-status-range"),
+    pytest.param(edge_with("- {name: r, upstream: orders, retries: {statuses: [404]}}"),
+                 ["edge.routes[0].retries.statuses: 404 is not a 5xx status (only server errors are retried)"],
+                 id="retry-on-4xx"),
     pytest.param(edge_with("- {name: r, upstream: orders, timeouts: {connect_s: 0}}"),
                  ["edge.routes[0].timeouts.connect_s: Input should be greater than 0"], id="timeout-zero"),
     pytest.param(edge_with("- {name: 'bad name', upstream: orders}"),

@@ -26,7 +26,7 @@ def balancer_cfg(ports):
                         "retries": {"attempts": 3, "retry_on": ["connect_failure", "reset"]},
                         "timeouts": {"connect_s": 0.5, "response_s": 5, "idle_s": 5}}],
             "pools": [{
-                "name": "shop", "algorithm": "round_robin",
+                "name": "shop", "algorithm": "weighted_round_robin",
                 "instances": [{"id": name, "host": "127.0.0.1", "port": port, "zone": zone}
                               for name, (port, zone) in ports.items()],
                 "health_check": {"path": "/healthz", "interval_s": 0.2, "jitter_s": 0.05, "timeout_s": 0.2,
