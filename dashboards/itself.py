@@ -7,7 +7,8 @@ from grafana_foundation_sdk.builders import dashboard as gd
 
 from dashboards import panels as P
 from dashboards.promql import (BUILD_INFO, CONFIG_RELOADS, TELEMETRY_DROPPED, TELEMETRY_EXPORTED, TELEMETRY_QUEUE,
-                               WORKERS, increase, or_zero, ratio, sel, sum_, sum_rate)
+                               PROCESS_CPU, PROCESS_RSS, PROCESS_START_TIME, RANGE, increase, or_zero, rate, ratio,
+                               sel, sum_, sum_rate)
 from telemetry.names import Label
 
 S = Label.SIGNAL
@@ -41,8 +42,13 @@ def build(opts) -> gd.Dashboard:  # noqa: ARG001
 
     d = d.with_row(gd.Row("Processes and configuration"))
     d = d.with_panel(P.timeseries(
-        "Workers by state", "Worker processes per supervisor (`workers: N`): running, restarting.",
-        [P.prom(f"sum by (instance, {Label.STATE}) ({sel(WORKERS)})", "{{instance}} {{state}}")], "short"))
+        "Process restarts", "Each Gatewatch process (every worker of `workers: N` is its own scrape target): how "
+        "often it was started anew in the dashboard's range. A worker the supervisor keeps replacing shows here.",
+        [P.prom(f"changes({sel(PROCESS_START_TIME)}[{RANGE}])", "{{instance}}")], "short"))
+    d = d.with_panel(P.timeseries(
+        "CPU and memory per process", "CPU seconds per second (one core = 1) and resident memory.",
+        [P.prom(f"sum by (instance) ({rate(sel(PROCESS_CPU))})", "{{instance}} cpu"),
+         P.prom(f"sum by (instance) ({sel(PROCESS_RSS)}) / 1e9", "{{instance}} rss GB")], "short"))
     d = d.with_panel(P.timeseries(
         "Config reloads by result", "Reloads applied or rejected.",
         [P.prom(sum_(increase(sel(CONFIG_RELOADS)), "instance", Label.RESULT), "{{instance}} {{result}}")],

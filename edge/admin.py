@@ -7,6 +7,7 @@ GET /config    the effective configuration as JSON (OTLP headers redacted).
 GET /upstreams pools (per instance: state, priority, in-flight, slow start, ejections) and remote upstreams.
 POST /upstreams/{pool}/instances/{instance}/drain    stop sending new requests to it (in-flight ones finish).
 POST /upstreams/{pool}/instances/{instance}/undrain  take it back.
+POST /reload   re-read the config file (like SIGHUP): 200 {"reloaded": true}, or 409 with the problems.
 """
 
 from __future__ import annotations
@@ -55,7 +56,12 @@ def build_admin_app(rt: "Runtime") -> web.Application:
             return web.json_response({"error": f"no instance {instance!r} in pool {pool!r}"}, status=404)
         return web.json_response({"pool": pool, "instance": instance, "draining": on})
 
+    async def reload(_: web.Request) -> web.Response:
+        ok, problems = await rt.reload()
+        return web.json_response({"reloaded": ok, "problems": problems}, status=200 if ok else 409)
+
     app.router.add_post("/upstreams/{pool}/instances/{instance}/{action:drain|undrain}", drain)
+    app.router.add_post("/reload", reload)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

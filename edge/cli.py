@@ -82,7 +82,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return run_workers(args.config, cfg, args.ready_file, args.log_level)
     ports = json.loads(args.ports) if args.ports else None
     try:
-        _run_loop(serve(cfg, ready_file=args.ready_file, worker=args.worker, ports=ports))
+        _run_loop(serve(cfg, ready_file=args.ready_file, worker=args.worker, ports=ports,
+                        config_path=args.config))
     except OSError as err:
         print(f"gatewatch: cannot start: {err}", file=sys.stderr)
         return 1

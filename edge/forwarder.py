@@ -135,6 +135,11 @@ class AiohttpForwarder:
             raise map_error(err, before_response=True) from None
         return AiohttpResponse(resp, _peer(resp, request))
 
+    def set_limits(self, limits: dict[str, tuple[int, float]]) -> None:
+        """After a config reload: limits for pools and upstreams connected from now on (connection pools that
+        already exist keep theirs until the process restarts)."""
+        self._limits = limits
+
     async def close(self) -> None:
         for s in self._sessions.values():
             await s.close()

@@ -20,7 +20,7 @@ from yarl import URL
 
 from balancer.runtime import BalancerRuntime
 from edge.admin import build_admin_app
-from edge.config import GatewatchConfig, parse_address
+from edge.config import ConfigError, GatewatchConfig, load_config, parse_address
 from edge.dataplane.forwarder import RawForwarder
 from edge.dataplane.listener import RawListener
 from edge.engine import Engine
@@ -31,7 +31,7 @@ from edge.routing import Router
 from edge.snapshot import RemoteTarget, Snapshot
 from telemetry.config import resolve
 from telemetry.metrics import Metrics
-from telemetry.names import Layer
+from telemetry.names import Attr, Event, Layer
 from telemetry.recorder import Telemetry
 
 log = logging.getLogger("gatewatch")
@@ -51,10 +51,12 @@ def _remote(name: str, url: str) -> RemoteTarget:
 
 class Runtime:
     def __init__(self, config: GatewatchConfig, env: dict[str, str] | None = None, worker: int | None = None,
-                 ports: dict[str, int] | None = None):
+                 ports: dict[str, int] | None = None, config_path: str | None = None):
         """`worker`: this process's index when `workers > 1` (listeners then share their ports with
         SO_REUSEPORT; `ports` gives the ports the supervisor chose for listeners configured with port 0)."""
         self.config = config
+        self.config_path = config_path  # re-read by reload()
+        self._reload_lock = asyncio.Lock()
         self.worker = worker
         self.metrics = Metrics(VERSION)
         self.resolved = resolve(config.telemetry, default_service_name(config), env)
@@ -68,22 +70,15 @@ class Runtime:
         self.telemetry = Telemetry(self.resolved, self.metrics, VERSION, stem, config.telemetry.exporter)
         self.balancer = BalancerRuntime(config.balancer.pools, self.telemetry, self.metrics) if config.balancer else None
         self.pools = self.balancer.pools if self.balancer else {}
-        remotes = {u.name: _remote(u.name, u.url) for u in config.edge.upstreams} if config.edge else {}
-        limits = {p.name: (p.max_connections_per_instance, p.keepalive_idle_s) for p in (config.balancer.pools if config.balancer else ())}
-        limits.update({u.name: (u.max_connections, u.keepalive_idle_s) for u in (config.edge.upstreams if config.edge else ())})
         fast = config.data_plane == "fast"
-        self.forwarder = RawForwarder(limits) if fast else AiohttpForwarder(limits)
+        self.forwarder = RawForwarder(_limits(config)) if fast else AiohttpForwarder(_limits(config))
         self.listeners: list[RawListener | AiohttpListener] = []
         self.engines: dict[Layer, Engine] = {}
         self.policy_resources = PolicyResources(self.metrics, self.telemetry)
         for layer, section in ((Layer.EDGE, config.edge), (Layer.BALANCER, config.balancer)):
             if section is None or not section.listeners:
                 continue
-            snapshot = Snapshot(layer=layer, router=Router(section.routes),
-                                pools=self.pools, remotes=remotes if layer is Layer.EDGE else {},
-                                listeners={lst.name: lst for lst in section.listeners},
-                                policies=build_policies(section.routes, self.policy_resources))
-            engine = Engine(snapshot, self.forwarder, self.telemetry)
+            engine = Engine(self._snapshot(layer, config, self.pools, {}), self.forwarder, self.telemetry)
             self.engines[layer] = engine
             for lst in section.listeners:
                 host, port = parse_address(lst.address)
@@ -95,10 +90,66 @@ class Runtime:
                 else:
                     self.listeners.append(AiohttpListener(lst.name, host, port, "http", engine.handle,
                                                           lst.max_header_size, reuse_port=worker is not None))
+        self._init_series(config)
         self._admin_runner: web.AppRunner | None = None
         self.admin_bound: tuple[str, int] | None = None
         self.ready = False
         self.draining = False
+
+    def _snapshot(self, layer: Layer, config: GatewatchConfig, pools: dict, budgets: dict) -> Snapshot:
+        section = config.edge if layer is Layer.EDGE else config.balancer
+        remotes = {u.name: _remote(u.name, u.url) for u in config.edge.upstreams} \
+            if config.edge and layer is Layer.EDGE else {}
+        return Snapshot(layer=layer, router=Router(section.routes), pools=pools, remotes=remotes,
+                        listeners={lst.name: lst for lst in section.listeners},
+                        policies=build_policies(section.routes, self.policy_resources), budgets=budgets)
+
+    def _init_series(self, config: GatewatchConfig) -> None:
+        """Counters that dashboards and alerts read exist from the start (at 0), not from their first event:
+        "no retry was refused" must be a 0, not an absent series."""
+        m = self.metrics
+        for section in (config.edge, config.balancer):
+            for r in (section.routes if section else ()):
+                if r.retries.attempts > 1:
+                    m.retry_budget_exhausted.labels(r.name, r.upstream)
+        for result in ("ok", "error"):
+            m.config_reloads.labels(result)
+
+    async def reload(self) -> tuple[bool, list[str]]:
+        """Re-read the config file and swap each layer's snapshot whole (routes, policies, pools, URL
+        upstreams, listener trace/forwarding settings). Requests already running finish on the snapshot they
+        started with. A file with errors, or one that changes what only a restart can (listener addresses,
+        admin, telemetry, data plane, workers, which layers exist), is refused and the running config stays.
+        Recorded as `gatewatch_config_reloads_total{result}` and a `gatewatch.config.reload` event."""
+        async with self._reload_lock:
+            try:
+                if not self.config_path:
+                    raise ConfigError("(reload)", ["(file): this process was not started from a config file"])
+                cfg = load_config(self.config_path)
+                problems = restart_only_changes(self.config, cfg)
+            except ConfigError as err:
+                cfg, problems = None, err.problems
+            if problems:
+                self._reloaded("error", problems)
+                return False, problems
+            pools = await self.balancer.reconcile(cfg.balancer.pools) if self.balancer else {}
+            self.pools = pools
+            self.forwarder.set_limits(_limits(cfg))
+            for layer, engine in self.engines.items():
+                engine.snapshot = self._snapshot(layer, cfg, pools, engine.snapshot.budgets)
+            self.config = cfg
+            self._init_series(cfg)
+            self._reloaded("ok", [])
+            return True, []
+
+    def _reloaded(self, result: str, problems: list[str]) -> None:
+        self.metrics.config_reloads.labels(result).inc()
+        body = f"config reload from {self.config_path}: {result}" + (f" ({'; '.join(problems)})" if problems else "")
+        (log.info if result == "ok" else log.error)("%s", body)
+        self.telemetry.event(Event.CONFIG_RELOAD, body, {Attr.DECISION_RESULT: result,
+                                                         "gatewatch.config.path": self.config_path or "",
+                                                         "gatewatch.config.problems": problems},
+                             severity="INFO" if result == "ok" else "WARN")
 
     def bound_listeners(self) -> dict[str, str]:
         return {lst.name: f"{lst.bound[0]}:{lst.bound[1]}" for lst in self.listeners if lst.bound}
@@ -152,9 +203,35 @@ class Runtime:
         await self.telemetry.stop(3.0)
 
 
+def _limits(config: GatewatchConfig) -> dict[str, tuple[int, float]]:
+    limits = {p.name: (p.max_connections_per_instance, p.keepalive_idle_s)
+              for p in (config.balancer.pools if config.balancer else ())}
+    limits.update({u.name: (u.max_connections, u.keepalive_idle_s) for u in (config.edge.upstreams if config.edge else ())})
+    return limits
+
+
+def restart_only_changes(old: GatewatchConfig, new: GatewatchConfig) -> list[str]:
+    """What a reload cannot apply (bound sockets, the telemetry pipeline, processes), as `field: why` lines."""
+    problems = []
+    for key in ("admin", "telemetry", "data_plane", "workers"):
+        if getattr(old, key) != getattr(new, key):
+            problems.append(f"{key}: changed; this takes a restart")
+    for name in ("edge", "balancer"):
+        a, b = getattr(old, name), getattr(new, name)
+        if (a is None) != (b is None) or (a and bool(a.listeners) != bool(b.listeners)):
+            problems.append(f"{name}: added or removed (or its listeners); this takes a restart")
+            continue
+        if a is None:
+            continue
+        bound = lambda sec: [(lst.name, lst.address, lst.max_header_size) for lst in sec.listeners]  # noqa: E731
+        if bound(a) != bound(b):
+            problems.append(f"{name}.listeners: names, addresses or max_header_size changed; this takes a restart")
+    return problems
+
+
 async def serve(config: GatewatchConfig, ready_file: str | None = None, stop: asyncio.Event | None = None,
-                worker: int | None = None, ports: dict[str, int] | None = None) -> None:
-    rt = Runtime(config, worker=worker, ports=ports)
+                worker: int | None = None, ports: dict[str, int] | None = None, config_path: str | None = None) -> None:
+    rt = Runtime(config, worker=worker, ports=ports, config_path=config_path)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     import signal
@@ -164,6 +241,17 @@ async def serve(config: GatewatchConfig, ready_file: str | None = None, stop: as
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):
             pass
+    reloads: set[asyncio.Task] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(rt.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    try:
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+    except (NotImplementedError, RuntimeError, AttributeError):
+        pass
     try:
         await rt.start()
         # Everything built so far (modules, config, compiled routes, pools, SDK objects) lives as long as the

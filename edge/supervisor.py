@@ -57,8 +57,16 @@ def run_workers(config_path: str, cfg: GatewatchConfig, ready_file: str | None, 
         nonlocal stopping
         stopping = True
 
+    workers: dict[int, subprocess.Popen] = {}
+
+    def on_hup(signum, frame):  # noqa: ARG001 - every worker re-reads the file itself
+        for w in workers.values():
+            if w.poll() is None:
+                w.send_signal(signal.SIGHUP)
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hup)
     workers = {i: spawn(i) for i in range(cfg.workers)}
     deadline = time.monotonic() + 30
     infos: dict[int, dict] = {}

@@ -8,7 +8,7 @@ OpenMetrics exposition (`Accept: application/openmetrics-text`).
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Info, ProcessCollector
 from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
@@ -104,6 +104,7 @@ class Metrics:
         self.telemetry_queue = Gauge(
             Metric.TELEMETRY_QUEUE, "Telemetry items waiting for export, by signal.", [Label.SIGNAL], registry=r)
         self.build = Info(Metric.BUILD_INFO, "Gatewatch build information.", registry=r)
+        ProcessCollector(registry=r)  # process_start_time_seconds, process_cpu_seconds_total, ... (worker health)
         self.build.info({"version": version})
 
     def exposition(self, accept: str | None) -> tuple[bytes, str]:

@@ -396,6 +396,11 @@ class RawForwarder:
             timer.cancel()
         return RawResponse(ep, conn, status_head, idle_s, pump)
 
+    def set_limits(self, limits: dict[str, tuple[int, float]]) -> None:
+        """After a config reload: limits for pools and upstreams connected from now on (connection pools that
+        already exist keep theirs until the process restarts)."""
+        self._limits = limits
+
     async def close(self) -> None:
         for pool in self._pools.values():
             pool.close()

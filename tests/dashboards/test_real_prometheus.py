@@ -63,7 +63,7 @@ def balancer_config(backends: list[Proc]) -> dict:
             "routes": [{"name": "shop", "upstream": "shop",
                         "retries": {"attempts": 3, "retry_on": ["connect_failure", "reset"]}}],
             "pools": [{
-                "name": "shop", "algorithm": "round_robin",
+                "name": "shop", "algorithm": "weighted_round_robin",
                 "instances": [{"id": b.name.removeprefix("backend-"), "host": "127.0.0.1",
                                "port": port_of(b.info["address"])} for b in backends],
                 # The killed instance is marked unhealthy after ~10 s; until then outlier detection ejects it and
