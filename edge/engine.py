@@ -33,12 +33,14 @@ from balancer.retry import decide as retry_decide
 from edge import headers as hdr
 from edge.messages import ClientGone, Downstream, Forwarder, RequestHead, UpstreamFailure, UpstreamRequest
 from edge.policies.base import PolicyRequest, PolicyVerdict
+from edge.policies.bodies import BodyTooLarge
 from edge.paths import InvalidPath, canonical_path, split_target, strip_prefix, target_authority
 from edge.routing import NoRoute, RouteMatch
 from edge.snapshot import Snapshot
 from telemetry.context import (AttemptRecord, DecisionRecord, RequestRecord, format_traceparent, new_span_id,
                                start_trace)
-from telemetry.names import OUTCOME_STATUS, Attr, DecisionKind, ErrorType, Exclusion, Layer, Outcome, Reason, Verdict
+from telemetry.names import (OUTCOME_STATUS, Attr, DecisionKind, ErrorType, Exclusion, Layer, Outcome, PolicyReason,
+                             Reason, Verdict)
 from telemetry.recorder import Telemetry
 
 log = logging.getLogger("gatewatch.engine")
@@ -93,6 +95,7 @@ class _BodyFromClient:
         self.client_gone = False
         self.timed_out = False
         self.started = False  # a byte was read: the body cannot be replayed to another attempt
+        self.too_large: BodyTooLarge | None = None  # a size policy cut the streamed body
 
     async def __aiter__(self):
         self.started = True
@@ -105,8 +108,10 @@ class _BodyFromClient:
             except asyncio.TimeoutError:
                 self.client_gone = self.timed_out = True
                 raise ClientGone() from None
-            except ClientGone:
+            except ClientGone as err:
                 self.client_gone = True
+                if isinstance(err, BodyTooLarge):
+                    self.too_large = err
                 raise
             yield chunk
 
@@ -182,7 +187,8 @@ class Engine:
             return
         ctx = PolicyRequest(head=head, route=route.name, path=path, query=rec.query,
                             client_address=head.client_address, body=body if head.has_body else None,
-                            now=self.clock_ns() / 1e9, rng=self.rng)
+                            now=self.clock_ns() / 1e9, rng=self.rng, trace_id=rec.trace.trace_id,
+                            span_id=rec.trace.span_id)
         evaluated = []
         try:
             for policy in chain:
@@ -333,6 +339,14 @@ class Engine:
                     attempt.error_type, attempt.outcome = ErrorType.CLIENT_TIMEOUT.value, Outcome.CLIENT_TIMEOUT.value
                     await self._fail(down, rec, Outcome.CLIENT_TIMEOUT, ErrorType.CLIENT_TIMEOUT.value)
                     return None
+                if client_body is not None and client_body.too_large is not None:
+                    # A size policy cut the upload after forwarding began: the late refusal is the policy's.
+                    self._decide_late_size_refusal(rec, client_body.too_large)
+                    attempt.outcome = Outcome.PAYLOAD_TOO_LARGE.value
+                    rec.outcome = Outcome.PAYLOAD_TOO_LARGE.value
+                    # the rest of the upload may still be arriving: answer, then close the connection
+                    await self._answer(down, rec, Outcome.PAYLOAD_TOO_LARGE, 413, (("Connection", "close"),), None)
+                    return None
                 if client_body is not None and client_body.client_gone:
                     raise ClientGone() from None
                 outcome = FAILURE_OUTCOME.get(failure.error_type, Outcome.UPSTREAM_ERROR)
@@ -411,6 +425,14 @@ class Engine:
                 DecisionKind.POLICY, v.policy, v.verdict.value, v.reason, self.clock_ns(), rec.trace.span_id,
                 {Attr.POLICY_TYPE: v.type, Attr.POLICY_SHADOW: v.verdict is Verdict.SHADOW_DENY or None,
                  **v.attributes}))
+
+    def _decide_late_size_refusal(self, rec: RequestRecord, err: BodyTooLarge) -> None:
+        reason = PolicyReason.SIZE_TOO_LARGE.value
+        rec.policies = [p for p in rec.policies if p[0] != err.policy] + [(err.policy, err.type, "deny", reason)]
+        rec.decisions.append(DecisionRecord(DecisionKind.POLICY, err.policy, Verdict.DENY.value, reason,
+                                            self.clock_ns(), rec.trace.span_id,
+                                            {Attr.POLICY_TYPE: err.type, "gatewatch.size.limit_bytes": err.limit,
+                                             "gatewatch.size.streamed": True}))
 
     def _decide_pick(self, rec: RequestRecord, pool, picked, by_affinity: bool, key: str | None) -> dict:
         """Record the pick (decision log + span attributes); return the attributes for the attempt's span."""

@@ -12,12 +12,12 @@ import logging
 from typing import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
-from aiohttp.web_exceptions import HTTPException
 
 from edge.messages import ClientGone, Headers, RequestHead, header_index
 
 log = logging.getLogger("gatewatch.listener")
 READ_CHUNK = 64 * 1024
+DRAIN_LIMIT = 64 * 1024  # an unread request body we let aiohttp read and discard to keep the connection
 
 Handler = Callable[[RequestHead, AsyncIterator[bytes], "AiohttpDownstream"], Awaitable[None]]
 
@@ -35,6 +35,9 @@ class AiohttpDownstream:
     async def start(self, status: int, reason: str | None, headers: Headers, content_length: int | None) -> None:
         resp = web.StreamResponse(status=status, reason=reason or None)
         for k, v in headers:
+            if k.lower() == "connection":  # the engine asks to close after this answer
+                resp.force_close()
+                continue
             resp.headers.add(k, v)
         if content_length is not None:
             resp.content_length = content_length
@@ -117,9 +120,19 @@ class AiohttpListener:
             has_body=request.body_exists,
         )
         down = AiohttpDownstream(request)
-        await self._handler(head, _request_body(request), down)
-        if down.response is None:  # cannot happen: the engine always answers; fail loudly, not with a 200
-            raise HTTPException(text="gatewatch: no response produced")
+        body = _request_body(request)
+        await self._handler(head, body, down)
+        if down.response is None:
+            # The client went away (outcome client_abort): nothing to answer; make sure the connection ends.
+            down.abort()
+            return web.Response(status=499)
+        if head.has_body and not request.content.is_eof():
+            # Answered before the body was read (a refusal). aiohttp would read and discard all of it to keep
+            # the connection; like the fast listener, only a small declared rest is worth that. A client
+            # waiting for 100 Continue, or still sending a large body, gets the connection closed instead.
+            small = request.content_length is not None and request.content_length <= DRAIN_LIMIT
+            if not small or request.headers.get("Expect", "").lower() == "100-continue":
+                down.response.force_close()
         return down.response
 
     async def start(self) -> tuple[str, int]:

@@ -140,6 +140,7 @@ def log_models(r: RequestRecord | EventRecord) -> list[LogModel]:
             Attr.ROUTE: r.route,
             Attr.HTTP_REQUEST_METHOD: r.method,
             Attr.URL_PATH: r.path,
+            Attr.CONSUMER: r.consumer,
             **d.attributes,
         })
         out.append(LogModel(d.time_ns, r.trace.trace_id, d.span_id, r.trace.sampled,

@@ -84,7 +84,7 @@ class CircuitBreakerPolicy:
     async def evaluate(self, req: PolicyRequest) -> PolicyVerdict:
         admitted, moved = self.breaker.admit(self._mono())
         if moved:
-            self._transition(*moved, R.CIRCUIT_HALF_OPEN_PROBE)
+            self._transition(*moved, R.CIRCUIT_HALF_OPEN_PROBE, req)
         if admitted is not None:
             req.state[self.name] = admitted
             return allow(self, R.CIRCUIT_CLOSED.value if admitted == PASSED else R.CIRCUIT_HALF_OPEN_PROBE.value)
@@ -108,16 +108,18 @@ class CircuitBreakerPolicy:
         moved = self.breaker.result(admitted, failed, self._mono())
         if moved:
             reason = R.CIRCUIT_OPEN if moved[1] is CircuitState.OPEN else R.CIRCUIT_CLOSED
-            self._transition(*moved, reason)
+            self._transition(*moved, reason, req)
 
     def _gauge(self, state: CircuitState) -> None:
         for s in CircuitState:
             self.metrics.circuit_state.labels(self.route, s.value).set(1 if s is state else 0)
 
-    def _transition(self, frm: CircuitState, to: CircuitState, reason: R) -> None:
+    def _transition(self, frm: CircuitState, to: CircuitState, reason: R, req: PolicyRequest | None = None) -> None:
         self._gauge(to)
         self.telemetry.event(
             Event.CIRCUIT_TRANSITION, f"circuit {self.name} on route {self.route}: {frm.value} -> {to.value}",
             {Attr.ROUTE: self.route, Attr.POLICY_NAME: self.name, Attr.POLICY_TYPE: self.type,
              Attr.CIRCUIT_FROM: frm.value, Attr.CIRCUIT_TO: to.value, Attr.DECISION_REASON: reason.value},
+            # the request whose result (or admission) moved the breaker
+            trace_id=req.trace_id if req is not None else None, span_id=req.span_id if req is not None else None,
             severity="WARN" if to is CircuitState.OPEN else "INFO")
