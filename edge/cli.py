@@ -25,12 +25,14 @@ examples:
   gatewatch run -c examples/gateway.yaml
   gatewatch demo --duration 30
   gatewatch dashboards build --out ./observability --slo 99.95
+  gatewatch apikey generate                      # a new API key and the hash to put in an api_key policy
+  kill -HUP <pid>  or  gatewatch reload --admin 127.0.0.1:9901   # re-read the config file in place
   OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 gatewatch demo   # send telemetry to a collector
 
 telemetry: the standard OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_PROTOCOL (grpc | http/protobuf),
 OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER(_ARG) override the config file. Without an
 endpoint, traces and decision logs are written as JSON lines under ./gatewatch-telemetry/.
-docs: docs/configuration.md, docs/architecture.md
+docs: docs/configuration.md, docs/architecture.md, docs/balancer.md, docs/policies.md, docs/dashboards.md
 """
 
 
@@ -220,7 +222,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slo", type=float, metavar="PERCENT",
                    help="availability SLO of edge requests, e.g. 99.9 (overrides the options file; default 99.9)")
     p.set_defaults(func=cmd_dashboards_build)
+
+    p = sub.add_parser("apikey", help="hash or generate API keys for api_key policies",
+                       description="`gatewatch apikey hash [KEY]` prints the hash to put in an api_key policy "
+                                   "(KEY read from stdin when omitted, so it stays out of the shell history); "
+                                   "`gatewatch apikey generate` prints a new random key and its hash.")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="hash [KEY] | generate")
+    p.set_defaults(func=cmd_apikey)
+
+    p = sub.add_parser("reload", help="ask a running gatewatch to re-read its config file (POST /reload)",
+                       description="Like sending SIGHUP: the process re-reads the file it was started with and "
+                                   "swaps routes, policies and pools; changes that need a restart are refused.")
+    p.add_argument("--admin", required=True, metavar="HOST:PORT", help="the process's admin address")
+    p.set_defaults(func=cmd_reload)
     return parser
+
+
+def cmd_apikey(args: argparse.Namespace) -> int:
+    from edge.policies.apikey import main as apikey_main
+
+    return apikey_main(args.rest)
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(f"http://{args.admin}/reload", method="POST", data=b"")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            print(f"{args.admin}: reloaded")
+            return 0
+    except urllib.error.HTTPError as err:
+        body = json.loads(err.read() or b"{}")
+        print(f"{args.admin}: reload refused, the running config stays:", file=sys.stderr)
+        for p in body.get("problems", []):
+            print(f"  {p}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"{args.admin}: cannot reach the admin listener: {err}", file=sys.stderr)
+        return 1
 
 
 def main(argv: list[str] | None = None) -> int:

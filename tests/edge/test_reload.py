@@ -4,8 +4,9 @@ did not change keep their state. Each reload is counted and logged as an event."
 
 from __future__ import annotations
 
-import asyncio
 import signal
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -114,6 +115,25 @@ def test_sighup_reloads_a_running_process(cluster, otlp, tmp_path):
             status = e.code
             time.sleep(0.1)
     assert status == 200
+    # the CLI does the same through the admin API, and says why when it cannot
+    (cluster.workdir / "gw.yaml").write_text("edge: [")
+    out = subprocess.run([sys.executable, "-m", "edge.cli", "reload", "--admin", gw.admin], capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 2 and "reload refused, the running config stays" in out.stderr
+    assert "invalid YAML" in out.stderr
+    assert urllib.request.urlopen(f"{url}/new/x", timeout=5).status == 200
     assert otlp.data.wait_for(lambda s, logs: any(
         r["event_name"] == "gatewatch.config.reload" and r["attributes"]["gatewatch.decision.result"] == "ok"
         for r in logs))
+
+
+def test_apikey_cli_hashes_from_stdin_and_generates():
+    from edge.policies.apikey import hash_key
+
+    out = subprocess.run([sys.executable, "-m", "edge.cli", "apikey", "hash"], input="s3cret\n",
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout.strip() == hash_key("s3cret")
+    gen = subprocess.run([sys.executable, "-m", "edge.cli", "apikey", "generate"], capture_output=True, text=True,
+                         timeout=30)
+    key, digest = (line.split(":", 1)[1].strip() for line in gen.stdout.splitlines())
+    assert hash_key(key) == digest
