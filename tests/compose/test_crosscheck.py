@@ -198,6 +198,28 @@ def test_gatewatch_configs_pass_validate(stack):
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def test_the_load_generators_tokens_are_what_the_edge_accepts(stack):
+    """The loadgen signs with GATEWATCH_DEMO_JWT_SECRET (compose env) and the edge's jwt policies verify with
+    their inline key: if the two drift apart, every demo request would be a 401 and the scenario is gone."""
+    import jwt as pyjwt
+
+    from edge.config import load_config
+
+    env = stack.services["loadgen"]["environment"]
+    secret = env["GATEWATCH_DEMO_JWT_SECRET"]
+    edge = load_config(_gatewatch_configs(stack)["edge"])
+    policies = [p for r in edge.edge.routes for p in r.policies if p.type == "jwt"]
+    assert policies and {r.name for r in edge.edge.routes} == {"orders", "checkout", "catalog"}
+    assert all(len(r.policies) == 2 for r in edge.edge.routes)
+    for p in policies:
+        assert [k.secret.get_secret_value() for k in p.keys] == [secret]
+        token = pyjwt.encode({"sub": "u", "iss": p.issuer, "aud": p.audience, "exp": 2 ** 31}, secret, "HS256")
+        pyjwt.decode(token, secret, algorithms=list(p.algorithms), audience=p.audience, issuer=p.issuer)
+    loadgen = (COMPOSE_DIR / "scenario" / "loadgen.py").read_text()
+    assert f'"GATEWATCH_DEMO_JWT_ISSUER", "{policies[0].issuer}"' in loadgen
+    assert f'"GATEWATCH_DEMO_JWT_AUDIENCE", "{policies[0].audience}"' in loadgen
+
+
 def test_prometheus_scrapes_every_gatewatch_admin_listener(stack):
     config = load_yaml(stack.config_file("prometheus", PROM_CONFIG))
     targets = {t for job in config["scrape_configs"] for sc in job.get("static_configs", []) for t in sc["targets"]}
