@@ -11,7 +11,8 @@
           connection, so a truncated body can never look complete.
 - LOG     `Telemetry.finish(record)` exactly once, in `finally`.
 
-Every decision is appended to the request's `RequestRecord`; nothing here calls a tracer or a logger directly.
+Every decision is appended to the request's `RequestRecord` (`edge.decisions` shapes the records); nothing here
+calls a tracer or a logger directly.
 Guarantee: every request gets exactly one of: a relayed response, a locally generated error response, or an
 aborted connection — and exactly one record.
 """
@@ -27,20 +28,18 @@ from typing import AsyncIterator, Callable
 
 from balancer.algorithms import Endpoint, NoHealthyEndpoint
 from balancer.health import Result, classify
-from balancer.pool import EXCLUDED_LISTED
 from balancer.retry import Body, Failure, RetryBudget, backoff_s, failure_of
 from balancer.retry import decide as retry_decide
+from edge import decisions, request_keys
 from edge import headers as hdr
 from edge.messages import ClientGone, Downstream, Forwarder, RequestHead, UpstreamFailure, UpstreamRequest
-from edge.policies.base import PolicyRequest, PolicyVerdict
+from edge.policies.base import PolicyRequest
 from edge.policies.bodies import BodyTooLarge
 from edge.paths import InvalidPath, canonical_path, split_target, strip_prefix, target_authority
-from edge.routing import NoRoute, RouteMatch
+from edge.routing import NoRoute
 from edge.snapshot import Snapshot
-from telemetry.context import (AttemptRecord, DecisionRecord, RequestRecord, format_traceparent, new_span_id,
-                               start_trace)
-from telemetry.names import (OUTCOME_STATUS, Attr, DecisionKind, ErrorType, Exclusion, Layer, Outcome, PolicyReason,
-                             Reason, Verdict)
+from telemetry.context import AttemptRecord, RequestRecord, format_traceparent, new_span_id, start_trace
+from telemetry.names import OUTCOME_STATUS, ErrorType, Exclusion, Layer, Outcome
 from telemetry.recorder import Telemetry
 
 log = logging.getLogger("gatewatch.engine")
@@ -50,12 +49,6 @@ log = logging.getLogger("gatewatch.engine")
 PROXIED = Outcome.PROXIED.value
 CLIENT_ABORT = Outcome.CLIENT_ABORT.value
 BALANCER = Layer.BALANCER.value
-MATCHED = Reason.ROUTE_MATCHED.value
-PICK_REASON = {"round_robin": Reason.PICK_ROUND_ROBIN.value, "weighted_round_robin": Reason.PICK_WEIGHTED.value,
-               "random": Reason.PICK_RANDOM.value, "least_request": Reason.PICK_LEAST_REQUEST.value,
-               "least_connections": Reason.PICK_LEAST_CONNECTIONS.value, "ring_hash": Reason.PICK_RING_HASH.value,
-               "maglev": Reason.PICK_MAGLEV.value}
-PICK_AFFINITY = Reason.PICK_AFFINITY.value
 
 FAILURE_OUTCOME = {
     ErrorType.CONNECT_REFUSED: Outcome.UPSTREAM_CONNECT_ERROR,
@@ -173,7 +166,7 @@ class Engine:
 
         # ROUTE
         match = snap.router.match(path, rec.host, head.method, head.index, rec.query)
-        self._decide_route(rec, match)
+        decisions.route(rec, match, self.clock_ns())
         if isinstance(match, NoRoute):
             await self._fail(down, rec, Outcome.NO_ROUTE, None)
             return
@@ -194,7 +187,7 @@ class Engine:
             for policy in chain:
                 evaluated.append(policy)
                 verdict = await policy.evaluate(ctx)
-                self._decide_policy(rec, verdict)
+                decisions.policy(rec, verdict, self.clock_ns())
                 if verdict.block:
                     await self._answer(down, rec, verdict.outcome, verdict.status,
                                        verdict.headers + tuple(ctx.response_headers), verdict.message)
@@ -225,8 +218,8 @@ class Engine:
             target += "?" + rec.query
         client_body = _BodyFromClient(body, route.timeouts.idle_s) if head.has_body else None
         extra = list(ctx.response_headers) if ctx is not None else []
-        key = _hash_key(pool.config.hash_key, head, rec.query) if pool is not None and pool.config.hash_key else None
-        affinity = pool.affinity_target(_cookie(head, pool.config.affinity.cookie)) \
+        key = request_keys.hash_key(pool.config.hash_key, head, rec.query) if pool is not None and pool.config.hash_key else None
+        affinity = pool.affinity_target(request_keys.cookie(head, pool.config.affinity.cookie)) \
             if pool is not None and pool.config.affinity else None
         budget = snap.budgets.setdefault(route.upstream, RetryBudget())
         deadline = self.monotonic() + cfg.deadline_s if cfg.deadline_s else None
@@ -243,7 +236,7 @@ class Engine:
                         picked = ep if ep is not None else pool.pick(key, tried, self.rng)
                         if tried and isinstance(picked, NoHealthyEndpoint):  # only tried ones left: reuse one
                             picked = pool.pick(key, {}, self.rng)
-                        lb = self._decide_pick(rec, pool, picked, affinity is not None and ep is not None, key)
+                        lb = decisions.pick(rec, pool, picked, affinity is not None and ep is not None, key, self.clock_ns())
                         if isinstance(picked, NoHealthyEndpoint):
                             overflow = any(r == Exclusion.OVER_LIMIT.value for _, r in picked.excluded)
                             await self._fail(down, rec, Outcome.UPSTREAM_OVERFLOW if overflow
@@ -256,13 +249,13 @@ class Engine:
                             a = pool.config.affinity
                             extra = [h for h in extra if h[0] != "Set-Cookie" or not h[1].startswith(a.cookie + "=")]
                             if ep.id != affinity:
-                                extra.append(("Set-Cookie", _affinity_cookie(a, pool.affinity_value(ep.id))))
+                                extra.append(("Set-Cookie", request_keys.affinity_cookie(a, pool.affinity_value(ep.id))))
                     else:
                         remote = snap.remotes[route.upstream]
                         host, port, scheme, zone, ep, lb = remote.host, remote.port, remote.scheme, None, None, {}
                         instance, layer = f"{remote.host}:{remote.port}", self.layer_value
                     if n and previous is not None and previous != instance and pool is not None:
-                        self._decide_failover(rec, pool.name, previous, instance)
+                        decisions.failover(rec, pool.name, previous, instance, self.clock_ns())
                     previous = instance
                     # UPSTREAM
                     response_s = per_try_s if deadline is None else max(0.001, min(per_try_s, deadline - self.monotonic()))
@@ -281,7 +274,7 @@ class Engine:
                 verdict = retry_decide(cfg, head.method, kind, n + 1, _body_state(client_body), budget.left(cfg.budget),
                                        None if deadline is None else deadline - self.monotonic())
                 if cfg.attempts > 1:
-                    self._decide_retry(rec, route.name, verdict, n + 1, budget.left(cfg.budget), instance, kind)
+                    decisions.retry(rec, route.name, verdict, n + 1, budget.left(cfg.budget), instance, kind, self.clock_ns())
                 if not verdict.retry:
                     if response is not None:  # a retryable status nobody may retry: relay it as it is
                         last = rec.attempts[-1]
@@ -341,7 +334,7 @@ class Engine:
                     return None
                 if client_body is not None and client_body.too_large is not None:
                     # A size policy cut the upload after forwarding began: the late refusal is the policy's.
-                    self._decide_late_size_refusal(rec, client_body.too_large)
+                    decisions.late_size_refusal(rec, client_body.too_large, self.clock_ns())
                     attempt.outcome = Outcome.PAYLOAD_TOO_LARGE.value
                     rec.outcome = Outcome.PAYLOAD_TOO_LARGE.value
                     # the rest of the upload may still be arriving: answer, then close the connection
@@ -406,89 +399,6 @@ class Engine:
         attempt.outcome = rec.outcome = PROXIED
         return True
 
-    # --- decisions (pure bookkeeping: what was decided, by which rule, why) ---
-
-    def _decide_route(self, rec: RequestRecord, match: RouteMatch | NoRoute) -> None:
-        if isinstance(match, RouteMatch):
-            rec.decisions.append(DecisionRecord(
-                DecisionKind.ROUTE, match.route.name, "matched", MATCHED, self.clock_ns(),
-                rec.trace.span_id, {Attr.HTTP_ROUTE: match.template, Attr.UPSTREAM: match.route.upstream}))
-        else:
-            rec.decisions.append(DecisionRecord(
-                DecisionKind.ROUTE, match.nearest or "", "no_match", Reason.ROUTE_NO_MATCH.value, self.clock_ns(),
-                rec.trace.span_id, {"gatewatch.route.failed_condition": match.reason}))
-
-    def _decide_policy(self, rec: RequestRecord, v: PolicyVerdict) -> None:
-        rec.policies.append((v.policy, v.type, v.verdict.value, v.reason))
-        if v.verdict is not Verdict.ALLOW:  # allows are summarised on the span and counted, not logged
-            rec.decisions.append(DecisionRecord(
-                DecisionKind.POLICY, v.policy, v.verdict.value, v.reason, self.clock_ns(), rec.trace.span_id,
-                {Attr.POLICY_TYPE: v.type, Attr.POLICY_SHADOW: v.verdict is Verdict.SHADOW_DENY or None,
-                 **v.attributes}))
-
-    def _decide_late_size_refusal(self, rec: RequestRecord, err: BodyTooLarge) -> None:
-        reason = PolicyReason.SIZE_TOO_LARGE.value
-        rec.policies = [p for p in rec.policies if p[0] != err.policy] + [(err.policy, err.type, "deny", reason)]
-        rec.decisions.append(DecisionRecord(DecisionKind.POLICY, err.policy, Verdict.DENY.value, reason,
-                                            self.clock_ns(), rec.trace.span_id,
-                                            {Attr.POLICY_TYPE: err.type, "gatewatch.size.limit_bytes": err.limit,
-                                             "gatewatch.size.streamed": True}))
-
-    def _decide_pick(self, rec: RequestRecord, pool, picked, by_affinity: bool, key: str | None) -> dict:
-        """Record the pick (decision log + span attributes); return the attributes for the attempt's span."""
-        view = pool.view()
-        if isinstance(picked, Endpoint):  # session affinity chose; the algorithm was not asked
-            algorithm, candidates, excluded, reason = pool.algorithm.value, len(view.candidates), (), PICK_AFFINITY
-        else:
-            algorithm, candidates, excluded = picked.algorithm.value, picked.candidates, picked.excluded
-            reason = PICK_REASON[algorithm]
-        lb = {Attr.LB_ALGORITHM: algorithm, Attr.LB_CANDIDATES: candidates}
-        if excluded:
-            listed = [f"{i}={why}" for i, why in excluded[:EXCLUDED_LISTED]]
-            if len(excluded) > EXCLUDED_LISTED:
-                listed.append(f"...+{len(excluded) - EXCLUDED_LISTED} more")
-            lb[Attr.LB_EXCLUDED] = listed
-        if view.priority:
-            lb[Attr.PRIORITY] = view.priority
-        if view.panic:
-            lb[Attr.LB_PANIC] = True
-        if by_affinity:
-            lb[Attr.LB_AFFINITY] = "cookie"
-        elif pool.config.hash_key is not None:
-            lb[Attr.LB_HASH_KEY_SOURCE] = pool.config.hash_key.describe() + ("" if key is not None else " (absent)")
-        rec.lb = lb
-        attrs = {Attr.UPSTREAM: pool.name, **lb}
-        span = rec.balance_span_id or rec.trace.span_id
-        if isinstance(picked, NoHealthyEndpoint):
-            overflow = any(r == Exclusion.OVER_LIMIT.value for _, r in picked.excluded)
-            rec.decisions.append(DecisionRecord(
-                DecisionKind.PICK, pool.name, "overflow" if overflow else "no_candidates",
-                (Reason.PICK_OVERFLOW if overflow else Reason.PICK_NO_CANDIDATES).value, self.clock_ns(), span,
-                attrs, BALANCER))
-            return lb
-        ep = picked if isinstance(picked, Endpoint) else picked.endpoint
-        lb = {**lb, Attr.LB_WEIGHT: ep.weight, Attr.LB_IN_FLIGHT: pool.in_flight[ep.id]}
-        attrs.update({Attr.INSTANCE: ep.id, Attr.ZONE: ep.zone, Attr.LB_WEIGHT: ep.weight,
-                      Attr.LB_IN_FLIGHT: pool.in_flight[ep.id]})
-        rec.decisions.append(DecisionRecord(DecisionKind.PICK, pool.name, "picked", reason, self.clock_ns(), span,
-                                            attrs, BALANCER))
-        return lb
-
-    def _decide_retry(self, rec: RequestRecord, route: str, verdict, attempts_made: int, budget_left: int,
-                      instance: str, kind: Failure) -> None:
-        rec.decisions.append(DecisionRecord(
-            DecisionKind.RETRY, route, "retry" if verdict.retry else "refused", verdict.reason, self.clock_ns(),
-            rec.balance_span_id or rec.trace.span_id,
-            {Attr.UPSTREAM: rec.upstream, Attr.INSTANCE: instance, Attr.RETRY_ATTEMPT: attempts_made,
-             Attr.RETRY_BUDGET_REMAINING: budget_left, Attr.RETRY_FAILURE: kind.value},
-            BALANCER if rec.balance_span_id else None))
-
-    def _decide_failover(self, rec: RequestRecord, pool: str, from_instance: str, to_instance: str) -> None:
-        rec.decisions.append(DecisionRecord(
-            DecisionKind.FAILOVER, pool, "failover", Reason.FAILOVER_RETRY_OTHER_INSTANCE.value, self.clock_ns(),
-            rec.balance_span_id or rec.trace.span_id,
-            {Attr.UPSTREAM: pool, Attr.FAILOVER_FROM: from_instance, Attr.FAILOVER_TO: to_instance}, BALANCER))
-
     # --- local answers ---
 
     def reject(self, listener: str, peer: tuple[str, int], sock: tuple[str, int], status: int,
@@ -535,42 +445,6 @@ class Engine:
 def _error_body(outcome: Outcome, status: int, request_id: str, layer: str, message: str | None = None) -> bytes:
     return json.dumps({"error": {"status": status, "outcome": outcome.value, "message": message or MESSAGES[outcome],
                                  "request_id": request_id, "layer": layer}}).encode()
-
-
-def _hash_key(cfg, head: RequestHead, query: str) -> str | None:
-    """The request's consistent-hashing key per the pool's `hash_key`, or None when the request lacks it."""
-    if cfg.source == "client_address":
-        return head.client_address
-    if cfg.source == "header":
-        return head.header(cfg.name.lower())
-    if cfg.source == "cookie":
-        return _cookie(head, cfg.name)
-    for part in query.split("&") if query else ():
-        k, _, v = part.partition("=")
-        if k == cfg.name:
-            return v
-    return None
-
-
-def _cookie(head: RequestHead, name: str) -> str | None:
-    for k, v in head.headers:
-        if k.lower() == "cookie":
-            for item in v.split(";"):
-                ck, _, cv = item.strip().partition("=")
-                if ck == name:
-                    return cv.strip('"')
-    return None
-
-
-def _affinity_cookie(cfg, value: str) -> str:
-    parts = [f"{cfg.cookie}={value}", f"Path={cfg.path}", "SameSite=Lax"]
-    if cfg.ttl_s:
-        parts.append(f"Max-Age={cfg.ttl_s}")
-    if cfg.http_only:
-        parts.append("HttpOnly")
-    if cfg.secure:
-        parts.append("Secure")
-    return "; ".join(parts)
 
 
 def _body_state(body: _BodyFromClient | None) -> Body:
