@@ -338,7 +338,8 @@ class Engine:
                     attempt.outcome = Outcome.PAYLOAD_TOO_LARGE.value
                     rec.outcome = Outcome.PAYLOAD_TOO_LARGE.value
                     # the rest of the upload may still be arriving: answer, then close the connection
-                    await self._answer(down, rec, Outcome.PAYLOAD_TOO_LARGE, 413, (("Connection", "close"),), None)
+                    down.close_after_response()
+                    await self._answer(down, rec, Outcome.PAYLOAD_TOO_LARGE, 413, (), None)
                     return None
                 if client_body is not None and client_body.client_gone:
                     raise ClientGone() from None

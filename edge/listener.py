@@ -27,6 +27,10 @@ class AiohttpDownstream:
         self._request = request
         self.response: web.StreamResponse | None = None
         self.aborted = False
+        self._close_after = False
+
+    def close_after_response(self) -> None:
+        self._close_after = True
 
     @property
     def started(self) -> bool:
@@ -35,10 +39,9 @@ class AiohttpDownstream:
     async def start(self, status: int, reason: str | None, headers: Headers, content_length: int | None) -> None:
         resp = web.StreamResponse(status=status, reason=reason or None)
         for k, v in headers:
-            if k.lower() == "connection":  # the engine asks to close after this answer
-                resp.force_close()
-                continue
             resp.headers.add(k, v)
+        if self._close_after:
+            resp.force_close()
         if content_length is not None:
             resp.content_length = content_length
         self.response = resp

@@ -96,10 +96,11 @@ class Downstream(Protocol):
     @property
     def started(self) -> bool: ...
 
-    async def start(self, status: int, reason: str | None, headers: Headers, content_length: int | None) -> None:
-        """Send the response head. A `Connection` header in `headers` (only the engine's own answers carry one,
-        hop-by-hop headers of upstream responses are already gone) means: close the connection afterwards."""
+    def close_after_response(self) -> None:
+        """Close the connection after this response instead of keeping it alive (call before `start`)."""
         ...
+
+    async def start(self, status: int, reason: str | None, headers: Headers, content_length: int | None) -> None: ...
 
     async def write(self, chunk: bytes) -> None: ...
 

@@ -66,14 +66,14 @@ class _Downstream:
         self._close_after = not ex.keep_alive
         self._pending: bytes | None = None
 
+    def close_after_response(self) -> None:
+        self._close_after = True
+
     async def start(self, status: int, reason: str | None, headers: Headers, content_length: int | None) -> None:
         conn, ex = self._conn, self._ex
         if conn.closed:
             raise ClientGone()
         self.started = True
-        if any(k.lower() == "connection" for k, _ in headers):  # the engine asks to close after this answer
-            self._close_after = True
-            headers = tuple((k, v) for k, v in headers if k.lower() != "connection")
         extra = [b"Date: " + http_date() + b"\r\n"] if not any(k.lower() == "date" for k, _ in headers) else []
         no_body = status < 200 or status in (204, 304)
         if no_body:
