@@ -85,6 +85,7 @@ class Pool:
         for inst in self.instances.values():  # e.g. configured draining: transitions start from the truth
             inst.last_state = inst.state(now)
         self._by_id = {e.id: e for e in self.endpoints}
+        self.passive_health = oc is not None  # the engine reports attempt results only when someone listens
         self.full: set[str] = set()  # instances at their limit (in-flight ≥ max connections + max pending)
         self.in_flight: dict[str, int] = {e.id: 0 for e in self.endpoints}
         self._state = CursorState(in_flight=self.in_flight, ring_vnodes=config.ring_vnodes_per_weight,

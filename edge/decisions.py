@@ -87,9 +87,12 @@ def pick(rec: RequestRecord, pool, picked, by_affinity: bool, key: str | None, n
             attrs, BALANCER))
         return lb
     ep = picked if isinstance(picked, Endpoint) else picked.endpoint
-    lb = {**lb, Attr.LB_WEIGHT: ep.weight, Attr.LB_IN_FLIGHT: pool.in_flight[ep.id]}
-    attrs.update({Attr.INSTANCE: ep.id, Attr.ZONE: ep.zone, Attr.LB_WEIGHT: ep.weight,
-                  Attr.LB_IN_FLIGHT: pool.in_flight[ep.id]})
+    in_flight = pool.in_flight[ep.id]
+    lb = {**lb, Attr.LB_WEIGHT: ep.weight, Attr.LB_IN_FLIGHT: in_flight}
+    attrs[Attr.INSTANCE] = ep.id
+    attrs[Attr.ZONE] = ep.zone
+    attrs[Attr.LB_WEIGHT] = ep.weight
+    attrs[Attr.LB_IN_FLIGHT] = in_flight
     rec.decisions.append(DecisionRecord(DecisionKind.PICK, pool.name, "picked", reason, now_ns, span,
                                         attrs, BALANCER))
     return lb

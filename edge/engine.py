@@ -221,7 +221,9 @@ class Engine:
         key = request_keys.hash_key(pool.config.hash_key, head, rec.query) if pool is not None and pool.config.hash_key else None
         affinity = pool.affinity_target(request_keys.cookie(head, pool.config.affinity.cookie)) \
             if pool is not None and pool.config.affinity else None
-        budget = snap.budgets.setdefault(route.upstream, RetryBudget())
+        budget = snap.budgets.get(route.upstream)
+        if budget is None:
+            budget = snap.budgets[route.upstream] = RetryBudget()
         deadline = self.monotonic() + cfg.deadline_s if cfg.deadline_s else None
         per_try_s = cfg.per_try_timeout_s or route.timeouts.response_s
         tried: dict[str, str] = {}
@@ -361,7 +363,8 @@ class Engine:
         finally:
             if ep is not None:
                 pool.release(ep)
-                pool.observe(ep.id, result, f"{rec.trace.trace_id:032x}", f"{attempt.span_id:016x}")
+                if pool.passive_health:
+                    pool.observe(ep.id, result, f"{rec.trace.trace_id:032x}", f"{attempt.span_id:016x}")
             attempt.end_ns = attempt.end_ns or self.clock_ns()
             attempt.duration_s = attempt.duration_s or (self.monotonic() - attempt_mono)
 

@@ -1,0 +1,107 @@
+"""CPU per request of the engine alone — routing, policies, pick, attempt bookkeeping, response relay, recording —
+with the network replaced by in-memory fakes (no sockets, no parser). Run it on two trees to A/B a change to the
+per-request Python work without the ±30 % run-to-run noise of the end-to-end benchmark:
+
+    python bench/engine_micro.py [--requests 50000] [--telemetry off|on]
+
+Prints µs of CPU per request (median of 5 runs). Not a throughput figure: the end-to-end harness (bench/run.py)
+is the one that compares against HAProxy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from edge.config import parse_config  # noqa: E402
+from edge.messages import RequestHead, header_index  # noqa: E402
+from edge.server import Runtime  # noqa: E402
+
+
+class Response:
+    status, reason = 200, "OK"
+    headers = (("Content-Type", "text/plain"), ("Content-Length", "2"), ("Connection", "keep-alive"))
+    peer_address, peer_port = "127.0.0.1", 9101
+
+    async def body(self):
+        yield b"ok"
+
+    def close(self):
+        pass
+
+
+class Forwarder:
+    async def send(self, pool, request, body, connect_s, response_s, idle_s):
+        return Response()
+
+    async def close(self):
+        pass
+
+
+class Down:
+    def __init__(self):
+        self.started = False
+
+    def close_after_response(self):
+        pass
+
+    async def start(self, status, reason, headers, content_length):
+        self.started = True
+
+    async def write(self, chunk):
+        pass
+
+    async def finish(self):
+        pass
+
+    def abort(self):
+        pass
+
+
+async def run(n: int, telemetry: str) -> float:
+    cfg = parse_config({
+        "admin": {"address": "127.0.0.1:0"},
+        "edge": {"listeners": [{"name": "public", "address": "127.0.0.1:0"}],
+                 "routes": [{"name": "items", "match": {"path": {"prefix": "/bench"}}, "upstream": "pool"}]},
+        "balancer": {"pools": [{"name": "pool", "instances": [
+            {"host": "127.0.0.1", "port": 9101 + i} for i in range(3)]}]},
+        "telemetry": {"exporter": "thread", "local_dir": "/tmp/gatewatch-engine-micro"},
+    })
+    env = {"OTEL_SDK_DISABLED": "true"} if telemetry == "off" else {}
+    rt = Runtime(cfg, env=env)
+    engine = next(iter(rt.engines.values()))
+    engine.forwarder = Forwarder()
+    headers = (("Host", "bench"), ("User-Agent", "wrk"), ("Accept", "*/*"))
+    head = RequestHead("GET", "/bench/items/42", "1.1", headers, "127.0.0.1", 40000, "http", "127.0.0.1", 8080,
+                       "public", False, header_index(headers))
+
+    async def empty():
+        return
+        yield
+
+    for _ in range(2000):  # warm up
+        await engine.handle(head, empty(), Down())
+    t0 = time.process_time()
+    for _ in range(n):
+        await engine.handle(head, empty(), Down())
+    return (time.process_time() - t0) / n * 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--requests", type=int, default=50_000)
+    ap.add_argument("--telemetry", choices=["off", "on"], default="off")
+    args = ap.parse_args()
+    runs = [asyncio.run(run(args.requests, args.telemetry)) for _ in range(5)]
+    print(f"engine CPU per request (telemetry {args.telemetry}): {statistics.median(runs):.1f} µs "
+          f"(runs: {', '.join(f'{r:.1f}' for r in runs)})")
+
+
+if __name__ == "__main__":
+    main()
