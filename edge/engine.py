@@ -315,7 +315,7 @@ class Engine:
             trust_forwarded=listener.trust_forwarded_headers, request_id=rec.request_id,
             traceparent=format_traceparent(rec.trace.trace_id, attempt.span_id, rec.trace.sampled),
             tracestate=rec.trace.tracestate, version=head.version,
-            keep_baggage=rec.trace.treatment == "continued")
+            keep_baggage=rec.trace.treatment == "continued", index=head.index)
         if ctx is not None and (ctx.upstream_set or ctx.upstream_remove):
             up_headers = hdr.apply_changes(up_headers, ctx.upstream_set, ctx.upstream_remove)
         request = UpstreamRequest(head.method, host, port, scheme, target, up_headers, head.has_body)
@@ -372,8 +372,7 @@ class Engine:
                      attempt_mono: float) -> bool:
         """Relay the response head and stream its body. False when the upstream failed mid-body (the client
         connection is aborted so the truncated body cannot look complete)."""
-        headers = [(k, v) for k, v in hdr.downstream_response_headers(response.headers, rec.protocol_version)
-                   if k.lower() not in ("x-request-id", "traceresponse")]  # ours replace an inner tier's
+        headers, length = hdr.downstream_response_headers(response.headers, rec.protocol_version)
         headers.append(("X-Request-Id", rec.request_id))
         headers.extend(extra_headers)
         if self.telemetry_enabled and rec.trace.sampled and self.snapshot.listeners[rec.listener].trace_response_header:
@@ -381,7 +380,7 @@ class Engine:
         rec.status = response.status
         attempt.error_type = attempt.outcome = None
         try:
-            await down.start(response.status, response.reason, tuple(headers), hdr.content_length(response.headers))
+            await down.start(response.status, response.reason, tuple(headers), length)
             async for chunk in response.body():
                 await down.write(chunk)
             await down.finish()

@@ -55,20 +55,29 @@ def _first(headers: Headers, lname: str) -> str | None:
     return None
 
 
+def _all(headers: Headers, lname: str, index: dict[str, str] | None) -> str:
+    """Every value of a header, comma-joined; `index` (lower-case name → first value) skips the scan when the
+    header is absent, which is the common case."""
+    if index is not None and lname not in index:
+        return ""
+    return ", ".join(v for k, v in headers if k.lower() == lname)
+
+
 def upstream_request_headers(headers: Headers, *, client_address: str, scheme: str, host: str | None,
                              upstream_host: str, preserve_host: bool, trust_forwarded: bool, request_id: str,
                              traceparent: str, tracestate: str | None, version: str,
-                             keep_baggage: bool) -> tuple[tuple[str, str], ...]:
+                             keep_baggage: bool, index: dict[str, str] | None = None) -> tuple[tuple[str, str], ...]:
     out = strip_hop_by_hop(headers, REISSUED_UPSTREAM if keep_baggage else REISSUED_UPSTREAM | {"baggage"})
     out.insert(0, ("Host", host if (preserve_host and host) else upstream_host))
-    xff = ", ".join(v for k, v in headers if k.lower() == "x-forwarded-for")
+    xff = _all(headers, "x-forwarded-for", index)
     out.append(("X-Forwarded-For", f"{xff}, {client_address}" if xff else client_address))
-    proto = _first(headers, "x-forwarded-proto") if trust_forwarded else None
+    first = index.get if index is not None else (lambda name: _first(headers, name))
+    proto = first("x-forwarded-proto") if trust_forwarded else None
     out.append(("X-Forwarded-Proto", proto or scheme))
-    fwd_host = _first(headers, "x-forwarded-host") if trust_forwarded else None
+    fwd_host = first("x-forwarded-host") if trust_forwarded else None
     if fwd_host or host:
         out.append(("X-Forwarded-Host", fwd_host or host or ""))
-    via = ", ".join(v for k, v in headers if k.lower() == "via")
+    via = _all(headers, "via", index)
     out.append(("Via", f"{via}, {version} gatewatch" if via else f"{version} gatewatch"))
     out.append(("X-Request-Id", request_id))
     out.append(("traceparent", traceparent))
@@ -77,18 +86,33 @@ def upstream_request_headers(headers: Headers, *, client_address: str, scheme: s
     return tuple(out)
 
 
-def downstream_response_headers(headers: Headers, version: str) -> list[tuple[str, str]]:
-    """Upstream response headers for the client: hop-by-hop and framing removed (the listener re-frames)."""
-    out = strip_hop_by_hop(headers, frozenset({"content-length"}))
-    via = ", ".join(v for k, v in headers if k.lower() == "via")
-    out = [(k, v) for k, v in out if k.lower() != "via"]
+RESPONSE_REPLACED = frozenset({"content-length", "via", "x-request-id", "traceresponse"})
+
+
+def downstream_response_headers(headers: Headers, version: str) -> tuple[list[tuple[str, str]], int | None]:
+    """Upstream response headers for the client, and the upstream's Content-Length (None: not known, stream it).
+    Removed: hop-by-hop and framing (the listener re-frames), an inner tier's X-Request-Id and traceresponse
+    (ours replace them); `Via` gets our hop. One pass over the headers in the common case."""
+    out = strip_hop_by_hop(headers, RESPONSE_REPLACED)
+    via_values: list[str] = []
+    lengths: list[str] = []
+    for k, v in headers:
+        c = k[0]
+        if c in "vV" and k.lower() == "via":
+            via_values.append(v)
+        elif c in "cC" and k.lower() == "content-length":
+            lengths.append(v.strip())
+    via = ", ".join(via_values)
     out.append(("Via", f"{via}, {version} gatewatch" if via else f"{version} gatewatch"))
-    return out
+    return out, _length(lengths)
 
 
 def content_length(headers: Headers) -> int | None:
     """The upstream's Content-Length if it is one well-formed value; None means "not known" (stream it)."""
-    values = [v.strip() for k, v in headers if k.lower() == "content-length"]
+    return _length([v.strip() for k, v in headers if k.lower() == "content-length"])
+
+
+def _length(values: list[str]) -> int | None:
     if not values or any(v != values[0] for v in values) or not (values[0].isascii() and values[0].isdigit()):
         return None
     return int(values[0])

@@ -9,6 +9,7 @@ import pytest
 import random
 
 from edge.headers import content_length, downstream_response_headers, request_id, strip_hop_by_hop, upstream_request_headers
+from edge.messages import header_index
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 INBOUND_TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -19,7 +20,11 @@ def upstream(headers, **overrides) -> tuple[tuple[str, str], ...]:
                   preserve_host=True, trust_forwarded=False, request_id="rid-1", traceparent=TRACEPARENT,
                   tracestate=None, version="1.1", keep_baggage=False)
     kwargs.update(overrides)
-    return upstream_request_headers(tuple(headers), **kwargs)
+    scanned = upstream_request_headers(tuple(headers), **kwargs)
+    # the engine passes the listener's header index (lower-case name → first value) to skip scans: same result
+    indexed = upstream_request_headers(tuple(headers), **kwargs, index=header_index(tuple(headers)))
+    assert indexed == scanned
+    return scanned
 
 
 def values(headers, name: str) -> list[str]:
@@ -194,12 +199,13 @@ def test_missing_request_id_is_minted_unique():
 # --- response headers ----------------------------------------------------------------------------------------------
 
 def test_downstream_response_headers():
-    out = downstream_response_headers((("Content-Type", "text/plain"), ("Content-Length", "3"),
-                                       ("Connection", "close, X-Hop"), ("X-Hop", "1"), ("Via", "1.1 backend"),
-                                       ("Transfer-Encoding", "chunked"), ("Set-Cookie", "a=1"),
-                                       ("Set-Cookie", "b=2")), "1.1")
+    out, length = downstream_response_headers((
+        ("Content-Type", "text/plain"), ("Content-Length", "3"), ("Connection", "close, X-Hop"), ("X-Hop", "1"),
+        ("Via", "1.1 backend"), ("Transfer-Encoding", "chunked"), ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2"),
+        ("X-Request-Id", "inner-tier-id"), ("traceresponse", "00-ab-cd-01"), ("via", "1.1 lb")), "1.1")
     assert out == [("Content-Type", "text/plain"), ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2"),
-                   ("Via", "1.1 backend, 1.1 gatewatch")]
+                   ("Via", "1.1 backend, 1.1 lb, 1.1 gatewatch")]  # an inner tier's id/traceresponse: ours replace them
+    assert length == 3
 
 
 # --- content length ------------------------------------------------------------------------------------------------
@@ -222,6 +228,7 @@ def test_downstream_response_headers():
 ])
 def test_content_length(headers, expected):
     assert content_length(tuple(headers)) == expected
+    assert downstream_response_headers(tuple(headers), "1.1")[1] == expected  # the relay's one-pass version
 
 
 @pytest.mark.parametrize("value", [
