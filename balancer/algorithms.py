@@ -21,6 +21,9 @@ from math import gcd
 from typing import Mapping
 
 from balancer.config import Algorithm
+from telemetry.names import Exclusion
+
+OVER_LIMIT = Exclusion.OVER_LIMIT.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +51,11 @@ class NoHealthyEndpoint:
     algorithm: Algorithm
     candidates: int
     excluded: tuple[tuple[str, str], ...]
+
+    @property
+    def overflow(self) -> bool:
+        """Instances were left out for being at their limit (503 upstream_overflow, not no_healthy_upstream)."""
+        return any(reason == OVER_LIMIT for _, reason in self.excluded)
 
 
 @dataclass(slots=True)

@@ -24,7 +24,7 @@ from typing import Callable, Mapping
 
 from balancer.algorithms import (ALGORITHMS, CursorState, Endpoint, NoHealthyEndpoint, Pick, least_request,
                                  prepare)
-from balancer.config import HASHING, Algorithm, PoolConfig
+from balancer.config import Algorithm, PoolConfig
 from balancer.health import OutlierTracker, ProbeCounter, Result
 from telemetry.names import Attr, EndpointState, Event, Exclusion, Reason
 
@@ -95,7 +95,7 @@ class Pool:
         self.limit = config.max_connections_per_instance + config.max_pending_per_instance
         self._version = 0
         self._view: View | None = None
-        self._affinity_keys = {self._affinity_value(e.id): e.id for e in self.endpoints}
+        self._affinity_keys = {self.affinity_value(e.id): e.id for e in self.endpoints}
         self.active_priority = min(e.priority for e in self.endpoints)
         self.panic = False
         prepare(config.algorithm, self.view().candidates, self._state)
@@ -217,12 +217,9 @@ class Pool:
 
     # --- affinity -------------------------------------------------------------------------------------------
 
-    def _affinity_value(self, endpoint_id: str) -> str:
+    def affinity_value(self, endpoint_id: str) -> str:
         """Opaque cookie value naming an instance (does not reveal its address or id)."""
         return hashlib.blake2b(f"{self.name}\0{endpoint_id}".encode(), digest_size=8).hexdigest()
-
-    def affinity_value(self, endpoint_id: str) -> str:
-        return self._affinity_value(endpoint_id)
 
     def affinity_target(self, cookie_value: str | None) -> str | None:
         return self._affinity_keys.get(cookie_value) if cookie_value else None
@@ -285,12 +282,9 @@ class Pool:
                              Attr.DECISION_REASON: Reason.OUTLIER_EJECTION_EXPIRED.value,
                              Attr.EJECTION_COUNT: inst.outlier.ejections, Attr.HEALTH_CHECK: "passive"})
                 self._transition(inst, "passive", Reason.OUTLIER_EJECTION_EXPIRED.value)
-        v = self._view
-        if v is not None and (v.ramping or v.version != self._version):
-            self._changed()
-            self.view()
-        else:
-            self.view()  # failover/panic notes for changes that happened by time alone
+        if self._view is not None and self._view.ramping:
+            self._changed()  # weights move with time while an instance ramps up
+        self.view()  # recomputed if anything changed: failover/panic notes follow
 
     def _transition(self, inst: Instance, check: str, detail: str) -> None:
         now = self.clock()

@@ -99,12 +99,13 @@ class BalancerRuntime:
             view = pool.view()
             counts = {s.value: 0 for s in EndpointState}
             for eid, state in states.items():
-                if state == EndpointState.HEALTHY.value and pool.slow_start_ratio(eid) < 1.0:
+                ratio = pool.slow_start_ratio(eid)
+                if state == EndpointState.HEALTHY.value and ratio < 1.0:
                     counts[EndpointState.SLOW_START.value] += 1
                 counts[state] += 1
                 m.in_flight.labels(pool.name, eid).set(pool.in_flight[eid])
                 if pool.config.slow_start is not None:
-                    m.slow_start.labels(pool.name, eid).set(pool.slow_start_ratio(eid))
+                    m.slow_start.labels(pool.name, eid).set(ratio)
             for state, n in counts.items():
                 m.endpoints.labels(pool.name, state).set(n)
             m.ejected.labels(pool.name).set(counts[EndpointState.EJECTED.value])

@@ -250,7 +250,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
     req = urllib.request.Request(f"http://{args.admin}/reload", method="POST", data=b"")
     try:
-        with urllib.request.urlopen(req, timeout=30) as r:
+        with urllib.request.urlopen(req, timeout=30):
             print(f"{args.admin}: reloaded")
             return 0
     except urllib.error.HTTPError as err:

@@ -17,7 +17,7 @@ from edge.policies.base import PolicyVerdict
 from edge.policies.bodies import BodyTooLarge
 from edge.routing import NoRoute, RouteMatch
 from telemetry.context import DecisionRecord, RequestRecord
-from telemetry.names import Attr, DecisionKind, Exclusion, Layer, PolicyReason, Reason, Verdict
+from telemetry.names import Attr, DecisionKind, Layer, PolicyReason, Reason, Verdict
 
 BALANCER = Layer.BALANCER.value
 MATCHED = Reason.ROUTE_MATCHED.value
@@ -80,7 +80,7 @@ def pick(rec: RequestRecord, pool, picked, by_affinity: bool, key: str | None, n
     attrs = {Attr.UPSTREAM: pool.name, **lb}
     span = rec.balance_span_id or rec.trace.span_id
     if isinstance(picked, NoHealthyEndpoint):
-        overflow = any(r == Exclusion.OVER_LIMIT.value for _, r in picked.excluded)
+        overflow = picked.overflow
         rec.decisions.append(DecisionRecord(
             DecisionKind.PICK, pool.name, "overflow" if overflow else "no_candidates",
             (Reason.PICK_OVERFLOW if overflow else Reason.PICK_NO_CANDIDATES).value, now_ns, span,

@@ -240,8 +240,7 @@ class Engine:
                             picked = pool.pick(key, {}, self.rng)
                         lb = decisions.pick(rec, pool, picked, affinity is not None and ep is not None, key, self.clock_ns())
                         if isinstance(picked, NoHealthyEndpoint):
-                            overflow = any(r == Exclusion.OVER_LIMIT.value for _, r in picked.excluded)
-                            await self._fail(down, rec, Outcome.UPSTREAM_OVERFLOW if overflow
+                            await self._fail(down, rec, Outcome.UPSTREAM_OVERFLOW if picked.overflow
                                              else Outcome.NO_HEALTHY_UPSTREAM, None)
                             return
                         ep = picked if isinstance(picked, Endpoint) else picked.endpoint
@@ -256,7 +255,7 @@ class Engine:
                         remote = snap.remotes[route.upstream]
                         host, port, scheme, zone, ep, lb = remote.host, remote.port, remote.scheme, None, None, {}
                         instance, layer = f"{remote.host}:{remote.port}", self.layer_value
-                    if n and previous is not None and previous != instance and pool is not None:
+                    if n and pool is not None and previous != instance:
                         decisions.failover(rec, pool.name, previous, instance, self.clock_ns())
                     previous = instance
                     # UPSTREAM
@@ -273,10 +272,11 @@ class Engine:
                 error_type, status, response = failure
                 kind = Failure.STATUS if status is not None else failure_of(error_type)
                 tried[instance] = Exclusion.TRIED.value
-                verdict = retry_decide(cfg, head.method, kind, n + 1, _body_state(client_body), budget.left(cfg.budget),
+                budget_left = budget.left(cfg.budget)
+                verdict = retry_decide(cfg, head.method, kind, n + 1, _body_state(client_body), budget_left,
                                        None if deadline is None else deadline - self.monotonic())
                 if cfg.attempts > 1:
-                    decisions.retry(rec, route.name, verdict, n + 1, budget.left(cfg.budget), instance, kind, self.clock_ns())
+                    decisions.retry(rec, route.name, verdict, n + 1, budget_left, instance, kind, self.clock_ns())
                 if not verdict.retry:
                     if response is not None:  # a retryable status nobody may retry: relay it as it is
                         last = rec.attempts[-1]
