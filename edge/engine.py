@@ -380,10 +380,14 @@ class Engine:
         rec.status = response.status
         attempt.error_type = attempt.outcome = None
         try:
-            await down.start(response.status, response.reason, tuple(headers), length)
-            async for chunk in response.body():
-                await down.write(chunk)
-            await down.finish()
+            if length is not None and (whole := response.whole) is not None and length == len(whole):
+                # The whole body came with the head (a small response): one write, nothing to stream.
+                await down.respond(response.status, response.reason, tuple(headers), whole)
+            else:
+                await down.start(response.status, response.reason, tuple(headers), length)
+                async for chunk in response.body():
+                    await down.write(chunk)
+                await down.finish()
         except UpstreamFailure as failure:
             response.close()
             down.abort()
@@ -439,10 +443,7 @@ class Engine:
             headers.insert(0, ("Content-Type", "application/json"))
         if self.telemetry_enabled and rec.trace.sampled and self.snapshot.listeners[rec.listener].trace_response_header:
             headers.append(("traceresponse", format_traceparent(rec.trace.trace_id, rec.trace.span_id, True)))
-        await down.start(status, None, tuple(headers), len(payload))
-        if payload:
-            await down.write(payload)
-        await down.finish()
+        await down.respond(status, None, tuple(headers), payload)
 
 
 def _error_body(outcome: Outcome, status: int, request_id: str, layer: str, message: str | None = None) -> bytes:

@@ -72,6 +72,7 @@ class AiohttpResponse:
         self.headers: Headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in resp.raw_headers)
         self.peer_address = peer[0] if peer else None
         self.peer_port = peer[1] if peer else None
+        self.whole = None  # aiohttp streams every body; only the raw data plane hands small ones over whole
         self._complete = False
 
     async def body(self) -> AsyncIterator[bytes]:

@@ -62,6 +62,14 @@ class AiohttpDownstream:
         except (ConnectionError, RuntimeError) as err:
             raise ClientGone() from err
 
+    async def respond(self, status: int, reason: str | None, headers: Headers, body: bytes) -> None:
+        if self.response is not None:
+            return
+        await self.start(status, reason, headers, len(body))
+        if body:
+            await self.write(body)
+        await self.finish()
+
     def abort(self) -> None:
         """Break the connection without a clean end of body (RST), so the client cannot mistake a
         truncated response for a complete one."""

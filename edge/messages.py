@@ -19,7 +19,9 @@ from telemetry.names import ErrorType
 Headers = tuple[tuple[str, str], ...]  # ordered, duplicates kept, names as received
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ costs three times as much (object.__setattr__ per field), and one
+# of each is built per request. Nothing mutates them after construction.
+@dataclass(slots=True, eq=False)
 class RequestHead:
     method: str
     target: str  # the raw request target from the request line, undecoded
@@ -46,7 +48,7 @@ def header_index(headers: Headers) -> dict[str, str]:
     return index
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class UpstreamRequest:
     method: str
     host: str  # instance address to connect to
@@ -63,6 +65,7 @@ class UpstreamResponse(Protocol):
     headers: Headers
     peer_address: str | None
     peer_port: int | None
+    whole: bytes | None  # the entire body when it had already arrived with the head (else None: stream it)
 
     def body(self) -> AsyncIterator[bytes]:
         """Chunks until the upstream's framing says the body is complete. Raises `UpstreamFailure` if the
@@ -105,6 +108,11 @@ class Downstream(Protocol):
     async def write(self, chunk: bytes) -> None: ...
 
     async def finish(self) -> None: ...
+
+    async def respond(self, status: int, reason: str | None, headers: Headers, body: bytes) -> None:
+        """`start` + `write` + `finish` for a body known in full (`Content-Length` = its length): one write on
+        the wire for the common small exchange. Nothing is sent if the response was already started."""
+        ...
 
     def abort(self) -> None: ...
 

@@ -42,6 +42,7 @@ def _reset() -> UpstreamFailure:
 class UpstreamConnection(asyncio.Protocol):
     def __init__(self, pool: "EndpointPool"):
         self.pool = pool
+        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.flow = WriteFlow()
         self.parser = httptools.HttpResponseParser(self)
@@ -163,7 +164,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.busy = True
         self.complete = False
         self.is_head_request = method == "HEAD"
-        self.head = asyncio.get_running_loop().create_future()
+        self.head = self.loop.create_future()
         self.body = BodyQueue(self._pause_reading, self._resume_reading, _reset)
 
     def _pause_reading(self) -> None:
@@ -193,7 +194,10 @@ class EndpointPool:
         self.open = 0
         self._waiters: collections.deque[asyncio.Future] = collections.deque()
 
-    async def acquire(self, connect_s: float) -> UpstreamConnection:
+    def take_idle(self) -> UpstreamConnection | None:
+        """A pooled keep-alive connection, or None (then `acquire` connects or waits)."""
+        if not self.idle:
+            return None
         now = time.monotonic()
         while self.idle:
             conn = self.idle.pop()  # LIFO: the warmest connection
@@ -202,6 +206,12 @@ class EndpointPool:
             if now - conn.idle_since > self.idle_s:
                 conn.abort()
                 continue
+            return conn
+        return None
+
+    async def acquire(self, connect_s: float) -> UpstreamConnection:
+        conn = self.take_idle()
+        if conn is not None:
             return conn
         while self.open >= self.max_connections:
             waiter = asyncio.get_running_loop().create_future()
@@ -283,8 +293,21 @@ class RawResponse:
         self._idle_s = idle_s
         self._pump = pump
         self._released = False
+        self._whole: bytes | None = None
+
+    @property
+    def whole(self) -> bytes | None:
+        """The entire body if it already arrived with the head (a small response usually does): the engine
+        can answer with one write instead of a chunk-by-chunk relay. None: stream it with `body()`."""
+        if self._whole is None and self._pump is None and self._conn.complete and self._conn.body is not None:
+            self._whole = self._conn.body.take_whole()
+        return self._whole
 
     async def body(self) -> AsyncIterator[bytes]:
+        if self._whole is not None:  # taken by `whole` but relayed this way after all
+            if self._whole:
+                yield self._whole
+            return
         q = self._conn.body
         while True:
             try:
@@ -314,8 +337,7 @@ class RawResponse:
 
 def _request_bytes(req: UpstreamRequest) -> tuple[bytes, bool]:
     """(serialized head, chunked?) — chunked when a body is coming and its length is unknown."""
-    has_length = any(k.lower() == "content-length" for k, _ in req.headers)
-    chunked = req.has_body and not has_length
+    chunked = req.has_body and not any(k.lower() == "content-length" for k, _ in req.headers)
     extra = [b"Transfer-Encoding: chunked\r\n"] if chunked else []
     line = f"{req.method} {req.target} HTTP/1.1\r\n".encode("latin-1")
     return serialize_head(line, req.headers, extra), chunked
@@ -363,14 +385,14 @@ class RawForwarder:
     async def send(self, pool: str, request: UpstreamRequest, body: AsyncIterator[bytes] | None,
                    connect_s: float, response_s: float, idle_s: float) -> RawResponse:
         ep = self._pool(pool, request.host, request.port, request.scheme)
-        conn = await ep.acquire(connect_s)
+        conn = ep.take_idle() or await ep.acquire(connect_s)
         conn.begin(request.method)
         head, chunked = _request_bytes(request)
         conn.transport.write(head)
+        loop = conn.loop
         pump = None
         if body is not None:
-            pump = asyncio.get_running_loop().create_task(_pump_body(conn, body, chunked))
-        loop = asyncio.get_running_loop()
+            pump = loop.create_task(_pump_body(conn, body, chunked))
         timer = loop.call_later(response_s, _expire_head, conn.head)
         try:
             if pump is None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import httptools
 
-from edge.dataplane.http1 import REASONS, BodyQueue, WriteFlow, chunk_frame, http_date, serialize_head
+from edge.dataplane.http1 import NO_BODY, REASONS, BodyQueue, WriteFlow, chunk_frame, http_date, serialize_head
 from edge.messages import ClientGone, Headers, RequestHead
 
 log = logging.getLogger("gatewatch.listener")
@@ -69,10 +69,9 @@ class _Downstream:
     def close_after_response(self) -> None:
         self._close_after = True
 
-    async def start(self, status: int, reason: str | None, headers: Headers, content_length: int | None) -> None:
-        conn, ex = self._conn, self._ex
-        if conn.closed:
-            raise ClientGone()
+    def _head(self, status: int, reason: str | None, headers: Headers, content_length: int | None) -> bytes:
+        """The serialized response head; sets the framing this response's body will use."""
+        ex = self._ex
         self.started = True
         extra = [b"Date: " + http_date() + b"\r\n"] if not any(k.lower() == "date" for k, _ in headers) else []
         no_body = status < 200 or status in (204, 304)
@@ -91,14 +90,30 @@ class _Downstream:
         elif ex.http10:
             extra.append(b"Connection: keep-alive\r\n")
         line = b"HTTP/1.1 %d %s\r\n" % (status, (reason or REASONS.get(status, "Unknown")).encode("latin-1"))
-        # Held back and sent with the first body chunk (or at finish): one write instead of two. If the body
-        # does not follow within this loop iteration (a streaming upstream), the head goes out on its own.
-        self._pending = serialize_head(line, headers, extra)
-        conn.listener.loop.call_soon(self._flush_head)
         if no_body or ex.is_head:
             self._declared = None
             self._chunked = False
             ex.is_head = True  # nothing more goes on the wire for this response
+        return serialize_head(line, headers, extra)
+
+    async def start(self, status: int, reason: str | None, headers: Headers, content_length: int | None) -> None:
+        if self._conn.closed:
+            raise ClientGone()
+        # Held back and sent with the first body chunk (or at finish): one write instead of two. If the body
+        # does not follow within this loop iteration (a streaming upstream), the head goes out on its own.
+        self._pending = self._head(status, reason, headers, content_length)
+        self._conn.listener.loop.call_soon(self._flush_head)
+
+    async def respond(self, status: int, reason: str | None, headers: Headers, body: bytes) -> None:
+        conn = self._conn
+        if conn.closed:
+            raise ClientGone()
+        if self.started:
+            return
+        head = self._head(status, reason, headers, len(body))
+        conn.transport.write(head if self._ex.is_head or not body else head + body)
+        self._written = self._declared or 0
+        self.complete = True
 
     async def write(self, chunk: bytes) -> None:
         conn = self._conn
@@ -164,7 +179,11 @@ class HttpConnection(asyncio.Protocol):
         self._inbuf: bytearray | None = None  # bytes not parsed yet because too many requests are queued
         self.queue: collections.deque[_Exchange] = collections.deque()
         self.parsing: _Exchange | None = None
-        self.running = False
+        self.running = False  # an exchange is being handled (the sweeps leave the connection alone)
+        # One serving task per connection, started by its first request, waiting on `_idle` between requests:
+        # cheaper than a task per request on a keep-alive connection. It ends when the connection closes.
+        self._serving: asyncio.Task | None = None
+        self._idle: asyncio.Future | None = None
         self._url = bytearray()
         self._headers: list[tuple[str, str]] = []
         self._index: dict[str, str] = {}
@@ -196,6 +215,7 @@ class HttpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.flow.close()
+        self._wake()
         self.listener.connections.discard(self)
         for ex in list(self.queue) + ([self.parsing] if self.parsing else []):
             ex.body.fail(ClientGone())
@@ -304,17 +324,16 @@ class HttpConnection(asyncio.Protocol):
             headers=headers, index=index, client_address=self.peer[0], client_port=self.peer[1],
             scheme=self.listener.scheme, server_address=self.sock[0], server_port=self.sock[1],
             listener=self.listener.name, has_body=has_body)
-        body = BodyQueue(self._pause_reading, self._resume_reading, ClientGone)
+        body = BodyQueue(self._pause_reading, self._resume_reading, ClientGone) if has_body else NO_BODY
         ex = _Exchange(head, body, p.should_keep_alive() and not upgrade, expect and version != "1.0")
-        if not has_body:
-            body.finish()
         self.parsing = ex
         self.queue.append(ex)
         self.head_started = None
 
-        if not self.running:
-            self.running = True
-            asyncio.get_running_loop().create_task(self._serve())
+        if self._serving is None:
+            self._serving = self.listener.loop.create_task(self._serve())
+        else:
+            self._wake()
 
     def on_body(self, body: bytes) -> None:
         if self.parsing is not None:
@@ -347,14 +366,31 @@ class HttpConnection(asyncio.Protocol):
                 return
             yield chunk
 
+    def _wake(self) -> None:
+        w = self._idle
+        if w is not None and not w.done():
+            w.set_result(None)
+
     async def _serve(self) -> None:
         try:
-            while self.queue and not self.closed:
+            while not self.closed:
+                if not self.queue:
+                    self.running = False
+                    self.last_active = self.listener.loop.time()
+                    if self.rejected:
+                        self._send_reject()
+                        return
+                    self._idle = self.listener.loop.create_future()
+                    await self._idle
+                    self._idle = None
+                    continue
+                self.running = True
                 ex = self.queue[0]
                 ex.started = True
                 down = _Downstream(self, ex)
                 try:
-                    await self.listener.handler(ex.head, self._body(ex), down)
+                    await self.listener.handler(ex.head, self._body(ex) if ex.body is not NO_BODY else NO_BODY,
+                                                down)
                 except Exception:  # the engine catches everything; this is the last line of defence
                     log.exception("unhandled error serving a request")
                     self.abort()
@@ -379,9 +415,8 @@ class HttpConnection(asyncio.Protocol):
                         return
         finally:
             self.running = False
+            self._serving = self._idle = None
             self.last_active = self.listener.loop.time()
-            if self.rejected and not self.closed and not self.queue:
-                self._send_reject()
 
     async def _discard(self, ex: _Exchange) -> bool:
         if ex.expect_continue and not ex.continue_sent:
@@ -440,12 +475,14 @@ class HttpConnection(asyncio.Protocol):
         if not self.closed:
             self.closed = True
             self.flow.close()
+            self._wake()
             self.transport.close()
 
     def abort(self) -> None:
         if not self.closed:
             self.closed = True
             self.flow.close()
+            self._wake()
         if self.transport is not None:
             self.transport.abort()
 

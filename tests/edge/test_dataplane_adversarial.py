@@ -1138,3 +1138,74 @@ async def test_stalled_client_upload_ends_after_idle_s_and_is_not_blamed_on_upst
         assert got["ended"] - start < 1.0, "the upstream connection was held for the whole response_s"
         assert ("upstream_timeout", "504") not in server_outcomes(rt)
         assert ("client_timeout", "408") in server_outcomes(rt)
+
+
+# --- whole-body hand-over and the per-connection serving task ---------------------------------------------------
+
+async def test_responses_arriving_whole_or_in_pieces_are_relayed_byte_for_byte(tmp_path):
+    """A body that came with its head is answered in one write; one that trickles in is streamed. Both must
+    reach the client intact, with the declared length, on a connection that is then reused."""
+    big = bytes(range(256)) * 4096  # 1 MiB: arrives over many reads even when written at once
+
+    async def handler(reader, writer, up: Upstream):
+        while True:
+            try:
+                line, _, _ = await read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            if b"/whole" in line:
+                writer.write(ok(b"0123456789"))
+            elif b"/split" in line:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234")
+                await writer.drain()
+                await asyncio.sleep(0.05)
+                writer.write(b"56789")
+            elif b"/big" in line:
+                writer.write(ok(big))
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+
+    async with Upstream(handler) as up, gateway(cfg(tmp_path, up.port)) as rt:
+        async with client(rt) as (reader, writer):
+            for path, expected in (("whole", b"0123456789"), ("split", b"0123456789"), ("big", big),
+                                   ("empty", b""), ("whole", b"0123456789")):
+                writer.write(b"GET /api/%s HTTP/1.1\r\nHost: h\r\n\r\n" % path.encode())
+                resp = await read_response(reader)
+                assert (path, resp.status, resp.body) == (path, 200, expected)
+                assert resp.header("content-length") == str(len(expected))
+        assert up.connections == 1
+
+
+async def test_head_response_with_declared_length_keeps_the_connection_usable(tmp_path):
+    def respond(line, headers, body):
+        if line.startswith(b"HEAD"):
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"  # the length a GET would have, no body
+        return ok(b"hello")
+
+    async with Upstream(keepalive_server(respond)) as up, gateway(cfg(tmp_path, up.port)) as rt:
+        async with client(rt) as (reader, writer):
+            writer.write(b"HEAD /api/x HTTP/1.1\r\nHost: h\r\n\r\n")
+            head = await read_response(reader, method="HEAD")
+            writer.write(b"GET /api/x HTTP/1.1\r\nHost: h\r\n\r\n")
+            get = await read_response(reader)
+        assert (head.status, head.header("content-length"), head.body) == (200, "5", b"")
+        assert (get.status, get.body) == (200, b"hello")
+
+
+async def test_one_serving_task_per_connection_and_none_left_after_close(tmp_path):
+    async with Upstream(keepalive_server(lambda *_: ok())) as up, gateway(cfg(tmp_path, up.port)) as rt:
+        async with client(rt) as (reader, writer):
+            writer.write(b"GET /api/x HTTP/1.1\r\nHost: h\r\n\r\n")
+            await read_response(reader)
+            await asyncio.sleep(0.05)
+            baseline = len(asyncio.all_tasks())
+            for _ in range(50):  # keep-alive requests reuse the connection's task: no task per request
+                writer.write(b"GET /api/x HTTP/1.1\r\nHost: h\r\n\r\n")
+                assert (await read_response(reader)).body == b"ok"
+                assert len(asyncio.all_tasks()) == baseline
+            conn = next(iter(rt.listeners[0].connections))  # noqa: SLF001 -- the task under test
+            assert conn._serving is not None and not conn.running
+            serving = conn._serving
+        assert await eventually(lambda: serving.done())  # the client closed: its serving task ended
+        assert await eventually(lambda: len(asyncio.all_tasks()) == baseline - 1)
