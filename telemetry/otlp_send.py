@@ -41,6 +41,13 @@ class HttpSender:
         self._timeout = cfg.timeout_s
         self._session = requests.Session()
         self._session.headers.update({"Content-Type": "application/x-protobuf", **cfg.headers})
+        # requests re-reads the environment (proxy variables, CA bundle variables, ~/.netrc on disk) for every
+        # POST; that was ~8 % of the exporter's CPU. Read it once here instead: same proxies and CA bundle, and
+        # no netrc (OTLP credentials come from OTEL_EXPORTER_OTLP_HEADERS).
+        settings = self._session.merge_environment_settings(endpoint, {}, None, None, None)
+        self._session.trust_env = False
+        self._session.proxies = settings.get("proxies") or {}
+        self._session.verify = settings.get("verify", True)
 
     def export(self, batch: EncodedBatch) -> bool:
         try:

@@ -22,7 +22,7 @@ from typing import AsyncIterator
 
 import httptools
 
-from edge.dataplane.http1 import BodyQueue, WriteFlow, chunk_frame, serialize_head
+from edge.dataplane.http1 import BodyQueue, Deadlines, WriteFlow, chunk_frame, serialize_head
 from edge.messages import ClientGone, UpstreamFailure, UpstreamRequest
 from telemetry.names import ErrorType
 
@@ -368,6 +368,7 @@ class RawForwarder:
         self._limits = limits
         self._pools: dict[tuple[str, str, int, str], EndpointPool] = {}
         self._tls: ssl.SSLContext | None = None
+        self._deadlines: Deadlines | None = None  # response-head timeouts of all exchanges, created in the loop
 
     def _pool(self, name: str, host: str, port: int, scheme: str) -> EndpointPool:
         key = (name, host, port, scheme)
@@ -393,7 +394,11 @@ class RawForwarder:
         pump = None
         if body is not None:
             pump = loop.create_task(_pump_body(conn, body, chunked))
-        timer = loop.call_later(response_s, _expire_head, conn.head)
+        deadlines = self._deadlines
+        if deadlines is None:
+            deadlines = self._deadlines = Deadlines(loop, _HeadTimeout)
+        head_future = conn.head
+        tick = deadlines.add(response_s, head_future)
         try:
             if pump is None:
                 status_head = await conn.head
@@ -415,7 +420,7 @@ class RawForwarder:
             _discard(conn, pump)
             raise
         finally:
-            timer.cancel()
+            deadlines.discard(tick, head_future)
         return RawResponse(ep, conn, status_head, idle_s, pump)
 
     def set_limits(self, limits: dict[str, tuple[int, float]]) -> None:
@@ -431,11 +436,6 @@ class RawForwarder:
 
 class _HeadTimeout(Exception):
     pass
-
-
-def _expire_head(head: asyncio.Future) -> None:
-    if not head.done():
-        head.set_exception(_HeadTimeout())
 
 
 def _discard(conn: UpstreamConnection, pump: asyncio.Task | None) -> None:

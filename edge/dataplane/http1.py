@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 import time
 from email.utils import formatdate
 from http import HTTPStatus
@@ -150,6 +151,45 @@ class NoBody:
 
 
 NO_BODY = NoBody()
+
+
+class Deadlines:
+    """Timeouts for many in-flight exchanges on few loop timers. A deadline is rounded up to the next
+    `resolution_s` tick and every future due in the same tick shares one `call_at`: on uvloop a
+    `call_later` + `cancel` per request cost ~3 µs, adding and discarding here ~0.2 µs. A timeout fires at
+    most `resolution_s` late; a tick's timer is never cancelled (it fires once and finds nothing to do)."""
+
+    __slots__ = ("_loop", "_resolution", "_ticks", "_make_error")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, make_error: Callable[[], BaseException],
+                 resolution_s: float = 0.01):
+        self._loop = loop
+        self._resolution = resolution_s
+        self._ticks: dict[int, set[asyncio.Future]] = {}
+        self._make_error = make_error
+
+    def add(self, delay_s: float, fut: asyncio.Future) -> int:
+        """Fail `fut` with `make_error()` if it is not done within `delay_s`. Returns the tick for `discard`."""
+        tick = math.ceil((self._loop.time() + delay_s) / self._resolution)
+        due = self._ticks.get(tick)
+        if due is None:
+            due = self._ticks[tick] = set()
+            self._loop.call_at(tick * self._resolution, self._fire, tick)
+        due.add(fut)
+        return tick
+
+    def discard(self, tick: int, fut: asyncio.Future) -> None:
+        due = self._ticks.get(tick)
+        if due is not None:
+            due.discard(fut)
+
+    def _fire(self, tick: int) -> None:
+        for fut in self._ticks.pop(tick, ()):
+            if not fut.done():
+                fut.set_exception(self._make_error())
+
+    def __len__(self) -> int:
+        return sum(len(d) for d in self._ticks.values())
 
 
 def _expire(waiter: asyncio.Future) -> None:

@@ -243,3 +243,28 @@ async def test_https_upstream_gets_tls_never_plaintext(tmp_path):
         assert first and first[0][:1] == b"\x16", first  # a TLS handshake record, not "GET /x"
     finally:
         server.close()
+
+
+async def test_deadlines_fire_once_per_tick_late_by_at_most_the_resolution():
+    """The shared response-head timers: a future not done by its deadline fails (never early, at most one
+    resolution late); a discarded one is left alone; futures due in the same tick share one timer."""
+    from edge.dataplane.http1 import Deadlines
+
+    class Late(Exception):
+        pass
+
+    loop = asyncio.get_running_loop()
+    deadlines = Deadlines(loop, Late, resolution_s=0.02)
+    start = loop.time()
+    due = [loop.create_future() for _ in range(50)]
+    ticks = {deadlines.add(0.1, f) for f in due}
+    answered = loop.create_future()
+    deadlines.discard(deadlines.add(0.1, answered), answered)
+    assert len(ticks) <= 2 and len(deadlines) == 50  # one or two shared ticks, not 50 timers
+    with pytest.raises(Late):
+        await due[0]
+    waited = loop.time() - start
+    assert 0.1 <= waited + 1e-3 and waited < 0.1 + 0.02 + 0.2  # never early; late by the tick (+ CI slack)
+    await asyncio.sleep(0.05)
+    assert all(isinstance(f.exception(), Late) for f in due)
+    assert not answered.done() and len(deadlines) == 0
