@@ -345,6 +345,7 @@ ALL_CASES = [
     Case("direct", "direct"),
     Case("haproxy", "haproxy"),
     Case("nginx", "nginx"),
+    Case("python-floor", "floor"),
     Case("gatewatch-off", "gatewatch", telemetry="off"),
     Case("gatewatch-full", "gatewatch", telemetry="full"),
     Case("gatewatch-sampled", "gatewatch", telemetry="sampled"),
@@ -800,6 +801,14 @@ class Bench:
             url = f"http://127.0.0.1:{port}{PATH}"
             self.wait_http(url, p)
             return Target(url=url, procs=[p], cpu_procs=p.tree)
+        if case.kind == "floor":
+            port = free_port()
+            p = Proc(self.next_name("python-floor"), self.taskset(self.proxy_cpu) + [
+                sys.executable, str(BENCH / "floor_proxy.py"), str(port),
+                str(self.backend_ports[0])], self.workdir)
+            url = f"http://127.0.0.1:{port}{PATH}"
+            self.wait_http(url, p)
+            return Target(url=url, procs=[p], cpu_procs=p.tree)
         return self.start_gatewatch(case, rnd)
 
     def gatewatch_config(self, case: Case) -> dict:
@@ -1210,6 +1219,8 @@ def compute_ratios(raw: dict[str, list[dict]], rounds: int) -> tuple[dict, dict]
     per: dict[str, Any] = {
         "direct_vs_haproxy": ratio("direct", "haproxy"),
         "nginx_vs_haproxy": ratio("nginx", "haproxy"),
+        "floor_vs_haproxy": ratio("python-floor", "haproxy"),
+        "off_vs_floor": ratio("gatewatch-off", "python-floor"),
         "off_vs_haproxy": ratio("gatewatch-off", "haproxy"),
         "full_vs_haproxy": ratio("gatewatch-full", "haproxy"),
         "sampled_vs_haproxy": ratio("gatewatch-sampled", "haproxy"),
@@ -1337,7 +1348,8 @@ def render(res: dict[str, Any]) -> str:
            f"{'CPU s/1k':>9} {'proc CPU':>8} {'busy P/L':>10}  {'telemetry exported / dropped':<30} flags")
     lines.append(hdr)
     lines.append("-" * len(hdr))
-    vs_h = {"direct": "direct_vs_haproxy", "nginx": "nginx_vs_haproxy", "gatewatch-off": "off_vs_haproxy",
+    vs_h = {"direct": "direct_vs_haproxy", "nginx": "nginx_vs_haproxy", "python-floor": "floor_vs_haproxy",
+            "gatewatch-off": "off_vs_haproxy",
             "gatewatch-full": "full_vs_haproxy", "gatewatch-sampled": "sampled_vs_haproxy"}
     vs_off = {"gatewatch-full": "full_vs_off", "gatewatch-sampled": "sampled_vs_off"}
     for name, mm in med.items():
