@@ -100,6 +100,14 @@ def _cached(state: CursorState, kind: str, endpoints, build):
     return data
 
 
+def _shared_pick(state: CursorState, algorithm: Algorithm, endpoints, chosen: Endpoint) -> Pick:
+    """The answer when nothing was excluded. A Pick is immutable, so one per endpoint is built per endpoint set
+    and shared by every request (constructing a frozen dataclass costs about a microsecond)."""
+    picks = _cached(state, ("picks", algorithm), endpoints,
+                    lambda eps: {e.id: Pick(e, algorithm, len(eps), ()) for e in eps})
+    return picks[chosen.id]
+
+
 def round_robin(endpoints, state: CursorState, key, exclude: Mapping[str, str], rng: random.Random):
     cands, excluded = _candidates(endpoints, exclude)
     if not cands:
@@ -107,10 +115,10 @@ def round_robin(endpoints, state: CursorState, key, exclude: Mapping[str, str], 
     if excluded:  # a pick around exclusions (a retry, a full instance) rotates on its own detour counter,
         chosen = cands[(state.counter + state.detour) % len(cands)]  # leaving the first attempts' rotation alone
         state.detour += 1
-    else:
-        chosen = cands[state.counter % len(cands)]
-        state.counter += 1
-    return Pick(chosen, Algorithm.ROUND_ROBIN, len(cands), excluded)
+        return Pick(chosen, Algorithm.ROUND_ROBIN, len(cands), excluded)
+    chosen = cands[state.counter % len(cands)]
+    state.counter += 1
+    return _shared_pick(state, Algorithm.ROUND_ROBIN, cands, chosen)
 
 
 def prepare(algorithm: Algorithm, endpoints, state: CursorState) -> None:
@@ -152,7 +160,7 @@ def smooth_weighted_round_robin(endpoints, state: CursorState, key, exclude: Map
         if state.schedule is not None:
             chosen = state.schedule[state.counter % len(state.schedule)]
             state.counter += 1
-            return Pick(chosen, Algorithm.WEIGHTED_ROUND_ROBIN, len(cands), excluded)
+            return _shared_pick(state, Algorithm.WEIGHTED_ROUND_ROBIN, cands, chosen)
     return Pick(_swrr_step(cands, state), Algorithm.WEIGHTED_ROUND_ROBIN, len(cands), excluded)
 
 
@@ -185,7 +193,10 @@ def weighted_random(endpoints, state: CursorState, key, exclude: Mapping[str, st
         return NoHealthyEndpoint(Algorithm.RANDOM, 0, excluded)
     cum = _cached(state, "cumulative", cands, _cumulative) if not excluded else _cumulative(cands)
     i = bisect.bisect_right(cum, rng.random() * cum[-1])
-    return Pick(cands[min(i, len(cands) - 1)], Algorithm.RANDOM, len(cands), excluded)
+    chosen = cands[min(i, len(cands) - 1)]
+    if not excluded:
+        return _shared_pick(state, Algorithm.RANDOM, cands, chosen)
+    return Pick(chosen, Algorithm.RANDOM, len(cands), excluded)
 
 
 def _load(e: Endpoint, in_flight: Mapping[str, int]) -> float:
@@ -207,6 +218,8 @@ def least_request(endpoints, state: CursorState, key, exclude: Mapping[str, str]
         load = _load(e, state.in_flight)
         if best is None or load < best_load:
             best, best_load = e, load
+    if not excluded:
+        return _shared_pick(state, Algorithm.LEAST_REQUEST, cands, best)
     return Pick(best, Algorithm.LEAST_REQUEST, n, excluded)
 
 
@@ -225,6 +238,8 @@ def least_connections(endpoints, state: CursorState, key, exclude: Mapping[str, 
         load = _load(e, state.in_flight)
         if best is None or load < best_load:
             best, best_load = e, load
+    if not excluded:
+        return _shared_pick(state, Algorithm.LEAST_CONNECTIONS, cands, best)
     return Pick(best, Algorithm.LEAST_CONNECTIONS, n, excluded)
 
 

@@ -11,6 +11,7 @@ Primitives: `route`, `policy`, `late_size_refusal`, `pick` (returns the attempt 
 from __future__ import annotations
 
 from balancer.algorithms import Endpoint, NoHealthyEndpoint
+from balancer.config import Algorithm
 from balancer.pool import EXCLUDED_LISTED
 from balancer.retry import Failure
 from edge.policies.base import PolicyVerdict
@@ -21,6 +22,9 @@ from telemetry.names import Attr, DecisionKind, Layer, PolicyReason, Reason, Ver
 
 BALANCER = Layer.BALANCER.value
 MATCHED = Reason.ROUTE_MATCHED.value
+# Keyed by the Algorithm member (a StrEnum hashes as its value); plain-str values, because records cross a pipe
+# to the exporter and an Enum's `.value` costs more than the dict lookup.
+ALGORITHM_NAME = {a: a.value for a in Algorithm}
 PICK_REASON = {"round_robin": Reason.PICK_ROUND_ROBIN.value, "weighted_round_robin": Reason.PICK_WEIGHTED.value,
                "random": Reason.PICK_RANDOM.value, "least_request": Reason.PICK_LEAST_REQUEST.value,
                "least_connections": Reason.PICK_LEAST_CONNECTIONS.value, "ring_hash": Reason.PICK_RING_HASH.value,
@@ -58,9 +62,10 @@ def pick(rec: RequestRecord, pool, picked, by_affinity: bool, key: str | None, n
     """Record the pick (decision log + span attributes); return the attributes for the attempt's span."""
     view = pool.view()
     if isinstance(picked, Endpoint):  # session affinity chose; the algorithm was not asked
-        algorithm, candidates, excluded, reason = pool.algorithm.value, len(view.candidates), (), PICK_AFFINITY
+        algorithm, candidates, excluded = ALGORITHM_NAME[pool.algorithm], len(view.candidates), ()
+        reason = PICK_AFFINITY
     else:
-        algorithm, candidates, excluded = picked.algorithm.value, picked.candidates, picked.excluded
+        algorithm, candidates, excluded = ALGORITHM_NAME[picked.algorithm], picked.candidates, picked.excluded
         reason = PICK_REASON[algorithm]
     lb = {Attr.LB_ALGORITHM: algorithm, Attr.LB_CANDIDATES: candidates}
     if excluded:
@@ -77,25 +82,21 @@ def pick(rec: RequestRecord, pool, picked, by_affinity: bool, key: str | None, n
     elif pool.config.hash_key is not None:
         lb[Attr.LB_HASH_KEY_SOURCE] = pool.config.hash_key.describe() + ("" if key is not None else " (absent)")
     rec.lb = lb
-    attrs = {Attr.UPSTREAM: pool.name, **lb}
     span = rec.balance_span_id or rec.trace.span_id
     if isinstance(picked, NoHealthyEndpoint):
         overflow = picked.overflow
         rec.decisions.append(DecisionRecord(
             DecisionKind.PICK, pool.name, "overflow" if overflow else "no_candidates",
             (Reason.PICK_OVERFLOW if overflow else Reason.PICK_NO_CANDIDATES).value, now_ns, span,
-            attrs, BALANCER))
+            {Attr.UPSTREAM: pool.name, **lb}, BALANCER))
         return lb
     ep = picked if isinstance(picked, Endpoint) else picked.endpoint
     in_flight = pool.in_flight[ep.id]
-    lb = {**lb, Attr.LB_WEIGHT: ep.weight, Attr.LB_IN_FLIGHT: in_flight}
-    attrs[Attr.INSTANCE] = ep.id
-    attrs[Attr.ZONE] = ep.zone
-    attrs[Attr.LB_WEIGHT] = ep.weight
-    attrs[Attr.LB_IN_FLIGHT] = in_flight
-    rec.decisions.append(DecisionRecord(DecisionKind.PICK, pool.name, "picked", reason, now_ns, span,
-                                        attrs, BALANCER))
-    return lb
+    rec.decisions.append(DecisionRecord(
+        DecisionKind.PICK, pool.name, "picked", reason, now_ns, span,
+        {Attr.UPSTREAM: pool.name, **lb, Attr.INSTANCE: ep.id, Attr.ZONE: ep.zone, Attr.LB_WEIGHT: ep.weight,
+         Attr.LB_IN_FLIGHT: in_flight}, BALANCER))
+    return {**lb, Attr.LB_WEIGHT: ep.weight, Attr.LB_IN_FLIGHT: in_flight}
 
 def retry(rec: RequestRecord, route: str, verdict, attempts_made: int, budget_left: int,
                   instance: str, kind: Failure, now_ns: int) -> None:

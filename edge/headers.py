@@ -18,27 +18,43 @@ HOP_BY_HOP = frozenset({
 # by the listener; Content-Length is re-derived by the forwarder from the body it streams).
 REISSUED_UPSTREAM = frozenset({"traceparent", "tracestate", "expect", "x-request-id", "via", "host",
                                "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"})
+UPSTREAM_DROP = HOP_BY_HOP | REISSUED_UPSTREAM
+UPSTREAM_DROP_BAGGAGE = UPSTREAM_DROP | {"baggage"}  # the inbound context was not continued: neither is its baggage
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:@+/=-]{1,128}")  # fullmatch: '$' would let "id\n" through
 
 
 def strip_hop_by_hop(headers: Headers, also: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
-    """One pass in the common case; a second only when `Connection` names extra headers to drop."""
+    """`headers` without the hop-by-hop ones, the names any `Connection` header lists, and `also` (lower-case)."""
+    return _without(headers, HOP_BY_HOP | also)
+
+
+def _without(headers: Headers, drop: frozenset[str]) -> list[tuple[str, str]]:
+    """`headers` minus the names in `drop` (lower-case, a superset of HOP_BY_HOP) and the names any `Connection`
+    header lists. One pass in the common case; a second only when `Connection` names extra headers."""
     out: list[tuple[str, str]] = []
-    listed: set[str] | None = None
-    for k, v in headers:
-        lk = k.lower()
-        if lk in HOP_BY_HOP or lk in also:
-            if lk == "connection":
-                for t in v.split(","):
-                    t = t.strip().lower()
-                    if t and t not in HOP_BY_HOP:
-                        listed = listed or set()
-                        listed.add(t)
-            continue
-        out.append((k, v))
-    if listed:
-        out = [(k, v) for k, v in out if k.lower() not in listed]
+    connection: list[str] = []
+    for h in headers:
+        name = h[0].lower()
+        if name not in drop:
+            out.append(h)
+        elif name == "connection":
+            connection.append(h[1])
+    if connection:
+        listed = _listed(connection, drop)
+        if listed:
+            out = [h for h in out if h[0].lower() not in listed]
     return out
+
+
+def _listed(connection: list[str], drop: frozenset[str]) -> set[str]:
+    """The header names the `Connection` values list (RFC 9110 §7.6.1), less those `drop` removes anyway."""
+    listed: set[str] = set()
+    for value in connection:
+        for t in value.split(","):
+            t = t.strip().lower()
+            if t and t not in drop:
+                listed.add(t)
+    return listed
 
 
 def request_id(inbound: str | None, rng) -> str:
@@ -67,7 +83,7 @@ def upstream_request_headers(headers: Headers, *, client_address: str, scheme: s
                              upstream_host: str, preserve_host: bool, trust_forwarded: bool, request_id: str,
                              traceparent: str, tracestate: str | None, version: str,
                              keep_baggage: bool, index: dict[str, str] | None = None) -> tuple[tuple[str, str], ...]:
-    out = strip_hop_by_hop(headers, REISSUED_UPSTREAM if keep_baggage else REISSUED_UPSTREAM | {"baggage"})
+    out = _without(headers, UPSTREAM_DROP if keep_baggage else UPSTREAM_DROP_BAGGAGE)
     out.insert(0, ("Host", host if (preserve_host and host) else upstream_host))
     xff = _all(headers, "x-forwarded-for", index)
     out.append(("X-Forwarded-For", f"{xff}, {client_address}" if xff else client_address))
@@ -87,21 +103,31 @@ def upstream_request_headers(headers: Headers, *, client_address: str, scheme: s
 
 
 RESPONSE_REPLACED = frozenset({"content-length", "via", "x-request-id", "traceresponse"})
+RESPONSE_DROP = HOP_BY_HOP | RESPONSE_REPLACED
 
 
 def downstream_response_headers(headers: Headers, version: str) -> tuple[list[tuple[str, str]], int | None]:
     """Upstream response headers for the client, and the upstream's Content-Length (None: not known, stream it).
     Removed: hop-by-hop and framing (the listener re-frames), an inner tier's X-Request-Id and traceresponse
     (ours replace them); `Via` gets our hop. One pass over the headers in the common case."""
-    out = strip_hop_by_hop(headers, RESPONSE_REPLACED)
+    out: list[tuple[str, str]] = []
     via_values: list[str] = []
     lengths: list[str] = []
-    for k, v in headers:
-        c = k[0]
-        if c in "vV" and k.lower() == "via":
-            via_values.append(v)
-        elif c in "cC" and k.lower() == "content-length":
-            lengths.append(v.strip())
+    connection: list[str] = []
+    for h in headers:
+        name = h[0].lower()
+        if name not in RESPONSE_DROP:
+            out.append(h)
+        elif name == "content-length":
+            lengths.append(h[1].strip())
+        elif name == "via":
+            via_values.append(h[1])
+        elif name == "connection":
+            connection.append(h[1])
+    if connection:
+        listed = _listed(connection, RESPONSE_DROP)
+        if listed:
+            out = [h for h in out if h[0].lower() not in listed]
     via = ", ".join(via_values)
     out.append(("Via", f"{via}, {version} gatewatch" if via else f"{version} gatewatch"))
     return out, _length(lengths)
@@ -113,9 +139,10 @@ def content_length(headers: Headers) -> int | None:
 
 
 def _length(values: list[str]) -> int | None:
-    if not values or any(v != values[0] for v in values) or not (values[0].isascii() and values[0].isdigit()):
+    if not values or (len(values) > 1 and any(v != values[0] for v in values)):
         return None
-    return int(values[0])
+    v = values[0]
+    return int(v) if v.isascii() and v.isdigit() else None
 
 
 def apply_changes(headers: Headers, set_: list[tuple[str, str]], remove: set[str]) -> Headers:

@@ -72,7 +72,7 @@ def canonical_path(raw: str) -> str:
 def split_target(target: str) -> tuple[str, str]:
     """Split a request target into (path, query) without decoding anything. Absolute-form targets
     (`http://host/path?q`, sent to proxies) keep only their path and query."""
-    if target[:8].lower().startswith(("http://", "https://")):  # the scheme is case-insensitive
+    if not target.startswith("/") and target[:8].lower().startswith(("http://", "https://")):  # case-insensitive
         rest = target.split("://", 1)[1]
         slash = rest.find("/")
         q = rest.find("?")

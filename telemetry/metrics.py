@@ -23,10 +23,11 @@ def method_label(method: str) -> str:
     return method if method in KNOWN_METHODS else "_OTHER"
 
 
+STATUS_LABELS = {status: str(status) for status in range(100, 600)}
+
+
 def status_label(status: int | None) -> str:
-    if status is None or not 100 <= status <= 599:
-        return ""
-    return str(status)
+    return STATUS_LABELS.get(status, "")
 
 
 class Metrics:

@@ -35,6 +35,8 @@ FLUSH_S = 0.05
 ALLOW_RESULTS = frozenset({"matched", "picked"})  # decisions that let a request through
 RETRY_OR_FAILOVER = frozenset({DecisionKind.RETRY, DecisionKind.FAILOVER})
 BALANCER = Layer.BALANCER.value
+# Label values are plain str; a StrEnum member hashes as its value, and the lookup costs less than `.value`.
+KIND_LABEL = {kind: kind.value for kind in DecisionKind}
 PIPE_LIMIT = 16 * 1024 * 1024  # bytes waiting in the pipe to the exporter before batches are dropped
 
 
@@ -207,7 +209,7 @@ class Telemetry:
             if a.layer == BALANCER:  # per-instance counts of a pool (bounded by the pool's size)
                 self._instances.inc((a.upstream, a.instance, a.outcome or ""))
         for d in r.decisions:
-            self._decisions.inc((d.layer or r.layer, d.kind.value, d.result, d.reason))
+            self._decisions.inc((d.layer or r.layer, KIND_LABEL[d.kind], d.result, d.reason))
             if d.kind in RETRY_OR_FAILOVER:
                 self._retry_metrics(r, d)
         for p in r.policies:
