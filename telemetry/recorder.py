@@ -46,7 +46,7 @@ class ProcessSink:
         self._args = json.dumps({"resolved": dataclasses.asdict(resolved), "resource": resource_attrs,
                                  "version": version, "file_stem": file_stem})
         self._metrics = metrics
-        self._pending: list[RequestRecord] = []
+        self._pending: list[bytes] = []  # records already encoded for the pipe (`wire.encode_one`)
         self._pending_items = [0, 0]  # spans, log records
         self._max_items = resolved.queue_size
         self._batch = resolved.batch_size
@@ -73,7 +73,7 @@ class ProcessSink:
         if p[0] + spans > self._max_items or p[1] + logs > self._max_items:
             self._drop(spans, logs, DropReason.QUEUE_FULL)
             return
-        self._pending.append(r)
+        self._pending.append(wire.encode_one(r))
         p[0] += spans
         p[1] += logs
         if len(self._pending) >= self._batch:
@@ -98,7 +98,7 @@ class ProcessSink:
         if proc.stdin.transport.get_write_buffer_size() > PIPE_LIMIT:  # the exporter is not keeping up
             self._drop(spans, logs, DropReason.QUEUE_FULL)
             return
-        proc.stdin.write(wire.encode(records))
+        proc.stdin.write(wire.frame(records))
 
     async def _flusher(self) -> None:
         while True:
