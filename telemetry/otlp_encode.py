@@ -57,36 +57,42 @@ def _any(v: Any) -> bytes:
 
 
 _key_cache: dict[str, bytes] = {}
-# Encoded KeyValue bodies (length-prefixed) for attribute values that repeat across requests: layer, method,
-# route, outcome, instance... Unique values (ids, paths) are encoded each time and never cached.
-_kv_cache: dict[tuple[str, Any], bytes] = {}
+# Per repeated-field tag: (key, value) → the whole encoded field (tag + length + KeyValue) for attribute values
+# that repeat across requests: layer, method, route, outcome, instance... Unique values (ids, paths) are
+# encoded each time and never cached. The dict's own (key, value) item tuples are the cache keys.
+_kv_cache: dict[int, dict[tuple[str, Any], bytes]] = {}
 _UNIQUE_KEYS = frozenset({"url.path", "url.query", "url.full", "network.peer.port", "gatewatch.request_id",
                           "client.address", "network.peer.address", "gatewatch.lb.in_flight"})
 _KV_CACHE_MAX = 20_000
 
 
-def _kv_prefixed(key: str, value: Any) -> bytes:
-    """varint(len) + KeyValue{key, value}: ready to follow the repeated field's tag."""
-    cacheable = key not in _UNIQUE_KEYS and not isinstance(value, list)
-    if cacheable:
-        hit = _kv_cache.get((key, value))
-        if hit is not None:
-            return hit
+def _kv(tag: int, key: str, value: Any) -> bytes:
+    """tag + varint(len) + KeyValue{key, value}."""
     k = _key_cache.get(key)
     if k is None:
         k = _key_cache[key] = _str(0x0A, key)  # key = 1
     body = k + _ld(0x12, _any(value))  # value = 2
-    out = _varint(len(body)) + body
-    if cacheable:
-        if len(_kv_cache) >= _KV_CACHE_MAX:
-            _kv_cache.clear()
-        _kv_cache[(key, value)] = out
-    return out
+    return bytes((tag,)) + _varint(len(body)) + body
 
 
 def _attrs(tag: int, attrs: dict[str, Any]) -> bytes:
-    t = bytes((tag,))
-    return b"".join([t + _kv_prefixed(k, v) for k, v in attrs.items()])
+    cache = _kv_cache.get(tag)
+    if cache is None:
+        cache = _kv_cache[tag] = {}
+    out = []
+    for item in attrs.items():
+        key, value = item
+        if key in _UNIQUE_KEYS or type(value) is list:
+            out.append(_kv(tag, key, value))
+            continue
+        hit = cache.get(item)
+        if hit is None:
+            hit = _kv(tag, key, value)
+            if len(cache) >= _KV_CACHE_MAX:
+                cache.clear()
+            cache[item] = hit
+        out.append(hit)
+    return b"".join(out)
 
 
 def _id(tag: int, value: int, size: int) -> bytes:

@@ -7,7 +7,11 @@ variables. A failed send is reported as `False`; the caller counts the items as 
 
 from __future__ import annotations
 
+import http.client
 import logging
+import ssl
+import urllib.parse
+import urllib.request
 from typing import Any, Callable
 
 from telemetry.config import ResolvedTelemetry
@@ -34,34 +38,66 @@ class EncodedBatch:
 
 
 class HttpSender:
-    def __init__(self, endpoint: str, cfg: ResolvedTelemetry):
-        import requests
+    """POSTs to one OTLP/HTTP endpoint over a keep-alive `http.client` connection (reconnected on the next
+    export after any failure). `requests` re-derives proxies, CA settings and pool keys for every POST (on
+    disk: ~/.netrc, the CA path): that was a fifth of the exporter's CPU. It is still used when a proxy
+    variable applies to the endpoint, the one thing http.client would not do for us."""
 
+    def __init__(self, endpoint: str, cfg: ResolvedTelemetry):
+        url = urllib.parse.urlsplit(endpoint)
         self._endpoint = endpoint
         self._timeout = cfg.timeout_s
-        self._session = requests.Session()
-        self._session.headers.update({"Content-Type": "application/x-protobuf", **cfg.headers})
-        # requests re-reads the environment (proxy variables, CA bundle variables, ~/.netrc on disk) for every
-        # POST; that was ~8 % of the exporter's CPU. Read it once here instead: same proxies and CA bundle, and
-        # no netrc (OTLP credentials come from OTEL_EXPORTER_OTLP_HEADERS).
-        settings = self._session.merge_environment_settings(endpoint, {}, None, None, None)
-        self._session.trust_env = False
-        self._session.proxies = settings.get("proxies") or {}
-        self._session.verify = settings.get("verify", True)
+        self._headers = {"Content-Type": "application/x-protobuf", **cfg.headers}
+        self._https = url.scheme == "https"
+        self._host = url.hostname or "localhost"
+        self._port = url.port or (443 if self._https else 80)
+        self._path = (url.path or "/") + (f"?{url.query}" if url.query else "")
+        self._conn: http.client.HTTPConnection | None = None
+        self._session = None
+        proxies = urllib.request.getproxies()
+        if proxies.get(url.scheme) and not urllib.request.proxy_bypass(self._host):
+            import requests
+
+            self._session = requests.Session()
+            self._session.headers.update(self._headers)
+
+    def _connect(self) -> http.client.HTTPConnection:
+        if self._https:
+            return http.client.HTTPSConnection(self._host, self._port, timeout=self._timeout,
+                                               context=ssl.create_default_context())
+        return http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
 
     def export(self, batch: EncodedBatch) -> bool:
         try:
-            resp = self._session.post(self._endpoint, data=batch.payload, timeout=self._timeout)
+            if self._session is not None:
+                status = self._session.post(self._endpoint, data=batch.payload, timeout=self._timeout).status_code
+            else:
+                if self._conn is None:
+                    self._conn = self._connect()
+                self._conn.request("POST", self._path, body=batch.payload, headers=self._headers)
+                resp = self._conn.getresponse()
+                resp.read()  # the whole answer, so the connection can carry the next export
+                status = resp.status
+                if resp.will_close:
+                    self._close()
         except Exception as err:  # noqa: BLE001 - any transport failure is a failed export, counted by the caller
+            self._close()
             log.warning("OTLP/HTTP export to %s failed: %s", self._endpoint, err)
             return False
-        if 200 <= resp.status_code < 300:
+        if 200 <= status < 300:
             return True
-        log.warning("OTLP/HTTP export to %s answered %s", self._endpoint, resp.status_code)
+        log.warning("OTLP/HTTP export to %s answered %s", self._endpoint, status)
         return False
 
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
     def shutdown(self) -> None:
-        self._session.close()
+        self._close()
+        if self._session is not None:
+            self._session.close()
 
 
 class GrpcSender:
