@@ -3,7 +3,12 @@
 prometheus_client's `labels(...)` lookup and locked `observe` cost a few microseconds each; at tens of
 thousands of requests per second on one core that is a visible share of the budget. These keep plain dicts
 keyed by the label tuple (one event loop owns them; the scrape runs on the same loop, so no locks) and are
-rendered by a `Collector` at scrape time, exemplars included.
+rendered at scrape time, exemplars included.
+
+Rendering: `render(out, openmetrics)` writes the same bytes prometheus_client's `generate_latest` /
+OpenMetrics `generate_latest` would (a test compares them), but with each series' label text built once: for a
+1,000-instance pool (~19,000 lines) prometheus_client took ~330 ms per scrape, on the event loop that also
+carries the data plane. `collect()` stays for anything that walks a registry.
 
 Primitives: `FastHistogram.observe(labels, value, trace_id)`, `FastCounter.inc(labels, n)`.
 """
@@ -17,6 +22,48 @@ from typing import Iterable, Sequence
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar
+from prometheus_client.utils import floatToGoString
+
+
+def _escape(value: str) -> str:
+    """A label value (or OpenMetrics HELP text) as the exposition formats write it."""
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"')
+
+
+def _help(documentation: str, openmetrics: bool) -> str:
+    if openmetrics:
+        return _escape(documentation)
+    return documentation.replace("\\", r"\\").replace("\n", r"\n")
+
+
+class _LabelText:
+    """Per series, the `{...}` label text in the exposition's sorted-by-name order, built once; for a
+    histogram also the text before and after the `le` label, which sorts in among the others."""
+
+    def __init__(self, labelnames: Sequence[str], with_le: bool):
+        names = list(labelnames) + (["le"] if with_le else [])
+        self._order = sorted(range(len(names)), key=lambda i: names[i])
+        self._names = names
+        self._le = len(labelnames) if with_le else None
+        self._cache: dict[tuple[str, ...], tuple[str, str, str]] = {}
+
+    def __call__(self, values: tuple[str, ...]) -> tuple[str, str, str]:
+        hit = self._cache.get(values)
+        if hit is not None:
+            return hit
+        before, after, plain = [], [], []
+        seen_le = False
+        for i in self._order:
+            if i == self._le:
+                seen_le = True
+                continue
+            pair = f'{self._names[i]}="{_escape(values[i])}"'
+            plain.append(pair)
+            (after if seen_le else before).append(pair)
+        hit = ("".join(p + "," for p in before), "".join("," + p for p in after),
+               "{" + ",".join(plain) + "}" if plain else "")
+        self._cache[values] = hit
+        return hit
 
 
 class FastHistogram(Collector):
@@ -26,6 +73,8 @@ class FastHistogram(Collector):
         self.labelnames = tuple(labelnames)
         self.buckets = tuple(buckets)
         self._series: dict[tuple[str, ...], list] = {}
+        self._les = [_fmt(b) for b in self.buckets] + ["+Inf"]
+        self._text = _LabelText(self.labelnames, with_le=True)
 
     def observe(self, labels: tuple[str, ...], value: float, trace_id: str | None = None) -> None:
         s = self._series.get(labels)
@@ -54,6 +103,21 @@ class FastHistogram(Collector):
             fam.add_metric(list(labels), buckets, total)
         yield fam
 
+    def render(self, out: list[str], openmetrics: bool) -> None:
+        name = self.name
+        out.append(f"# HELP {name} {_help(self.documentation, openmetrics)}\n# TYPE {name} histogram\n")
+        for labels, (counts, total, exemplars) in list(self._series.items()):
+            before, after, plain = self._text(labels)
+            cumulative = 0
+            for le, c, ex in zip(self._les, counts, exemplars):
+                cumulative += c
+                line = f'{name}_bucket{{{before}le="{le}"{after}}} {floatToGoString(cumulative)}'
+                if openmetrics and ex is not None:
+                    line += f' # {{trace_id="{_escape(ex[0])}"}} {floatToGoString(ex[1])} {ex[2]}'
+                out.append(line + "\n")
+            out.append(f"{name}_count{plain} {floatToGoString(cumulative)}\n{name}_sum{plain} "
+                       f"{floatToGoString(total)}\n")
+
     def describe(self) -> Iterable[HistogramMetricFamily]:
         yield HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
@@ -64,6 +128,7 @@ class FastCounter(Collector):
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
         self._values: dict[tuple[str, ...], float] = {}
+        self._text = _LabelText(self.labelnames, with_le=False)
 
     def inc(self, labels: tuple[str, ...], amount: float = 1.0) -> None:
         self._values[labels] = self._values.get(labels, 0.0) + amount
@@ -76,6 +141,13 @@ class FastCounter(Collector):
         for labels, v in list(self._values.items()):
             fam.add_metric(list(labels), v)
         yield fam
+
+    def render(self, out: list[str], openmetrics: bool) -> None:
+        name = self.name
+        family = name if openmetrics else name + "_total"
+        out.append(f"# HELP {family} {_help(self.documentation, openmetrics)}\n# TYPE {family} counter\n")
+        for labels, v in list(self._values.items()):
+            out.append(f"{name}_total{self._text(labels)[2]} {floatToGoString(v)}\n")
 
     def describe(self) -> Iterable[CounterMetricFamily]:
         yield CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)

@@ -50,9 +50,9 @@ class Metrics:
         self.instance_requests = FastCounter(
             Metric.INSTANCE_REQUESTS, "Upstream attempts per instance, by pool and outcome.",
             [Label.POOL, Label.INSTANCE, Label.OUTCOME])
-        for c in (self.server_duration, self.client_duration, self.decisions, self.policy_verdicts,
-                  self.instance_requests):
-            r.register(c)
+        # Rendered by `exposition` itself (see fastmetrics), not through the registry.
+        self.fast = (self.server_duration, self.client_duration, self.decisions, self.policy_verdicts,
+                     self.instance_requests)
         # balancer state and events (per pool; instance labels are bounded by the pool's size)
         self.failovers = Counter(
             Metric.FAILOVERS, "Failovers: traffic moved to another priority or a retry went to another instance.",
@@ -109,9 +109,22 @@ class Metrics:
         self.build.info({"version": version})
 
     def exposition(self, accept: str | None) -> tuple[bytes, str]:
-        if accept and "application/openmetrics-text" in accept:
-            return generate_openmetrics(self.registry), OPENMETRICS_CONTENT_TYPE
-        return generate_latest(self.registry), PROMETHEUS_CONTENT_TYPE
+        openmetrics = bool(accept and "application/openmetrics-text" in accept)
+        fast: list[str] = []
+        for c in self.fast:
+            c.render(fast, openmetrics)
+        tail = "".join(fast).encode("utf-8")
+        if openmetrics:
+            head = generate_openmetrics(self.registry)
+            assert head.endswith(b"# EOF\n")
+            return head[:-len(b"# EOF\n")] + tail + b"# EOF\n", OPENMETRICS_CONTENT_TYPE
+        return generate_latest(self.registry) + tail, PROMETHEUS_CONTENT_TYPE
+
+    def collect_all(self) -> Iterable:
+        """Every metric family, the request-path ones included (for code that walks metrics in-process)."""
+        yield from self.registry.collect()
+        for c in self.fast:
+            yield from c.collect()
 
 
 class CappedLabel:

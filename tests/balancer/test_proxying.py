@@ -80,7 +80,7 @@ async def call(rt, method="GET", path="/x", headers=None, data=None, session=Non
 
 
 def sample(rt, name, **labels):
-    for fam in rt.metrics.registry.collect():
+    for fam in rt.metrics.collect_all():
         for s in fam.samples:
             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
                 return s.value
