@@ -40,8 +40,12 @@ class JsonLinesExporter:
         self._fh.flush()
         if self._fh.tell() > self.max_bytes:  # keep one previous file, bounded disk use
             self._fh.close()
-            os.replace(self.path, self.path.with_suffix(self.path.suffix + ".1"))
-            self._fh = open(self.path, "a", encoding="utf-8")
+            try:
+                os.replace(self.path, self.path.with_suffix(self.path.suffix + ".1"))
+            except OSError as err:  # e.g. the file was moved away underneath us: keep writing, never stop
+                log.warning("could not rotate %s: %s", self.path, err)
+            finally:
+                self._fh = open(self.path, "a", encoding="utf-8")
         return True
 
     def shutdown(self) -> None:
