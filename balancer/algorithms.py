@@ -100,10 +100,13 @@ def _cached(state: CursorState, kind: str, endpoints, build):
     return data
 
 
-def _shared_pick(state: CursorState, algorithm: Algorithm, endpoints, chosen: Endpoint) -> Pick:
-    """The answer when nothing was excluded. A Pick is immutable, so one per endpoint is built per endpoint set
-    and shared by every request (constructing a frozen dataclass costs about a microsecond)."""
-    picks = _cached(state, ("picks", algorithm), endpoints,
+def _pick(state: CursorState, algorithm: Algorithm, cands, chosen: Endpoint, excluded) -> Pick:
+    """The answer of a non-hashing algorithm. When nothing was excluded it is the same immutable Pick for every
+    request that lands on `chosen`: built once per endpoint set and shared (a frozen dataclass costs about a
+    microsecond to construct)."""
+    if excluded:
+        return Pick(chosen, algorithm, len(cands), excluded)
+    picks = _cached(state, ("picks", algorithm), cands,
                     lambda eps: {e.id: Pick(e, algorithm, len(eps), ()) for e in eps})
     return picks[chosen.id]
 
@@ -115,10 +118,10 @@ def round_robin(endpoints, state: CursorState, key, exclude: Mapping[str, str], 
     if excluded:  # a pick around exclusions (a retry, a full instance) rotates on its own detour counter,
         chosen = cands[(state.counter + state.detour) % len(cands)]  # leaving the first attempts' rotation alone
         state.detour += 1
-        return Pick(chosen, Algorithm.ROUND_ROBIN, len(cands), excluded)
-    chosen = cands[state.counter % len(cands)]
-    state.counter += 1
-    return _shared_pick(state, Algorithm.ROUND_ROBIN, cands, chosen)
+    else:
+        chosen = cands[state.counter % len(cands)]
+        state.counter += 1
+    return _pick(state, Algorithm.ROUND_ROBIN, cands, chosen, excluded)
 
 
 def prepare(algorithm: Algorithm, endpoints, state: CursorState) -> None:
@@ -160,8 +163,8 @@ def smooth_weighted_round_robin(endpoints, state: CursorState, key, exclude: Map
         if state.schedule is not None:
             chosen = state.schedule[state.counter % len(state.schedule)]
             state.counter += 1
-            return _shared_pick(state, Algorithm.WEIGHTED_ROUND_ROBIN, cands, chosen)
-    return Pick(_swrr_step(cands, state), Algorithm.WEIGHTED_ROUND_ROBIN, len(cands), excluded)
+            return _pick(state, Algorithm.WEIGHTED_ROUND_ROBIN, cands, chosen, excluded)
+    return _pick(state, Algorithm.WEIGHTED_ROUND_ROBIN, cands, _swrr_step(cands, state), excluded)
 
 
 def _swrr_step(cands, state: CursorState) -> Endpoint:
@@ -193,10 +196,7 @@ def weighted_random(endpoints, state: CursorState, key, exclude: Mapping[str, st
         return NoHealthyEndpoint(Algorithm.RANDOM, 0, excluded)
     cum = _cached(state, "cumulative", cands, _cumulative) if not excluded else _cumulative(cands)
     i = bisect.bisect_right(cum, rng.random() * cum[-1])
-    chosen = cands[min(i, len(cands) - 1)]
-    if not excluded:
-        return _shared_pick(state, Algorithm.RANDOM, cands, chosen)
-    return Pick(chosen, Algorithm.RANDOM, len(cands), excluded)
+    return _pick(state, Algorithm.RANDOM, cands, cands[min(i, len(cands) - 1)], excluded)
 
 
 def _load(e: Endpoint, in_flight: Mapping[str, int]) -> float:
@@ -218,9 +218,7 @@ def least_request(endpoints, state: CursorState, key, exclude: Mapping[str, str]
         load = _load(e, state.in_flight)
         if best is None or load < best_load:
             best, best_load = e, load
-    if not excluded:
-        return _shared_pick(state, Algorithm.LEAST_REQUEST, cands, best)
-    return Pick(best, Algorithm.LEAST_REQUEST, n, excluded)
+    return _pick(state, Algorithm.LEAST_REQUEST, cands, best, excluded)
 
 
 def least_connections(endpoints, state: CursorState, key, exclude: Mapping[str, str], rng: random.Random):
@@ -238,9 +236,7 @@ def least_connections(endpoints, state: CursorState, key, exclude: Mapping[str, 
         load = _load(e, state.in_flight)
         if best is None or load < best_load:
             best, best_load = e, load
-    if not excluded:
-        return _shared_pick(state, Algorithm.LEAST_CONNECTIONS, cands, best)
-    return Pick(best, Algorithm.LEAST_CONNECTIONS, n, excluded)
+    return _pick(state, Algorithm.LEAST_CONNECTIONS, cands, best, excluded)
 
 
 def hash64(data: str) -> int:

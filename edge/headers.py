@@ -39,22 +39,19 @@ def _without(headers: Headers, drop: frozenset[str]) -> list[tuple[str, str]]:
             out.append(h)
         elif name == "connection":
             connection.append(h[1])
-    if connection:
-        listed = _listed(connection, drop)
-        if listed:
-            out = [h for h in out if h[0].lower() not in listed]
-    return out
+    return _without_listed(out, connection, drop)
 
 
-def _listed(connection: list[str], drop: frozenset[str]) -> set[str]:
-    """The header names the `Connection` values list (RFC 9110 §7.6.1), less those `drop` removes anyway."""
+def _without_listed(out: list[tuple[str, str]], connection: list[str], drop: frozenset[str]) -> list[tuple[str, str]]:
+    """`out` less the header names the `Connection` values list (RFC 9110 §7.6.1), except those `drop` removed
+    already. Nothing to do (and no second pass) in the common case of no `Connection` header."""
     listed: set[str] = set()
     for value in connection:
         for t in value.split(","):
             t = t.strip().lower()
             if t and t not in drop:
                 listed.add(t)
-    return listed
+    return [h for h in out if h[0].lower() not in listed] if listed else out
 
 
 def request_id(inbound: str | None, rng) -> str:
@@ -124,10 +121,7 @@ def downstream_response_headers(headers: Headers, version: str) -> tuple[list[tu
             via_values.append(h[1])
         elif name == "connection":
             connection.append(h[1])
-    if connection:
-        listed = _listed(connection, RESPONSE_DROP)
-        if listed:
-            out = [h for h in out if h[0].lower() not in listed]
+    out = _without_listed(out, connection, RESPONSE_DROP)
     via = ", ".join(via_values)
     out.append(("Via", f"{via}, {version} gatewatch" if via else f"{version} gatewatch"))
     return out, _length(lengths)
