@@ -44,6 +44,18 @@ class Answer:
     error: str = ""
 
 
+def _answer(req: urllib.request.Request | str) -> Answer:
+    """One Prometheus HTTP API call: the data on success, else the API's own error (also on an HTTP error)."""
+    try:
+        with urllib.request.urlopen(req, timeout=15) as r:
+            doc = json.loads(r.read())
+    except urllib.error.HTTPError as err:
+        doc = json.loads(err.read() or b"{}")
+    if doc.get("status") != "success":
+        return Answer(False, None, f"{doc.get('errorType')}: {doc.get('error')}")
+    return Answer(True, doc["data"])
+
+
 class Prometheus:
     def __init__(self, workdir: Path, jobs: dict[str, list[str]], rule_files: list[Path]):
         self.workdir = workdir
@@ -97,27 +109,11 @@ class Prometheus:
 
     def api(self, path: str, **params) -> Answer:
         body = urllib.parse.urlencode(params, doseq=True).encode()
-        req = urllib.request.Request(f"{self.url}/api/v1/{path}", data=body, method="POST",
-                                     headers={"Content-Type": "application/x-www-form-urlencoded"})
-        try:
-            with urllib.request.urlopen(req, timeout=15) as r:
-                doc = json.loads(r.read())
-        except urllib.error.HTTPError as err:
-            doc = json.loads(err.read() or b"{}")
-        if doc.get("status") != "success":
-            return Answer(False, None, f"{doc.get('errorType')}: {doc.get('error')}")
-        return Answer(True, doc["data"])
+        return _answer(urllib.request.Request(f"{self.url}/api/v1/{path}", data=body, method="POST",
+                                              headers={"Content-Type": "application/x-www-form-urlencoded"}))
 
     def get(self, path: str, **params) -> Answer:
-        url = f"{self.url}/api/v1/{path}?{urllib.parse.urlencode(params, doseq=True)}"
-        try:
-            with urllib.request.urlopen(url, timeout=15) as r:
-                doc = json.loads(r.read())
-        except urllib.error.HTTPError as err:
-            doc = json.loads(err.read() or b"{}")
-        if doc.get("status") != "success":
-            return Answer(False, None, f"{doc.get('errorType')}: {doc.get('error')}")
-        return Answer(True, doc["data"])
+        return _answer(f"{self.url}/api/v1/{path}?{urllib.parse.urlencode(params, doseq=True)}")
 
     def instant(self, expr: str) -> Answer:
         return self.api("query", query=expr)

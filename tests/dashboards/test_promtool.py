@@ -8,8 +8,6 @@ annotation template — plus one test against the shipped file as is, with its a
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,23 +16,15 @@ import pytest
 import yaml
 
 from dashboards.build import GENERATED, RULES_FILE
+from tests.dashboards.prom import binary
 
 RULES = GENERATED / RULES_FILE
 SHIPPED = yaml.safe_load(RULES.read_text())
 
 
-def tool(name: str) -> str:
-    path = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
-    if path:
-        return path
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{name} is required under CI (Debian package `prometheus`; scripts/test.sh installs it)")
-    pytest.skip(f"{name} not installed (apt-get install prometheus; scripts/test.sh does it as root)")
-
-
 @pytest.fixture(scope="module")
 def promtool() -> str:
-    return tool("promtool")
+    return binary("promtool")
 
 
 # Series the cases use (1-minute samples unless a case says otherwise).
