@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import signal
-import socket
 import threading
 import time
 import urllib.error
@@ -172,16 +171,6 @@ class Report:
                 f"{m} ({len(w)} expression{'s' if len(w) > 1 else ''})" for m, w in sorted(self.missing_metrics.items()))
         return head + "\n".join(f"\n== {kind} ({len(items)}) ==\n" + "\n".join(f"- {t}" for t in items)
                                 for kind, items in self.problems.items())
-
-
-@pytest.fixture
-def blackhole():
-    """A collector that accepts connections and never answers."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(64)
-    yield f"http://127.0.0.1:{srv.getsockname()[1]}"
-    srv.close()
 
 
 def test_boards_and_rules_against_real_prometheus(tmp_path, otlp, blackhole):

@@ -20,16 +20,6 @@ def metric_value(text: str, name: str, **labels) -> float:
     return total
 
 
-@pytest.fixture
-def blackhole():
-    """Accepts TCP connections and never answers: the worst kind of dead collector."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(64)
-    yield f"http://127.0.0.1:{srv.getsockname()[1]}"
-    srv.close()
-
-
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
 @pytest.mark.parametrize("collector", ["hanging", "refused"])
 def test_dead_collector_does_not_touch_requests(cluster, blackhole, protocol, collector):
