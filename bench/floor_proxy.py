@@ -22,70 +22,22 @@ import uvloop
 HOP = (b"connection", b"keep-alive", b"content-length", b"transfer-encoding")
 
 
-class Upstream(asyncio.Protocol):
-    def __init__(self, client: "Client"):
-        self.client = client
-        self.parser = httptools.HttpResponseParser(self)
+class Http1(asyncio.Protocol):
+    """What both sides share: llhttp fed from the socket, one message collected, and re-serialised with its
+    hop-by-hop and framing headers replaced by a Content-Length."""
+
+    def __init__(self, parser_type):
+        self.parser = parser_type(self)
         self.transport: asyncio.Transport | None = None
-        self.headers: list = []
-        self.body: list = []
-
-    def connection_made(self, transport):
-        self.transport = transport
-
-    def data_received(self, data):
-        self.parser.feed_data(data)
-
-    def connection_lost(self, exc):
-        self.client.transport.close()
-
-    def on_message_begin(self):
-        self.headers, self.body = [], []
-
-    def on_header(self, name, value):
-        self.headers.append((name, value))
-
-    def on_body(self, body):
-        self.body.append(body)
-
-    def on_message_complete(self):
-        body = b"".join(self.body)
-        out = [b"HTTP/1.1 %d OK\r\n" % self.parser.get_status_code()]
-        out += [n + b": " + v + b"\r\n" for n, v in self.headers if n.lower() not in HOP]
-        out.append(b"Content-Length: %d\r\n\r\n" % len(body))
-        out.append(body)
-        self.client.transport.write(b"".join(out))
-
-
-class Client(asyncio.Protocol):
-    def __init__(self, upstream_port: int):
-        self.upstream_port = upstream_port
-        self.parser = httptools.HttpRequestParser(self)
-        self.transport: asyncio.Transport | None = None
-        self.upstream: Upstream | None = None
-        self.waiting: collections.deque = collections.deque()
         self.url = b""
         self.headers: list = []
         self.body: list = []
-        self.peer = b""
 
     def connection_made(self, transport):
         self.transport = transport
-        self.peer = transport.get_extra_info("peername")[0].encode()
-        asyncio.get_running_loop().create_task(self._connect())
-
-    async def _connect(self):
-        _, self.upstream = await asyncio.get_running_loop().create_connection(
-            lambda: Upstream(self), "127.0.0.1", self.upstream_port)
-        while self.waiting:
-            self.upstream.transport.write(self.waiting.popleft())
 
     def data_received(self, data):
         self.parser.feed_data(data)
-
-    def connection_lost(self, exc):
-        if self.upstream is not None:
-            self.upstream.transport.close()
 
     def on_message_begin(self):
         self.url, self.headers, self.body = b"", [], []
@@ -99,14 +51,53 @@ class Client(asyncio.Protocol):
     def on_body(self, body):
         self.body.append(body)
 
-    def on_message_complete(self):
+    def message(self, first_line: bytes, extra: bytes = b"") -> bytes:
         body = b"".join(self.body)
-        out = [self.parser.get_method() + b" " + self.url + b" HTTP/1.1\r\n"]
+        out = [first_line]
         out += [n + b": " + v + b"\r\n" for n, v in self.headers if n.lower() not in HOP]
-        out.append(b"X-Forwarded-For: " + self.peer + b"\r\n")
-        out.append(b"Content-Length: %d\r\n\r\n" % len(body))
+        out.append(extra + b"Content-Length: %d\r\n\r\n" % len(body))
         out.append(body)
-        request = b"".join(out)
+        return b"".join(out)
+
+
+class Upstream(Http1):
+    def __init__(self, client: "Client"):
+        super().__init__(httptools.HttpResponseParser)
+        self.client = client
+
+    def connection_lost(self, exc):
+        self.client.transport.close()
+
+    def on_message_complete(self):
+        self.client.transport.write(self.message(b"HTTP/1.1 %d OK\r\n" % self.parser.get_status_code()))
+
+
+class Client(Http1):
+    def __init__(self, upstream_port: int):
+        super().__init__(httptools.HttpRequestParser)
+        self.upstream_port = upstream_port
+        self.upstream: Upstream | None = None
+        self.waiting: collections.deque = collections.deque()
+        self.peer = b""
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.peer = transport.get_extra_info("peername")[0].encode()
+        asyncio.get_running_loop().create_task(self._connect())
+
+    async def _connect(self):
+        _, self.upstream = await asyncio.get_running_loop().create_connection(
+            lambda: Upstream(self), "127.0.0.1", self.upstream_port)
+        while self.waiting:
+            self.upstream.transport.write(self.waiting.popleft())
+
+    def connection_lost(self, exc):
+        if self.upstream is not None:
+            self.upstream.transport.close()
+
+    def on_message_complete(self):
+        request = self.message(self.parser.get_method() + b" " + self.url + b" HTTP/1.1\r\n",
+                               b"X-Forwarded-For: " + self.peer + b"\r\n")
         if self.upstream is None:
             self.waiting.append(request)
         else:
