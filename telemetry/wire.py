@@ -47,10 +47,6 @@ def frame(encoded: list[bytes]) -> bytes:
     return HEADER.pack(len(payload)) + payload
 
 
-def encode(records: list[RequestRecord | EventRecord]) -> bytes:
-    return frame([encode_one(r) for r in records])
-
-
 def decode(payload: bytes) -> list[RequestRecord | EventRecord]:
     out = []
     view = memoryview(payload)

@@ -53,10 +53,6 @@ class BodyQueue:
         """The producer delivered the whole body (the framing said it is complete)."""
         return self._done
 
-    @property
-    def drained(self) -> bool:
-        return self._done and not self._chunks
-
     def take_whole(self) -> bytes | None:
         """The entire body if the producer has already delivered all of it (nothing read yet), else None.
         Lets a small exchange skip the chunk-by-chunk relay."""
@@ -128,8 +124,6 @@ class NoBody:
 
     __slots__ = ()
     done = True
-    drained = True
-    total = 0
 
     def feed(self, chunk: bytes) -> None:
         pass
@@ -139,9 +133,6 @@ class NoBody:
 
     def fail(self, error: BaseException | None = None) -> None:
         pass
-
-    async def read(self, timeout_s: float | None = None) -> bytes:
-        return b""
 
     def __aiter__(self):
         return self

@@ -112,7 +112,6 @@ class _Downstream:
             return
         head = self._head(status, reason, headers, len(body))
         conn.transport.write(head if self._ex.is_head or not body else head + body)
-        self._written = self._declared or 0
         self.complete = True
 
     async def write(self, chunk: bytes) -> None:
