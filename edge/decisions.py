@@ -72,7 +72,7 @@ def pick(rec: RequestRecord, pool, picked, by_affinity: bool, key: str | None, n
         listed = [f"{i}={why}" for i, why in excluded[:EXCLUDED_LISTED]]
         if len(excluded) > EXCLUDED_LISTED:
             listed.append(f"...+{len(excluded) - EXCLUDED_LISTED} more")
-        lb[Attr.LB_EXCLUDED] = listed
+        lb[Attr.LB_EXCLUDED] = tuple(listed)  # hashable: the exporter reuses the encoding of repeated picks
     if view.priority:
         lb[Attr.PRIORITY] = view.priority
     if view.panic:

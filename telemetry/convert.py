@@ -30,6 +30,34 @@ INTERNAL, SERVER, CLIENT = 1, 2, 3  # OTLP SpanKind numbers
 LINK_ATTRS = {"gatewatch.link": "untrusted_inbound"}
 
 
+class Shape:
+    """The attribute keys of one kind of span or log record, in two groups: `shared` keys whose values repeat
+    across requests (method, route, status, instance...) and `unique` keys whose values are new on every request
+    (ids, paths, ports, user agent). `telemetry.otlp_encode` writes the shared group once per distinct
+    combination of values and reuses the bytes; the SDK rendering ignores the split. Compared by identity."""
+
+    __slots__ = ("shared", "unique", "keys")
+
+    def __init__(self, shared: tuple[str, ...], unique: tuple[str, ...] = ()):
+        self.shared, self.unique = shared, unique
+        self.keys = frozenset(shared + unique)
+
+
+class Attrs(NamedTuple):
+    """One span's or log record's attributes: `shape`'s keys with their values, then `extra` (keys that vary:
+    the pick's `gatewatch.lb.*`, a decision's own attributes), which win over a shape key of the same name.
+    None and "" mean absent."""
+    shape: Shape
+    shared: tuple
+    unique: tuple
+    extra: dict[str, Any]
+
+
+def attributes(a: Attrs) -> dict[str, Any]:
+    """The attributes as one dict, in the order they are written: shared, unique, extra."""
+    return _clean({**dict(zip(a.shape.shared, a.shared)), **dict(zip(a.shape.unique, a.unique)), **a.extra})
+
+
 class SpanModel(NamedTuple):
     name: str
     trace_id: int
@@ -38,7 +66,7 @@ class SpanModel(NamedTuple):
     kind: int
     start_ns: int
     end_ns: int
-    attributes: dict[str, Any]
+    attributes: Attrs
     error: bool
     link: tuple[int, int] | None
 
@@ -49,7 +77,7 @@ class LogModel(NamedTuple):
     span_id: int
     sampled: bool
     body: str
-    attributes: dict[str, Any]
+    attributes: Attrs
     event_name: str
     severity: str = "INFO"
 
@@ -58,94 +86,74 @@ def _clean(attrs: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in attrs.items() if v is not None and v != ""}
 
 
+SERVER_SHAPE = Shape(
+    (Attr.HTTP_REQUEST_METHOD, Attr.URL_SCHEME, Attr.SERVER_ADDRESS, Attr.SERVER_PORT, Attr.NETWORK_PROTOCOL_VERSION,
+     Attr.HTTP_ROUTE, Attr.HTTP_RESPONSE_STATUS_CODE, Attr.ERROR_TYPE, Attr.LAYER, Attr.ROUTE, Attr.UPSTREAM,
+     Attr.OUTCOME, Attr.TRACE_CONTEXT, Attr.CONSUMER, Attr.POLICY_SUMMARY),
+    (Attr.URL_PATH, Attr.URL_QUERY, Attr.CLIENT_ADDRESS, Attr.NETWORK_PEER_ADDRESS, Attr.NETWORK_PEER_PORT,
+     Attr.USER_AGENT_ORIGINAL, Attr.REQUEST_ID))
+BALANCE_SHAPE = Shape((Attr.LAYER, Attr.UPSTREAM, Attr.ROUTE))
+CLIENT_SHAPE = Shape(
+    (Attr.HTTP_REQUEST_METHOD, Attr.SERVER_ADDRESS, Attr.SERVER_PORT, Attr.NETWORK_PEER_ADDRESS,
+     Attr.HTTP_RESPONSE_STATUS_CODE, Attr.HTTP_REQUEST_RESEND_COUNT, Attr.ERROR_TYPE, Attr.LAYER, Attr.ROUTE,
+     Attr.UPSTREAM, Attr.INSTANCE, Attr.ZONE, Attr.OUTCOME),
+    (Attr.URL_FULL, Attr.NETWORK_PEER_PORT, Attr.REQUEST_ID))
+DECISION_SHAPE = Shape(
+    (Attr.DECISION, Attr.DECISION_RULE, Attr.DECISION_RESULT, Attr.DECISION_REASON, Attr.LAYER, Attr.ROUTE,
+     Attr.HTTP_REQUEST_METHOD, Attr.CONSUMER),
+    (Attr.REQUEST_ID, Attr.URL_PATH))
+EVENT_SHAPE = Shape(())
+_BALANCER = Layer.BALANCER.value
+_EVENT_NAME = {kind: event.value for kind, event in DECISION_EVENTS.items()}
+
+
 def span_models(r: RequestRecord) -> list[SpanModel]:
     t = r.trace
-    attrs = _clean({
-        Attr.HTTP_REQUEST_METHOD: r.method,
-        Attr.URL_PATH: r.path,
-        Attr.URL_QUERY: r.query or None,
-        Attr.URL_SCHEME: r.scheme,
-        Attr.SERVER_ADDRESS: r.host,
-        Attr.SERVER_PORT: r.server_port,
-        Attr.CLIENT_ADDRESS: r.client_address,
-        Attr.NETWORK_PEER_ADDRESS: r.client_address,
-        Attr.NETWORK_PEER_PORT: r.client_port,
-        Attr.NETWORK_PROTOCOL_VERSION: r.protocol_version,
-        Attr.USER_AGENT_ORIGINAL: r.user_agent,
-        Attr.HTTP_ROUTE: r.route_template,
-        Attr.HTTP_RESPONSE_STATUS_CODE: r.status,
-        Attr.ERROR_TYPE: r.error_type,
-        Attr.LAYER: r.layer,
-        Attr.ROUTE: r.route,
-        Attr.UPSTREAM: r.upstream,
-        Attr.OUTCOME: r.outcome,
-        Attr.REQUEST_ID: r.request_id,
-        Attr.TRACE_CONTEXT: t.treatment,
-        Attr.CONSUMER: r.consumer,
-        # every verdict of the route's policies, in order: "name=verdict:reason"
-        Attr.POLICY_SUMMARY: [f"{p[0]}={p[2]}:{p[3]}" for p in r.policies] or None,
-    })
-    if r.lb and not r.balance_span_id:  # a balancer tier: its SERVER span carries the pick
-        attrs.update(r.lb)
+    # every verdict of the route's policies, in order: "name=verdict:reason"
+    summary = tuple(f"{p[0]}={p[2]}:{p[3]}" for p in r.policies) if r.policies else None
+    attrs = Attrs(SERVER_SHAPE,
+                  (r.method, r.scheme, r.host, r.server_port, r.protocol_version, r.route_template, r.status,
+                   r.error_type, r.layer, r.route, r.upstream, r.outcome, t.treatment, r.consumer, summary),
+                  (r.path, r.query, r.client_address, r.client_address, r.client_port, r.user_agent, r.request_id),
+                  # a balancer tier: its SERVER span carries the pick
+                  r.lb if r.lb and not r.balance_span_id else {})
     name = f"{r.method} {r.route_template}" if r.route_template else r.method
     out = [SpanModel(name, t.trace_id, t.span_id, t.parent_span_id, SERVER, r.start_ns, r.end_ns, attrs,
                      (r.status or 0) >= 500 or r.error_type is not None, t.link)]
     attempt_parent = t.span_id
     if r.balance_span_id:
-        lb_attrs = _clean({Attr.LAYER: Layer.BALANCER.value, Attr.UPSTREAM: r.upstream, Attr.ROUTE: r.route,
-                           **r.lb})
         failed = r.outcome not in (None, "proxied", "client_abort")
         out.append(SpanModel(f"balance {r.upstream}", t.trace_id, r.balance_span_id, t.span_id, INTERNAL,
-                             r.balance_start_ns, r.balance_end_ns or r.end_ns, lb_attrs, failed, None))
+                             r.balance_start_ns, r.balance_end_ns or r.end_ns,
+                             Attrs(BALANCE_SHAPE, (_BALANCER, r.upstream, r.route), (), r.lb), failed, None))
         attempt_parent = r.balance_span_id
     for a in r.attempts:
-        a_attrs = _clean({
-            Attr.HTTP_REQUEST_METHOD: a.method,
-            Attr.SERVER_ADDRESS: a.host,
-            Attr.SERVER_PORT: a.port,
-            Attr.URL_FULL: a.url_full,
-            Attr.NETWORK_PEER_ADDRESS: a.peer_address,
-            Attr.NETWORK_PEER_PORT: a.peer_port,
-            Attr.HTTP_RESPONSE_STATUS_CODE: a.status,
-            Attr.HTTP_REQUEST_RESEND_COUNT: a.resend_count or None,
-            Attr.ERROR_TYPE: a.error_type or (str(a.status) if a.status and a.status >= 400 else None),
-            Attr.LAYER: a.layer,
-            Attr.ROUTE: r.route,
-            Attr.UPSTREAM: a.upstream,
-            Attr.INSTANCE: a.instance,
-            Attr.ZONE: a.zone,
-            Attr.OUTCOME: a.outcome,
-            Attr.REQUEST_ID: r.request_id,
-            **(a.lb or r.lb),  # each attempt's own pick (a retry's exclusions never leak onto the first attempt)
-        })
+        status = a.status
+        error_type = a.error_type or (str(status) if status and status >= 400 else None)
+        a_attrs = Attrs(CLIENT_SHAPE,
+                        (a.method, a.host, a.port, a.peer_address, status, a.resend_count or None, error_type,
+                         a.layer, r.route, a.upstream, a.instance, a.zone, a.outcome),
+                        (a.url_full, a.peer_port, r.request_id),
+                        a.lb or r.lb)  # each attempt's own pick (a retry's exclusions never leak onto the first)
         out.append(SpanModel(a.method, t.trace_id, a.span_id, attempt_parent, CLIENT, a.start_ns,
-                             a.end_ns or r.end_ns, a_attrs, a.error_type is not None or (a.status or 0) >= 400,
+                             a.end_ns or r.end_ns, a_attrs, a.error_type is not None or (status or 0) >= 400,
                              None))
     return out
 
 
 def log_models(r: RequestRecord | EventRecord) -> list[LogModel]:
     if isinstance(r, EventRecord):
-        return [LogModel(r.time_ns, r.trace_id, r.span_id, bool(r.trace_id), r.body, _clean(r.attributes), r.event,
-                         r.severity)]
+        return [LogModel(r.time_ns, r.trace_id, r.span_id, bool(r.trace_id), r.body,
+                         Attrs(EVENT_SHAPE, (), (), r.attributes), r.event, r.severity)]
     out = []
+    unique = (r.request_id, r.path)
     for d in r.decisions:
-        attrs = _clean({
-            Attr.DECISION: d.kind.value,
-            Attr.DECISION_RULE: d.rule,
-            Attr.DECISION_RESULT: d.result,
-            Attr.DECISION_REASON: d.reason,
-            Attr.LAYER: d.layer or r.layer,
-            Attr.REQUEST_ID: r.request_id,
-            Attr.ROUTE: r.route,
-            Attr.HTTP_REQUEST_METHOD: r.method,
-            Attr.URL_PATH: r.path,
-            Attr.CONSUMER: r.consumer,
-            **d.attributes,
-        })
+        kind = d.kind.value
+        attrs = Attrs(DECISION_SHAPE,
+                      (kind, d.rule, d.result, d.reason, d.layer or r.layer, r.route, r.method, r.consumer),
+                      unique, d.attributes)
         out.append(LogModel(d.time_ns, r.trace.trace_id, d.span_id, r.trace.sampled,
-                            f"{d.kind.value} {d.rule or '-'}: {d.result} ({d.reason})", attrs,
-                            DECISION_EVENTS[d.kind].value))
+                            f"{kind} {d.rule or '-'}: {d.result} ({d.reason})", attrs, _EVENT_NAME[d.kind]))
     return out
 
 
@@ -178,7 +186,7 @@ class Converter:
             links = [Link(_ctx(m.link[0], m.link[1], remote=True), LINK_ATTRS)] if m.link else []
             out.append(ReadableSpan(
                 name=m.name, context=_ctx(m.trace_id, m.span_id), parent=parent, resource=self.resource,
-                attributes=m.attributes, links=links, kind=_SDK_KIND[m.kind],
+                attributes=attributes(m.attributes), links=links, kind=_SDK_KIND[m.kind],
                 status=Status(StatusCode.ERROR) if m.error else Status(StatusCode.UNSET),
                 start_time=m.start_ns, end_time=m.end_ns, instrumentation_scope=self.scope))
         return out
@@ -192,6 +200,6 @@ class Converter:
                     trace_flags=TraceFlags(TraceFlags.SAMPLED if m.sampled else TraceFlags.DEFAULT),
                     severity_text=m.severity,
                     severity_number=SeverityNumber.WARN if m.severity == "WARN" else SeverityNumber.INFO, body=m.body,
-                    attributes=m.attributes, event_name=m.event_name)
+                    attributes=attributes(m.attributes), event_name=m.event_name)
                 out.append(ReadableLogRecord(record, resource=self.resource, instrumentation_scope=self.scope))
         return out

@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from typing import Any, Iterable
 
-from telemetry.convert import LINK_ATTRS, LogModel, SpanModel
+from telemetry.convert import LINK_ATTRS, Attrs, LogModel, SpanModel, attributes
 
 _F64 = struct.Struct("<Q")
 _DBL = struct.Struct("<d")
@@ -21,6 +21,8 @@ _F32 = struct.Struct("<I")
 def _varint(n: int) -> bytes:
     if n < 0x80:
         return bytes((n,))
+    if n < 0x4000:
+        return bytes(((n & 0x7F) | 0x80, n >> 7))
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
@@ -57,83 +59,139 @@ def _any(v: Any) -> bytes:
 
 
 _key_cache: dict[str, bytes] = {}
-# Per repeated-field tag: (key, value) → the whole encoded field (tag + length + KeyValue) for attribute values
-# that repeat across requests: layer, method, route, outcome, instance... Unique values (ids, paths) are
-# encoded each time and never cached. The dict's own (key, value) item tuples are the cache keys.
+# Per (repeated-field tag, shape): (shared values, extra items) → the encoded fields before and after the unique
+# group. A request's spans and logs mostly repeat earlier combinations (same route, status, instance, pick), so
+# most of their attributes are one dict lookup. Bounded: a full cache is emptied and refilled.
+_group_cache: dict[tuple[int, Any], dict[tuple, tuple[bytes, bytes]]] = {}
+# Per tag: (key, value) → the encoded field, for attributes written from a plain dict (resource, link, events).
 _kv_cache: dict[int, dict[tuple[str, Any], bytes]] = {}
-_UNIQUE_KEYS = frozenset({"url.path", "url.query", "url.full", "network.peer.port", "gatewatch.request_id",
-                          "client.address", "network.peer.address", "gatewatch.lb.in_flight"})
-_KV_CACHE_MAX = 20_000
+_CACHE_MAX = 20_000
 
 
 def _kv(tag: int, key: str, value: Any) -> bytes:
-    """tag + varint(len) + KeyValue{key, value}."""
+    """tag + varint(len) + KeyValue{key = 1, value = 2}. Strings and ints whose field fits one-byte lengths (most
+    of them) are written in one go."""
     k = _key_cache.get(key)
     if k is None:
-        k = _key_cache[key] = _str(0x0A, key)  # key = 1
-    body = k + _ld(0x12, _any(value))  # value = 2
+        k = _key_cache[key] = _str(0x0A, key)
+    t = type(value)
+    if t is str:
+        b = value.encode("utf-8")
+        n = len(b)
+        total = len(k) + n + 4
+        if total < 0x80:
+            return bytes((tag, total)) + k + bytes((0x12, n + 2, 0x0A, n)) + b
+    elif t is int and 0 <= value < 0x10000:
+        iv = bytes((value,)) if value < 0x80 else _varint(value)
+        n = len(iv)
+        total = len(k) + n + 3
+        if total < 0x80:
+            return bytes((tag, total)) + k + bytes((0x12, n + 1, 0x18)) + iv
+    body = k + _ld(0x12, _any(value))
     return bytes((tag,)) + _varint(len(body)) + body
 
 
+def _fields(tag: int, keys: Iterable[str], values: Iterable[Any]) -> bytes:
+    return b"".join([_kv(tag, k, v) for k, v in zip(keys, values) if v is not None and v != ""])
+
+
 def _attrs(tag: int, attrs: dict[str, Any]) -> bytes:
+    """A plain dict's attributes, each (key, value) field cached (values that cannot be hashed are not)."""
     cache = _kv_cache.get(tag)
     if cache is None:
         cache = _kv_cache[tag] = {}
     out = []
     for item in attrs.items():
-        key, value = item
-        if key in _UNIQUE_KEYS or type(value) is list:
-            out.append(_kv(tag, key, value))
+        try:
+            hit = cache.get(item)
+        except TypeError:  # a list value
+            out.append(_kv(tag, *item))
             continue
-        hit = cache.get(item)
         if hit is None:
-            hit = _kv(tag, key, value)
-            if len(cache) >= _KV_CACHE_MAX:
+            hit = _kv(tag, *item)
+            if len(cache) >= _CACHE_MAX:
                 cache.clear()
             cache[item] = hit
         out.append(hit)
     return b"".join(out)
 
 
+def _grouped(tag: int, a: Attrs) -> bytes:
+    """`attributes(a)`'s fields: the shared group and the extras from the cache, the unique group every time."""
+    shape, extra = a.shape, a.extra
+    if extra and not shape.keys.isdisjoint(extra):  # an extra overrides a shape key: write the merged dict
+        return _attrs(tag, attributes(a))
+    cache = _group_cache.get((tag, shape))
+    if cache is None:
+        cache = _group_cache[tag, shape] = {}
+    try:
+        key = (a.shared, tuple(extra.items())) if extra else a.shared
+        hit = cache.get(key)
+    except TypeError:  # an unhashable extra value (a policy's list attribute): no caching
+        key, hit = None, None
+    if hit is None:
+        hit = (_fields(tag, shape.shared, a.shared),
+               _fields(tag, extra.keys(), extra.values()) if extra else b"")
+        if key is not None:
+            if len(cache) >= _CACHE_MAX:
+                cache.clear()
+            cache[key] = hit
+    if not shape.unique:
+        return hit[0] + hit[1]
+    return hit[0] + _fields(tag, shape.unique, a.unique) + hit[1]
+
+
 def _id(tag: int, value: int, size: int) -> bytes:
     return bytes((tag, size)) + value.to_bytes(size, "big")
 
 
+_KIND_TIMES = struct.Struct("<BBBQBQ")  # kind = 6 (varint < 128), start/end_time_unix_nano = 7/8 (fixed64)
+_ERROR = _ld(0x7A, b"\x18\x02")  # status = 15 { code = 3: ERROR }
+# flags = 16: W3C trace flags (sampled) | HAS_IS_REMOTE (0x100) | IS_REMOTE (0x200, a SERVER span's parent is in
+# the calling process)
+_FLAGS_LOCAL = b"\x85\x01" + _F32.pack(0x101)
+_FLAGS_REMOTE = b"\x85\x01" + _F32.pack(0x301)
+
+
 def encode_span(m: SpanModel) -> bytes:
-    parts = [_id(0x0A, m.trace_id, 16), _id(0x12, m.span_id, 8)]  # trace_id = 1, span_id = 2
+    parts = [b"\x0a\x10", m.trace_id.to_bytes(16, "big"), b"\x12\x08", m.span_id.to_bytes(8, "big")]  # ids 1, 2
     if m.parent_span_id:
         parts.append(_id(0x22, m.parent_span_id, 8))  # parent_span_id = 4
     parts.append(_str(0x2A, m.name))  # name = 5
-    parts.append(b"\x30" + _varint(m.kind))  # kind = 6
-    parts.append(b"\x39" + _F64.pack(m.start_ns))  # start_time_unix_nano = 7 (fixed64)
-    parts.append(b"\x41" + _F64.pack(m.end_ns))  # end_time_unix_nano = 8
-    parts.append(_attrs(0x4A, m.attributes))  # attributes = 9
+    parts.append(_KIND_TIMES.pack(0x30, m.kind, 0x39, m.start_ns, 0x41, m.end_ns))
+    parts.append(_grouped(0x4A, m.attributes))  # attributes = 9
     if m.link:
         # links = 13 { trace_id = 1, span_id = 2, attributes = 4, flags = 6: HAS_IS_REMOTE | IS_REMOTE }
         link = _id(0x0A, m.link[0], 16) + _id(0x12, m.link[1], 8) + _attrs(0x22, LINK_ATTRS) + b"\x35" + _F32.pack(0x300)
-        parts.append(_ld(0x6A, link))  # links = 13
+        parts.append(_ld(0x6A, link))
     if m.error:
-        parts.append(_ld(0x7A, b"\x18\x02"))  # status = 15 { code = 3: ERROR }
-    # flags = 16: W3C trace flags (sampled) | HAS_IS_REMOTE (0x100) | IS_REMOTE (0x200, a SERVER span's parent
-    # is in the calling process)
-    parts.append(b"\x85\x01" + _F32.pack(0x301 if m.parent_span_id and m.kind == 2 else 0x101))
+        parts.append(_ERROR)
+    parts.append(_FLAGS_REMOTE if m.parent_span_id and m.kind == 2 else _FLAGS_LOCAL)
     return b"".join(parts)
+
+
+# severity_number = 2 (WARN 13 / INFO 9) + severity_text = 3
+_SEVERITY = {"WARN": b"\x10\x0d" + _str(0x1A, "WARN"), "INFO": b"\x10\x09" + _str(0x1A, "INFO")}
+_LOG_FLAGS = {True: b"\x45" + _F32.pack(1), False: b"\x45" + _F32.pack(0)}  # flags = 8: W3C sampled bit
+_event_names: dict[str, bytes] = {}
 
 
 def encode_log(m: LogModel) -> bytes:
-    parts = [
-        b"\x09" + _F64.pack(m.time_ns),  # time_unix_nano = 1
-        b"\x10\x0d" if m.severity == "WARN" else b"\x10\x09",  # severity_number = 2: WARN 13 / INFO 9
-        _str(0x1A, m.severity),  # severity_text = 3
+    event = _event_names.get(m.event_name)
+    if event is None:
+        event = _event_names[m.event_name] = _str(0x62, m.event_name)  # event_name = 12
+    time = _F64.pack(m.time_ns)
+    return b"".join((
+        b"\x09", time,  # time_unix_nano = 1
+        _SEVERITY.get(m.severity) or b"\x10\x09" + _str(0x1A, m.severity),
         _ld(0x2A, _any(m.body)),  # body = 5
-        _attrs(0x32, m.attributes),  # attributes = 6
-        b"\x45" + _F32.pack(1 if m.sampled else 0),  # flags = 8
+        _grouped(0x32, m.attributes),  # attributes = 6
+        _LOG_FLAGS[bool(m.sampled)],
         _id(0x4A, m.trace_id, 16) if m.trace_id else b"",  # trace_id = 9 (absent: not caused by one request)
         _id(0x52, m.span_id, 8) if m.span_id else b"",  # span_id = 10
-        b"\x59" + _F64.pack(m.time_ns),  # observed_time_unix_nano = 11
-        _str(0x62, m.event_name),  # event_name = 12
-    ]
-    return b"".join(parts)
+        b"\x59", time,  # observed_time_unix_nano = 11
+        event,
+    ))
 
 
 class Envelope:

@@ -16,22 +16,26 @@ from operator import attrgetter
 from telemetry.context import AttemptRecord, DecisionRecord, EventRecord, RequestRecord, TraceContext
 from telemetry.names import DecisionKind
 
-_NESTED = ("trace", "attempts", "decisions", "policies")
-_REQ_FIELDS = tuple(f.name for f in dataclasses.fields(RequestRecord) if f.name not in _NESTED)
+_REQ_FIELDS = tuple(f.name for f in dataclasses.fields(RequestRecord))
 _req = attrgetter(*_REQ_FIELDS)
+# positions of the nested records in the request's field tuple (sent as tuples, rebuilt on decode)
+_TRACE, _ATTEMPTS, _DECISIONS = (_REQ_FIELDS.index(name) for name in ("trace", "attempts", "decisions"))
 _trace = attrgetter(*(f.name for f in dataclasses.fields(TraceContext)))
 _attempt = attrgetter(*(f.name for f in dataclasses.fields(AttemptRecord)))
-_DEC_FIELDS = tuple(f.name for f in dataclasses.fields(DecisionRecord))
+_decision = attrgetter(*(f.name for f in dataclasses.fields(DecisionRecord)))
 _event = attrgetter(*(f.name for f in dataclasses.fields(EventRecord)))
-_decision = attrgetter(*_DEC_FIELDS)
+_KIND = {k.value: k for k in DecisionKind}
 HEADER = struct.Struct("!I")
 
 
 def _to_tuple(r: RequestRecord | EventRecord) -> tuple:
     if isinstance(r, EventRecord):
         return ("E", _event(r))
-    decisions = [(d.kind.value,) + _decision(d)[1:] for d in r.decisions]
-    return (_req(r), _trace(r.trace), [_attempt(a) for a in r.attempts], decisions, r.policies)
+    fields = list(_req(r))
+    fields[_TRACE] = _trace(r.trace)
+    fields[_ATTEMPTS] = [_attempt(a) for a in r.attempts]
+    fields[_DECISIONS] = [(d.kind.value,) + _decision(d)[1:] for d in r.decisions]
+    return tuple(fields)
 
 
 def encode_one(r: RequestRecord | EventRecord) -> bytes:
@@ -58,9 +62,10 @@ def decode(payload: bytes) -> list[RequestRecord | EventRecord]:
         if item[0] == "E":
             out.append(EventRecord(*item[1]))
             continue
-        req, trace, attempts, decisions, policies = item
-        r = RequestRecord(**dict(zip(_REQ_FIELDS, req)), trace=TraceContext(*trace), policies=policies)
-        r.attempts = [AttemptRecord(*a) for a in attempts]
-        r.decisions = [DecisionRecord(DecisionKind(d[0]), *d[1:]) for d in decisions]
+        fields = list(item)  # positional, in field order: no keyword matching per record
+        fields[_TRACE] = TraceContext(*item[_TRACE])
+        fields[_ATTEMPTS] = [AttemptRecord(*a) for a in item[_ATTEMPTS]]
+        fields[_DECISIONS] = [DecisionRecord(_KIND[d[0]], *d[1:]) for d in item[_DECISIONS]]
+        r = RequestRecord(*fields)
         out.append(r)
     return out

@@ -6,16 +6,21 @@ from __future__ import annotations
 import random
 
 import pytest
+from google.protobuf.json_format import MessageToDict
+from opentelemetry.exporter.otlp.proto.common._internal import _encode_value
 from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from opentelemetry.sdk.resources import Resource
 
 from telemetry.context import AttemptRecord, DecisionRecord, RequestRecord, start_trace
-from telemetry.convert import Converter, log_models, span_models
+from telemetry.convert import Converter, attributes, log_models, span_models
 from telemetry.names import DecisionKind
-from telemetry.otlp_encode import Envelope, encode_log, encode_span
+from telemetry.otlp_encode import Envelope, _kv, encode_log, encode_span
 
 RESOURCE = {"service.name": "gw", "service.instance.id": "i-1", "deployment.environment": "test"}
 
@@ -76,3 +81,59 @@ def test_logs_match_the_sdk_encoder():
     assert len(x) == len(y) == 2
     for a, b in zip(x, y):
         assert a == b, (a, b)
+
+
+def _decoded_attrs(encoded: bytes):
+    """Span attributes written by `encode_span`, decoded by the official message, as (key, value) pairs in order."""
+    span = Span()
+    span.ParseFromString(encoded)
+    return [(kv.key, MessageToDict(kv.value)) for kv in span.attributes]
+
+
+@pytest.mark.parametrize("value", ["", "x", "é" * 40, "a" * 120, "a" * 123, "a" * 124, "a" * 200, "a" * 20_000,
+                                   0, 1, 127, 128, 16_383, 16_384, 65_535, 65_536, 2**40, -1, -2**63, True, False,
+                                   0.5, ("a", 1, False), [], ["x" * 130]])
+@pytest.mark.parametrize("key", ["k", "gatewatch.lb.in_flight", "k" * 150])
+def test_every_attribute_value_matches_the_official_encoding(key, value):
+    # Short-form writes (one-byte lengths) and the general path meet at the 128-byte boundaries.
+    ours = KeyValue()
+    ours.ParseFromString(_strip(_kv(0x0A, key, value)))
+    theirs = KeyValue(key=key, value=_encode_value(value))
+    assert ours == theirs
+
+
+def _strip(field: bytes) -> bytes:
+    """The KeyValue message inside one length-delimited field (tag byte + varint length + body)."""
+    pos = 1
+    while field[pos] & 0x80:
+        pos += 1
+    return field[pos + 1:]
+
+
+def test_the_shared_group_is_reused_and_unique_values_are_not():
+    r1, r2 = record("root"), record("root")
+    r2.path, r2.request_id, r2.client_port = "/api/orders/8", "req-2", 40000
+    a, b = (span_models(r)[0] for r in (r1, r2))
+    first, second = _decoded_attrs(encode_span(a)), _decoded_attrs(encode_span(b))
+    again = _decoded_attrs(encode_span(a))  # now from the cache
+    assert first == again
+    assert dict(first)["url.path"] == {"stringValue": "/api/orders/7"}
+    assert dict(second)["url.path"] == {"stringValue": "/api/orders/8"}
+    assert dict(second)["gatewatch.request_id"] == {"stringValue": "req-2"}
+    assert dict(second)["network.peer.port"] == {"intValue": "40000"}
+    assert [k for k, _ in first] == list(attributes(a.attributes))
+    r2.status, r2.outcome = 200, "proxied"  # another combination of shared values: its own entry
+    assert dict(_decoded_attrs(encode_span(span_models(r2)[0])))["http.response.status_code"] == {"intValue": "200"}
+
+
+def test_an_extra_attribute_overrides_the_shape_key_of_the_same_name():
+    r = record("root")
+    r.decisions[0].attributes = {"gatewatch.route": "overridden", "gatewatch.consumer": None, "list": ["a", "b"]}
+    r.consumer = "alice"
+    m = log_models(r)[0]
+    expected = attributes(m.attributes)
+    assert expected["gatewatch.route"] == "overridden" and "gatewatch.consumer" not in expected
+    rec = LogRecord()
+    rec.ParseFromString(encode_log(m))
+    assert [kv.key for kv in rec.attributes] == list(expected)
+    assert {kv.key: MessageToDict(kv.value) for kv in rec.attributes}["gatewatch.route"] == {"stringValue": "overridden"}

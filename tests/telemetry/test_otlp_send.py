@@ -7,7 +7,7 @@ import threading
 import http.server
 
 from telemetry.config import ResolvedTelemetry
-from telemetry.convert import SERVER, SpanModel
+from telemetry.convert import EVENT_SHAPE, SERVER, Attrs, SpanModel
 from telemetry.otlp_encode import Envelope, encode_span
 from telemetry.otlp_send import EncodedBatch, HttpSender
 from tests.support.otlp import OtlpReceiver
@@ -22,7 +22,8 @@ def resolved(endpoint: str) -> ResolvedTelemetry:
 
 
 def batch(trace_id: int) -> EncodedBatch:
-    span = SpanModel("GET /x", trace_id, 7, None, SERVER, 1, 2, {"gatewatch.route": "r"}, False, None)
+    span = SpanModel("GET /x", trace_id, 7, None, SERVER, 1, 2, Attrs(EVENT_SHAPE, (), (), {"gatewatch.route": "r"}), False,
+                     None)
     return EncodedBatch(Envelope({"service.name": "t"}, "gatewatch", "0").traces([encode_span(span)]), 1)
 
 
