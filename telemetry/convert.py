@@ -31,16 +31,17 @@ LINK_ATTRS = {"gatewatch.link": "untrusted_inbound"}
 
 
 class Shape:
-    """The attribute keys of one kind of span or log record, in two groups: `shared` keys whose values repeat
-    across requests (method, route, status, instance...) and `unique` keys whose values are new on every request
-    (ids, paths, ports, user agent). `telemetry.otlp_encode` writes the shared group once per distinct
-    combination of values and reuses the bytes; the SDK rendering ignores the split. Compared by identity."""
+    """The attribute keys of one kind of span or log record, in groups by how often their values change:
+    `shared` values repeat across requests (method, route, status, instance...), `connection` values repeat for
+    the requests of one client connection (peer address and port, user agent), `unique` values are new on every
+    request (ids, paths). `telemetry.otlp_encode` writes the first two groups once per distinct combination of
+    values and reuses the bytes; the SDK rendering ignores the split. Compared by identity."""
 
-    __slots__ = ("shared", "unique", "keys")
+    __slots__ = ("shared", "connection", "unique", "keys")
 
-    def __init__(self, shared: tuple[str, ...], unique: tuple[str, ...] = ()):
-        self.shared, self.unique = shared, unique
-        self.keys = frozenset(shared + unique)
+    def __init__(self, shared: tuple[str, ...], connection: tuple[str, ...] = (), unique: tuple[str, ...] = ()):
+        self.shared, self.connection, self.unique = shared, connection, unique
+        self.keys = frozenset(shared + connection + unique)
 
 
 class Attrs(NamedTuple):
@@ -49,13 +50,16 @@ class Attrs(NamedTuple):
     None and "" mean absent."""
     shape: Shape
     shared: tuple
+    connection: tuple
     unique: tuple
     extra: dict[str, Any]
 
 
 def attributes(a: Attrs) -> dict[str, Any]:
-    """The attributes as one dict, in the order they are written: shared, unique, extra."""
-    return _clean({**dict(zip(a.shape.shared, a.shared)), **dict(zip(a.shape.unique, a.unique)), **a.extra})
+    """The attributes as one dict, in the order they are written: shared, connection, unique, extra."""
+    shape = a.shape
+    return _clean({**dict(zip(shape.shared, a.shared)), **dict(zip(shape.connection, a.connection)),
+                   **dict(zip(shape.unique, a.unique)), **a.extra})
 
 
 class SpanModel(NamedTuple):
@@ -90,18 +94,18 @@ SERVER_SHAPE = Shape(
     (Attr.HTTP_REQUEST_METHOD, Attr.URL_SCHEME, Attr.SERVER_ADDRESS, Attr.SERVER_PORT, Attr.NETWORK_PROTOCOL_VERSION,
      Attr.HTTP_ROUTE, Attr.HTTP_RESPONSE_STATUS_CODE, Attr.ERROR_TYPE, Attr.LAYER, Attr.ROUTE, Attr.UPSTREAM,
      Attr.OUTCOME, Attr.TRACE_CONTEXT, Attr.CONSUMER, Attr.POLICY_SUMMARY),
-    (Attr.URL_PATH, Attr.URL_QUERY, Attr.CLIENT_ADDRESS, Attr.NETWORK_PEER_ADDRESS, Attr.NETWORK_PEER_PORT,
-     Attr.USER_AGENT_ORIGINAL, Attr.REQUEST_ID))
+    (Attr.CLIENT_ADDRESS, Attr.NETWORK_PEER_ADDRESS, Attr.NETWORK_PEER_PORT, Attr.USER_AGENT_ORIGINAL),
+    (Attr.URL_PATH, Attr.URL_QUERY, Attr.REQUEST_ID))
 BALANCE_SHAPE = Shape((Attr.LAYER, Attr.UPSTREAM, Attr.ROUTE))
 CLIENT_SHAPE = Shape(
     (Attr.HTTP_REQUEST_METHOD, Attr.SERVER_ADDRESS, Attr.SERVER_PORT, Attr.NETWORK_PEER_ADDRESS,
      Attr.HTTP_RESPONSE_STATUS_CODE, Attr.HTTP_REQUEST_RESEND_COUNT, Attr.ERROR_TYPE, Attr.LAYER, Attr.ROUTE,
-     Attr.UPSTREAM, Attr.INSTANCE, Attr.ZONE, Attr.OUTCOME),
-    (Attr.URL_FULL, Attr.NETWORK_PEER_PORT, Attr.REQUEST_ID))
+     Attr.UPSTREAM, Attr.INSTANCE, Attr.ZONE, Attr.OUTCOME, Attr.NETWORK_PEER_PORT),
+    (), (Attr.URL_FULL, Attr.REQUEST_ID))
 DECISION_SHAPE = Shape(
     (Attr.DECISION, Attr.DECISION_RULE, Attr.DECISION_RESULT, Attr.DECISION_REASON, Attr.LAYER, Attr.ROUTE,
      Attr.HTTP_REQUEST_METHOD, Attr.CONSUMER),
-    (Attr.REQUEST_ID, Attr.URL_PATH))
+    (), (Attr.REQUEST_ID, Attr.URL_PATH))
 EVENT_SHAPE = Shape(())
 _BALANCER = Layer.BALANCER.value
 _EVENT_NAME = {kind: event.value for kind, event in DECISION_EVENTS.items()}
@@ -114,7 +118,8 @@ def span_models(r: RequestRecord) -> list[SpanModel]:
     attrs = Attrs(SERVER_SHAPE,
                   (r.method, r.scheme, r.host, r.server_port, r.protocol_version, r.route_template, r.status,
                    r.error_type, r.layer, r.route, r.upstream, r.outcome, t.treatment, r.consumer, summary),
-                  (r.path, r.query, r.client_address, r.client_address, r.client_port, r.user_agent, r.request_id),
+                  (r.client_address, r.client_address, r.client_port, r.user_agent),
+                  (r.path, r.query, r.request_id),
                   # a balancer tier: its SERVER span carries the pick
                   r.lb if r.lb and not r.balance_span_id else {})
     name = f"{r.method} {r.route_template}" if r.route_template else r.method
@@ -125,15 +130,15 @@ def span_models(r: RequestRecord) -> list[SpanModel]:
         failed = r.outcome not in (None, "proxied", "client_abort")
         out.append(SpanModel(f"balance {r.upstream}", t.trace_id, r.balance_span_id, t.span_id, INTERNAL,
                              r.balance_start_ns, r.balance_end_ns or r.end_ns,
-                             Attrs(BALANCE_SHAPE, (_BALANCER, r.upstream, r.route), (), r.lb), failed, None))
+                             Attrs(BALANCE_SHAPE, (_BALANCER, r.upstream, r.route), (), (), r.lb), failed, None))
         attempt_parent = r.balance_span_id
     for a in r.attempts:
         status = a.status
         error_type = a.error_type or (str(status) if status and status >= 400 else None)
         a_attrs = Attrs(CLIENT_SHAPE,
                         (a.method, a.host, a.port, a.peer_address, status, a.resend_count or None, error_type,
-                         a.layer, r.route, a.upstream, a.instance, a.zone, a.outcome),
-                        (a.url_full, a.peer_port, r.request_id),
+                         a.layer, r.route, a.upstream, a.instance, a.zone, a.outcome, a.peer_port),
+                        (), (a.url_full, r.request_id),
                         a.lb or r.lb)  # each attempt's own pick (a retry's exclusions never leak onto the first)
         out.append(SpanModel(a.method, t.trace_id, a.span_id, attempt_parent, CLIENT, a.start_ns,
                              a.end_ns or r.end_ns, a_attrs, a.error_type is not None or (status or 0) >= 400,
@@ -144,14 +149,14 @@ def span_models(r: RequestRecord) -> list[SpanModel]:
 def log_models(r: RequestRecord | EventRecord) -> list[LogModel]:
     if isinstance(r, EventRecord):
         return [LogModel(r.time_ns, r.trace_id, r.span_id, bool(r.trace_id), r.body,
-                         Attrs(EVENT_SHAPE, (), (), r.attributes), r.event, r.severity)]
+                         Attrs(EVENT_SHAPE, (), (), (), r.attributes), r.event, r.severity)]
     out = []
     unique = (r.request_id, r.path)
     for d in r.decisions:
         kind = d.kind.value
         attrs = Attrs(DECISION_SHAPE,
                       (kind, d.rule, d.result, d.reason, d.layer or r.layer, r.route, r.method, r.consumer),
-                      unique, d.attributes)
+                      (), unique, d.attributes)
         out.append(LogModel(d.time_ns, r.trace.trace_id, d.span_id, r.trace.sampled,
                             f"{kind} {d.rule or '-'}: {d.result} ({d.reason})", attrs, _EVENT_NAME[d.kind]))
     return out

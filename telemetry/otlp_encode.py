@@ -59,10 +59,11 @@ def _any(v: Any) -> bytes:
 
 
 _key_cache: dict[str, bytes] = {}
-# Per (repeated-field tag, shape): (shared values, extra items) → the encoded fields before and after the unique
-# group. A request's spans and logs mostly repeat earlier combinations (same route, status, instance, pick), so
-# most of their attributes are one dict lookup. Bounded: a full cache is emptied and refilled.
-_group_cache: dict[tuple[int, Any], dict[tuple, tuple[bytes, bytes]]] = {}
+# Per (repeated-field tag, shape): {(shared values, extra items) → the encoded shared group and extras} and
+# {connection values → their encoded group}. A request's spans and logs mostly repeat earlier combinations (same
+# route, status, instance, pick; same client connection), so most of their attributes are two dict lookups.
+# Bounded: a full cache is emptied and refilled.
+_group_cache: dict[tuple[int, Any], tuple[dict[tuple, tuple[bytes, bytes]], dict[tuple, bytes]]] = {}
 # Per tag: (key, value) → the encoded field, for attributes written from a plain dict (resource, link, events).
 _kv_cache: dict[int, dict[tuple[str, Any], bytes]] = {}
 _CACHE_MAX = 20_000
@@ -117,28 +118,37 @@ def _attrs(tag: int, attrs: dict[str, Any]) -> bytes:
 
 
 def _grouped(tag: int, a: Attrs) -> bytes:
-    """`attributes(a)`'s fields: the shared group and the extras from the cache, the unique group every time."""
+    """`attributes(a)`'s fields: the shared and connection groups and the extras from their caches, the unique
+    group written every time."""
     shape, extra = a.shape, a.extra
     if extra and not shape.keys.isdisjoint(extra):  # an extra overrides a shape key: write the merged dict
         return _attrs(tag, attributes(a))
-    cache = _group_cache.get((tag, shape))
-    if cache is None:
-        cache = _group_cache[tag, shape] = {}
+    caches = _group_cache.get((tag, shape))
+    if caches is None:
+        caches = _group_cache[tag, shape] = ({}, {})
+    shared, by_connection = caches
     try:
         key = (a.shared, tuple(extra.items())) if extra else a.shared
-        hit = cache.get(key)
+        hit = shared.get(key)
     except TypeError:  # an unhashable extra value (a policy's list attribute): no caching
         key, hit = None, None
     if hit is None:
         hit = (_fields(tag, shape.shared, a.shared),
                _fields(tag, extra.keys(), extra.values()) if extra else b"")
         if key is not None:
-            if len(cache) >= _CACHE_MAX:
-                cache.clear()
-            cache[key] = hit
-    if not shape.unique:
-        return hit[0] + hit[1]
-    return hit[0] + _fields(tag, shape.unique, a.unique) + hit[1]
+            if len(shared) >= _CACHE_MAX:
+                shared.clear()
+            shared[key] = hit
+    middle = b""
+    if shape.connection:
+        middle = by_connection.get(a.connection)
+        if middle is None:
+            if len(by_connection) >= _CACHE_MAX:
+                by_connection.clear()
+            middle = by_connection[a.connection] = _fields(tag, shape.connection, a.connection)
+    if shape.unique:
+        middle += _fields(tag, shape.unique, a.unique)
+    return hit[0] + middle + hit[1]
 
 
 def _id(tag: int, value: int, size: int) -> bytes:
@@ -151,13 +161,19 @@ _ERROR = _ld(0x7A, b"\x18\x02")  # status = 15 { code = 3: ERROR }
 # the calling process)
 _FLAGS_LOCAL = b"\x85\x01" + _F32.pack(0x101)
 _FLAGS_REMOTE = b"\x85\x01" + _F32.pack(0x301)
+_span_names: dict[str, bytes] = {}  # "{method} {route}", "balance {pool}": a few per route
 
 
 def encode_span(m: SpanModel) -> bytes:
     parts = [b"\x0a\x10", m.trace_id.to_bytes(16, "big"), b"\x12\x08", m.span_id.to_bytes(8, "big")]  # ids 1, 2
     if m.parent_span_id:
         parts.append(_id(0x22, m.parent_span_id, 8))  # parent_span_id = 4
-    parts.append(_str(0x2A, m.name))  # name = 5
+    name = _span_names.get(m.name)
+    if name is None:
+        if len(_span_names) >= _CACHE_MAX:
+            _span_names.clear()
+        name = _span_names[m.name] = _str(0x2A, m.name)  # name = 5
+    parts.append(name)
     parts.append(_KIND_TIMES.pack(0x30, m.kind, 0x39, m.start_ns, 0x41, m.end_ns))
     parts.append(_grouped(0x4A, m.attributes))  # attributes = 9
     if m.link:
@@ -176,6 +192,21 @@ _LOG_FLAGS = {True: b"\x45" + _F32.pack(1), False: b"\x45" + _F32.pack(0)}  # fl
 _event_names: dict[str, bytes] = {}
 
 
+_bodies: dict[str, bytes] = {}  # "pick pool: picked (pick.round_robin)": a few per route and pool
+
+
+def _body(text: str) -> bytes:
+    """body = 5 (an AnyValue string)."""
+    hit = _bodies.get(text)
+    if hit is None:
+        hit = _ld(0x2A, _any(text))
+        if len(text) < 200:  # decision summaries repeat; an event's long text is not kept
+            if len(_bodies) >= _CACHE_MAX:
+                _bodies.clear()
+            _bodies[text] = hit
+    return hit
+
+
 def encode_log(m: LogModel) -> bytes:
     event = _event_names.get(m.event_name)
     if event is None:
@@ -184,7 +215,7 @@ def encode_log(m: LogModel) -> bytes:
     return b"".join((
         b"\x09", time,  # time_unix_nano = 1
         _SEVERITY.get(m.severity) or b"\x10\x09" + _str(0x1A, m.severity),
-        _ld(0x2A, _any(m.body)),  # body = 5
+        _body(m.body),
         _grouped(0x32, m.attributes),  # attributes = 6
         _LOG_FLAGS[bool(m.sampled)],
         _id(0x4A, m.trace_id, 16) if m.trace_id else b"",  # trace_id = 9 (absent: not caused by one request)
@@ -201,12 +232,26 @@ class Envelope:
         self.resource = _ld(0x0A, _attrs(0x0A, resource_attrs))  # resource = 1 { attributes = 1 }
         self.scope = _ld(0x0A, _str(0x0A, scope_name) + _str(0x12, scope_version))  # scope = 1 {name, version}
 
+    def _request(self, items: Iterable[bytes]) -> bytes:
+        """{resource_x = 1 {resource = 1, scope_x = 2 {scope = 1, item = 2 ...}}}, the same field numbers for
+        traces (spans) and logs (log records); lengths are summed, so the batch is copied once."""
+        parts = [b"", b"", self.resource, b"", self.scope]
+        size = len(self.scope)
+        for item in items:
+            n = len(item)
+            head = bytes((0x12, n)) if n < 0x80 else b"\x12" + _varint(n)
+            parts.append(head)
+            parts.append(item)
+            size += len(head) + n
+        parts[3] = b"\x12" + _varint(size)
+        parts[1] = _varint(len(self.resource) + len(parts[3]) + size)
+        parts[0] = b"\x0a"
+        return b"".join(parts)
+
     def traces(self, spans: Iterable[bytes]) -> bytes:
-        scope_spans = self.scope + b"".join(_ld(0x12, s) for s in spans)  # spans = 2
-        resource_spans = self.resource + _ld(0x12, scope_spans)  # scope_spans = 2
-        return _ld(0x0A, resource_spans)  # ExportTraceServiceRequest.resource_spans = 1
+        """An ExportTraceServiceRequest: resource_spans = 1 {resource, scope_spans = 2 {scope, spans = 2}}."""
+        return self._request(spans)
 
     def logs(self, records: Iterable[bytes]) -> bytes:
-        scope_logs = self.scope + b"".join(_ld(0x12, r) for r in records)  # log_records = 2
-        resource_logs = self.resource + _ld(0x12, scope_logs)  # scope_logs = 2
-        return _ld(0x0A, resource_logs)  # ExportLogsServiceRequest.resource_logs = 1
+        """An ExportLogsServiceRequest: resource_logs = 1 {resource, scope_logs = 2 {scope, log_records = 2}}."""
+        return self._request(records)

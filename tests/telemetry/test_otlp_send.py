@@ -22,7 +22,7 @@ def resolved(endpoint: str) -> ResolvedTelemetry:
 
 
 def batch(trace_id: int) -> EncodedBatch:
-    span = SpanModel("GET /x", trace_id, 7, None, SERVER, 1, 2, Attrs(EVENT_SHAPE, (), (), {"gatewatch.route": "r"}), False,
+    span = SpanModel("GET /x", trace_id, 7, None, SERVER, 1, 2, Attrs(EVENT_SHAPE, (), (), (), {"gatewatch.route": "r"}), False,
                      None)
     return EncodedBatch(Envelope({"service.name": "t"}, "gatewatch", "0").traces([encode_span(span)]), 1)
 
