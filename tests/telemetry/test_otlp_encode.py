@@ -14,7 +14,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
-from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from opentelemetry.sdk.resources import Resource
 
 from telemetry.context import AttemptRecord, DecisionRecord, RequestRecord, start_trace
@@ -137,3 +137,80 @@ def test_an_extra_attribute_overrides_the_shape_key_of_the_same_name():
     rec.ParseFromString(encode_log(m))
     assert [kv.key for kv in rec.attributes] == list(expected)
     assert {kv.key: MessageToDict(kv.value) for kv in rec.attributes}["gatewatch.route"] == {"stringValue": "overridden"}
+
+
+def _varied_record(rng: random.Random, i: int) -> RequestRecord:
+    """A request record with a random mix of what real ones carry: absent and empty values, long and non-ASCII
+    strings, large ints, policies, a balancer span or not, retries with their own picks, and decision attributes
+    of every value type (some overriding a shape key)."""
+    def text(short: bool = False) -> str:
+        return rng.choice(["", "x", "ñandú/ü", "a" * rng.choice([50, 119, 120, 121, 130, 300]), f"v{rng.randrange(5)}"]
+                          if not short else ["", "a", f"v{rng.randrange(3)}"])
+
+    def maybe(v):
+        return v if rng.random() < 0.7 else rng.choice([None, ""])
+
+    trust = rng.choice(["continue", "link", "ignore"])
+    inbound = rng.choice([None, "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"])
+    t = start_trace(inbound, None, None, trust, 1.0, rng)
+    start = 1_700_000_000_000_000_000 + i * 1000
+    r = RequestRecord(rng.choice(["edge", "balancer"]), t, start, 0.0, rng.choice(["GET", "POST", "PURGE"]),
+                      "/p/" + text(), maybe(f"q={rng.randrange(3)}"), "http", maybe("shop" + text(True)),
+                      rng.choice([80, 8080, 65535]), maybe("10.0.0." + str(rng.randrange(3))),
+                      rng.choice([1, 127, 128, 40000, 65535]), "1.1", maybe("curl/" + text(True)), f"req-{i}", "public",
+                      route=maybe("r" + text(True)), route_template=maybe("/p/{id}"), upstream=maybe("pool"),
+                      outcome=rng.choice([None, "proxied", "upstream_error", "client_abort"]),
+                      status=rng.choice([None, 200, 404, 502]), error_type=rng.choice([None, "timeout", ""]),
+                      end_ns=start + 500, consumer=maybe("alice" + text(True)))
+    r.policies = [(f"p{k}", "jwt", rng.choice(["allow", "deny"]), "ok") for k in range(rng.randrange(3))]
+    lb = {"gatewatch.lb.algorithm": rng.choice(["round_robin", "maglev"]), "gatewatch.lb.candidates": rng.randrange(4)}
+    if rng.random() < 0.5:
+        lb["gatewatch.lb.excluded"] = rng.choice([("a=tried",), ["b=unhealthy", "c=ejected"]])
+    if rng.random() < 0.3:
+        lb["gatewatch.lb.panic"] = True
+    r.lb = lb
+    if rng.random() < 0.6:
+        r.balance_span_id = rng.getrandbits(64) or 1
+        r.balance_start_ns, r.balance_end_ns = start + 10, rng.choice([0, start + 400])
+    for k in range(rng.randrange(3)):
+        r.attempts.append(AttemptRecord(
+            rng.getrandbits(64) or 1, "balancer", "pool", f"i{rng.randrange(3)}", maybe("z1"), "10.0.0.5",
+            rng.choice([9000, 70000 - 4465]), "http://10.0.0.5:9000/p/" + text(), r.method, k, start + 20,
+            end_ns=rng.choice([0, start + 300]), status=rng.choice([None, 200, 503]),
+            error_type=rng.choice([None, "connect_refused"]), peer_address=maybe("10.0.0.5"),
+            peer_port=rng.choice([None, 9000]), outcome=maybe("proxied"),
+            lb=rng.choice([{}, {**lb, "gatewatch.lb.weight": 2, "gatewatch.lb.in_flight": rng.randrange(200)}])))
+    for k in range(rng.randrange(4)):
+        attrs = rng.choice([
+            {}, {"gatewatch.instance": "i1", "gatewatch.zone": None, "gatewatch.lb.weight": -3},
+            {"ratio": 0.25, "flag": False, "many": ["x", "y"], "n": 2**40},
+            {"gatewatch.route": "overridden", "gatewatch.consumer": None},  # shape keys: the extra wins
+            {"long": "é" * 100}])
+        r.decisions.append(DecisionRecord(rng.choice(list(DecisionKind)), maybe("rule"), "matched", "why",
+                                          start + k, rng.choice([t.span_id, r.balance_span_id or t.span_id]),
+                                          attrs, rng.choice([None, "balancer"])))
+    return r
+
+
+def test_varied_records_match_the_sdk_encoder_with_cold_and_warm_caches():
+    rng = random.Random(7)
+    converter, envelope = Converter(Resource(RESOURCE), "9.9"), Envelope(RESOURCE, "gatewatch", "9.9")
+    records = [_varied_record(rng, i) for i in range(300)]
+    for attempt in ("cold", "warm"):
+        for r in records:
+            sdk = encode_spans(converter.request_spans(r)).resource_spans[0].scope_spans[0].spans
+            ours = ExportTraceServiceRequest()
+            ours.ParseFromString(envelope.traces(encode_span(m) for m in span_models(r)))
+            spans = ours.resource_spans[0].scope_spans[0].spans
+            assert len(spans) == len(sdk)
+            for x, y in zip(sdk, spans):
+                y.flags &= ~0xFF  # the sampled bit, which the SDK encoder leaves out (see above)
+                if x.status == Status():  # the SDK writes an empty status for UNSET, we leave the default out
+                    assert not y.HasField("status")
+                    x.ClearField("status")
+                assert x == y, (attempt, r, x, y)
+            if r.decisions:
+                sdk_logs = encode_logs(converter.logs([(r, r.decisions)])).resource_logs[0].scope_logs[0].log_records
+                ours_logs = ExportLogsServiceRequest()
+                ours_logs.ParseFromString(envelope.logs(encode_log(m) for m in log_models(r)))
+                assert list(ours_logs.resource_logs[0].scope_logs[0].log_records) == list(sdk_logs), (attempt, r)
