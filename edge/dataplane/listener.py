@@ -167,6 +167,10 @@ class _Downstream:
 
 
 class HttpConnection(asyncio.Protocol):
+    __slots__ = ("listener", "transport", "parser", "flow", "closed", "rejected", "_pipeline_paused", "_inbuf",
+                 "queue", "parsing", "running", "_serving", "_idle", "_url", "_headers", "_index", "_header_bytes",
+                 "_hosts", "_in_trailers", "last_active", "head_started", "peer", "sock")
+
     def __init__(self, listener: "RawListener"):
         self.listener = listener
         self.transport: asyncio.Transport | None = None
