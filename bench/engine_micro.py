@@ -68,13 +68,13 @@ class Down:
         pass
 
 
-async def run(n: int, telemetry: str) -> float:
+async def run(n: int, telemetry: str, instances: int = 3, algorithm: str = "round_robin") -> float:
     cfg = parse_config({
         "admin": {"address": "127.0.0.1:0"},
         "edge": {"listeners": [{"name": "public", "address": "127.0.0.1:0"}],
                  "routes": [{"name": "items", "match": {"path": {"prefix": "/bench"}}, "upstream": "pool"}]},
-        "balancer": {"pools": [{"name": "pool", "instances": [
-            {"host": "127.0.0.1", "port": 9101 + i} for i in range(3)]}]},
+        "balancer": {"pools": [{"name": "pool", "algorithm": algorithm, "instances": [
+            {"host": "127.0.0.1", "port": 9101 + i} for i in range(instances)]}]},
         # The default exporter process is never started here: with telemetry on, every record is still built and
         # encoded for the pipe exactly as on the request path, then dropped (counted) instead of written to
         # a child. So "on" measures the request path's own telemetry cost, not the exporter's.
@@ -104,9 +104,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=50_000)
     ap.add_argument("--telemetry", choices=["off", "on"], default="off")
+    ap.add_argument("--instances", type=int, default=3, help="pool size (the pool-1000 cases of the benchmark)")
+    ap.add_argument("--algorithm", default="round_robin")
     args = ap.parse_args()
-    runs = [asyncio.run(run(args.requests, args.telemetry)) for _ in range(5)]
-    print(f"engine CPU per request (telemetry {args.telemetry}): {statistics.median(runs):.1f} µs "
+    runs = [asyncio.run(run(args.requests, args.telemetry, args.instances, args.algorithm)) for _ in range(5)]
+    print(f"engine CPU per request (telemetry {args.telemetry}, {args.instances} × {args.algorithm}): "
+          f"{statistics.median(runs):.1f} µs "
           f"(runs: {', '.join(f'{r:.1f}' for r in runs)})")
 
 

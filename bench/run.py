@@ -357,6 +357,9 @@ ALL_CASES = [
     Case("pool-1000-round_robin", "gatewatch", pool=1000, algorithm="round_robin"),
     Case("pool-3-weighted_round_robin", "gatewatch", pool=3, algorithm="weighted_round_robin"),
     Case("pool-1000-weighted_round_robin", "gatewatch", pool=1000, algorithm="weighted_round_robin"),
+    # the reference on the same pools: what 1,000 distinct upstream addresses cost a proxy that is not Python
+    Case("pool-3-haproxy", "haproxy", pool=3),
+    Case("pool-1000-haproxy", "haproxy", pool=1000),
     Case("idle-10k", "idle"),
 ]
 CASE_NAMES = [c.name for c in ALL_CASES]
@@ -472,7 +475,8 @@ http {{
 """
 
 
-def haproxy_conf(port: int, backend_port: int) -> str:
+def haproxy_conf(port: int, backend_ports: list[int]) -> str:
+    servers = "\n".join(f"    server s{k} 127.0.0.1:{p}" for k, p in enumerate(backend_ports))
     return f"""# reference: HAProxy, one thread, HTTP mode, keep-alive and connection reuse to the backend
 global
     nbthread 1
@@ -492,7 +496,8 @@ frontend fe
     default_backend be
 
 backend be
-    server s1 127.0.0.1:{backend_port}
+    balance roundrobin
+{servers}
 """
 
 
@@ -784,7 +789,7 @@ class Bench:
         if case.kind == "haproxy":
             port = free_port()
             cfg = self.workdir / f"haproxy-r{rnd}.cfg"
-            cfg.write_text(haproxy_conf(port, self.backend_ports[0]))
+            cfg.write_text(haproxy_conf(port, self.pool_ports(case.pool)))
             p = Proc(self.next_name("haproxy"), self.taskset(self.proxy_cpu) + [
                 self.tools["haproxy"], "-db", "-f", str(cfg)], self.workdir)
             url = f"http://127.0.0.1:{port}{PATH}"
@@ -811,12 +816,16 @@ class Bench:
             return Target(url=url, procs=[p], cpu_procs=p.tree)
         return self.start_gatewatch(case, rnd)
 
+    def pool_ports(self, pool: int) -> list[int]:
+        """The backend port of each pool instance (gatewatch's and the HAProxy reference's alike)."""
+        n = max(1, pool)
+        if self.args.pool_addressing == "ports" and n > 1:
+            return self.backend_ports[:n]
+        return [self.backend_ports[0]] * n
+
     def gatewatch_config(self, case: Case) -> dict:
         n = max(1, case.pool)
-        if self.args.pool_addressing == "ports" and n > 1:
-            ports = self.backend_ports[:n]
-        else:
-            ports = [self.backend_ports[0]] * n
+        ports = self.pool_ports(n)
         weighted = case.algorithm == "weighted_round_robin"
         instances = [{"id": f"i{k:04d}", "host": "127.0.0.1", "port": ports[k],
                       **({"weight": k % 3 + 1} if weighted else {})} for k in range(n)]
@@ -1091,7 +1100,7 @@ class Bench:
         tree0 = tree_state()
         mach = machine(self.tools)
         mach["cpus_usable"] = self.cpus
-        need_ports = max([c.pool for c in cases if c.kind == "gatewatch"] + [1])
+        need_ports = max([c.pool for c in cases if c.kind in ("gatewatch", "haproxy")] + [1])
         if self.args.pool_addressing != "ports":
             need_ports = 1
         self.start_backend(need_ports)
@@ -1209,6 +1218,21 @@ def compute_ratios(raw: dict[str, list[dict]], rounds: int) -> tuple[dict, dict]
                 return r.get("p50_ms")
         return None
 
+    def proxy_cpu(name: str, rnd: int) -> float | None:
+        """CPU-s per 1k requests of the gateway process itself (the one on the proxy's core)."""
+        for r in raw.get(name, []):
+            if r.get("round") == rnd and "failed" not in r:
+                return (r.get("cpu_s_per_1k_by_process") or {}).get("edge.cli") or r.get("cpu_s_per_1k")
+        return None
+
+    def capacity(a: str, b: str) -> list[float | None]:
+        """How many requests the proxy's core serves with `a` per request served with `b`: b's CPU ÷ a's."""
+        out = []
+        for rnd in range(rounds):
+            x, y = proxy_cpu(a, rnd), proxy_cpu(b, rnd)
+            out.append(y / x if x and y is not None else None)
+        return out
+
     def ratio(a: str, b: str) -> list[float | None]:
         out = []
         for rnd in range(rounds):
@@ -1226,9 +1250,14 @@ def compute_ratios(raw: dict[str, list[dict]], rounds: int) -> tuple[dict, dict]
         "sampled_vs_haproxy": ratio("gatewatch-sampled", "haproxy"),
         "full_vs_off": ratio("gatewatch-full", "gatewatch-off"),
         "sampled_vs_off": ratio("gatewatch-sampled", "gatewatch-off"),
+        # the same two ratios by the proxy core's CPU per request instead of throughput: unaffected by the load
+        # core, which the exporter shares with wrk, the backend and the sink
+        "full_vs_off_proxy_cpu": capacity("gatewatch-full", "gatewatch-off"),
+        "sampled_vs_off_proxy_cpu": capacity("gatewatch-sampled", "gatewatch-off"),
         "routes_1000_vs_10": ratio("routes-1000", "routes-10"),
         "pool_1000_vs_3": {alg: ratio(f"pool-1000-{alg}", f"pool-3-{alg}")
                            for alg in ("round_robin", "weighted_round_robin")},
+        "haproxy_pool_1000_vs_3": ratio("pool-1000-haproxy", "pool-3-haproxy"),
         "added_latency_ms_p50": [
             (p50("latency-1conn-full", rnd) - p50("latency-1conn-direct", rnd))
             if p50("latency-1conn-full", rnd) is not None and p50("latency-1conn-direct", rnd) is not None else None
@@ -1399,6 +1428,17 @@ def render(res: dict[str, Any]) -> str:
         lines.append("")
         lines.append("CPU s/1k by process of the proxy's tree (medians)")
         lines += split
+    cap = [f"{k.split('_vs_')[0]} {fmt(ratios.get(k), '.2f')}" for k in ("full_vs_off_proxy_cpu", "sampled_vs_off_proxy_cpu")
+           if ratios.get(k) is not None]
+    if ratios.get("haproxy_pool_1000_vs_3") is not None:
+        lines.append("")
+        lines.append(f"reference for pool_1000_vs_3: HAProxy round robin over the same pools "
+                     f"{fmt(ratios['haproxy_pool_1000_vs_3'], '.2f')} (1,000 distinct upstream connections cost "
+                     f"every proxy and the backend, not only gatewatch)")
+    if cap:
+        lines.append("")
+        lines.append("telemetry cost on the proxy's core (gatewatch-off CPU per request ÷ the case's, proxy process "
+                     "only): " + ", ".join(cap))
     idle = med.get("idle-10k")
     if idle and not idle.get("failed"):
         lines.append("")
