@@ -103,8 +103,9 @@ def _attrs(tag: int, attrs: dict[str, Any]) -> bytes:
         cache = _kv_cache[tag] = {}
     out = []
     for item in attrs.items():
+        key = (item, type(item[1]))  # True == 1 == 1.0 in Python, but not on the wire
         try:
-            hit = cache.get(item)
+            hit = cache.get(key)
         except TypeError:  # a list value
             out.append(_kv(tag, *item))
             continue
@@ -112,7 +113,7 @@ def _attrs(tag: int, attrs: dict[str, Any]) -> bytes:
             hit = _kv(tag, *item)
             if len(cache) >= _CACHE_MAX:
                 cache.clear()
-            cache[item] = hit
+            cache[key] = hit
         out.append(hit)
     return b"".join(out)
 
@@ -128,7 +129,8 @@ def _grouped(tag: int, a: Attrs) -> bytes:
         caches = _group_cache[tag, shape] = ({}, {})
     shared, by_connection = caches
     try:
-        key = (a.shared, tuple(extra.items())) if extra else a.shared
+        # the extras' types are part of the key: True == 1 == 1.0 in Python, but not on the wire
+        key = (a.shared, tuple(extra.items()), tuple(map(type, extra.values()))) if extra else a.shared
         hit = shared.get(key)
     except TypeError:  # an unhashable extra value (a policy's list attribute): no caching
         key, hit = None, None

@@ -214,3 +214,20 @@ def test_varied_records_match_the_sdk_encoder_with_cold_and_warm_caches():
                 ours_logs = ExportLogsServiceRequest()
                 ours_logs.ParseFromString(envelope.logs(encode_log(m) for m in log_models(r)))
                 assert list(ours_logs.resource_logs[0].scope_logs[0].log_records) == list(sdk_logs), (attempt, r)
+
+
+def test_equal_values_of_different_types_are_not_confused_by_the_caches():
+    # True == 1 == 1.0 and hash alike in Python; on the wire they are bool_value, int_value and double_value.
+    for value in (1, True, 1.0, 0, False, 0.0, 1, True):
+        r = record("root")
+        r.decisions[1].attributes = {"gatewatch.flag": value}
+        r.lb = {"gatewatch.lb.candidates": value}
+        m = log_models(r)[1]
+        rec = LogRecord()
+        rec.ParseFromString(encode_log(m))
+        assert {kv.key: kv.value for kv in rec.attributes}["gatewatch.flag"] == _encode_value(value)
+        balance = span_models(r)[1]
+        assert dict(_decoded_attrs(encode_span(balance)))["gatewatch.lb.candidates"] == MessageToDict(
+            _encode_value(value))
+        event = Envelope({"k": value}, "gatewatch", "9.9").resource
+        assert _encode_value(value).SerializeToString() in event
