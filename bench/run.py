@@ -339,6 +339,8 @@ class Case:
     routes: int = 1
     pool: int = 1
     algorithm: str = "round_robin"
+    workers: int = 1  # gatewatch `workers: N`
+    pinned: bool = True  # False: the proxy may run on every CPU (multi-core cases)
 
 
 ALL_CASES = [
@@ -360,13 +362,17 @@ ALL_CASES = [
     # the reference on the same pools: what 1,000 distinct upstream addresses cost a proxy that is not Python
     Case("pool-3-haproxy", "haproxy", pool=3),
     Case("pool-1000-haproxy", "haproxy", pool=1000),
+    # Multi-core (`workers: N`): the gateway may use both CPUs; wrk and the backend stay on the load CPU, so a
+    # second worker can only add what the load CPU has left. Both cases unpinned, so the ratio is like for like.
+    Case("workers-1", "gatewatch", workers=1, pinned=False),
+    Case("workers-2", "gatewatch", workers=2, pinned=False),
     Case("idle-10k", "idle"),
 ]
 CASE_NAMES = [c.name for c in ALL_CASES]
 
 
 def _group(name: str) -> str | None:
-    for g in ("pool", "routes", "latency"):
+    for g in ("pool", "routes", "latency", "workers"):
         if name.startswith(g):
             return g
     return None
@@ -579,17 +585,20 @@ def other_cpu_seconds(a: dict, b: dict) -> float:
     return sum(v - a.get(k, 0.0) for k, v in b.items() if v >= a.get(k, 0.0))
 
 
-def scrape(admin: str) -> dict[str, Any]:
+def scrape(admins: list[str]) -> dict[str, Any]:
+    """Telemetry and request counters from gatewatch's /metrics, summed over its workers."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    with HTTP.open(f"http://{admin}/metrics", timeout=5) as r:
-        text = r.read().decode()
+    texts = []
+    for admin in admins:
+        with HTTP.open(f"http://{admin}/metrics", timeout=5) as r:
+            texts.append(r.read().decode())
     exported: dict[str, float] = collections.Counter()
     dropped: dict[str, float] = collections.Counter()
     queue = 0.0
     outcomes: dict[str, float] = collections.Counter()
     requests = 0.0
-    for fam in text_string_to_metric_families(text):
+    for fam in (f for text in texts for f in text_string_to_metric_families(text)):
         for s in fam.samples:
             if s.name == "gatewatch_telemetry_exported_total":
                 exported[s.labels.get("signal", "")] += s.value
@@ -626,7 +635,7 @@ class Target:
     url: str
     procs: list[Proc] = field(default_factory=list)  # what to stop afterwards (the proxy under test)
     cpu_procs: Any = None  # callable → psutil processes whose CPU counts as the proxy's
-    admin: str | None = None
+    admin: list[str] | None = None  # every worker's admin address
     info: dict = field(default_factory=dict)
 
 
@@ -655,6 +664,10 @@ class Bench:
 
     def taskset(self, cpu: int | None) -> list[str]:
         return [self.tools["taskset"], "-c", str(cpu)] if cpu is not None else []
+
+    def every_cpu(self) -> list[str]:
+        """Free to run anywhere (the harness itself is pinned to the load CPU, and children inherit that)."""
+        return [self.tools["taskset"], "-c", ",".join(map(str, self.cpus))] if len(self.cpus) > 1 else []
 
     def child_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
@@ -835,6 +848,7 @@ class Bench:
         if case.telemetry == "off" and self.off_fallback:
             telemetry["sampling"] = {"ratio": 0.0}
         return {
+            **({"workers": case.workers} if case.workers > 1 else {}),
             "admin": {"address": "127.0.0.1:0"},
             "telemetry": telemetry,
             "edge": {"listeners": [{"name": "public", "address": "127.0.0.1:0"}],
@@ -855,7 +869,7 @@ class Bench:
             env["OTEL_TRACES_SAMPLER_ARG"] = "0.1"
         self.last_source_hash = source_hash()
         self.source_hashes.add(self.last_source_hash)
-        p = Proc(name, self.taskset(self.proxy_cpu) + [
+        p = Proc(name, (self.taskset(self.proxy_cpu) if case.pinned else self.every_cpu()) + [
             sys.executable, "-m", "edge.cli", "run", "-c", str(cfg_path), "--ready-file", str(ready)],
             self.workdir, env=env, cwd=self.workdir)
         deadline = time.monotonic() + 60
@@ -878,7 +892,8 @@ class Bench:
                               f"({info.get('telemetry')!r}); telemetry-off cases use sampling.ratio 0 from now on")
             p.stop()
             return self.start_gatewatch(case, rnd)
-        return Target(url=url, procs=[p], cpu_procs=p.tree, admin=info["admin"], info=info)
+        admins = [w["admin"] for w in info.get("workers") or []] or [info["admin"]]
+        return Target(url=url, procs=[p], cpu_procs=p.tree, admin=admins, info=info)
 
     def stop_target(self, t: Target) -> list[str]:
         problems = []
@@ -1002,7 +1017,7 @@ class Bench:
             r["cpu_s_per_1k_by_process"] = {k: round((v - by0.get(k, 0.0)) / reqs * 1000, 4) if reqs else None
                                             for k, v in by1.items()}
             r["process_affinity"] = affinity
-            if self.pinned:
+            if self.pinned and case.pinned:
                 away = [a for a in affinity if a["cpus"] and a["cpus"] != [self.proxy_cpu]]
                 if away:
                     note = (f"{case.kind}: process(es) of the proxy under test run outside the proxy's CPU "
@@ -1258,6 +1273,7 @@ def compute_ratios(raw: dict[str, list[dict]], rounds: int) -> tuple[dict, dict]
         "pool_1000_vs_3": {alg: ratio(f"pool-1000-{alg}", f"pool-3-{alg}")
                            for alg in ("round_robin", "weighted_round_robin")},
         "haproxy_pool_1000_vs_3": ratio("pool-1000-haproxy", "pool-3-haproxy"),
+        "workers_2_vs_1": ratio("workers-2", "workers-1"),
         "added_latency_ms_p50": [
             (p50("latency-1conn-full", rnd) - p50("latency-1conn-direct", rnd))
             if p50("latency-1conn-full", rnd) is not None and p50("latency-1conn-direct", rnd) is not None else None
@@ -1435,6 +1451,12 @@ def render(res: dict[str, Any]) -> str:
         lines.append(f"reference for pool_1000_vs_3: HAProxy round robin over the same pools "
                      f"{fmt(ratios['haproxy_pool_1000_vs_3'], '.2f')} (1,000 distinct upstream connections cost "
                      f"every proxy and the backend, not only gatewatch)")
+    if ratios.get("workers_2_vs_1") is not None:
+        w1, w2 = med.get("workers-1") or {}, med.get("workers-2") or {}
+        lines.append("")
+        lines.append(f"multi-core (workers: 2 ÷ workers: 1, both free to use every CPU, wrk and the backend on the "
+                     f"load CPU): {fmt(ratios['workers_2_vs_1'], '.2f')}× the throughput at "
+                     f"{fmt(w2.get('cpu_s_per_1k'), '.3f')} vs {fmt(w1.get('cpu_s_per_1k'), '.3f')} CPU-s/1k")
     if cap:
         lines.append("")
         lines.append("telemetry cost on the proxy's core (gatewatch-off CPU per request ÷ the case's, proxy process "
