@@ -1237,7 +1237,7 @@ def compute_ratios(raw: dict[str, list[dict]], rounds: int) -> tuple[dict, dict]
         """CPU-s per 1k requests of the gateway process itself (the one on the proxy's core)."""
         for r in raw.get(name, []):
             if r.get("round") == rnd and "failed" not in r:
-                return (r.get("cpu_s_per_1k_by_process") or {}).get("edge.cli") or r.get("cpu_s_per_1k")
+                return (r.get("cpu_s_per_1k_by_process") or {}).get("edge.cli")  # never the tree's total
         return None
 
     def capacity(a: str, b: str) -> list[float | None]:

@@ -35,7 +35,11 @@ class Shape:
     `shared` values repeat across requests (method, route, status, instance...), `connection` values repeat for
     the requests of one client connection (peer address and port, user agent), `unique` values are new on every
     request (ids, paths). `telemetry.otlp_encode` writes the first two groups once per distinct combination of
-    values and reuses the bytes; the SDK rendering ignores the split. Compared by identity."""
+    values and reuses the bytes; the SDK rendering ignores the split. Compared by identity.
+
+    The values of the shared and connection groups key those caches as they are, so they must be str, int
+    (never bool or float: True == 1 == 1.0 in Python), None or tuples of str; the record fields they come from
+    are typed so (a test checks every value). `extra` values may be anything: their types are in the key."""
 
     __slots__ = ("shared", "connection", "unique", "keys")
 

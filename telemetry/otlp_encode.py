@@ -58,15 +58,41 @@ def _any(v: Any) -> bytes:
     return _str(0x0A, str(v))
 
 
-_key_cache: dict[str, bytes] = {}
-# Per (repeated-field tag, shape): {(shared values, extra items) → the encoded shared group and extras} and
-# {connection values → their encoded group}. A request's spans and logs mostly repeat earlier combinations (same
-# route, status, instance, pick; same client connection), so most of their attributes are two dict lookups.
-# Bounded: a full cache is emptied and refilled.
-_group_cache: dict[tuple[int, Any], tuple[dict[tuple, tuple[bytes, bytes]], dict[tuple, bytes]]] = {}
-# Per tag: (key, value) → the encoded field, for attributes written from a plain dict (resource, link, events).
-_kv_cache: dict[int, dict[tuple[str, Any], bytes]] = {}
-_CACHE_MAX = 20_000
+_CACHE_MAX = 20_000  # entries per cache
+_CACHE_BYTES = 4 * 1024 * 1024  # bytes held per cache (encodings, and their keys' strings again)
+_ENTRY_MAX = 4096  # an encoding larger than this is not kept (a long Host or User-Agent is unlikely to repeat)
+
+
+class _Cache(dict):
+    """Encodings by what they encode. Values that reach it can come from clients (Host, User-Agent, event
+    attributes), so it is bounded by entries and by bytes: a full cache is emptied and refilled."""
+
+    __slots__ = ("used",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.used = 0
+
+    def keep(self, key: Any, value: Any, size: int) -> None:
+        size = 2 * size + 64
+        if size > 2 * _ENTRY_MAX:
+            return
+        if len(self) >= _CACHE_MAX or self.used + size > _CACHE_BYTES:
+            self.clear()
+            self.used = 0
+        self[key] = value
+        self.used += size
+
+
+_key_cache = _Cache()  # attribute key → its encoded `key` field
+# Per (repeated-field tag, shape): {(shared values, extra items and their types) → the encoded shared group and
+# extras} and {connection values → their encoded group}. A request's spans and logs mostly repeat earlier
+# combinations (same route, status, instance and pick; same client connection), so most of their attributes are
+# two dict lookups.
+_group_cache: dict[tuple[int, Any], tuple[_Cache, _Cache]] = {}
+# Per tag: ((key, value), type) → the encoded field, for attributes written from a plain dict (resource, link,
+# events, an extra that overrides a shape key).
+_kv_cache: dict[int, _Cache] = {}
 
 
 def _kv(tag: int, key: str, value: Any) -> bytes:
@@ -74,7 +100,8 @@ def _kv(tag: int, key: str, value: Any) -> bytes:
     of them) are written in one go."""
     k = _key_cache.get(key)
     if k is None:
-        k = _key_cache[key] = _str(0x0A, key)
+        k = _str(0x0A, key)
+        _key_cache.keep(key, k, len(k))
     t = type(value)
     if t is str:
         b = value.encode("utf-8")
@@ -100,7 +127,7 @@ def _attrs(tag: int, attrs: dict[str, Any]) -> bytes:
     """A plain dict's attributes, each (key, value) field cached (values that cannot be hashed are not)."""
     cache = _kv_cache.get(tag)
     if cache is None:
-        cache = _kv_cache[tag] = {}
+        cache = _kv_cache[tag] = _Cache()
     out = []
     for item in attrs.items():
         key = (item, type(item[1]))  # True == 1 == 1.0 in Python, but not on the wire
@@ -111,9 +138,7 @@ def _attrs(tag: int, attrs: dict[str, Any]) -> bytes:
             continue
         if hit is None:
             hit = _kv(tag, *item)
-            if len(cache) >= _CACHE_MAX:
-                cache.clear()
-            cache[key] = hit
+            cache.keep(key, hit, len(hit))
         out.append(hit)
     return b"".join(out)
 
@@ -126,7 +151,7 @@ def _grouped(tag: int, a: Attrs) -> bytes:
         return _attrs(tag, attributes(a))
     caches = _group_cache.get((tag, shape))
     if caches is None:
-        caches = _group_cache[tag, shape] = ({}, {})
+        caches = _group_cache[tag, shape] = (_Cache(), _Cache())
     shared, by_connection = caches
     try:
         # the extras' types are part of the key: True == 1 == 1.0 in Python, but not on the wire
@@ -138,16 +163,13 @@ def _grouped(tag: int, a: Attrs) -> bytes:
         hit = (_fields(tag, shape.shared, a.shared),
                _fields(tag, extra.keys(), extra.values()) if extra else b"")
         if key is not None:
-            if len(shared) >= _CACHE_MAX:
-                shared.clear()
-            shared[key] = hit
+            shared.keep(key, hit, len(hit[0]) + len(hit[1]))
     middle = b""
     if shape.connection:
         middle = by_connection.get(a.connection)
         if middle is None:
-            if len(by_connection) >= _CACHE_MAX:
-                by_connection.clear()
-            middle = by_connection[a.connection] = _fields(tag, shape.connection, a.connection)
+            middle = _fields(tag, shape.connection, a.connection)
+            by_connection.keep(a.connection, middle, len(middle))
     if shape.unique:
         middle += _fields(tag, shape.unique, a.unique)
     return hit[0] + middle + hit[1]
@@ -163,7 +185,7 @@ _ERROR = _ld(0x7A, b"\x18\x02")  # status = 15 { code = 3: ERROR }
 # the calling process)
 _FLAGS_LOCAL = b"\x85\x01" + _F32.pack(0x101)
 _FLAGS_REMOTE = b"\x85\x01" + _F32.pack(0x301)
-_span_names: dict[str, bytes] = {}  # "{method} {route}", "balance {pool}": a few per route
+_span_names = _Cache()  # "{method} {route}", "balance {pool}": a few per route
 
 
 def encode_span(m: SpanModel) -> bytes:
@@ -172,9 +194,8 @@ def encode_span(m: SpanModel) -> bytes:
         parts.append(_id(0x22, m.parent_span_id, 8))  # parent_span_id = 4
     name = _span_names.get(m.name)
     if name is None:
-        if len(_span_names) >= _CACHE_MAX:
-            _span_names.clear()
-        name = _span_names[m.name] = _str(0x2A, m.name)  # name = 5
+        name = _str(0x2A, m.name)  # name = 5
+        _span_names.keep(m.name, name, len(name))
     parts.append(name)
     parts.append(_KIND_TIMES.pack(0x30, m.kind, 0x39, m.start_ns, 0x41, m.end_ns))
     parts.append(_grouped(0x4A, m.attributes))  # attributes = 9
@@ -191,10 +212,10 @@ def encode_span(m: SpanModel) -> bytes:
 # severity_number = 2 (WARN 13 / INFO 9) + severity_text = 3
 _SEVERITY = {"WARN": b"\x10\x0d" + _str(0x1A, "WARN"), "INFO": b"\x10\x09" + _str(0x1A, "INFO")}
 _LOG_FLAGS = {True: b"\x45" + _F32.pack(1), False: b"\x45" + _F32.pack(0)}  # flags = 8: W3C sampled bit
-_event_names: dict[str, bytes] = {}
+_event_names = _Cache()
 
 
-_bodies: dict[str, bytes] = {}  # "pick pool: picked (pick.round_robin)": a few per route and pool
+_bodies = _Cache()  # "pick pool: picked (pick.round_robin)": a few per route and pool
 
 
 def _body(text: str) -> bytes:
@@ -203,16 +224,15 @@ def _body(text: str) -> bytes:
     if hit is None:
         hit = _ld(0x2A, _any(text))
         if len(text) < 200:  # decision summaries repeat; an event's long text is not kept
-            if len(_bodies) >= _CACHE_MAX:
-                _bodies.clear()
-            _bodies[text] = hit
+            _bodies.keep(text, hit, len(hit))
     return hit
 
 
 def encode_log(m: LogModel) -> bytes:
     event = _event_names.get(m.event_name)
     if event is None:
-        event = _event_names[m.event_name] = _str(0x62, m.event_name)  # event_name = 12
+        event = _str(0x62, m.event_name)  # event_name = 12
+        _event_names.keep(m.event_name, event, len(event))
     time = _F64.pack(m.time_ns)
     return b"".join((
         b"\x09", time,  # time_unix_nano = 1

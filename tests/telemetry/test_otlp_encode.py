@@ -20,6 +20,7 @@ from opentelemetry.sdk.resources import Resource
 from telemetry.context import AttemptRecord, DecisionRecord, RequestRecord, start_trace
 from telemetry.convert import Converter, attributes, log_models, span_models
 from telemetry.names import DecisionKind
+from telemetry import otlp_encode
 from telemetry.otlp_encode import Envelope, _kv, encode_log, encode_span
 
 RESOURCE = {"service.name": "gw", "service.instance.id": "i-1", "deployment.environment": "test"}
@@ -199,6 +200,10 @@ def test_varied_records_match_the_sdk_encoder_with_cold_and_warm_caches():
     for attempt in ("cold", "warm"):
         for r in records:
             sdk = encode_spans(converter.request_spans(r)).resource_spans[0].scope_spans[0].spans
+            for m in [*span_models(r), *log_models(r)]:  # the cache keys of these groups carry no types
+                for v in m.attributes.shared + m.attributes.connection:
+                    assert type(v) in (str, int, type(None)) or (type(v) is tuple and
+                                                                 all(type(x) is str for x in v)), (m, v)
             ours = ExportTraceServiceRequest()
             ours.ParseFromString(envelope.traces(encode_span(m) for m in span_models(r)))
             spans = ours.resource_spans[0].scope_spans[0].spans
@@ -231,3 +236,21 @@ def test_equal_values_of_different_types_are_not_confused_by_the_caches():
             _encode_value(value))
         event = Envelope({"k": value}, "gatewatch", "9.9").resource
         assert _encode_value(value).SerializeToString() in event
+
+
+def test_the_caches_stay_bounded_when_clients_send_long_distinct_values():
+    # Host and User-Agent reach the shared and connection groups; a client can make every request distinct.
+    r = record("root")
+    cache = None
+    for i in range(3000):
+        r.host, r.user_agent = f"h{i}-" + "x" * 2000, f"ua{i}-" + "y" * 1000
+        encoded = encode_span(span_models(r)[0])
+        assert f"h{i}-".encode() in encoded and f"ua{i}-".encode() in encoded
+    for shared, by_connection in otlp_encode._group_cache.values():
+        for cache in (shared, by_connection):
+            assert cache.used <= otlp_encode._CACHE_BYTES
+            assert sum(2 * (len(v) if isinstance(v, bytes) else len(v[0]) + len(v[1])) + 64
+                       for v in cache.values()) == cache.used
+    assert cache is not None
+    r.host = "h" + "x" * 10_000  # too big to keep at all, still encoded
+    assert b"x" * 10_000 in encode_span(span_models(r)[0])
