@@ -1221,39 +1221,24 @@ def summary_line(r: dict) -> str:
 
 
 def compute_ratios(raw: dict[str, list[dict]], rounds: int) -> tuple[dict, dict]:
-    def rps(name: str, rnd: int) -> float | None:
+    def value(name: str, rnd: int, key: str) -> float | None:
         for r in raw.get(name, []):
             if r.get("round") == rnd and "failed" not in r:
-                return r.get("rps")
+                if key == "proxy_cpu":  # CPU-s/1k of the gateway process itself, never the tree's total
+                    return (r.get("cpu_s_per_1k_by_process") or {}).get("edge.cli")
+                return r.get(key)
         return None
 
-    def p50(name: str, rnd: int) -> float | None:
-        for r in raw.get(name, []):
-            if r.get("round") == rnd and "failed" not in r:
-                return r.get("p50_ms")
-        return None
-
-    def proxy_cpu(name: str, rnd: int) -> float | None:
-        """CPU-s per 1k requests of the gateway process itself (the one on the proxy's core)."""
-        for r in raw.get(name, []):
-            if r.get("round") == rnd and "failed" not in r:
-                return (r.get("cpu_s_per_1k_by_process") or {}).get("edge.cli")  # never the tree's total
-        return None
+    def ratio(a: str, b: str, key: str = "rps") -> list[float | None]:
+        out = []
+        for rnd in range(rounds):
+            x, y = value(a, rnd, key), value(b, rnd, key)
+            out.append(x / y if x is not None and y else None)
+        return out
 
     def capacity(a: str, b: str) -> list[float | None]:
         """How many requests the proxy's core serves with `a` per request served with `b`: b's CPU ÷ a's."""
-        out = []
-        for rnd in range(rounds):
-            x, y = proxy_cpu(a, rnd), proxy_cpu(b, rnd)
-            out.append(y / x if x and y is not None else None)
-        return out
-
-    def ratio(a: str, b: str) -> list[float | None]:
-        out = []
-        for rnd in range(rounds):
-            x, y = rps(a, rnd), rps(b, rnd)
-            out.append(x / y if x is not None and y else None)
-        return out
+        return ratio(b, a, "proxy_cpu")
 
     per: dict[str, Any] = {
         "direct_vs_haproxy": ratio("direct", "haproxy"),
@@ -1275,8 +1260,9 @@ def compute_ratios(raw: dict[str, list[dict]], rounds: int) -> tuple[dict, dict]
         "haproxy_pool_1000_vs_3": ratio("pool-1000-haproxy", "pool-3-haproxy"),
         "workers_2_vs_1": ratio("workers-2", "workers-1"),
         "added_latency_ms_p50": [
-            (p50("latency-1conn-full", rnd) - p50("latency-1conn-direct", rnd))
-            if p50("latency-1conn-full", rnd) is not None and p50("latency-1conn-direct", rnd) is not None else None
+            (value("latency-1conn-full", rnd, "p50_ms") - value("latency-1conn-direct", rnd, "p50_ms"))
+            if value("latency-1conn-full", rnd, "p50_ms") is not None
+            and value("latency-1conn-direct", rnd, "p50_ms") is not None else None
             for rnd in range(rounds)],
         "rss_kib_per_idle_conn": [next((r.get("rss_kib_per_conn") for r in raw.get("idle-10k", [])
                                         if r.get("round") == rnd and "failed" not in r), None)
