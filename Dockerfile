@@ -11,6 +11,7 @@
 FROM python:3.13-slim-trixie AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY gatewatch ./gatewatch
 COPY edge ./edge
 COPY balancer ./balancer
 COPY telemetry ./telemetry

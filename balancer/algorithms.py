@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from math import gcd
 from typing import Mapping
 
-from balancer.config import Algorithm
-from telemetry.names import Exclusion
+from gatewatch.balancer.config import Algorithm
+from gatewatch.telemetry.names import Exclusion
 
 OVER_LIMIT = Exclusion.OVER_LIMIT.value
 

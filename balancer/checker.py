@@ -12,8 +12,8 @@ import random
 
 import aiohttp
 
-from balancer.config import HealthCheckConfig, status_set
-from balancer.pool import Pool
+from gatewatch.balancer.config import HealthCheckConfig, status_set
+from gatewatch.balancer.pool import Pool
 
 log = logging.getLogger("gatewatch.health")
 

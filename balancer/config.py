@@ -4,7 +4,7 @@ which are healthy, and when to fail over.
 Primitives: `InstanceConfig`, `PoolConfig` (with `HealthCheckConfig`, `OutlierConfig`, `FailoverConfig`,
 `SlowStartConfig`, `AffinityConfig`, `HashKeyConfig`, `LeastRequestConfig`), `Algorithm`, `RetryConfig` (per
 route; lives here because retries are the balancer's business). Validation of names across sections (routes that
-name a pool, duplicate ids) lives in `edge.config.semantic_errors`, which sees the whole file.
+name a pool, duplicate ids) lives in `gatewatch.config.semantic_errors`, which sees the whole file.
 """
 
 from __future__ import annotations
@@ -13,16 +13,9 @@ import re
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
-HTTP_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-
-
-class Strict(BaseModel):
-    """Base of every config model: immutable, unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+from gatewatch.schema import HTTP_TOKEN, NAME_PATTERN, Strict
 
 
 class Algorithm(StrEnum):

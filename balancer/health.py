@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
 
-from balancer.config import OutlierConfig
+from gatewatch.balancer.config import OutlierConfig
 
 
 class Result(Enum):

@@ -22,11 +22,11 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable, Mapping
 
-from balancer.algorithms import (ALGORITHMS, CursorState, Endpoint, NoHealthyEndpoint, Pick, least_request,
+from gatewatch.balancer.algorithms import (ALGORITHMS, CursorState, Endpoint, NoHealthyEndpoint, Pick, least_request,
                                  prepare)
-from balancer.config import Algorithm, PoolConfig
-from balancer.health import OutlierTracker, ProbeCounter, Result
-from telemetry.names import Attr, EndpointState, Event, Exclusion, Reason
+from gatewatch.balancer.config import Algorithm, PoolConfig
+from gatewatch.balancer.health import OutlierTracker, ProbeCounter, Result
+from gatewatch.telemetry.names import Attr, EndpointState, Event, Exclusion, Reason
 
 EXCLUDED_LISTED = 20  # exclusions listed on a span/log; the rest are counted
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from balancer.config import RetryBudgetConfig, RetryConfig
-from telemetry.names import ErrorType, Reason
+from gatewatch.balancer.config import RetryBudgetConfig, RetryConfig
+from gatewatch.telemetry.names import ErrorType, Reason
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from balancer.checker import HealthChecker
-from balancer.config import PoolConfig
-from balancer.pool import Pool
-from telemetry.names import Attr, EndpointState, Event
+from gatewatch.balancer.checker import HealthChecker
+from gatewatch.balancer.config import PoolConfig
+from gatewatch.balancer.pool import Pool
+from gatewatch.telemetry.names import Attr, EndpointState, Event
 
 log = logging.getLogger("gatewatch.balancer")
 TICK_S = 1.0

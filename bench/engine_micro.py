@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edge.config import parse_config  # noqa: E402
-from edge.messages import RequestHead, header_index  # noqa: E402
-from edge.server import Runtime  # noqa: E402
+from gatewatch.config import parse_config  # noqa: E402
+from gatewatch.io.interfaces import RequestHead, header_index  # noqa: E402
+from gatewatch.app.runtime import Runtime  # noqa: E402
 
 
 class Response:

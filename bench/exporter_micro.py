@@ -7,7 +7,7 @@ request, from `engine_micro.py`'s setup). Two measurements:
         caches are warm after the first pass, as in a running exporter).
 
     python bench/exporter_micro.py process [--requests 30000] [--rate 6000]
-        End to end: `python -m telemetry.exporter_process` (the real child, pinned to the last CPU) fed the records
+        End to end: `python -m gatewatch.telemetry.exporter_process` (the real child, pinned to the last CPU) fed the records
         in frames at --rate requests/s, exporting OTLP/HTTP to `bench/otlp_sink.py` (which decodes every message,
         pinned to the first CPU). Prints the exporter's CPU per request with its start-up (imports, measured
         separately by a run with nothing to export) taken off, and checks the sink received every span and log
@@ -36,11 +36,11 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(BENCH))
 
 import engine_micro  # noqa: E402
-from telemetry import wire  # noqa: E402
-from telemetry.config import ResolvedTelemetry  # noqa: E402
-from telemetry.convert import log_models, span_models  # noqa: E402
-from telemetry.otlp_encode import Envelope, encode_log, encode_span  # noqa: E402
-from telemetry.recorder import Telemetry  # noqa: E402
+from gatewatch.telemetry import wire  # noqa: E402
+from gatewatch.telemetry.config import ResolvedTelemetry  # noqa: E402
+from gatewatch.telemetry.convert import log_models, span_models  # noqa: E402
+from gatewatch.telemetry.otlp_encode import Envelope, encode_log, encode_span  # noqa: E402
+from gatewatch.telemetry.recorder import Telemetry  # noqa: E402
 
 
 def records(n: int) -> list:
@@ -99,7 +99,7 @@ def _cpu_of_exporter(frames: list[bytes], endpoint: str, rate: float, requests: 
     args = json.dumps({"resolved": dataclasses.asdict(resolved), "resource": {"service.name": "bench"},
                        "version": "0", "file_stem": "exporter-micro", "shutdown_s": 60})
     last = str((os.cpu_count() or 1) - 1)
-    p = subprocess.Popen(["taskset", "-c", last, sys.executable, "-m", "telemetry.exporter_process", args],
+    p = subprocess.Popen(["taskset", "-c", last, sys.executable, "-m", "gatewatch.telemetry.exporter_process", args],
                          cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
     time.sleep(1.0)  # imports done before the clock of the pacing starts
     start = time.monotonic()

@@ -299,7 +299,7 @@ def tree_state() -> dict[str, Any]:
 def source_hash() -> str:
     """Hash of the gateway's Python sources as they are on disk now (another engineer edits them meanwhile)."""
     h = hashlib.sha256()
-    for d in ("edge", "balancer", "telemetry"):
+    for d in ("gatewatch", "edge", "balancer", "telemetry"):
         for f in sorted((REPO / d).rglob("*.py")):
             try:
                 h.update(str(f.relative_to(REPO)).encode() + b"\0" + f.read_bytes())
@@ -539,6 +539,14 @@ def busy_fraction(a: list[tuple[float, float]], b: list[tuple[float, float]]) ->
     return [round((b1 - a1) / (bt - at), 3) if bt > at else 0.0 for (a1, at), (b1, bt) in zip(a, b)]
 
 
+def process_name(cmd: list[str], fallback: str) -> str:
+    """A gatewatch process by the module it runs (`gatewatch` for the proxy itself, its exporter child by its
+    module path), anything else by its executable."""
+    if "-m" in cmd and cmd.index("-m") + 1 < len(cmd) and cmd[cmd.index("-m") + 1].startswith("gatewatch"):
+        return cmd[cmd.index("-m") + 1]
+    return fallback
+
+
 def cpu_by_process(procs: list) -> dict[str, float]:
     import psutil
 
@@ -547,7 +555,7 @@ def cpu_by_process(procs: list) -> dict[str, float]:
         try:
             t = p.cpu_times()
             cmd = p.cmdline()
-            name = next((a for a in cmd if a.startswith(("edge.", "telemetry."))), None) or p.name()
+            name = process_name(cmd, p.name())
             out[name] = out.get(name, 0.0) + t.user + t.system
         except psutil.NoSuchProcess:
             pass
@@ -561,7 +569,7 @@ def proc_affinities(procs: list) -> list[dict]:
     for p in procs:
         try:
             cmd = p.cmdline()
-            name = next((a for a in cmd if a.startswith(("edge.", "telemetry."))), None) or p.name()
+            name = process_name(cmd, p.name())
             out.append({"pid": p.pid, "name": name, "cpus": sorted(p.cpu_affinity())})
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
@@ -870,7 +878,7 @@ class Bench:
         self.last_source_hash = source_hash()
         self.source_hashes.add(self.last_source_hash)
         p = Proc(name, (self.taskset(self.proxy_cpu) if case.pinned else self.every_cpu()) + [
-            sys.executable, "-m", "edge.cli", "run", "-c", str(cfg_path), "--ready-file", str(ready)],
+            sys.executable, "-m", "gatewatch", "run", "-c", str(cfg_path), "--ready-file", str(ready)],
             self.workdir, env=env, cwd=self.workdir)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -1225,7 +1233,7 @@ def compute_ratios(raw: dict[str, list[dict]], rounds: int) -> tuple[dict, dict]
         for r in raw.get(name, []):
             if r.get("round") == rnd and "failed" not in r:
                 if key == "proxy_cpu":  # CPU-s/1k of the gateway process itself, never the tree's total
-                    return (r.get("cpu_s_per_1k_by_process") or {}).get("edge.cli")
+                    return (r.get("cpu_s_per_1k_by_process") or {}).get("gatewatch")
                 return r.get(key)
         return None
 

@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 
 from prometheus_client.utils import floatToGoString
 
-from dashboards.options import BuildOptions
-from dashboards.panels import UID
-from dashboards.promql import (BALANCER, CLIENT_COUNT, EDGE, EJECTIONS, ENDPOINTS, FAILOVERS, PANIC_MODE,
+from gatewatch.dashboards.options import BuildOptions
+from gatewatch.dashboards.panels import UID
+from gatewatch.dashboards.promql import (BALANCER, CLIENT_COUNT, EDGE, EJECTIONS, ENDPOINTS, FAILOVERS, PANIC_MODE,
                                POLICY_VERDICTS, RETRIES, RETRY_BUDGET_EXHAUSTED, SERVER_BUCKET, SERVER_COUNT,
                                SERVER_ERROR, TELEMETRY_DROPPED, TELEMETRY_EXPORTED, or_zero, ratio, sel, sum_,
                                sum_rate)
-from telemetry.names import EndpointState, Label, PolicyReason
+from gatewatch.telemetry.names import EndpointState, Label, PolicyReason
 
 PL = Label.POOL
 SERVING = f"{EndpointState.HEALTHY.value}|{EndpointState.SLOW_START.value}"

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from grafana_foundation_sdk.builders import dashboard as gd
 
-from dashboards import panels as P
-from dashboards.loki import decision_logs, state_event_logs
-from dashboards.promql import (ACTIVE_PRIORITY, BALANCER, CLIENT_COUNT, EJECTED, EJECTIONS, ENDPOINTS, FAILOVERS,
+from gatewatch.dashboards import panels as P
+from gatewatch.dashboards.loki import decision_logs, state_event_logs
+from gatewatch.dashboards.promql import (ACTIVE_PRIORITY, BALANCER, CLIENT_COUNT, EJECTED, EJECTIONS, ENDPOINTS, FAILOVERS,
                                HEALTH_PROBES, HEALTH_TRANSITIONS, IN_FLIGHT, INSTANCE_REQUESTS, PANIC_MODE, RETRIES,
                                RETRY_BUDGET_EXHAUSTED, SLOW_START, increase, or_zero, ratio, sel, sum_, sum_rate)
-from telemetry.names import Attr, DecisionKind, EndpointState, Label
+from gatewatch.telemetry.names import Attr, DecisionKind, EndpointState, Label
 
 POOL = {Label.POOL: "~$pool"}
 INSTANCE = {Label.INSTANCE: "~$instance"}

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import yaml
 
-from dashboards import alerts, balancer_health, decisions, itself, journey, overview, provisioning
-from dashboards.options import BuildOptions
-from dashboards.panels import UID, render
+from gatewatch.dashboards import alerts, balancer_health, decisions, itself, journey, overview, provisioning
+from gatewatch.dashboards.options import BuildOptions
+from gatewatch.dashboards.panels import UID, render
 
 BOARDS = {"overview": overview, "journey": journey, "balancer": balancer_health, "decisions": decisions,
           "self": itself}

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from grafana_foundation_sdk.builders import dashboard as gd
 
-from dashboards import panels as P
-from dashboards.loki import decision_logs, field, state_event_logs
-from dashboards.promql import (CIRCUIT_STATE, CONFIG_RELOADS, DECISIONS, EDGE, POLICY_VERDICTS, RANGE,
+from gatewatch.dashboards import panels as P
+from gatewatch.dashboards.loki import decision_logs, field, state_event_logs
+from gatewatch.dashboards.promql import (CIRCUIT_STATE, CONFIG_RELOADS, DECISIONS, EDGE, POLICY_VERDICTS, RANGE,
                                RATE_LIMITED_CONSUMERS, SERVER_COUNT, increase, regex_of, sel, sum_, sum_rate)
-from telemetry.names import (CONSUMER_LABEL_CAP, OVERFLOW_LABEL, Attr, DecisionKind, Label, Outcome,
+from gatewatch.telemetry.names import (CONSUMER_LABEL_CAP, OVERFLOW_LABEL, Attr, DecisionKind, Label, Outcome,
                              PolicyReason, Verdict)
 
 ROUTE = {Label.ROUTE: "~$route"}

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from grafana_foundation_sdk.builders import dashboard as gd
 
-from dashboards import panels as P
-from dashboards.promql import (BUILD_INFO, CONFIG_RELOADS, TELEMETRY_DROPPED, TELEMETRY_EXPORTED, TELEMETRY_QUEUE,
+from gatewatch.dashboards import panels as P
+from gatewatch.dashboards.promql import (BUILD_INFO, CONFIG_RELOADS, TELEMETRY_DROPPED, TELEMETRY_EXPORTED, TELEMETRY_QUEUE,
                                PROCESS_CPU, PROCESS_RSS, PROCESS_START_TIME, RANGE, increase, or_zero, rate, ratio,
                                sel, sum_, sum_rate)
-from telemetry.names import Label
+from gatewatch.telemetry.names import Label
 
 S = Label.SIGNAL
 

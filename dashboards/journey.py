@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from grafana_foundation_sdk.builders import dashboard as gd
 
-from dashboards import panels as P
-from dashboards.options import BuildOptions
-from dashboards.promql import (BALANCER, CLIENT_BUCKET, CLIENT_COUNT, EDGE, IN_FLIGHT, SERVER_BUCKET, SERVER_COUNT,
+from gatewatch.dashboards import panels as P
+from gatewatch.dashboards.options import BuildOptions
+from gatewatch.dashboards.promql import (BALANCER, CLIENT_BUCKET, CLIENT_COUNT, EDGE, IN_FLIGHT, SERVER_BUCKET, SERVER_COUNT,
                                SERVER_ERROR, or_zero, quantile, ratio, sel, sum_rate)
-from telemetry.names import Attr, Label, Layer
+from gatewatch.telemetry.names import Attr, Label, Layer
 
 ROUTE = {Label.ROUTE: "~$route"}
 UPSTREAM = {Label.UPSTREAM: "~$upstream"}

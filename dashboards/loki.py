@@ -8,7 +8,7 @@ Attribute names come from `telemetry.names.Attr`.
 
 from __future__ import annotations
 
-from telemetry.names import Attr
+from gatewatch.telemetry.names import Attr
 
 STREAM = '{service_name=~"gatewatch.*"}'
 

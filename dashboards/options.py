@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from telemetry.names import DURATION_BUCKETS_S
+from gatewatch.telemetry.names import DURATION_BUCKETS_S
 
 
 class _Strict(BaseModel):

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from grafana_foundation_sdk.builders import dashboard as gd
 
-from dashboards import panels as P
-from dashboards.options import BuildOptions
-from dashboards.promql import (EDGE, RANGE, SERVER_BUCKET, SERVER_COUNT, SERVER_ERROR, SERVER_SUM, CLIENT_SUM,
+from gatewatch.dashboards import panels as P
+from gatewatch.dashboards.options import BuildOptions
+from gatewatch.dashboards.promql import (EDGE, RANGE, SERVER_BUCKET, SERVER_COUNT, SERVER_ERROR, SERVER_SUM, CLIENT_SUM,
                                or_zero, quantile, ratio, sel, sum_, sum_rate)
-from telemetry.names import Label
+from gatewatch.telemetry.names import Label
 
 ROUTE = {Label.ROUTE: "~$route"}
 R = Label.ROUTE

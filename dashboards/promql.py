@@ -10,7 +10,7 @@ Grafana variables appear as `$route`-style strings; `RATE` is Grafana's `$__rate
 
 from __future__ import annotations
 
-from telemetry.names import Label, Layer, Metric
+from gatewatch.telemetry.names import Label, Layer, Metric
 
 RATE = "$__rate_interval"
 RANGE = "$__range"

@@ -11,8 +11,8 @@ Grafana expands `$VAR` in provisioning files from the environment, so a literal 
 
 from __future__ import annotations
 
-from dashboards.promql import CLIENT_BUCKET, CLIENT_COUNT, SERVER_BUCKET, SERVER_COUNT, quantile, sum_rate
-from telemetry.names import Attr, Label
+from gatewatch.dashboards.promql import CLIENT_BUCKET, CLIENT_COUNT, SERVER_BUCKET, SERVER_COUNT, quantile, sum_rate
+from gatewatch.telemetry.names import Attr, Label
 
 DATASOURCE_URLS = {"prometheus": "http://prometheus:9090", "tempo": "http://tempo:3200", "loki": "http://loki:3100"}
 DASHBOARDS_PATH = "/var/lib/grafana/dashboards"

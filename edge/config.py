@@ -1,62 +1,21 @@
-"""The configuration file: typed, frozen, unknown keys rejected, every error reported with its field path.
+"""The gateway layer's configuration: how requests are matched to routes, and what a route does with them.
 
-A file declares an `edge` section (the gateway), a `balancer` section (pools and, optionally, its own
-listeners), or both. A route's `upstream` names either a pool of this file's balancer section (the balancer runs
-in-process) or an entry of `edge.upstreams` (a URL: a separate `gatewatch` balancer, or any upstream that
-balances itself).
-
-Primitives: `GatewatchConfig` (the root), `load_config(path) -> GatewatchConfig` raising `ConfigError`, whose
-`.problems` lists `field.path: message` strings: schema problems (types, unknown keys, ranges) first; when the
-schema holds, the cross-reference problems (unknown upstreams, duplicates, address conflicts), sections in file
-order.
+Primitives: `RouteConfig` (with `MatchConfig`, `PathMatch`, `HeaderMatch`, `TimeoutsConfig`, `RewriteConfig`,
+its retries and policies) and `RemoteUpstreamConfig` (an upstream reached by URL). The file's root, its sections
+and the checks across them live in `gatewatch.config`.
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
-from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from balancer.config import NAME_PATTERN, PoolConfig, RetryConfig, Strict
-from edge.policies.config import PolicyConfig
-from telemetry.config import TelemetryConfig
+from gatewatch.balancer.config import RetryConfig
+from gatewatch.edge.policies.config import PolicyConfig
+from gatewatch.schema import HTTP_TOKEN, NAME_PATTERN, Strict
 
 TEMPLATE_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-HTTP_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # used with fullmatch: '$' would allow a trailing newline
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    """`host:port` or `[v6]:port` → (host, port). Raises ValueError with a message fit for a config error."""
-    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]\s]+):(\d{1,5})", text)
-    if not m:
-        raise ValueError(f"expected 'host:port', got {text!r}")
-    host, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
-    if int(port) > 65535:
-        raise ValueError(f"port {port} is out of range 0-65535")
-    return host, int(port)
-
-
-def _checked_address(v: str) -> str:
-    parse_address(v)
-    return v
-
-
-Address = Annotated[str, AfterValidator(_checked_address)]
-
-
-class ListenerConfig(Strict):
-    name: str = Field(pattern=NAME_PATTERN)
-    address: Address
-    # What to do with a client's `traceparent`: continue it, start a new root that links to it, or ignore it.
-    incoming_trace_context: Literal["continue", "link", "ignore"] = "continue"
-    max_header_size: int = Field(default=8190, ge=1024, le=65536)
-    # Keep X-Forwarded-Proto/-Host set by a proxy in front (the edge, for a balancer tier); else overwrite them.
-    trust_forwarded_headers: bool = False
-    # Answer with `traceresponse` (W3C Trace Context level 2) so a client can quote its trace id.
-    trace_response_header: bool = True
 
 
 class PathMatch(Strict):
@@ -188,180 +147,3 @@ class RemoteUpstreamConfig(Strict):
         if not m:
             raise ValueError(f"expected 'http://host:port' (no path), got {v!r}")
         return v.rstrip("/")
-
-
-class EdgeConfig(Strict):
-    listeners: tuple[ListenerConfig, ...] = Field(min_length=1)
-    routes: tuple[RouteConfig, ...] = ()
-    upstreams: tuple[RemoteUpstreamConfig, ...] = ()
-
-
-class BalancerConfig(Strict):
-    listeners: tuple[ListenerConfig, ...] = ()  # empty: the balancer serves only the edge in this process
-    routes: tuple[RouteConfig, ...] = ()  # for requests arriving on the balancer's own listeners
-    pools: tuple[PoolConfig, ...] = Field(min_length=1)
-
-
-class AdminConfig(Strict):
-    address: Address = "127.0.0.1:9901"
-
-
-class GatewatchConfig(Strict):
-    # The HTTP/1.1 I/O ends: "fast" (raw asyncio protocols + llhttp, the default) or "aiohttp" (the reference
-    # implementation, slower; kept to prove the engine does not depend on either).
-    data_plane: Literal["fast", "aiohttp"] = "fast"
-    # Worker processes sharing the listeners (SO_REUSEPORT), each with its own telemetry pipeline and its own
-    # admin listener (admin port + worker index). 1 = this process serves.
-    workers: int = Field(default=1, ge=1, le=64)
-    admin: AdminConfig = AdminConfig()
-    telemetry: TelemetryConfig = TelemetryConfig()
-    edge: EdgeConfig | None = None
-    balancer: BalancerConfig | None = None
-
-    @model_validator(mode="after")
-    def _one_section(self) -> "GatewatchConfig":
-        if self.edge is None and self.balancer is None:
-            raise ValueError("declare an 'edge' section, a 'balancer' section, or both")
-        return self
-
-
-class ConfigError(Exception):
-    def __init__(self, source: str, problems: list[str]):
-        self.source = source
-        self.problems = problems
-        super().__init__(f"{source}: {len(problems)} problem(s)\n" + "\n".join(problems))
-
-
-def format_loc(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "(root)"
-
-
-def _pydantic_problems(err: ValidationError) -> list[str]:
-    problems = []
-    errors = err.errors(include_url=False)
-    # A list whose only items are invalid is also reported "too short" (its valid items count 0): noise that
-    # would tell the user an item is missing when it is present but broken. Keep the item's own error.
-    item_locs = [tuple(e["loc"]) for e in errors]
-    errors = [e for e in errors if not (e["type"] == "too_short" and any(
-        len(loc) > len(e["loc"]) and loc[:len(e["loc"])] == tuple(e["loc"]) for loc in item_locs))]
-    for e in errors:
-        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
-        problems.append(f"{format_loc(loc)}: {msg}")
-    return problems
-
-
-def semantic_errors(cfg: GatewatchConfig) -> list[str]:
-    """Checks that need the whole file: names that refer to each other, duplicates, conflicting addresses."""
-    problems: list[str] = []
-    pools = {p.name for p in cfg.balancer.pools} if cfg.balancer else set()
-    remotes = {u.name for u in cfg.edge.upstreams} if cfg.edge else set()
-
-    def unique(items, what: str, path: str) -> None:
-        seen: set[str] = set()
-        for i, name in enumerate(items):
-            if name in seen:
-                problems.append(f"{path}[{i}].{what}: duplicate {what} {name!r}")
-            seen.add(name)
-
-    if cfg.balancer:
-        unique([p.name for p in cfg.balancer.pools], "name", "balancer.pools")
-        for pi, pool in enumerate(cfg.balancer.pools):
-            seen_ids: set[str] = set()
-            for ii, inst in enumerate(pool.instances):
-                if inst.instance_id in seen_ids:
-                    problems.append(f"balancer.pools[{pi}].instances[{ii}]: duplicate instance {inst.instance_id!r}")
-                seen_ids.add(inst.instance_id)
-        if cfg.balancer.listeners and not cfg.balancer.routes:
-            problems.append("balancer.routes: required when balancer.listeners is set (which pool serves a request?)")
-        if cfg.balancer.routes and not cfg.balancer.listeners:
-            problems.append("balancer.listeners: balancer.routes are set but no listener would serve them")
-    if cfg.edge:
-        unique([u.name for u in cfg.edge.upstreams], "name", "edge.upstreams")
-        for i, u in enumerate(cfg.edge.upstreams):
-            if u.name in pools:
-                problems.append(f"edge.upstreams[{i}].name: {u.name!r} is also a pool name; names must be unique")
-        if not cfg.edge.routes:
-            problems.append("edge.routes: at least one route is needed")
-
-    sections = []
-    if cfg.edge:
-        sections.append(("edge", cfg.edge.listeners, cfg.edge.routes, pools | remotes))
-    if cfg.balancer:
-        sections.append(("balancer", cfg.balancer.listeners, cfg.balancer.routes, pools))
-    addresses: dict[tuple[str, int], str] = {}
-    admin = parse_address(cfg.admin.address)
-    if admin[1]:
-        addresses[admin] = "admin.address"
-    for section, listeners, routes, targets in sections:
-        unique([r.name for r in routes], "name", f"{section}.routes")
-        unique([lst.name for lst in listeners], "name", f"{section}.listeners")
-        for i, lst in enumerate(listeners):
-            addr = parse_address(lst.address)
-            if addr[1] and addr in addresses:
-                problems.append(f"{section}.listeners[{i}].address: {lst.address} is already used by {addresses[addr]}")
-            addresses.setdefault(addr, f"{section}.listeners[{i}]")
-        for i, route in enumerate(routes):
-            if route.upstream not in targets:
-                kind = "pool" if section == "balancer" else "upstream"
-                problems.append(f"{section}.routes[{i}].upstream: unknown {kind} {route.upstream!r}")
-            sp = route.rewrite.strip_prefix
-            if sp is not None:
-                path = route.match.path
-                if path.kind != "prefix" or not _segment_prefix(path.value, sp):
-                    problems.append(
-                        f"{section}.routes[{i}].rewrite.strip_prefix: {sp!r} must be a prefix of the route's"
-                        " match.path.prefix"
-                    )
-    return problems
-
-
-def _segment_prefix(path: str, prefix: str) -> bool:
-    prefix = prefix.rstrip("/") or "/"
-    return prefix == "/" or path == prefix or path.startswith(prefix + "/") or (path.rstrip("/") == prefix)
-
-
-def parse_config(data: Any, source: str = "<config>") -> GatewatchConfig:
-    if data is None:
-        raise ConfigError(source, ["(root): the file is empty"])
-    if not isinstance(data, dict):
-        raise ConfigError(source, [f"(root): expected a mapping of sections, got {type(data).__name__}"])
-    try:
-        cfg = GatewatchConfig.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(source, _pydantic_problems(err)) from None
-    problems = semantic_errors(cfg)
-    if problems:
-        # Report sections in the order the file declares them (a stable sort keeps each section's own order).
-        order = {key: i for i, key in enumerate(data)}
-        problems.sort(key=lambda p: order.get(re.split(r"[.\[:]", p, 1)[0], len(order)))
-        raise ConfigError(source, problems)
-    return cfg
-
-
-def load_config(path: str | Path) -> GatewatchConfig:
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as err:
-        raise ConfigError(source, [f"(file): cannot read: {err.strerror or err}"]) from None
-    except UnicodeDecodeError:
-        raise ConfigError(source, ["(file): not UTF-8 text"]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
-        problem = getattr(err, "problem", None) or str(err)
-        raise ConfigError(source, [f"{where}: invalid YAML: {problem}"]) from None
-    return parse_config(data, source)

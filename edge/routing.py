@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping
 
-from edge.config import RouteConfig
+from gatewatch.edge.config import RouteConfig
 
 
 @dataclass(frozen=True, slots=True)

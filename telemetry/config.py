@@ -16,7 +16,7 @@ from urllib.parse import unquote
 
 from pydantic import Field
 
-from balancer.config import Strict
+from gatewatch.schema import Strict
 
 Protocol = Literal["grpc", "http/protobuf"]
 

@@ -23,8 +23,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-from telemetry.context import EventRecord, RequestRecord
-from telemetry.names import DECISION_EVENTS, Attr, Layer, SCOPE_NAME
+from gatewatch.telemetry.context import EventRecord, RequestRecord
+from gatewatch.telemetry.names import DECISION_EVENTS, Attr, Layer, SCOPE_NAME
 
 INTERNAL, SERVER, CLIENT = 1, 2, 3  # OTLP SpanKind numbers
 LINK_ATTRS = {"gatewatch.link": "untrusted_inbound"}

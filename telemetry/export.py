@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from telemetry.config import ResolvedTelemetry
-from telemetry.metrics import Metrics
-from telemetry.names import DropReason, TelemetrySignal
+from gatewatch.telemetry.config import ResolvedTelemetry
+from gatewatch.telemetry.metrics import Metrics
+from gatewatch.telemetry.names import DropReason, TelemetrySignal
 
 log = logging.getLogger("gatewatch.telemetry")
 

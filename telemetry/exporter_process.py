@@ -19,15 +19,15 @@ import time
 
 from opentelemetry.sdk.resources import Resource
 
-from telemetry import wire
-from telemetry.config import ResolvedTelemetry
-from telemetry.context import EventRecord
-from telemetry.convert import Converter, log_models, span_models
-from telemetry.otlp_encode import Envelope, encode_log, encode_span
-from telemetry.otlp_send import EncodedBatch, GrpcSender, HttpSender
-from telemetry.export import JsonLinesExporter, NullExporter, SignalWorker, destination, jsonl_path
-from telemetry.metrics import Metrics
-from telemetry.names import SCOPE_NAME, TelemetrySignal
+from gatewatch.telemetry import wire
+from gatewatch.telemetry.config import ResolvedTelemetry
+from gatewatch.telemetry.context import EventRecord
+from gatewatch.telemetry.convert import Converter, log_models, span_models
+from gatewatch.telemetry.otlp_encode import Envelope, encode_log, encode_span
+from gatewatch.telemetry.otlp_send import EncodedBatch, GrpcSender, HttpSender
+from gatewatch.telemetry.export import JsonLinesExporter, NullExporter, SignalWorker, destination, jsonl_path
+from gatewatch.telemetry.metrics import Metrics
+from gatewatch.telemetry.names import SCOPE_NAME, TelemetrySignal
 
 
 def span_count(r) -> int:

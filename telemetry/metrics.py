@@ -13,8 +13,8 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
-from telemetry.fastmetrics import FastCounter, FastHistogram
-from telemetry.names import CONSUMER_LABEL_CAP, DURATION_BUCKETS_S, KNOWN_METHODS, OVERFLOW_LABEL, Label, Metric
+from gatewatch.telemetry.fastmetrics import FastCounter, FastHistogram
+from gatewatch.telemetry.names import CONSUMER_LABEL_CAP, DURATION_BUCKETS_S, KNOWN_METHODS, OVERFLOW_LABEL, Label, Metric
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from typing import Any, Iterable
 
-from telemetry.convert import LINK_ATTRS, Attrs, LogModel, SpanModel, attributes
+from gatewatch.telemetry.convert import LINK_ATTRS, Attrs, LogModel, SpanModel, attributes
 
 _F64 = struct.Struct("<Q")
 _DBL = struct.Struct("<d")

@@ -14,7 +14,7 @@ import urllib.parse
 import urllib.request
 from typing import Any, Callable
 
-from telemetry.config import ResolvedTelemetry
+from gatewatch.telemetry.config import ResolvedTelemetry
 
 log = logging.getLogger("gatewatch.telemetry")
 

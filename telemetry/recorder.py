@@ -22,13 +22,13 @@ import sys
 import time
 import uuid
 
-from telemetry import wire
-from telemetry.config import ResolvedTelemetry
-from telemetry.context import EventRecord, RequestRecord
-from telemetry.export import destination
-from telemetry.exporter_process import ThreadSink, span_count
-from telemetry.metrics import Metrics, method_label, status_label
-from telemetry.names import DecisionKind, DropReason, Event, Layer, Reason, TelemetrySignal
+from gatewatch.telemetry import wire
+from gatewatch.telemetry.config import ResolvedTelemetry
+from gatewatch.telemetry.context import EventRecord, RequestRecord
+from gatewatch.telemetry.export import destination
+from gatewatch.telemetry.exporter_process import ThreadSink, span_count
+from gatewatch.telemetry.metrics import Metrics, method_label, status_label
+from gatewatch.telemetry.names import DecisionKind, DropReason, Event, Layer, Reason, TelemetrySignal
 
 log = logging.getLogger("gatewatch.telemetry")
 FLUSH_S = 0.05
@@ -58,7 +58,7 @@ class ProcessSink:
 
     async def start(self) -> None:
         self._proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "telemetry.exporter_process", self._args, stdin=asyncio.subprocess.PIPE,
+            sys.executable, "-P", "-m", "gatewatch.telemetry.exporter_process", self._args, stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, start_new_session=True)
         self._tasks = [asyncio.get_running_loop().create_task(self._flusher()),
                        asyncio.get_running_loop().create_task(self._read_totals())]

@@ -13,8 +13,8 @@ import marshal
 import struct
 from operator import attrgetter
 
-from telemetry.context import AttemptRecord, DecisionRecord, EventRecord, RequestRecord, TraceContext
-from telemetry.names import DecisionKind
+from gatewatch.telemetry.context import AttemptRecord, DecisionRecord, EventRecord, RequestRecord, TraceContext
+from gatewatch.telemetry.names import DecisionKind
 
 _REQ_FIELDS = tuple(f.name for f in dataclasses.fields(RequestRecord))
 _req = attrgetter(*_REQ_FIELDS)

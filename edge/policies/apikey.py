@@ -19,8 +19,8 @@ import secrets
 import sys
 from urllib.parse import parse_qsl
 
-from edge.policies.base import PolicyRequest, PolicyVerdict, allow, deny
-from telemetry.names import Attr, Outcome, PolicyReason as R
+from gatewatch.edge.policies.base import PolicyRequest, PolicyVerdict, allow, deny
+from gatewatch.telemetry.names import Attr, Outcome, PolicyReason as R
 
 CHALLENGE = (("WWW-Authenticate", 'ApiKey realm="gatewatch"'),)
 MAX_KEY_CHARS = 512

@@ -23,8 +23,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Protocol
 
-from edge.messages import RequestHead
-from telemetry.names import Outcome, Verdict
+from gatewatch.io.interfaces import RequestHead
+from gatewatch.telemetry.names import Outcome, Verdict
 
 
 @dataclass(slots=True)

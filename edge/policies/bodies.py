@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import AsyncIterator
 
-from edge.messages import ClientGone
+from gatewatch.io.interfaces import ClientGone
 
 ENDED, OVER, STALLED = "ended", "over", "stalled"
 
@@ -42,8 +42,8 @@ async def read_ahead(body: AsyncIterator[bytes], limit: int, idle_s: float) -> t
 def stalled(policy, idle_s: float):
     """The verdict for a body that stalled while a policy was reading it: 408 client_timeout, like a stall
     during forwarding (in shadow mode the request goes on and the forwarding's own idle timeout applies)."""
-    from edge.policies.base import error
-    from telemetry.names import Outcome, PolicyReason
+    from gatewatch.edge.policies.base import error
+    from gatewatch.telemetry.names import Outcome, PolicyReason
 
     return error(policy, PolicyReason.BODY_STALLED.value, True, 408, Outcome.CLIENT_TIMEOUT,
                  f"the request body stalled for more than {idle_s:g}s")

@@ -14,19 +14,19 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from edge.policies import config as c
-from edge.policies.apikey import ApiKeyPolicy
-from edge.policies.base import Policy
-from edge.policies.circuit import CircuitBreakerPolicy
-from edge.policies.cors import CorsPolicy
-from edge.policies.ip_access import IpAccessPolicy
-from edge.policies.jwks import JwksCache
-from edge.policies.jwt_auth import JwtPolicy
-from edge.policies.limiter import MAX_REDIS_CONNECTIONS, LocalStore, RedisStore
-from edge.policies.ratelimit import RateLimitPolicy
-from edge.policies.schema import JsonSchemaPolicy
-from edge.policies.size import SizeLimitPolicy
-from edge.policies.transform import HeadersPolicy, PathRewritePolicy
+from gatewatch.edge.policies import config as c
+from gatewatch.edge.policies.apikey import ApiKeyPolicy
+from gatewatch.edge.policies.base import Policy
+from gatewatch.edge.policies.circuit import CircuitBreakerPolicy
+from gatewatch.edge.policies.cors import CorsPolicy
+from gatewatch.edge.policies.ip_access import IpAccessPolicy
+from gatewatch.edge.policies.jwks import JwksCache
+from gatewatch.edge.policies.jwt_auth import JwtPolicy
+from gatewatch.edge.policies.limiter import MAX_REDIS_CONNECTIONS, LocalStore, RedisStore
+from gatewatch.edge.policies.ratelimit import RateLimitPolicy
+from gatewatch.edge.policies.schema import JsonSchemaPolicy
+from gatewatch.edge.policies.size import SizeLimitPolicy
+from gatewatch.edge.policies.transform import HeadersPolicy, PathRewritePolicy
 
 
 @dataclass

@@ -18,8 +18,8 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from edge.policies.base import PolicyRequest, PolicyVerdict, allow, deny
-from telemetry.names import Attr, CircuitState, Event, Outcome, PolicyReason as R
+from gatewatch.edge.policies.base import PolicyRequest, PolicyVerdict, allow, deny
+from gatewatch.telemetry.names import Attr, CircuitState, Event, Outcome, PolicyReason as R
 
 FAILURE_OUTCOMES = frozenset({Outcome.UPSTREAM_CONNECT_ERROR.value, Outcome.UPSTREAM_TIMEOUT.value,
                               Outcome.UPSTREAM_ERROR.value})

@@ -13,7 +13,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, SecretStr, field_serializer, field_validator, model_validator
 
-from balancer.config import NAME_PATTERN, Strict
+from gatewatch.schema import NAME_PATTERN, Strict
 
 
 JWT_ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
@@ -70,7 +70,7 @@ class JwtKeyConfig(Strict):
         bad = [a for a in self.algorithms if a not in JWT_ALGORITHMS]
         if bad:
             raise ValueError(f"unsupported algorithm(s) {bad}; supported: {', '.join(JWT_ALGORITHMS)}")
-        from edge.policies.jwks import static_keys
+        from gatewatch.edge.policies.jwks import static_keys
 
         try:
             static_keys((self,))  # load it now: a missing file or a bad PEM is a config error, not a 500
@@ -259,7 +259,7 @@ class JsonSchemaPolicyConfig(PolicyBase):
             raise ValueError("set exactly one of schema, schema_file")
         from jsonschema.exceptions import SchemaError
 
-        from edge.policies.schema import load_schema
+        from gatewatch.edge.policies.schema import load_schema
 
         try:
             load_schema(self)

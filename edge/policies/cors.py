@@ -11,8 +11,8 @@
 
 from __future__ import annotations
 
-from edge.policies.base import PolicyRequest, PolicyVerdict, allow, deny
-from telemetry.names import Outcome, PolicyReason as R, Verdict
+from gatewatch.edge.policies.base import PolicyRequest, PolicyVerdict, allow, deny
+from gatewatch.telemetry.names import Outcome, PolicyReason as R, Verdict
 
 
 class CorsPolicy:

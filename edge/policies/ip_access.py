@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import ipaddress
 
-from edge.policies.base import PolicyRequest, PolicyVerdict, allow, deny
-from edge.policies.config import IpAccessPolicyConfig
-from telemetry.names import Outcome, PolicyReason
+from gatewatch.edge.policies.base import PolicyRequest, PolicyVerdict, allow, deny
+from gatewatch.edge.policies.config import IpAccessPolicyConfig
+from gatewatch.telemetry.names import Outcome, PolicyReason
 
 
 def _nets(cidrs):

@@ -24,9 +24,9 @@ from urllib.parse import parse_qsl
 
 import jwt as pyjwt
 
-from edge.policies.base import PolicyRequest, PolicyVerdict, allow, deny, error, header_values
-from edge.policies.jwks import JwksCache, VerifyKey, static_keys
-from telemetry.names import Attr, Outcome, PolicyReason as R
+from gatewatch.edge.policies.base import PolicyRequest, PolicyVerdict, allow, deny, error, header_values
+from gatewatch.edge.policies.jwks import JwksCache, VerifyKey, static_keys
+from gatewatch.telemetry.names import Attr, Outcome, PolicyReason as R
 
 FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c", "crit")
 MAX_CONSUMER_CHARS = 128

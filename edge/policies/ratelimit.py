@@ -15,10 +15,10 @@ from __future__ import annotations
 import hashlib
 import math
 
-from edge.policies.base import PolicyRequest, PolicyVerdict, allow, deny, error
-from edge.policies.ip_access import _nets, client_ip
-from edge.policies.limiter import Hit
-from telemetry.names import Attr, Outcome, PolicyReason as R
+from gatewatch.edge.policies.base import PolicyRequest, PolicyVerdict, allow, deny, error
+from gatewatch.edge.policies.ip_access import _nets, client_ip
+from gatewatch.edge.policies.limiter import Hit
+from gatewatch.telemetry.names import Attr, Outcome, PolicyReason as R
 
 MAX_KEY_PART = 128
 WITHIN = R.RATELIMIT_WITHIN.value  # plain str: verdicts cross a pipe to the exporter process

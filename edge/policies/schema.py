@@ -17,9 +17,9 @@ from pathlib import Path
 from jsonschema import validators
 from referencing import Registry
 
-from edge.policies.base import PolicyRequest, PolicyVerdict, allow, deny, error
-from edge.policies.bodies import ENDED, OVER, STALLED, read_ahead, replay, stalled
-from telemetry.names import Outcome, PolicyReason as R
+from gatewatch.edge.policies.base import PolicyRequest, PolicyVerdict, allow, deny, error
+from gatewatch.edge.policies.bodies import ENDED, OVER, STALLED, read_ahead, replay, stalled
+from gatewatch.telemetry.names import Outcome, PolicyReason as R
 
 log = logging.getLogger("gatewatch.policies.schema")
 

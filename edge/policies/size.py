@@ -12,9 +12,9 @@ Reasons: size.within_limit, size.too_large, body.stalled (408 client_timeout: th
 
 from __future__ import annotations
 
-from edge.policies.base import PolicyRequest, PolicyVerdict, allow, deny
-from edge.policies.bodies import ENDED, STALLED, counted, read_ahead, replay, stalled
-from telemetry.names import Outcome, PolicyReason as R
+from gatewatch.edge.policies.base import PolicyRequest, PolicyVerdict, allow, deny
+from gatewatch.edge.policies.bodies import ENDED, STALLED, counted, read_ahead, replay, stalled
+from gatewatch.telemetry.names import Outcome, PolicyReason as R
 
 
 class SizeLimitPolicy:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import re
 
-from edge.paths import InvalidPath, canonical_path
-from edge.policies.base import PolicyRequest, PolicyVerdict, allow, error, header_values
-from telemetry.names import Outcome, PolicyReason as R
+from gatewatch.edge.paths import InvalidPath, canonical_path
+from gatewatch.edge.policies.base import PolicyRequest, PolicyVerdict, allow, error, header_values
+from gatewatch.telemetry.names import Outcome, PolicyReason as R
 
 
 class HeadersPolicy:

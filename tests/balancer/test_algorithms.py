@@ -7,10 +7,10 @@ from collections import Counter
 
 import pytest
 
-from balancer.algorithms import (ALGORITHMS, CursorState, Endpoint, NoHealthyEndpoint, Pick, round_robin,
+from gatewatch.balancer.algorithms import (ALGORITHMS, CursorState, Endpoint, NoHealthyEndpoint, Pick, round_robin,
                                  smooth_weighted_round_robin)
-from balancer.config import Algorithm, PoolConfig
-from balancer.pool import Pool
+from gatewatch.balancer.config import Algorithm, PoolConfig
+from gatewatch.balancer.pool import Pool
 
 
 def endpoints(**weights: int) -> tuple[Endpoint, ...]:

@@ -9,11 +9,11 @@ from collections import Counter
 
 import pytest
 
-from balancer.algorithms import (ALGORITHMS, CursorState, Endpoint, NoHealthyEndpoint, Pick, _swrr_step,
+from gatewatch.balancer.algorithms import (ALGORITHMS, CursorState, Endpoint, NoHealthyEndpoint, Pick, _swrr_step,
                                  build_maglev, least_connections, least_request, maglev, ring_hash, round_robin,
                                  smooth_weighted_round_robin, weighted_random)
-from balancer.config import Algorithm, PoolConfig
-from balancer.pool import Pool
+from gatewatch.balancer.config import Algorithm, PoolConfig
+from gatewatch.balancer.pool import Pool
 
 KEYS = tuple(f"user-{i}" for i in range(20_000))
 FEW = KEYS[:4000]  # enough where no share of 20k is asserted

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from balancer.config import OutlierConfig
-from balancer.health import Ejection, OutlierTracker, ProbeCounter, Result, classify
+from gatewatch.balancer.config import OutlierConfig
+from gatewatch.balancer.health import Ejection, OutlierTracker, ProbeCounter, Result, classify
 
 OK, BAD = True, False
 S, E5, GW = Result.SUCCESS, Result.SERVER_ERROR, Result.GATEWAY_ERROR

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from balancer.algorithms import NoHealthyEndpoint, Pick
-from balancer.config import Algorithm, PoolConfig
-from balancer.health import Result
-from balancer.pool import Pool
-from telemetry.names import Attr, Event, Reason
+from gatewatch.balancer.algorithms import NoHealthyEndpoint, Pick
+from gatewatch.balancer.config import Algorithm, PoolConfig
+from gatewatch.balancer.health import Result
+from gatewatch.balancer.pool import Pool
+from gatewatch.telemetry.names import Attr, Event, Reason
 
 GW5 = Reason.OUTLIER_CONSECUTIVE_GATEWAY_ERRORS.value
 

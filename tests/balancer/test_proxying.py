@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.edge.test_proxy import closed_port
+from tests.support.net import closed_port
 from tests.support.runtime import running
 
 

@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from balancer.config import RetryBudgetConfig, RetryConfig
-from balancer.retry import IDEMPOTENT, Body, Failure, RetryBudget, RetryVerdict, backoff_s, decide, failure_of
-from telemetry.names import ErrorType, Reason
+from gatewatch.balancer.config import RetryBudgetConfig, RetryConfig
+from gatewatch.balancer.retry import IDEMPOTENT, Body, Failure, RetryBudget, RetryVerdict, backoff_s, decide, failure_of
+from gatewatch.telemetry.names import ErrorType, Reason
 
 CONNECT, RESET, TIMEOUT, STATUS = Failure.CONNECT, Failure.RESET, Failure.TIMEOUT, Failure.STATUS
 NONE, UNREAD, CONSUMED = Body.NONE, Body.UNREAD, Body.CONSUMED

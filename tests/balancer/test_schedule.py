@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from balancer.algorithms import CursorState, Endpoint, _swrr_step, smooth_weighted_round_robin
+from gatewatch.balancer.algorithms import CursorState, Endpoint, _swrr_step, smooth_weighted_round_robin
 
 
 @pytest.mark.parametrize("weights", [[5, 1, 1], [3, 1], [2, 4, 6], [1] * 50, [7, 3, 10, 1, 1]])

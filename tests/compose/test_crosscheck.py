@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from telemetry.names import Outcome
+from gatewatch.telemetry.names import Outcome
 from tests.compose.stack import COMPOSE_DIR, LOCAL_HOSTS, REPO, Stack, host_ports, load_yaml
 
 GATEWATCH_SERVICES = ("edge", "balancer", "backend-a", "backend-b", "backend-c", "loadgen")
@@ -193,7 +193,7 @@ def test_gatewatch_otlp_endpoints_point_at_the_collector(stack, collector):
 def test_gatewatch_configs_pass_validate(stack):
     files = [str(p) for p in _gatewatch_configs(stack).values()]
     assert len(files) == 2, files
-    r = subprocess.run([sys.executable, "-m", "edge.cli", "validate", *files], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "gatewatch", "validate", *files], capture_output=True, text=True,
                        cwd=REPO, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
 
@@ -203,7 +203,7 @@ def test_the_load_generators_tokens_are_what_the_edge_accepts(stack):
     their inline key: if the two drift apart, every demo request would be a 401 and the scenario is gone."""
     import jwt as pyjwt
 
-    from edge.config import load_config
+    from gatewatch.config import load_config
 
     env = stack.services["loadgen"]["environment"]
     secret = env["GATEWATCH_DEMO_JWT_SECRET"]

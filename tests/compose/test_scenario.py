@@ -51,7 +51,7 @@ def _env(**extra: str) -> dict[str, str]:
 @pytest.fixture
 def backend_port(tmp_path):
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "backend", "--listen", f"127.0.0.1:{port}",
+    proc = subprocess.Popen([sys.executable, "-m", "gatewatch", "backend", "--listen", f"127.0.0.1:{port}",
                              "--id", "test-backend"], env=_env(), cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

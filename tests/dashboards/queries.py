@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from dashboards.build import DASHBOARDS_DIR, DATASOURCES_FILE, RULES_FILE
+from gatewatch.dashboards.build import DASHBOARDS_DIR, DATASOURCES_FILE, RULES_FILE
 
 
 @dataclass(frozen=True)

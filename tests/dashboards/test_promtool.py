@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dashboards.build import GENERATED, RULES_FILE
+from gatewatch.dashboards.build import GENERATED, RULES_FILE
 from tests.dashboards.prom import binary
 
 RULES = GENERATED / RULES_FILE

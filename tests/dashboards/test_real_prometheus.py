@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from dashboards.alerts import rules as alert_rules
-from dashboards.build import RULES_FILE, render_all
-from dashboards.options import DEFAULT
+from gatewatch.dashboards.alerts import rules as alert_rules
+from gatewatch.dashboards.build import RULES_FILE, render_all
+from gatewatch.dashboards.options import DEFAULT
 from tests.dashboards.prom import Prometheus, has_data
 from tests.dashboards.queries import Query, all_queries, promql_metrics, substitute, variable_parts
 from tests.support.procs import Proc, cli, port_of

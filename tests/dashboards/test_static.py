@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dashboards.build import DATASOURCES_FILE, GENERATED, PROVIDER_FILE, RULES_FILE, render_all
-from dashboards.options import DEFAULT, BuildOptions, OptionsError, SloOptions, load_options
-from telemetry import names
-from telemetry.names import (Attr, CircuitState, DecisionKind, DropReason, EndpointState, Exclusion, Label, Layer,
+from gatewatch.dashboards.build import DATASOURCES_FILE, GENERATED, PROVIDER_FILE, RULES_FILE, render_all
+from gatewatch.dashboards.options import DEFAULT, BuildOptions, OptionsError, SloOptions, load_options
+from gatewatch.telemetry import names
+from gatewatch.telemetry.names import (Attr, CircuitState, DecisionKind, DropReason, EndpointState, Exclusion, Label, Layer,
                              Metric, Outcome, PolicyReason, Reason, TelemetrySignal, Verdict)
 from tests.dashboards.queries import (all_queries, dashboards, promql_labels, promql_matchers, promql_metrics,
                                       variable_parts)
@@ -186,7 +186,7 @@ def test_cli_builds_the_documented_layout(tmp_path):
     opts = tmp_path / "opts.yaml"
     opts.write_text("slo: {availability_percent: 99.5}\ngrafana_url: https://grafana.example.com\n")
     out = tmp_path / "out"
-    run = subprocess.run([sys.executable, "-m", "edge.cli", "dashboards", "build", "--out", str(out), "-c", str(opts),
+    run = subprocess.run([sys.executable, "-m", "gatewatch", "dashboards", "build", "--out", str(out), "-c", str(opts),
                           "--slo", "99.95"], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert run.returncode == 0, run.stderr
     got = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
@@ -194,7 +194,7 @@ def test_cli_builds_the_documented_layout(tmp_path):
     rules = (out / RULES_FILE).read_text()
     assert "(14.4 * 0.0005)" in rules and "https://grafana.example.com/d/gatewatch-" in rules
     json.loads((out / "grafana/dashboards/gatewatch-journey.json").read_text())
-    bad = subprocess.run([sys.executable, "-m", "edge.cli", "dashboards", "build", "--out", str(tmp_path / "x"),
+    bad = subprocess.run([sys.executable, "-m", "gatewatch", "dashboards", "build", "--out", str(tmp_path / "x"),
                           "--slo", "100"], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert bad.returncode == 2 and "--slo" in bad.stderr and not (tmp_path / "x").exists()
 
@@ -206,7 +206,7 @@ def test_names_module_was_only_read():
 @pytest.mark.parametrize("bound, spellings", [(0.5, ["0.5"]), (1.0, ["1", "1.0"]), (10.0, ["10", "10.0"])])
 def test_latency_bucket_matcher_works_with_prometheus_2_and_3(bound, spellings):
     """Prometheus 2 keeps `le` as exposed (`1.0`), Prometheus 3 normalises it (`1`): the SLO rule matches both."""
-    from dashboards.alerts import le_regex
+    from gatewatch.dashboards.alerts import le_regex
 
     pattern = le_regex(bound).replace("\\\\", "\\")  # the PromQL string literal's unescaped regex
     assert all(re.fullmatch(pattern, s) for s in spellings)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge.paths import InvalidPath, canonical_path, remove_dot_segments, split_target, strip_prefix
+from gatewatch.edge.paths import InvalidPath, canonical_path, remove_dot_segments, split_target, strip_prefix
 
 
 @pytest.mark.parametrize(("raw", "expected"), [

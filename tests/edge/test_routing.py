@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from edge.config import RouteConfig, parse_config
-from edge.routing import NoRoute, RouteMatch, Router, host_without_port, parse_query
+from gatewatch.config import parse_config
+from gatewatch.edge.config import RouteConfig
+from gatewatch.edge.routing import NoRoute, RouteMatch, Router, host_without_port, parse_query
 
 
 def route(name: str, **match) -> RouteConfig:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
-from edge.config import RouteConfig
-from edge.routing import NoRoute, Router
+from gatewatch.edge.config import RouteConfig
+from gatewatch.edge.routing import NoRoute, Router
 
 
 def scan(routes, path):

@@ -14,7 +14,7 @@ import psutil
 def test_demo_delivers_two_tier_traces_and_logs_and_cleans_up(otlp, tmp_path):
     env = {**os.environ, **otlp.env("http/protobuf"), "PYTHONUNBUFFERED": "1"}
     before = {p.pid for p in psutil.process_iter()}
-    proc = subprocess.run([sys.executable, "-m", "edge.cli", "demo", "--duration", "6", "--rps", "30",
+    proc = subprocess.run([sys.executable, "-m", "gatewatch", "demo", "--duration", "6", "--rps", "30",
                            "--workdir", str(tmp_path)], env=env, cwd=tmp_path, capture_output=True, text=True,
                           timeout=90)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -55,7 +55,7 @@ def test_demo_ctrl_c_stops_everything(tmp_path):
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
-    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "demo", "--rps", "10", "--workdir", str(tmp_path)],
+    proc = subprocess.Popen([sys.executable, "-m", "gatewatch", "demo", "--rps", "10", "--workdir", str(tmp_path)],
                             env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30
@@ -64,7 +64,7 @@ def test_demo_ctrl_c_stops_everything(tmp_path):
             line = proc.stdout.readline()
         assert line.startswith("demo:"), proc.stderr.read() if proc.poll() is not None else "no banner"
         children = psutil.Process(proc.pid).children(recursive=True)
-        cli = [c for c in children if "edge.cli" in " ".join(c.cmdline())]
+        cli = [c for c in children if " -m gatewatch " in " ".join(c.cmdline()) + " "]
         assert len(cli) == 5  # three backends, balancer, edge (each gatewatch tier also has an exporter child)
         time.sleep(1.5)
         proc.send_signal(signal.SIGINT)
@@ -88,7 +88,7 @@ def test_demo_incident_fails_over_without_client_errors(otlp, tmp_path):
     import re
 
     env = {**os.environ, **otlp.env("http/protobuf"), "PYTHONUNBUFFERED": "1", "GATEWATCH_DEMO_INCIDENT_AT": "2"}
-    proc = subprocess.run([sys.executable, "-m", "edge.cli", "demo", "--duration", "10", "--rps", "30",
+    proc = subprocess.run([sys.executable, "-m", "gatewatch", "demo", "--duration", "10", "--rps", "30",
                            "--workdir", str(tmp_path)], env=env, cwd=tmp_path, capture_output=True, text=True,
                           timeout=90)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -26,7 +26,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from tests.edge.test_proxy import closed_port, raw_request
+from tests.support.net import closed_port, raw_request
 from tests.support.runtime import running
 
 GOLDEN = Path(__file__).with_name("fixed_telemetry.json")

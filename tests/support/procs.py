@@ -68,7 +68,7 @@ class Proc:
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "edge.cli", *args]
+    return [sys.executable, "-m", "gatewatch", *args]
 
 
 class Cluster:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from edge.config import parse_config
-from edge.server import Runtime
+from gatewatch.config import parse_config
+from gatewatch.app.runtime import Runtime
 
 
 @contextlib.asynccontextmanager

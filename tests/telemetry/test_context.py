@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from telemetry.context import (MAX_BAGGAGE, MAX_TRACESTATE, format_traceparent, parse_traceparent, ratio_sampled,
+from gatewatch.telemetry.context import (MAX_BAGGAGE, MAX_TRACESTATE, format_traceparent, parse_traceparent, ratio_sampled,
                                start_trace)
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"

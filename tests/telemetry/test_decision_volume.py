@@ -7,11 +7,11 @@ import random
 
 import pytest
 
-from telemetry.config import TelemetryConfig, resolve
-from telemetry.context import DecisionRecord, RequestRecord, start_trace
-from telemetry.metrics import Metrics
-from telemetry.names import DecisionKind
-from telemetry.recorder import Telemetry
+from gatewatch.telemetry.config import TelemetryConfig, resolve
+from gatewatch.telemetry.context import DecisionRecord, RequestRecord, start_trace
+from gatewatch.telemetry.metrics import Metrics
+from gatewatch.telemetry.names import DecisionKind
+from gatewatch.telemetry.recorder import Telemetry
 
 
 class Sink:

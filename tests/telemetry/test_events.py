@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from telemetry.config import TelemetryConfig, resolve
-from telemetry.metrics import Metrics
-from telemetry.names import Attr, Event
-from telemetry.recorder import Telemetry
+from gatewatch.telemetry.config import TelemetryConfig, resolve
+from gatewatch.telemetry.metrics import Metrics
+from gatewatch.telemetry.names import Attr, Event
+from gatewatch.telemetry.recorder import Telemetry
 
 
 @pytest.mark.parametrize("exporter", ["process", "thread"])

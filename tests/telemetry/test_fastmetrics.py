@@ -7,8 +7,8 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-from telemetry.fastmetrics import FastCounter, FastHistogram
-from telemetry.metrics import Metrics
+from gatewatch.telemetry.fastmetrics import FastCounter, FastHistogram
+from gatewatch.telemetry.metrics import Metrics
 
 
 def populated() -> tuple[FastHistogram, FastCounter]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from telemetry.export import JsonLinesExporter
+from gatewatch.telemetry.export import JsonLinesExporter
 
 
 class Item:

@@ -17,11 +17,11 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from opentelemetry.sdk.resources import Resource
 
-from telemetry.context import AttemptRecord, DecisionRecord, RequestRecord, start_trace
-from telemetry.convert import Converter, attributes, log_models, span_models
-from telemetry.names import DecisionKind
-from telemetry import otlp_encode
-from telemetry.otlp_encode import Envelope, _kv, encode_log, encode_span
+from gatewatch.telemetry.context import AttemptRecord, DecisionRecord, RequestRecord, start_trace
+from gatewatch.telemetry.convert import Converter, attributes, log_models, span_models
+from gatewatch.telemetry.names import DecisionKind
+from gatewatch.telemetry import otlp_encode
+from gatewatch.telemetry.otlp_encode import Envelope, _kv, encode_log, encode_span
 
 RESOURCE = {"service.name": "gw", "service.instance.id": "i-1", "deployment.environment": "test"}
 

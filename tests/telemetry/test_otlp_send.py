@@ -6,10 +6,10 @@ import socket
 import threading
 import http.server
 
-from telemetry.config import ResolvedTelemetry
-from telemetry.convert import EVENT_SHAPE, SERVER, Attrs, SpanModel
-from telemetry.otlp_encode import Envelope, encode_span
-from telemetry.otlp_send import EncodedBatch, HttpSender
+from gatewatch.telemetry.config import ResolvedTelemetry
+from gatewatch.telemetry.convert import EVENT_SHAPE, SERVER, Attrs, SpanModel
+from gatewatch.telemetry.otlp_encode import Envelope, encode_span
+from gatewatch.telemetry.otlp_send import EncodedBatch, HttpSender
 from tests.support.otlp import OtlpReceiver
 
 

@@ -1,14 +1,14 @@
 """Telemetry settings: the config file's `telemetry:` section merged with OTEL_* variables (env wins).
 
 (Named test_telemetry_config.py, not test_config.py: tests/ has no packages, so two test_config modules would
-clash at collection with tests/edge/test_config.py.)
+clash at collection with tests/test_config.py.)
 """
 
 from __future__ import annotations
 
 import pytest
 
-from telemetry.config import TelemetryConfig, resolve
+from gatewatch.telemetry.config import TelemetryConfig, resolve
 
 
 def cfg(**data) -> TelemetryConfig:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.messages import RequestHead, header_index
-from edge.policies.base import PolicyRequest
+from gatewatch.io.interfaces import RequestHead, header_index
+from gatewatch.edge.policies.base import PolicyRequest
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 

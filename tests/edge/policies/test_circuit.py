@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from edge.policies.circuit import CircuitBreakerPolicy
-from edge.policies.config import CircuitBreakerPolicyConfig
-from telemetry.metrics import Metrics
-from telemetry.names import Event
+from gatewatch.edge.policies.circuit import CircuitBreakerPolicy
+from gatewatch.edge.policies.config import CircuitBreakerPolicyConfig
+from gatewatch.telemetry.metrics import Metrics
+from gatewatch.telemetry.names import Event
 from tests.edge.policies.support import FakeClock, NullTelemetry, request
 
 

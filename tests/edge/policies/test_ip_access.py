@@ -6,7 +6,7 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from tests.edge.test_proxy import echo_backend  # noqa: F401 - fixture
+from tests.proxy.test_proxy import echo_backend  # noqa: F401 - fixture
 from tests.support.runtime import in_process_config, running
 
 
@@ -68,7 +68,7 @@ async def test_trusted_proxy_model_uses_rightmost_untrusted_hop(echo_backend, tm
 
 
 def test_bad_cidr_is_a_config_error_naming_the_field(tmp_path):
-    from edge.config import ConfigError, parse_config
+    from gatewatch.config import ConfigError, parse_config
 
     cfg = policy_config(1, tmp_path, allow=["10.0.0.0/33"])
     with pytest.raises(ConfigError) as e:

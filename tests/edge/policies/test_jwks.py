@@ -9,9 +9,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from edge.policies.config import JwksConfig, JwtPolicyConfig
-from edge.policies.jwks import JwksCache
-from edge.policies.jwt_auth import JwtPolicy
+from gatewatch.edge.policies.config import JwksConfig, JwtPolicyConfig
+from gatewatch.edge.policies.jwks import JwksCache
+from gatewatch.edge.policies.jwt_auth import JwtPolicy
 from tests.edge.policies.jwt_keys import AUD, ISS, jwk, token
 from tests.edge.policies.support import FakeClock, request
 
@@ -137,7 +137,7 @@ async def test_jku_is_never_followed(idp, session):
 
 
 def test_jwks_symmetric_and_encryption_keys_are_ignored():
-    from edge.policies.jwks import parse_jwks
+    from gatewatch.edge.policies.jwks import parse_jwks
 
     keys = parse_jwks({"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "h"}, {**jwk("r1"), "use": "enc"},
                                 {**jwk("e1"), "alg": "ES256"}, {"kty": "RSA", "kid": "broken"}]})
@@ -160,7 +160,7 @@ async def test_verified_tokens_are_cached_until_the_key_set_changes(idp, session
 
 
 async def test_a_cached_token_still_expires():
-    from edge.policies.config import JwtPolicyConfig
+    from gatewatch.edge.policies.config import JwtPolicyConfig
     from tests.edge.policies.jwt_keys import public_pem
 
     pol = JwtPolicy(JwtPolicyConfig(name="auth", type="jwt", issuer=ISS, audience=AUD, leeway_s=0,

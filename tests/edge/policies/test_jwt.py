@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from edge.config import ConfigError, parse_config
-from edge.policies.config import JwtPolicyConfig
-from edge.policies.jwt_auth import JwtPolicy
+from gatewatch.config import ConfigError, parse_config
+from gatewatch.edge.policies.config import JwtPolicyConfig
+from gatewatch.edge.policies.jwt_auth import JwtPolicy
 from tests.edge.policies.jwt_keys import (AUD, HMAC_SECRET, ISS, claims, public_pem, raw_token, token)
 from tests.edge.policies.support import request
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge.policies.limiter import LocalStore, sliding_window, token_bucket
+from gatewatch.edge.policies.limiter import LocalStore, sliding_window, token_bucket
 from tests.edge.policies.support import FakeClock
 
 

@@ -13,9 +13,9 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from edge.policies.apikey import hash_key
-from edge.policies.config import RedisStoreConfig
-from edge.policies.limiter import RedisStore
+from gatewatch.edge.policies.apikey import hash_key
+from gatewatch.edge.policies.config import RedisStoreConfig
+from gatewatch.edge.policies.limiter import RedisStore
 from tests.edge.policies.support import policy_config, policy_logs, server_span
 from tests.support.runtime import running
 

@@ -7,14 +7,14 @@ import io
 
 import pytest
 
-from edge.policies import apikey
-from edge.policies.apikey import ApiKeyPolicy, hash_key
-from edge.policies.config import (ApiKeyPolicyConfig, CorsPolicyConfig, JsonSchemaPolicyConfig,
+from gatewatch.edge.policies import apikey
+from gatewatch.edge.policies.apikey import ApiKeyPolicy, hash_key
+from gatewatch.edge.policies.config import (ApiKeyPolicyConfig, CorsPolicyConfig, JsonSchemaPolicyConfig,
                                   PathRewritePolicyConfig, SizeLimitPolicyConfig)
-from edge.policies.cors import CorsPolicy
-from edge.policies.schema import JsonSchemaPolicy
-from edge.policies.size import SizeLimitPolicy
-from edge.policies.transform import PathRewritePolicy
+from gatewatch.edge.policies.cors import CorsPolicy
+from gatewatch.edge.policies.schema import JsonSchemaPolicy
+from gatewatch.edge.policies.size import SizeLimitPolicy
+from gatewatch.edge.policies.transform import PathRewritePolicy
 from tests.edge.policies.support import collect, request
 
 KEYS = [{"consumer": "acme", "hash": hash_key("k-acme"), "plan": "gold"}]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from edge.policies.apikey import hash_key
+from gatewatch.edge.policies.apikey import hash_key
 from tests.edge.policies.jwt_keys import AUD, ISS, public_pem
 from tests.edge.policies.support import policy_config, policy_logs, server_span
 from tests.support.runtime import running
@@ -106,7 +106,7 @@ async def test_circuit_transitions_are_logged_events(echo_port, tmp_path, otlp):
 
 
 async def test_consumer_label_is_capped(echo_port, tmp_path):
-    from edge.policies.apikey import hash_key as h
+    from gatewatch.edge.policies.apikey import hash_key as h
 
     keys = [{"consumer": f"c{i}", "hash": h(f"k{i}")} for i in range(103)]
     cfg = policy_config(echo_port, tmp_path, [{"name": "key", "type": "api_key", "keys": keys},

@@ -1,0 +1,271 @@
+"""Build a running Gatewatch process from a validated config, and stop it cleanly.
+
+`Runtime(config)` wires everything explicitly (no import-time state): metrics registry, telemetry pipeline,
+forwarder, one engine per layer with its snapshot, listeners, admin. `await rt.start()` binds; `await rt.stop()`
+drains: readiness goes 503, listeners stop accepting, in-flight requests finish (bounded), telemetry flushes
+(bounded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import logging
+import os
+from pathlib import Path
+
+from aiohttp import web
+from yarl import URL
+
+from gatewatch.balancer.runtime import BalancerRuntime
+from gatewatch import __version__
+from gatewatch.app.admin import build_admin_app
+from gatewatch.config import ConfigError, GatewatchConfig, load_config, parse_address
+from gatewatch.io.fast_forwarder import RawForwarder
+from gatewatch.io.fast_listener import RawListener
+from gatewatch.proxy.engine import Engine
+from gatewatch.io.aiohttp_forwarder import AiohttpForwarder
+from gatewatch.edge.policies.build import PolicyResources, build_policies
+from gatewatch.io.aiohttp_listener import AiohttpListener
+from gatewatch.edge.routing import Router
+from gatewatch.proxy.snapshot import RemoteTarget, Snapshot
+from gatewatch.telemetry.config import resolve
+from gatewatch.telemetry.metrics import Metrics
+from gatewatch.telemetry.names import Attr, Event, Layer
+from gatewatch.telemetry.recorder import Telemetry
+
+log = logging.getLogger("gatewatch")
+
+
+
+def default_service_name(cfg: GatewatchConfig) -> str:
+    if cfg.edge and cfg.balancer and cfg.balancer.listeners:
+        return "gatewatch"
+    return "gatewatch-edge" if cfg.edge else "gatewatch-balancer"
+
+
+def _remote(name: str, url: str) -> RemoteTarget:
+    u = URL(url)
+    return RemoteTarget(name, u.scheme, u.host or "", u.port or (443 if u.scheme == "https" else 80))
+
+
+class Runtime:
+    def __init__(self, config: GatewatchConfig, env: dict[str, str] | None = None, worker: int | None = None,
+                 ports: dict[str, int] | None = None, config_path: str | None = None):
+        """`worker`: this process's index when `workers > 1` (listeners then share their ports with
+        SO_REUSEPORT; `ports` gives the ports the supervisor chose for listeners configured with port 0)."""
+        self.config = config
+        self.config_path = config_path  # re-read by reload()
+        self._reload_lock = asyncio.Lock()
+        self.worker = worker
+        self.metrics = Metrics(__version__)
+        self.resolved = resolve(config.telemetry, default_service_name(config), env)
+        if worker is not None:
+            self.resolved.resource_attributes["gatewatch.worker"] = str(worker)
+        for w in self.resolved.warnings:
+            log.warning("telemetry: %s", w)
+        # Workers write their own JSON-lines files: several processes appending to (and rotating) one file
+        # would interleave or lose lines.
+        stem = self.resolved.service_name + (f"-w{worker}" if worker is not None else "")
+        self.telemetry = Telemetry(self.resolved, self.metrics, __version__, stem, config.telemetry.exporter)
+        self.balancer = BalancerRuntime(config.balancer.pools, self.telemetry, self.metrics) if config.balancer else None
+        self.pools = self.balancer.pools if self.balancer else {}
+        fast = config.data_plane == "fast"
+        self.forwarder = RawForwarder(_limits(config)) if fast else AiohttpForwarder(_limits(config))
+        self.listeners: list[RawListener | AiohttpListener] = []
+        self.engines: dict[Layer, Engine] = {}
+        self.policy_resources = PolicyResources(self.metrics, self.telemetry)
+        for layer, section in ((Layer.EDGE, config.edge), (Layer.BALANCER, config.balancer)):
+            if section is None or not section.listeners:
+                continue
+            engine = Engine(self._snapshot(layer, config, self.pools, {}), self.forwarder, self.telemetry)
+            self.engines[layer] = engine
+            for lst in section.listeners:
+                host, port = parse_address(lst.address)
+                port = (ports or {}).get(lst.name, port)
+                if fast:
+                    self.listeners.append(RawListener(lst.name, host, port, "http", engine.handle,
+                                                      lst.max_header_size, engine.reject,
+                                                      reuse_port=worker is not None))
+                else:
+                    self.listeners.append(AiohttpListener(lst.name, host, port, "http", engine.handle,
+                                                          lst.max_header_size, reuse_port=worker is not None))
+        self._init_series(config)
+        self._admin_runner: web.AppRunner | None = None
+        self.admin_bound: tuple[str, int] | None = None
+        self.ready = False
+        self.draining = False
+
+    def _snapshot(self, layer: Layer, config: GatewatchConfig, pools: dict, budgets: dict) -> Snapshot:
+        section = config.edge if layer is Layer.EDGE else config.balancer
+        remotes = {u.name: _remote(u.name, u.url) for u in config.edge.upstreams} \
+            if config.edge and layer is Layer.EDGE else {}
+        return Snapshot(layer=layer, router=Router(section.routes), pools=pools, remotes=remotes,
+                        listeners={lst.name: lst for lst in section.listeners},
+                        policies=build_policies(section.routes, self.policy_resources), budgets=budgets)
+
+    def _init_series(self, config: GatewatchConfig) -> None:
+        """Counters that dashboards and alerts read exist from the start (at 0), not from their first event:
+        "no retry was refused" must be a 0, not an absent series."""
+        m = self.metrics
+        for section in (config.edge, config.balancer):
+            for r in (section.routes if section else ()):
+                if r.retries.attempts > 1:
+                    m.retry_budget_exhausted.labels(r.name, r.upstream)
+        for result in ("ok", "error"):
+            m.config_reloads.labels(result)
+
+    async def reload(self) -> tuple[bool, list[str]]:
+        """Re-read the config file and swap each layer's snapshot whole (routes, policies, pools, URL
+        upstreams, listener trace/forwarding settings). Requests already running finish on the snapshot they
+        started with. A file with errors, or one that changes what only a restart can (listener addresses,
+        admin, telemetry, data plane, workers, which layers exist), is refused and the running config stays.
+        Recorded as `gatewatch_config_reloads_total{result}` and a `gatewatch.config.reload` event."""
+        async with self._reload_lock:
+            try:
+                if not self.config_path:
+                    raise ConfigError("(reload)", ["(file): this process was not started from a config file"])
+                cfg = load_config(self.config_path)
+                problems = restart_only_changes(self.config, cfg)
+            except ConfigError as err:
+                cfg, problems = None, err.problems
+            if problems:
+                self._reloaded("error", problems)
+                return False, problems
+            pools = await self.balancer.reconcile(cfg.balancer.pools) if self.balancer else {}
+            self.pools = pools
+            self.forwarder.set_limits(_limits(cfg))
+            for layer, engine in self.engines.items():
+                engine.snapshot = self._snapshot(layer, cfg, pools, engine.snapshot.budgets)
+            self.config = cfg
+            self._init_series(cfg)
+            self._reloaded("ok", [])
+            return True, []
+
+    def _reloaded(self, result: str, problems: list[str]) -> None:
+        self.metrics.config_reloads.labels(result).inc()
+        body = f"config reload from {self.config_path}: {result}" + (f" ({'; '.join(problems)})" if problems else "")
+        (log.info if result == "ok" else log.error)("%s", body)
+        self.telemetry.event(Event.CONFIG_RELOAD, body, {Attr.DECISION_RESULT: result,
+                                                         "gatewatch.config.path": self.config_path or "",
+                                                         "gatewatch.config.problems": problems},
+                             severity="INFO" if result == "ok" else "WARN")
+
+    def bound_listeners(self) -> dict[str, str]:
+        return {lst.name: f"{lst.bound[0]}:{lst.bound[1]}" for lst in self.listeners if lst.bound}
+
+    def refresh_gauges(self) -> None:
+        if self.balancer:
+            self.balancer.refresh_gauges()
+
+    def upstream_state(self) -> dict:
+        return {
+            "pools": self.balancer.state() if self.balancer else {},
+            "remotes": {u.name: {"url": u.url} for u in (self.config.edge.upstreams if self.config.edge else ())},
+        }
+
+    async def start(self) -> None:
+        await self.telemetry.start()
+        await self.policy_resources.start()
+        if self.balancer:
+            await self.balancer.start()
+        host, port = parse_address(self.config.admin.address)
+        if port and self.worker:
+            port += self.worker  # one admin listener per worker: 9901, 9902, ...
+        self._admin_runner = web.AppRunner(build_admin_app(self), handle_signals=False, access_log=None)
+        await self._admin_runner.setup()
+        site = web.TCPSite(self._admin_runner, host, port, reuse_address=True)
+        await site.start()
+        self.admin_bound = tuple(site._server.sockets[0].getsockname()[:2])  # noqa: SLF001
+        for lst in self.listeners:
+            await lst.start()
+        self.refresh_gauges()
+        self.ready = True
+
+    def describe(self) -> dict:
+        return {"pid": os.getpid(), "worker": self.worker, "service_name": self.resolved.service_name,
+                "admin": f"{self.admin_bound[0]}:{self.admin_bound[1]}" if self.admin_bound else None,
+                "listeners": self.bound_listeners(), "telemetry": self.telemetry.destination}
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        self.draining = True
+        for lst in self.listeners:
+            try:
+                await lst.stop(grace_s)
+            except Exception:  # one stuck listener must not keep the others (or telemetry) from stopping
+                log.warning("listener %s did not stop cleanly", lst.name, exc_info=True)
+        if self.balancer:
+            await self.balancer.stop()
+        await self.forwarder.close()
+        await self.policy_resources.close()
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
+        await self.telemetry.stop(3.0)
+
+
+def _limits(config: GatewatchConfig) -> dict[str, tuple[int, float]]:
+    limits = {p.name: (p.max_connections_per_instance, p.keepalive_idle_s)
+              for p in (config.balancer.pools if config.balancer else ())}
+    limits.update({u.name: (u.max_connections, u.keepalive_idle_s) for u in (config.edge.upstreams if config.edge else ())})
+    return limits
+
+
+def restart_only_changes(old: GatewatchConfig, new: GatewatchConfig) -> list[str]:
+    """What a reload cannot apply (bound sockets, the telemetry pipeline, processes), as `field: why` lines."""
+    problems = []
+    for key in ("admin", "telemetry", "data_plane", "workers"):
+        if getattr(old, key) != getattr(new, key):
+            problems.append(f"{key}: changed; this takes a restart")
+    for name in ("edge", "balancer"):
+        a, b = getattr(old, name), getattr(new, name)
+        if (a is None) != (b is None) or (a and bool(a.listeners) != bool(b.listeners)):
+            problems.append(f"{name}: added or removed (or its listeners); this takes a restart")
+            continue
+        if a is None:
+            continue
+        bound = lambda sec: [(lst.name, lst.address, lst.max_header_size) for lst in sec.listeners]  # noqa: E731
+        if bound(a) != bound(b):
+            problems.append(f"{name}.listeners: names, addresses or max_header_size changed; this takes a restart")
+    return problems
+
+
+async def serve(config: GatewatchConfig, ready_file: str | None = None, stop: asyncio.Event | None = None,
+                worker: int | None = None, ports: dict[str, int] | None = None, config_path: str | None = None) -> None:
+    rt = Runtime(config, worker=worker, ports=ports, config_path=config_path)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    reloads: set[asyncio.Task] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(rt.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    try:
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+    except (NotImplementedError, RuntimeError, AttributeError):
+        pass
+    try:
+        await rt.start()
+        # Everything built so far (modules, config, compiled routes, pools, SDK objects) lives as long as the
+        # process: move it out of the cyclic collector's reach, so full collections stay short (they showed up
+        # as tens of milliseconds of p99 with large pools).
+        gc.collect()
+        gc.freeze()
+        info = rt.describe()
+        log.info("gatewatch ready: %s", json.dumps(info))
+        if ready_file:
+            tmp = Path(ready_file + ".tmp")
+            tmp.write_text(json.dumps(info))
+            os.replace(tmp, ready_file)
+        await stop.wait()
+    finally:
+        await rt.stop()

@@ -1,0 +1,147 @@
+"""The upstream I/O end on aiohttp's client: send one request to one instance, stream the answer back.
+
+One `ClientSession` per pool (or remote upstream), keep-alive pooling, no redirects, no decompression, no
+cookie jar, no auto-added headers, and the request target sent byte for byte (`yarl.URL(..., encoded=True)`).
+aiohttp's silent re-send of idempotent requests on a stale pooled connection is disabled: a retry Gatewatch
+cannot see would be a retry no trace shows (the balancer issue adds visible retries).
+
+Every aiohttp/OS error is mapped to one `ErrorType`; nothing else leaves this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from typing import AsyncIterator
+
+import aiohttp
+from multidict import CIMultiDict
+from yarl import URL
+
+from gatewatch.io.interfaces import Headers, UpstreamFailure, UpstreamRequest
+from gatewatch.telemetry.names import ErrorType
+
+SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
+READ_CHUNK = 64 * 1024
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def map_error(err: BaseException, before_response: bool) -> UpstreamFailure:
+    if isinstance(err, aiohttp.ConnectionTimeoutError):
+        return UpstreamFailure(ErrorType.CONNECT_TIMEOUT, str(err))
+    if isinstance(err, aiohttp.SocketTimeoutError):
+        kind = ErrorType.RESPONSE_TIMEOUT if before_response else ErrorType.READ_TIMEOUT
+        return UpstreamFailure(kind, str(err), before_response=before_response)
+    if isinstance(err, aiohttp.ClientConnectorError):
+        return UpstreamFailure(ErrorType.CONNECT_REFUSED, str(err))
+    if isinstance(err, aiohttp.ClientResponseError):  # bad status line, bad headers
+        return UpstreamFailure(ErrorType.PROTOCOL_ERROR, str(err), before_response=before_response)
+    if isinstance(err, (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
+                        aiohttp.ClientConnectionError, ConnectionError)):
+        return UpstreamFailure(ErrorType.UPSTREAM_RESET, str(err) or type(err).__name__,
+                               before_response=before_response)
+    if isinstance(err, asyncio.TimeoutError):
+        kind = ErrorType.RESPONSE_TIMEOUT if before_response else ErrorType.READ_TIMEOUT
+        return UpstreamFailure(kind, "timed out", before_response=before_response)
+    return UpstreamFailure(ErrorType.PROTOCOL_ERROR, f"{type(err).__name__}: {err}", before_response=before_response)
+
+
+def _peer(resp: aiohttp.ClientResponse, request: UpstreamRequest) -> tuple[str, int] | None:
+    """The address actually connected to. A small body may already be read and its connection released by
+    the time `request()` returns, so fall back to the protocol's transport, then to an IP-literal host."""
+    conn = resp.connection
+    transport = conn.transport if conn is not None else getattr(getattr(resp, "_protocol", None), "transport", None)
+    peername = transport.get_extra_info("peername") if transport is not None else None
+    if peername:
+        return peername[0], peername[1]
+    try:
+        ipaddress.ip_address(request.host)
+    except ValueError:
+        return None
+    return request.host, request.port
+
+
+class AiohttpResponse:
+    def __init__(self, resp: aiohttp.ClientResponse, peer: tuple[str, int] | None):
+        self._resp = resp
+        self.status = resp.status
+        self.reason = resp.reason or ""
+        self.headers: Headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in resp.raw_headers)
+        self.peer_address = peer[0] if peer else None
+        self.peer_port = peer[1] if peer else None
+        self.whole = None  # aiohttp streams every body; only the raw data plane hands small ones over whole
+        self._complete = False
+
+    async def body(self) -> AsyncIterator[bytes]:
+        content = self._resp.content
+        try:
+            while True:
+                chunk = await content.readany()
+                if not chunk:
+                    break
+                yield chunk
+        except Exception as err:  # noqa: BLE001 - every failure becomes an ErrorType
+            raise map_error(err, before_response=False) from None
+        self._complete = True
+
+    def close(self) -> None:
+        if self._complete:
+            self._resp.release()  # framing was complete: the connection may be reused
+        else:
+            self._resp.close()  # never reuse a connection whose exchange did not end cleanly
+
+
+class AiohttpForwarder:
+    def __init__(self, limits: dict[str, tuple[int, float]]):
+        """`limits`: pool or upstream name → (max connections, keep-alive idle seconds)."""
+        self._limits = limits
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+
+    def _session(self, pool: str) -> aiohttp.ClientSession:
+        session = self._sessions.get(pool)
+        if session is None or session.closed:
+            limit, idle = self._limits.get(pool, (256, 15.0))
+            connector = aiohttp.TCPConnector(limit=0, limit_per_host=limit, keepalive_timeout=idle,
+                                             enable_cleanup_closed=False, ttl_dns_cache=10)
+            session = aiohttp.ClientSession(
+                connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
+                skip_auto_headers=SKIP_AUTO_HEADERS, timeout=aiohttp.ClientTimeout(total=None),
+                requote_redirect_url=False)
+            # Disable aiohttp's invisible re-send on a stale keep-alive connection (see module docstring).
+            session._retry_connection = False  # noqa: SLF001
+            self._sessions[pool] = session
+        return session
+
+    async def send(self, pool: str, request: UpstreamRequest, body: AsyncIterator[bytes] | None,
+                   connect_s: float, response_s: float, idle_s: float) -> AiohttpResponse:
+        session = self._session(pool)
+        url = URL(f"{request.scheme}://{_hostport(request.host, request.port)}{request.target}", encoded=True)
+        headers = CIMultiDict(request.headers)
+        timeout = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=connect_s, sock_read=idle_s)
+        try:
+            async with asyncio.timeout(response_s):
+                resp = await session.request(
+                    request.method, url, headers=headers, data=body if request.has_body else None,
+                    allow_redirects=False, timeout=timeout, compress=None, auto_decompress=False)
+        except asyncio.CancelledError:
+            raise
+        except TimeoutError as err:
+            if isinstance(err, aiohttp.ServerTimeoutError):
+                raise map_error(err, before_response=True) from None
+            raise UpstreamFailure(ErrorType.RESPONSE_TIMEOUT, f"no response head within {response_s}s") from None
+        except Exception as err:  # noqa: BLE001 - every failure becomes an ErrorType
+            raise map_error(err, before_response=True) from None
+        return AiohttpResponse(resp, _peer(resp, request))
+
+    def set_limits(self, limits: dict[str, tuple[int, float]]) -> None:
+        """After a config reload: limits for pools and upstreams connected from now on (connection pools that
+        already exist keep theirs until the process restarts)."""
+        self._limits = limits
+
+    async def close(self) -> None:
+        for s in self._sessions.values():
+            await s.close()
+        self._sessions.clear()

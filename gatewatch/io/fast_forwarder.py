@@ -1,0 +1,458 @@
+"""The upstream I/O end on raw asyncio protocols with llhttp's strict response parser (httptools).
+
+Per endpoint a pool of keep-alive connections (LIFO, so a few stay warm; bounded count; one idle longer than
+`keepalive_idle_s` — below typical upstream idle timeouts — is closed instead of reused; `https` upstreams
+get verified TLS). A connection goes back to the pool only
+after a clean exchange: the request body fully sent, the response complete by its own framing, keep-alive on
+both sides, no error. There is no hidden re-send of any request: a failure is reported to the engine as an
+`UpstreamFailure` and the balancer's visible retry logic decides.
+
+Timeouts: `connect_s` for TCP connect; `response_s` from the moment the request head is written until the
+response head is parsed; `idle_s` for each wait on the response body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import socket
+import ssl
+import time
+from typing import AsyncIterator
+
+import httptools
+
+from gatewatch.io.http1 import BodyQueue, Deadlines, WriteFlow, chunk_frame, serialize_head
+from gatewatch.io.interfaces import ClientGone, UpstreamFailure, UpstreamRequest
+from gatewatch.telemetry.names import ErrorType
+
+
+MAX_RESPONSE_HEAD = 64 * 1024  # like nginx's "upstream sent too big header" (proxy_buffer_size, generous)
+
+
+class _Unsolicited(Exception):
+    """Raised from a parser callback: the upstream broke the protocol (→ PROTOCOL_ERROR, connection aborted)."""
+
+
+def _reset() -> UpstreamFailure:
+    return UpstreamFailure(ErrorType.UPSTREAM_RESET, "connection closed before the response was complete",
+                           before_response=False)
+
+
+class UpstreamConnection(asyncio.Protocol):
+    # Slots: with a pool of many instances each request touches a different, cache-cold connection, and a
+    # dict-less object is fewer cache lines to fetch.
+    __slots__ = ("pool", "loop", "transport", "flow", "parser", "closed", "busy", "idle_since", "peer", "head",
+                 "body", "_headers", "_head_bytes", "_status_reason", "complete", "is_head_request", "until_close",
+                 "keep_alive")
+
+    def __init__(self, pool: "EndpointPool"):
+        self.pool = pool
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.flow = WriteFlow()
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.busy = False
+        self.idle_since = 0.0
+        self.peer: tuple[str, int] | None = None
+        self.head: asyncio.Future | None = None
+        self.body: BodyQueue | None = None
+        self._headers: list[tuple[str, str]] = []
+        self._head_bytes = 0
+        self._status_reason = b""
+        self.complete = False
+        self.is_head_request = False
+        self.until_close = False  # the response body is delimited by the connection closing (no length)
+        self.keep_alive = False
+
+    # --- asyncio.Protocol ---
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = (peer[0], peer[1]) if peer else None
+        s = transport.get_extra_info("socket")
+        if s is not None:
+            try:
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.flow.close()
+        self.pool.forget(self)
+        if self.head is not None and not self.head.done():
+            self.head.set_exception(UpstreamFailure(ErrorType.UPSTREAM_RESET, "connection closed before the "
+                                                    "response head", before_response=True))
+        if self.body is not None and not self.complete:
+            if self.until_close and exc is None and self.head is not None and self.head.done():
+                self.complete = True  # a clean close is how a length-less body ends
+                self.body.finish()
+            else:
+                self.body.fail(_reset())
+
+    def pause_writing(self) -> None:
+        self.flow.pause()
+
+    def resume_writing(self) -> None:
+        self.flow.resume()
+
+    def data_received(self, data: bytes) -> None:
+        if not self.busy:
+            self.abort()  # bytes nobody asked for: the connection is not trustworthy any more
+            return
+        try:
+            self.parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as err:
+            failure = UpstreamFailure(ErrorType.PROTOCOL_ERROR, str(err) or "invalid response",
+                                      before_response=self.head is not None and not self.head.done())
+            if self.head is not None and not self.head.done():
+                self.head.set_exception(failure)
+            elif self.body is not None:
+                self.body.fail(failure)
+            self.abort()
+
+    # --- llhttp callbacks ---
+
+    def on_message_begin(self) -> None:
+        if self.complete:
+            raise _Unsolicited()  # a second response nobody asked for: the connection cannot be trusted
+        self._headers = []
+        self._head_bytes = 0
+
+    def on_status(self, status: bytes) -> None:
+        self._status_reason = status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > MAX_RESPONSE_HEAD:
+            raise _Unsolicited("upstream sent too big a header")
+        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status == 101:
+            raise _Unsolicited("101 Switching Protocols to a request that did not ask to upgrade")
+        if 100 <= status < 200:
+            return  # interim (100 Continue, 103 Early Hints): wait for the final response
+        if self.head is not None and not self.head.done():
+            self.head.set_result((status, self._status_reason.decode("latin-1"), tuple(self._headers)))
+        self.keep_alive = self.parser.should_keep_alive()  # read now: llhttp resets it after the message
+        te = next((v for k, v in self._headers if k.lower() == "transfer-encoding"), None)
+        has_length = any(k.lower() == "content-length" for k, _ in self._headers)
+        # RFC 9112 §6.3: no length and no final `chunked` coding → the body ends when the connection closes.
+        self.until_close = status not in (204, 304) and (
+            (te is None and not has_length) or (te is not None and not te.strip().lower().endswith("chunked")))
+        if self.is_head_request:
+            # llhttp cannot be told a body is absent for HEAD; end here and never reuse this connection.
+            self.complete = True
+            self.body.finish()
+            self.busy = False
+            self.closed = True
+            self.transport.close()
+
+    def on_body(self, body: bytes) -> None:
+        if self.body is not None:
+            self.body.feed(body)
+
+    def on_message_complete(self) -> None:
+        if self.parser.get_status_code() < 200 and self.head is not None and not self.head.done():
+            return  # end of an interim response
+        self.complete = True
+        if self.body is not None:
+            self.body.finish()
+
+    # --- exchange ---
+
+    def begin(self, method: str) -> None:
+        self.busy = True
+        self.complete = False
+        self.is_head_request = method == "HEAD"
+        self.head = self.loop.create_future()
+        self.body = BodyQueue(self._pause_reading, self._resume_reading, _reset)
+
+    def _pause_reading(self) -> None:
+        if not self.closed:
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if not self.closed:
+            self.transport.resume_reading()
+
+    def abort(self) -> None:
+        self.closed = True
+        self.flow.close()
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class EndpointPool:
+    __slots__ = ("host", "port", "tls", "max_connections", "idle_s", "idle", "open", "_waiters")
+
+    def __init__(self, host: str, port: int, max_connections: int, idle_s: float,
+                 tls: ssl.SSLContext | None = None):
+        self.host = host
+        self.port = port
+        self.tls = tls  # https upstreams: verified TLS with SNI = host
+        self.max_connections = max_connections
+        self.idle_s = idle_s
+        self.idle: collections.deque[UpstreamConnection] = collections.deque()
+        self.open = 0
+        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+
+    def take_idle(self) -> UpstreamConnection | None:
+        """A pooled keep-alive connection, or None (then `acquire` connects or waits)."""
+        if not self.idle:
+            return None
+        now = time.monotonic()
+        while self.idle:
+            conn = self.idle.pop()  # LIFO: the warmest connection
+            if conn.closed:
+                continue
+            if now - conn.idle_since > self.idle_s:
+                conn.abort()
+                continue
+            return conn
+        return None
+
+    async def acquire(self, connect_s: float) -> UpstreamConnection:
+        conn = self.take_idle()
+        if conn is not None:
+            return conn
+        while self.open >= self.max_connections:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                async with asyncio.timeout(connect_s):
+                    conn = await waiter
+            except (TimeoutError, asyncio.CancelledError) as err:
+                # release() may have handed us a connection in the same iteration as the timeout/cancel:
+                # give it back, or it would stay busy and counted forever.
+                if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
+                    self.release(waiter.result())
+                if isinstance(err, asyncio.CancelledError):
+                    raise
+                raise UpstreamFailure(ErrorType.CONNECT_TIMEOUT, "no free connection to the instance") from None
+            if conn is not None and not conn.closed:
+                return conn
+        self.open += 1
+        try:
+            async with asyncio.timeout(connect_s):
+                _, conn = await asyncio.get_running_loop().create_connection(
+                    lambda: UpstreamConnection(self), self.host, self.port, ssl=self.tls,
+                    server_hostname=self.host if self.tls else None)
+        except TimeoutError:
+            self.open -= 1
+            raise UpstreamFailure(ErrorType.CONNECT_TIMEOUT, f"connect took longer than {connect_s}s") from None
+        except ssl.SSLError as err:  # an OSError too, but worth naming
+            self.open -= 1
+            raise UpstreamFailure(ErrorType.CONNECT_REFUSED, f"TLS: {err}") from None
+        except OSError as err:
+            self.open -= 1
+            raise UpstreamFailure(ErrorType.CONNECT_REFUSED, err.strerror or str(err)) from None
+        except BaseException:
+            self.open -= 1
+            raise
+        return conn
+
+    def release(self, conn: UpstreamConnection) -> None:
+        conn.busy = False
+        conn.head = None
+        conn.body = None
+        if conn.closed:
+            return
+        while self._waiters:
+            w = self._waiters.popleft()
+            if not w.done():
+                conn.busy = True
+                w.set_result(conn)
+                return
+        conn.idle_since = time.monotonic()
+        self.idle.append(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        self.open -= 1
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+        while self._waiters:  # a slot is free: let one waiter connect
+            w = self._waiters.popleft()
+            if not w.done():
+                w.set_result(None)
+                break
+
+    def close(self) -> None:
+        for conn in list(self.idle):
+            conn.abort()
+        self.idle.clear()
+
+
+class RawResponse:
+    __slots__ = ("_pool", "_conn", "status", "reason", "headers", "peer_address", "peer_port", "_idle_s", "_pump",
+                 "_released", "_whole")
+
+    def __init__(self, pool: EndpointPool, conn: UpstreamConnection, head: tuple, idle_s: float,
+                 pump: asyncio.Task | None):
+        self._pool = pool
+        self._conn = conn
+        self.status, self.reason, self.headers = head
+        self.peer_address = conn.peer[0] if conn.peer else None
+        self.peer_port = conn.peer[1] if conn.peer else None
+        self._idle_s = idle_s
+        self._pump = pump
+        self._released = False
+        self._whole: bytes | None = None
+
+    @property
+    def whole(self) -> bytes | None:
+        """The entire body if it already arrived with the head (a small response usually does): the engine
+        can answer with one write instead of a chunk-by-chunk relay. None: stream it with `body()`."""
+        if self._whole is None and self._pump is None and self._conn.complete and self._conn.body is not None:
+            self._whole = self._conn.body.take_whole()
+        return self._whole
+
+    async def body(self) -> AsyncIterator[bytes]:
+        if self._whole is not None:  # taken by `whole` but relayed this way after all
+            if self._whole:
+                yield self._whole
+            return
+        q = self._conn.body
+        while True:
+            try:
+                chunk = await q.read(self._idle_s)
+            except TimeoutError:
+                raise UpstreamFailure(ErrorType.READ_TIMEOUT, f"body stalled for {self._idle_s}s",
+                                      before_response=False) from None
+            if not chunk:
+                return
+            yield chunk
+
+    def close(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        conn = self._conn
+        pump_ok = self._pump is None or (self._pump.done() and not self._pump.cancelled()
+                                         and self._pump.exception() is None)
+        if self._pump is not None and not self._pump.done():
+            self._pump.cancel()
+        if conn.complete and pump_ok and not conn.closed and conn.keep_alive and not conn.until_close:
+            self._pool.release(conn)
+        else:
+            conn.abort()
+            conn.busy = False
+
+
+def _request_bytes(req: UpstreamRequest) -> tuple[bytes, bool]:
+    """(serialized head, chunked?) — chunked when a body is coming and its length is unknown."""
+    chunked = req.has_body and not any(k.lower() == "content-length" for k, _ in req.headers)
+    extra = [b"Transfer-Encoding: chunked\r\n"] if chunked else []
+    line = f"{req.method} {req.target} HTTP/1.1\r\n".encode("latin-1")
+    return serialize_head(line, req.headers, extra), chunked
+
+
+async def _pump_body(conn: UpstreamConnection, body: AsyncIterator[bytes], chunked: bool) -> None:
+    """Stream the client's request body upstream. A client that vanishes aborts the upstream connection."""
+    try:
+        async for chunk in body:
+            if conn.closed:
+                return
+            if chunked:
+                conn.transport.writelines(chunk_frame(chunk))
+            else:
+                conn.transport.write(chunk)
+            if conn.flow.paused:
+                await conn.flow.wait()
+        if chunked and not conn.closed:
+            conn.transport.write(b"0\r\n\r\n")
+    except ClientGone:
+        conn.abort()
+        raise
+
+
+class RawForwarder:
+    def __init__(self, limits: dict[str, tuple[int, float]]):
+        """`limits`: pool or upstream name → (max connections per endpoint, keep-alive idle seconds)."""
+        self._limits = limits
+        self._pools: dict[tuple[str, str, int, str], EndpointPool] = {}
+        self._tls: ssl.SSLContext | None = None
+        self._deadlines: Deadlines | None = None  # response-head timeouts of all exchanges, created in the loop
+
+    def _pool(self, name: str, host: str, port: int, scheme: str) -> EndpointPool:
+        key = (name, host, port, scheme)
+        pool = self._pools.get(key)
+        if pool is None:
+            limit, idle = self._limits.get(name, (256, 15.0))
+            tls = None
+            if scheme == "https":
+                if self._tls is None:
+                    self._tls = ssl.create_default_context()
+                tls = self._tls
+            pool = self._pools[key] = EndpointPool(host, port, limit, idle, tls)
+        return pool
+
+    async def send(self, pool: str, request: UpstreamRequest, body: AsyncIterator[bytes] | None,
+                   connect_s: float, response_s: float, idle_s: float) -> RawResponse:
+        ep = self._pool(pool, request.host, request.port, request.scheme)
+        conn = ep.take_idle() or await ep.acquire(connect_s)
+        conn.begin(request.method)
+        head, chunked = _request_bytes(request)
+        conn.transport.write(head)
+        loop = conn.loop
+        pump = None
+        if body is not None:
+            pump = loop.create_task(_pump_body(conn, body, chunked))
+        deadlines = self._deadlines
+        if deadlines is None:
+            deadlines = self._deadlines = Deadlines(loop, _HeadTimeout)
+        head_future = conn.head
+        tick = deadlines.add(response_s, head_future)
+        try:
+            if pump is None:
+                status_head = await conn.head
+            else:
+                done, _ = await asyncio.wait((conn.head, pump), return_when=asyncio.FIRST_COMPLETED)
+                if pump in done and pump.exception() is not None:
+                    raise pump.exception()
+                status_head = await conn.head
+        except _HeadTimeout:
+            _discard(conn, pump)
+            raise UpstreamFailure(ErrorType.RESPONSE_TIMEOUT, f"no response head within {response_s}s") from None
+        except ClientGone:
+            _discard(conn, pump)
+            raise UpstreamFailure(ErrorType.UPSTREAM_RESET, "client went away during the upload") from None
+        except UpstreamFailure:
+            _discard(conn, pump)
+            raise
+        except asyncio.CancelledError:
+            _discard(conn, pump)
+            raise
+        finally:
+            deadlines.discard(tick, head_future)
+        return RawResponse(ep, conn, status_head, idle_s, pump)
+
+    def set_limits(self, limits: dict[str, tuple[int, float]]) -> None:
+        """After a config reload: limits for pools and upstreams connected from now on (connection pools that
+        already exist keep theirs until the process restarts)."""
+        self._limits = limits
+
+    async def close(self) -> None:
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
+
+
+class _HeadTimeout(Exception):
+    pass
+
+
+def _discard(conn: UpstreamConnection, pump: asyncio.Task | None) -> None:
+    if pump is not None and not pump.done():
+        pump.cancel()
+    if conn.head is not None and not conn.head.done():
+        conn.head.cancel()
+    conn.abort()
+    conn.busy = False

@@ -1,0 +1,124 @@
+"""The narrow interfaces between the engine and its two I/O ends.
+
+- The **listener** turns client bytes into a `RequestHead`, a request body (`AsyncIterator[bytes]`) and a
+  `Downstream` to answer on, then calls `Engine.handle`. It owns HTTP/1 parsing and nothing else.
+- The **forwarder** (`Forwarder.send`) sends one `UpstreamRequest` to one instance and returns an
+  `UpstreamResponse` whose body streams, or raises `UpstreamFailure` with a closed `ErrorType`.
+
+Only the engine calls either. Replacing aiohttp on either side (the performance issue will) must not touch the
+engine, the decisions or the telemetry: keep everything protocol-specific behind these types.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import AsyncIterator, Protocol
+
+from gatewatch.telemetry.names import ErrorType
+
+Headers = tuple[tuple[str, str], ...]  # ordered, duplicates kept, names as received
+
+
+# Not frozen: a frozen dataclass's __init__ costs three times as much (object.__setattr__ per field), and one
+# of each is built per request. Nothing mutates them after construction.
+@dataclass(slots=True, eq=False)
+class RequestHead:
+    method: str
+    target: str  # the raw request target from the request line, undecoded
+    version: str  # "1.1"
+    headers: Headers
+    client_address: str
+    client_port: int
+    scheme: str  # "http" | "https" as seen by this listener
+    server_address: str  # the listener's local address
+    server_port: int
+    listener: str  # listener name from config
+    has_body: bool  # Content-Length > 0 or Transfer-Encoding present
+    index: dict[str, str]  # lower-case name → first value, built once by the listener
+
+    def header(self, lname: str) -> str | None:
+        """First value of a header, `lname` lower-case."""
+        return self.index.get(lname)
+
+
+def header_index(headers: Headers) -> dict[str, str]:
+    index: dict[str, str] = {}
+    for k, v in headers:
+        index.setdefault(k.lower(), v)
+    return index
+
+
+@dataclass(slots=True, eq=False)
+class UpstreamRequest:
+    method: str
+    host: str  # instance address to connect to
+    port: int
+    scheme: str
+    target: str  # canonical path + "?" + raw query, sent byte for byte
+    headers: Headers  # already filtered (hop-by-hop gone) and annotated (forwarded, trace context)
+    has_body: bool
+
+
+class UpstreamResponse(Protocol):
+    status: int
+    reason: str
+    headers: Headers
+    peer_address: str | None
+    peer_port: int | None
+    whole: bytes | None  # the entire body when it had already arrived with the head (else None: stream it)
+
+    def body(self) -> AsyncIterator[bytes]:
+        """Chunks until the upstream's framing says the body is complete. Raises `UpstreamFailure` if the
+        upstream dies, stalls past the idle timeout or breaks framing before that."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection: back to the pool after a complete body, otherwise closed."""
+        ...
+
+
+class UpstreamFailure(Exception):
+    """An attempt failed. `sent_body` says whether any request body bytes may have reached the upstream
+    (the retry logic of the balancer issue needs it)."""
+
+    def __init__(self, error_type: ErrorType, detail: str = "", *, before_response: bool = True):
+        super().__init__(f"{error_type.value}: {detail}" if detail else error_type.value)
+        self.error_type = error_type
+        self.detail = detail
+        self.before_response = before_response
+
+
+class ClientGone(Exception):
+    """The downstream client closed the connection while we were writing to it or reading its body."""
+
+
+class Downstream(Protocol):
+    """How the engine answers the client. `start` sends the head once; `abort` breaks the connection so a
+    partial body can never look complete."""
+
+    @property
+    def started(self) -> bool: ...
+
+    def close_after_response(self) -> None:
+        """Close the connection after this response instead of keeping it alive (call before `start`)."""
+        ...
+
+    async def start(self, status: int, reason: str | None, headers: Headers, content_length: int | None) -> None: ...
+
+    async def write(self, chunk: bytes) -> None: ...
+
+    async def finish(self) -> None: ...
+
+    async def respond(self, status: int, reason: str | None, headers: Headers, body: bytes) -> None:
+        """`start` + `write` + `finish` for a body known in full (`Content-Length` = its length): one write on
+        the wire for the common small exchange. Nothing is sent if the response was already started."""
+        ...
+
+    def abort(self) -> None: ...
+
+
+class Forwarder(Protocol):
+    async def send(self, pool: str, request: UpstreamRequest, body: AsyncIterator[bytes] | None,
+                   connect_s: float, response_s: float, idle_s: float) -> UpstreamResponse: ...
+
+    async def close(self) -> None: ...

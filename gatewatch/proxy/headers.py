@@ -1,0 +1,146 @@
+"""Header rules of a proxy (RFC 9110 §7.6): hop-by-hop removal, forwarding headers, request ids.
+
+Pure functions over `Headers` tuples; the engine calls them, the I/O ends never decide header policy.
+"""
+
+from __future__ import annotations
+
+import re
+
+from gatewatch.io.interfaces import Headers
+
+# RFC 9110 §7.6.1 connection-specific fields, plus the de-facto ones every proxy strips.
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te",
+    "trailer", "transfer-encoding", "upgrade",
+})
+# Replaced by this proxy on the way upstream (trace context is re-issued for our own span; Expect is answered
+# by the listener; Content-Length is re-derived by the forwarder from the body it streams).
+REISSUED_UPSTREAM = frozenset({"traceparent", "tracestate", "expect", "x-request-id", "via", "host",
+                               "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"})
+UPSTREAM_DROP = HOP_BY_HOP | REISSUED_UPSTREAM
+UPSTREAM_DROP_BAGGAGE = UPSTREAM_DROP | {"baggage"}  # the inbound context was not continued: neither is its baggage
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:@+/=-]{1,128}")  # fullmatch: '$' would let "id\n" through
+
+
+def strip_hop_by_hop(headers: Headers, also: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+    """`headers` without the hop-by-hop ones, the names any `Connection` header lists, and `also` (lower-case)."""
+    return _without(headers, HOP_BY_HOP | also)
+
+
+def _without(headers: Headers, drop: frozenset[str]) -> list[tuple[str, str]]:
+    """`headers` minus the names in `drop` (lower-case, a superset of HOP_BY_HOP) and the names any `Connection`
+    header lists. One pass in the common case; a second only when `Connection` names extra headers."""
+    out: list[tuple[str, str]] = []
+    connection: list[str] = []
+    for h in headers:
+        name = h[0].lower()
+        if name not in drop:
+            out.append(h)
+        elif name == "connection":
+            connection.append(h[1])
+    return _without_listed(out, connection, drop)
+
+
+def _without_listed(out: list[tuple[str, str]], connection: list[str], drop: frozenset[str]) -> list[tuple[str, str]]:
+    """`out` less the header names the `Connection` values list (RFC 9110 §7.6.1), except those `drop` removed
+    already. Nothing to do (and no second pass) in the common case of no `Connection` header."""
+    listed: set[str] = set()
+    for value in connection:
+        for t in value.split(","):
+            t = t.strip().lower()
+            if t and t not in drop:
+                listed.add(t)
+    return [h for h in out if h[0].lower() not in listed] if listed else out
+
+
+def request_id(inbound: str | None, rng) -> str:
+    """Keep a well-formed inbound X-Request-Id (so a caller's id follows the request); otherwise mint one."""
+    if inbound is not None and REQUEST_ID.fullmatch(inbound):
+        return inbound
+    return f"{rng.getrandbits(128):032x}"
+
+
+def _first(headers: Headers, lname: str) -> str | None:
+    for k, v in headers:
+        if k.lower() == lname:
+            return v
+    return None
+
+
+def _all(headers: Headers, lname: str, index: dict[str, str] | None) -> str:
+    """Every value of a header, comma-joined; `index` (lower-case name → first value) skips the scan when the
+    header is absent, which is the common case."""
+    if index is not None and lname not in index:
+        return ""
+    return ", ".join(v for k, v in headers if k.lower() == lname)
+
+
+def upstream_request_headers(headers: Headers, *, client_address: str, scheme: str, host: str | None,
+                             upstream_host: str, preserve_host: bool, trust_forwarded: bool, request_id: str,
+                             traceparent: str, tracestate: str | None, version: str,
+                             keep_baggage: bool, index: dict[str, str] | None = None) -> tuple[tuple[str, str], ...]:
+    out = _without(headers, UPSTREAM_DROP if keep_baggage else UPSTREAM_DROP_BAGGAGE)
+    out.insert(0, ("Host", host if (preserve_host and host) else upstream_host))
+    xff = _all(headers, "x-forwarded-for", index)
+    out.append(("X-Forwarded-For", f"{xff}, {client_address}" if xff else client_address))
+    first = index.get if index is not None else (lambda name: _first(headers, name))
+    proto = first("x-forwarded-proto") if trust_forwarded else None
+    out.append(("X-Forwarded-Proto", proto or scheme))
+    fwd_host = first("x-forwarded-host") if trust_forwarded else None
+    if fwd_host or host:
+        out.append(("X-Forwarded-Host", fwd_host or host or ""))
+    via = _all(headers, "via", index)
+    out.append(("Via", f"{via}, {version} gatewatch" if via else f"{version} gatewatch"))
+    out.append(("X-Request-Id", request_id))
+    out.append(("traceparent", traceparent))
+    if tracestate:
+        out.append(("tracestate", tracestate))
+    return tuple(out)
+
+
+RESPONSE_REPLACED = frozenset({"content-length", "via", "x-request-id", "traceresponse"})
+RESPONSE_DROP = HOP_BY_HOP | RESPONSE_REPLACED
+
+
+def downstream_response_headers(headers: Headers, version: str) -> tuple[list[tuple[str, str]], int | None]:
+    """Upstream response headers for the client, and the upstream's Content-Length (None: not known, stream it).
+    Removed: hop-by-hop and framing (the listener re-frames), an inner tier's X-Request-Id and traceresponse
+    (ours replace them); `Via` gets our hop. One pass over the headers in the common case."""
+    out: list[tuple[str, str]] = []
+    via_values: list[str] = []
+    lengths: list[str] = []
+    connection: list[str] = []
+    for h in headers:
+        name = h[0].lower()
+        if name not in RESPONSE_DROP:
+            out.append(h)
+        elif name == "content-length":
+            lengths.append(h[1].strip())
+        elif name == "via":
+            via_values.append(h[1])
+        elif name == "connection":
+            connection.append(h[1])
+    out = _without_listed(out, connection, RESPONSE_DROP)
+    via = ", ".join(via_values)
+    out.append(("Via", f"{via}, {version} gatewatch" if via else f"{version} gatewatch"))
+    return out, _length(lengths)
+
+
+def content_length(headers: Headers) -> int | None:
+    """The upstream's Content-Length if it is one well-formed value; None means "not known" (stream it)."""
+    return _length([v.strip() for k, v in headers if k.lower() == "content-length"])
+
+
+def _length(values: list[str]) -> int | None:
+    if not values or (len(values) > 1 and any(v != values[0] for v in values)):
+        return None
+    v = values[0]
+    return int(v) if v.isascii() and v.isdigit() else None
+
+
+def apply_changes(headers: Headers, set_: list[tuple[str, str]], remove: set[str]) -> Headers:
+    """Policy edits to the upstream request headers: drop every header named in `remove` (lower-case) or in
+    `set_` (so a client-sent copy of an identity header can never survive next to ours), then append `set_`."""
+    drop = remove | {k.lower() for k, _ in set_}
+    return tuple((k, v) for k, v in headers if k.lower() not in drop) + tuple(set_)

@@ -1,0 +1,23 @@
+"""The base of every config model and the name rules they share.
+
+A leaf module: it imports pydantic and nothing of Gatewatch, so every layer's config (telemetry, balancer, edge,
+the root) can build on it without importing another layer.
+
+Primitives: `Strict` (immutable, unknown keys are errors), `NAME_PATTERN` (names of routes, pools, listeners,
+policies, instances: they become metric labels and span attributes), `HTTP_TOKEN` (RFC 9110 §5.6.2 `token`).
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, ConfigDict
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+HTTP_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # used with fullmatch: '$' would allow a trailing newline
+
+
+class Strict(BaseModel):
+    """Base of every config model: immutable, unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
