@@ -1,0 +1,46 @@
+"""`Context`: what every part of one benchmark run shares — the parsed options, the tool paths, the temp dir for
+configs and logs, the CPU layout (the proxy's CPU and the load CPU), the open-files limit, the findings (`notes`)
+and the numbering of process names. It also builds the `taskset` prefix and the environment of Python children.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+from pathlib import Path
+
+from .common import REPO
+
+
+class Context:
+    def __init__(self, args: argparse.Namespace, tools: dict[str, str], workdir: Path, cpus: list[int]):
+        self.args = args
+        self.tools = tools
+        self.workdir = workdir
+        self.cpus = cpus
+        self.pinned = len(cpus) >= 2
+        self.proxy_cpu = cpus[0] if self.pinned else None
+        self.load_cpu = cpus[1] if self.pinned else None
+        self.nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self.notes: list[str] = []
+        self.seq = 0
+
+    def taskset(self, cpu: int | None) -> list[str]:
+        return [self.tools["taskset"], "-c", str(cpu)] if cpu is not None else []
+
+    def every_cpu(self) -> list[str]:
+        """Free to run anywhere (the harness itself is pinned to the load CPU, and children inherit that)."""
+        return [self.tools["taskset"], "-c", ",".join(map(str, self.cpus))] if len(self.cpus) > 1 else []
+
+    def child_env(self) -> dict[str, str]:
+        """The environment of a Python child: none of the harness's OTEL_ settings, and this tree's modules
+        first on PYTHONPATH, so `python -m gatewatch` runs the gateway of the tree the harness lives in."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+        env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def next_name(self, base: str) -> str:
+        self.seq += 1
+        return f"{self.seq:03d}-{base}"

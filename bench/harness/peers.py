@@ -1,0 +1,179 @@
+"""Everything that is not gatewatch: the nginx `Backend` that answers every case (on 1 port, or 1,000 for the
+pool cases), and the proxies gatewatch is compared with — HAProxy, nginx `proxy_pass` and bench/floor_proxy.py
+(the Python floor). Each `start_*` writes its config, starts the proxy on the proxy's CPU and returns its URL and
+process once it answers.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .cases import Case
+from .common import BENCH, HTTP, PATH, log
+from .context import Context
+from .host import free_port, port_range
+from .procs import Proc, wait_http
+
+
+def nginx_temp_paths(d: Path) -> str:
+    return "\n".join(f"  {k}_temp_path {d}/{k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+
+
+def backend_conf(d: Path, ports: list[int], nofile: int) -> str:
+    listens = "\n".join(f"    listen 127.0.0.1:{p}{' backlog=4096' if i == 0 else ''};" for i, p in enumerate(ports))
+    return f"""# the benchmark's backend: a fixed 2-byte answer, keep-alive, one worker
+worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+worker_rlimit_nofile {nofile};
+events {{ worker_connections {max(1024, nofile // 2)}; }}
+http {{
+  access_log off;
+  keepalive_timeout 120s;
+  keepalive_requests 1000000;
+  default_type text/plain;
+{nginx_temp_paths(d)}
+  server {{
+{listens}
+    location / {{ return 200 "ok"; }}
+    location = /__bench_status {{ stub_status; }}
+  }}
+}}
+"""
+
+
+def nginx_proxy_conf(d: Path, port: int, backend_port: int, nofile: int) -> str:
+    return f"""# reference: nginx proxy_pass, 1 worker, keep-alive to the backend
+worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+worker_rlimit_nofile {nofile};
+events {{ worker_connections {max(1024, nofile // 2)}; }}
+http {{
+  access_log off;
+  keepalive_timeout 75s;
+  keepalive_requests 1000000;
+{nginx_temp_paths(d)}
+  upstream backend {{
+    server 127.0.0.1:{backend_port};
+    keepalive 64;
+    keepalive_requests 1000000;
+  }}
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location / {{
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    }}
+  }}
+}}
+"""
+
+
+def haproxy_conf(port: int, backend_ports: list[int]) -> str:
+    servers = "\n".join(f"    server s{k} 127.0.0.1:{p}" for k, p in enumerate(backend_ports))
+    return f"""# reference: HAProxy, one thread, HTTP mode, keep-alive and connection reuse to the backend
+global
+    nbthread 1
+
+defaults
+    mode http
+    option http-keep-alive
+    option forwardfor
+    http-reuse always
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 75s
+
+frontend fe
+    bind 127.0.0.1:{port}
+    default_backend be
+
+backend be
+    balance roundrobin
+{servers}
+"""
+
+
+class Backend:
+    """The nginx backend on the load CPU, for the whole run."""
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.proc: Proc | None = None
+        self.ports: list[int] = []
+
+    def start(self, n_ports: int) -> None:
+        ctx = self.ctx
+        d = ctx.workdir / "backend"
+        d.mkdir(exist_ok=True)
+        self.ports = port_range(max(1, n_ports))
+        conf = d / "nginx.conf"
+        conf.write_text(backend_conf(d, self.ports, ctx.nofile))
+        self.proc = Proc("backend-nginx", ctx.taskset(ctx.load_cpu) + [
+            ctx.tools["nginx"], "-p", str(d), "-e", str(d / "error.log"), "-c", str(conf)], ctx.workdir)
+        wait_http(f"http://127.0.0.1:{self.ports[0]}{PATH}", self.proc)
+        if len(self.ports) > 1:
+            wait_http(f"http://127.0.0.1:{self.ports[-1]}{PATH}", self.proc)
+        log(f"bench: backend nginx on 127.0.0.1:{self.ports[0]}"
+            + (f" (and {len(self.ports) - 1} more ports up to {self.ports[-1]})" if len(self.ports) > 1 else ""))
+
+    def status(self) -> dict[str, int] | None:
+        """nginx stub_status of the backend: connections accepted, requests served, connections open. Each call
+        costs the backend one connection and one request of its own (subtracted by the caller)."""
+        try:
+            with HTTP.open(f"http://127.0.0.1:{self.ports[0]}/__bench_status", timeout=5) as r:
+                lines = r.read().decode().splitlines()
+            accepts, handled, requests = (int(x) for x in lines[2].split())
+            return {"active": int(lines[0].split(":")[1]), "accepts": accepts, "requests": requests}
+        except Exception:
+            return None
+
+    def pool_ports(self, pool: int) -> list[int]:
+        """The backend port of each pool instance (gatewatch's and the HAProxy reference's alike)."""
+        n = max(1, pool)
+        if self.ctx.args.pool_addressing == "ports" and n > 1:
+            return self.ports[:n]
+        return [self.ports[0]] * n
+
+
+def start_haproxy(ctx: Context, backend: Backend, case: Case, rnd: int) -> tuple[str, Proc]:
+    port = free_port()
+    cfg = ctx.workdir / f"haproxy-r{rnd}.cfg"
+    cfg.write_text(haproxy_conf(port, backend.pool_ports(case.pool)))
+    p = Proc(ctx.next_name("haproxy"), ctx.taskset(ctx.proxy_cpu) + [
+        ctx.tools["haproxy"], "-db", "-f", str(cfg)], ctx.workdir)
+    url = f"http://127.0.0.1:{port}{PATH}"
+    wait_http(url, p)
+    return url, p
+
+
+def start_nginx_proxy(ctx: Context, backend: Backend, case: Case, rnd: int) -> tuple[str, Proc]:
+    port = free_port()
+    d = ctx.workdir / f"nginx-proxy-r{rnd}"
+    d.mkdir(exist_ok=True)
+    conf = d / "nginx.conf"
+    conf.write_text(nginx_proxy_conf(d, port, backend.ports[0], ctx.nofile))
+    p = Proc(ctx.next_name("nginx-proxy"), ctx.taskset(ctx.proxy_cpu) + [
+        ctx.tools["nginx"], "-p", str(d), "-e", str(d / "error.log"), "-c", str(conf)], ctx.workdir)
+    url = f"http://127.0.0.1:{port}{PATH}"
+    wait_http(url, p)
+    return url, p
+
+
+def start_floor(ctx: Context, backend: Backend, case: Case, rnd: int) -> tuple[str, Proc]:
+    port = free_port()
+    p = Proc(ctx.next_name("python-floor"), ctx.taskset(ctx.proxy_cpu) + [
+        sys.executable, str(BENCH / "floor_proxy.py"), str(port), str(backend.ports[0])], ctx.workdir)
+    url = f"http://127.0.0.1:{port}{PATH}"
+    wait_http(url, p)
+    return url, p
+
+
+STARTERS = {"haproxy": start_haproxy, "nginx": start_nginx_proxy, "floor": start_floor}  # by Case.kind

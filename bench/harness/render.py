@@ -1,0 +1,206 @@
+"""The text output: `render` turns a results document into the table printed at the end of a run (and stored under
+`table`; bench/README.md quotes one) — header, one row per case, CPU by process, the context lines (HAProxy's own
+pool ratio, multi-core, telemetry cost on the proxy's core, idle connections), the targets and the findings.
+`summary_line` is the progress line logged after each measurement.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .common import NOISY, median
+
+_VS_HAPROXY = {"direct": "direct_vs_haproxy", "nginx": "nginx_vs_haproxy", "python-floor": "floor_vs_haproxy",
+               "gatewatch-off": "off_vs_haproxy",
+               "gatewatch-full": "full_vs_haproxy", "gatewatch-sampled": "sampled_vs_haproxy"}
+_VS_OFF = {"gatewatch-full": "full_vs_off", "gatewatch-sampled": "sampled_vs_off"}
+
+
+def fmt(v: Any, spec: str = ".2f", none: str = "-") -> str:
+    if v is None:
+        return none
+    try:
+        return format(v, spec)
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def render(res: dict[str, Any]) -> str:
+    lines = _header(res)
+    lines += _table(res)
+    lines += _by_process(res)
+    lines += _context(res)
+    lines += _targets(res)
+    lines += _findings(res)
+    return "\n".join(lines)
+
+
+def _header(res: dict[str, Any]) -> list[str]:
+    s = res["settings"]
+    m = res["machine"]
+    pin = (f"proxy pinned to CPU {s['pinning']['proxy_cpu']}; wrk, backend, OTLP sink and harness on CPU "
+           f"{s['pinning']['load_cpu']}" if isinstance(s["pinning"], dict) else s["pinning"].upper())
+    return [
+        (f"Gatewatch benchmark — {res['started_at']} — {'quick' if s['quick'] else 'full'}: {s['rounds']} "
+         f"round(s) × {s['duration_s']} s (+{s['warmup_s']} s warm-up), wrk -t1 -c32, path {s['path']}"),
+        f"{m['cpu_model']}, {m['cpu_count']} CPU, kernel {m['kernel']}, Python {m['python']}; {pin}",
+        (f"{m['haproxy']}; {m['nginx']}; {m['wrk']}; tree {m['tree_at_start']['commit'][:10]}"
+         + (" + uncommitted changes" if m['tree_at_start']['dirty_outside_bench'] else "")),
+        (f"telemetry off = {s['telemetry_off_mode']}; medians of {s['rounds']} round(s); ratios = median of "
+         f"per-round ratios"),
+        "",
+    ]
+
+
+def _table(res: dict[str, Any]) -> list[str]:
+    hdr = (f"{'case':<31} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs HAProxy':>10} {'vs gw-off':>9} "
+           f"{'CPU s/1k':>9} {'proc CPU':>8} {'busy P/L':>10}  {'telemetry exported / dropped':<30} flags")
+    lines = [hdr, "-" * len(hdr)]
+    for name, mm in res["medians"].items():
+        if name == "idle-10k":
+            continue
+        if mm.get("failed"):
+            lines.append(f"{name:<31} FAILED in every round")
+            continue
+        lines.append(_row(res, name, mm))
+    return lines
+
+
+def _row(res: dict[str, Any], name: str, mm: dict[str, Any]) -> str:
+    ratios = res["ratios"]
+    s = res["settings"]
+    h = "1.00" if name == "haproxy" else fmt(ratios.get(_VS_HAPROXY.get(name, "")), ".2f")
+    o = fmt(ratios.get(_VS_OFF.get(name, "")), ".2f")
+    cpu = fmt(mm.get("cpu_s_per_1k"), ".3f")
+    use = fmt(mm.get("proxy_cpu_util"), ".2f")
+    bl = mm.get("cpu_busy_per_cpu") or []
+    idx = [s["pinning"]["proxy_cpu"], s["pinning"]["load_cpu"]] if isinstance(s["pinning"], dict) else [0, 1]
+    busy = "/".join(fmt(bl[i], ".2f") for i in idx if i < len(bl)) or "-"
+    tel = ""
+    if mm.get("exported_total") is not None:
+        tel = f"{mm['exported_total']:.0f} / {mm.get('dropped_total_all_rounds', 0):.0f}"
+        if mm.get("sink_cpu_s_per_1k") is not None:
+            tel += f" (sink {mm['sink_cpu_s_per_1k']:.3f} s/1k)"
+    return (f"{name:<31} {mm['rps']:>9.0f} {mm['p50_ms']:>8.3f} {mm['p99_ms']:>8.3f} {h:>10} {o:>9} "
+            f"{cpu:>9} {use:>8} {busy:>10}  {tel:<30} {' '.join(_flags(res, name, mm))}")
+
+
+def _flags(res: dict[str, Any], name: str, mm: dict[str, Any]) -> list[str]:
+    rounds = res["settings"]["rounds"]
+    flags = []
+    if mm.get("dropped_total_all_rounds"):
+        flags.append("DROPPED")
+    if mm.get("non_2xx_3xx"):
+        flags.append(f"non-2xx {mm['non_2xx_3xx']:.0f}")
+    if mm.get("socket_errors"):
+        flags.append(f"sock-err {mm['socket_errors']:.0f}")
+    sat = sum(1 for r in res["rounds"].get(name, []) if r.get("load_cpu_saturated"))
+    if sat:
+        flags.append(f"LOAD-CPU-SAT({sat}/{mm.get('rounds_ok', rounds)})")
+    if (mm.get("other_cpu_util") or 0) > NOISY:
+        flags.append(f"NOISY({mm['other_cpu_util']:.2f} cores other)")
+    if any("CRASH" in p for p in mm.get("problems", [])):
+        flags.append("CRASH")
+    if mm.get("rounds_ok", rounds) < rounds:
+        flags.append(f"only {mm['rounds_ok']}/{rounds} rounds")
+    return flags
+
+
+def _by_process(res: dict[str, Any]) -> list[str]:
+    """CPU per request of each process of a proxy's tree, for the cases that have more than one."""
+    split = []
+    for name, rounds in res["rounds"].items():
+        procs = sorted({k for r in rounds for k in (r.get("cpu_s_per_1k_by_process") or {})})
+        if len(procs) > 1:
+            parts = [f"{k} {fmt(median([(r.get('cpu_s_per_1k_by_process') or {}).get(k) for r in rounds]), '.3f')}"
+                     for k in procs]
+            split.append(f"  {name:<29} " + ", ".join(parts))
+    if not split:
+        return []
+    return ["", "CPU s/1k by process of the proxy's tree (medians)"] + split
+
+
+def _context(res: dict[str, Any]) -> list[str]:
+    """The lines under the table that put a ratio in context, each after an empty line."""
+    med = res["medians"]
+    ratios = res["ratios"]
+    lines = []
+    cap = [f"{k.split('_vs_')[0]} {fmt(ratios.get(k), '.2f')}"
+           for k in ("full_vs_off_proxy_cpu", "sampled_vs_off_proxy_cpu") if ratios.get(k) is not None]
+    if ratios.get("haproxy_pool_1000_vs_3") is not None:
+        lines.append("")
+        lines.append(f"reference for pool_1000_vs_3: HAProxy round robin over the same pools "
+                     f"{fmt(ratios['haproxy_pool_1000_vs_3'], '.2f')} (1,000 distinct upstream connections cost "
+                     f"every proxy and the backend, not only gatewatch)")
+    if ratios.get("workers_2_vs_1") is not None:
+        w1, w2 = med.get("workers-1") or {}, med.get("workers-2") or {}
+        lines.append("")
+        lines.append(f"multi-core (workers: 2 ÷ workers: 1, both free to use every CPU, wrk and the backend on the "
+                     f"load CPU): {fmt(ratios['workers_2_vs_1'], '.2f')}× the throughput at "
+                     f"{fmt(w2.get('cpu_s_per_1k'), '.3f')} vs {fmt(w1.get('cpu_s_per_1k'), '.3f')} CPU-s/1k")
+    if cap:
+        lines.append("")
+        lines.append("telemetry cost on the proxy's core (gatewatch-off CPU per request ÷ the case's, proxy process "
+                     "only): " + ", ".join(cap))
+    idle = med.get("idle-10k")
+    if idle and not idle.get("failed"):
+        lines.append("")
+        lines.append(f"idle keep-alive connections: {idle['opened']:.0f} opened, RSS {idle['rss_before_kib']:.0f} → "
+                     f"{idle['rss_open_kib']:.0f} KiB ({fmt(idle.get('rss_kib_per_conn'), '.1f')} KiB/conn; "
+                     f"{idle['rss_after_close_kib']:.0f} KiB after closing them), "
+                     f"{idle['probed_alive']:.0f}/{idle['probed']:.0f} probed still served")
+    return lines
+
+
+def _targets(res: dict[str, Any]) -> list[str]:
+    pr = res["ratios_per_round"]
+    lines = ["", "Issue 3 targets (per-round values in brackets)"]
+    for name, t in res["targets"].items():
+        if name == "no_telemetry_dropped":
+            val = ", ".join(f"{k}: {v:.0f}" for k, v in (t["value"] or {}).items()) or "-"
+            rounds = ""
+        else:
+            val = fmt(t["value"], ".2f")
+            key, _, sub = name.partition(".")
+            vals = pr.get(key)
+            if sub and isinstance(vals, dict):
+                vals = vals.get(sub)
+            rounds = " [" + ", ".join(fmt(v, ".2f") for v in (vals or [])) + "]"
+        met = {True: "met", False: "NOT MET", None: "not measured"}[t["met"]]
+        lines.append(f"  {name:<40} {val:>8}  target {t['target']:<28} {met}{rounds}")
+    return lines
+
+
+def _findings(res: dict[str, Any]) -> list[str]:
+    """The notes, then per case one line per kind of problem, with the rounds it happened in."""
+    problems = []
+    for name, rounds in res["rounds"].items():
+        kinds: dict[str, list] = {}
+        for r in rounds:
+            for p in r.get("problems", []):
+                kind = p.split(":", 1)[0] if p.split()[0].isupper() else p
+                kinds.setdefault(kind, []).append((r.get("round", 0) + 1, p))
+        for kind, hits in kinds.items():
+            where = f"round {hits[0][0]}" if len(hits) == 1 else f"rounds {', '.join(str(h[0]) for h in hits)}"
+            problems.append(f"{name} ({where}): {hits[0][1] if len(hits) == 1 else hits[-1][1]}")
+    if not (problems or res["notes"]):
+        return []
+    return ["", "Findings / problems"] + [f"  * {note}" for note in res["notes"]] + [f"  * {p}" for p in problems]
+
+
+def summary_line(r: dict) -> str:
+    if "failed" in r:
+        return "FAILED: " + r["failed"].splitlines()[0][:150]
+    if "rss_kib_per_conn" in r:
+        per = r["rss_kib_per_conn"]
+        return f"{r['opened']} idle conns, {per:.1f} KiB/conn" if per is not None else "no connections opened"
+    s = f"{r['rps']:>9.0f} req/s  p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms"
+    if r.get("cpu_s_per_1k") is not None:
+        s += f"  cpu {r['cpu_s_per_1k']:.3f} s/1k"
+    if r.get("exported_total") is not None:
+        s += f"  exported {r['exported_total']:.0f} dropped {r['dropped_total']:.0f}"
+    if (r.get("other_cpu_util") or 0) > NOISY:
+        s += f"  other processes {r['other_cpu_util']:.2f} cores"
+    if r.get("problems"):
+        s += f"  [{len(r['problems'])} problem(s)]"
+    return s
