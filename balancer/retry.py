@@ -8,13 +8,22 @@ one more attempt may be made after a failed one, and why (a `telemetry.names.Rea
 - then the configured `retry_on`, the attempt count, the overall deadline and the budget, in that order.
 
 `RetryBudget`: concurrent retries per upstream may be at most `percent` % of the requests active on it, never
-fewer than `min_concurrent` (Envoy's retry budget), so a full outage cannot multiply the load.
+fewer than `min_concurrent` (Envoy's retry budget), so a full outage cannot multiply the load. `RetryBudgets`
+keeps one per upstream name for the life of the process (reloads included): a snapshot gets the map of its
+upstreams' budgets when it is built and never adds to it.
+
+`RetryState`: one request's retries on its upstream — the time each attempt may take (per-try timeout within the
+overall deadline), the verdict after a failure, the backoff before the next try, and the budget accounting: the
+request counts as active from start to `close()`; a granted retry holds its share of the budget from the verdict
+(so failures arriving during its backoff see it taken) until its attempt ends.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from types import MappingProxyType
+from typing import Iterable, Mapping
 
 from gatewatch.balancer.config import RetryBudgetConfig, RetryConfig
 from gatewatch.telemetry.names import ErrorType, Reason
@@ -85,3 +94,57 @@ class RetryBudget:
 
     def left(self, cfg: RetryBudgetConfig) -> int:
         return max(cfg.min_concurrent, int(self.active * cfg.percent / 100)) - self.retrying
+
+
+class RetryBudgets:
+    def __init__(self) -> None:
+        self._by_upstream: dict[str, RetryBudget] = {}
+
+    def for_upstreams(self, names: Iterable[str]) -> Mapping[str, RetryBudget]:
+        """The live budgets of these upstreams (created at 0 for new names), as a read-only map."""
+        return MappingProxyType({n: self._by_upstream.setdefault(n, RetryBudget()) for n in names})
+
+
+class RetryState:
+    __slots__ = ("cfg", "budget", "deadline", "per_try_s")
+
+    def __init__(self, cfg: RetryConfig, budget: RetryBudget, now: float, response_s: float):
+        """`now`: the monotonic clock at the first attempt; `response_s`: the route's response timeout (the
+        per-try timeout unless `per_try_timeout_s` is set)."""
+        self.cfg = cfg
+        self.budget = budget
+        self.deadline = now + cfg.deadline_s if cfg.deadline_s else None
+        self.per_try_s = cfg.per_try_timeout_s or response_s
+        budget.active += 1
+
+    def attempt_timeout(self, now: float) -> float:
+        """How long the next attempt may wait for its response head."""
+        if self.deadline is None:
+            return self.per_try_s
+        return max(0.001, min(self.per_try_s, self.deadline - now))
+
+    def decide(self, method: str, failure: Failure, attempts_made: int, body: Body,
+               now: float) -> tuple[RetryVerdict, int]:
+        """The verdict after a failed attempt, and the budget left when it was taken. A granted retry takes its
+        share of the budget now."""
+        left = self.budget.left(self.cfg.budget)
+        verdict = decide(self.cfg, method, failure, attempts_made, body, left,
+                         None if self.deadline is None else self.deadline - now)
+        if verdict.retry:
+            self.budget.retrying += 1
+        return verdict, left
+
+    def pause(self, retry_number: int, rng, now: float) -> float:
+        """The backoff before retry `retry_number`, never past the deadline."""
+        pause = backoff_s(self.cfg, retry_number, rng)
+        if self.deadline is not None:
+            pause = min(pause, max(0.0, self.deadline - now))
+        return pause
+
+    def attempt_ended(self, attempt_number: int) -> None:
+        """Attempt `attempt_number` (0 = the first try) is over: a retry gives its share of the budget back."""
+        if attempt_number:
+            self.budget.retrying -= 1
+
+    def close(self) -> None:
+        self.budget.active -= 1

@@ -76,12 +76,47 @@ class ErrorType(StrEnum):
     INTERNAL = "_OTHER"
 
 
+class RejectReason(StrEnum):
+    """`error.type` of a request a listener refuses before it reaches routing (outcome `bad_request`)."""
+
+    FRAMING_CONFLICT = "framing_conflict"  # Content-Length and Transfer-Encoding together (smuggling shape)
+    INVALID_CONTENT_LENGTH = "invalid_content_length"
+    INVALID_CHUNKED_ENCODING = "invalid_chunked_encoding"
+    INVALID_METHOD = "invalid_method"
+    INVALID_TARGET = "invalid_target"
+    INVALID_HOST = "invalid_host"  # not exactly one Host in HTTP/1.1 (RFC 9112 §3.2)
+    PARSE_ERROR = "parse_error"  # any other syntax error
+    HEAD_TIMEOUT = "head_timeout"  # the request head did not arrive in time (slowloris)
+    URI_TOO_LONG = "uri_too_long"
+    EXPECTATION_FAILED = "expectation_failed"  # an Expect other than 100-continue
+    HEADER_TOO_LARGE = "header_too_large"
+    UPGRADE_NOT_SUPPORTED = "upgrade_not_supported"
+    UNSUPPORTED_TRANSFER_CODING = "unsupported_transfer_coding"  # a coding other than chunked (RFC 9112 §6.1)
+
+
 class DecisionKind(StrEnum):
     ROUTE = "route"
     POLICY = "policy"
     PICK = "pick"
     RETRY = "retry"
     FAILOVER = "failover"
+
+
+class DecisionResult(StrEnum):
+    """What a route, pick, retry or failover decision came to (`gatewatch.decision.result`, the `result` label of
+    `gatewatch_decisions_total`). A policy decision's result is its `Verdict`."""
+
+    MATCHED = "matched"  # a route matched
+    NO_MATCH = "no_match"  # no route matched
+    PICKED = "picked"  # the balancer chose an instance
+    NO_CANDIDATES = "no_candidates"  # no instance could take the request
+    OVERFLOW = "overflow"  # candidates existed, all at their connection limits
+    RETRY = "retry"  # another attempt was granted
+    REFUSED = "refused"  # another attempt was wanted and refused (the reason says why)
+    FAILOVER = "failover"  # a retry went to a different instance
+
+
+ALLOW_RESULTS = frozenset({DecisionResult.MATCHED, DecisionResult.PICKED})  # decisions that let a request through
 
 
 class Event(StrEnum):
@@ -237,7 +272,7 @@ class Verdict(StrEnum):
 
 
 class PolicyReason(StrEnum):
-    """Closed vocabulary of policy-verdict reasons (the edge-policies issue owns the members)."""
+    """Closed vocabulary of policy-verdict reasons."""
 
     JWT_VALID = "jwt.valid"
     JWT_MISSING = "jwt.missing"

@@ -13,6 +13,7 @@ Either way queues are bounded and every item that does not make it is counted in
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import json
 import logging
@@ -28,11 +29,11 @@ from gatewatch.telemetry.context import EventRecord, RequestRecord
 from gatewatch.telemetry.export import destination
 from gatewatch.telemetry.exporter_process import ThreadSink, span_count
 from gatewatch.telemetry.metrics import Metrics, method_label, status_label
-from gatewatch.telemetry.names import DecisionKind, DropReason, Event, Layer, Reason, TelemetrySignal
+from gatewatch.telemetry.names import (ALLOW_RESULTS, DecisionKind, DecisionResult, DropReason, Event, Layer, Reason,
+                                       TelemetrySignal)
 
 log = logging.getLogger("gatewatch.telemetry")
 FLUSH_S = 0.05
-ALLOW_RESULTS = frozenset({"matched", "picked"})  # decisions that let a request through
 RETRY_OR_FAILOVER = frozenset({DecisionKind.RETRY, DecisionKind.FAILOVER})
 BALANCER = Layer.BALANCER.value
 # Label values are plain str; a StrEnum member hashes as its value, and the lookup costs less than `.value`.
@@ -166,9 +167,30 @@ class _ThreadSinkAdapter:
         await asyncio.get_running_loop().run_in_executor(None, self._sink.shutdown, timeout_s)
 
 
+class MemorySink:
+    """Keeps the records the recorder submits (requests with spans or decision logs, events), the latest
+    `keep`: telemetry as data for tests and benchmarks, with no exporter."""
+
+    destination = "memory"
+
+    def __init__(self, keep: int = 100_000):
+        self.records: collections.deque[RequestRecord | EventRecord] = collections.deque(maxlen=keep)
+
+    async def start(self) -> None:
+        pass
+
+    def submit(self, r: RequestRecord | EventRecord) -> None:
+        self.records.append(r)
+
+    async def stop(self, timeout_s: float) -> None:
+        pass
+
+
 class Telemetry:
     def __init__(self, resolved: ResolvedTelemetry, metrics: Metrics, version: str, file_stem: str,
-                 exporter: str = "process"):
+                 exporter: str = "process", sink: MemorySink | None = None):
+        """`exporter`: where spans and logs are built and sent (`process` or `thread`); a `sink` given here
+        replaces both (tests, benchmarks)."""
         self.config = resolved
         self.metrics = metrics
         attrs = dict(resolved.resource_attributes)
@@ -180,6 +202,9 @@ class Telemetry:
         if not resolved.enabled:
             self.sink = None
             self.destination = "disabled (OTEL_SDK_DISABLED=true)"
+        elif sink is not None:
+            self.sink = sink
+            self.destination = sink.destination
         elif exporter == "thread":
             self.sink = _ThreadSinkAdapter(ThreadSink(resolved, attrs, metrics, version, file_stem))
             self.destination = self.sink.destination
@@ -238,7 +263,7 @@ class Telemetry:
         m = self.metrics
         if d.kind is DecisionKind.FAILOVER:
             m.failovers.labels(d.rule, d.reason).inc()
-        elif d.result == "retry":
+        elif d.result == DecisionResult.RETRY:
             m.retries.labels(r.route or "", r.upstream or "", d.reason).inc()
         elif d.reason == Reason.RETRY_REFUSED_BUDGET.value:
             m.retry_budget_exhausted.labels(r.route or "", r.upstream or "").inc()

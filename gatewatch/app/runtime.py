@@ -16,38 +16,35 @@ import os
 from pathlib import Path
 
 from aiohttp import web
-from yarl import URL
 
-from gatewatch.balancer.runtime import BalancerRuntime
 from gatewatch import __version__
 from gatewatch.app.admin import build_admin_app
+from gatewatch.balancer.retry import RetryBudgets
+from gatewatch.balancer.runtime import BalancerRuntime
 from gatewatch.config import ConfigError, GatewatchConfig, load_config, parse_address
+from gatewatch.edge.policies.build import PolicyResources
+from gatewatch.io.aiohttp_forwarder import AiohttpForwarder
+from gatewatch.io.aiohttp_listener import AiohttpListener
 from gatewatch.io.fast_forwarder import RawForwarder
 from gatewatch.io.fast_listener import RawListener
+from gatewatch.io.interfaces import Forwarder, Listener
+from gatewatch.proxy import snapshot
 from gatewatch.proxy.engine import Engine
-from gatewatch.io.aiohttp_forwarder import AiohttpForwarder
-from gatewatch.edge.policies.build import PolicyResources, build_policies
-from gatewatch.io.aiohttp_listener import AiohttpListener
-from gatewatch.edge.routing import Router
-from gatewatch.proxy.snapshot import RemoteTarget, Snapshot
 from gatewatch.telemetry.config import resolve
 from gatewatch.telemetry.metrics import Metrics
 from gatewatch.telemetry.names import Attr, Event, Layer
 from gatewatch.telemetry.recorder import Telemetry
 
 log = logging.getLogger("gatewatch")
-
+# The I/O ends per `data_plane` (both pairs implement gatewatch.io.interfaces).
+DATA_PLANES: dict[str, tuple[type, type]] = {"fast": (RawListener, RawForwarder),
+                                             "aiohttp": (AiohttpListener, AiohttpForwarder)}
 
 
 def default_service_name(cfg: GatewatchConfig) -> str:
     if cfg.edge and cfg.balancer and cfg.balancer.listeners:
         return "gatewatch"
     return "gatewatch-edge" if cfg.edge else "gatewatch-balancer"
-
-
-def _remote(name: str, url: str) -> RemoteTarget:
-    u = URL(url)
-    return RemoteTarget(name, u.scheme, u.host or "", u.port or (443 if u.scheme == "https" else 80))
 
 
 class Runtime:
@@ -71,39 +68,30 @@ class Runtime:
         self.telemetry = Telemetry(self.resolved, self.metrics, __version__, stem, config.telemetry.exporter)
         self.balancer = BalancerRuntime(config.balancer.pools, self.telemetry, self.metrics) if config.balancer else None
         self.pools = self.balancer.pools if self.balancer else {}
-        fast = config.data_plane == "fast"
-        self.forwarder = RawForwarder(_limits(config)) if fast else AiohttpForwarder(_limits(config))
-        self.listeners: list[RawListener | AiohttpListener] = []
+        listener_type, forwarder_type = DATA_PLANES[config.data_plane]
+        self.forwarder: Forwarder = forwarder_type(_limits(config))
+        self.listeners: list[Listener] = []
         self.engines: dict[Layer, Engine] = {}
         self.policy_resources = PolicyResources(self.metrics, self.telemetry)
+        self.budgets = RetryBudgets()  # live across reloads, like the pools
         for layer, section in ((Layer.EDGE, config.edge), (Layer.BALANCER, config.balancer)):
             if section is None or not section.listeners:
                 continue
-            engine = Engine(self._snapshot(layer, config, self.pools, {}), self.forwarder, self.telemetry)
+            engine = Engine(self._snapshot(layer, config), self.forwarder, self.telemetry)
             self.engines[layer] = engine
             for lst in section.listeners:
                 host, port = parse_address(lst.address)
                 port = (ports or {}).get(lst.name, port)
-                if fast:
-                    self.listeners.append(RawListener(lst.name, host, port, "http", engine.handle,
-                                                      lst.max_header_size, engine.reject,
-                                                      reuse_port=worker is not None))
-                else:
-                    self.listeners.append(AiohttpListener(lst.name, host, port, "http", engine.handle,
-                                                          lst.max_header_size, reuse_port=worker is not None))
+                self.listeners.append(listener_type(lst.name, host, port, "http", engine.handle, engine.reject,
+                                                    lst.max_header_size, reuse_port=worker is not None))
         self._init_series(config)
         self._admin_runner: web.AppRunner | None = None
         self.admin_bound: tuple[str, int] | None = None
         self.ready = False
         self.draining = False
 
-    def _snapshot(self, layer: Layer, config: GatewatchConfig, pools: dict, budgets: dict) -> Snapshot:
-        section = config.edge if layer is Layer.EDGE else config.balancer
-        remotes = {u.name: _remote(u.name, u.url) for u in config.edge.upstreams} \
-            if config.edge and layer is Layer.EDGE else {}
-        return Snapshot(layer=layer, router=Router(section.routes), pools=pools, remotes=remotes,
-                        listeners={lst.name: lst for lst in section.listeners},
-                        policies=build_policies(section.routes, self.policy_resources), budgets=budgets)
+    def _snapshot(self, layer: Layer, config: GatewatchConfig) -> snapshot.Snapshot:
+        return snapshot.build(layer, config, self.pools, self.budgets, self.policy_resources)
 
     def _init_series(self, config: GatewatchConfig) -> None:
         """Counters that dashboards and alerts read exist from the start (at 0), not from their first event:
@@ -137,7 +125,7 @@ class Runtime:
             self.pools = pools
             self.forwarder.set_limits(_limits(cfg))
             for layer, engine in self.engines.items():
-                engine.snapshot = self._snapshot(layer, cfg, pools, engine.snapshot.budgets)
+                engine.snapshot = self._snapshot(layer, cfg)
             self.config = cfg
             self._init_series(cfg)
             self._reloaded("ok", [])

@@ -3,7 +3,7 @@
 One `ClientSession` per pool (or remote upstream), keep-alive pooling, no redirects, no decompression, no
 cookie jar, no auto-added headers, and the request target sent byte for byte (`yarl.URL(..., encoded=True)`).
 aiohttp's silent re-send of idempotent requests on a stale pooled connection is disabled: a retry Gatewatch
-cannot see would be a retry no trace shows (the balancer issue adds visible retries).
+cannot see would be a retry no trace shows (retries are the balancer's, visible and recorded).
 
 Every aiohttp/OS error is mapped to one `ErrorType`; nothing else leaves this module.
 """

@@ -3,23 +3,26 @@
 aiohttp parses and frames HTTP/1.1 (header size limits, chunked decoding, keep-alive). This module only
 translates: it owns no routing, header policy or telemetry. `Expect: 100-continue` is answered when the engine
 first reads the body, so a request refused before that gets its final status instead (RFC 9110 §10.1.1).
+A request aiohttp's parser refuses is recorded through the engine's `Rejecter` and answered with its JSON body,
+as the fast listener does (the status and `error.type` from aiohttp's exception, `_rejection`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator
 
-from aiohttp import web
+from aiohttp import http_exceptions as hx
+from aiohttp import web, web_protocol
 
-from gatewatch.io.interfaces import ClientGone, Headers, RequestHead, header_index
+from gatewatch.io.interfaces import ClientGone, Headers, Rejecter, RequestHandler, RequestHead, header_index
+from gatewatch.telemetry.names import RejectReason
 
 log = logging.getLogger("gatewatch.listener")
 READ_CHUNK = 64 * 1024
 DRAIN_LIMIT = 64 * 1024  # an unread request body we let aiohttp read and discard to keep the connection
-
-Handler = Callable[[RequestHead, AsyncIterator[bytes], "AiohttpDownstream"], Awaitable[None]]
+MAX_URL = 8192  # the request line's limit, as the fast listener's (the header limit is the listener's own)
 
 
 class AiohttpDownstream:
@@ -98,16 +101,76 @@ async def _request_body(request: web.BaseRequest) -> AsyncIterator[bytes]:
         yield chunk
 
 
+class _Server(web.Server):
+    """aiohttp's server whose connections answer unparseable requests the way the fast listener does."""
+
+    def __init__(self, listener: "AiohttpListener", *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.listener = listener
+
+    def __call__(self) -> web_protocol.RequestHandler:
+        return _Connection(self, loop=self._loop, **self._kwargs)
+
+
+class _Connection(web_protocol.RequestHandler):
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if not isinstance(exc, hx.BadHttpMessage):  # not the parser's: aiohttp's own answer (500, 504)
+            return super().handle_error(request, status, exc, message)
+        if request.writer.output_size > 0:  # an answer already went out: nothing honest left to say
+            raise ConnectionError("the request broke after its response had started")
+        transport = request.transport
+        peer = transport.get_extra_info("peername") if transport else None
+        sock = transport.get_extra_info("sockname") if transport else None
+        listener = self._manager.listener
+        status, reason = _rejection(exc, listener.max_header_size)
+        body, request_id = listener.reject(listener.name, (peer[0], peer[1]) if peer else ("", 0),
+                                           (sock[0], sock[1]) if sock else (listener.host, listener.port),
+                                           status, reason)
+        resp = web.Response(status=status, body=body, headers={
+            "Content-Type": "application/json", "X-Request-Id": request_id, "Cache-Control": "no-store"})
+        resp.force_close()
+        return resp
+
+
+def _rejection(exc: hx.BadHttpMessage, max_header_size: int) -> tuple[int, str]:
+    """(status, `error.type`) of a request aiohttp's parser refused, in the fast listener's vocabulary."""
+    text = str(exc).lower()
+    if isinstance(exc, hx.LineTooLong):
+        too_long_url = exc.args[1] == MAX_URL and MAX_URL != max_header_size
+        return (414, RejectReason.URI_TOO_LONG.value) if too_long_url else (431, RejectReason.HEADER_TOO_LARGE.value)
+    if "too many headers" in text:
+        return 431, RejectReason.HEADER_TOO_LARGE.value
+    if isinstance(exc, hx.BadHttpMethod):
+        return 400, RejectReason.INVALID_METHOD.value
+    if isinstance(exc, hx.InvalidURLError):
+        return 400, RejectReason.INVALID_TARGET.value
+    if "content-length" in text and "transfer-encoding" in text:
+        return 400, RejectReason.FRAMING_CONFLICT.value
+    if isinstance(exc, hx.ContentLengthError) or "content-length" in text:
+        return 400, RejectReason.INVALID_CONTENT_LENGTH.value
+    if isinstance(exc, hx.TransferEncodingError) or "chunk" in text:
+        return 400, RejectReason.INVALID_CHUNKED_ENCODING.value
+    if "transfer-encoding" in text:
+        return 501, RejectReason.UNSUPPORTED_TRANSFER_CODING.value
+    if "'host'" in text:
+        return 400, RejectReason.INVALID_HOST.value
+    return 400, RejectReason.PARSE_ERROR.value
+
+
 class AiohttpListener:
-    def __init__(self, name: str, host: str, port: int, scheme: str, handler: Handler, max_header_size: int,
-                 reuse_port: bool = False):
+    """`io.interfaces.Listener` on aiohttp's low-level server (the reference implementation)."""
+
+    def __init__(self, name: str, host: str, port: int, scheme: str, handler: RequestHandler, reject: Rejecter,
+                 max_header_size: int, reuse_port: bool = False):
         self.reuse_port = reuse_port
         self.name = name
         self.host = host
         self.port = port
         self.scheme = scheme
         self._handler = handler
-        self._max_header_size = max_header_size
+        self.reject = reject
+        self.max_header_size = max_header_size
         self._runner: web.ServerRunner | None = None
         self.bound: tuple[str, int] | None = None
 
@@ -147,8 +210,8 @@ class AiohttpListener:
         return down.response
 
     async def start(self) -> tuple[str, int]:
-        server = web.Server(self._handler_entry, max_field_size=self._max_header_size,
-                            max_line_size=self._max_header_size, access_log=None)
+        server = _Server(self, self._handler_entry, max_field_size=self.max_header_size, max_line_size=MAX_URL,
+                         access_log=None)
         self._runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=5.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True, backlog=1024,

@@ -17,12 +17,11 @@ import asyncio
 import collections
 import logging
 import socket
-from typing import Any
-
 import httptools
 
 from gatewatch.io.http1 import NO_BODY, REASONS, BodyQueue, WriteFlow, chunk_frame, http_date, serialize_head
-from gatewatch.io.interfaces import ClientGone, Headers, RequestHead
+from gatewatch.io.interfaces import ClientGone, Headers, Rejecter, RequestHandler, RequestHead
+from gatewatch.telemetry.names import RejectReason as R
 
 log = logging.getLogger("gatewatch.listener")
 
@@ -50,7 +49,7 @@ class _Exchange:
 
 
 class _Downstream:
-    """Answers one exchange. Implements `edge.messages.Downstream`."""
+    """Answers one exchange. Implements `io.interfaces.Downstream`."""
 
     __slots__ = ("_conn", "_ex", "started", "complete", "_chunked", "_declared", "_written", "_close_after",
                  "_pending")
@@ -261,10 +260,10 @@ class HttpConnection(asyncio.Protocol):
             if self.queue:
                 self.transport.pause_reading()
             else:
-                self._reject(501, "upgrade_not_supported")
+                self._reject(501, R.UPGRADE_NOT_SUPPORTED.value)
         except httptools.HttpParserCallbackError as err:
             cause = err.__context__ if isinstance(err.__context__, _Limit) else None
-            self._reject(cause.status if cause else 400, cause.reason if cause else "parse_error")
+            self._reject(cause.status if cause else 400, cause.reason if cause else R.PARSE_ERROR.value)
         except httptools.HttpParserError as err:
             self._reject(400, _parser_reason(err))
         return False
@@ -283,14 +282,14 @@ class HttpConnection(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self._url += url
         if len(self._url) > MAX_URL:
-            raise _Limit(414, "uri_too_long")
+            raise _Limit(414, R.URI_TOO_LONG.value)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._in_trailers:
             return  # chunked trailers are dropped: they must never change what routing and policies saw
         self._header_bytes += len(name) + len(value) + 4
         if len(self._headers) >= MAX_HEADERS or self._header_bytes > self.listener.max_header_size:
-            raise _Limit(431, "header_too_large")
+            raise _Limit(431, R.HEADER_TOO_LARGE.value)
         k = name.decode("latin-1")
         v = value.decode("latin-1")
         self._headers.append((k, v))
@@ -306,22 +305,22 @@ class HttpConnection(asyncio.Protocol):
         index = self._index
         version = p.get_http_version()
         if self._hosts > 1 or (self._hosts == 0 and version == "1.1"):
-            raise _Limit(400, "invalid_host")  # RFC 9112 §3.2: exactly one Host in HTTP/1.1
+            raise _Limit(400, R.INVALID_HOST.value)  # RFC 9112 §3.2: exactly one Host in HTTP/1.1
         te = index.get("transfer-encoding")
         if te is not None and te.strip().lower() != "chunked":
-            raise _Limit(501, "unsupported_transfer_coding")  # re-framing would drop the coding silently
+            raise _Limit(501, R.UNSUPPORTED_TRANSFER_CODING.value)  # re-framing would drop the coding silently
         cl = index.get("content-length")
         has_body = "transfer-encoding" in index or (cl is not None and cl.strip() != "0")
         expect = False
         if "expect" in index:
             if any(k.lower() == "expect" and v.strip().lower() != "100-continue" for k, v in headers):
-                raise _Limit(417, "expectation_failed")
+                raise _Limit(417, R.EXPECTATION_FAILED.value)
             expect = True
         upgrade = p.should_upgrade()
         if upgrade and ("websocket" in index.get("upgrade", "").lower() or has_body):
-            # WebSocket proxying is not supported yet; and llhttp stops before an upgrade request's body, so
+            # WebSocket proxying is not supported; and llhttp stops before an upgrade request's body, so
             # one with a body cannot be relayed as plain HTTP either.
-            raise _Limit(501, "upgrade_not_supported")
+            raise _Limit(501, R.UPGRADE_NOT_SUPPORTED.value)
         head = RequestHead(
             method=p.get_method().decode("ascii"), target=self._url.decode("latin-1"), version=version,
             headers=headers, index=index, client_address=self.peer[0], client_port=self.peer[1],
@@ -470,7 +469,7 @@ class HttpConnection(asyncio.Protocol):
             return
         if self.head_started is not None:
             if now - self.head_started > HEAD_TIMEOUT_S:
-                self._reject(408, "head_timeout")
+                self._reject(408, R.HEAD_TIMEOUT.value)
         elif not self.queue and now - self.last_active > IDLE_TIMEOUT_S:
             self.close()
 
@@ -500,21 +499,23 @@ class _Limit(Exception):
 def _parser_reason(err: Exception) -> str:
     text = str(err).lower()
     if "content-length" in text and "transfer-encoding" in text:
-        return "framing_conflict"
+        return R.FRAMING_CONFLICT.value
     if "content-length" in text:
-        return "invalid_content_length"
+        return R.INVALID_CONTENT_LENGTH.value
     if "chunk" in text:
-        return "invalid_chunked_encoding"
+        return R.INVALID_CHUNKED_ENCODING.value
     if "method" in text:
-        return "invalid_method"
+        return R.INVALID_METHOD.value
     if "url" in text or "uri" in text:
-        return "invalid_target"
-    return "parse_error"
+        return R.INVALID_TARGET.value
+    return R.PARSE_ERROR.value
 
 
 class RawListener:
-    def __init__(self, name: str, host: str, port: int, scheme: str, handler: Any, max_header_size: int,
-                 reject: Any = None, reuse_port: bool = False):
+    """`io.interfaces.Listener` on raw asyncio protocols."""
+
+    def __init__(self, name: str, host: str, port: int, scheme: str, handler: RequestHandler, reject: Rejecter,
+                 max_header_size: int, reuse_port: bool = False):
         self.reuse_port = reuse_port
         self.name = name
         self.host = host

@@ -1,18 +1,21 @@
-"""The narrow interfaces between the engine and its two I/O ends.
+"""The narrow interfaces between the engine and its two I/O ends, the whole contract between them.
 
-- The **listener** turns client bytes into a `RequestHead`, a request body (`AsyncIterator[bytes]`) and a
-  `Downstream` to answer on, then calls `Engine.handle`. It owns HTTP/1 parsing and nothing else.
-- The **forwarder** (`Forwarder.send`) sends one `UpstreamRequest` to one instance and returns an
+- A **listener** (`Listener`) turns client bytes into a `RequestHead`, a request body (`AsyncIterator[bytes]`)
+  and a `Downstream` to answer on, then calls the engine's `RequestHandler`. A request it cannot parse it answers
+  itself, after the engine's `Rejecter` has recorded it. It owns the wire protocol and nothing else.
+- A **forwarder** (`Forwarder.send`) sends one `UpstreamRequest` to one instance and returns an
   `UpstreamResponse` whose body streams, or raises `UpstreamFailure` with a closed `ErrorType`.
 
-Only the engine calls either. Replacing aiohttp on either side (the performance issue will) must not touch the
-engine, the decisions or the telemetry: keep everything protocol-specific behind these types.
+Implementations, side by side in this package: the fast data plane (`fast_listener`, `fast_forwarder`, raw
+asyncio protocols with llhttp), the aiohttp reference pair (`aiohttp_listener`, `aiohttp_forwarder`) and an
+in-memory pair for tests and benchmarks (`memory`). Only the engine calls a forwarder and only a listener calls
+the engine; swapping either end must not touch the engine, the decisions or the telemetry.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import AsyncIterator, Protocol
+from typing import AsyncIterator, Awaitable, Callable, Protocol
 
 from gatewatch.telemetry.names import ErrorType
 
@@ -78,8 +81,8 @@ class UpstreamResponse(Protocol):
 
 
 class UpstreamFailure(Exception):
-    """An attempt failed. `sent_body` says whether any request body bytes may have reached the upstream
-    (the retry logic of the balancer issue needs it)."""
+    """An attempt failed. `before_response`: no byte of a response head had arrived (what the client can still
+    be told, and what the retry logic weighs)."""
 
     def __init__(self, error_type: ErrorType, detail: str = "", *, before_response: bool = True):
         super().__init__(f"{error_type.value}: {detail}" if detail else error_type.value)
@@ -119,6 +122,33 @@ class Downstream(Protocol):
 
 class Forwarder(Protocol):
     async def send(self, pool: str, request: UpstreamRequest, body: AsyncIterator[bytes] | None,
-                   connect_s: float, response_s: float, idle_s: float) -> UpstreamResponse: ...
+                   connect_s: float, response_s: float, idle_s: float) -> UpstreamResponse:
+        """One attempt: connect (or reuse a pooled connection of `pool`), send, wait for the response head.
+        `connect_s` bounds the connect, `response_s` the wait for the head, `idle_s` each wait on the body."""
+        ...
+
+    def set_limits(self, limits: dict[str, tuple[int, float]]) -> None:
+        """Connection limits per pool or upstream name: (max connections, keep-alive idle seconds)."""
+        ...
 
     async def close(self) -> None: ...
+
+
+# The engine's side of a listener: `Engine.handle` answers one parsed request; `Engine.reject` records one the
+# listener could not parse (listener name, client (address, port), local (address, port), status, reason — the
+# `error.type`) and returns (JSON body, request id) for the listener to answer with before it closes.
+RequestHandler = Callable[[RequestHead, AsyncIterator[bytes], Downstream], Awaitable[None]]
+Rejecter = Callable[[str, tuple[str, int], tuple[str, int], int, str], tuple[bytes, str]]
+
+
+class Listener(Protocol):
+    """A bound traffic port. Built with (name, host, port, scheme, handler, reject, max_header_size, reuse_port)."""
+
+    name: str
+    bound: tuple[str, int] | None  # (address, port) once started
+
+    async def start(self) -> tuple[str, int]: ...
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stop accepting, let in-flight exchanges finish within `grace_s`, then close what is left."""
+        ...

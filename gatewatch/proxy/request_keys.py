@@ -1,7 +1,8 @@
 """What a request contributes to the pick: its consistent-hashing key and its session-affinity cookie.
 
 `hash_key(cfg, head, query)` per a pool's `hash_key` (header, cookie, query parameter or client address; None when
-the request lacks it), `cookie(head, name)`, `affinity_cookie(cfg, value)` (the Set-Cookie value that pins a client).
+the request lacks it), `cookie(head, name)` (e.g. the session-affinity cookie). What the balancer does with them
+is `gatewatch.balancer.context`.
 """
 
 from __future__ import annotations
@@ -32,14 +33,3 @@ def cookie(head: RequestHead, name: str) -> str | None:
                 if ck == name:
                     return cv.strip('"')
     return None
-
-
-def affinity_cookie(cfg, value: str) -> str:
-    parts = [f"{cfg.cookie}={value}", f"Path={cfg.path}", "SameSite=Lax"]
-    if cfg.ttl_s:
-        parts.append(f"Max-Age={cfg.ttl_s}")
-    if cfg.http_only:
-        parts.append("HttpOnly")
-    if cfg.secure:
-        parts.append("Secure")
-    return "; ".join(parts)

@@ -1,14 +1,27 @@
-"""The runtime snapshot of one layer: compiled routes and the targets they point at, swapped whole on reload.
+"""The runtime snapshot of one layer: compiled routes, their policies and the targets they point at, built from
+the config at load and swapped whole on reload.
 
-A request keeps the snapshot it started with (the engine reads `engine.snapshot` once per request).
+A request keeps the snapshot it started with: the engine reads `engine.snapshot` once, when the request arrives,
+and every phase reads the request's own. Nothing in a snapshot is changed after `build` returns; the live state
+it points at (pools, retry budgets, policy stores) is owned outside it and outlives it.
+
+Primitives: `Snapshot`, `Target` (where one route's requests go: a pool of this process or a URL upstream,
+with the route's retry budget and compiled policies), `RemoteTarget` (a URL upstream),
+`build(layer, config, pools, budgets, policy_resources)`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Mapping
+
+from yarl import URL
 
 from gatewatch.balancer.pool import Pool
-from gatewatch.config import ListenerConfig
+from gatewatch.balancer.retry import RetryBudget, RetryBudgets
+from gatewatch.config import GatewatchConfig, ListenerConfig
+from gatewatch.edge.policies.build import PolicyResources, build_policies
 from gatewatch.edge.routing import Router
 from gatewatch.telemetry.names import Layer
 
@@ -21,14 +34,41 @@ class RemoteTarget:
     scheme: str
     host: str
     port: int
+    instance: str  # how its attempts name it: host:port
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    upstream: str
+    pool: Pool | None  # a pool of this process's balancer layer, or
+    remote: RemoteTarget | None  # a URL upstream
+    budget: RetryBudget  # live: shared by every snapshot that routes to this upstream
+    policies: tuple  # the route's compiled policies, in declared order
 
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     layer: Layer
     router: Router
-    pools: dict[str, Pool]
-    remotes: dict[str, RemoteTarget]
-    listeners: dict[str, ListenerConfig]
-    policies: dict[str, tuple] = field(default_factory=dict)  # route name → compiled policies, in order
-    budgets: dict = field(default_factory=dict)  # upstream name → balancer.retry.RetryBudget (live counters)
+    listeners: Mapping[str, ListenerConfig]
+    targets: Mapping[str, Target]  # route name → where its requests go
+
+
+def build(layer: Layer, config: GatewatchConfig, pools: Mapping[str, Pool], budgets: RetryBudgets,
+          policy_resources: PolicyResources) -> Snapshot:
+    section = config.edge if layer is Layer.EDGE else config.balancer
+    remotes = {u.name: remote_target(u.name, u.url) for u in config.edge.upstreams} \
+        if config.edge and layer is Layer.EDGE else {}
+    policies = build_policies(section.routes, policy_resources)
+    live = budgets.for_upstreams({r.upstream for r in section.routes})
+    targets = {r.name: Target(r.upstream, pools.get(r.upstream), remotes.get(r.upstream), live[r.upstream],
+                              tuple(policies.get(r.name, ()))) for r in section.routes}
+    return Snapshot(layer=layer, router=Router(section.routes),
+                    listeners=MappingProxyType({lst.name: lst for lst in section.listeners}),
+                    targets=MappingProxyType(targets))
+
+
+def remote_target(name: str, url: str) -> RemoteTarget:
+    u = URL(url)
+    host, port = u.host or "", u.port or (443 if u.scheme == "https" else 80)
+    return RemoteTarget(name, u.scheme, host, port, f"{host}:{port}")

@@ -235,3 +235,32 @@ async def test_client_abort_is_recorded(data_plane, tmp_path):
             assert 'gatewatch_outcome="client_abort"' in rt.metrics.exposition(None)[0].decode()
     finally:
         await runner.cleanup()
+
+
+UNPARSEABLE = [
+    (b"GET /api HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400,
+     "framing_conflict"),
+    (b"GET /api HTTP/1.1\r\nHost: h\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 431, "header_too_large"),
+    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: h\r\n\r\n", 414, "uri_too_long"),
+    (b"G@T /api HTTP/1.1\r\nHost: h\r\n\r\n", 400, "invalid_method"),
+    (b"GET /api HTTP/1.1\r\n\r\n", 400, "invalid_host"),
+    (b"POST /api HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n\r\n", 501, "unsupported_transfer_coding"),
+]
+
+
+async def test_unparseable_requests_are_answered_and_recorded_alike(data_plane, echo_backend, tmp_path, otlp):
+    """Both listeners refuse what they cannot parse with the same status and `error.type`, the engine records
+    each one (the Rejecter), and the answer is the same JSON naming the outcome and the request id."""
+    cfg = in_process_config([echo_backend], tmp_path, data_plane=data_plane)
+    async with running(cfg, env=otlp.env("http/protobuf")) as rt:
+        for raw, status, _ in UNPARSEABLE:
+            resp = await raw_request(edge_port(rt), raw)
+            head, _, body = resp.partition(b"\r\n\r\n")
+            assert head.split(b" ", 2)[1] == b"%d" % status, (raw[:40], head[:100])
+            error = json.loads(body)["error"]
+            assert (error["outcome"], error["status"]) == ("bad_request", status)
+            assert b"X-Request-Id: " + error["request_id"].encode() in head
+    assert otlp.data.wait_for(lambda spans, logs: len([s for s in spans if s["name"] == "_OTHER"]) == len(UNPARSEABLE))
+    got = sorted((s["attributes"]["http.response.status_code"], s["attributes"]["error.type"])
+                 for s in otlp.data.snapshot()[0] if s["name"] == "_OTHER")
+    assert got == sorted((status, reason) for _, status, reason in UNPARSEABLE)

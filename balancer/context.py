@@ -1,0 +1,112 @@
+"""What one request gives its pool, attempt after attempt, and what each pick saw.
+
+The balancer never sees the request (Envoy's LoadBalancerContext): the proxy hands it a narrow context once, and
+asks it for one pick per attempt.
+
+- `PickContext(pool, key, affinity)`: the request's hash key (consistent hashing; None when the request lacks
+  it), the instance its affinity cookie names (None without one), and the instances its earlier attempts tried
+  (`tried(instance_id)`). `pick(rng) -> PickResult`, in this order:
+  1. the affinity instance, if it may take the request now (a candidate, not tried, under its limit);
+  2. the pool's algorithm, excluding what was tried;
+  3. when only tried instances are left, the algorithm again without that exclusion: another attempt on an
+     instance that failed once beats no attempt.
+  `repin(response_headers, endpoint)`: with session affinity, the response pins the client to the instance of
+  the attempt that answers (a `Set-Cookie` replacing any an earlier attempt added; none when the client's
+  cookie already names it).
+- `PickResult`: one pick as it was when it was made — the algorithm and why, the candidates and the excluded
+  ones with their reasons, the priority level, panic mode, the instance and its in-flight count before this
+  request. The recording step reads it and never looks back at the live pool.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from gatewatch.balancer.algorithms import Endpoint, NoHealthyEndpoint
+from gatewatch.balancer.config import Algorithm
+from gatewatch.balancer.pool import Pool
+from gatewatch.telemetry.names import Exclusion, Reason
+
+TRIED = Exclusion.TRIED.value
+PICK_AFFINITY = Reason.PICK_AFFINITY.value
+PICK_OVERFLOW = Reason.PICK_OVERFLOW.value
+PICK_NO_CANDIDATES = Reason.PICK_NO_CANDIDATES.value
+# Keyed by the algorithm (a StrEnum hashes as its value); plain-str values, because records cross a pipe to the
+# exporter process and an Enum's `.value` costs more than the lookup.
+PICK_REASON = {"round_robin": Reason.PICK_ROUND_ROBIN.value, "weighted_round_robin": Reason.PICK_WEIGHTED.value,
+               "random": Reason.PICK_RANDOM.value, "least_request": Reason.PICK_LEAST_REQUEST.value,
+               "least_connections": Reason.PICK_LEAST_CONNECTIONS.value, "ring_hash": Reason.PICK_RING_HASH.value,
+               "maglev": Reason.PICK_MAGLEV.value}
+ALGORITHM_NAME = {a: a.value for a in Algorithm}
+
+
+@dataclass(slots=True, eq=False)
+class PickResult:
+    pool: str
+    endpoint: Endpoint | None  # None: nothing could take the request
+    algorithm: str  # Algorithm value
+    reason: str  # Reason value: pick.<algorithm>, pick.affinity, pick.no_candidates or pick.overflow
+    candidates: int
+    excluded: tuple[tuple[str, str], ...]  # (instance id, Exclusion value), in the pool's order
+    priority: int  # the priority level the pick was made in
+    panic: bool  # the level had too few healthy instances: health was ignored
+    affinity: bool  # the affinity cookie chose, not the algorithm
+    hash_key_source: str | None  # e.g. "header:x-user", "header:x-user (absent)"; never the key itself
+    in_flight: int  # the instance's in-flight requests before this one (0 without an instance)
+
+
+class PickContext:
+    __slots__ = ("pool", "key", "affinity", "_tried", "_hash_source")
+
+    def __init__(self, pool: Pool, key: str | None, affinity: str | None):
+        self.pool = pool
+        self.key = key
+        self.affinity = affinity
+        self._tried: dict[str, str] = {}
+        hk = pool.config.hash_key
+        self._hash_source = None if hk is None else hk.describe() + ("" if key is not None else " (absent)")
+
+    def tried(self, instance_id: str) -> None:
+        self._tried[instance_id] = TRIED
+
+    def pick(self, rng: random.Random) -> PickResult:
+        pool, tried = self.pool, self._tried
+        ep = pool.usable(self.affinity, tried) if self.affinity else None
+        if ep is not None:
+            view = pool.view()
+            return PickResult(pool.name, ep, ALGORITHM_NAME[pool.algorithm], PICK_AFFINITY, len(view.candidates),
+                              (), view.priority, view.panic, True, self._hash_source, pool.in_flight[ep.id])
+        picked = pool.pick(self.key, tried, rng)
+        if tried and isinstance(picked, NoHealthyEndpoint):
+            picked = pool.pick(self.key, {}, rng)
+        view = pool.view()
+        algorithm = ALGORITHM_NAME[picked.algorithm]
+        if isinstance(picked, NoHealthyEndpoint):
+            reason = PICK_OVERFLOW if picked.overflow else PICK_NO_CANDIDATES
+            return PickResult(pool.name, None, algorithm, reason, picked.candidates, picked.excluded, view.priority,
+                              view.panic, False, self._hash_source, 0)
+        ep = picked.endpoint
+        return PickResult(pool.name, ep, algorithm, PICK_REASON[algorithm], picked.candidates, picked.excluded,
+                          view.priority, view.panic, False, self._hash_source, pool.in_flight[ep.id])
+
+    def repin(self, response_headers: list[tuple[str, str]], endpoint: Endpoint) -> None:
+        cfg = self.pool.config.affinity
+        if cfg is None:
+            return
+        mine = cfg.cookie + "="
+        response_headers[:] = [h for h in response_headers if h[0] != "Set-Cookie" or not h[1].startswith(mine)]
+        if endpoint.id != self.affinity:
+            response_headers.append(("Set-Cookie", affinity_cookie(cfg, self.pool.affinity_value(endpoint.id))))
+
+
+def affinity_cookie(cfg, value: str) -> str:
+    """The `Set-Cookie` value pinning a client to the instance `value` names (opaque: `Pool.affinity_value`)."""
+    parts = [f"{cfg.cookie}={value}", f"Path={cfg.path}", "SameSite=Lax"]
+    if cfg.ttl_s:
+        parts.append(f"Max-Age={cfg.ttl_s}")
+    if cfg.http_only:
+        parts.append("HttpOnly")
+    if cfg.secure:
+        parts.append("Secure")
+    return "; ".join(parts)
