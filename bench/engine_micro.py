@@ -1,6 +1,6 @@
 """CPU per request of the engine alone — routing, policies, pick, attempt bookkeeping, response relay, recording —
-with the network replaced by in-memory fakes (no sockets, no parser). Run it on two trees to A/B a change to the
-per-request Python work without the ±30 % run-to-run noise of the end-to-end benchmark:
+on the in-memory I/O pair (`gatewatch.io.memory`: no sockets, no parser). Run it on two trees to A/B a change to
+the per-request Python work without the ±30 % run-to-run noise of the end-to-end benchmark:
 
     python bench/engine_micro.py [--requests 50000] [--telemetry off|on]
 
@@ -19,53 +19,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gatewatch.config import parse_config  # noqa: E402
-from gatewatch.io.interfaces import RequestHead, header_index  # noqa: E402
 from gatewatch.app.runtime import Runtime  # noqa: E402
+from gatewatch.config import parse_config  # noqa: E402
+from gatewatch.io.memory import MemoryForwarder, MemoryListener, Reply  # noqa: E402
 
-
-class Response:
-    status, reason = 200, "OK"
-    headers = (("Content-Type", "text/plain"), ("Content-Length", "2"), ("Connection", "keep-alive"))
-    peer_address, peer_port = "127.0.0.1", 9101
-    whole = b"ok"  # as the raw data plane hands over a small body that arrived with its head
-
-    async def body(self):
-        yield b"ok"
-
-    def close(self):
-        pass
-
-
-class Forwarder:
-    async def send(self, pool, request, body, connect_s, response_s, idle_s):
-        return Response()
-
-    async def close(self):
-        pass
-
-
-class Down:
-    def __init__(self):
-        self.started = False
-
-    def close_after_response(self):
-        pass
-
-    async def start(self, status, reason, headers, content_length):
-        self.started = True
-
-    async def write(self, chunk):
-        pass
-
-    async def finish(self):
-        pass
-
-    async def respond(self, status, reason, headers, body):
-        self.started = True
-
-    def abort(self):
-        pass
+# As the raw data plane hands over a small body that arrived with its head: one write, nothing streamed.
+REPLY = Reply(200, b"ok", (("Content-Type", "text/plain"), ("Connection", "keep-alive")))
 
 
 async def run(n: int, telemetry: str, instances: int = 3, algorithm: str = "round_robin") -> float:
@@ -83,20 +42,14 @@ async def run(n: int, telemetry: str, instances: int = 3, algorithm: str = "roun
     env = {"OTEL_SDK_DISABLED": "true"} if telemetry == "off" else {}
     rt = Runtime(cfg, env=env)
     engine = next(iter(rt.engines.values()))
-    engine.forwarder = Forwarder()
+    engine.forwarder = MemoryForwarder(lambda request: REPLY, keep=1)
+    client = MemoryListener("public", engine.handle, engine.reject)
     headers = (("Host", "bench"), ("User-Agent", "wrk"), ("Accept", "*/*"))
-    head = RequestHead("GET", "/bench/items/42", "1.1", headers, "127.0.0.1", 40000, "http", "127.0.0.1", 8080,
-                       "public", False, header_index(headers))
-
-    async def empty():
-        return
-        yield
-
     for _ in range(2000):  # warm up
-        await engine.handle(head, empty(), Down())
+        await client.request("GET", "/bench/items/42", headers)
     t0 = time.process_time()
     for _ in range(n):
-        await engine.handle(head, empty(), Down())
+        await client.request("GET", "/bench/items/42", headers)
     return (time.process_time() - t0) / n * 1e6
 
 
