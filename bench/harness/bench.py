@@ -73,5 +73,5 @@ class Bench:
         if tree0["source_hash"] != tree1["source_hash"] or len(hashes) > 1:
             self.ctx.notes.append(f"the gateway's Python sources changed on disk during the run (hash at start "
                                   f"{tree0['source_hash']}, at end {tree1['source_hash']}, {len(hashes)} "
-                                  f"version(s) seen when gatewatch processes started): someone edited edge/, "
-                                  f"balancer/ or telemetry/ meanwhile, so cases may have run different code")
+                                  f"version(s) seen when gatewatch processes started): someone edited gatewatch/, "
+                                  f"edge/, balancer/ or telemetry/ meanwhile, so cases may have run different code")

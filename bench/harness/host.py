@@ -66,12 +66,14 @@ def port_range(n: int) -> list[int]:
 def tree_state() -> dict[str, Any]:
     def git(*a: str) -> str:
         try:
-            return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
+            return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, timeout=10).stdout
         except (OSError, subprocess.TimeoutExpired):
             return ""
 
+    # Porcelain lines are "XY path": the leading space of an unstaged change is part of the format, so the
+    # output is split into lines before anything is stripped.
     status = [ln for ln in git("status", "--porcelain").splitlines() if ln[3:].split("/")[0] != "bench"]
-    return {"commit": git("rev-parse", "HEAD"), "dirty_outside_bench": status, "source_hash": source_hash()}
+    return {"commit": git("rev-parse", "HEAD").strip(), "dirty_outside_bench": status, "source_hash": source_hash()}
 
 
 def source_hash() -> str:

@@ -57,6 +57,7 @@ def test_demo_ctrl_c_stops_everything(tmp_path):
     env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
     proc = subprocess.Popen([sys.executable, "-m", "gatewatch", "demo", "--rps", "10", "--workdir", str(tmp_path)],
                             env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    children: list = []
     try:
         deadline = time.monotonic() + 30
         line = ""
@@ -80,6 +81,9 @@ def test_demo_ctrl_c_stops_everything(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+        for child in children:  # a failed assertion must not leave the demo's tiers running
+            if child.is_running():
+                child.kill()
 
 
 def test_demo_incident_fails_over_without_client_errors(otlp, tmp_path):
