@@ -211,6 +211,24 @@ class Attr:
     RATELIMIT_REMAINING = "gatewatch.ratelimit.remaining"
     CIRCUIT_FROM = "gatewatch.circuit.from"
     CIRCUIT_TO = "gatewatch.circuit.to"
+    # which configuration a request ran under: a short hash of the active config (and, on events, its load time)
+    CONFIG_VERSION = "gatewatch.config.version"
+    CONFIG_LOADED_AT = "gatewatch.config.loaded_at"  # RFC 3339, UTC
+    # where the time went (seconds), on each attempt's CLIENT span; a phase that did not happen is absent
+    TIMING_BACKOFF = "gatewatch.timing.backoff_s"  # the retry backoff slept before this attempt
+    TIMING_POOL_WAIT = "gatewatch.timing.pool_wait_s"  # waiting for a free connection to the instance
+    TIMING_CONNECT = "gatewatch.timing.connect_s"  # TCP connect (a new connection; absent when one was reused)
+    TIMING_TLS = "gatewatch.timing.tls_s"  # TLS handshake of a new connection
+    TIMING_REQUEST_SENT = "gatewatch.timing.request_sent_s"  # writing the request (head, and body when streamed)
+    TIMING_TTFB = "gatewatch.timing.ttfb_s"  # from the request sent to the response head received
+    # per policy, in the order of gatewatch.policy.summary, on the SERVER span: each evaluation's duration
+    POLICY_DURATIONS = "gatewatch.policy.durations_s"
+    RATELIMIT_STORE_RTT = "gatewatch.ratelimit.store_rtt_s"  # the Redis round trip of a rate-limit policy
+    # state-change events and the requests they touched, linked both ways: every event has an id; a request
+    # served while one applies names it
+    EVENT_ID = "gatewatch.event.id"
+    EVENT_IDS = "gatewatch.event.ids"  # on a request: the ids of the events that affected it
+    EVENT_TRACE_IDS = "gatewatch.event.trace_ids"  # on an event: the requests that caused it
 
 
 class Reason(StrEnum):
