@@ -237,6 +237,25 @@ def build_parser() -> argparse.ArgumentParser:
                                    "swaps routes, policies and pools; changes that need a restart are refused.")
     p.add_argument("--admin", required=True, metavar="HOST:PORT", help="the process's admin address")
     p.set_defaults(func=cmd_reload)
+
+    p = sub.add_parser("journey", help="print one request's span tree, decisions and timing across tiers",
+                       description="Print one trace as text to paste into an incident: the span tree of every "
+                                   "tier, each span's decisions, where the time went, and the state changes "
+                                   "linked to it. Reads the JSON-lines files (--dir, the default source) and/or "
+                                   "Tempo (--tempo) and Loki (--loki). Exit 1 when nothing matches or a source "
+                                   "fails, 2 for a malformed trace id. docs/journey.md")
+    p.add_argument("trace", metavar="TRACE_ID", help="32 hex digits, or a traceparent/traceresponse value")
+    p.add_argument("--dir", default=None, metavar="DIR",
+                   help="JSON-lines telemetry directory (default ./gatewatch-telemetry; read unless only "
+                        "--tempo/--loki are given)")
+    p.add_argument("--tempo", metavar="URL", help="Tempo base URL, e.g. http://localhost:3200")
+    p.add_argument("--loki", metavar="URL", help="Loki base URL, e.g. http://localhost:3100")
+    p.add_argument("--since", default="24h", metavar="DURATION",
+                   help="how far back Loki is searched when no span places the trace in time (default 24h)")
+    p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="per HTTP request (default 10)")
+    p.add_argument("--json", action="store_true", help="the same model as JSON")
+    p.add_argument("--color", action="store_true", help="ANSI colours (off by default: the text is for pasting)")
+    p.set_defaults(func=cmd_journey)
     return parser
 
 
@@ -264,6 +283,12 @@ def cmd_reload(args: argparse.Namespace) -> int:
     except OSError as err:
         print(f"{args.admin}: cannot reach the admin listener: {err}", file=sys.stderr)
         return 1
+
+
+def cmd_journey(args: argparse.Namespace) -> int:
+    from gatewatch.app.journey import run
+
+    return run(args)
 
 
 def main(argv: list[str] | None = None) -> int:
