@@ -114,6 +114,9 @@ class OutlierConfig(Strict):
     max_ejection_s: float = Field(default=300.0, gt=0, le=86400)
     max_ejection_percent: int = Field(default=50, ge=0, le=100)
     trace_ids_kept: int = Field(default=5, ge=1, le=50)  # failing requests linked from an ejection event
+    # With active health checks: an ejected instance whose check saw it down and now sees it back returns at
+    # once instead of waiting out its ejection (Envoy's successful_active_health_check_uneject_host).
+    uneject_on_active_recovery: bool = True
 
     @model_validator(mode="after")
     def _sane(self):

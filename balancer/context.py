@@ -15,7 +15,8 @@ asks it for one pick per attempt.
   cookie already names it).
 - `PickResult`: one pick as it was when it was made — the algorithm and why, the candidates and the excluded
   ones with their reasons, the priority level, panic mode, the instance and its in-flight count before this
-  request. The recording step reads it and never looks back at the live pool.
+  request, whether the pool was failing over, and the ids of the events (failover, ejections) behind what it
+  saw. The recording step reads it and never looks back at the live pool.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from dataclasses import dataclass
 from gatewatch.balancer.algorithms import Endpoint, NoHealthyEndpoint
 from gatewatch.balancer.config import Algorithm
 from gatewatch.balancer.pool import Pool
-from gatewatch.telemetry.names import Exclusion, Reason
+from gatewatch.telemetry.names import Exclusion, FailoverKind, Reason
 
-TRIED = Exclusion.TRIED.value
+TRIED, EJECTED = Exclusion.TRIED.value, Exclusion.EJECTED.value
+NONE, PRIORITY, PANIC = FailoverKind.NONE.value, FailoverKind.PRIORITY.value, FailoverKind.PANIC.value
 PICK_AFFINITY = Reason.PICK_AFFINITY.value
 PICK_OVERFLOW = Reason.PICK_OVERFLOW.value
 PICK_NO_CANDIDATES = Reason.PICK_NO_CANDIDATES.value
@@ -54,6 +56,8 @@ class PickResult:
     affinity: bool  # the affinity cookie chose, not the algorithm
     hash_key_source: str | None  # e.g. "header:x-user", "header:x-user (absent)"; never the key itself
     in_flight: int  # the instance's in-flight requests before this one (0 without an instance)
+    failover: str = NONE  # FailoverKind: served normally, from a failover priority level, or in panic mode
+    event_ids: tuple[str, ...] = ()  # the pool's failover event in force, and ejections of excluded instances
 
 
 class PickContext:
@@ -76,19 +80,21 @@ class PickContext:
         if ep is not None:
             view = pool.view()
             return PickResult(pool.name, ep, ALGORITHM_NAME[pool.algorithm], PICK_AFFINITY, len(view.candidates),
-                              (), view.priority, view.panic, True, self._hash_source, pool.in_flight[ep.id])
+                              (), view.priority, view.panic, True, self._hash_source, pool.in_flight[ep.id],
+                              *_failover(pool, view.priority, view.panic, ()))
         picked = pool.pick(self.key, tried, rng)
         if tried and isinstance(picked, NoHealthyEndpoint):
             picked = pool.pick(self.key, {}, rng)
         view = pool.view()
         algorithm = ALGORITHM_NAME[picked.algorithm]
+        state = _failover(pool, view.priority, view.panic, picked.excluded)
         if isinstance(picked, NoHealthyEndpoint):
             reason = PICK_OVERFLOW if picked.overflow else PICK_NO_CANDIDATES
             return PickResult(pool.name, None, algorithm, reason, picked.candidates, picked.excluded, view.priority,
-                              view.panic, False, self._hash_source, 0)
+                              view.panic, False, self._hash_source, 0, *state)
         ep = picked.endpoint
         return PickResult(pool.name, ep, algorithm, PICK_REASON[algorithm], picked.candidates, picked.excluded,
-                          view.priority, view.panic, False, self._hash_source, pool.in_flight[ep.id])
+                          view.priority, view.panic, False, self._hash_source, pool.in_flight[ep.id], *state)
 
     def repin(self, response_headers: list[tuple[str, str]], endpoint: Endpoint) -> None:
         cfg = self.pool.config.affinity
@@ -98,6 +104,16 @@ class PickContext:
         response_headers[:] = [h for h in response_headers if h[0] != "Set-Cookie" or not h[1].startswith(mine)]
         if endpoint.id != self.affinity:
             response_headers.append(("Set-Cookie", affinity_cookie(cfg, self.pool.affinity_value(endpoint.id))))
+
+
+def _failover(pool: Pool, priority: int, panic: bool, excluded: tuple) -> tuple[str, tuple[str, ...]]:
+    """How the pool serves this pick, and the events behind it: its failover in force, and the ejections of the
+    instances it steered around."""
+    kind = PANIC if panic else PRIORITY if priority != pool.primary_priority else NONE
+    events = (pool.failover_event,) if pool.failover_event and kind != NONE else ()
+    if excluded and pool.ejection_events:
+        events += tuple(pool.ejection_events[i] for i, why in excluded if why == EJECTED and i in pool.ejection_events)
+    return kind, events
 
 
 def affinity_cookie(cfg, value: str) -> str:

@@ -116,6 +116,12 @@ class OutlierTracker:
         last = recent[-1] if recent else (None, None)
         return Ejection(reason, self.ejections, duration, tuple(t for t, _ in recent), last[0], last[1])
 
+    def end_ejection(self, now: float) -> None:
+        """The instance is known to be back (its active health check recovered): the ejection ends now."""
+        self.ejected_until = 0.0
+        self.returned_at = now
+        self.reset_run()
+
     def expire(self, now: float) -> bool:
         """True when an ejection just ended (the instance returns to the pool)."""
         if self.ejected_until and self.ejected_until <= now:

@@ -26,6 +26,7 @@ from gatewatch.balancer.algorithms import (ALGORITHMS, CursorState, Endpoint, No
                                  prepare)
 from gatewatch.balancer.config import Algorithm, PoolConfig
 from gatewatch.balancer.health import OutlierTracker, ProbeCounter, Result
+from gatewatch.telemetry.context import new_event_id
 from gatewatch.telemetry.names import Attr, EndpointState, Event, Exclusion, Reason
 
 EXCLUDED_LISTED = 20  # exclusions listed on a span/log; the rest are counted
@@ -96,8 +97,14 @@ class Pool:
         self._version = 0
         self._view: View | None = None
         self._affinity_keys = {self.affinity_value(e.id): e.id for e in self.endpoints}
-        self.active_priority = min(e.priority for e in self.endpoints)
+        self.primary_priority = min(e.priority for e in self.endpoints)  # where traffic goes when all is well
+        self.active_priority = self.primary_priority
         self.panic = False
+        # Event ids linking state changes and the requests they touched: the failover (priority or panic) in
+        # force, and each instance's current ejection.
+        self.failover_event: str | None = None
+        self.ejection_events: dict[str, str] = {}
+        self._cause: list[str] = []  # trace ids of the requests behind the state change being applied
         prepare(config.algorithm, self.view().candidates, self._state)
 
     # --- the view -------------------------------------------------------------------------------------------
@@ -162,18 +169,30 @@ class Pool:
         return max(ss.min_weight_percent / 100, (elapsed / ss.window_s) ** (1 / ss.aggression))
 
     def _note_failover(self, prio: int, panic: bool, share: float) -> None:
+        """A move to another priority level or into/out of panic mode: one event each, with the requests behind
+        it; while the pool is not on its primary level (or in panic), requests it serves name that event."""
         if prio != self.active_priority:
             reason = (Reason.FAILOVER_PRIORITY_DEGRADED if prio > self.active_priority
                       else Reason.FAILOVER_PRIORITY_RECOVERED)
-            self.notify(Event.DECISION_FAILOVER, f"pool {self.name}: traffic moves from priority "
-                        f"{self.active_priority} to {prio}", {Attr.POOL: self.name, Attr.FAILOVER_FROM: str(self.active_priority),
-                        Attr.FAILOVER_TO: str(prio), Attr.DECISION_REASON: reason.value})
+            self._failover_event(f"traffic moves from priority {self.active_priority} to {prio}", {
+                Attr.FAILOVER_FROM: str(self.active_priority), Attr.FAILOVER_TO: str(prio),
+                Attr.DECISION_REASON: reason.value}, degraded=prio != self.primary_priority or self.panic)
             self.active_priority = prio
         if panic != self.panic:
             self.panic = panic
-            self.notify(Event.DECISION_FAILOVER, f"pool {self.name}: panic mode {'on' if panic else 'off'} "
-                        f"({share:.0f}% usable)", {Attr.POOL: self.name, Attr.LB_PANIC: panic,
-                        Attr.DECISION_REASON: Reason.FAILOVER_PANIC.value})
+            self._failover_event(f"panic mode {'on' if panic else 'off'} ({share:.0f}% usable)", {
+                Attr.LB_PANIC: panic, Attr.DECISION_REASON: Reason.FAILOVER_PANIC.value},
+                degraded=panic or self.active_priority != self.primary_priority)
+
+    def _failover_event(self, what: str, attrs: dict, degraded: bool) -> None:
+        """One id names a whole failover episode, from the first move off the primary level (or into panic)
+        to the return: every event of it and every request served during it carry that id."""
+        event_id = self.failover_event or new_event_id()
+        self.failover_event = event_id if degraded else None
+        self.notify(Event.DECISION_FAILOVER, f"pool {self.name}: {what}",
+                    {Attr.POOL: self.name, **attrs, Attr.EVENT_ID: event_id,
+                     Attr.EVENT_TRACE_IDS: list(self._cause)},
+                    severity="WARN" if degraded else "INFO")
 
     # --- the pick -------------------------------------------------------------------------------------------
 
@@ -230,6 +249,11 @@ class Pool:
         inst = self.instances[endpoint_id]
         if inst.probe is None or not inst.probe.observe(ok):
             return
+        oc = self.config.outlier_detection
+        if ok and inst.outlier is not None and inst.outlier.ejected_until and oc.uneject_on_active_recovery:
+            # The active check saw it down and now sees it back: it recovered, whatever its ejection's clock says.
+            inst.outlier.end_ejection(self.clock())
+            self._returned(inst, Reason.OUTLIER_ACTIVE_RECOVERY.value)
         self._transition(inst, "active", detail)
 
     def observe(self, endpoint_id: str, result: Result, trace_id: str | None, span_id: str | None) -> None:
@@ -240,6 +264,14 @@ class Pool:
         reason = inst.outlier.observe(result, trace_id, span_id)
         if reason is None or inst.outlier.ejected_until:
             return
+        try:
+            self._cause = [t for t, _ in inst.outlier.recent]
+            self._eject(inst, endpoint_id, reason, now, trace_id, span_id)
+        finally:
+            self._cause = []
+
+    def _eject(self, inst: Instance, endpoint_id: str, reason: str, now: float, trace_id: str | None,
+               span_id: str | None) -> None:
         oc = self.config.outlier_detection
         total = len(self.instances)
         ejected = sum(1 for i in self.instances.values() if i.outlier is not None and i.outlier.ejected_until)
@@ -255,11 +287,13 @@ class Pool:
                         trace_id=trace_id, span_id=span_id, severity="WARN")
             return
         ej = inst.outlier.eject(reason, now)
+        event_id = self.ejection_events[endpoint_id] = new_event_id()
         self.notify(Event.OUTLIER_EJECTION, f"pool {self.name}: {endpoint_id} ejected for {ej.duration_s:g}s "
                     f"({reason}, ejection #{ej.count})",
                     {Attr.POOL: self.name, Attr.INSTANCE: endpoint_id, Attr.DECISION_REASON: reason,
                      Attr.EJECTION_COUNT: ej.count, Attr.EJECTION_DURATION_S: ej.duration_s,
-                     Attr.EJECTION_TRACE_IDS: list(ej.trace_ids), Attr.HEALTH_CHECK: "passive"},
+                     Attr.EJECTION_TRACE_IDS: list(ej.trace_ids), Attr.HEALTH_CHECK: "passive",
+                     Attr.EVENT_ID: event_id, Attr.EVENT_TRACE_IDS: list(ej.trace_ids)},
                     trace_id=ej.last_trace_id, span_id=ej.last_span_id, severity="WARN")
         self._transition(inst, "passive", reason)
 
@@ -277,14 +311,18 @@ class Pool:
         now = self.clock()
         for inst in self.instances.values():
             if inst.outlier is not None and inst.outlier.expire(now):
-                self.notify(Event.OUTLIER_EJECTION, f"pool {self.name}: {inst.endpoint.id} returns from ejection",
-                            {Attr.POOL: self.name, Attr.INSTANCE: inst.endpoint.id,
-                             Attr.DECISION_REASON: Reason.OUTLIER_EJECTION_EXPIRED.value,
-                             Attr.EJECTION_COUNT: inst.outlier.ejections, Attr.HEALTH_CHECK: "passive"})
+                self._returned(inst, Reason.OUTLIER_EJECTION_EXPIRED.value)
                 self._transition(inst, "passive", Reason.OUTLIER_EJECTION_EXPIRED.value)
         if self._view is not None and self._view.ramping:
             self._changed()  # weights move with time while an instance ramps up
         self.view()  # recomputed if anything changed: failover/panic notes follow
+
+    def _returned(self, inst: Instance, reason: str) -> None:
+        eid = inst.endpoint.id
+        self.notify(Event.OUTLIER_EJECTION, f"pool {self.name}: {eid} returns from ejection ({reason})",
+                    {Attr.POOL: self.name, Attr.INSTANCE: eid, Attr.DECISION_REASON: reason,
+                     Attr.EJECTION_COUNT: inst.outlier.ejections, Attr.HEALTH_CHECK: "passive",
+                     Attr.EVENT_ID: self.ejection_events.pop(eid, "")})
 
     def _transition(self, inst: Instance, check: str, detail: str) -> None:
         now = self.clock()
@@ -296,9 +334,12 @@ class Pool:
         inst.last_state = new
         if new == EndpointState.HEALTHY.value and self.config.slow_start is not None:
             inst.usable_since = now
+        # an ejection's transition carries the ejection's id; any other is an event of its own
+        event_id = self.ejection_events.get(inst.endpoint.id) if new == EndpointState.EJECTED.value else None
         self.notify(Event.HEALTH_TRANSITION, f"pool {self.name}: {inst.endpoint.id} {old} -> {new} ({detail})",
                     {Attr.POOL: self.name, Attr.INSTANCE: inst.endpoint.id, Attr.ZONE: inst.endpoint.zone,
-                     Attr.HEALTH_FROM: old, Attr.HEALTH_TO: new, Attr.HEALTH_CHECK: check, Attr.PROBE_RESULT: detail},
+                     Attr.HEALTH_FROM: old, Attr.HEALTH_TO: new, Attr.HEALTH_CHECK: check, Attr.PROBE_RESULT: detail,
+                     Attr.EVENT_ID: event_id or new_event_id()},
                     severity="INFO" if new == EndpointState.HEALTHY.value else "WARN")
         self.view()
 

@@ -21,7 +21,7 @@ from gatewatch.edge.config import RouteConfig
 class RouteMatch:
     route: RouteConfig
     index: int
-    template: str  # `http.route`: the template or the matched prefix/exact path, never the raw path
+    template: str  # `http.route`: the template, the exact path, or `{prefix}/*`; never the raw path
     params: Mapping[str, str]
 
 
@@ -53,7 +53,9 @@ class _Compiled:
         self.methods = frozenset(m.methods)
         self.headers = tuple((h.name.lower(), h.value, h.present) for h in m.headers)
         self.query = tuple((q.name, q.value, q.present) for q in m.query)
-        self.template = m.path.value
+        # http.route is a template with the dynamic part as a placeholder (semconv): a prefix route is
+        # "/api/*" (anything below /api), not "/api", which would read as the exact path.
+        self.template = m.path.value if self.kind != "prefix" else self.value.rstrip("/") + "/*"
         # A match without parameters is the same immutable value on every request: built once (a frozen
         # dataclass costs about a microsecond to construct).
         self.static_match = RouteMatch(route, index, self.template, NO_PARAMS) if self.kind != "template" else None

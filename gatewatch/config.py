@@ -5,7 +5,8 @@ listeners), or both. A route's `upstream` names either a pool of this file's bal
 in-process) or an entry of `edge.upstreams` (a URL: a separate `gatewatch` balancer, or any upstream that
 balances itself).
 
-Primitives: `GatewatchConfig` (the root), `load_config(path) -> GatewatchConfig` raising `ConfigError`, whose
+Primitives: `GatewatchConfig` (the root), `config_version(cfg)` (a short hash naming it in telemetry),
+`load_config(path) -> GatewatchConfig` raising `ConfigError`, whose
 `.problems` lists `field.path: message` strings: schema problems (types, unknown keys, ranges) first; when the
 schema holds, the cross-reference problems (unknown upstreams, duplicates, address conflicts), sections in file
 order. The parts each layer owns are defined there: routes in `gatewatch.edge.config`, pools and retries in
@@ -14,12 +15,15 @@ order. The parts each layer owns are defined there: routes in `gatewatch.edge.co
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
+import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, Field, ValidationError, model_validator
+from pydantic import AfterValidator, Field, SecretStr, ValidationError, model_validator
 
 from gatewatch.balancer.config import PoolConfig
 from gatewatch.edge.config import RemoteUpstreamConfig, RouteConfig
@@ -38,6 +42,15 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _checked_networks(v: tuple[str, ...]) -> tuple[str, ...]:
+    for net in v:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ValueError(f"{net!r} is not an IP network (e.g. 10.0.0.0/8 or 192.0.2.7)") from None
+    return v
+
+
 def _checked_address(v: str) -> str:
     parse_address(v)
     return v
@@ -49,8 +62,12 @@ Address = Annotated[str, AfterValidator(_checked_address)]
 class ListenerConfig(Strict):
     name: str = Field(pattern=NAME_PATTERN)
     address: Address
-    # What to do with a client's `traceparent`: continue it, start a new root that links to it, or ignore it.
-    incoming_trace_context: Literal["continue", "link", "ignore"] = "continue"
+    # What to do with an inbound `traceparent`: continue it, start a new root that links to it, or ignore it.
+    # Unset: `link` on edge listeners (a public client neither picks our trace ids nor turns our telemetry off
+    # with sampled=00), `continue` on balancer listeners (behind a Gatewatch edge, the trace goes on).
+    incoming_trace_context: Literal["continue", "link", "ignore"] | None = None
+    # Networks whose inbound trace context is continued whatever the above says (an internal caller, a mesh).
+    trusted_trace_sources: Annotated[tuple[str, ...], AfterValidator(_checked_networks)] = ()
     max_header_size: int = Field(default=8190, ge=1024, le=65536)
     # Keep X-Forwarded-Proto/-Host set by a proxy in front (the edge, for a balancer tier); else overwrite them.
     trust_forwarded_headers: bool = False
@@ -233,3 +250,13 @@ def load_config(path: str | Path) -> GatewatchConfig:
         problem = getattr(err, "problem", None) or str(err)
         raise ConfigError(source, [f"{where}: invalid YAML: {problem}"]) from None
     return parse_config(data, source)
+
+
+def config_version(cfg: GatewatchConfig) -> str:
+    """A short hash of the effective configuration (defaults filled in, secrets included so that rotating one is
+    a new version): the same config gives the same version in every process and after every restart."""
+    def plain(value: Any) -> Any:
+        return value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+
+    canonical = json.dumps(cfg.model_dump(mode="python"), sort_keys=True, default=plain, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]

@@ -17,6 +17,7 @@ from urllib.parse import unquote
 from pydantic import Field
 
 from gatewatch.schema import Strict
+from gatewatch.telemetry.names import DEFAULT_KNOWN_METHODS
 
 Protocol = Literal["grpc", "http/protobuf"]
 
@@ -48,6 +49,12 @@ class TelemetryConfig(Strict):
     # them only for sampled requests (they stay in gatewatch_decisions_total), "all" logs every one. Denials,
     # no-match, no-candidate and failover decisions are always logged.
     allow_decision_logs: Literal["sampled", "all"] = "sampled"
+    # url.query on spans: the values of these query parameters are recorded as they are; every other value is
+    # replaced by REDACTED, names kept (a token in a query string must not land in a trace store). "*": all.
+    url_query_values: tuple[str, ...] = ()
+    # The HTTP methods recorded as themselves; any other becomes _OTHER (semconv). Default: RFC 9110's, PATCH
+    # and QUERY. OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS (comma-separated) overrides it, as the conventions say.
+    known_methods: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,8 @@ class ResolvedTelemetry:
     traces_endpoint: str | None = None  # full URL (http/protobuf) or host URL (grpc); None → JSON lines
     logs_endpoint: str | None = None
     allow_decision_logs: str = "sampled"
+    url_query_values: tuple[str, ...] = ()
+    known_methods: tuple[str, ...] = ()
 
 
 def _parse_kv_list(text: str) -> dict[str, str]:
@@ -148,7 +157,12 @@ def resolve(cfg: TelemetryConfig, default_service: str, env: Mapping[str, str] |
             signal_endpoints[signal] = f"{base}/v1/{signal}" if protocol_text == "http/protobuf" else endpoint
         else:
             signal_endpoints[signal] = None
+    methods_env = env.get("OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS")
+    known = tuple(m.strip() for m in methods_env.split(",") if m.strip()) if methods_env is not None \
+        else cfg.known_methods if cfg.known_methods is not None else tuple(sorted(DEFAULT_KNOWN_METHODS))
     return ResolvedTelemetry(
+        url_query_values=tuple(cfg.url_query_values),
+        known_methods=known,
         service_name=service,
         resource_attributes=attrs,
         endpoint=endpoint or None,

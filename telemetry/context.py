@@ -51,6 +51,11 @@ def new_trace_id(rng: random.Random) -> int:
     return rng.getrandbits(128) or 1
 
 
+def new_event_id() -> str:
+    """The id of one state-change event (`gatewatch.event.id`): 16 hex digits, random."""
+    return f"{random.getrandbits(64):016x}"
+
+
 def ratio_sampled(trace_id: int, ratio: float) -> bool:
     """The OTel TraceIdRatioBased rule: sample when the low 64 bits fall under ratio * 2^64. Deterministic per
     trace id, so every layer that samples on its own reaches the same verdict."""
@@ -140,6 +145,13 @@ class AttemptRecord:
     duration_s: float = 0.0
     outcome: str | None = None
     lb: dict[str, Any] = field(default_factory=dict)
+    # where the time went (seconds; None: that step did not happen), filled by the forwarder and the engine
+    backoff_s: float | None = None  # the retry backoff slept before this attempt
+    pool_wait_s: float | None = None  # waiting for a free connection
+    connect_s: float | None = None  # connecting (a new connection)
+    tls_s: float | None = None  # the TLS handshake of a new connection
+    request_sent_s: float | None = None  # writing the request
+    ttfb_s: float | None = None  # request written → response head parsed
 
 
 @dataclass(slots=True)
@@ -176,3 +188,8 @@ class RequestRecord:
     policies: list[tuple[str, str, str, str]] = field(default_factory=list)  # (name, type, verdict, reason)
     attempts: list[AttemptRecord] = field(default_factory=list)
     decisions: list[DecisionRecord] = field(default_factory=list)
+    config_version: str = ""  # the snapshot's config version
+    failover: str | None = None  # FailoverKind of a request served by a pool of this process (None: no pick)
+    event_ids: list[str] | None = None  # state-change events that affected this request (gatewatch.event.id)
+    policy_durations: list[float] | None = None  # seconds per evaluated policy, in the order of `policies`
+    store_rtt_s: float | None = None  # the longest rate-limit store round trip of the request's policies

@@ -24,10 +24,11 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from gatewatch.telemetry.context import EventRecord, RequestRecord
-from gatewatch.telemetry.names import DECISION_EVENTS, Attr, Layer, SCOPE_NAME
+from gatewatch.telemetry.names import DECISION_EVENTS, DEFAULT_KNOWN_METHODS, REDACTED, SCOPE_NAME, Attr, Layer
 
 INTERNAL, SERVER, CLIENT = 1, 2, 3  # OTLP SpanKind numbers
-LINK_ATTRS = {"gatewatch.link": "untrusted_inbound"}
+DEFAULT_PORTS = {"http": 80, "https": 443}
+LINK_ATTRS = {Attr.LINK: "untrusted_inbound"}
 
 
 class Shape:
@@ -95,40 +96,107 @@ def _clean(attrs: dict[str, Any]) -> dict[str, Any]:
 
 
 SERVER_SHAPE = Shape(
-    (Attr.HTTP_REQUEST_METHOD, Attr.URL_SCHEME, Attr.SERVER_ADDRESS, Attr.SERVER_PORT, Attr.NETWORK_PROTOCOL_VERSION,
-     Attr.HTTP_ROUTE, Attr.HTTP_RESPONSE_STATUS_CODE, Attr.ERROR_TYPE, Attr.LAYER, Attr.ROUTE, Attr.UPSTREAM,
-     Attr.OUTCOME, Attr.TRACE_CONTEXT, Attr.CONSUMER, Attr.POLICY_SUMMARY),
+    (Attr.HTTP_REQUEST_METHOD, Attr.HTTP_REQUEST_METHOD_ORIGINAL, Attr.URL_SCHEME, Attr.SERVER_ADDRESS,
+     Attr.SERVER_PORT, Attr.NETWORK_PROTOCOL_VERSION, Attr.HTTP_ROUTE, Attr.HTTP_RESPONSE_STATUS_CODE,
+     Attr.ERROR_TYPE, Attr.LAYER, Attr.ROUTE, Attr.UPSTREAM, Attr.OUTCOME, Attr.TRACE_CONTEXT, Attr.CONSUMER,
+     Attr.POLICY_SUMMARY, Attr.CONFIG_VERSION),
     (Attr.CLIENT_ADDRESS, Attr.NETWORK_PEER_ADDRESS, Attr.NETWORK_PEER_PORT, Attr.USER_AGENT_ORIGINAL),
-    (Attr.URL_PATH, Attr.URL_QUERY, Attr.REQUEST_ID))
+    (Attr.URL_PATH, Attr.URL_QUERY, Attr.REQUEST_ID, Attr.EVENT_IDS, Attr.POLICY_DURATIONS,
+     Attr.RATELIMIT_STORE_RTT))
 BALANCE_SHAPE = Shape((Attr.LAYER, Attr.UPSTREAM, Attr.ROUTE))
 CLIENT_SHAPE = Shape(
-    (Attr.HTTP_REQUEST_METHOD, Attr.SERVER_ADDRESS, Attr.SERVER_PORT, Attr.NETWORK_PEER_ADDRESS,
-     Attr.HTTP_RESPONSE_STATUS_CODE, Attr.HTTP_REQUEST_RESEND_COUNT, Attr.ERROR_TYPE, Attr.LAYER, Attr.ROUTE,
-     Attr.UPSTREAM, Attr.INSTANCE, Attr.ZONE, Attr.OUTCOME, Attr.NETWORK_PEER_PORT),
-    (), (Attr.URL_FULL, Attr.REQUEST_ID))
+    (Attr.HTTP_REQUEST_METHOD, Attr.HTTP_REQUEST_METHOD_ORIGINAL, Attr.SERVER_ADDRESS, Attr.SERVER_PORT,
+     Attr.NETWORK_PEER_ADDRESS, Attr.HTTP_RESPONSE_STATUS_CODE, Attr.HTTP_REQUEST_RESEND_COUNT, Attr.ERROR_TYPE,
+     Attr.LAYER, Attr.ROUTE, Attr.UPSTREAM, Attr.INSTANCE, Attr.ZONE, Attr.OUTCOME, Attr.NETWORK_PEER_PORT),
+    (), (Attr.URL_FULL, Attr.REQUEST_ID, Attr.TIMING_BACKOFF, Attr.TIMING_POOL_WAIT, Attr.TIMING_CONNECT,
+         Attr.TIMING_TLS, Attr.TIMING_REQUEST_SENT, Attr.TIMING_TTFB))
 DECISION_SHAPE = Shape(
     (Attr.DECISION, Attr.DECISION_RULE, Attr.DECISION_RESULT, Attr.DECISION_REASON, Attr.LAYER, Attr.ROUTE,
-     Attr.HTTP_REQUEST_METHOD, Attr.CONSUMER),
+     Attr.HTTP_REQUEST_METHOD, Attr.CONSUMER, Attr.CONFIG_VERSION),
     (), (Attr.REQUEST_ID, Attr.URL_PATH))
 EVENT_SHAPE = Shape(())
 _BALANCER = Layer.BALANCER.value
 _EVENT_NAME = {kind: event.value for kind, event in DECISION_EVENTS.items()}
 
 
-def span_models(r: RequestRecord) -> list[SpanModel]:
+class Conventions(NamedTuple):
+    """What the semantic conventions leave to configuration: the methods recorded as themselves, and the
+    query parameters whose values may be recorded (None: all of them)."""
+
+    known_methods: frozenset[str] = DEFAULT_KNOWN_METHODS
+    query_values: frozenset[str] | None = frozenset()
+
+    @classmethod
+    def of(cls, known_methods, query_values) -> "Conventions":
+        keep = frozenset(query_values)
+        return cls(frozenset(known_methods) or DEFAULT_KNOWN_METHODS, None if "*" in keep else keep)
+
+
+DEFAULT_CONVENTIONS = Conventions()
+
+
+def _method(method: str, known: frozenset[str]) -> tuple[str, str | None, str]:
+    """(http.request.method, http.request.method_original, the span name's method): an unknown method is
+    recorded as _OTHER, kept in method_original, and names the span "HTTP" (semconv HTTP spans, Name)."""
+    if method in known:
+        return method, None, method
+    return "_OTHER", (method if method != "_OTHER" else None), "HTTP"
+
+
+def server_address(host: str | None, scheme: str) -> tuple[str | None, int | None]:
+    """server.address and server.port from a Host / :authority value (semconv: parsed from the header; a missing
+    port is the scheme's default). `[v6]:port` and bare IPv6 literals are understood."""
+    if not host:
+        return None, None
+    if host.startswith("["):
+        end = host.find("]")
+        address, rest = host[1:end] if end > 0 else host, host[end + 1:] if end > 0 else ""
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif host.count(":") == 1:
+        address, _, port_text = host.partition(":")
+    else:
+        address, port_text = host, ""
+    if port_text.isdigit() and len(port_text) <= 5:
+        return address, int(port_text)
+    return address, DEFAULT_PORTS.get(scheme)
+
+
+def redact_query(query: str, keep: frozenset[str] | None) -> str:
+    """url.query with every parameter's value replaced by REDACTED unless its name is kept (semconv: sensitive
+    content in url.query SHOULD be scrubbed). Names, order and separators stay as sent."""
+    if not query or keep is None:
+        return query
+    parts = []
+    for part in query.split("&"):
+        name, eq, value = part.partition("=")
+        parts.append(part if not eq or not value or name in keep else f"{name}={REDACTED}")
+    return "&".join(parts)
+
+
+def span_models(r: RequestRecord, conv: Conventions = DEFAULT_CONVENTIONS) -> list[SpanModel]:
     t = r.trace
     # every verdict of the route's policies, in order: "name=verdict:reason"
     summary = tuple(f"{p[0]}={p[2]}:{p[3]}" for p in r.policies) if r.policies else None
+    method, original, name_method = _method(r.method, conv.known_methods)
+    address, port = server_address(r.host, r.scheme)
+    status = r.status
+    # SERVER span status (semconv HTTP spans, Status): an error for a 5xx, or when no status was sent; a 4xx
+    # is the client's, not the server's.
+    failed = status >= 500 if status is not None else r.error_type is not None
+    error_type = r.error_type or (str(status) if status is not None and status >= 500 else None)
     attrs = Attrs(SERVER_SHAPE,
-                  (r.method, r.scheme, r.host, r.server_port, r.protocol_version, r.route_template, r.status,
-                   r.error_type, r.layer, r.route, r.upstream, r.outcome, t.treatment, r.consumer, summary),
+                  (method, original, r.scheme, address, port, r.protocol_version, r.route_template, status,
+                   error_type, r.layer, r.route, r.upstream, r.outcome, t.treatment, r.consumer, summary,
+                   r.config_version),
                   (r.client_address, r.client_address, r.client_port, r.user_agent),
-                  (r.path, r.query, r.request_id),
+                  (r.path, redact_query(r.query, conv.query_values), r.request_id,
+                   tuple(r.event_ids) if r.event_ids else None,
+                   tuple(r.policy_durations) if r.policy_durations else None, r.store_rtt_s),
                   # a balancer tier: its SERVER span carries the pick
                   r.lb if r.lb and not r.balance_span_id else {})
-    name = f"{r.method} {r.route_template}" if r.route_template else r.method
+    name = f"{name_method} {r.route_template}" if r.route_template else name_method
     out = [SpanModel(name, t.trace_id, t.span_id, t.parent_span_id, SERVER, r.start_ns, r.end_ns, attrs,
-                     (r.status or 0) >= 500 or r.error_type is not None, t.link)]
+                     failed, t.link)]
     attempt_parent = t.span_id
     if r.balance_span_id:
         failed = r.outcome not in (None, "proxied", "client_abort")
@@ -140,26 +208,29 @@ def span_models(r: RequestRecord) -> list[SpanModel]:
         status = a.status
         error_type = a.error_type or (str(status) if status and status >= 400 else None)
         a_attrs = Attrs(CLIENT_SHAPE,
-                        (a.method, a.host, a.port, a.peer_address, status, a.resend_count or None, error_type,
-                         a.layer, r.route, a.upstream, a.instance, a.zone, a.outcome, a.peer_port),
-                        (), (a.url_full, r.request_id),
+                        (method, original, a.host, a.port, a.peer_address, status, a.resend_count or None,
+                         error_type, a.layer, r.route, a.upstream, a.instance, a.zone, a.outcome, a.peer_port),
+                        (), (a.url_full, r.request_id, a.backoff_s, a.pool_wait_s, a.connect_s, a.tls_s,
+                             a.request_sent_s, a.ttfb_s),
                         a.lb or r.lb)  # each attempt's own pick (a retry's exclusions never leak onto the first)
-        out.append(SpanModel(a.method, t.trace_id, a.span_id, attempt_parent, CLIENT, a.start_ns,
+        out.append(SpanModel(name_method, t.trace_id, a.span_id, attempt_parent, CLIENT, a.start_ns,
                              a.end_ns or r.end_ns, a_attrs, a.error_type is not None or (status or 0) >= 400,
                              None))
     return out
 
 
-def log_models(r: RequestRecord | EventRecord) -> list[LogModel]:
+def log_models(r: RequestRecord | EventRecord, conv: Conventions = DEFAULT_CONVENTIONS) -> list[LogModel]:
     if isinstance(r, EventRecord):
         return [LogModel(r.time_ns, r.trace_id, r.span_id, bool(r.trace_id), r.body,
                          Attrs(EVENT_SHAPE, (), (), (), r.attributes), r.event, r.severity)]
     out = []
     unique = (r.request_id, r.path)
+    method = _method(r.method, conv.known_methods)[0]
     for d in r.decisions:
         kind = d.kind.value
         attrs = Attrs(DECISION_SHAPE,
-                      (kind, d.rule, d.result, d.reason, d.layer or r.layer, r.route, r.method, r.consumer),
+                      (kind, d.rule, d.result, d.reason, d.layer or r.layer, r.route, method, r.consumer,
+                       r.config_version),
                       (), unique, d.attributes)
         out.append(LogModel(d.time_ns, r.trace.trace_id, d.span_id, r.trace.sampled,
                             f"{kind} {d.rule or '-'}: {d.result} ({d.reason})", attrs, _EVENT_NAME[d.kind]))
@@ -177,9 +248,10 @@ def _ctx(trace_id: int, span_id: int, remote: bool = False) -> SpanContext:
 class Converter:
     """SDK objects for the standard exporters and the JSON-lines files."""
 
-    def __init__(self, resource: Resource, version: str):
+    def __init__(self, resource: Resource, version: str, conv: Conventions = DEFAULT_CONVENTIONS):
         self.resource = resource
         self.scope = InstrumentationScope(SCOPE_NAME, version)
+        self.conv = conv
 
     def spans(self, records: list[RequestRecord]) -> list[ReadableSpan]:
         out: list[ReadableSpan] = []
@@ -189,7 +261,7 @@ class Converter:
 
     def request_spans(self, r: RequestRecord) -> list[ReadableSpan]:
         out = []
-        for m in span_models(r):
+        for m in span_models(r, self.conv):
             remote_parent = m.kind == SERVER
             parent = _ctx(m.trace_id, m.parent_span_id, remote=remote_parent) if m.parent_span_id else None
             links = [Link(_ctx(m.link[0], m.link[1], remote=True), LINK_ATTRS)] if m.link else []
@@ -203,7 +275,7 @@ class Converter:
     def logs(self, batches: list[tuple[RequestRecord, list]]) -> list[ReadableLogRecord]:
         out = []
         for r, _ in batches:
-            for m in log_models(r):
+            for m in log_models(r, self.conv):
                 record = LogRecord(
                     timestamp=m.time_ns, observed_timestamp=m.time_ns, trace_id=m.trace_id, span_id=m.span_id,
                     trace_flags=TraceFlags(TraceFlags.SAMPLED if m.sampled else TraceFlags.DEFAULT),

@@ -22,7 +22,7 @@ from opentelemetry.sdk.resources import Resource
 from gatewatch.telemetry import wire
 from gatewatch.telemetry.config import ResolvedTelemetry
 from gatewatch.telemetry.context import EventRecord
-from gatewatch.telemetry.convert import Converter, log_models, span_models
+from gatewatch.telemetry.convert import Converter, Conventions, log_models, span_models
 from gatewatch.telemetry.otlp_encode import Envelope, encode_log, encode_span
 from gatewatch.telemetry.otlp_send import EncodedBatch, GrpcSender, HttpSender
 from gatewatch.telemetry.export import JsonLinesExporter, NullExporter, SignalWorker, destination, jsonl_path
@@ -41,15 +41,16 @@ class ThreadSink:
     def __init__(self, resolved: ResolvedTelemetry, resource_attrs: dict, metrics: Metrics, version: str,
                  file_stem: str):
         self.destination = destination(resolved, file_stem)
-        converter = Converter(Resource(resource_attrs), version)
+        conv = Conventions.of(resolved.known_methods, resolved.url_query_values)
+        converter = Converter(Resource(resource_attrs), version, conv)
         envelope = Envelope(resource_attrs, SCOPE_NAME, version)
 
         def to_spans(records):
-            models = [m for r in records for m in span_models(r)]
+            models = [m for r in records for m in span_models(r, conv)]
             return EncodedBatch(envelope.traces(encode_span(m) for m in models), len(models))
 
         def to_logs(items):
-            models = [m for r, _ in items for m in log_models(r)]
+            models = [m for r, _ in items for m in log_models(r, conv)]
             return EncodedBatch(envelope.logs(encode_log(m) for m in models), len(models))
 
         # Per signal: an OTLP endpoint gets protobuf written directly (several times cheaper than SDK objects

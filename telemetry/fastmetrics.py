@@ -67,8 +67,10 @@ class _LabelText:
 
 
 class FastHistogram(Collector):
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float]):
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float],
+                 unit: str = ""):
         self.name = name
+        self.unit = unit  # OpenMetrics `# UNIT` (the name must end with it)
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
         self.buckets = tuple(buckets)
@@ -89,7 +91,7 @@ class FastHistogram(Collector):
             s[2][i] = (trace_id, value, time.time())
 
     def collect(self) -> Iterable[HistogramMetricFamily]:
-        fam = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        fam = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames, unit=self.unit)
         les = [_fmt(b) for b in self.buckets] + ["+Inf"]
         for labels, (counts, total, exemplars) in list(self._series.items()):
             cumulative = 0
@@ -106,6 +108,8 @@ class FastHistogram(Collector):
     def render(self, out: list[str], openmetrics: bool) -> None:
         name = self.name
         out.append(f"# HELP {name} {_help(self.documentation, openmetrics)}\n# TYPE {name} histogram\n")
+        if openmetrics and self.unit:
+            out.append(f"# UNIT {name} {self.unit}\n")
         for labels, (counts, total, exemplars) in list(self._series.items()):
             before, after, plain = self._text(labels)
             cumulative = 0
@@ -119,7 +123,7 @@ class FastHistogram(Collector):
                        f"{floatToGoString(total)}\n")
 
     def describe(self) -> Iterable[HistogramMetricFamily]:
-        yield HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        yield HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames, unit=self.unit)
 
 
 class FastCounter(Collector):

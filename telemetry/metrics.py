@@ -1,7 +1,10 @@
 """Prometheus instruments on a per-process registry (never the global one), served at the admin `/metrics`.
 
 Labels come only from config names and closed enums (`telemetry.names`); the HTTP method is folded to
-`_OTHER` when unknown and status codes are clamped to three digits, so a client cannot create series.
+`_OTHER` when unknown (the recorder does it, with the configured known methods) and status codes are clamped to
+three digits, so a client cannot create series. Label names of the HTTP duration histograms are the semantic
+conventions' attribute names with dots as underscores (`http_route`, `url_scheme`, `error_type`,
+`server_address`, `server_port`), beside Gatewatch's own.
 Exemplars (`trace_id`) are attached to duration observations of sampled requests; they appear in the
 OpenMetrics exposition (`Accept: application/openmetrics-text`).
 """
@@ -14,13 +17,9 @@ from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPEN
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from gatewatch.telemetry.fastmetrics import FastCounter, FastHistogram
-from gatewatch.telemetry.names import CONSUMER_LABEL_CAP, DURATION_BUCKETS_S, KNOWN_METHODS, OVERFLOW_LABEL, Label, Metric
+from gatewatch.telemetry.names import CONSUMER_LABEL_CAP, DURATION_BUCKETS_S, OVERFLOW_LABEL, Label, Metric
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-def method_label(method: str) -> str:
-    return method if method in KNOWN_METHODS else "_OTHER"
 
 
 STATUS_LABELS = {status: str(status) for status in range(100, 600)}
@@ -36,11 +35,15 @@ class Metrics:
         r = self.registry
         self.server_duration = FastHistogram(
             Metric.SERVER_DURATION, "Duration of HTTP server requests, per layer, route and outcome.",
-            [Label.LAYER, Label.ROUTE, Label.METHOD, Label.STATUS, Label.OUTCOME], DURATION_BUCKETS_S)
+            [Label.LAYER, Label.ROUTE, Label.METHOD, Label.STATUS, Label.OUTCOME, Label.HTTP_ROUTE, Label.SCHEME,
+             Label.ERROR_TYPE], DURATION_BUCKETS_S, unit="seconds")
         self.client_duration = FastHistogram(
             Metric.CLIENT_DURATION, "Duration of upstream attempts, per layer, upstream and instance.",
-            [Label.LAYER, Label.ROUTE, Label.UPSTREAM, Label.INSTANCE, Label.METHOD, Label.STATUS, Label.OUTCOME],
-            DURATION_BUCKETS_S)
+            [Label.LAYER, Label.ROUTE, Label.UPSTREAM, Label.INSTANCE, Label.METHOD, Label.STATUS, Label.OUTCOME,
+             Label.SERVER_ADDRESS, Label.SERVER_PORT, Label.ERROR_TYPE], DURATION_BUCKETS_S, unit="seconds")
+        self.pool_requests = FastCounter(
+            Metric.POOL_REQUESTS, "Requests a pool served, by how: normally (failover=none) or while failing over "
+            "(retry to another instance, a failover priority level, panic mode).", [Label.POOL, Label.FAILOVER])
         self.decisions = FastCounter(
             Metric.DECISIONS, "Decisions taken, by kind and result.",
             [Label.LAYER, Label.DECISION, Label.RESULT, Label.REASON])
@@ -52,7 +55,7 @@ class Metrics:
             [Label.POOL, Label.INSTANCE, Label.OUTCOME])
         # Rendered by `exposition` itself (see fastmetrics), not through the registry.
         self.fast = (self.server_duration, self.client_duration, self.decisions, self.policy_verdicts,
-                     self.instance_requests)
+                     self.instance_requests, self.pool_requests)
         # balancer state and events (per pool; instance labels are bounded by the pool's size)
         self.failovers = Counter(
             Metric.FAILOVERS, "Failovers: traffic moved to another priority or a retry went to another instance.",
@@ -91,6 +94,9 @@ class Metrics:
         self.circuit_state = Gauge(
             Metric.CIRCUIT_STATE, "1 for the circuit breaker's current state, by route and state.",
             [Label.ROUTE, Label.STATE], registry=r)
+        self.ratelimit_store_up = Gauge(
+            Metric.RATELIMIT_STORE_UP, "1 while a rate-limit store (Redis) answers, 0 while it is down, by store.",
+            [Label.STORE], registry=r)
         self.config_reloads = Counter(
             Metric.CONFIG_RELOADS, "Configuration reloads, by result.", [Label.RESULT], registry=r)
         self.endpoints = Gauge(
@@ -104,6 +110,10 @@ class Metrics:
             Metric.TELEMETRY_EXPORTED, "Telemetry items exported successfully, by signal.", [Label.SIGNAL], registry=r)
         self.telemetry_queue = Gauge(
             Metric.TELEMETRY_QUEUE, "Telemetry items waiting for export, by signal.", [Label.SIGNAL], registry=r)
+        self.config_info = Info(Metric.CONFIG_INFO, "The running configuration's version (gatewatch.config.version).",
+                                registry=r)
+        self.config_loaded = Gauge(Metric.CONFIG_LOADED, "When the running configuration was loaded (Unix time).",
+                                   registry=r)
         self.build = Info(Metric.BUILD_INFO, "Gatewatch build information.", registry=r)
         ProcessCollector(registry=r)  # process_start_time_seconds, process_cpu_seconds_total, ... (worker health)
         self.build.info({"version": version})

@@ -119,6 +119,21 @@ class DecisionResult(StrEnum):
 ALLOW_RESULTS = frozenset({DecisionResult.MATCHED, DecisionResult.PICKED})  # decisions that let a request through
 
 
+class FailoverKind(StrEnum):
+    """How a pool served a request (the `failover` label of `gatewatch_pool_requests_total`): normally, or while
+    it was failing over. When several apply, the first of panic, priority, retry counts."""
+
+    NONE = "none"  # the primary priority level, healthy enough, first attempt's instance or a retry to it
+    RETRY = "retry"  # a retry went to another instance than the one that failed
+    PRIORITY = "priority"  # served from a failover priority level (the primary one is not healthy enough)
+    PANIC = "panic"  # the pool balanced across unhealthy instances too
+
+
+class StoreState(StrEnum):
+    UP = "up"
+    DOWN = "down"
+
+
 class Event(StrEnum):
     """`event_name` of decision-log records (OTLP log records)."""
 
@@ -131,6 +146,7 @@ class Event(StrEnum):
     OUTLIER_EJECTION = "gatewatch.outlier.ejection"
     CIRCUIT_TRANSITION = "gatewatch.circuit.transition"
     CONFIG_RELOAD = "gatewatch.config.reload"
+    RATELIMIT_STORE = "gatewatch.ratelimit.store.transition"  # a rate-limit store went down or came back
 
 
 DECISION_EVENTS: dict[DecisionKind, Event] = {
@@ -214,6 +230,11 @@ class Attr:
     # which configuration a request ran under: a short hash of the active config (and, on events, its load time)
     CONFIG_VERSION = "gatewatch.config.version"
     CONFIG_LOADED_AT = "gatewatch.config.loaded_at"  # RFC 3339, UTC
+    CONFIG_PATH = "gatewatch.config.path"  # the file a reload read
+    CONFIG_PROBLEMS = "gatewatch.config.problems"  # why a reload was refused (field.path: message)
+    CONFIG_PREVIOUS_VERSION = "gatewatch.config.previous_version"  # the version a reload replaced
+    ROUTE_FAILED_CONDITION = "gatewatch.route.failed_condition"  # no route: the nearest route's failed condition
+    LINK = "gatewatch.link"  # on a span link: why it is a link (untrusted_inbound)
     # where the time went (seconds), on each attempt's CLIENT span; a phase that did not happen is absent
     TIMING_BACKOFF = "gatewatch.timing.backoff_s"  # the retry backoff slept before this attempt
     TIMING_POOL_WAIT = "gatewatch.timing.pool_wait_s"  # waiting for a free connection to the instance
@@ -224,6 +245,9 @@ class Attr:
     # per policy, in the order of gatewatch.policy.summary, on the SERVER span: each evaluation's duration
     POLICY_DURATIONS = "gatewatch.policy.durations_s"
     RATELIMIT_STORE_RTT = "gatewatch.ratelimit.store_rtt_s"  # the Redis round trip of a rate-limit policy
+    RATELIMIT_STORE = "gatewatch.ratelimit.store"  # a store's URL without credentials
+    STORE_FROM = "gatewatch.ratelimit.store.from"  # StoreState
+    STORE_TO = "gatewatch.ratelimit.store.to"
     # state-change events and the requests they touched, linked both ways: every event has an id; a request
     # served while one applies names it
     EVENT_ID = "gatewatch.event.id"
@@ -266,6 +290,7 @@ class Reason(StrEnum):
     OUTLIER_CONSECUTIVE_5XX = "outlier.consecutive_5xx"
     OUTLIER_CONSECUTIVE_GATEWAY_ERRORS = "outlier.consecutive_gateway_errors"
     OUTLIER_EJECTION_EXPIRED = "outlier.ejection_expired"
+    OUTLIER_ACTIVE_RECOVERY = "outlier.active_check_recovered"  # ejected, then the active check saw it come back
     OUTLIER_MAX_EJECTION_PERCENT = "outlier.max_ejection_percent"  # an ejection was due but the cap forbade it
 
 
@@ -359,6 +384,8 @@ class Metric:
     RATE_LIMITED_CONSUMERS = "gatewatch_ratelimit_consumer_limited"  # counter -> ..._total, consumer (capped)
     CIRCUIT_STATE = "gatewatch_circuit_state"  # gauge 0/1 per state, by route and state
     CONFIG_RELOADS = "gatewatch_config_reloads"  # counter -> ..._total, by result
+    RATELIMIT_STORE_UP = "gatewatch_ratelimit_store_up"  # gauge 1/0, by store (its URL without credentials)
+    POOL_REQUESTS = "gatewatch_pool_requests"  # counter -> ..._total, by pool and failover (FailoverKind)
     # Process metrics of every Gatewatch process (each worker is its own scrape target): worker health.
     PROCESS_START_TIME = "process_start_time_seconds"  # gauge: changes when a worker is replaced
     PROCESS_CPU = "process_cpu_seconds"  # counter -> process_cpu_seconds_total
@@ -367,6 +394,8 @@ class Metric:
     TELEMETRY_EXPORTED = "gatewatch_telemetry_exported"  # counter -> gatewatch_telemetry_exported_total
     TELEMETRY_QUEUE = "gatewatch_telemetry_queue_items"  # gauge
     BUILD_INFO = "gatewatch_build"  # info -> gatewatch_build_info
+    CONFIG_INFO = "gatewatch_config"  # info -> gatewatch_config_info{version}
+    CONFIG_LOADED = "gatewatch_config_last_reload_success_timestamp_seconds"  # gauge: when the config was loaded
 
 
 class Label:
@@ -388,6 +417,14 @@ class Label:
     POLICY_TYPE = "gatewatch_policy_type"
     VERDICT = "verdict"
     CONSUMER = "gatewatch_consumer"  # capped: at most CONSUMER_LABEL_CAP distinct values, then OVERFLOW_LABEL
+    STORE = "store"
+    FAILOVER = "failover"
+    # semantic-convention attributes as labels of the HTTP duration histograms
+    HTTP_ROUTE = "http_route"
+    SCHEME = "url_scheme"
+    ERROR_TYPE = "error_type"
+    SERVER_ADDRESS = "server_address"
+    SERVER_PORT = "server_port"
 
 
 class EndpointState(StrEnum):
@@ -424,7 +461,11 @@ DURATION_BUCKETS_S: tuple[float, ...] = (
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 )
 
-# Methods that may be metric labels as-is; anything else is recorded as "_OTHER" (semconv).
-KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+# The HTTP methods recorded as themselves (RFC 9110's, PATCH and QUERY); anything else is "_OTHER", its span
+# named "HTTP", with the method in http.request.method_original (semconv HTTP spans). Configurable:
+# telemetry.known_methods, OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS.
+DEFAULT_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+                                   "QUERY"})
+REDACTED = "REDACTED"  # what a redacted query-parameter value becomes in url.query (semconv's token)
 
 SCOPE_NAME = "gatewatch"

@@ -28,7 +28,8 @@ from gatewatch.telemetry.config import ResolvedTelemetry
 from gatewatch.telemetry.context import EventRecord, RequestRecord
 from gatewatch.telemetry.export import destination
 from gatewatch.telemetry.exporter_process import ThreadSink, span_count
-from gatewatch.telemetry.metrics import Metrics, method_label, status_label
+from gatewatch.telemetry.metrics import STATUS_LABELS as STATUS_TEXT
+from gatewatch.telemetry.metrics import Metrics, status_label
 from gatewatch.telemetry.names import (ALLOW_RESULTS, DecisionKind, DecisionResult, DropReason, Event, Layer, Reason,
                                        TelemetrySignal)
 
@@ -38,6 +39,7 @@ RETRY_OR_FAILOVER = frozenset({DecisionKind.RETRY, DecisionKind.FAILOVER})
 BALANCER = Layer.BALANCER.value
 # Label values are plain str; a StrEnum member hashes as its value, and the lookup costs less than `.value`.
 KIND_LABEL = {kind: kind.value for kind in DecisionKind}
+OTHER = "_OTHER"
 PIPE_LIMIT = 16 * 1024 * 1024  # bytes waiting in the pipe to the exporter before batches are dropped
 
 
@@ -216,6 +218,8 @@ class Telemetry:
         self._decisions = metrics.decisions
         self._verdicts = metrics.policy_verdicts
         self._instances = metrics.instance_requests
+        self._pool_requests = metrics.pool_requests
+        self._known_methods = frozenset(resolved.known_methods)
         self._allow_logs_sampled_only = resolved.allow_decision_logs == "sampled"
 
     async def start(self) -> None:
@@ -225,14 +229,20 @@ class Telemetry:
     def finish(self, r: RequestRecord) -> None:
         trace_id = f"{r.trace.trace_id:032x}" if r.trace.sampled and self.sink is not None else None
         route = r.route or ""
-        method = method_label(r.method)
-        self._server.observe((r.layer, route, method, status_label(r.status), r.outcome or ""), r.duration_s,
-                             trace_id)
+        method = r.method if r.method in self._known_methods else OTHER
+        status = r.status
+        error_type = r.error_type or (STATUS_TEXT[status] if status is not None and status >= 500 else "")
+        self._server.observe((r.layer, route, method, status_label(status), r.outcome or "", r.route_template or "",
+                              r.scheme, error_type), r.duration_s, trace_id)
         for a in r.attempts:
-            self._client.observe((a.layer, route, a.upstream, a.instance, method, status_label(a.status),
-                                  a.outcome or ""), a.duration_s, trace_id)
+            a_status = a.status
+            a_error = a.error_type or (STATUS_TEXT[a_status] if a_status is not None and a_status >= 400 else "")
+            self._client.observe((a.layer, route, a.upstream, a.instance, method, status_label(a_status),
+                                  a.outcome or "", a.host, str(a.port), a_error), a.duration_s, trace_id)
             if a.layer == BALANCER:  # per-instance counts of a pool (bounded by the pool's size)
                 self._instances.inc((a.upstream, a.instance, a.outcome or ""))
+        if r.failover is not None:  # a pool of this process served it: normally, or while failing over
+            self._pool_requests.inc((r.upstream, r.failover))
         for d in r.decisions:
             self._decisions.inc((d.layer or r.layer, KIND_LABEL[d.kind], d.result, d.reason))
             if d.kind in RETRY_OR_FAILOVER:

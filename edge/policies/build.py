@@ -22,11 +22,13 @@ from gatewatch.edge.policies.cors import CorsPolicy
 from gatewatch.edge.policies.ip_access import IpAccessPolicy
 from gatewatch.edge.policies.jwks import JwksCache
 from gatewatch.edge.policies.jwt_auth import JwtPolicy
-from gatewatch.edge.policies.limiter import MAX_REDIS_CONNECTIONS, LocalStore, RedisStore
+from gatewatch.edge.policies.limiter import MAX_REDIS_CONNECTIONS, LocalStore, RedisStore, StoreHealth
 from gatewatch.edge.policies.ratelimit import RateLimitPolicy
 from gatewatch.edge.policies.schema import JsonSchemaPolicy
 from gatewatch.edge.policies.size import SizeLimitPolicy
 from gatewatch.edge.policies.transform import HeadersPolicy, PathRewritePolicy
+from gatewatch.telemetry.names import PolicyReason as R
+from gatewatch.telemetry.names import Verdict
 
 
 @dataclass
@@ -41,6 +43,7 @@ class PolicyResources:
     jwks: dict = field(default_factory=dict)  # url → JwksCache
     redis: dict = field(default_factory=dict)  # (url, timeout) → redis.asyncio.Redis
     redis_slots: dict = field(default_factory=dict)  # (url, timeout) → Semaphore shared by its stores
+    stores: dict = field(default_factory=dict)  # url → StoreHealth
     _tasks: list = field(default_factory=list)
 
     def jwks_cache(self, cfg) -> JwksCache:
@@ -58,6 +61,13 @@ class PolicyResources:
         import aiohttp
 
         self.session = aiohttp.ClientSession(headers={"User-Agent": "gatewatch-jwks"})
+
+    def store_health(self, url: str) -> StoreHealth:
+        """One store's availability, shared by the policies using it and kept across reloads."""
+        health = self.stores.get(url)
+        if health is None:
+            health = self.stores[url] = StoreHealth(url, self.metrics, self.telemetry)
+        return health
 
     def redis_client(self, cfg):
         key = (cfg.url, cfg.timeout_s)
@@ -100,6 +110,37 @@ class PolicyResources:
             self.session = None
 
 
+_A, _D, _E = Verdict.ALLOW, Verdict.DENY, Verdict.ERROR
+# Every (verdict, reason) a policy type can record: its closed vocabulary, used to create its series at 0.
+VERDICTS: dict[str, tuple[tuple[Verdict, R], ...]] = {
+    "jwt": ((_A, R.JWT_VALID), *((_D, r) for r in (
+        R.JWT_MISSING, R.JWT_MALFORMED, R.JWT_OVERSIZED, R.JWT_ALG_NOT_ALLOWED, R.JWT_FORBIDDEN_HEADER,
+        R.JWT_UNKNOWN_KID, R.JWT_BAD_SIGNATURE, R.JWT_EXPIRED, R.JWT_NOT_YET_VALID, R.JWT_BAD_ISSUER,
+        R.JWT_BAD_AUDIENCE, R.JWT_MISSING_CLAIM, R.JWT_INSUFFICIENT_SCOPE)), (_E, R.JWT_KEYS_UNAVAILABLE)),
+    "api_key": ((_A, R.APIKEY_VALID), (_D, R.APIKEY_MISSING), (_D, R.APIKEY_INVALID)),
+    "rate_limit": ((_A, R.RATELIMIT_WITHIN), (_D, R.RATELIMIT_EXCEEDED), (_E, R.RATELIMIT_STORE_UNAVAILABLE)),
+    "ip_access": ((_A, R.IP_ALLOWED), (_D, R.IP_DENIED)),
+    "cors": ((_A, R.CORS_ALLOWED), (_A, R.CORS_PREFLIGHT), (_A, R.CORS_NO_ORIGIN), (_D, R.CORS_ORIGIN_DENIED)),
+    "size_limit": ((_A, R.SIZE_WITHIN), (_D, R.SIZE_TOO_LARGE), (_E, R.BODY_STALLED)),
+    "json_schema": ((_A, R.SCHEMA_VALID), (_A, R.SCHEMA_SKIPPED), (_D, R.SCHEMA_INVALID), (_D, R.SCHEMA_NOT_JSON),
+                    (_D, R.SIZE_TOO_LARGE), (_E, R.SCHEMA_INVALID), (_E, R.BODY_STALLED)),
+    "headers": ((_A, R.TRANSFORM_APPLIED),),
+    "path_rewrite": ((_A, R.REWRITE_APPLIED), (_A, R.REWRITE_NO_MATCH), (_E, R.REWRITE_INVALID)),
+    "circuit_breaker": ((_A, R.CIRCUIT_CLOSED), (_A, R.CIRCUIT_HALF_OPEN_PROBE), (_D, R.CIRCUIT_OPEN),
+                        (_D, R.CIRCUIT_HALF_OPEN_REJECTED)),
+}
+
+
+def verdicts(cfg) -> list[tuple[str, str]]:
+    """The (verdict, reason) pairs one configured policy can record (a shadow policy's denials are shadow_deny)."""
+    out = []
+    for verdict, reason in VERDICTS.get(cfg.type, ()):
+        if verdict is _D and cfg.shadow:
+            verdict = Verdict.SHADOW_DENY
+        out.append((verdict.value, reason.value))
+    return out
+
+
 def build_policy(cfg, route: str, resources: PolicyResources) -> Policy:
     r = resources
     if isinstance(cfg, c.IpAccessPolicyConfig):
@@ -111,7 +152,8 @@ def build_policy(cfg, route: str, resources: PolicyResources) -> Policy:
     if isinstance(cfg, c.RateLimitPolicyConfig):
         if cfg.store == "redis":
             client = r.redis_client(cfg.redis)
-            store = RedisStore(client, cfg.redis, r.monotonic, r.redis_slots[(cfg.redis.url, cfg.redis.timeout_s)])
+            store = RedisStore(client, cfg.redis, r.monotonic, r.redis_slots[(cfg.redis.url, cfg.redis.timeout_s)],
+                               r.store_health(cfg.redis.url))
         else:
             store = LocalStore(cfg.max_keys, r.monotonic)
         return RateLimitPolicy(cfg, route, store, r.metrics)

@@ -12,7 +12,11 @@ Primitives:
   fail mode applies); after a connection failure, or `TIMEOUTS_BEFORE_DOWN` timeouts in a row, the store is
   not tried again for `retry_after_s`. Commands in flight are capped at the
   client's connection count; a request that finds no free connection within `timeout_s` is undecided too,
-  without taking the store offline.
+  without taking the store offline. `last_rtt_s` is the round trip of the latest command.
+- `StoreHealth`: one Redis store's availability, shared by every policy that uses it and kept across reloads:
+  each transition is logged once (WARNING down, INFO back), set in `gatewatch_ratelimit_store_up{store}` and
+  recorded as a `gatewatch.ratelimit.store.transition` event naming the request that ran into it; while the
+  store is down, `event_id` names the outage, so the requests it affects can say so.
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from redis.exceptions import TimeoutError as RedisTimeout
+
+from gatewatch.telemetry.context import new_event_id
+from gatewatch.telemetry.names import Attr, Event, StoreState
 
 log = logging.getLogger("gatewatch.policies.ratelimit")
 
@@ -92,7 +99,7 @@ class LocalStore:
         self._max = max_keys
         self._mono = monotonic
 
-    async def hit(self, key: str, algorithm: str, limit: int, window_s: float) -> Hit:
+    async def hit(self, key: str, algorithm: str, limit: int, window_s: float, trace_id: int = 0) -> Hit:
         state, result = ALGORITHMS[algorithm](self._state.get(key), self._mono(), limit, window_s)
         self._state[key] = state
         self._state.move_to_end(key)
@@ -142,9 +149,47 @@ return {allowed, tostring(est), tostring(elapsed), cur, prev}
 """
 
 
+class StoreHealth:
+    def __init__(self, url: str, metrics=None, telemetry=None):
+        self.name = _safe_url(url)
+        self._metrics = metrics
+        self._telemetry = telemetry
+        self.available = True  # last known state, to log transitions once
+        self.event_id: str | None = None  # the outage in force
+        if metrics is not None:
+            metrics.ratelimit_store_up.labels(self.name).set(1)
+
+    def down(self, why: str, detail: str, trace_id: int) -> None:
+        if not self.available:
+            return
+        self.available = False
+        self.event_id = new_event_id()
+        log.warning("rate-limit store %s unavailable (%s); %s", self.name, why, detail)
+        self._transition(StoreState.UP, StoreState.DOWN, why, trace_id, "WARN")
+
+    def up(self, trace_id: int) -> None:
+        if self.available:
+            return
+        self.available = True
+        log.info("rate-limit store %s available again", self.name)
+        self._transition(StoreState.DOWN, StoreState.UP, "reachable", trace_id, "INFO")
+        self.event_id = None
+
+    def _transition(self, old: StoreState, new: StoreState, why: str, trace_id: int, severity: str) -> None:
+        if self._metrics is not None:
+            self._metrics.ratelimit_store_up.labels(self.name).set(1 if new is StoreState.UP else 0)
+        if self._telemetry is None:
+            return
+        attrs = {Attr.RATELIMIT_STORE: self.name, Attr.STORE_FROM: old.value, Attr.STORE_TO: new.value,
+                 Attr.DECISION_REASON: why, Attr.EVENT_ID: self.event_id or "",  # the outage's id, down and up
+                 Attr.EVENT_TRACE_IDS: [f"{trace_id:032x}"] if trace_id else []}
+        self._telemetry.event(Event.RATELIMIT_STORE, f"rate-limit store {self.name}: {old.value} -> {new.value} "
+                              f"({why})", attrs, trace_id or None, None, severity)
+
+
 class RedisStore:
     def __init__(self, client, cfg, monotonic: Callable[[], float] = time.monotonic,
-                 slots: asyncio.Semaphore | None = None):
+                 slots: asyncio.Semaphore | None = None, health: StoreHealth | None = None):
         self.cfg = cfg
         self._client = client
         self._mono = monotonic
@@ -154,20 +199,23 @@ class RedisStore:
         self._scripts = {"token_bucket": client.register_script(TOKEN_BUCKET_LUA),
                          "sliding_window": client.register_script(SLIDING_WINDOW_LUA)}
         self._down_until = float("-inf")
-        self.available = True  # last known state, to log transitions once
+        self.health = health or StoreHealth(cfg.url)
         self.overloaded = 0  # requests that found no free connection in time (counted, not a store failure)
         self._timeouts = 0  # consecutive command timeouts
         self._last_ok = float("-inf")
+        self.last_rtt_s: float | None = None
 
-    def _down(self, why: str) -> None:
+    @property
+    def available(self) -> bool:
+        return self.health.available
+
+    def _down(self, why: str, trace_id: int) -> None:
         self._down_until = self._mono() + self.cfg.retry_after_s
         self._timeouts = 0
-        if self.available:
-            log.warning("rate-limit store %s unavailable (%s); failing %s, retrying every %ss",
-                        _safe_url(self.cfg.url), why, self.cfg.on_error, self.cfg.retry_after_s)
-        self.available = False
+        self.health.down(why, f"failing {self.cfg.on_error}, retrying every {self.cfg.retry_after_s}s", trace_id)
 
-    async def hit(self, key: str, algorithm: str, limit: int, window_s: float) -> Hit | None:
+    async def hit(self, key: str, algorithm: str, limit: int, window_s: float, trace_id: int = 0) -> Hit | None:
+        self.last_rtt_s = None
         if self._mono() < self._down_until:
             return None
         try:
@@ -176,6 +224,7 @@ class RedisStore:
         except TimeoutError:
             self.overloaded += 1  # this request is undecided; the store itself is fine
             return None
+        started = self._mono()
         try:
             async with asyncio.timeout(self.cfg.timeout_s * 2):  # connect + command, whatever the client does
                 res = await self._scripts[algorithm](keys=[key], args=[limit, repr(float(window_s))])
@@ -185,17 +234,16 @@ class RedisStore:
             self._timeouts += 1
             if (self._timeouts >= TIMEOUTS_BEFORE_DOWN
                     and self._mono() - self._last_ok > 2 * self.cfg.timeout_s):
-                self._down("timeouts")
+                self._down("timeouts", trace_id)
             return None
         except Exception as e:  # refused, reset, protocol or script error: the store is unusable right now
-            self._down(type(e).__name__)
+            self._down(type(e).__name__, trace_id)
             return None
         finally:
             self._slots.release()
         self._timeouts, self._last_ok = 0, self._mono()
-        if not self.available:
-            log.warning("rate-limit store %s available again", _safe_url(self.cfg.url))
-            self.available = True
+        self.last_rtt_s = self._last_ok - started
+        self.health.up(trace_id)
         if algorithm == "token_bucket":
             return _tb_result(float(res[1]), res[0] == 1, limit, window_s)
         est, elapsed, cur, prev = float(res[1]), float(res[2]), int(res[3]), int(res[4])

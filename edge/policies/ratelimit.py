@@ -22,7 +22,7 @@ from gatewatch.telemetry.names import Attr, Outcome, PolicyReason as R
 
 MAX_KEY_PART = 128
 WITHIN = R.RATELIMIT_WITHIN.value  # plain str: verdicts cross a pipe to the exporter process
-LIMIT, REMAINING = Attr.RATELIMIT_LIMIT, Attr.RATELIMIT_REMAINING
+LIMIT, REMAINING, STORE_RTT = Attr.RATELIMIT_LIMIT, Attr.RATELIMIT_REMAINING, Attr.RATELIMIT_STORE_RTT
 
 
 def _part(value: str) -> str:
@@ -38,6 +38,7 @@ class RateLimitPolicy:
         self.name, self.shadow, self.cfg = cfg.name, cfg.shadow, cfg
         self.route = route
         self.store = store  # LocalStore | RedisStore
+        self.redis = cfg.store == "redis"
         self.metrics = metrics
         self.trusted = _nets(cfg.trusted_proxies)
         self.fail_closed = cfg.store == "redis" and cfg.redis.on_error == "closed"
@@ -75,13 +76,17 @@ class RateLimitPolicy:
     async def evaluate(self, req: PolicyRequest) -> PolicyVerdict:
         plan_key, limit, window_s = self.limits(req)
         hit: Hit | None = await self.store.hit(f"{self.prefix}:{plan_key}{self.key(req)}", self.cfg.algorithm,
-                                               limit, window_s)
+                                               limit, window_s, req.trace_id)
         consumer = {Attr.CONSUMER: req.consumer} if req.consumer else {}
         if hit is None:
             retry = (("Retry-After", str(max(1, math.ceil(self.retry_after_s)))),)
+            outage = self.store.health.event_id if self.redis else None
             return error(self, R.RATELIMIT_STORE_UNAVAILABLE.value, self.fail_closed, 429, Outcome.RATE_LIMITED,
-                         "the rate limiter is unavailable", retry, **{Attr.RATELIMIT_LIMIT: limit}, **consumer)
+                         "the rate limiter is unavailable", retry, **{Attr.RATELIMIT_LIMIT: limit}, **consumer,
+                         **({Attr.EVENT_ID: outage} if outage else {}))
         attrs = {LIMIT: hit.limit, REMAINING: hit.remaining, **consumer}
+        if self.redis and self.store.last_rtt_s is not None:
+            attrs[STORE_RTT] = self.store.last_rtt_s
         if not self.shadow:
             req.response_headers.append(("RateLimit-Policy", self._policy_header(limit, window_s)))
             req.response_headers.append(("RateLimit", f'"{self.name}";r={hit.remaining};t={_secs(hit.reset_s)}'))

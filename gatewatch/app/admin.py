@@ -3,7 +3,9 @@
 GET /healthz   liveness: the process runs.
 GET /readyz    readiness: every listener is bound and serving (503 while starting or draining).
 GET /metrics   Prometheus text; OpenMetrics with exemplars when the client asks (Accept: application/openmetrics-text).
-GET /config    the effective configuration as JSON (OTLP headers redacted).
+GET /config    the effective configuration as JSON (OTLP headers redacted); its version and load time in the
+               X-Gatewatch-Config-Version and X-Gatewatch-Config-Loaded-At headers.
+GET /config/version  {"version", "loaded_at", "path"}: which configuration this process runs.
 GET /upstreams pools (per instance: state, priority, in-flight, slow start, ejections) and remote upstreams.
 POST /upstreams/{pool}/instances/{instance}/drain    stop sending new requests to it (in-flight ones finish).
 POST /upstreams/{pool}/instances/{instance}/undrain  take it back.
@@ -44,7 +46,13 @@ def build_admin_app(rt: "Runtime") -> web.Application:
         otlp = data.get("telemetry", {}).get("otlp", {})
         if otlp.get("headers"):
             otlp["headers"] = {k: "<redacted>" for k in otlp["headers"]}
-        return web.Response(text=json.dumps(data, indent=2), content_type="application/json")
+        return web.Response(text=json.dumps(data, indent=2), content_type="application/json",
+                            headers={"X-Gatewatch-Config-Version": rt.config_version,
+                                     "X-Gatewatch-Config-Loaded-At": rt.config_loaded_at_text})
+
+    async def config_version(_: web.Request) -> web.Response:
+        return web.json_response({"version": rt.config_version, "loaded_at": rt.config_loaded_at_text,
+                                  "path": rt.config_path})
 
     async def upstreams(_: web.Request) -> web.Response:
         return web.json_response(rt.upstream_state())
@@ -66,5 +74,6 @@ def build_admin_app(rt: "Runtime") -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/config", config)
+    app.router.add_get("/config/version", config_version)
     app.router.add_get("/upstreams", upstreams)
     return app

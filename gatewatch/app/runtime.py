@@ -13,15 +13,18 @@ import gc
 import json
 import logging
 import os
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from aiohttp import web
 
 from gatewatch import __version__
 from gatewatch.app.admin import build_admin_app
+from gatewatch.app.series import init_series
 from gatewatch.balancer.retry import RetryBudgets
 from gatewatch.balancer.runtime import BalancerRuntime
-from gatewatch.config import ConfigError, GatewatchConfig, load_config, parse_address
+from gatewatch.config import ConfigError, GatewatchConfig, config_version, load_config, parse_address
 from gatewatch.edge.policies.build import PolicyResources
 from gatewatch.io.aiohttp_forwarder import AiohttpForwarder
 from gatewatch.io.aiohttp_listener import AiohttpListener
@@ -32,6 +35,7 @@ from gatewatch.proxy import snapshot
 from gatewatch.proxy.engine import Engine
 from gatewatch.telemetry.config import resolve
 from gatewatch.telemetry.metrics import Metrics
+from gatewatch.telemetry.context import new_event_id
 from gatewatch.telemetry.names import Attr, Event, Layer
 from gatewatch.telemetry.recorder import Telemetry
 
@@ -52,11 +56,11 @@ class Runtime:
                  ports: dict[str, int] | None = None, config_path: str | None = None):
         """`worker`: this process's index when `workers > 1` (listeners then share their ports with
         SO_REUSEPORT; `ports` gives the ports the supervisor chose for listeners configured with port 0)."""
-        self.config = config
         self.config_path = config_path  # re-read by reload()
         self._reload_lock = asyncio.Lock()
         self.worker = worker
         self.metrics = Metrics(__version__)
+        self._set_config(config)
         self.resolved = resolve(config.telemetry, default_service_name(config), env)
         if worker is not None:
             self.resolved.resource_attributes["gatewatch.worker"] = str(worker)
@@ -84,25 +88,26 @@ class Runtime:
                 port = (ports or {}).get(lst.name, port)
                 self.listeners.append(listener_type(lst.name, host, port, "http", engine.handle, engine.reject,
                                                     lst.max_header_size, reuse_port=worker is not None))
-        self._init_series(config)
+        init_series(self.metrics, config)
         self._admin_runner: web.AppRunner | None = None
         self.admin_bound: tuple[str, int] | None = None
         self.ready = False
         self.draining = False
 
     def _snapshot(self, layer: Layer, config: GatewatchConfig) -> snapshot.Snapshot:
-        return snapshot.build(layer, config, self.pools, self.budgets, self.policy_resources)
+        return snapshot.build(layer, config, self.pools, self.budgets, self.policy_resources, self.config_version)
 
-    def _init_series(self, config: GatewatchConfig) -> None:
-        """Counters that dashboards and alerts read exist from the start (at 0), not from their first event:
-        "no retry was refused" must be a 0, not an absent series."""
-        m = self.metrics
-        for section in (config.edge, config.balancer):
-            for r in (section.routes if section else ()):
-                if r.retries.attempts > 1:
-                    m.retry_budget_exhausted.labels(r.name, r.upstream)
-        for result in ("ok", "error"):
-            m.config_reloads.labels(result)
+    def _set_config(self, config: GatewatchConfig) -> None:
+        """The running config, its version (on every SERVER span and decision log from now on) and load time."""
+        self.config = config
+        self.config_version = config_version(config)
+        self.config_loaded_at = time.time()
+        self.metrics.config_info.info({"version": self.config_version})
+        self.metrics.config_loaded.set(self.config_loaded_at)
+
+    @property
+    def config_loaded_at_text(self) -> str:
+        return datetime.fromtimestamp(self.config_loaded_at, timezone.utc).isoformat(timespec="seconds")
 
     async def reload(self) -> tuple[bool, list[str]]:
         """Re-read the config file and swap each layer's snapshot whole (routes, policies, pools, URL
@@ -124,21 +129,27 @@ class Runtime:
             pools = await self.balancer.reconcile(cfg.balancer.pools) if self.balancer else {}
             self.pools = pools
             self.forwarder.set_limits(_limits(cfg))
+            previous = self.config_version
+            self._set_config(cfg)
             for layer, engine in self.engines.items():
                 engine.snapshot = self._snapshot(layer, cfg)
-            self.config = cfg
-            self._init_series(cfg)
-            self._reloaded("ok", [])
+            init_series(self.metrics, cfg)
+            self._reloaded("ok", [], previous)
             return True, []
 
-    def _reloaded(self, result: str, problems: list[str]) -> None:
+    def _reloaded(self, result: str, problems: list[str], previous: str | None = None) -> None:
+        """One `gatewatch.config.reload` event: what was loaded (its version and when), from which version."""
         self.metrics.config_reloads.labels(result).inc()
-        body = f"config reload from {self.config_path}: {result}" + (f" ({'; '.join(problems)})" if problems else "")
+        version = self.config_version
+        change = f" ({previous} -> {version})" if previous is not None else f" (still {version})"
+        body = f"config reload from {self.config_path}: {result}{change}" + (
+            f": {'; '.join(problems)}" if problems else "")
         (log.info if result == "ok" else log.error)("%s", body)
-        self.telemetry.event(Event.CONFIG_RELOAD, body, {Attr.DECISION_RESULT: result,
-                                                         "gatewatch.config.path": self.config_path or "",
-                                                         "gatewatch.config.problems": problems},
-                             severity="INFO" if result == "ok" else "WARN")
+        self.telemetry.event(Event.CONFIG_RELOAD, body, {
+            Attr.DECISION_RESULT: result, Attr.CONFIG_PATH: self.config_path or "", Attr.CONFIG_PROBLEMS: problems,
+            Attr.CONFIG_VERSION: version, Attr.CONFIG_PREVIOUS_VERSION: previous or version,
+            Attr.CONFIG_LOADED_AT: self.config_loaded_at_text,
+            Attr.EVENT_ID: new_event_id()}, severity="INFO" if result == "ok" else "WARN")
 
     def bound_listeners(self) -> dict[str, str]:
         return {lst.name: f"{lst.bound[0]}:{lst.bound[1]}" for lst in self.listeners if lst.bound}
@@ -173,6 +184,7 @@ class Runtime:
 
     def describe(self) -> dict:
         return {"pid": os.getpid(), "worker": self.worker, "service_name": self.resolved.service_name,
+                "config_version": self.config_version,
                 "admin": f"{self.admin_bound[0]}:{self.admin_bound[1]}" if self.admin_bound else None,
                 "listeners": self.bound_listeners(), "telemetry": self.telemetry.destination}
 

@@ -116,7 +116,8 @@ class AiohttpForwarder:
         return session
 
     async def send(self, pool: str, request: UpstreamRequest, body: AsyncIterator[bytes] | None,
-                   connect_s: float, response_s: float, idle_s: float) -> AiohttpResponse:
+                   connect_s: float, response_s: float, idle_s: float, timing=None) -> AiohttpResponse:
+        """`timing` is left empty: aiohttp does not say how its time split between pool, connect and wait."""
         session = self._session(pool)
         url = URL(f"{request.scheme}://{_hostport(request.host, request.port)}{request.target}", encoded=True)
         headers = CIMultiDict(request.headers)

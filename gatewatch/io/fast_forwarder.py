@@ -23,7 +23,7 @@ from typing import AsyncIterator
 import httptools
 
 from gatewatch.io.http1 import BodyQueue, Deadlines, WriteFlow, chunk_frame, serialize_head
-from gatewatch.io.interfaces import ClientGone, UpstreamFailure, UpstreamRequest
+from gatewatch.io.interfaces import AttemptTiming, ClientGone, UpstreamFailure, UpstreamRequest
 from gatewatch.telemetry.names import ErrorType
 
 
@@ -217,13 +217,15 @@ class EndpointPool:
             return conn
         return None
 
-    async def acquire(self, connect_s: float) -> UpstreamConnection:
+    async def acquire(self, connect_s: float, timing: AttemptTiming | None = None) -> UpstreamConnection:
         conn = self.take_idle()
         if conn is not None:
             return conn
+        loop = asyncio.get_running_loop()
         while self.open >= self.max_connections:
-            waiter = asyncio.get_running_loop().create_future()
+            waiter = loop.create_future()
             self._waiters.append(waiter)
+            waited = loop.time()
             try:
                 async with asyncio.timeout(connect_s):
                     conn = await waiter
@@ -235,12 +237,16 @@ class EndpointPool:
                 if isinstance(err, asyncio.CancelledError):
                     raise
                 raise UpstreamFailure(ErrorType.CONNECT_TIMEOUT, "no free connection to the instance") from None
+            finally:
+                if timing is not None:
+                    timing.pool_wait_s = (timing.pool_wait_s or 0.0) + loop.time() - waited
             if conn is not None and not conn.closed:
                 return conn
         self.open += 1
+        connecting = loop.time()
         try:
             async with asyncio.timeout(connect_s):
-                _, conn = await asyncio.get_running_loop().create_connection(
+                _, conn = await loop.create_connection(
                     lambda: UpstreamConnection(self), self.host, self.port, ssl=self.tls,
                     server_hostname=self.host if self.tls else None)
         except TimeoutError:
@@ -255,6 +261,9 @@ class EndpointPool:
         except BaseException:
             self.open -= 1
             raise
+        finally:
+            if timing is not None:
+                timing.connect_s = loop.time() - connecting
         return conn
 
     def release(self, conn: UpstreamConnection) -> None:
@@ -395,13 +404,18 @@ class RawForwarder:
         return pool
 
     async def send(self, pool: str, request: UpstreamRequest, body: AsyncIterator[bytes] | None,
-                   connect_s: float, response_s: float, idle_s: float) -> RawResponse:
+                   connect_s: float, response_s: float, idle_s: float,
+                   timing: AttemptTiming | None = None) -> RawResponse:
         ep = self._pool(pool, request.host, request.port, request.scheme)
-        conn = ep.take_idle() or await ep.acquire(connect_s)
+        conn = ep.take_idle() or await ep.acquire(connect_s, timing)
         conn.begin(request.method)
         head, chunked = _request_bytes(request)
-        conn.transport.write(head)
         loop = conn.loop
+        writing = loop.time()
+        conn.transport.write(head)
+        sent = loop.time()
+        if timing is not None:
+            timing.request_sent_s = sent - writing  # the head; a streamed body goes on beside the wait
         pump = None
         if body is not None:
             pump = loop.create_task(_pump_body(conn, body, chunked))
@@ -432,6 +446,8 @@ class RawForwarder:
             raise
         finally:
             deadlines.discard(tick, head_future)
+            if timing is not None:
+                timing.ttfb_s = loop.time() - sent
         return RawResponse(ep, conn, status_head, idle_s, pump)
 
     def set_limits(self, limits: dict[str, tuple[int, float]]) -> None:

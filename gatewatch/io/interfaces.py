@@ -120,11 +120,23 @@ class Downstream(Protocol):
     def abort(self) -> None: ...
 
 
+class AttemptTiming(Protocol):
+    """Where one attempt's time went, in seconds, written by the forwarder as it goes (None: did not happen)."""
+
+    pool_wait_s: float | None  # waiting for a free connection (the endpoint was at its limit)
+    connect_s: float | None  # connecting a new connection (TCP, and TLS unless tls_s is given apart)
+    tls_s: float | None  # the TLS handshake of a new connection
+    request_sent_s: float | None  # writing the request head (and a body that was there to write)
+    ttfb_s: float | None  # from the request written to the response head parsed
+
+
 class Forwarder(Protocol):
     async def send(self, pool: str, request: UpstreamRequest, body: AsyncIterator[bytes] | None,
-                   connect_s: float, response_s: float, idle_s: float) -> UpstreamResponse:
+                   connect_s: float, response_s: float, idle_s: float,
+                   timing: AttemptTiming | None = None) -> UpstreamResponse:
         """One attempt: connect (or reuse a pooled connection of `pool`), send, wait for the response head.
-        `connect_s` bounds the connect, `response_s` the wait for the head, `idle_s` each wait on the body."""
+        `connect_s` bounds the connect, `response_s` the wait for the head, `idle_s` each wait on the body.
+        `timing`, when given, is filled in as the attempt goes, whether it succeeds or fails."""
         ...
 
     def set_limits(self, limits: dict[str, tuple[int, float]]) -> None:

@@ -85,7 +85,7 @@ class MemoryForwarder:
         self.limits: dict[str, tuple[int, float]] = {}
 
     async def send(self, pool: str, request: UpstreamRequest, body: AsyncIterator[bytes] | None,
-                   connect_s: float, response_s: float, idle_s: float) -> MemoryResponse:
+                   connect_s: float, response_s: float, idle_s: float, timing=None) -> MemoryResponse:
         answer = self.upstream(request)
         if inspect.isawaitable(answer):  # an upstream that takes its time (the engine awaits it for real)
             answer = await answer

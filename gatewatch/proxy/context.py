@@ -45,6 +45,7 @@ class RequestContext:
     response_headers: list[tuple[str, str]] = field(default_factory=list)  # added to any answer
     client_body: ClientBody | None = None
     upstream_target: str = ""  # the request target sent upstream: path after rewrites + "?" + raw query
+    backoff_s: float = 0.0  # the backoff slept before the next attempt
 
 
 @dataclass(slots=True, eq=False)

@@ -85,8 +85,7 @@ class Engine:
     async def handle(self, head: RequestHead, body: AsyncIterator[bytes], down: Downstream) -> None:
         """The listener's entry point (`io.interfaces.RequestHandler`): one parsed request, answered."""
         snap = self.snapshot  # the request keeps the snapshot it started with
-        listener = snap.listeners[head.listener]
-        ctx = RequestContext(snap, head, body, down, self._new_record(head, listener), listener)
+        ctx = RequestContext(snap, head, body, down, self._new_record(snap, head), snap.listeners[head.listener])
         try:
             outcome = self.route(ctx)
             if outcome is not None:
@@ -108,9 +107,12 @@ class Engine:
         finally:
             self.record(ctx)
 
-    def _new_record(self, head: RequestHead, listener) -> RequestRecord:
-        trace = start_trace(head.header("traceparent"), head.header("tracestate"), head.header("baggage"),
-                            listener.incoming_trace_context, self.sampling_ratio, self.rng, self.parent_based)
+    def _new_record(self, snap: Snapshot, head: RequestHead) -> RequestRecord:
+        traceparent = head.header("traceparent")
+        trust = snap.trace_trust[head.listener]
+        mode = trust.for_client(head.client_address) if traceparent is not None else trust.mode
+        trace = start_trace(traceparent, head.header("tracestate"), head.header("baggage"), mode,
+                            self.sampling_ratio, self.rng, self.parent_based)
         path, query = split_target(head.target)
         return RequestRecord(
             layer=self.layer_value, trace=trace, start_ns=self.clock_ns(), start_mono=self.monotonic(),
@@ -119,7 +121,7 @@ class Engine:
             server_port=head.server_port,
             client_address=head.client_address, client_port=head.client_port, protocol_version=head.version,
             user_agent=head.header("user-agent"), request_id=hdr.request_id(head.header("x-request-id"), self.rng),
-            listener=head.listener)
+            listener=head.listener, config_version=snap.config_version)
 
     # --- ROUTE, POLICY ---
 
@@ -145,9 +147,12 @@ class Engine:
             head=head, route=ctx.route.name, path=ctx.path, query=rec.query, client_address=head.client_address,
             body=ctx.body if head.has_body else None, now=self.clock_ns() / 1e9, rng=self.rng,
             trace_id=rec.trace.trace_id, span_id=rec.trace.span_id)
+        durations = rec.policy_durations = []
         for policy in ctx.target.policies:
             ctx.evaluated += 1
+            started = self.monotonic()
             verdict = await policy.evaluate(req)
+            durations.append(self.monotonic() - started)
             recording.policy(rec, verdict, self.clock_ns())
             if verdict.block:
                 await self._answer(ctx, verdict.outcome, verdict.status,
@@ -248,8 +253,10 @@ class Engine:
         if response is not None:
             response.close()
         pause = retries.pause(a.n + 1, self.rng, self.monotonic())
+        started = self.monotonic()
         if pause:
             await asyncio.sleep(pause)
+        ctx.backoff_s = self.monotonic() - started  # the time it really took, not the plan
         return True
 
     async def attempt(self, ctx: RequestContext, a: AttemptContext) -> Failed | None:
@@ -261,6 +268,8 @@ class Engine:
             zone=a.zone, host=a.host, port=a.port, url_full="", method=ctx.head.method, resend_count=a.n,
             start_ns=self.clock_ns())
         record.lb = a.lb
+        if a.n:
+            record.backoff_s = ctx.backoff_s
         rec.attempts.append(record)
         request = self._upstream_request(ctx, a)
         a.start = self.monotonic()
@@ -272,7 +281,7 @@ class Engine:
             try:
                 response = await self.forwarder.send(
                     route.upstream, request, ctx.client_body.__aiter__() if ctx.client_body else None, t.connect_s,
-                    a.response_s, t.idle_s)
+                    a.response_s, t.idle_s, record)
             except UpstreamFailure as failure:
                 return await self._send_failed(ctx, a, failure)
             record.status = response.status
@@ -287,12 +296,13 @@ class Engine:
                 a.result = Result.GATEWAY_ERROR
             return None
         finally:
+            # The attempt ends here; what the pool does with its result (an ejection, its events) is not its time.
+            record.end_ns = record.end_ns or self.clock_ns()
+            record.duration_s = record.duration_s or (self.monotonic() - a.start)
             if a.endpoint is not None:
                 pool.release(a.endpoint)
                 if pool.passive_health:
                     pool.observe(a.endpoint.id, a.result, f"{rec.trace.trace_id:032x}", f"{record.span_id:016x}")
-            record.end_ns = record.end_ns or self.clock_ns()
-            record.duration_s = record.duration_s or (self.monotonic() - a.start)
 
     def _upstream_request(self, ctx: RequestContext, a: AttemptContext) -> UpstreamRequest:
         head, rec = ctx.head, ctx.rec

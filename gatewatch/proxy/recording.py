@@ -18,7 +18,8 @@ from gatewatch.edge.policies.base import PolicyVerdict
 from gatewatch.edge.policies.bodies import BodyTooLarge
 from gatewatch.edge.routing import NoRoute, RouteMatch
 from gatewatch.telemetry.context import DecisionRecord, RequestRecord
-from gatewatch.telemetry.names import Attr, DecisionKind, DecisionResult, Layer, PolicyReason, Reason, Verdict
+from gatewatch.telemetry.names import (Attr, DecisionKind, DecisionResult, FailoverKind, Layer, PolicyReason, Reason,
+                                       Verdict)
 
 # Plain-str values: records cross a pipe to the exporter process, where an Enum member cannot go.
 BALANCER = Layer.BALANCER.value
@@ -28,6 +29,7 @@ PICKED, NO_CANDIDATES, OVERFLOW = DecisionResult.PICKED.value, DecisionResult.NO
 RETRY, REFUSED, FAILOVER = DecisionResult.RETRY.value, DecisionResult.REFUSED.value, DecisionResult.FAILOVER.value
 ROUTE_MATCHED, ROUTE_NO_MATCH = Reason.ROUTE_MATCHED.value, Reason.ROUTE_NO_MATCH.value
 RETRY_OTHER_INSTANCE = Reason.FAILOVER_RETRY_OTHER_INSTANCE.value
+FAILOVER_NONE, FAILOVER_RETRY = FailoverKind.NONE.value, FailoverKind.RETRY.value
 
 
 def route(rec: RequestRecord, match: RouteMatch | NoRoute, now_ns: int) -> None:
@@ -38,11 +40,18 @@ def route(rec: RequestRecord, match: RouteMatch | NoRoute, now_ns: int) -> None:
     else:
         rec.decisions.append(DecisionRecord(
             DecisionKind.ROUTE, match.nearest or "", NO_MATCH, ROUTE_NO_MATCH, now_ns,
-            rec.trace.span_id, {"gatewatch.route.failed_condition": match.reason}))
+            rec.trace.span_id, {Attr.ROUTE_FAILED_CONDITION: match.reason}))
 
 
 def policy(rec: RequestRecord, v: PolicyVerdict, now_ns: int) -> None:
     rec.policies.append((v.policy, v.type, v.verdict.value, v.reason))
+    if v.attributes:
+        event_id = v.attributes.get(Attr.EVENT_ID)
+        if event_id:  # a state change (e.g. the rate-limit store's outage) this request ran into
+            rec.event_ids = [event_id] if rec.event_ids is None else rec.event_ids + [event_id]
+        rtt = v.attributes.get(Attr.RATELIMIT_STORE_RTT)
+        if rtt is not None:
+            rec.store_rtt_s = max(rtt, rec.store_rtt_s or 0.0)
     if v.verdict is not Verdict.ALLOW:  # allows are summarised on the span and counted, not logged
         rec.decisions.append(DecisionRecord(
             DecisionKind.POLICY, v.policy, v.verdict.value, v.reason, now_ns, rec.trace.span_id,
@@ -77,6 +86,10 @@ def pick(rec: RequestRecord, p: PickResult, now_ns: int) -> dict:
     elif p.hash_key_source is not None:
         lb[Attr.LB_HASH_KEY_SOURCE] = p.hash_key_source
     rec.lb = lb
+    rec.failover = p.failover
+    if p.event_ids:
+        rec.event_ids = list(p.event_ids) if rec.event_ids is None else rec.event_ids + [
+            e for e in p.event_ids if e not in rec.event_ids]
     span = rec.balance_span_id or rec.trace.span_id
     ep = p.endpoint
     if ep is None:
@@ -102,6 +115,8 @@ def retry(rec: RequestRecord, route: str, verdict: RetryVerdict, attempts_made: 
 
 
 def failover(rec: RequestRecord, pool: str, from_instance: str, to_instance: str, now_ns: int) -> None:
+    if rec.failover == FAILOVER_NONE:
+        rec.failover = FAILOVER_RETRY
     rec.decisions.append(DecisionRecord(
         DecisionKind.FAILOVER, pool, FAILOVER, RETRY_OTHER_INSTANCE, now_ns,
         rec.balance_span_id or rec.trace.span_id,

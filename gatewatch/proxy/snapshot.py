@@ -7,11 +7,12 @@ it points at (pools, retry budgets, policy stores) is owned outside it and outli
 
 Primitives: `Snapshot`, `Target` (where one route's requests go: a pool of this process or a URL upstream,
 with the route's retry budget and compiled policies), `RemoteTarget` (a URL upstream),
-`build(layer, config, pools, budgets, policy_resources)`.
+`build(layer, config, pools, budgets, policy_resources, config_version)`.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping
@@ -47,15 +48,36 @@ class Target:
 
 
 @dataclass(frozen=True, slots=True)
+class TraceTrust:
+    """How a listener treats an inbound trace context: `mode` (continue | link | ignore), except for clients in
+    `networks`, whose context is continued."""
+
+    mode: str
+    networks: tuple = ()
+
+    def for_client(self, address: str) -> str:
+        if self.networks and self.mode != "continue":
+            try:
+                ip = ipaddress.ip_address(address)
+            except ValueError:
+                return self.mode
+            if any(ip in net for net in self.networks):
+                return "continue"
+        return self.mode
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     layer: Layer
     router: Router
     listeners: Mapping[str, ListenerConfig]
     targets: Mapping[str, Target]  # route name → where its requests go
+    trace_trust: Mapping[str, TraceTrust]  # listener name → its inbound-context rule
+    config_version: str = ""  # `gatewatch.config.config_version` of the config it was built from
 
 
 def build(layer: Layer, config: GatewatchConfig, pools: Mapping[str, Pool], budgets: RetryBudgets,
-          policy_resources: PolicyResources) -> Snapshot:
+          policy_resources: PolicyResources, config_version: str = "") -> Snapshot:
     section = config.edge if layer is Layer.EDGE else config.balancer
     remotes = {u.name: remote_target(u.name, u.url) for u in config.edge.upstreams} \
         if config.edge and layer is Layer.EDGE else {}
@@ -63,9 +85,13 @@ def build(layer: Layer, config: GatewatchConfig, pools: Mapping[str, Pool], budg
     live = budgets.for_upstreams({r.upstream for r in section.routes})
     targets = {r.name: Target(r.upstream, pools.get(r.upstream), remotes.get(r.upstream), live[r.upstream],
                               tuple(policies.get(r.name, ()))) for r in section.routes}
-    return Snapshot(layer=layer, router=Router(section.routes),
+    default_mode = "link" if layer is Layer.EDGE else "continue"
+    trust = {lst.name: TraceTrust(lst.incoming_trace_context or default_mode,
+                                  tuple(ipaddress.ip_network(n, strict=False) for n in lst.trusted_trace_sources))
+             for lst in section.listeners}
+    return Snapshot(layer=layer, router=Router(section.routes), trace_trust=MappingProxyType(trust),
                     listeners=MappingProxyType({lst.name: lst for lst in section.listeners}),
-                    targets=MappingProxyType(targets))
+                    targets=MappingProxyType(targets), config_version=config_version)
 
 
 def remote_target(name: str, url: str) -> RemoteTarget:

@@ -116,8 +116,11 @@ def test_failover_moves_traffic_and_back_with_events():
     w.events.clear()
     w.down("b")  # 50 % < 70 %
     [fo] = w.events.of(Event.DECISION_FAILOVER)
+    episode = fo.attrs.pop(Attr.EVENT_ID)
     assert fo.attrs == {Attr.POOL: "p", Attr.FAILOVER_FROM: "0", Attr.FAILOVER_TO: "1",
-                        Attr.DECISION_REASON: Reason.FAILOVER_PRIORITY_DEGRADED.value}
+                        Attr.DECISION_REASON: Reason.FAILOVER_PRIORITY_DEGRADED.value,
+                        Attr.EVENT_TRACE_IDS: []}  # probes moved it: no request caused it
+    assert fo.severity == "WARN" and w.pool.failover_event == episode  # requests served now name it
     assert set(w.picks(40)) == {"x", "y"}
     w.events.clear()
     w.down("c")  # still on level 1: no new failover event
@@ -126,7 +129,9 @@ def test_failover_moves_traffic_and_back_with_events():
     w.up("b")  # back to 75 %
     [back] = w.events.of(Event.DECISION_FAILOVER)
     assert back.attrs == {Attr.POOL: "p", Attr.FAILOVER_FROM: "1", Attr.FAILOVER_TO: "0",
-                          Attr.DECISION_REASON: Reason.FAILOVER_PRIORITY_RECOVERED.value}
+                          Attr.DECISION_REASON: Reason.FAILOVER_PRIORITY_RECOVERED.value,
+                          Attr.EVENT_ID: episode, Attr.EVENT_TRACE_IDS: []}  # one id names the whole episode
+    assert back.severity == "INFO" and w.pool.failover_event is None
     assert w.picks(30) == {"b": 10, "c": 10, "d": 10}
 
 
@@ -183,14 +188,17 @@ def test_panic_events_on_and_off():
     assert w.events.of(Event.DECISION_FAILOVER) == []
     w.down("c")
     [on] = w.events.of(Event.DECISION_FAILOVER)
-    assert on.attrs == {Attr.POOL: "p", Attr.LB_PANIC: True, Attr.DECISION_REASON: Reason.FAILOVER_PANIC.value}
+    episode = on.attrs.pop(Attr.EVENT_ID)
+    assert on.attrs == {Attr.POOL: "p", Attr.LB_PANIC: True, Attr.DECISION_REASON: Reason.FAILOVER_PANIC.value,
+                        Attr.EVENT_TRACE_IDS: []}
     assert w.pool.panic is True
     w.events.clear()
     w.down("d")  # still panicking: no second event
     assert w.events.of(Event.DECISION_FAILOVER) == []
     w.up("a", "b")
     [off] = w.events.of(Event.DECISION_FAILOVER)
-    assert off.attrs == {Attr.POOL: "p", Attr.LB_PANIC: False, Attr.DECISION_REASON: Reason.FAILOVER_PANIC.value}
+    assert off.attrs == {Attr.POOL: "p", Attr.LB_PANIC: False, Attr.DECISION_REASON: Reason.FAILOVER_PANIC.value,
+                         Attr.EVENT_ID: episode, Attr.EVENT_TRACE_IDS: []}
     assert (w.pool.view().panic, w.candidates()) == (False, {"a", "b"})
 
 
@@ -300,6 +308,7 @@ def test_probe_transitions_follow_the_thresholds():
     w.down("b", detail="status 503")
     [ev] = w.events.take()
     assert ev.event is Event.HEALTH_TRANSITION and ev.severity == "WARN"
+    assert len(ev.attrs.pop(Attr.EVENT_ID)) == 16  # every event has an id
     assert ev.attrs == {Attr.POOL: "p", Attr.INSTANCE: "b", Attr.ZONE: "z2", Attr.HEALTH_FROM: "healthy",
                         Attr.HEALTH_TO: "unhealthy", Attr.HEALTH_CHECK: "active", Attr.PROBE_RESULT: "status 503"}
     assert (w.candidates(), w.pool.view().excluded) == ({"a"}, {"b": "unhealthy"})
@@ -348,9 +357,11 @@ def test_outlier_ejection_event_carries_the_failing_trace_ids():
     w.pool.observe("a", Result.GATEWAY_ERROR, "03" * 16, "cc" * 8)
     ej, tr = w.events.take()
     assert ej.event is Event.OUTLIER_EJECTION and ej.severity == "WARN"
+    ejection = ej.attrs.pop(Attr.EVENT_ID)
     assert ej.attrs == {Attr.POOL: "p", Attr.INSTANCE: "a", Attr.DECISION_REASON: GW5, Attr.EJECTION_COUNT: 1,
                         Attr.EJECTION_DURATION_S: 30.0, Attr.EJECTION_TRACE_IDS: ["01" * 16, "02" * 16, "03" * 16],
-                        Attr.HEALTH_CHECK: "passive"}
+                        Attr.HEALTH_CHECK: "passive", Attr.EVENT_TRACE_IDS: ["01" * 16, "02" * 16, "03" * 16]}
+    assert w.pool.ejection_events == {"a": ejection}  # requests steered around it name the ejection
     assert (ej.trace_id, ej.span_id) == ("03" * 16, "cc" * 8)  # the last failing request
     assert tr.event is Event.HEALTH_TRANSITION
     assert (tr.attrs[Attr.HEALTH_FROM], tr.attrs[Attr.HEALTH_TO], tr.attrs[Attr.HEALTH_CHECK],
@@ -380,9 +391,11 @@ def test_ejection_expires_on_tick_with_the_fake_clock():
     w.pool.tick()
     back, tr = w.events.take()
     assert back.event is Event.OUTLIER_EJECTION
+    assert back.attrs.pop(Attr.EVENT_ID) != ""  # the ejection's id: its start and its end
     assert back.attrs == {Attr.POOL: "p", Attr.INSTANCE: "a",
                           Attr.DECISION_REASON: Reason.OUTLIER_EJECTION_EXPIRED.value, Attr.EJECTION_COUNT: 1,
                           Attr.HEALTH_CHECK: "passive"}
+    assert w.pool.ejection_events == {}
     assert (tr.attrs[Attr.HEALTH_FROM], tr.attrs[Attr.HEALTH_TO]) == ("ejected", "healthy")
     assert w.candidates() == {"a", "b", "c", "d"}
     w.pool.tick()
@@ -682,3 +695,50 @@ def test_usable_for_affinity():
     assert w.pool.usable("nope", {}) is None
     w.pool.release(w.pool.endpoint("d"))
     assert w.pool.usable("d", {}) == w.pool.endpoint("d")
+
+
+# --- events and the requests they touched, linked both ways ----------------------------------------------------------
+
+def test_a_failover_caused_by_an_ejection_names_the_failing_requests_and_the_picks_name_it():
+    from gatewatch.balancer.context import PickContext
+
+    w = World(["a", "b", ("x", {"priority": 1})], outlier_detection={
+        "consecutive_gateway_errors": 2, "max_ejection_percent": 100}, failover={"min_healthy_percent": 100,
+                                                                                  "panic_threshold_percent": 0})
+    rng = random.Random(1)
+    before = PickContext(w.pool, None, None).pick(rng)
+    assert (before.failover, before.event_ids) == ("none", ())
+    w.pool.observe("a", Result.GATEWAY_ERROR, "01" * 16, "aa" * 8)
+    w.pool.observe("a", Result.GATEWAY_ERROR, "02" * 16, "bb" * 8)  # ejected: level 0 at 50 % < 100 %
+    ejection = w.events.of(Event.OUTLIER_EJECTION)[0].attrs[Attr.EVENT_ID]
+    [fo] = w.events.of(Event.DECISION_FAILOVER)
+    assert fo.attrs[Attr.EVENT_TRACE_IDS] == ["01" * 16, "02" * 16]  # the requests behind the ejection
+    during = PickContext(w.pool, None, None).pick(rng)
+    assert (during.endpoint.id, during.failover) == ("x", "priority")
+    assert during.event_ids == (fo.attrs[Attr.EVENT_ID], ejection)  # the failover in force, the ejection skipped
+
+
+def test_an_active_check_that_sees_an_ejected_instance_recover_ends_the_ejection():
+    w = World(["a", "b", "c", "d"], health_check={"healthy_threshold": 2, "unhealthy_threshold": 1},
+              outlier_detection={"consecutive_gateway_errors": 1, "base_ejection_s": 300})
+    w.pool.observe("a", Result.GATEWAY_ERROR, "01" * 16, "aa" * 8)
+    w.down("a")  # the active check sees it down too
+    w.events.clear()
+    w.up("a")
+    assert w.events == [] and "a" not in w.candidates()  # one pass is not a recovery (rise 2)
+    w.up("a")
+    back, tr = w.events.take()
+    assert (back.event, back.attrs[Attr.DECISION_REASON]) == (Event.OUTLIER_EJECTION,
+                                                              Reason.OUTLIER_ACTIVE_RECOVERY.value)
+    assert (tr.attrs[Attr.HEALTH_TO], "a" in w.candidates()) == ("healthy", True)  # not after 300 s
+
+
+def test_without_uneject_on_recovery_an_ejection_runs_its_course():
+    w = World(["a", "b", "c", "d"], health_check={"healthy_threshold": 1, "unhealthy_threshold": 1},
+              outlier_detection={"consecutive_gateway_errors": 1, "base_ejection_s": 300,
+                                 "uneject_on_active_recovery": False})
+    w.pool.observe("a", Result.GATEWAY_ERROR, "01" * 16, "aa" * 8)
+    w.down("a")
+    w.up("a")
+    assert "a" not in w.candidates()
+    assert w.pool.instances["a"].state(w.t[0]) == "ejected"

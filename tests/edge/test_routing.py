@@ -70,7 +70,9 @@ def test_path(path_match, path, params):
         assert isinstance(result, RouteMatch)
         assert dict(result.params) == params
         assert result.index == 0
-        assert result.template == next(iter(path_match.values()))  # the configured value, never the raw path
+        # http.route: the configured value, never the raw path; a prefix as "{prefix}/*" (anything below it)
+        kind, value = next(iter(path_match.items()))
+        assert result.template == (value.rstrip("/") + "/*" if kind == "prefix" else value)
 
 
 # --- hosts, methods, headers, query --------------------------------------------------------------------------------
@@ -246,4 +248,4 @@ def test_route_defaults_match_everything():
     router = Router((RouteConfig.model_validate({"name": "all", "upstream": "pool"}),))
     result = router.match("/any/path", "any.host", "OPTIONS", {"x": "y"}, "q=1")
     assert isinstance(result, RouteMatch)
-    assert (result.route.name, result.template, dict(result.params)) == ("all", "/", {})
+    assert (result.route.name, result.template, dict(result.params)) == ("all", "/*", {})

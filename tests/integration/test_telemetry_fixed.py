@@ -37,7 +37,10 @@ API_KEY_HASH = "sha256:" + __import__("hashlib").sha256(API_KEY.encode()).hexdig
 VOLATILE_ATTRS = {"gatewatch.request_id", "client.port", "service.instance.id", "process.pid",
                   "gatewatch.ejection.trace_ids"}
 HEX_ID = re.compile(r"\b[0-9a-f]{32}\b|\b[0-9a-f]{16}\b")
-VOLATILE_FAMILIES = ("gatewatch_telemetry_", "process_", "python_")
+VOLATILE_FAMILIES = ("gatewatch_telemetry_", "process_", "python_", "gatewatch_config_last_reload")
+TIMED = ("gatewatch.timing.", "gatewatch.policy.durations_s", "gatewatch.ratelimit.store_rtt_s")
+SECONDS = "<seconds>"
+VERSION_LABEL = re.compile(r'version="[0-9a-f]{12}"')
 
 
 class Backend:
@@ -182,7 +185,7 @@ async def _requests(port: int) -> list[int]:
 def _scrub(value, ports: dict[str, str]):
     if isinstance(value, str):
         for port, name in ports.items():
-            value = value.replace(f":{port}", f":<{name}>")
+            value = value.replace(f":{port}", f":<{name}>").replace(f'="{port}"', f'="<{name}>"')
         return HEX_ID.sub("<id>", value)
     if isinstance(value, list):
         return [_scrub(v, ports) for v in value]
@@ -193,7 +196,17 @@ def _scrub(value, ports: dict[str, str]):
 
 def _attrs(attrs: dict, ports: dict[str, str], kind: str = "") -> dict:
     drop = VOLATILE_ATTRS | ({"network.peer.port"} if kind == "SERVER" else set())  # the client's port
-    return {k: _scrub(v, ports) for k, v in sorted(attrs.items()) if k not in drop}
+    return {k: _value(k, v, ports) for k, v in sorted(attrs.items()) if k not in drop}
+
+
+def _value(key: str, value, ports: dict[str, str]):
+    """Durations are measured, so only their presence (and count) is compared; the config version hashes the
+    config, which holds this run's ports and directory."""
+    if key.startswith(TIMED):
+        return [SECONDS] * len(value) if isinstance(value, list) else SECONDS
+    if key in ("gatewatch.config.version", "gatewatch.config.previous_version"):
+        return "<version>"
+    return _scrub(value, ports)
 
 
 def normalise(spans: list[dict], logs: list[dict], metrics_text: str, ports: dict[str, str]) -> dict:
@@ -241,7 +254,7 @@ def _metrics(text: str, ports: dict[str, str]) -> list[str]:
         name = sample.split("{")[0].split(" ")[0]
         if name.startswith(VOLATILE_FAMILIES) or name.endswith(("_bucket", "_sum", "_created")):
             continue
-        keep.append(_scrub(sample, ports))
+        keep.append(VERSION_LABEL.sub('version="<version>"', _scrub(sample, ports)))
     return sorted(keep)
 
 

@@ -99,7 +99,7 @@ def test_two_tier_request_is_one_trace_with_correlated_decision_logs(otlp, clust
     assert edge_server["attributes"]["gatewatch.outcome"] == "proxied"
     assert edge_server["attributes"]["http.response.status_code"] == 200
     assert bal_server["attributes"]["gatewatch.outcome"] == "proxied"
-    assert bal_server["attributes"]["http.route"] == "/"
+    assert bal_server["attributes"]["http.route"] == "/*"
     assert bal_server["attributes"]["gatewatch.lb.algorithm"] == "round_robin"
     assert edge_client["attributes"]["server.port"] == port_of(bal.listener("internal"))
     assert bal_client["attributes"]["gatewatch.instance"] == "inst-a"
@@ -181,29 +181,40 @@ def test_exemplar_in_openmetrics_names_a_received_trace(otlp, cluster):
     assert len(server) == 1 and server[0]["attributes"]["gatewatch.route"] == "orders"
 
 
-def test_inbound_trace_context_continued_or_linked(otlp, cluster):
+def test_inbound_trace_context_linked_by_default_continued_from_trusted_sources(otlp, cluster):
+    """A public edge listener never lets a client pick the trace or switch Gatewatch's telemetry off: its
+    context becomes a span link, even with sampled=00. Listed networks (here loopback, on a second listener)
+    are trusted and continue the trace."""
     cluster.env = otlp.env("http/protobuf")
     b = cluster.backend("inst-a")
     cfg = edge_cfg(backends=[b])
-    cfg["edge"]["listeners"].append({"name": "untrusted", "address": "127.0.0.1:0", "incoming_trace_context": "link"})
+    cfg["edge"]["listeners"].append({"name": "internal", "address": "127.0.0.1:0",
+                                     "trusted_trace_sources": ["127.0.0.0/8"]})
     edge = cluster.gatewatch("edge", cfg)
-    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-    _, h1, _ = get(f"http://{edge.listener('public')}/api/orders/1", {"traceparent": parent})
-    assert h1["traceresponse"].split("-")[1] == "0af7651916cd43dd8448eb211c80319c"
-    _, h2, _ = get(f"http://{edge.listener('untrusted')}/api/orders/1", {"traceparent": parent})
+    client_trace = "0af7651916cd43dd8448eb211c80319c"
+    parent = f"00-{client_trace}-b7ad6b7169203331-01"
+    _, h1, _ = get(f"http://{edge.listener('internal')}/api/orders/1", {"traceparent": parent})
+    assert h1["traceresponse"].split("-")[1] == client_trace
+    _, h2, _ = get(f"http://{edge.listener('public')}/api/orders/1", {"traceparent": parent})
     new_trace = h2["traceresponse"].split("-")[1]
-    assert new_trace != "0af7651916cd43dd8448eb211c80319c"
+    assert new_trace != client_trace
+    unsampled = f"00-{'1' * 32}-b7ad6b7169203331-00"
+    _, h4, _ = get(f"http://{edge.listener('public')}/api/orders/1", {"traceparent": unsampled})
+    still_traced = h4["traceresponse"].split("-")[1]  # sampled=00 from a public client changes nothing
+    assert still_traced != "1" * 32 and h4["traceresponse"].endswith("-01")
     _, h3, _ = get(f"http://{edge.listener('public')}/api/orders/1", {"traceparent": "00-zzzz-not-valid"})
     assert h3["traceresponse"]  # invalid context never fails the request
+
     def edge_servers(spans):
         return {s["trace_id"] for s in spans if s["kind"] == "SERVER" and s["attributes"].get("gatewatch.layer")}
 
-    assert otlp.data.wait_for(lambda spans, logs: {new_trace, "0af7651916cd43dd8448eb211c80319c"}
-                              <= edge_servers(spans))
-    continued = one(otlp.data.trace("0af7651916cd43dd8448eb211c80319c"), kind="SERVER",
-                    **{"gatewatch.layer": "edge"})
+    assert otlp.data.wait_for(lambda spans, logs: {new_trace, client_trace, still_traced} <= edge_servers(spans))
+    continued = one(otlp.data.trace(client_trace), kind="SERVER", **{"gatewatch.layer": "edge"})
     assert continued["parent_span_id"] == "b7ad6b7169203331"
+    assert continued["attributes"]["gatewatch.trace_context"] == "continued"
     linked = one(otlp.data.trace(new_trace), kind="SERVER", **{"gatewatch.layer": "edge"})
     assert linked["parent_span_id"] == ""
-    assert linked["links"] == [{"trace_id": "0af7651916cd43dd8448eb211c80319c", "span_id": "b7ad6b7169203331"}]
+    assert linked["links"] == [{"trace_id": client_trace, "span_id": "b7ad6b7169203331"}]
     assert linked["attributes"]["gatewatch.trace_context"] == "linked"
+    unsampled_span = one(otlp.data.trace(still_traced), kind="SERVER", **{"gatewatch.layer": "edge"})
+    assert unsampled_span["links"] == [{"trace_id": "1" * 32, "span_id": "b7ad6b7169203331"}]

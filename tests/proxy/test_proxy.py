@@ -260,7 +260,8 @@ async def test_unparseable_requests_are_answered_and_recorded_alike(data_plane, 
             error = json.loads(body)["error"]
             assert (error["outcome"], error["status"]) == ("bad_request", status)
             assert b"X-Request-Id: " + error["request_id"].encode() in head
-    assert otlp.data.wait_for(lambda spans, logs: len([s for s in spans if s["name"] == "_OTHER"]) == len(UNPARSEABLE))
+    # The method is unknown (it could not be parsed): http.request.method _OTHER, span named "HTTP" (semconv).
+    assert otlp.data.wait_for(lambda spans, logs: len([s for s in spans if s["name"] == "HTTP"]) == len(UNPARSEABLE))
     got = sorted((s["attributes"]["http.response.status_code"], s["attributes"]["error.type"])
-                 for s in otlp.data.snapshot()[0] if s["name"] == "_OTHER")
+                 for s in otlp.data.snapshot()[0] if s["name"] == "HTTP")
     assert got == sorted((status, reason) for _, status, reason in UNPARSEABLE)

@@ -45,7 +45,7 @@ def test_render_is_byte_for_byte_what_prometheus_client_writes():
 
 def test_exposition_keeps_every_family_and_parses_as_openmetrics():
     m = Metrics("test")
-    m.server_duration.observe(("edge", "r", "GET", "200", "proxied"), 0.01, "ab" * 16)
+    m.server_duration.observe(("edge", "r", "GET", "200", "proxied", "/r/*", "http", ""), 0.01, "ab" * 16)
     m.instance_requests.inc(("pool", "i1", "proxied"))
     m.telemetry_dropped.labels("traces", "queue_full").inc(3)
     body, ctype = m.exposition("application/openmetrics-text; version=1.0.0")
@@ -56,5 +56,7 @@ def test_exposition_keeps_every_family_and_parses_as_openmetrics():
     bucket = next(s for s in families["http_server_request_duration_seconds"].samples
                   if s.name.endswith("_bucket") and s.exemplar is not None)
     assert bucket.exemplar.labels == {"trace_id": "ab" * 16}
+    assert families["http_server_request_duration_seconds"].unit == "seconds"  # OpenMetrics # UNIT
+    assert b"# UNIT http_server_request_duration_seconds seconds\n" in body
     text, _ = m.exposition(None)
     assert b'http_server_request_duration_seconds_count{' in text and b"# EOF" not in text

@@ -1,0 +1,102 @@
+"""Counters and gauges at 0 from the start, for every label set the config makes known.
+
+A counter created on its first event starts at 1, and `increase()` cannot see a change from nothing: the first
+ejection, failover or dropped span would be invisible to an alert (Prometheus's own advice: initialise the
+label combinations you know). `init_series(metrics, config)` creates them all — at start and after a reload,
+for what the new config adds; series of things a reload removed stay until the process restarts.
+
+What it creates, and from which part of the config:
+- per route with retries: `gatewatch_retries_total` for each `retry_on` kind, `..._retry_budget_exhausted_total`;
+- per route: `gatewatch_decisions_total` for the route decisions, and the pick and retry decisions that can follow;
+- per policy: `gatewatch_policy_verdicts_total` for every (verdict, reason) of its type;
+- per pool: `gatewatch_failovers_total` per failover reason, `gatewatch_pool_requests_total` per failover kind;
+  per instance: `gatewatch_instance_requests_total{outcome="proxied"}`, `gatewatch_health_transitions_total`
+  per state, with outlier detection `gatewatch_ejections_total` per enabled reason, with active checks
+  `gatewatch_health_probes_total` per result;
+- always: `gatewatch_telemetry_dropped_total` per signal and reason, `..._exported_total` per signal,
+  `gatewatch_config_reloads_total` per result.
+"""
+
+from __future__ import annotations
+
+from gatewatch.balancer.context import PICK_REASON
+from gatewatch.config import GatewatchConfig
+from gatewatch.edge.policies.build import verdicts
+from gatewatch.telemetry.metrics import Metrics
+from gatewatch.telemetry.names import (DecisionKind, DecisionResult, DropReason, EndpointState, FailoverKind, Layer,
+                                       Outcome, Reason, TelemetrySignal)
+
+RETRY_REASON = {"connect_failure": Reason.RETRY_CONNECT_FAILURE, "reset": Reason.RETRY_RESET,
+                "timeout": Reason.RETRY_TIMEOUT, "status": Reason.RETRY_STATUS}
+FAILOVER_REASONS = (Reason.FAILOVER_RETRY_OTHER_INSTANCE, Reason.FAILOVER_PRIORITY_DEGRADED,
+                    Reason.FAILOVER_PRIORITY_RECOVERED, Reason.FAILOVER_PANIC)
+REFUSALS = (Reason.RETRY_REFUSED_BUDGET, Reason.RETRY_REFUSED_ATTEMPTS, Reason.RETRY_REFUSED_DEADLINE,
+            Reason.RETRY_REFUSED_NOT_IDEMPOTENT, Reason.RETRY_REFUSED_BODY_SENT, Reason.RETRY_REFUSED_NOT_CONFIGURED)
+
+
+def init_series(m: Metrics, cfg: GatewatchConfig) -> None:
+    pools = {p.name: p for p in (cfg.balancer.pools if cfg.balancer else ())}
+    for layer, section in ((Layer.EDGE, cfg.edge), (Layer.BALANCER, cfg.balancer)):
+        for route in (section.routes if section else ()):
+            _route(m, layer.value, route, pools.get(route.upstream))
+    for pool in pools.values():
+        _pool(m, pool)
+    for signal in TelemetrySignal:
+        m.telemetry_exported.labels(signal.value)
+        for reason in DropReason:
+            m.telemetry_dropped.labels(signal.value, reason.value)
+    for result in ("ok", "error"):
+        m.config_reloads.labels(result)
+
+
+def _decision(m: Metrics, layer: str, kind: DecisionKind, result: str, reason: str) -> None:
+    m.decisions.inc((layer, kind.value, result, reason), 0.0)
+
+
+def _route(m: Metrics, layer: str, route, pool) -> None:
+    _decision(m, layer, DecisionKind.ROUTE, DecisionResult.MATCHED.value, Reason.ROUTE_MATCHED.value)
+    _decision(m, layer, DecisionKind.ROUTE, DecisionResult.NO_MATCH.value, Reason.ROUTE_NO_MATCH.value)
+    for policy in route.policies:
+        for verdict, reason in verdicts(policy):
+            m.policy_verdicts.inc((route.name, policy.name, policy.type, verdict, reason), 0.0)
+    if pool is not None:
+        picked = PICK_REASON[pool.algorithm.value]
+        balancer = Layer.BALANCER.value
+        _decision(m, balancer, DecisionKind.PICK, DecisionResult.PICKED.value, picked)
+        _decision(m, balancer, DecisionKind.PICK, DecisionResult.PICKED.value, Reason.PICK_AFFINITY.value)
+        _decision(m, balancer, DecisionKind.PICK, DecisionResult.NO_CANDIDATES.value, Reason.PICK_NO_CANDIDATES.value)
+        _decision(m, balancer, DecisionKind.PICK, DecisionResult.OVERFLOW.value, Reason.PICK_OVERFLOW.value)
+    retries = route.retries
+    if retries.attempts <= 1:
+        return
+    m.retry_budget_exhausted.labels(route.name, route.upstream)
+    decided = Layer.BALANCER.value if pool is not None else layer
+    for kind in retries.retry_on:
+        m.retries.labels(route.name, route.upstream, RETRY_REASON[kind].value)
+        _decision(m, decided, DecisionKind.RETRY, DecisionResult.RETRY.value, RETRY_REASON[kind].value)
+    for reason in REFUSALS:
+        _decision(m, decided, DecisionKind.RETRY, DecisionResult.REFUSED.value, reason.value)
+    if pool is not None:
+        _decision(m, decided, DecisionKind.FAILOVER, DecisionResult.FAILOVER.value,
+                  Reason.FAILOVER_RETRY_OTHER_INSTANCE.value)
+
+
+def _pool(m: Metrics, pool) -> None:
+    for reason in FAILOVER_REASONS:
+        m.failovers.labels(pool.name, reason.value)
+    for kind in FailoverKind:
+        m.pool_requests.inc((pool.name, kind.value), 0.0)
+    oc = pool.outlier_detection
+    ejection_reasons = [] if oc is None else [r for r, on in (
+        (Reason.OUTLIER_CONSECUTIVE_5XX, oc.consecutive_5xx), (Reason.OUTLIER_CONSECUTIVE_GATEWAY_ERRORS,
+                                                                oc.consecutive_gateway_errors)) if on]
+    for inst in pool.instances:
+        iid = inst.instance_id
+        m.instance_requests.inc((pool.name, iid, Outcome.PROXIED.value), 0.0)
+        for state in (EndpointState.HEALTHY, EndpointState.UNHEALTHY, EndpointState.EJECTED, EndpointState.DRAINING):
+            m.health_transitions.labels(pool.name, iid, state.value)
+        for reason in ejection_reasons:
+            m.ejections.labels(pool.name, iid, reason.value)
+        if pool.health_check is not None:
+            for result in ("pass", "fail"):
+                m.health_probes.labels(pool.name, iid, result)
