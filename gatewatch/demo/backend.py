@@ -27,6 +27,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from gatewatch.telemetry.config import TelemetryConfig, resolve
+from gatewatch.telemetry.convert import server_address
 from gatewatch.telemetry.export import JsonLinesExporter, NullExporter, jsonl_path
 
 CHUNK = b"x" * 65536
@@ -93,12 +94,16 @@ def build_app(instance_id: str, zone: str | None, delay_ms: float, jitter_ms: fl
         if log_file is not None:
             log_file.write(f"{request.method} {request.headers.get('X-Request-Id', '-')}\n")
         ctx = extract(dict(request.headers))
-        name = f"{request.method} /bytes/{{n}}" if request.path.startswith("/bytes/") else f"{request.method} /{{path}}"
+        route = "/bytes/{n}" if request.path.startswith("/bytes/") else "/{path}"
         if tracer is None:
             return await respond(request)
-        with tracer.start_as_current_span(name, context=ctx, kind=SpanKind.SERVER, attributes={
-                "http.request.method": request.method, "url.path": request.path,
-                "server.address": request.host, "gatewatch.instance": instance_id}) as span:
+        # The stable HTTP server span attributes (semconv): server.address/port parsed from Host.
+        address, port = server_address(request.host, request.scheme)
+        with tracer.start_as_current_span(f"{request.method} {route}", context=ctx, kind=SpanKind.SERVER, attributes={
+                "http.request.method": request.method, "url.path": request.path, "url.scheme": request.scheme,
+                "http.route": route, "server.address": address, "server.port": port,
+                "network.protocol.version": f"{request.version.major}.{request.version.minor}",
+                "gatewatch.instance": instance_id}) as span:
             resp = await respond(request)
             span.set_attribute("http.response.status_code", resp.status)
             if resp.status >= 500:

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from gatewatch.telemetry.names import Outcome
+from gatewatch.telemetry.names import Attr, Outcome
 from tests.compose.stack import COMPOSE_DIR, LOCAL_HOSTS, REPO, Stack, host_ports, load_yaml
 
 GATEWATCH_SERVICES = ("edge", "balancer", "backend-a", "backend-b", "backend-c", "loadgen")
@@ -300,6 +300,9 @@ def test_tail_sampling_keeps_errors_slow_retried_failed_over_and_a_baseline(coll
     by_key = {p["string_attribute"]["key"]: p["string_attribute"]
               for p in collector["processors"]["tail_sampling"]["policies"] if p["type"] == "string_attribute"}
     assert by_key["gatewatch.lb.excluded"]["enabled_regex_matching"] is True
+    assert by_key["gatewatch.lb.excluded"]["values"] == [".*=(tried|ejected).*"]
+    # requests that an event (failover, ejection, store outage) affected carry its id: always kept
+    assert policies["ottl_condition"]["ottl_condition"]["span"] == [f'attributes["{Attr.EVENT_IDS}"] != nil']
     outcomes = by_key["gatewatch.outcome"]
     assert not outcomes.get("invert_match")  # inverted, spans without the attribute (backends) would match
     assert set(outcomes["values"]) == {o.value for o in Outcome} - {Outcome.PROXIED.value}
