@@ -22,15 +22,14 @@ asks it for one pick per attempt.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
-from gatewatch.balancer.algorithms import Endpoint, NoHealthyEndpoint
+from gatewatch.balancer.algorithms import Endpoint, NoHealthyEndpoint, Pick
 from gatewatch.balancer.config import Algorithm
-from gatewatch.balancer.pool import Pool
+from gatewatch.balancer.pool import Pool, View
 from gatewatch.telemetry.names import Exclusion, FailoverKind, Reason
 
 TRIED, EJECTED = Exclusion.TRIED.value, Exclusion.EJECTED.value
-NONE, PRIORITY, PANIC = FailoverKind.NONE.value, FailoverKind.PRIORITY.value, FailoverKind.PANIC.value
+NONE = FailoverKind.NONE.value
 PICK_AFFINITY = Reason.PICK_AFFINITY.value
 PICK_OVERFLOW = Reason.PICK_OVERFLOW.value
 PICK_NO_CANDIDATES = Reason.PICK_NO_CANDIDATES.value
@@ -43,21 +42,56 @@ PICK_REASON = {"round_robin": Reason.PICK_ROUND_ROBIN.value, "weighted_round_rob
 ALGORITHM_NAME = {a: a.value for a in Algorithm}
 
 
-@dataclass(slots=True, eq=False)
 class PickResult:
-    pool: str
-    endpoint: Endpoint | None  # None: nothing could take the request
-    algorithm: str  # Algorithm value
-    reason: str  # Reason value: pick.<algorithm>, pick.affinity, pick.no_candidates or pick.overflow
-    candidates: int
-    excluded: tuple[tuple[str, str], ...]  # (instance id, Exclusion value), in the pool's order
-    priority: int  # the priority level the pick was made in
-    panic: bool  # the level had too few healthy instances: health was ignored
-    affinity: bool  # the affinity cookie chose, not the algorithm
-    hash_key_source: str | None  # e.g. "header:x-user", "header:x-user (absent)"; never the key itself
-    in_flight: int  # the instance's in-flight requests before this one (0 without an instance)
-    failover: str = NONE  # FailoverKind: served normally, from a failover priority level, or in panic mode
-    event_ids: tuple[str, ...] = ()  # the pool's failover event in force, and ejections of excluded instances
+    """One pick as it was made: `pick` is the algorithm's answer (candidates, exclusions; None when the affinity
+    cookie chose), `view` the pool's view it was made in (priority level, panic, failover kind: immutable),
+    `endpoint` the chosen instance (None: nothing could take the request) and its in-flight count before this
+    request, and the ids of the events behind it (the failover in force, ejections of excluded instances)."""
+
+    __slots__ = ("pool", "pool_algorithm", "pick", "view", "endpoint", "in_flight", "hash_key_source", "event_ids")
+
+    def __init__(self, pool: Pool, pick: Pick | NoHealthyEndpoint | None, view: View, endpoint: Endpoint | None,
+                 in_flight: int, hash_key_source: str | None, event_ids: tuple[str, ...]):
+        self.pool = pool.name
+        self.pool_algorithm = pool.algorithm
+        self.pick = pick
+        self.view = view
+        self.endpoint = endpoint
+        self.in_flight = in_flight
+        self.hash_key_source = hash_key_source  # e.g. "header:x-user", "header:x-user (absent)"; never the key
+        self.event_ids = event_ids
+
+    @property
+    def affinity(self) -> bool:
+        """The affinity cookie chose, not the algorithm."""
+        return self.pick is None
+
+    @property
+    def algorithm(self) -> str:
+        return ALGORITHM_NAME[self.pick.algorithm if self.pick is not None else self.pool_algorithm]
+
+    @property
+    def candidates(self) -> int:
+        return self.pick.candidates if self.pick is not None else len(self.view.candidates)
+
+    @property
+    def excluded(self) -> tuple[tuple[str, str], ...]:
+        """(instance id, Exclusion value), in the pool's order."""
+        return self.pick.excluded if self.pick is not None else ()
+
+    @property
+    def reason(self) -> str:
+        """pick.<algorithm>, pick.affinity, pick.no_candidates or pick.overflow."""
+        p = self.pick
+        if p is None:
+            return PICK_AFFINITY
+        if self.endpoint is None:
+            return PICK_OVERFLOW if p.overflow else PICK_NO_CANDIDATES
+        return PICK_REASON[ALGORITHM_NAME[p.algorithm]]
+
+    @property
+    def failover(self) -> str:
+        return self.view.failover
 
 
 class PickContext:
@@ -79,22 +113,17 @@ class PickContext:
         ep = pool.usable(self.affinity, tried) if self.affinity else None
         if ep is not None:
             view = pool.view()
-            return PickResult(pool.name, ep, ALGORITHM_NAME[pool.algorithm], PICK_AFFINITY, len(view.candidates),
-                              (), view.priority, view.panic, True, self._hash_source, pool.in_flight[ep.id],
-                              *_failover(pool, view.priority, view.panic, ()))
+            return PickResult(pool, None, view, ep, pool.in_flight[ep.id], self._hash_source,
+                              _events(pool, view, ()))
         picked = pool.pick(self.key, tried, rng)
         if tried and isinstance(picked, NoHealthyEndpoint):
             picked = pool.pick(self.key, {}, rng)
         view = pool.view()
-        algorithm = ALGORITHM_NAME[picked.algorithm]
-        state = _failover(pool, view.priority, view.panic, picked.excluded)
+        events = _events(pool, view, picked.excluded) if pool.failover_event or pool.ejection_events else ()
         if isinstance(picked, NoHealthyEndpoint):
-            reason = PICK_OVERFLOW if picked.overflow else PICK_NO_CANDIDATES
-            return PickResult(pool.name, None, algorithm, reason, picked.candidates, picked.excluded, view.priority,
-                              view.panic, False, self._hash_source, 0, *state)
+            return PickResult(pool, picked, view, None, 0, self._hash_source, events)
         ep = picked.endpoint
-        return PickResult(pool.name, ep, algorithm, PICK_REASON[algorithm], picked.candidates, picked.excluded,
-                          view.priority, view.panic, False, self._hash_source, pool.in_flight[ep.id], *state)
+        return PickResult(pool, picked, view, ep, pool.in_flight[ep.id], self._hash_source, events)
 
     def repin(self, response_headers: list[tuple[str, str]], endpoint: Endpoint) -> None:
         cfg = self.pool.config.affinity
@@ -106,14 +135,12 @@ class PickContext:
             response_headers.append(("Set-Cookie", affinity_cookie(cfg, self.pool.affinity_value(endpoint.id))))
 
 
-def _failover(pool: Pool, priority: int, panic: bool, excluded: tuple) -> tuple[str, tuple[str, ...]]:
-    """How the pool serves this pick, and the events behind it: its failover in force, and the ejections of the
-    instances it steered around."""
-    kind = PANIC if panic else PRIORITY if priority != pool.primary_priority else NONE
-    events = (pool.failover_event,) if pool.failover_event and kind != NONE else ()
+def _events(pool: Pool, view: View, excluded: tuple) -> tuple[str, ...]:
+    """The events behind a pick: the pool's failover in force, and the ejections of the instances it skipped."""
+    events = (pool.failover_event,) if pool.failover_event and view.failover != NONE else ()
     if excluded and pool.ejection_events:
         events += tuple(pool.ejection_events[i] for i, why in excluded if why == EJECTED and i in pool.ejection_events)
-    return kind, events
+    return events
 
 
 def affinity_cookie(cfg, value: str) -> str:

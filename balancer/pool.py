@@ -27,7 +27,7 @@ from gatewatch.balancer.algorithms import (ALGORITHMS, CursorState, Endpoint, No
 from gatewatch.balancer.config import Algorithm, PoolConfig
 from gatewatch.balancer.health import OutlierTracker, ProbeCounter, Result
 from gatewatch.telemetry.context import new_event_id
-from gatewatch.telemetry.names import Attr, EndpointState, Event, Exclusion, Reason
+from gatewatch.telemetry.names import Attr, EndpointState, Event, Exclusion, FailoverKind, Reason
 
 EXCLUDED_LISTED = 20  # exclusions listed on a span/log; the rest are counted
 
@@ -64,6 +64,7 @@ class View:
     total: int
     ramping: bool  # some candidate is in slow start
     by_id: dict[str, Endpoint]
+    failover: str = FailoverKind.NONE.value  # how requests picked in this view are served (FailoverKind)
 
 
 class Pool:
@@ -156,8 +157,10 @@ class Pool:
         else:
             cands = tuple(i.endpoint for i in ordered)
         self._note_failover(prio, bool(panic), share)
+        failover = (FailoverKind.PANIC if panic else FailoverKind.PRIORITY if prio != self.primary_priority
+                    else FailoverKind.NONE).value
         return View(self._version, cands, excluded, prio, bool(panic), len(usable), len(members), ramping,
-                    {e.id: e for e in cands})
+                    {e.id: e for e in cands}, failover)
 
     def _ramp(self, inst: Instance, now: float, ss) -> float:
         if ss is None or inst.usable_since is None:

@@ -72,21 +72,23 @@ def late_size_refusal(rec: RequestRecord, err: BodyTooLarge, now_ns: int) -> Non
 def pick(rec: RequestRecord, p: PickResult, now_ns: int) -> dict:
     """Record the pick (decision log + span attributes); return the attributes for the attempt's span."""
     lb = {Attr.LB_ALGORITHM: p.algorithm, Attr.LB_CANDIDATES: p.candidates}
-    if p.excluded:
-        listed = [f"{i}={why}" for i, why in p.excluded[:EXCLUDED_LISTED]]
-        if len(p.excluded) > EXCLUDED_LISTED:
-            listed.append(f"...+{len(p.excluded) - EXCLUDED_LISTED} more")
+    excluded = p.excluded
+    if excluded:
+        listed = [f"{i}={why}" for i, why in excluded[:EXCLUDED_LISTED]]
+        if len(excluded) > EXCLUDED_LISTED:
+            listed.append(f"...+{len(excluded) - EXCLUDED_LISTED} more")
         lb[Attr.LB_EXCLUDED] = tuple(listed)  # hashable: the exporter reuses the encoding of repeated picks
-    if p.priority:
-        lb[Attr.PRIORITY] = p.priority
-    if p.panic:
+    view = p.view
+    if view.priority:
+        lb[Attr.PRIORITY] = view.priority
+    if view.panic:
         lb[Attr.LB_PANIC] = True
-    if p.affinity:
+    if p.pick is None:
         lb[Attr.LB_AFFINITY] = "cookie"
     elif p.hash_key_source is not None:
         lb[Attr.LB_HASH_KEY_SOURCE] = p.hash_key_source
     rec.lb = lb
-    rec.failover = p.failover
+    rec.failover = view.failover
     if p.event_ids:
         rec.event_ids = list(p.event_ids) if rec.event_ids is None else rec.event_ids + [
             e for e in p.event_ids if e not in rec.event_ids]
