@@ -5,13 +5,16 @@ and the `signals` — the sub-expressions the rule compares, which a test can ch
 itself is silent), `rules(opts)` (all of them) and `rule_file(opts)` (the Prometheus rule-file document).
 
 Tuning — one flap must not page:
-- ratios are over ≥ 5 m windows and need a minimum of traffic, so a handful of failures on a quiet pool is not
-  a spike;
+- ratios are over ≥ 5 m windows and need a minimum of traffic (per pool, per route), so a handful of failures on
+  a quiet pool or route is not a spike;
 - every rule has a `for:` longer than a health check's fall/rise cycle (a single instance flap is over before the
   rule could fire);
-- the SLO burn rules are the multi-window, multi-burn-rate pairs of the Google SRE workbook: a long window that
-  says the budget is really burning and a short one that says it still is (14.4× over 1 h and 5 m pages: 2 % of
-  a 30-day budget in an hour; 6× over 6 h and 30 m opens a ticket: 5 % in six hours).
+- the failover share is of *requests* over 5 m: a failover shorter than 5 % of the window (15 s with every request
+  on the failover level; a health check's rise with the default 5 s × 2) cannot reach the threshold at all;
+- a rule on a gauge (the rate-limit store) has a `for:` that one blip cannot reach;
+- the SLO burn rules are the multi-window, multi-burn-rate pairs of the Google SRE workbook, per edge route: a long
+  window that says the budget is really burning and a short one that says it still is (14.4× over 1 h and 5 m
+  pages: 2 % of a 30-day budget in an hour; 6× over 6 h and 30 m opens a ticket: 5 % in six hours).
 Severity: `page` wakes someone, `ticket` can wait for working hours.
 """
 
@@ -23,16 +26,23 @@ from prometheus_client.utils import floatToGoString
 
 from gatewatch.dashboards.options import BuildOptions
 from gatewatch.dashboards.panels import UID
-from gatewatch.dashboards.promql import (BALANCER, CLIENT_COUNT, EDGE, EJECTIONS, ENDPOINTS, FAILOVERS, PANIC_MODE,
-                               POLICY_VERDICTS, RETRIES, RETRY_BUDGET_EXHAUSTED, SERVER_BUCKET, SERVER_COUNT,
-                               SERVER_ERROR, TELEMETRY_DROPPED, TELEMETRY_EXPORTED, or_zero, ratio, sel, sum_,
-                               sum_rate)
-from gatewatch.telemetry.names import EndpointState, Label, PolicyReason
+from gatewatch.dashboards.promql import (EDGE, EJECTIONS, ENDPOINTS, PANIC_MODE, POLICY_VERDICTS,
+                                         RATELIMIT_STORE_UP, RETRIES, RETRY_BUDGET_EXHAUSTED, SERVER_BUCKET,
+                                         SERVER_COUNT, SERVER_ERROR, TELEMETRY_DROPPED, TELEMETRY_EXPORTED,
+                                         ejections_and_probes, failover_share, or_zero, pool_request_rate, ratio,
+                                         sel, serving_and_instances, sum_, sum_rate)
+from gatewatch.telemetry.names import Label, PolicyReason
 
-PL = Label.POOL
-SERVING = f"{EndpointState.HEALTHY.value}|{EndpointState.SLOW_START.value}"
-# Minimum attempts/s through a pool (over 5 m) before a failover share can page: ~1 request every 5 s.
+PL, I, R = Label.POOL, Label.INSTANCE, Label.ROUTE
+# Minimum requests/s a pool served (over 5 m) before its failover share can page: ~1 request every 5 s.
 MIN_POOL_RPS = 0.2
+# Minimum edge requests/s of a route over a burn rule's short window before its ratio counts: 60 requests in 5 m,
+# 360 in 30 m. A route with 2 requests and 1 failure has a 50 % ratio and proves nothing.
+MIN_ROUTE_RPS = 0.2
+FAILOVER_SHARE = 0.05  # of a pool's requests served while failing over, over FAILOVER_WINDOW
+FAILOVER_WINDOW = "5m"
+EJECTION_WINDOW = "10m"  # ejections and active probes compared over this window
+STORE_DOWN_FOR = "3m"  # a store blip (down, then the next command succeeds) is over long before this
 
 
 @dataclass(frozen=True)
@@ -64,21 +74,22 @@ class AlertRule:
         }
 
 
-def _pool_attempts(window: str) -> str:
-    """Attempts/s per pool at the balancing layer, relabelled from `gatewatch_upstream` to `gatewatch_pool`."""
-    attempts = f"rate({sel(CLIENT_COUNT, BALANCER)}[{window}])"
-    return f'sum by ({PL}) (label_replace({attempts}, "{PL}", "$1", "{Label.UPSTREAM}", "(.*)"))'
+def route_requests(window: str) -> str:
+    """Edge requests/s per route."""
+    return sum_rate(sel(SERVER_COUNT, EDGE), R, window=window)
 
 
-def _edge_error_ratio(window: str) -> str:
-    total = sum_rate(sel(SERVER_COUNT, EDGE), window=window)
-    return ratio(or_zero(sum_rate(sel(SERVER_COUNT, EDGE, SERVER_ERROR), window=window), total), total)
+def edge_error_ratio(window: str) -> str:
+    """Per route: the share of edge requests answered with a 5xx. A route without a 5xx has no 5xx series yet
+    (histogram series appear on their first observation), hence the zero fallback."""
+    total = route_requests(window)
+    return ratio(or_zero(sum_rate(sel(SERVER_COUNT, EDGE, SERVER_ERROR), R, window=window), total), total)
 
 
-def _edge_slow_ratio(window: str, threshold_s: float) -> str:
-    total = sum_rate(sel(SERVER_COUNT, EDGE), window=window)
-    fast = sum_rate(sel(SERVER_BUCKET, EDGE, le="~" + le_regex(threshold_s)), window=window)
-    return f"1 - ({ratio(fast, total)})"
+def edge_slow_ratio(window: str, threshold_s: float) -> str:
+    """Per route: the share of edge requests slower than the threshold (every bucket of a series exists with it)."""
+    fast = sum_rate(sel(SERVER_BUCKET, EDGE, le="~" + le_regex(threshold_s)), R, window=window)
+    return f"1 - ({ratio(fast, route_requests(window))})"
 
 
 def le_regex(bound: float) -> str:
@@ -90,7 +101,8 @@ def le_regex(bound: float) -> str:
 
 def _burn(ratio_of, budget: float, factor: float, long: str, short: str) -> str:
     limit = f"({factor} * {budget})"
-    return f"({ratio_of(long)} > {limit}\nand\n{ratio_of(short)} > {limit})"
+    return (f"({ratio_of(long)} > {limit}\nand\n{ratio_of(short)} > {limit}\n"
+            f"and\n{route_requests(short)} > {MIN_ROUTE_RPS})")
 
 
 def _burn_rules(kind: str, what: str, ratio_of, budget: float, target: str, dashboard: str) -> list[AlertRule]:
@@ -102,48 +114,53 @@ def _burn_rules(kind: str, what: str, ratio_of, budget: float, target: str, dash
             name=f"Gatewatch{kind}BudgetBurn{speed}",
             expr=_burn(ratio_of, budget, factor, long, short),
             for_=for_, severity=severity,
-            summary=f"Edge {what} budget burning {factor}× too fast ({long} and {short} windows)",
-            description=(f"The share of {what} edge requests over the last {long} and the last {short} is above "
-                         f"{factor}× the budget of the {target} SLO: at this rate {share} is gone. Over "
-                         f"{long}: {{{{ $value | humanizePercentage }}}}."),
-            runbook=("Open the Overview: which routes carry the bad requests (5xx ratio / p99 by route), then "
-                     "their Request journey: is it one instance (balancer layer) or the edge itself (gateway "
-                     "overhead, policies)? Exemplars and the slow/failed traces table lead to example traces."),
-            dashboard=dashboard,
-            signals=(ratio_of(long), ratio_of(short))))
+            summary=(f"Route {{{{ $labels.gatewatch_route }}}}: {what} budget burning {factor}× too fast "
+                     f"({long} and {short} windows)"),
+            description=(f"The share of {what} edge requests of route {{{{ $labels.gatewatch_route }}}} over the "
+                         f"last {long} and the last {short} is above {factor}× the budget of the {target} SLO, "
+                         f"with at least {MIN_ROUTE_RPS} requests/s over {short}: at this rate {share} is gone. "
+                         f"Over {long}: {{{{ $value | humanizePercentage }}}}."),
+            runbook=("Open the Overview with the route selected (5xx ratio / p99, where the time goes), then its "
+                     "Request journey: is it one instance (balancer layer) or the edge itself (its own time, "
+                     "policies)? Exemplars and the slow/failed traces table lead to example traces."),
+            dashboard=dashboard, dashboard_vars={"route": "{{ $labels.gatewatch_route }}"},
+            signals=(ratio_of(long), ratio_of(short), route_requests(short))))
     return out
 
 
 def rules(opts: BuildOptions) -> list[AlertRule]:
     slo = opts.slo
-    failovers = sum_rate(sel(FAILOVERS), PL, window="5m")
-    attempts = _pool_attempts("5m")
-    serving = f"sum by ({PL}) ({sel(ENDPOINTS, state='~' + SERVING)})"
-    instances = f"sum by ({PL}) ({ENDPOINTS})"
-    healthy_share = ratio(or_zero(serving, instances), instances)
+    share = failover_share(window=FAILOVER_WINDOW)
+    served = pool_request_rate(window=FAILOVER_WINDOW)
+    ejected, probes_passed, probes_failed = ejections_and_probes(EJECTION_WINDOW)
+    serving, instances = serving_and_instances()
+    healthy_share = ratio(serving, instances)
     ejections = sum_(f"increase({EJECTIONS}[15m])", PL)
     exhausted = sum_rate(sel(RETRY_BUDGET_EXHAUSTED), Label.ROUTE, Label.UPSTREAM, window="5m")
-    # 2 m window, 3 m `for`: a store blip shorter than the window can never be pending long enough to page.
-    store_down = sum_rate(sel(POLICY_VERDICTS, reason=PolicyReason.RATELIMIT_STORE_UNAVAILABLE.value),
-                          Label.ROUTE, Label.POLICY, window="2m")
+    store_up = f"min by ({Label.STORE}) ({RATELIMIT_STORE_UP})"
     ratelimit_verdicts = sum_rate(sel(POLICY_VERDICTS, reason="~ratelimit\\\\..*"), Label.ROUTE, Label.POLICY,
-                                  window="5m")
+                                  Label.VERDICT, Label.REASON, window="5m")
+    store_errors = sum_rate(sel(POLICY_VERDICTS, reason=PolicyReason.RATELIMIT_STORE_UNAVAILABLE.value),
+                            Label.ROUTE, Label.POLICY, window="5m")
     exported = sum_rate(sel(TELEMETRY_EXPORTED), Label.SIGNAL, window="10m")
-    dropped = or_zero(sum_rate(sel(TELEMETRY_DROPPED), Label.SIGNAL, window="10m"), exported)
+    dropped = sum_rate(sel(TELEMETRY_DROPPED), Label.SIGNAL, window="10m")  # every signal × reason exists from 0
     drop_share = ratio(dropped, f"{exported} + {dropped}")
     pool_var = {"pool": f"{{{{ $labels.{PL} }}}}"}
     out = [
         AlertRule(
             "GatewatchFailoverSpike",
-            f"{ratio(failovers, attempts)} > 0.05\nand\n{attempts} > {MIN_POOL_RPS}", "2m", "page",
-            "Pool {{ $labels.gatewatch_pool }}: {{ $value | humanizePercentage }} of attempts failed over",
-            "More than 5 % of the attempts through pool {{ $labels.gatewatch_pool }} over 5 minutes were "
-            "failovers (a retry sent to another instance, traffic moved to a lower priority, or panic mode), "
-            "for 2 minutes. Instances are failing while the pool still answers.",
-            "Balancer & health: which instances are unhealthy or ejected, and the failover reasons. Failover "
-            "decision logs carry the trace ids of the affected requests. If one instance keeps failing, drain it; "
-            "if a whole priority level is down, check that zone.",
-            "balancer", pool_var, signals=(failovers, attempts)),
+            f"{share} > {FAILOVER_SHARE}\nand\n{served} > {MIN_POOL_RPS}", "2m", "page",
+            "Pool {{ $labels.gatewatch_pool }}: {{ $value | humanizePercentage }} of requests served while "
+            "failing over",
+            f"More than {FAILOVER_SHARE:.0%} of the requests pool {{{{ $labels.gatewatch_pool }}}} served over "
+            f"{FAILOVER_WINDOW} were served while it was failing over — by a retry sent to another instance, from "
+            "a failover priority level, or in panic mode — for 2 minutes. Instances are failing while the pool "
+            "still answers: its spare capacity is in use.",
+            "Balancer & health: the share by kind (retry / priority / panic), which instances are unhealthy or "
+            "ejected, and the state-change events (each failover episode has one event id; its rows link to the "
+            "requests it affected). If one instance keeps failing, drain it; if a whole priority level is down, "
+            "check that zone.",
+            "balancer", pool_var, signals=(share, served)),
         AlertRule(
             "GatewatchEjectionsHigh", f"{ejections} > 3", "2m", "ticket",
             "Pool {{ $labels.gatewatch_pool }}: {{ $value }} outlier ejections in 15 minutes",
@@ -154,7 +171,23 @@ def rules(opts: BuildOptions) -> list[AlertRule]:
             "it; of many: the backend as a whole is sick.",
             "balancer", pool_var, signals=(ejections,)),
         AlertRule(
-            "GatewatchPoolNoHealthyInstance", f"{or_zero(serving, instances)} == 0\nand\n{instances} > 0",
+            "GatewatchEjectedWhileProbesPass",
+            f"{ejected} > 0\nand on ({PL}, {I})\n{probes_passed} > 0\nand on ({PL}, {I})\n{probes_failed} == 0",
+            "5m", "ticket",
+            "{{ $labels.gatewatch_instance }} of pool {{ $labels.gatewatch_pool }} ejected while its health "
+            "check passes",
+            f"Outlier detection ejected {{{{ $labels.gatewatch_instance }}}} of pool "
+            f"{{{{ $labels.gatewatch_pool }}}} ({{{{ $value }}}} times in {EJECTION_WINDOW}) because real requests "
+            "failed, while every active health probe of it in that window passed: the health check does not see "
+            "what real traffic sees. It will keep returning the instance to the pool, and real requests will "
+            "keep failing on it.",
+            "Balancer & health: the instance's requests by outcome and its ejection events (with the trace ids of "
+            "the failing requests), next to its probes. Make the health check exercise what requests use (a "
+            "deeper path, the same port and Host), or fix the instance.",
+            "balancer", {**pool_var, "instance": f"{{{{ $labels.{I} }}}}"},
+            signals=(ejected, probes_passed, probes_failed)),
+        AlertRule(
+            "GatewatchPoolNoHealthyInstance", f"{serving} == 0\nand\n{instances} > 0",
             "1m", "page",
             "Pool {{ $labels.gatewatch_pool }} has no healthy instance",
             "Every instance of pool {{ $labels.gatewatch_pool }} is unhealthy, ejected or draining: its "
@@ -178,10 +211,10 @@ def rules(opts: BuildOptions) -> list[AlertRule]:
             "Balancer & health: healthy share and instance states. Restore instances; panic mode ends by itself "
             "when the healthy share is back above the panic threshold.",
             "balancer", pool_var, signals=(f"max by ({PL}) ({PANIC_MODE})",)),
-        *_burn_rules("Error", "5xx", _edge_error_ratio, slo.error_budget,
+        *_burn_rules("Error", "5xx", edge_error_ratio, slo.error_budget,
                      f"{slo.availability_percent} % availability", "overview"),
         *_burn_rules("Latency", f"slower than {floatToGoString(slo.latency_threshold_s)} s",
-                     lambda w: _edge_slow_ratio(w, slo.latency_threshold_s), slo.latency_budget,
+                     lambda w: edge_slow_ratio(w, slo.latency_threshold_s), slo.latency_budget,
                      f"{slo.latency_percent} % under {floatToGoString(slo.latency_threshold_s)} s latency",
                      "overview"),
         AlertRule(
@@ -195,14 +228,16 @@ def rules(opts: BuildOptions) -> list[AlertRule]:
             "balancer", {"pool": "{{ $labels.gatewatch_upstream }}"}, signals=(sum_rate(
                 sel(RETRIES), Label.ROUTE, Label.UPSTREAM, window="5m"), exhausted)),
         AlertRule(
-            "GatewatchRateLimitStoreUnavailable", f"{store_down} > 0", "3m", "page",
-            "Rate-limit store unreachable for policy {{ $labels.gatewatch_policy }}",
-            "Policy {{ $labels.gatewatch_policy }} on route {{ $labels.gatewatch_route }} cannot reach its "
-            "rate-limit store (Redis) for 3 minutes and applies its fail mode: fail-open lets every request through unlimited, "
-            "fail-closed refuses them.",
-            "Decisions: policy verdicts with reason ratelimit.store_unavailable. Check Redis (reachable from "
-            "every Gatewatch replica, not out of memory, latency under the policy's timeout).",
-            "decisions", {"route": "{{ $labels.gatewatch_route }}"}, signals=(ratelimit_verdicts,)),
+            "GatewatchRateLimitStoreUnavailable", f"{store_up} == 0", STORE_DOWN_FOR, "page",
+            "Rate-limit store {{ $labels.store }} is unreachable",
+            f"The rate-limit store {{{{ $labels.store }}}} (Redis) has not answered a Gatewatch process for "
+            f"{STORE_DOWN_FOR}: every rate-limit policy using it applies its fail mode — fail-open lets every "
+            "request through unlimited, fail-closed refuses them (429).",
+            "Decisions: the store's up/down timeline and its transition events (the outage has one event id; its "
+            "rows link to the requests it affected), and the policy verdicts with reason "
+            "ratelimit.store_unavailable. Check Redis (reachable from every Gatewatch replica, not out of "
+            "memory, latency under the policy's timeout).",
+            "decisions", signals=(store_up, ratelimit_verdicts, store_errors)),
         AlertRule(
             "GatewatchTelemetryDropping", f"{drop_share} > 0.01", "15m", "ticket",
             "Gatewatch drops {{ $value | humanizePercentage }} of its {{ $labels.signal }}",
@@ -210,7 +245,7 @@ def rules(opts: BuildOptions) -> list[AlertRule]:
             "(queue full or export failed): traces or decision logs are missing. Requests are not affected.",
             "Gatewatch itself: drops by reason. export_failed → the collector is down or refusing; queue_full → "
             "the collector is too slow for the traffic (scale it, or raise the queue/batch sizes, or sample).",
-            "self", signals=(exported,)),
+            "self", signals=(exported, drop_share)),
         AlertRule(
             "GatewatchBalancerSilent", f"absent({ENDPOINTS})", "2m", "page",
             "No Gatewatch balancer is reporting metrics",

@@ -10,7 +10,7 @@ Grafana variables appear as `$route`-style strings; `RATE` is Grafana's `$__rate
 
 from __future__ import annotations
 
-from gatewatch.telemetry.names import Label, Layer, Metric
+from gatewatch.telemetry.names import EndpointState, FailoverKind, Label, Layer, Metric
 
 RATE = "$__rate_interval"
 RANGE = "$__range"
@@ -42,6 +42,10 @@ CONFIG_RELOADS = series(Metric.CONFIG_RELOADS, "total")
 TELEMETRY_DROPPED = series(Metric.TELEMETRY_DROPPED, "total")
 TELEMETRY_EXPORTED = series(Metric.TELEMETRY_EXPORTED, "total")
 BUILD_INFO = series(Metric.BUILD_INFO, "info")
+CONFIG_INFO = series(Metric.CONFIG_INFO, "info")
+CONFIG_LOADED = Metric.CONFIG_LOADED
+POOL_REQUESTS = series(Metric.POOL_REQUESTS, "total")
+RATELIMIT_STORE_UP = Metric.RATELIMIT_STORE_UP
 ENDPOINTS = Metric.ENDPOINTS
 IN_FLIGHT = Metric.IN_FLIGHT
 EJECTED = Metric.EJECTIONS_ACTIVE
@@ -57,6 +61,15 @@ TELEMETRY_QUEUE = Metric.TELEMETRY_QUEUE
 EDGE = {Label.LAYER: Layer.EDGE.value}
 BALANCER = {Label.LAYER: Layer.BALANCER.value}
 SERVER_ERROR = {Label.STATUS: "~5.."}  # the SLO's "bad" requests: answered (or failed) with a 5xx
+FAILING_OVER = {Label.FAILOVER: "!" + FailoverKind.NONE.value}  # served by a retry elsewhere, a failover level, panic
+# The endpoints gauge by state: an instance in slow start is counted under `healthy` *and* `slow_start`, so the
+# instances taking traffic are the `healthy` ones and a pool's instances are every state but `slow_start`.
+TAKING_TRAFFIC = {Label.STATE: EndpointState.HEALTHY.value}
+COUNTED_ONCE = {Label.STATE: "!" + EndpointState.SLOW_START.value}
+# The `result` values of gatewatch_health_probes_total as the runtime writes them (balancer/checker.py,
+# app/series.py). telemetry.names has no enum for them yet; tests/dashboards/test_static.py checks these two
+# against the series the runtime creates, so a renamed value fails there instead of silencing a rule.
+PROBE_PASS, PROBE_FAIL = "pass", "fail"
 
 
 def sel(name: str, *matchers: dict[str, str], **more: str) -> str:
@@ -119,3 +132,36 @@ def or_zero(part: str, whole: str) -> str:
     Both sides must be aggregated to the same labels; `whole` is the same metric without the narrowing matcher,
     so a zero is only shown where the metric itself exists."""
     return f"({part} or {whole} * 0)"
+
+
+# --- shared definitions: a rule and the panel that explains it read the same expression -------------------
+
+
+def failover_share(*matchers: dict[str, str], by: tuple[str, ...] = (Label.POOL,), window: str = RATE) -> str:
+    """Share of the requests a pool served while failing over (`failover` != none) over `window`.
+
+    `by` may add `failover` to split the share by kind; the denominator is always every request of the pool."""
+    failing = sum_rate(sel(POOL_REQUESTS, FAILING_OVER, *matchers), *by, window=window)
+    served = sum_rate(sel(POOL_REQUESTS, *matchers), Label.POOL, window=window)
+    if tuple(by) == (Label.POOL,):
+        return ratio(failing, served)
+    return f"{failing} / on ({Label.POOL}) group_left () {served}"
+
+
+def pool_request_rate(*matchers: dict[str, str], window: str = RATE) -> str:
+    """Requests/s a pool served (every kind)."""
+    return sum_rate(sel(POOL_REQUESTS, *matchers), Label.POOL, window=window)
+
+
+def ejections_and_probes(window: str, *matchers: dict[str, str]) -> tuple[str, str, str]:
+    """Per pool and instance over `window`: outlier ejections, active probes that passed, probes that failed."""
+    pi = (Label.POOL, Label.INSTANCE)
+    return (sum_(increase(sel(EJECTIONS, *matchers), window), *pi),
+            sum_(increase(sel(HEALTH_PROBES, *matchers, result=PROBE_PASS), window), *pi),
+            sum_(increase(sel(HEALTH_PROBES, *matchers, result=PROBE_FAIL), window), *pi))
+
+
+def serving_and_instances(*matchers: dict[str, str]) -> tuple[str, str]:
+    """Per pool: instances taking traffic (healthy, slow start included) and all instances, each counted once."""
+    return (f"sum by ({Label.POOL}) ({sel(ENDPOINTS, TAKING_TRAFFIC, *matchers)})",
+            f"sum by ({Label.POOL}) ({sel(ENDPOINTS, COUNTED_ONCE, *matchers)})")

@@ -16,6 +16,9 @@ import pytest
 import yaml
 
 from gatewatch.dashboards.build import GENERATED, RULES_FILE
+from gatewatch.dashboards.promql import BALANCER, CLIENT_COUNT, PROBE_FAIL, PROBE_PASS, ratio, sel, sum_rate
+from gatewatch.dashboards.promql import FAILOVERS as FAILOVERS_TOTAL
+from gatewatch.telemetry.names import FailoverKind, Label
 from tests.dashboards.prom import binary
 
 RULES = GENERATED / RULES_FILE
@@ -31,24 +34,51 @@ def promtool() -> str:
 ATTEMPTS = 'http_client_request_duration_seconds_count{gatewatch_layer="balancer",gatewatch_upstream="shop",' \
            'gatewatch_instance="a"}'
 FAILOVERS = 'gatewatch_failovers_total{gatewatch_pool="shop",reason="failover.retry_other_instance"}'
+PRIORITY_MOVES = 'gatewatch_failovers_total{gatewatch_pool="shop",reason="failover.priority_degraded"}'
+SERVED = 'gatewatch_pool_requests_total{gatewatch_pool="shop",failover="%s"}'
+SERVED_NORMALLY, SERVED_BY_RETRY, SERVED_BY_PRIORITY, SERVED_IN_PANIC = (
+    SERVED % k.value for k in (FailoverKind.NONE, FailoverKind.RETRY, FailoverKind.PRIORITY, FailoverKind.PANIC))
 EJECTIONS = 'gatewatch_ejections_total{gatewatch_pool="shop",gatewatch_instance="a",reason="outlier.consecutive_5xx"}'
+PROBES = 'gatewatch_health_probes_total{gatewatch_pool="shop",gatewatch_instance="a",result="%s"}'
+PROBES_PASSED, PROBES_FAILED = PROBES % PROBE_PASS, PROBES % PROBE_FAIL
 HEALTHY = 'gatewatch_endpoints{gatewatch_pool="shop",state="healthy"}'
 UNHEALTHY = 'gatewatch_endpoints{gatewatch_pool="shop",state="unhealthy"}'
+SLOW_START = 'gatewatch_endpoints{gatewatch_pool="shop",state="slow_start"}'
 PANIC = 'gatewatch_pool_panic_mode{gatewatch_pool="shop"}'
-EDGE_OK = 'http_server_request_duration_seconds_count{gatewatch_layer="edge",gatewatch_route="orders",' \
-          'http_response_status_code="200"}'
-EDGE_5XX = 'http_server_request_duration_seconds_count{gatewatch_layer="edge",gatewatch_route="orders",' \
-           'http_response_status_code="502"}'
-EDGE_FAST = 'http_server_request_duration_seconds_bucket{gatewatch_layer="edge",gatewatch_route="orders",' \
-            'http_response_status_code="200",le="0.5"}'
+EDGE = 'http_server_request_duration_seconds_%s{gatewatch_layer="edge",gatewatch_route="%s",' \
+       'http_response_status_code="%s"%s}'
+EDGE_OK = EDGE % ("count", "orders", "200", "")
+EDGE_5XX = EDGE % ("count", "orders", "502", "")
+EDGE_FAST = EDGE % ("bucket", "orders", "200", ',le="0.5"')
+CATALOG_OK = EDGE % ("count", "catalog", "200", "")
+CATALOG_FAST = EDGE % ("bucket", "catalog", "200", ',le="0.5"')
+RARE_OK = EDGE % ("count", "rare", "200", "")
+RARE_5XX = EDGE % ("count", "rare", "502", "")
+RARE_FAST = EDGE % ("bucket", "rare", "200", ',le="0.5"')
 EXHAUSTED = 'gatewatch_retry_budget_exhausted_total{gatewatch_route="orders",gatewatch_upstream="shop"}'
-STORE = 'gatewatch_policy_verdicts_total{gatewatch_route="orders",gatewatch_policy="limit",' \
-        'gatewatch_policy_type="rate_limit",verdict="error",reason="%s"}'
+STORE_URL = "redis://redis:6379/0"
+STORE_UP = f'gatewatch_ratelimit_store_up{{store="{STORE_URL}",instance="edge-1:9901"}}'
+STORE_UP_2 = f'gatewatch_ratelimit_store_up{{store="{STORE_URL}",instance="edge-2:9901"}}'
 EXPORTED = 'gatewatch_telemetry_exported_total{signal="traces"}'
 DROPPED = 'gatewatch_telemetry_dropped_total{signal="traces",reason="queue_full"}'
 ENDPOINTS = 'gatewatch_endpoints{gatewatch_pool="shop",state="healthy"}'
 
 POOL = {"gatewatch_pool": "shop"}
+ORDERS = {"gatewatch_route": "orders"}
+
+# The incident the failover rule is shaped on (15 s scrapes): a pool at 10 req/s whose primary priority level
+# fails at minute 5; from then on 61 % of its requests are served from the failover level. It moved once (one
+# priority change) and ten requests were retried on another instance before the health check took it out.
+INCIDENT = {
+    SERVED_NORMALLY: "0+150x20 3058.5+58.5x79", SERVED_BY_PRIORITY: "0x20 91.5+91.5x79",
+    SERVED_BY_RETRY: "0x20 10x79", SERVED_IN_PANIC: "0x100",
+}
+# What the rule measured before: failover *moves* per balancer attempt (gatewatch_failovers_total over the
+# attempts to the pool's instances). In the incident above it peaks at 0.39 % (11 moves in ~2850 attempts).
+OLD_FAILOVER_SHARE = ratio(
+    sum_rate(FAILOVERS_TOTAL, Label.POOL, window="5m"),
+    f'sum by ({Label.POOL}) (label_replace(rate({sel(CLIENT_COUNT, BALANCER)}[5m]), "{Label.POOL}", "$1", '
+    f'"{Label.UPSTREAM}", "(.*)"))')
 
 
 @dataclass
@@ -59,34 +89,58 @@ class Case:
     eval_at: list[str]
     fires: dict | None = None  # expected labels (besides severity/service) at the last eval time, None = silent
     interval: str = "1m"
-    extra: dict = field(default_factory=dict)
+    expr_tests: list[dict] = field(default_factory=list)  # promql_expr_test entries evaluated on the same series
 
 
 CASES = [
-    Case("GatewatchFailoverSpike", "10 % of attempts fail over for minutes",
-         {ATTEMPTS: "0+600x20", FAILOVERS: "0+60x20"}, ["5m"], POOL),
-    Case("GatewatchFailoverSpike", "2 % failover share stays below 5 %",
-         {ATTEMPTS: "0+600x20", FAILOVERS: "0+12x20"}, ["10m"]),
-    Case("GatewatchFailoverSpike", "one flap: 100 failovers in one minute",
-         {ATTEMPTS: "0+600x20", FAILOVERS: "0x5 100x15"}, ["6m", "8m", "10m"]),
-    Case("GatewatchFailoverSpike", "a quiet pool (0.1 req/s) with half its attempts failing over",
-         {ATTEMPTS: "0+6x20", FAILOVERS: "0+3x20"}, ["10m"]),
+    Case("GatewatchFailoverSpike", "the incident: 61 % of requests served from the failover priority level",
+         INCIDENT, ["6m", "12m"], POOL, interval="15s"),
+    Case("GatewatchFailoverSpike", "few moves, most requests on the failover level: the old rule (moves per "
+         "attempt, 0.39 % at most) never went pending, this one fires",
+         {**INCIDENT, ATTEMPTS: "0+150x100", PRIORITY_MOVES: "0x20 1x79", FAILOVERS: "0x20 10x79"}, ["12m"], POOL,
+         interval="15s", expr_tests=[
+             {"expr": f"max_over_time(({OLD_FAILOVER_SHARE})[20m:15s]) < bool 0.004", "eval_time": "20m",
+              "exp_samples": [{"labels": '{gatewatch_pool="shop"}', "value": 1}]},
+             {"expr": f"({OLD_FAILOVER_SHARE}) > 0.05", "eval_time": "7m", "exp_samples": []}]),
+    Case("GatewatchFailoverSpike", "10 % of requests retried on another instance for minutes",
+         {SERVED_NORMALLY: "0+540x20", SERVED_BY_RETRY: "0+60x20"}, ["5m"], POOL),
+    Case("GatewatchFailoverSpike", "2 % of requests served while failing over stays below 5 %",
+         {SERVED_NORMALLY: "0+588x20", SERVED_BY_RETRY: "0+12x20", SERVED_BY_PRIORITY: "0x20"}, ["10m"]),
+    Case("GatewatchFailoverSpike", "one flap: every request on the failover level for 10 s (one health-check rise)",
+         {SERVED_NORMALLY: "0+50x40 2000x2 2050+50x80", SERVED_BY_PRIORITY: "0x40 50 100x81"},
+         ["3m30s", "4m", "5m", "8m", "10m"], interval="5s"),
+    Case("GatewatchFailoverSpike", "a quiet pool (0.1 req/s) with half its requests failing over",
+         {SERVED_NORMALLY: "0+3x20", SERVED_BY_RETRY: "0+3x20"}, ["10m"]),
     Case("GatewatchEjectionsHigh", "an ejection every minute",
          {EJECTIONS: "0+1x30"}, ["10m"], POOL),
     Case("GatewatchEjectionsHigh", "one flap: a single ejection",
          {EJECTIONS: "0x3 1x27"}, ["5m", "10m"]),
     Case("GatewatchEjectionsHigh", "two ejections in 15 minutes",
          {EJECTIONS: "0x3 1x3 2x24"}, ["10m"]),
+    Case("GatewatchEjectedWhileProbesPass", "ejected twice by real traffic while every probe passes",
+         {EJECTIONS: "0x3 1x5 2x22", PROBES_PASSED: "0+12x30", PROBES_FAILED: "0x30"}, ["6m", "12m"],
+         {**POOL, "gatewatch_instance": "a"}),
+    Case("GatewatchEjectedWhileProbesPass", "ejected, and the health check sees it fail too",
+         {EJECTIONS: "0x3 1x26", PROBES_PASSED: "0+12x3 36x26", PROBES_FAILED: "0x3 12+12x26"}, ["8m", "12m"]),
+    Case("GatewatchEjectedWhileProbesPass", "probes pass and nothing is ejected",
+         {EJECTIONS: "0x30", PROBES_PASSED: "0+12x30", PROBES_FAILED: "0x30"}, ["12m"]),
+    Case("GatewatchEjectedWhileProbesPass", "the health check catches up 3 minutes after the ejection",
+         {EJECTIONS: "0x3 1x26", PROBES_PASSED: "0+12x30", PROBES_FAILED: "0x6 1x23"}, ["5m", "9m", "12m"]),
+    Case("GatewatchEjectedWhileProbesPass", "one flap: the instance went down and came back (ejected, one probe "
+         "failed)", {EJECTIONS: "0x3 1x26", PROBES_PASSED: "0+12x30", PROBES_FAILED: "0x3 1x26"},
+         ["5m", "9m", "13m"]),
+    Case("GatewatchEjectedWhileProbesPass", "no active health check (no probe series)",
+         {EJECTIONS: "0x3 1x26"}, ["9m"]),
     Case("GatewatchPoolNoHealthyInstance", "every instance unhealthy",
-         {HEALTHY: "3 3 0x10", UNHEALTHY: "0 0 3x10"}, ["5m"], POOL),
-    Case("GatewatchPoolNoHealthyInstance", "no `healthy` series at all (only unhealthy ones)",
-         {UNHEALTHY: "3x10"}, ["5m"], POOL),
-    Case("GatewatchPoolNoHealthyInstance", "one healthy instance left",
-         {HEALTHY: "1x10", UNHEALTHY: "2x10"}, ["5m"]),
+         {HEALTHY: "3 3 0x10", UNHEALTHY: "0 0 3x10", SLOW_START: "0x12"}, ["5m"], POOL),
+    Case("GatewatchPoolNoHealthyInstance", "one healthy instance left, still in slow start",
+         {HEALTHY: "1x10", SLOW_START: "1x10", UNHEALTHY: "2x10"}, ["5m"]),
     Case("GatewatchPoolNoHealthyInstance", "one flap: all down for a single evaluation",
          {HEALTHY: "3 0 3x10", UNHEALTHY: "0 3 0x10"}, ["2m", "5m"]),
     Case("GatewatchPoolDegraded", "a third of the pool healthy",
-         {HEALTHY: "1x20", UNHEALTHY: "2x20"}, ["10m"], POOL),
+         {HEALTHY: "1x20", UNHEALTHY: "2x20", SLOW_START: "0x20"}, ["10m"], POOL),
+    Case("GatewatchPoolDegraded", "a third healthy, that one in slow start (counted as healthy and slow_start)",
+         {HEALTHY: "1x20", SLOW_START: "1x20", UNHEALTHY: "2x20"}, ["10m"], POOL),
     Case("GatewatchPoolDegraded", "two thirds healthy",
          {HEALTHY: "2x20", UNHEALTHY: "1x20"}, ["10m"]),
     Case("GatewatchPoolDegraded", "one flap: degraded for three minutes",
@@ -95,35 +149,49 @@ CASES = [
     Case("GatewatchPoolPanicMode", "never in panic", {PANIC: "0x10"}, ["5m"]),
     Case("GatewatchPoolPanicMode", "one flap: one minute of panic", {PANIC: "0 1 0x10"}, ["2m", "5m"]),
     Case("GatewatchErrorBudgetBurnFast", "2 % 5xx (budget 0.1 %, fast limit 1.44 %)",
-         {EDGE_OK: "0+600x120", EDGE_5XX: "0+12x120"}, ["10m"], {}),
+         {EDGE_OK: "0+600x120", EDGE_5XX: "0+12x120"}, ["10m"], ORDERS),
+    Case("GatewatchErrorBudgetBurnFast", "one bad route among busy healthy ones pages for that route (1.8 % of "
+         "orders, 0.16 % of all requests)",
+         {EDGE_OK: "0+600x120", EDGE_5XX: "0+11x120", CATALOG_OK: "0+6000x120"}, ["10m"], ORDERS),
     Case("GatewatchErrorBudgetBurnFast", "0.5 % 5xx", {EDGE_OK: "0+600x120", EDGE_5XX: "0+3x120"}, ["30m"]),
+    Case("GatewatchErrorBudgetBurnFast", "a quiet route: 2 requests in 5 minutes, one of them a 5xx",
+         {EDGE_OK: "0+600x120", RARE_OK: "0x50 1x70", RARE_5XX: "0x52 1x68"}, ["53m", "55m", "57m"]),
     Case("GatewatchErrorBudgetBurnFast", "one flap: one minute at 5 % 5xx after an hour of none",
          {EDGE_OK: "0+600x120", EDGE_5XX: "0x60 30x60"}, ["61m", "63m", "70m"]),
     Case("GatewatchErrorBudgetBurnSlow", "1 % 5xx for an hour (slow limit 0.6 %)",
-         {EDGE_OK: "0+600x120", EDGE_5XX: "0+6x120"}, ["60m"], {}),
+         {EDGE_OK: "0+600x120", EDGE_5XX: "0+6x120"}, ["60m"], ORDERS),
     Case("GatewatchErrorBudgetBurnSlow", "0.5 % 5xx", {EDGE_OK: "0+600x120", EDGE_5XX: "0+3x120"}, ["60m"]),
+    Case("GatewatchErrorBudgetBurnSlow", "a quiet route: 2 requests a minute, half of them 5xx",
+         {RARE_OK: "0+1x120", RARE_5XX: "0+1x120"}, ["60m", "100m"]),
     Case("GatewatchLatencyBudgetBurnFast", "20 % slower than 0.5 s (budget 1 %, fast limit 14.4 %)",
-         {EDGE_OK: "0+600x120", EDGE_FAST: "0+480x120"}, ["10m"], {}),
+         {EDGE_OK: "0+600x120", EDGE_FAST: "0+480x120"}, ["10m"], ORDERS),
     Case("GatewatchLatencyBudgetBurnFast", "10 % slow: a slow burn, not a fast one",
          {EDGE_OK: "0+600x120", EDGE_FAST: "0+540x120"}, ["30m"]),
+    Case("GatewatchLatencyBudgetBurnFast", "a quiet route: 2 slow requests in 5 minutes",
+         {EDGE_OK: "0+600x120", EDGE_FAST: "0+600x120", RARE_OK: "0x50 2x70", RARE_FAST: "0x120"},
+         ["53m", "55m"]),
+    Case("GatewatchLatencyBudgetBurnFast", "one flap: one minute all slow after an hour of none",
+         {EDGE_OK: "0+600x120", EDGE_FAST: "0+600x60 36000+600x59"}, ["61m", "63m", "70m"]),
     Case("GatewatchLatencyBudgetBurnSlow", "10 % slow for an hour (slow limit 6 %)",
-         {EDGE_OK: "0+600x120", EDGE_FAST: "0+540x120"}, ["60m"], {}),
+         {EDGE_OK: "0+600x120", EDGE_FAST: "0+540x120"}, ["60m"], ORDERS),
     Case("GatewatchLatencyBudgetBurnSlow", "0.5 % slow", {EDGE_OK: "0+600x120", EDGE_FAST: "0+597x120"}, ["60m"]),
     Case("GatewatchRetryBudgetExhausted", "6 refused retries a minute",
          {EXHAUSTED: "0+6x20"}, ["10m"], {"gatewatch_route": "orders", "gatewatch_upstream": "shop"}),
     Case("GatewatchRetryBudgetExhausted", "one refused retry a minute", {EXHAUSTED: "0+1x20"}, ["10m"]),
     Case("GatewatchRetryBudgetExhausted", "one flap: a burst of 10 refusals", {EXHAUSTED: "0x5 10x15"}, ["8m", "12m"]),
-    Case("GatewatchRateLimitStoreUnavailable", "store errors every scrape for minutes",
-         {STORE % "ratelimit.store_unavailable": "0+15x40"}, ["8m"],
-         {"gatewatch_route": "orders", "gatewatch_policy": "limit"}, interval="15s"),
-    Case("GatewatchRateLimitStoreUnavailable", "limits exceeded, store fine",
-         {STORE % "ratelimit.exceeded": "0+15x40"}, ["8m"], interval="15s"),
-    Case("GatewatchRateLimitStoreUnavailable", "one flap: errors during 30 s",
-         {STORE % "ratelimit.store_unavailable": "0x8 5 10 15x30"}, ["3m", "5m", "8m"], interval="15s"),
+    Case("GatewatchRateLimitStoreUnavailable", "the store down for minutes",
+         {STORE_UP: "1x4 0x40"}, ["8m"], {"store": STORE_URL}, interval="15s"),
+    Case("GatewatchRateLimitStoreUnavailable", "one of two processes cannot reach the store",
+         {STORE_UP: "1x40", STORE_UP_2: "1x4 0x36"}, ["8m"], {"store": STORE_URL}, interval="15s"),
+    Case("GatewatchRateLimitStoreUnavailable", "the store answers", {STORE_UP: "1x40"}, ["8m"], interval="15s"),
+    Case("GatewatchRateLimitStoreUnavailable", "one flap: down for 75 s",
+         {STORE_UP: "1x8 0x4 1x27"}, ["3m", "4m", "8m"], interval="15s"),
+    Case("GatewatchRateLimitStoreUnavailable", "one flap: down for 2.5 minutes, shorter than `for`",
+         {STORE_UP: "1x8 0x9 1x22"}, ["3m", "4m30s", "5m", "8m"], interval="15s"),
     Case("GatewatchTelemetryDropping", "9 % of spans dropped", {EXPORTED: "0+600x40", DROPPED: "0+60x40"},
          ["25m"], {"signal": "traces"}),
     Case("GatewatchTelemetryDropping", "0.5 % dropped", {EXPORTED: "0+600x40", DROPPED: "0+3x40"}, ["25m"]),
-    Case("GatewatchTelemetryDropping", "nothing dropped (no dropped series at all)", {EXPORTED: "0+600x40"}, ["25m"]),
+    Case("GatewatchTelemetryDropping", "nothing dropped", {EXPORTED: "0+600x40", DROPPED: "0x40"}, ["25m"]),
     Case("GatewatchTelemetryDropping", "one flap: 300 drops at once", {EXPORTED: "0+600x40", DROPPED: "0x10 300x30"},
          ["15m", "21m", "25m"]),
     Case("GatewatchBalancerSilent", "the balancer's series go stale", {ENDPOINTS: "3 3 3 stale"}, ["10m"], {}),
@@ -148,6 +216,7 @@ def _test_file(rules_path: Path, cases: list[Case]) -> dict:
             "input_series": [{"series": s, "values": v} for s, v in c.series.items()],
             "alert_rule_test": [{"eval_time": at, "alertname": c.alert, "exp_alerts": _expected(c, at, severity[c.alert])}
                                 for at in c.eval_at],
+            **({"promql_expr_test": c.expr_tests} if c.expr_tests else {}),
         })
     return {"rule_files": [str(rules_path)], "evaluation_interval": "1m", "tests": tests}
 

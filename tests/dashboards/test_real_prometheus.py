@@ -2,11 +2,11 @@
 
 Scenario (two tiers, as `gatewatch demo` runs them): three demo backends behind a balancer process (pool `shop`
 with health checks, outlier detection, slow start, retries) behind an edge process (routes `orders` with API-key
-auth, a per-consumer rate limit, a circuit breaker and a shadow IP rule; `catalog` without policies), plus a
-"canary" edge whose collector accepts connections and never answers (its telemetry queue overflows: drops). A real
-Prometheus scrapes the three admin endpoints every second with exemplar storage on and evaluates the generated
-rules every second. Traffic: a baseline, then instance `inst-b` is killed (SIGKILL) while traffic continues, then
-auth failures, a rate-limit burst and the canary's traffic.
+auth, a per-consumer rate limit, a circuit breaker and a shadow IP rule; `catalog` with a generous rate limit in a
+real Redis), plus a "canary" edge whose collector accepts connections and never answers (its telemetry queue
+overflows: drops). A real Prometheus scrapes the three admin endpoints every second with exemplar storage on and
+evaluates the generated rules every second. Traffic: a baseline, then instance `inst-b` is killed (SIGKILL) while
+traffic continues, then auth failures, a rate-limit burst and the canary's traffic, then Redis is killed.
 
 Checked through Prometheus's HTTP API:
 - every PromQL expression of every panel, variable, rule and trace-to-metrics query parses, and returns data
@@ -15,7 +15,9 @@ Checked through Prometheus's HTTP API:
   does not export yet — they fail, they are never skipped);
 - every rule loaded and evaluates without error, and the sub-expressions it compares return data;
 - variable queries return exactly the scenario's routes, pools and instances;
-- the failover alert is neither pending nor firing before the kill, and is pending or firing after it;
+- the failover alert (the share of requests a pool served while failing over) is neither pending nor firing
+  before the kill, and is pending or firing after it;
+- the rate-limit store alert is pending or firing once Redis is gone (the store's gauge reads 0);
 - exemplars on the latency panels carry trace ids the OTLP receiver really received.
 """
 
@@ -36,6 +38,7 @@ from gatewatch.dashboards.build import RULES_FILE, render_all
 from gatewatch.dashboards.options import DEFAULT
 from tests.dashboards.prom import Prometheus, has_data
 from tests.dashboards.queries import Query, all_queries, promql_metrics, substitute, variable_parts
+from tests.edge.policies.support import RedisServer
 from tests.support.procs import Proc, cli, port_of
 
 pytestmark = pytest.mark.timeout(150)
@@ -78,7 +81,7 @@ def balancer_config(backends: list[Proc]) -> dict:
     }
 
 
-def edge_config(balancer_url: str, service: str) -> dict:
+def edge_config(balancer_url: str, service: str, redis_url: str) -> dict:
     orders_policies = [
         {"name": "auth", "type": "api_key", "keys": [{"consumer": c, "hash": _hash(k)} for c, k in KEYS.items()]},
         {"name": "per-consumer", "type": "rate_limit", "key": "consumer", "limit": 30, "window_s": 1},
@@ -93,7 +96,10 @@ def edge_config(balancer_url: str, service: str) -> dict:
             "routes": [
                 {"name": "orders", "match": {"path": {"template": "/api/orders/{id}"}}, "upstream": "shop-tier",
                  "policies": orders_policies},
-                {"name": "catalog", "match": {"path": {"prefix": "/api/catalog"}}, "upstream": "shop-tier"},
+                {"name": "catalog", "match": {"path": {"prefix": "/api/catalog"}}, "upstream": "shop-tier",
+                 "policies": [{"name": "catalog-quota", "type": "rate_limit", "limit": 100000, "window_s": 60,
+                               "store": "redis", "redis": {"url": redis_url, "timeout_s": 0.2, "on_error": "open",
+                                                           "retry_after_s": 0.5}}]},
             ],
             "upstreams": [{"name": "shop-tier", "url": balancer_url}],
         },
@@ -152,8 +158,12 @@ class Traffic:
             t.join(10)
 
 
+def alert_states(prom: Prometheus, name: str) -> set[str]:
+    return {a["state"] for a in prom.active_alerts() if a["labels"].get("alertname") == name}
+
+
 def failover_alert_states(prom: Prometheus) -> set[str]:
-    return {a["state"] for a in prom.active_alerts() if a["labels"].get("alertname") == "GatewatchFailoverSpike"}
+    return alert_states(prom, "GatewatchFailoverSpike")
 
 
 @dataclass
@@ -181,8 +191,10 @@ def test_boards_and_rules_against_real_prometheus(tmp_path, otlp, blackhole):
     procs: list[Proc] = []
     prom = None
     report = Report()
+    redis = RedisServer(tmp_path)
     try:
         # --- processes -------------------------------------------------------------------------------------
+        redis.start()
         backends = [Proc(f"backend-{i}", cli("backend", "--id", i, "--zone", "z1"), tmp_path, env) for i in INSTANCES]
         procs += backends
         for b in backends:
@@ -191,8 +203,8 @@ def test_boards_and_rules_against_real_prometheus(tmp_path, otlp, blackhole):
         procs.append(balancer)
         balancer.wait_ready()
         bal_url = f"http://{balancer.listener('internal')}"
-        edge = start(tmp_path, "edge", edge_config(bal_url, "gatewatch-edge"), env)
-        canary_cfg = edge_config(bal_url, "gatewatch-canary")
+        edge = start(tmp_path, "edge", edge_config(bal_url, "gatewatch-edge", redis.url), env)
+        canary_cfg = edge_config(bal_url, "gatewatch-canary", redis.url)
         canary_cfg["telemetry"].update({"queue_size": 8, "batch_size": 4, "export_interval_s": 0.2})
         canary = start(tmp_path, "canary", canary_cfg, {"OTEL_EXPORTER_OTLP_ENDPOINT": blackhole,
                                                         "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
@@ -226,6 +238,13 @@ def test_boards_and_rules_against_real_prometheus(tmp_path, otlp, blackhole):
             burst = [send(f"http://{public}/api/orders/{i}", {"X-API-Key": KEYS["bob"]}) for i in range(60)]
             for i in range(40):  # the canary's collector never answers: its telemetry queue overflows
                 send(f"http://{canary.listener('public')}/api/catalog/{i}")
+            redis.kill()  # the store outage: catalog's policy fails open, the store's gauge drops to 0
+            store_states: set[str] = set()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not store_states:
+                send(f"http://{public}/api/catalog/after-redis")
+                time.sleep(0.5)
+                store_states = alert_states(prom, "GatewatchRateLimitStoreUnavailable")
         time.sleep(2.5)  # the last scrape and rule evaluation
         t1 = time.time()
         for p in (edge, balancer, canary):  # kept next to the processes' logs, for whoever reads a failure
@@ -239,6 +258,11 @@ def test_boards_and_rules_against_real_prometheus(tmp_path, otlp, blackhole):
             report.add("scenario", f"baseline traffic mostly failed: {sorted(set(traffic.statuses))}")
         if before_kill:
             report.add("alerts", f"GatewatchFailoverSpike was {before_kill} before the kill")
+        if not store_states & {"pending", "firing"}:
+            up = prom.instant(next(r for r in alert_rules(DEFAULT) if r.name == "GatewatchRateLimitStoreUnavailable")
+                              .signals[0])
+            report.add("alerts", "GatewatchRateLimitStoreUnavailable never pending or firing after Redis was killed "
+                                 f"(store up: {up.data['result'] if up.ok else up.error})")
         if not after_kill & {"pending", "firing"}:
             share = prom.instant(next(r for r in alert_rules(DEFAULT) if r.name == "GatewatchFailoverSpike")
                                  .expr.split(" > ")[0])
@@ -251,6 +275,7 @@ def test_boards_and_rules_against_real_prometheus(tmp_path, otlp, blackhole):
             prom.stop()
         for p in reversed(procs):
             p.stop()
+        redis.kill()
     assert not report.problems, (f"the dashboards and rules against a real Prometheus (process logs and final "
                                  f"/metrics in {tmp_path}):" + report.render())
 

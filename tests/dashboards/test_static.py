@@ -15,8 +15,9 @@ import yaml
 from gatewatch.dashboards.build import DATASOURCES_FILE, GENERATED, PROVIDER_FILE, RULES_FILE, render_all
 from gatewatch.dashboards.options import DEFAULT, BuildOptions, OptionsError, SloOptions, load_options
 from gatewatch.telemetry import names
-from gatewatch.telemetry.names import (Attr, CircuitState, DecisionKind, DropReason, EndpointState, Exclusion, Label, Layer,
-                             Metric, Outcome, PolicyReason, Reason, TelemetrySignal, Verdict)
+from gatewatch.telemetry.names import (Attr, CircuitState, DecisionKind, DropReason, EndpointState, Exclusion,
+                                       FailoverKind, Label, Layer, Metric, Outcome, PolicyReason, Reason,
+                                       TelemetrySignal, Verdict)
 from tests.dashboards.queries import (all_queries, dashboards, promql_labels, promql_matchers, promql_metrics,
                                       variable_parts)
 
@@ -39,6 +40,7 @@ ENUM_LABELS = {
     Label.REASON: set(Reason) | set(PolicyReason) | set(Exclusion) | set(DropReason),
     Label.DECISION: set(DecisionKind),
     Label.SIGNAL: set(TelemetrySignal),
+    Label.FAILOVER: set(FailoverKind),
 }
 
 
@@ -156,6 +158,7 @@ def test_every_alert_has_summary_description_runbook_and_dashboard_link():
                      "GatewatchPoolDegraded", "GatewatchPoolPanicMode", "GatewatchErrorBudgetBurnFast",
                      "GatewatchErrorBudgetBurnSlow", "GatewatchLatencyBudgetBurnFast",
                      "GatewatchLatencyBudgetBurnSlow", "GatewatchRetryBudgetExhausted",
+                     "GatewatchEjectedWhileProbesPass",
                      "GatewatchRateLimitStoreUnavailable", "GatewatchTelemetryDropping", "GatewatchBalancerSilent"):
         assert expected in names_
     for r in rules:
@@ -221,3 +224,24 @@ def test_the_sdk_reads_every_board_back_unchanged():
     for uid, board in dashboards(FILES).items():
         again = json.loads(json.dumps(Dashboard.from_json(board), cls=JSONEncoder))
         assert again == board, uid
+
+
+def test_probe_results_the_rules_match_are_the_ones_the_runtime_writes():
+    """telemetry.names has no enum for gatewatch_health_probes_total's `result`: the two values the rules and panels
+    match must be exactly the ones the runtime creates for a pool with active health checks."""
+    from gatewatch.app.series import init_series
+    from gatewatch.config import GatewatchConfig
+    from gatewatch.dashboards.promql import PROBE_FAIL, PROBE_PASS
+    from gatewatch.telemetry.metrics import Metrics
+
+    cfg = GatewatchConfig.model_validate({"balancer": {
+        "listeners": [{"name": "internal", "address": "127.0.0.1:0"}],
+        "routes": [{"name": "shop", "upstream": "shop"}],
+        "pools": [{"name": "shop", "instances": [{"id": "a", "host": "127.0.0.1", "port": 1}],
+                   "health_check": {"path": "/healthz"}}]}})
+    m = Metrics()
+    init_series(m, cfg)
+    results = {s.labels[Label.RESULT] for family in m.registry.collect() if family.name == Metric.HEALTH_PROBES
+               for s in family.samples if s.name.endswith("_total")}
+    assert results == {PROBE_PASS, PROBE_FAIL}
+
