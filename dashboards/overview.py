@@ -2,6 +2,10 @@
 
 Every series of a route links to the Request journey for that route; latency panels show exemplars, each a
 trace id that opens in Tempo.
+
+Where the time goes, over all edge requests (the balancer tier's routes are its own, so no join across tiers can
+split one edge route's time): the edge's own time, the balancer's (a balancer tier's own share, retry backoff
+included; 0 with in-process balancing) and the upstream instances' time, each as a mean per edge request.
 """
 
 from __future__ import annotations
@@ -10,8 +14,8 @@ from grafana_foundation_sdk.builders import dashboard as gd
 
 from gatewatch.dashboards import panels as P
 from gatewatch.dashboards.options import BuildOptions
-from gatewatch.dashboards.promql import (EDGE, RANGE, SERVER_BUCKET, SERVER_COUNT, SERVER_ERROR, SERVER_SUM, CLIENT_SUM,
-                               or_zero, quantile, ratio, sel, sum_, sum_rate)
+from gatewatch.dashboards.promql import (BALANCER, CLIENT_SUM, EDGE, RANGE, SERVER_BUCKET, SERVER_COUNT, SERVER_ERROR,
+                               SERVER_SUM, or_zero, quantile, ratio, sel, sum_, sum_rate)
 from gatewatch.telemetry.names import Label
 
 ROUTE = {Label.ROUTE: "~$route"}
@@ -23,19 +27,43 @@ def _journey_link() -> gd.DashboardLink:
                   P.dashboard_url("journey", route="${__field.labels.gatewatch_route}"))
 
 
-def edge_route_latency_split() -> tuple[str, str]:
-    """Mean time per request at the edge, split into upstream time and the gateway's own time.
+def _edge_attempts(*labels: str, **route: str) -> str:
+    """Seconds/s the edge processes spent in upstream attempts: the client histograms of the scrape targets that
+    serve edge requests (joined on `instance`), whatever the attempt's layer — to a balancer tier (layer edge) or
+    to an instance picked in-process (layer balancer)."""
+    by = ("instance", *labels)
+    return sum_(f"{sum_rate(sel(CLIENT_SUM, **route), *by)} and on ({', '.join(by)}) "
+                f"{sum_rate(sel(SERVER_COUNT, EDGE, **route), *by)}", *labels)
 
-    Upstream time is the edge process's attempts for the route (layer edge in two tiers, balancer in the built-in
-    pattern), joined on the scrape target so a balancer tier's route of the same name is never mixed in.
-    """
+
+def where_the_time_goes() -> tuple[str, str, str]:
+    """Mean seconds per edge request: the edge's own time, the balancer's, the upstream's (they add up to the mean
+    edge request duration).
+
+    edge own = edge SERVER time − the edge processes' attempt time;
+    balancer = the edge processes' attempt time − every balancing-layer attempt's time (0 with in-process
+               balancing, where both are the same attempts; a balancer tier's own time, its retry backoff
+               included, in two tiers);
+    upstream = every attempt at the balancing layer (in-process picks and balancer tiers alike).
+    An attempt sum that does not exist yet (no request proxied) counts as 0."""
+    requests = sum_rate(sel(SERVER_COUNT, EDGE))
+    server = sum_rate(sel(SERVER_SUM, EDGE))
+    attempts = f"({_edge_attempts()} or vector(0))"
+    upstream = f"({sum_rate(sel(CLIENT_SUM, BALANCER))} or vector(0))"
+    return (f"({server} - {attempts}) / {requests}", f"({attempts} - {upstream}) / {requests}",
+            f"{upstream} / {requests}")
+
+
+def edge_route_latency_split() -> tuple[str, str]:
+    """Per route: mean time per edge request in the edge's upstream attempts, and the edge's own time.
+
+    The attempts are the edge process's own for the route (joined on the scrape target, so a balancer tier's route
+    of the same name is never mixed in): with in-process balancing, the instance's time; in two tiers, the whole
+    balancer tier's time (its own share and its upstream's), which no metric splits per edge route."""
     requests = sum_rate(sel(SERVER_COUNT, EDGE, **ROUTE), R)
     total = sum_rate(sel(SERVER_SUM, EDGE, **ROUTE), R)
-    attempts_same_process = (
-        f"{sum_rate(sel(CLIENT_SUM, **ROUTE), 'instance', R)} and on (instance, {R}) "
-        f"{sum_rate(sel(SERVER_COUNT, EDGE, **ROUTE), 'instance', R)}")
-    upstream = sum_(attempts_same_process, R)
-    return ratio(upstream, requests), f"({ratio(total, requests)}) - ({ratio(upstream, requests)})"
+    attempts = or_zero(_edge_attempts(R, **ROUTE), requests)
+    return ratio(attempts, requests), f"({ratio(total, requests)}) - ({ratio(attempts, requests)})"
 
 
 def build(opts: BuildOptions) -> gd.Dashboard:
@@ -43,7 +71,8 @@ def build(opts: BuildOptions) -> gd.Dashboard:
     requests = sel(SERVER_COUNT, EDGE, **ROUTE)
     errors = sel(SERVER_COUNT, EDGE, SERVER_ERROR, **ROUTE)
     buckets = sel(SERVER_BUCKET, EDGE, **ROUTE)
-    upstream_time, gateway_time = edge_route_latency_split()
+    attempts_time, own_time = edge_route_latency_split()
+    edge_own, balancer_time, upstream_time = where_the_time_goes()
     bad, total = sum_(f"increase({errors}[{RANGE}])"), sum_(f"increase({requests}[{RANGE}])")
     route_var = P.query_var("route", "Route", f"label_values({sel(SERVER_COUNT, EDGE)}, {R})",
                             "Edge routes (config names) that served requests in the time range.")
@@ -92,11 +121,23 @@ def build(opts: BuildOptions) -> gd.Dashboard:
         "(gatewatch.outcome, a closed vocabulary).",
         [P.prom(sum_rate(requests, Label.OUTCOME), "{{gatewatch_outcome}}")], "reqps", stack=True))
     d = d.with_panel(P.timeseries(
-        "Gateway overhead vs upstream time (mean per request)",
-        "Mean time per edge request split into the time spent in upstream attempts and the gateway's own "
-        "share (routing, policies, queueing, relaying) — like Kong's kong/upstream latency split.",
-        [P.prom(upstream_time, "upstream {{gatewatch_route}}"),
-         P.prom(gateway_time, "gateway {{gatewatch_route}}")], "s", stack=True))
+        "Where the time goes (mean per edge request)",
+        "Mean time per edge request over all routes (the route selection does not apply: a balancer tier's "
+        "routes are its own, so its time cannot be split by edge route), stacked: the edge's own time "
+        "(routing, policies, queueing, relaying), the balancer's own time (a balancer tier's routing, picks and "
+        "retry backoff; 0 with in-process balancing) and the upstream instances' time (every attempt, retries "
+        "included). The stack is the mean edge request duration. An edge upstream that is a plain URL, not a "
+        "Gatewatch balancer tier, counts under balancer.",
+        [P.prom(edge_own, "edge (own time)"), P.prom(balancer_time, "balancer"),
+         P.prom(upstream_time, "upstream")], "s", stack=True))
+    d = d.with_panel(P.timeseries(
+        "Edge own time vs time in attempts, by route (mean per request)",
+        "Per selected route, mean time per edge request in the edge's upstream attempts and the edge's own "
+        "share (routing, policies, queueing, relaying) — Kong's kong/upstream split. With in-process balancing "
+        "the attempts are the instances' time; in two tiers they are the balancer tier's whole time (its own "
+        "share and its upstream's), which Where the time goes splits over all routes.",
+        [P.prom(attempts_time, "attempts {{gatewatch_route}}"),
+         P.prom(own_time, "edge own {{gatewatch_route}}")], "s", stack=True))
 
     d = d.with_row(gd.Row("Top routes (over the time range)"))
     d = d.with_panel(P.table(
