@@ -23,7 +23,16 @@ def decision_logs(*kinds: str, extra: str = "") -> str:
     return f'{STREAM} | {field(Attr.DECISION)}=~"{alternatives}"{extra}'
 
 
-def state_event_logs(*attrs: str) -> str:
-    """Records outside requests (health transitions, ejections, circuit transitions, reloads), recognised by an
-    attribute only they carry."""
-    return f"{STREAM} | " + " or ".join(f'{field(a)}!=""' for a in attrs)
+def state_event_logs(*attrs: str, extra: str = "") -> str:
+    """Records outside requests (failover episodes, health transitions, ejections, circuit and rate-limit store
+    transitions, reloads), recognised by an attribute only they carry."""
+    return f"{STREAM} | " + " or ".join(f'{field(a)}!=""' for a in attrs) + extra
+
+
+def event_lines() -> str:
+    """A `line_format` stage that ends each event's line with its id (`gatewatch.event.id`) and the trace ids of
+    the requests that caused it (`gatewatch.event.trace_ids`, a JSON array once in Loki), when it has them: what
+    links the event to requests is visible in the row, not only in its details."""
+    eid, causes = field(Attr.EVENT_ID), field(Attr.EVENT_TRACE_IDS)
+    return (f' | line_format "{{{{ __line__ }}}}{{{{ with .{eid} }}}} · event {{{{ . }}}}{{{{ end }}}}'
+            f'{{{{ with .{causes} }}}} · caused by {{{{ . }}}}{{{{ end }}}}"')

@@ -106,12 +106,12 @@ def stat(title: str, description: str, targets: list, unit: str, *, w: int = 6, 
 
 
 def table(title: str, description: str, targets: list, unit: str = "", *, w: int = 12, h: int = 8,
-          links: list | None = None) -> gtable.Panel:
+          links: list | None = None, rename: dict[str, str] | None = None) -> gtable.Panel:
     p = (gtable.Panel().title(title).description(description).datasource(PROMETHEUS)
          .targets(_refs(targets)).span(w).height(h)
          .with_transformation(gm.DataTransformerConfig(id_val="merge", options={}))
          .with_transformation(gm.DataTransformerConfig(id_val="organize", options={
-             "excludeByName": {"Time": True}, "renameByName": {}})))
+             "excludeByName": {"Time": True}, "renameByName": rename or {}})))
     if unit:
         p = p.unit(unit)
     if links:
@@ -138,9 +138,11 @@ def logs(title: str, description: str, logql: str, *, w: int = 24, h: int = 10) 
 
 
 def traceql_table(title: str, description: str, traceql: str, *, limit: int = 20, w: int = 24,
-                  h: int = 9) -> gtable.Panel:
+                  h: int = 9, spans: bool = False) -> gtable.Panel:
+    """Recent traces (or, with `spans`, spans) matching a TraceQL query; `| select(...)` adds columns."""
+    table_type = gtempo.tempo.SearchTableType.SPANS if spans else gtempo.tempo.SearchTableType.TRACES
     q = (gtempo.Dataquery().ref_id("A").datasource(TEMPO).query_type("traceql").query(traceql).limit(limit)
-         .table_type(gtempo.tempo.SearchTableType.TRACES))
+         .table_type(table_type))
     return gtable.Panel().title(title).description(description).datasource(TEMPO).with_target(q).span(w).height(h)
 
 
@@ -162,6 +164,13 @@ def trace_view(title: str, description: str, trace_id_expr: str, *, h: int = 14)
     return raw_panel("traces", title, description, datasource=TEMPO, h=h, targets=[{
         "refId": "A", "datasource": {"type": "tempo", "uid": TEMPO.uid}, "queryType": "traceql",
         "query": trace_id_expr}])
+
+
+def event_id_box() -> gd.TextBoxVariable:
+    """The `event_id` text box of the boards with state-change events: `.*` (every event) or one event id."""
+    return (gd.TextBoxVariable("event_id").label("Event id").default_value(".*").description(
+        "Keep one state-change event in the Loki panels: paste a gatewatch.event.id (16 hex digits), e.g. one of "
+        "a request span's gatewatch.event.ids. `.*` shows every event."))
 
 
 def text(title: str, markdown: str, *, w: int = 24, h: int = 3) -> gtext.Panel:
