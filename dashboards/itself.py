@@ -1,23 +1,33 @@
 """Gatewatch itself: is the observability pipeline keeping up (exports, drops, queues), are the worker
-processes up, which versions run, and did config reloads apply."""
+processes up, which versions run, which configuration each process runs and since when, and did reloads apply."""
 
 from __future__ import annotations
 
 from grafana_foundation_sdk.builders import dashboard as gd
 
 from gatewatch.dashboards import panels as P
-from gatewatch.dashboards.promql import (BUILD_INFO, CONFIG_RELOADS, TELEMETRY_DROPPED, TELEMETRY_EXPORTED, TELEMETRY_QUEUE,
-                               PROCESS_CPU, PROCESS_RSS, PROCESS_START_TIME, RANGE, increase, or_zero, rate, ratio,
-                               sel, sum_, sum_rate)
+from gatewatch.dashboards.promql import (BUILD_INFO, CONFIG_INFO, CONFIG_LOADED, CONFIG_RELOADS, TELEMETRY_DROPPED,
+                               TELEMETRY_EXPORTED, TELEMETRY_QUEUE, PROCESS_CPU, PROCESS_RSS, PROCESS_START_TIME, RANGE,
+                               increase, rate, ratio, sel, sum_, sum_rate)
 from gatewatch.telemetry.names import Label
 
 S = Label.SIGNAL
 
 
+TARGET = "instance, job"  # a scrape target: one Gatewatch process
+
+
 def drop_share() -> str:
-    """Share of telemetry items dropped (by signal): dropped / (exported + dropped)."""
-    dropped = or_zero(sum_rate(sel(TELEMETRY_DROPPED), S), sum_rate(sel(TELEMETRY_EXPORTED), S))
+    """Share of telemetry items dropped (by signal): dropped / (exported + dropped). Both counters exist at 0 for
+    every signal (and reason) from the start."""
+    dropped = sum_rate(sel(TELEMETRY_DROPPED), S)
     return ratio(dropped, f"{sum_rate(sel(TELEMETRY_EXPORTED), S)} + {dropped}")
+
+
+def config_loaded_per_process() -> str:
+    """One series per process with its config version (the info metric's labels) whose value is when that config
+    was loaded, in milliseconds (Grafana's date units)."""
+    return f"{CONFIG_INFO} * on ({TARGET}) group_left () {CONFIG_LOADED} * 1000"
 
 
 def build(opts) -> gd.Dashboard:  # noqa: ARG001
@@ -31,8 +41,7 @@ def build(opts) -> gd.Dashboard:  # noqa: ARG001
         "Dropped items/s by signal and reason", "Items dropped: queue full (the collector is slower than "
         "traffic), export failed (the collector is down or refused), shutdown. Requests are never slowed "
         "down instead.",
-        [P.prom(or_zero(sum_rate(sel(TELEMETRY_DROPPED), S, Label.REASON), sum_rate(sel(TELEMETRY_EXPORTED), S)),
-                "{{signal}} {{reason}}")], "ops"))
+        [P.prom(sum_rate(sel(TELEMETRY_DROPPED), S, Label.REASON), "{{signal}} {{reason}}")], "ops"))
     d = d.with_panel(P.timeseries(
         "Drop share by signal", "dropped / (exported + dropped).", [P.prom(drop_share(), "{{signal}}")],
         "percentunit"))
@@ -50,9 +59,25 @@ def build(opts) -> gd.Dashboard:  # noqa: ARG001
         [P.prom(f"sum by (instance) ({rate(sel(PROCESS_CPU))})", "{{instance}} cpu"),
          P.prom(f"sum by (instance) ({sel(PROCESS_RSS)}) / 1e9", "{{instance}} rss GB")], "short"))
     d = d.with_panel(P.timeseries(
-        "Config reloads by result", "Reloads applied or rejected.",
+        "Config reloads by result", "Reloads applied or rejected (a rejected reload keeps the running config: "
+        "its version below does not change).",
         [P.prom(sum_(increase(sel(CONFIG_RELOADS)), "instance", Label.RESULT), "{{instance}} {{result}}")],
         "short"))
+    d = d.with_panel(P.table(
+        "Running config version per process", "One row per Gatewatch process: the version of the configuration it "
+        "runs (gatewatch.config.version, a short hash of the effective config — the same value is on every SERVER "
+        "span and decision log it writes) and when that config was loaded (start or last successful reload). "
+        "Processes of one deployment with different versions: a reload that did not reach all of them.",
+        [P.prom(config_loaded_per_process(), instant=True, table=True)], "dateTimeAsIso",
+        rename={"Value": "loaded at"}))
+    d = d.with_panel(P.timeseries(
+        "Processes per config version", "How many processes run each config version: a rollout or a reload shows "
+        "as one version handing over to the next.",
+        [P.prom(f"count without ({TARGET}) ({CONFIG_INFO})")], "short"))
+    d = d.with_panel(P.timeseries(
+        "Config age per process", "Time since each process loaded its running configuration; it drops to 0 at a "
+        "start or a successful reload.",
+        [P.prom(f"time() - {sel(CONFIG_LOADED)}", "{{instance}}")], "s"))
     d = d.with_panel(P.table(
         "Running processes and versions", "One row per Gatewatch process Prometheus scrapes, with its version "
         "(the labels of the build info metric).",
