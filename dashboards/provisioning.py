@@ -2,16 +2,20 @@
 
 Correlations, all declared here so they work the moment Grafana starts:
 - Prometheus exemplars → Tempo: an exemplar's `trace_id` label opens the trace.
-- Tempo → Loki (trace to logs): a span's decision logs, by trace id (and span id when the span has them).
+- Tempo → Loki (trace to logs): the trace's decision logs (by trace id) and the state-change events it caused
+  (events list the trace ids of their causes in `gatewatch.event.trace_ids`).
 - Tempo → Prometheus (trace to metrics): a span's route/instance RED metrics, with Gatewatch's own names.
 - Tempo service map and node graph (from Tempo's metrics generator, stored in the same Prometheus).
-- Loki → Tempo: the `trace_id` of a decision-log record opens its trace.
+- Loki → Tempo: the `trace_id` of a record opens its trace; the `gatewatch.event.id` of a state-change event
+  opens a TraceQL search for the requests it affected (`span.gatewatch.event.ids = "<id>"`: matching inside an
+  array attribute needs Tempo's vParquet4 blocks, the default of recent Tempo 2.x and of 3.x).
 Grafana expands `$VAR` in provisioning files from the environment, so a literal `$` is written `$$`.
 """
 
 from __future__ import annotations
 
 from gatewatch.dashboards.promql import CLIENT_BUCKET, CLIENT_COUNT, SERVER_BUCKET, SERVER_COUNT, quantile, sum_rate
+from gatewatch.dashboards.loki import field
 from gatewatch.telemetry.names import Attr, Label
 
 DATASOURCE_URLS = {"prometheus": "http://prometheus:9090", "tempo": "http://tempo:3200", "loki": "http://loki:3100"}
@@ -37,6 +41,21 @@ def _trace_to_metrics_queries() -> list[dict]:
     ]
 
 
+def trace_to_logs_query() -> str:
+    """What "Related logs" of a span opens: the trace's decision logs and the state-change events it caused.
+
+    Every variable is defined for every span (Grafana hides the link when one is not), so a span attribute such as
+    gatewatch.event.ids cannot take part: Grafana would drop the link from every span without it."""
+    causes = field(Attr.EVENT_TRACE_IDS)  # a JSON array of trace ids in Loki: matched as a substring
+    return f'{{${{__tags}}}} | trace_id="${{__trace.traceId}}" or {causes}=~".*${{__trace.traceId}}.*"'
+
+
+def affected_requests_traceql() -> str:
+    """The TraceQL a state-change event's id opens: the requests it affected (they name it in gatewatch.event.ids,
+    an array attribute: vParquet4 blocks)."""
+    return f'{{ span.{Attr.EVENT_IDS} = "${{__value.raw}}" }}'
+
+
 def datasources() -> dict:
     prometheus = {
         "name": "Prometheus", "type": "prometheus", "uid": "prometheus", "access": "proxy",
@@ -56,7 +75,7 @@ def datasources() -> dict:
                 "datasourceUid": "loki", "spanStartTimeShift": "-5m", "spanEndTimeShift": "5m",
                 "filterByTraceID": True, "filterBySpanID": False, "customQuery": True,
                 "tags": [{"key": "service.name", "value": "service_name"}],
-                "query": _grafana_escape('{${__tags}} | trace_id="${__trace.traceId}"'),
+                "query": _grafana_escape(trace_to_logs_query()),
             },
             "tracesToMetrics": {
                 "datasourceUid": "prometheus", "spanStartTimeShift": "-5m", "spanEndTimeShift": "5m",
@@ -77,10 +96,15 @@ def datasources() -> dict:
         "editable": False,
         "jsonData": {
             "maxLines": 1000,
+            # A label matcher is a regex tested against each structured-metadata key, unanchored: anchored
+            # here, or `trace_id` would also match gatewatch_event_trace_ids (a JSON array, not a trace id).
             "derivedFields": [
-                {"name": "trace_id", "matcherType": "label", "matcherRegex": "trace_id",
+                {"name": "trace_id", "matcherType": "label", "matcherRegex": _grafana_escape("^trace_id$"),
                  "datasourceUid": "tempo", "url": _grafana_escape("${__value.raw}"),
-                 "urlDisplayLabel": "Trace in Tempo"}],
+                 "urlDisplayLabel": "Trace in Tempo"},
+                {"name": field(Attr.EVENT_ID), "matcherType": "label", "matcherRegex": _grafana_escape(f"^{field(Attr.EVENT_ID)}$"),
+                 "datasourceUid": "tempo", "url": _grafana_escape(affected_requests_traceql()),
+                 "urlDisplayLabel": "Requests this event affected (Tempo)"}],
         },
     }
     return {"apiVersion": 1, "datasources": [prometheus, tempo, loki]}

@@ -245,3 +245,18 @@ def test_probe_results_the_rules_match_are_the_ones_the_runtime_writes():
                for s in family.samples if s.name.endswith("_total")}
     assert results == {PROBE_PASS, PROBE_FAIL}
 
+
+def test_links_between_events_and_traces_use_attribute_names():
+    """Loki → Tempo: an event id opens the requests naming it in gatewatch.event.ids; Tempo → Loki: a trace's
+    decision logs and the events listing it among their causes. Every field and attribute is an Attr name."""
+    from gatewatch.dashboards.loki import field
+
+    ds = {d["uid"]: d for d in yaml.safe_load(FILES[DATASOURCES_FILE])["datasources"]}
+    derived = {f["name"]: f for f in ds["loki"]["jsonData"]["derivedFields"]}
+    assert derived["trace_id"]["matcherRegex"] == "^trace_id$$"  # `$$`: a literal `$` for Grafana's provisioning
+    event = derived[field(Attr.EVENT_ID)]
+    assert event["matcherRegex"] == f"^{field(Attr.EVENT_ID)}$$" and event["datasourceUid"] == "tempo"
+    assert event["url"] == f'{{ span.{Attr.EVENT_IDS} = "$${{__value.raw}}" }}'
+    to_logs = ds["tempo"]["jsonData"]["tracesToLogsV2"]["query"]
+    assert f'{field(Attr.EVENT_TRACE_IDS)}=~".*$${{__trace.traceId}}.*"' in to_logs
+    assert "__span.tags" not in to_logs  # a span attribute absent from a span would hide the link on that span
