@@ -14,6 +14,7 @@ import aiohttp
 
 from gatewatch.balancer.config import HealthCheckConfig, status_set
 from gatewatch.balancer.pool import Pool
+from gatewatch.telemetry.names import ProbeResult
 
 log = logging.getLogger("gatewatch.health")
 
@@ -79,7 +80,7 @@ class HealthChecker:
             except Exception:  # a probe bug must not stop checking this instance
                 log.exception("health probe of %s/%s failed unexpectedly", self.pool.name, endpoint_id)
                 ok, detail = False, "internal_error"
-            counter.labels(self.pool.name, endpoint_id, "pass" if ok else "fail").inc()
+            counter.labels(self.pool.name, endpoint_id, (ProbeResult.PASS if ok else ProbeResult.FAIL).value).inc()
             self.pool.probe(endpoint_id, ok, detail)
             await asyncio.sleep(max(0.05, cfg.interval_s + self.rng.uniform(-cfg.jitter_s, cfg.jitter_s)))
 

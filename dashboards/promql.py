@@ -10,7 +10,7 @@ Grafana variables appear as `$route`-style strings; `RATE` is Grafana's `$__rate
 
 from __future__ import annotations
 
-from gatewatch.telemetry.names import EndpointState, FailoverKind, Label, Layer, Metric
+from gatewatch.telemetry.names import EndpointState, FailoverKind, Label, Layer, Metric, ProbeResult
 
 RATE = "$__rate_interval"
 RANGE = "$__range"
@@ -69,7 +69,7 @@ COUNTED_ONCE = {Label.STATE: "!" + EndpointState.SLOW_START.value}
 # The `result` values of gatewatch_health_probes_total as the runtime writes them (balancer/checker.py,
 # app/series.py). telemetry.names has no enum for them yet; tests/dashboards/test_static.py checks these two
 # against the series the runtime creates, so a renamed value fails there instead of silencing a rule.
-PROBE_PASS, PROBE_FAIL = "pass", "fail"
+PROBE_PASS, PROBE_FAIL = ProbeResult.PASS.value, ProbeResult.FAIL.value
 
 
 def sel(name: str, *matchers: dict[str, str], **more: str) -> str:

@@ -116,7 +116,7 @@ class Metrics:
                                    registry=r)
         self.build = Info(Metric.BUILD_INFO, "Gatewatch build information.", registry=r)
         ProcessCollector(registry=r)  # process_start_time_seconds, process_cpu_seconds_total, ... (worker health)
-        self.build.info({"version": version})
+        self.build.info({Label.VERSION: version})
 
     def exposition(self, accept: str | None) -> tuple[bytes, str]:
         openmetrics = bool(accept and "application/openmetrics-text" in accept)

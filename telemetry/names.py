@@ -419,6 +419,7 @@ class Label:
     CONSUMER = "gatewatch_consumer"  # capped: at most CONSUMER_LABEL_CAP distinct values, then OVERFLOW_LABEL
     STORE = "store"
     FAILOVER = "failover"
+    VERSION = "version"  # of gatewatch_build_info and gatewatch_config_info
     # semantic-convention attributes as labels of the HTTP duration histograms
     HTTP_ROUTE = "http_route"
     SCHEME = "url_scheme"
@@ -433,6 +434,13 @@ class EndpointState(StrEnum):
     EJECTED = "ejected"
     DRAINING = "draining"
     SLOW_START = "slow_start"  # healthy, ramping up its effective weight
+
+
+class ProbeResult(StrEnum):
+    """The `result` label of `gatewatch_health_probes_total`."""
+
+    PASS = "pass"
+    FAIL = "fail"
 
 
 class CircuitState(StrEnum):

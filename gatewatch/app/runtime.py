@@ -36,7 +36,7 @@ from gatewatch.proxy.engine import Engine
 from gatewatch.telemetry.config import resolve
 from gatewatch.telemetry.metrics import Metrics
 from gatewatch.telemetry.context import new_event_id
-from gatewatch.telemetry.names import Attr, Event, Layer
+from gatewatch.telemetry.names import Attr, Event, Label, Layer
 from gatewatch.telemetry.recorder import Telemetry
 
 log = logging.getLogger("gatewatch")
@@ -102,7 +102,7 @@ class Runtime:
         self.config = config
         self.config_version = config_version(config)
         self.config_loaded_at = time.time()
-        self.metrics.config_info.info({"version": self.config_version})
+        self.metrics.config_info.info({Label.VERSION: self.config_version})
         self.metrics.config_loaded.set(self.config_loaded_at)
 
     @property

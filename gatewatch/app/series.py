@@ -24,7 +24,7 @@ from gatewatch.config import GatewatchConfig
 from gatewatch.edge.policies.build import verdicts
 from gatewatch.telemetry.metrics import Metrics
 from gatewatch.telemetry.names import (DecisionKind, DecisionResult, DropReason, EndpointState, FailoverKind, Layer,
-                                       Outcome, Reason, TelemetrySignal)
+                                       Outcome, ProbeResult, Reason, TelemetrySignal)
 
 RETRY_REASON = {"connect_failure": Reason.RETRY_CONNECT_FAILURE, "reset": Reason.RETRY_RESET,
                 "timeout": Reason.RETRY_TIMEOUT, "status": Reason.RETRY_STATUS}
@@ -98,5 +98,5 @@ def _pool(m: Metrics, pool) -> None:
         for reason in ejection_reasons:
             m.ejections.labels(pool.name, iid, reason.value)
         if pool.health_check is not None:
-            for result in ("pass", "fail"):
-                m.health_probes.labels(pool.name, iid, result)
+            for result in ProbeResult:
+                m.health_probes.labels(pool.name, iid, result.value)

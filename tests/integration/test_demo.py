@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import signal
 import sys
 import collections
 
@@ -104,3 +105,50 @@ def test_demo_incident_fails_over_without_client_errors(otlp, tmp_path):
     assert otlp.data.wait_for(lambda spans, logs: any(
         r["event_name"] == "gatewatch.health.transition" and r["attributes"].get("gatewatch.instance") == "demo-b"
         for r in logs) and any(s["resource"].get("service.instance.id") == "demo-c" for s in spans), timeout_s=10)
+
+
+def test_demo_incident_puts_the_failover_alert_in_pending(tmp_path):
+    """The demo's scheduled crash, against a real Prometheus scraping the demo's admin ports with the generated
+    rules: nothing pending before the crash, GatewatchFailoverSpike pending for the demo's pool after it."""
+    import json
+    import time
+
+    from gatewatch.dashboards.build import RULES_FILE, render_all
+    from gatewatch.dashboards.options import DEFAULT
+    from tests.dashboards.prom import Prometheus
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "GATEWATCH_DEMO_INCIDENT_AT": "12"}
+    env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+    proc = subprocess.Popen([sys.executable, "-m", "gatewatch", "demo", "--rps", "40", "--workdir", str(tmp_path)],
+                            env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    prom = None
+    try:
+        deadline = time.monotonic() + 30
+        ready = [tmp_path / "edge.ready.json", tmp_path / "balancer.ready.json"]
+        while time.monotonic() < deadline and not all(f.exists() for f in ready):
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.1)
+        admins = [json.loads(f.read_text())["admin"] for f in ready]
+        rules = tmp_path / "rules.yml"
+        rules.write_text(render_all(DEFAULT)[RULES_FILE])
+        prom = Prometheus(tmp_path, {"gatewatch-demo": admins}, [rules])
+        prom.wait_ready()
+        started = time.monotonic()
+        while time.monotonic() - started < 8:  # before the crash (at 12 s of demo time): nothing pending
+            assert not [a for a in prom.active_alerts() if a["labels"]["alertname"] == "GatewatchFailoverSpike"]
+            time.sleep(1)
+        deadline = time.monotonic() + 60
+        spike = []
+        while time.monotonic() < deadline and not spike:
+            spike = [a for a in prom.active_alerts() if a["labels"]["alertname"] == "GatewatchFailoverSpike"]
+            time.sleep(1)
+        assert spike, "the demo's crash did not put GatewatchFailoverSpike in pending"
+        assert spike[0]["labels"]["gatewatch_pool"] == "shop" and spike[0]["state"] in ("pending", "firing")
+    finally:
+        if prom is not None:
+            prom.stop()
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
