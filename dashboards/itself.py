@@ -46,7 +46,10 @@ def build(opts) -> gd.Dashboard:  # noqa: ARG001
         "Drop share by signal", "dropped / (exported + dropped).", [P.prom(drop_share(), "{{signal}}")],
         "percentunit"))
     d = d.with_panel(P.timeseries(
-        "Export queue by signal and process", "Items waiting for export in each process.",
+        "Export queue by signal and process", "Items waiting for export in each process (with the exporter "
+        "process: the proxy's buffer plus the child's queues, reported about once a second). Items wait for the "
+        "next export (every export_interval_s or batch_size), so the level rises and falls with each export — a "
+        "sawtooth at this resolution is that cycle. A level that keeps rising means the exporter is falling behind.",
         [P.prom(f"sum by (instance, {S}) ({sel(TELEMETRY_QUEUE)})", "{{instance}} {{signal}}")], "short"))
 
     d = d.with_row(gd.Row("Processes and configuration"))
