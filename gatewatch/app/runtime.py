@@ -87,7 +87,8 @@ class Runtime:
                 host, port = parse_address(lst.address)
                 port = (ports or {}).get(lst.name, port)
                 self.listeners.append(listener_type(lst.name, host, port, "http", engine.handle, engine.reject,
-                                                    lst.max_header_size, reuse_port=worker is not None))
+                                                    lst.max_header_size, reuse_port=worker is not None,
+                                                    handle_now=engine.handle_now))
         init_series(self.metrics, config)
         self._admin_runner: web.AppRunner | None = None
         self.admin_bound: tuple[str, int] | None = None

@@ -73,6 +73,9 @@ class AiohttpDownstream:
             await self.write(body)
         await self.finish()
 
+    def done(self) -> None:
+        """Nothing to do: the listener awaits the handler, whose return is the end of the exchange."""
+
     def abort(self) -> None:
         """Break the connection without a clean end of body (RST), so the client cannot mistake a
         truncated response for a complete one."""
@@ -162,7 +165,8 @@ class AiohttpListener:
     """`io.interfaces.Listener` on aiohttp's low-level server (the reference implementation)."""
 
     def __init__(self, name: str, host: str, port: int, scheme: str, handler: RequestHandler, reject: Rejecter,
-                 max_header_size: int, reuse_port: bool = False):
+                 max_header_size: int, reuse_port: bool = False, handle_now: object = None):
+        # `handle_now` (the engine's synchronous entry) is not used: aiohttp hands every request to a handler task.
         self.reuse_port = reuse_port
         self.name = name
         self.host = host

@@ -9,6 +9,11 @@ both sides, no error. There is no hidden re-send of any request: a failure is re
 
 Timeouts: `connect_s` for TCP connect; `response_s` from the moment the request head is written until the
 response head is parsed; `idle_s` for each wait on the response body.
+
+Two ways to send: `send` (a coroutine: waits for a connection, streams a request body) and `send_now`, the
+engine's common exchange with no coroutine or future: a bodiless request written on an idle pooled connection,
+whose response head (and the body, if it came with it) or failure reaches the engine through a callback
+(`_Awaiting`, which stands in for the head future so every failure path below settles both alike).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import collections
 import socket
 import ssl
 import time
-from typing import AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import httptools
 
@@ -44,7 +49,7 @@ class UpstreamConnection(asyncio.Protocol):
     # dict-less object is fewer cache lines to fetch.
     __slots__ = ("pool", "loop", "transport", "flow", "parser", "closed", "busy", "idle_since", "peer", "head",
                  "body", "_headers", "_head_bytes", "_status_reason", "complete", "is_head_request", "until_close",
-                 "keep_alive")
+                 "keep_alive", "awaiting")
 
     def __init__(self, pool: "EndpointPool"):
         self.pool = pool
@@ -65,6 +70,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.is_head_request = False
         self.until_close = False  # the response body is delimited by the connection closing (no length)
         self.keep_alive = False
+        self.awaiting: _Awaiting | None = None  # a `send_now` exchange whose head is in, to deliver after parsing
 
     # --- asyncio.Protocol ---
 
@@ -113,6 +119,10 @@ class UpstreamConnection(asyncio.Protocol):
             elif self.body is not None:
                 self.body.fail(failure)
             self.abort()
+        awaiting = self.awaiting
+        if awaiting is not None:  # the head (and maybe the whole body) of a `send_now` exchange is in
+            self.awaiting = None
+            awaiting.deliver()
 
     # --- llhttp callbacks ---
 
@@ -166,11 +176,11 @@ class UpstreamConnection(asyncio.Protocol):
 
     # --- exchange ---
 
-    def begin(self, method: str) -> None:
+    def begin(self, method: str, head: "asyncio.Future | _Awaiting | None" = None) -> None:
         self.busy = True
         self.complete = False
         self.is_head_request = method == "HEAD"
-        self.head = self.loop.create_future()
+        self.head = head if head is not None else self.loop.create_future()
         self.body = BodyQueue(self._pause_reading, self._resume_reading, _reset)
 
     def _pause_reading(self) -> None:
@@ -403,6 +413,29 @@ class RawForwarder:
             pool = self._pools[key] = EndpointPool(host, port, limit, idle, tls)
         return pool
 
+    def send_now(self, pool: str, request: UpstreamRequest, response_s: float, idle_s: float,
+                 timing: AttemptTiming, callback: Callable[[Any, RawResponse | UpstreamFailure], None],
+                 arg: Any) -> bool:
+        """Write a bodiless request on an idle pooled connection and return True; `callback(arg, result)` follows
+        exactly once from the loop. False (nothing done) when no idle connection is pooled: use `send`."""
+        ep = self._pool(pool, request.host, request.port, request.scheme)
+        conn = ep.take_idle()
+        if conn is None:
+            return False
+        deadlines = self._deadlines
+        if deadlines is None:
+            deadlines = self._deadlines = Deadlines(conn.loop, _HeadTimeout)
+        awaiting = _Awaiting(ep, conn, response_s, idle_s, timing, callback, arg, deadlines)
+        conn.begin(request.method, awaiting)
+        head, _ = _request_bytes(request)
+        loop = conn.loop
+        writing = loop.time()
+        conn.transport.write(head)
+        awaiting.sent = loop.time()
+        timing.request_sent_s = awaiting.sent - writing
+        awaiting.tick = deadlines.add(response_s, awaiting)
+        return True
+
     async def send(self, pool: str, request: UpstreamRequest, body: AsyncIterator[bytes] | None,
                    connect_s: float, response_s: float, idle_s: float,
                    timing: AttemptTiming | None = None) -> RawResponse:
@@ -463,6 +496,64 @@ class RawForwarder:
 
 class _HeadTimeout(Exception):
     pass
+
+
+class _Awaiting:
+    """A `send_now` exchange waiting for its response head. It takes the head future's place on the connection
+    (`done`, `set_result`, `set_exception`, `cancel`), so the connection's callbacks, `connection_lost` and the
+    response-head `Deadlines` settle it as they settle `send`'s future; the engine's callback runs once."""
+
+    __slots__ = ("ep", "conn", "response_s", "idle_s", "timing", "callback", "arg", "deadlines", "tick", "sent",
+                 "status_head", "settled")
+
+    def __init__(self, ep: EndpointPool, conn: UpstreamConnection, response_s: float, idle_s: float,
+                 timing: AttemptTiming, callback: Callable[[Any, RawResponse | UpstreamFailure], None], arg: Any,
+                 deadlines: Deadlines):
+        self.ep, self.conn, self.response_s, self.idle_s, self.timing = ep, conn, response_s, idle_s, timing
+        self.callback, self.arg, self.deadlines = callback, arg, deadlines
+        self.tick = 0
+        self.sent = 0.0
+        self.status_head: tuple | None = None
+        self.settled = False
+
+    def done(self) -> bool:
+        return self.settled
+
+    def cancelled(self) -> bool:
+        return False
+
+    def set_result(self, status_head: tuple) -> None:
+        """The head is parsed (inside `feed_data`): delivered once the rest of this read is parsed, so a small
+        body that came with it is whole by then."""
+        if not self.settled:
+            self.settled = True
+            self.status_head = status_head
+            self.conn.awaiting = self
+
+    def deliver(self) -> None:
+        self.deadlines.discard(self.tick, self)
+        conn = self.conn
+        self.timing.ttfb_s = conn.loop.time() - self.sent
+        self.callback(self.arg, RawResponse(self.ep, conn, self.status_head, self.idle_s, None))
+
+    def set_exception(self, err: BaseException) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        conn = self.conn
+        self.deadlines.discard(self.tick, self)
+        self.timing.ttfb_s = conn.loop.time() - self.sent
+        if isinstance(err, _HeadTimeout):
+            err = UpstreamFailure(ErrorType.RESPONSE_TIMEOUT, f"no response head within {self.response_s}s")
+        elif not isinstance(err, UpstreamFailure):
+            err = UpstreamFailure(ErrorType.UPSTREAM_RESET, str(err) or type(err).__name__)
+        conn.abort()
+        conn.busy = False
+        self.callback(self.arg, err)
+
+    def cancel(self) -> bool:
+        self.set_exception(UpstreamFailure(ErrorType.UPSTREAM_RESET, "exchange cancelled"))
+        return True
 
 
 def _discard(conn: UpstreamConnection, pump: asyncio.Task | None) -> None:

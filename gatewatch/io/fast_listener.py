@@ -3,6 +3,13 @@
 Per connection: bytes → parser callbacks → one `_Exchange` per request, handled strictly in order (pipelined
 requests wait their turn; their bodies are buffered up to the high-water mark, then reading pauses).
 
+Two ways to hand a request to the engine, on the same `_Downstream`:
+- the **synchronous** one, for a bodiless request arriving on an idle connection (the common case): the parser's
+  `on_message_complete` calls `handle_now` and the engine answers from callbacks (`respond_now`), signalling the
+  end with `done()`; no task, future or coroutine per request;
+- the **serving task**, one per connection, for everything else (bodies, `Expect`, pipelined requests queued
+  behind another), awaiting `handler`. A connection switches between the two only between exchanges.
+
 Owned here: framing (Content-Length / chunked, both ways), limits (request line, header bytes and count),
 `Expect: 100-continue` (answered on the first body read, so a refusal gets its final status instead),
 keep-alive (reused only after a clean exchange whose request body was read to the end), idle and header
@@ -20,7 +27,7 @@ import socket
 import httptools
 
 from gatewatch.io.http1 import NO_BODY, REASONS, BodyQueue, WriteFlow, chunk_frame, http_date, serialize_head
-from gatewatch.io.interfaces import ClientGone, Headers, Rejecter, RequestHandler, RequestHead
+from gatewatch.io.interfaces import ClientGone, Headers, Rejecter, RequestHandler, RequestHead, SyncRequestHandler
 from gatewatch.telemetry.names import RejectReason as R
 
 log = logging.getLogger("gatewatch.listener")
@@ -35,7 +42,8 @@ FEED_SLICE = 16 * 1024  # parse at most this much between checks of the queue le
 
 
 class _Exchange:
-    __slots__ = ("head", "body", "expect_continue", "keep_alive", "continue_sent", "is_head", "http10", "started")
+    __slots__ = ("head", "body", "expect_continue", "keep_alive", "continue_sent", "is_head", "http10", "started",
+                 "now")
 
     def __init__(self, head: RequestHead, body: BodyQueue, keep_alive: bool, expect_continue: bool):
         self.head = head
@@ -46,13 +54,14 @@ class _Exchange:
         self.is_head = head.method == "HEAD"
         self.http10 = head.version == "1.0"
         self.started = False  # the engine has begun handling it
+        self.now = False  # handled on the synchronous path (`handle_now`) once its message is complete
 
 
 class _Downstream:
     """Answers one exchange. Implements `io.interfaces.Downstream`."""
 
     __slots__ = ("_conn", "_ex", "started", "complete", "_chunked", "_declared", "_written", "_close_after",
-                 "_pending")
+                 "_pending", "_done")
 
     def __init__(self, conn: "HttpConnection", ex: _Exchange):
         self._conn = conn
@@ -64,6 +73,7 @@ class _Downstream:
         self._written = 0
         self._close_after = not ex.keep_alive
         self._pending: bytes | None = None
+        self._done = False
 
     def close_after_response(self) -> None:
         self._close_after = True
@@ -104,6 +114,9 @@ class _Downstream:
         self._conn.listener.loop.call_soon(self._flush_head)
 
     async def respond(self, status: int, reason: str | None, headers: Headers, body: bytes) -> None:
+        self.respond_now(status, reason, headers, body)
+
+    def respond_now(self, status: int, reason: str | None, headers: Headers, body: bytes) -> None:
         conn = self._conn
         if conn.closed:
             raise ClientGone()
@@ -160,6 +173,12 @@ class _Downstream:
         self._pending = None
         self._conn.abort()
 
+    def done(self) -> None:
+        """The engine is finished with the exchange: for one handled synchronously, the connection moves on."""
+        if self._ex.now and not self._done:
+            self._done = True
+            self._conn.exchange_done(self)
+
     @property
     def close_after(self) -> bool:
         return self._close_after
@@ -168,7 +187,7 @@ class _Downstream:
 class HttpConnection(asyncio.Protocol):
     __slots__ = ("listener", "transport", "parser", "flow", "closed", "rejected", "_pipeline_paused", "_inbuf",
                  "queue", "parsing", "running", "_serving", "_idle", "_url", "_headers", "_index", "_header_bytes",
-                 "_hosts", "_in_trailers", "last_active", "head_started", "peer", "sock")
+                 "_hosts", "_in_trailers", "last_active", "head_started", "peer", "sock", "now_busy")
 
     def __init__(self, listener: "RawListener"):
         self.listener = listener
@@ -182,6 +201,7 @@ class HttpConnection(asyncio.Protocol):
         self.queue: collections.deque[_Exchange] = collections.deque()
         self.parsing: _Exchange | None = None
         self.running = False  # an exchange is being handled (the sweeps leave the connection alone)
+        self.now_busy = False  # that exchange is on the synchronous path: the serving task must not start another
         # One serving task per connection, started by its first request, waiting on `_idle` between requests:
         # cheaper than a task per request on a keep-alive connection. It ends when the connection closes.
         self._serving: asyncio.Task | None = None
@@ -329,9 +349,15 @@ class HttpConnection(asyncio.Protocol):
         body = BodyQueue(self._pause_reading, self._resume_reading, ClientGone) if has_body else NO_BODY
         ex = _Exchange(head, body, p.should_keep_alive() and not upgrade, expect and version != "1.0")
         self.parsing = ex
-        self.queue.append(ex)
         self.head_started = None
-
+        if not has_body and not self.queue and not self.running and self.listener.handle_now is not None:
+            ex.now = True  # handed over synchronously in on_message_complete, which follows at once
+            self.running = self.now_busy = True
+            self.queue.append(ex)
+            return
+        self.queue.append(ex)
+        if self.now_busy:
+            return  # queued behind the synchronous exchange, which starts the serving task when it is done
         if self._serving is None:
             self._serving = self.listener.loop.create_task(self._serve())
         else:
@@ -342,9 +368,44 @@ class HttpConnection(asyncio.Protocol):
             self.parsing.body.feed(body)
 
     def on_message_complete(self) -> None:
-        if self.parsing is not None:
-            self.parsing.body.finish()
+        ex = self.parsing
+        if ex is not None:
+            ex.body.finish()
             self.parsing = None
+            if ex.now:
+                ex.started = True
+                self.listener.handle_now(ex.head, _Downstream(self, ex))  # never raises; calls done() once
+
+    def exchange_done(self, down: _Downstream) -> None:
+        """A synchronously handled exchange is settled: keep the connection for the next request, or close it,
+        as `_serve` does after each exchange."""
+        self.queue.popleft()
+        self.running = self.now_busy = False
+        self.last_active = self.listener.loop.time()
+        if self.closed:
+            return
+        if not down.complete or down.close_after:
+            self.close()
+            return
+        self._resume_pipeline()
+        if self.closed:
+            return
+        if self.queue:
+            if self._serving is None:
+                self._serving = self.listener.loop.create_task(self._serve())
+            else:
+                self._wake()
+        elif self.rejected:
+            self._send_reject()
+
+    def _resume_pipeline(self) -> None:
+        """After an exchange: parse what was held back while too many requests were queued."""
+        if self._inbuf and len(self.queue) < MAX_PIPELINE and not self.closed:
+            held, self._inbuf = bytes(self._inbuf), None
+            self._feed(held)
+        if self._pipeline_paused and not self._inbuf and not self.closed:
+            self._pipeline_paused = False
+            self.transport.resume_reading()
 
     # --- serving ---
 
@@ -398,12 +459,7 @@ class HttpConnection(asyncio.Protocol):
                     self.abort()
                     return
                 self.queue.popleft()
-                if self._inbuf and len(self.queue) < MAX_PIPELINE and not self.closed:
-                    held, self._inbuf = bytes(self._inbuf), None
-                    self._feed(held)
-                if self._pipeline_paused and not self._inbuf and not self.closed:
-                    self._pipeline_paused = False
-                    self.transport.resume_reading()
+                self._resume_pipeline()
                 if self.closed:
                     return
                 if not down.complete or down.close_after:
@@ -449,6 +505,8 @@ class HttpConnection(asyncio.Protocol):
                 # client gone and records it (client_abort); _serve closes the connection when it ends.
                 return
             self.queue.remove(broken)  # never handled, never sent upstream: answered below instead
+            if broken.now:
+                self.running = self.now_busy = False
         if not self.queue:
             self._send_reject()  # else _serve answers the requests before it, then sends this
 
@@ -515,8 +573,9 @@ class RawListener:
     """`io.interfaces.Listener` on raw asyncio protocols."""
 
     def __init__(self, name: str, host: str, port: int, scheme: str, handler: RequestHandler, reject: Rejecter,
-                 max_header_size: int, reuse_port: bool = False):
+                 max_header_size: int, reuse_port: bool = False, handle_now: SyncRequestHandler | None = None):
         self.reuse_port = reuse_port
+        self.handle_now = handle_now  # the engine's synchronous entry, for bodiless requests
         self.name = name
         self.host = host
         self.port = port

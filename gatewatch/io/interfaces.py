@@ -119,6 +119,19 @@ class Downstream(Protocol):
 
     def abort(self) -> None: ...
 
+    def done(self) -> None:
+        """The engine is finished with this exchange: answered (or aborted) and recorded. Called exactly once,
+        last. A listener that awaited the handler may ignore it; one that used `SyncRequestHandler` must not."""
+        ...
+
+
+class SyncDownstream(Downstream, Protocol):
+    """A downstream that can also answer without awaiting (its writes never block the caller)."""
+
+    def respond_now(self, status: int, reason: str | None, headers: Headers, body: bytes) -> None:
+        """`respond`, synchronously. Raises `ClientGone` if the client already left."""
+        ...
+
 
 class AttemptTiming(Protocol):
     """Where one attempt's time went, in seconds, written by the forwarder as it goes (None: did not happen)."""
@@ -139,6 +152,14 @@ class Forwarder(Protocol):
         `timing`, when given, is filled in as the attempt goes, whether it succeeds or fails."""
         ...
 
+    # A forwarder may also offer the synchronous send of the engine's common exchange:
+    #   send_now(pool, request, response_s, idle_s, timing, callback, arg) -> bool
+    # which writes a bodiless request on an idle pooled connection and returns True (False, having done nothing,
+    # when there is none), then calls `callback(arg, response_or_failure)` exactly once from the event loop:
+    # with the `UpstreamResponse` once its head is in (`whole` set if the body came with it), or with the
+    # `UpstreamFailure` that ended the attempt before a head (reset, protocol error, response timeout).
+    # The raw forwarder has it; the engine falls back to `send` where it is missing.
+
     def set_limits(self, limits: dict[str, tuple[int, float]]) -> None:
         """Connection limits per pool or upstream name: (max connections, keep-alive idle seconds)."""
         ...
@@ -150,11 +171,15 @@ class Forwarder(Protocol):
 # listener could not parse (listener name, client (address, port), local (address, port), status, reason — the
 # `error.type`) and returns (JSON body, request id) for the listener to answer with before it closes.
 RequestHandler = Callable[[RequestHead, AsyncIterator[bytes], Downstream], Awaitable[None]]
+# `Engine.handle_now`: a request whose body is complete (a bodiless one), answered without a task where it can be
+# (see `Downstream.done` for when it is settled). Only a listener with a `SyncDownstream` passes it.
+SyncRequestHandler = Callable[[RequestHead, SyncDownstream], None]
 Rejecter = Callable[[str, tuple[str, int], tuple[str, int], int, str], tuple[bytes, str]]
 
 
 class Listener(Protocol):
-    """A bound traffic port. Built with (name, host, port, scheme, handler, reject, max_header_size, reuse_port)."""
+    """A bound traffic port. Built with (name, host, port, scheme, handler, reject, max_header_size, reuse_port,
+    handle_now), `handle_now` an optional `SyncRequestHandler` a listener may use for bodiless requests."""
 
     name: str
     bound: tuple[str, int] | None  # (address, port) once started

@@ -1,12 +1,14 @@
 """The in-memory I/O pair: the engine's two ends with no sockets and no parser, for tests and benchmarks (as
 httpx keeps `MockTransport` beside its real transports).
 
-- `MemoryListener(name, handler, reject)`: `await request(method, target, headers, body)` builds the
-  `RequestHead` a real listener would, hands it to the engine and returns the `MemoryDownstream` it answered on;
-  `malformed(status, reason)` records a request the listener "could not parse" through the engine's `Rejecter`.
-- `MemoryDownstream`: a `Downstream` that keeps what the engine sent: status, headers, body, and whether the
-  response completed, was aborted or asked to close the connection.
-- `MemoryForwarder(upstream)`: a `Forwarder` whose upstream is a function of the `UpstreamRequest` (its host,
+- `MemoryListener(name, handler, reject, handle_now=None)`: `await request(method, target, headers, body)` builds
+  the `RequestHead` a real listener would, hands it to the engine and returns the `MemoryDownstream` it answered
+  on (a bodiless request goes to `handle_now` when given, as the fast listener does, and is awaited until the
+  engine calls `done()`); `malformed(status, reason)` records a request the listener "could not parse" through
+  the engine's `Rejecter`.
+- `MemoryDownstream`: a `SyncDownstream` that keeps what the engine sent: status, headers, body, whether the
+  response completed, was aborted or asked to close the connection, and how often `done()` was called.
+- `MemoryForwarder(upstream, now=False)`: a `Forwarder` (with `send_now` when `now`) whose upstream is a function of the `UpstreamRequest` (its host,
   port, target and headers say which instance and what was asked): it returns a `Reply`, or an `ErrorType` for
   a failure before any response (or an awaitable of either, for an upstream that takes its time). The request body is read in full before the answer, as an upstream that reads
   the body first would; a connect failure leaves it unread. `sent` lists the requests with their bodies.
@@ -16,14 +18,15 @@ httpx keeps `MockTransport` beside its real transports).
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import functools
 import inspect
 from dataclasses import dataclass, field
 from typing import Awaitable, AsyncIterator, Callable, Iterable
 
-from gatewatch.io.interfaces import (ClientGone, Headers, Rejecter, RequestHandler, RequestHead, UpstreamFailure,
-                                     UpstreamRequest, header_index)
+from gatewatch.io.interfaces import (ClientGone, Headers, Rejecter, RequestHandler, RequestHead, SyncRequestHandler,
+                                     UpstreamFailure, UpstreamRequest, header_index)
 from gatewatch.telemetry.names import ErrorType
 
 
@@ -75,14 +78,18 @@ class Sent:
     request: UpstreamRequest
     body: bytes | None
     timeouts: tuple[float, float, float]  # connect_s, response_s, idle_s
+    now: bool = False  # sent with `send_now` (the synchronous path), not `send`
 
 
 class MemoryForwarder:
     def __init__(self, upstream: Callable[[UpstreamRequest], Reply | ErrorType | Awaitable[Reply | ErrorType]],
-                 keep: int = 10_000):
+                 keep: int = 10_000, now: bool = False):
         self.upstream = upstream
+        if now:
+            self.send_now = self._send_now
         self.sent: collections.deque[Sent] = collections.deque(maxlen=keep)  # the latest `keep` requests
         self.limits: dict[str, tuple[int, float]] = {}
+        self._tasks: set[asyncio.Task] = set()
 
     async def send(self, pool: str, request: UpstreamRequest, body: AsyncIterator[bytes] | None,
                    connect_s: float, response_s: float, idle_s: float, timing=None) -> MemoryResponse:
@@ -103,6 +110,28 @@ class MemoryForwarder:
             raise UpstreamFailure(answer, "scripted failure")
         return MemoryResponse(answer, request)
 
+    def _send_now(self, pool: str, request: UpstreamRequest, response_s: float, idle_s: float, timing,
+                  callback: Callable, arg) -> bool:
+        """The raw forwarder's `send_now`: the answer reaches `callback` from the loop, never from this call."""
+        loop = asyncio.get_running_loop()
+        answer = self.upstream(request)
+        if inspect.isawaitable(answer):
+            async def later(pending=answer):
+                loop.call_soon(callback, arg, self._result(pool, request, await pending, (0.0, response_s, idle_s)))
+            task = loop.create_task(later())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            loop.call_soon(callback, arg, self._result(pool, request, answer, (0.0, response_s, idle_s)))
+        return True
+
+    def _result(self, pool: str, request: UpstreamRequest, answer: Reply | ErrorType,
+                timeouts: tuple[float, float, float]) -> MemoryResponse | UpstreamFailure:
+        self.sent.append(Sent(pool, request, None, timeouts, now=True))
+        if isinstance(answer, ErrorType):
+            return UpstreamFailure(answer, "scripted failure")
+        return MemoryResponse(answer, request)
+
     def set_limits(self, limits: dict[str, tuple[int, float]]) -> None:
         self.limits = limits
 
@@ -119,7 +148,9 @@ class MemoryDownstream:
     complete: bool = False
     aborted: bool = False
     close_after: bool = False
+    done_calls: int = 0
     _chunks: list[bytes] = field(default_factory=list)
+    _settled: asyncio.Future | None = None  # set by a listener that waits for `done()`
 
     @property
     def started(self) -> bool:
@@ -149,17 +180,28 @@ class MemoryDownstream:
         self._chunks.append(body)
         await self.finish()
 
+    def respond_now(self, status: int, reason: str | None, headers: Headers, body: bytes) -> None:
+        if self.started:
+            return
+        self.status, self.reason, self.headers, self.body, self.complete = status, reason, headers, body, True
+
     def abort(self) -> None:
         self.aborted = True
+
+    def done(self) -> None:
+        self.done_calls += 1
+        if self._settled is not None and not self._settled.done():
+            self._settled.set_result(None)
 
 
 class MemoryListener:
     """An `io.interfaces.Listener` whose clients are calls to `request`."""
 
     def __init__(self, name: str, handler: RequestHandler, reject: Rejecter, scheme: str = "http",
-                 address: tuple[str, int] = ("127.0.0.1", 8080)):
+                 address: tuple[str, int] = ("127.0.0.1", 8080), handle_now: SyncRequestHandler | None = None):
         self.name = name
         self.handler = handler
+        self.handle_now = handle_now
         self._reject = reject
         self.scheme = scheme
         self.bound: tuple[str, int] | None = address
@@ -183,7 +225,12 @@ class MemoryListener:
         chunks = [body] if isinstance(body, bytes) else list(body or ())
         head = self.head(method, target, headers, has_body=bool(chunks), **head_args)
         down = MemoryDownstream()
-        await self.handler(head, _stream(chunks), down)
+        if self.handle_now is not None and not chunks:
+            down._settled = asyncio.get_running_loop().create_future()
+            self.handle_now(head, down)
+            await down._settled
+        else:
+            await self.handler(head, _stream(chunks), down)
         return down
 
     def malformed(self, status: int, reason: str, client: tuple[str, int] = ("192.0.2.10", 40000)) -> bytes:

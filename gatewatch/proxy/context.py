@@ -19,7 +19,8 @@ from typing import Any, AsyncIterator
 
 from gatewatch.balancer.algorithms import Endpoint
 from gatewatch.balancer.health import Result
-from gatewatch.balancer.retry import Body
+from gatewatch.balancer.context import PickContext
+from gatewatch.balancer.retry import Body, RetryState
 from gatewatch.config import ListenerConfig
 from gatewatch.edge.config import RouteConfig
 from gatewatch.edge.policies.base import PolicyRequest
@@ -33,7 +34,7 @@ from gatewatch.telemetry.context import AttemptRecord, RequestRecord
 class RequestContext:
     snap: Snapshot
     head: RequestHead
-    body: AsyncIterator[bytes]  # the client's body (a policy may replace it, e.g. with a replay)
+    body: AsyncIterator[bytes] | None  # the client's body (a policy may replace it, e.g. with a replay)
     down: Downstream
     rec: RequestRecord
     listener: ListenerConfig
@@ -46,6 +47,9 @@ class RequestContext:
     client_body: ClientBody | None = None
     upstream_target: str = ""  # the request target sent upstream: path after rewrites + "?" + raw query
     backoff_s: float = 0.0  # the backoff slept before the next attempt
+    picking: PickContext | None = None  # the pool's pick state across attempts (None for a URL upstream)
+    retries: RetryState | None = None  # set while the request is in the balancer's books (PICK → UPSTREAM)
+    attempt: AttemptContext | None = None  # the latest attempt
 
 
 @dataclass(slots=True, eq=False)
@@ -63,6 +67,7 @@ class AttemptContext:
     start: float = 0.0  # monotonic clock when the attempt began
     record: AttemptRecord | None = None
     result: Result = Result.SUCCESS  # how outlier detection sees the attempt
+    ended: bool = False  # its end was booked (the pool's count, outlier detection): exactly once
 
 
 class ClientBody:

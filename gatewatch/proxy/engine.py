@@ -29,7 +29,7 @@ import asyncio
 import logging
 import random
 import time
-from typing import AsyncIterator, Callable, NamedTuple
+from typing import AsyncIterator, Awaitable, Callable, NamedTuple
 
 from gatewatch.balancer.context import PickContext
 from gatewatch.balancer.health import Result, classify
@@ -81,31 +81,98 @@ class Engine:
         self.sampling_ratio = telemetry.config.sampling_ratio
         self.parent_based = telemetry.config.parent_based
         self.telemetry_enabled = telemetry.config.enabled  # no traceresponse pointing at spans never exported
+        self._tasks: set[asyncio.Task] = set()  # requests the synchronous path handed to a task
+
+    @property
+    def forwarder(self) -> Forwarder:
+        return self._forwarder
+
+    @forwarder.setter
+    def forwarder(self, forwarder: Forwarder) -> None:
+        self._forwarder = forwarder
+        self._send_now = getattr(forwarder, "send_now", None)  # its synchronous send, if it has one
 
     async def handle(self, head: RequestHead, body: AsyncIterator[bytes], down: Downstream) -> None:
         """The listener's entry point (`io.interfaces.RequestHandler`): one parsed request, answered."""
+        ctx = RequestContext(self.snapshot, head, body, down, self._new_record(self.snapshot, head),
+                             self.snapshot.listeners[head.listener])
+        await self._settle(ctx, self._phases(ctx))
+
+    def handle_now(self, head: RequestHead, down: Downstream) -> None:
+        """The synchronous entry (`io.interfaces.SyncRequestHandler`) for a request whose body is complete (none,
+        in HTTP/1.1) on a listener whose `down` answers with `respond_now`. The common exchange runs to the
+        upstream write here and is settled by the forwarder's callback (`_upstream_answered`) with no task,
+        future or coroutine; policies, waits for a connection, retries and streamed bodies continue in a task
+        on the very same phase methods. Never raises; calls `down.done()` once, when the request is settled."""
         snap = self.snapshot  # the request keeps the snapshot it started with
-        ctx = RequestContext(snap, head, body, down, self._new_record(snap, head), snap.listeners[head.listener])
+        ctx = RequestContext(snap, head, None, down, self._new_record(snap, head), snap.listeners[head.listener])
         try:
             outcome = self.route(ctx)
             if outcome is not None:
-                await self._fail(ctx, outcome, None)
-            elif not ctx.target.policies:
-                await self.forward(ctx)
-            else:
-                try:
-                    if await self.policy(ctx):
-                        await self.forward(ctx)
-                finally:
-                    self._policies_learn(ctx)
+                self._fail_now(ctx, outcome, None)
+            elif ctx.target.policies:
+                self._later(ctx, self._policed(ctx))
+                return
+            elif not self._forward_now(ctx):
+                return
         except ClientGone:
-            ctx.rec.outcome = CLIENT_ABORT
-            ctx.rec.error_type = ErrorType.CLIENT_ABORT.value
+            self._client_gone(ctx)
         except Exception:
             log.exception("request %s: internal error", ctx.rec.request_id)
-            await self._fail(ctx, Outcome.INTERNAL_ERROR, ErrorType.INTERNAL.value)
+            self._internal_error_now(ctx)
+        self._end(ctx)
+
+    async def _phases(self, ctx: RequestContext) -> None:
+        outcome = self.route(ctx)
+        if outcome is not None:
+            await self._fail(ctx, outcome, None)
+        else:
+            await self._policed(ctx)
+
+    async def _policed(self, ctx: RequestContext) -> None:
+        """POLICY, then PICK → UPSTREAM if the policies let the request through."""
+        if not ctx.target.policies or await self.policy(ctx):
+            await self.forward(ctx)
+
+    async def _settle(self, ctx: RequestContext, work: Awaitable[None]) -> None:
+        """Run what is left of a request; whatever happens, one answer (or an abort) and one record."""
+        try:
+            await work
+        except ClientGone:
+            self._client_gone(ctx)
+        except Exception:
+            log.exception("request %s: internal error", ctx.rec.request_id)
+            try:
+                await self._fail(ctx, Outcome.INTERNAL_ERROR, ErrorType.INTERNAL.value)
+            except ClientGone:
+                self._client_gone(ctx)
         finally:
-            self.record(ctx)
+            self._end(ctx)
+
+    def _later(self, ctx: RequestContext, work: Awaitable[None]) -> None:
+        """Hand what is left of a request begun on the synchronous path to a task (held until it ends)."""
+        task = asyncio.get_running_loop().create_task(self._settle(ctx, work))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _end(self, ctx: RequestContext) -> None:
+        """The request is settled: close the balancer's books, let policies learn, LOG, release the listener."""
+        if ctx.retries is not None:
+            self._forward_end(ctx)
+        if ctx.policy is not None:
+            self._policies_learn(ctx)
+        self.record(ctx)
+        ctx.down.done()
+
+    def _client_gone(self, ctx: RequestContext) -> None:
+        ctx.rec.outcome = CLIENT_ABORT
+        ctx.rec.error_type = ErrorType.CLIENT_ABORT.value
+
+    def _internal_error_now(self, ctx: RequestContext) -> None:
+        try:
+            self._fail_now(ctx, Outcome.INTERNAL_ERROR, ErrorType.INTERNAL.value)
+        except ClientGone:
+            self._client_gone(ctx)
 
     def _new_record(self, snap: Snapshot, head: RequestHead) -> RequestRecord:
         traceparent = head.header("traceparent")
@@ -178,7 +245,7 @@ class Engine:
 
     # --- PICK → UPSTREAM, attempt after attempt ---
 
-    async def forward(self, ctx: RequestContext) -> None:
+    def _forward_begin(self, ctx: RequestContext) -> None:
         rec, route, head, target = ctx.rec, ctx.route, ctx.head, ctx.target
         pool = target.pool
         if pool is not None and self.layer is Layer.EDGE:
@@ -190,31 +257,59 @@ class Engine:
         ctx.upstream_target = upstream_target + "?" + rec.query if rec.query else upstream_target
         if head.has_body:
             ctx.client_body = ClientBody(ctx.body, route.timeouts.idle_s)
-        picking = None if pool is None else PickContext(
+        ctx.picking = None if pool is None else PickContext(
             pool, request_keys.hash_key(pool.config.hash_key, head, rec.query) if pool.config.hash_key else None,
             pool.affinity_target(request_keys.cookie(head, pool.config.affinity.cookie))
             if pool.config.affinity else None)
-        retries = RetryState(route.retries, target.budget, self.monotonic(), route.timeouts.response_s)
-        previous: str | None = None
-        try:
-            for n in range(route.retries.attempts):
+        ctx.retries = RetryState(route.retries, target.budget, self.monotonic(), route.timeouts.response_s)
+
+    def _forward_end(self, ctx: RequestContext) -> None:
+        ctx.retries.close()
+        ctx.retries = None
+        ctx.rec.balance_end_ns = self.clock_ns()
+
+    async def forward(self, ctx: RequestContext) -> None:
+        """PICK → UPSTREAM, attempt after attempt (the books are closed by `_end`)."""
+        self._forward_begin(ctx)
+        await self._attempts(ctx)
+
+    async def _attempts(self, ctx: RequestContext, current: Awaitable[Failed | None] | None = None,
+                        failed: Failed | None = None) -> None:
+        """The attempt loop from wherever the request stands: an attempt under way (`current`), one that just
+        failed before the client saw anything (`failed`), or neither (pick the first)."""
+        while True:
+            if current is not None:
                 try:
-                    a = self.pick(ctx, picking, n)
-                    if isinstance(a, Outcome):
-                        await self._fail(ctx, a, None)
-                        return
-                    if n and pool is not None and previous != a.instance:
-                        recording.failover(rec, pool.name, previous, a.instance, self.clock_ns())
-                    previous = a.instance
-                    a.response_s = retries.attempt_timeout(self.monotonic())
-                    failed = await self.attempt(ctx, a)
+                    failed = await current
                 finally:
-                    retries.attempt_ended(n)
-                if failed is None or not await self.retry(ctx, a, failed, retries, picking):
+                    ctx.retries.attempt_ended(ctx.attempt.n)
+                current = None
+                if failed is None:
                     return
-        finally:
-            retries.close()
-            rec.balance_end_ns = self.clock_ns()
+            if failed is not None:
+                if not await self.retry(ctx, ctx.attempt, failed):
+                    return
+                failed = None
+            a = self._next_attempt(ctx)
+            if isinstance(a, Outcome):
+                await self._fail(ctx, a, None)
+                return
+            current = self.attempt(ctx, a)
+
+    def _next_attempt(self, ctx: RequestContext) -> AttemptContext | Outcome:
+        """The next attempt's pick (a failover recorded when it moves to another instance). An Outcome when no
+        instance can take it."""
+        previous = ctx.attempt
+        n = 0 if previous is None else previous.n + 1
+        a = self.pick(ctx, ctx.picking, n)
+        if isinstance(a, Outcome):
+            ctx.retries.attempt_ended(n)
+            return a
+        if n and ctx.picking is not None and previous.instance != a.instance:
+            recording.failover(ctx.rec, ctx.target.pool.name, previous.instance, a.instance, self.clock_ns())
+        a.response_s = ctx.retries.attempt_timeout(self.monotonic())
+        ctx.attempt = a
+        return a
 
     def pick(self, ctx: RequestContext, picking: PickContext | None, n: int) -> AttemptContext | Outcome:
         """Where attempt `n` goes: the pool's pick (recorded), or the URL upstream. An Outcome when no
@@ -231,15 +326,15 @@ class Engine:
         picking.repin(ctx.response_headers, ep)
         return AttemptContext(n, ep.host, ep.port, "http", ep.id, ep.zone, BALANCER, ep, lb)
 
-    async def retry(self, ctx: RequestContext, a: AttemptContext, failed: Failed, retries: RetryState,
-                    picking: PickContext | None) -> bool:
+    async def retry(self, ctx: RequestContext, a: AttemptContext, failed: Failed) -> bool:
         """After a failed attempt the client has not seen: True to try again (after the backoff), False once the
         request is settled (the failure answered, or a retryable status nobody may retry relayed as it is)."""
         error_type, status, response = failed
         kind = Failure.STATUS if status is not None else failure_of(error_type)
-        if picking is not None:
-            picking.tried(a.instance)
+        if ctx.picking is not None:
+            ctx.picking.tried(a.instance)
         body = Body.NONE if ctx.client_body is None else ctx.client_body.state()
+        retries = ctx.retries
         verdict, budget_left = retries.decide(ctx.head.method, kind, a.n + 1, body, self.monotonic())
         if ctx.route.retries.attempts > 1:
             recording.retry(ctx.rec, ctx.route.name, verdict, a.n + 1, budget_left, a.instance, kind,
@@ -259,50 +354,138 @@ class Engine:
         ctx.backoff_s = self.monotonic() - started  # the time it really took, not the plan
         return True
 
+    # --- one attempt ---
+
     async def attempt(self, ctx: RequestContext, a: AttemptContext) -> Failed | None:
         """One attempt. None when the request is settled (relayed, answered, aborted); a `Failed` when it failed
         before the client saw anything (with the response still unread for a retryable status)."""
-        rec, route = ctx.rec, ctx.route
+        request = self._attempt_begin(ctx, a)
+        try:
+            return await self._exchange(ctx, a, request)
+        finally:
+            self._attempt_end(ctx, a)
+
+    async def _attempt_tail(self, ctx: RequestContext, a: AttemptContext,
+                            step: Awaitable[Failed | None]) -> Failed | None:
+        """The rest of an attempt begun on the synchronous path, ended like `attempt` ends one."""
+        try:
+            return await step
+        finally:
+            self._attempt_end(ctx, a)
+
+    def _attempt_begin(self, ctx: RequestContext, a: AttemptContext) -> UpstreamRequest:
         record = a.record = AttemptRecord(
-            span_id=new_span_id(self.rng), layer=a.layer, upstream=route.upstream, instance=a.instance,
+            span_id=new_span_id(self.rng), layer=a.layer, upstream=ctx.route.upstream, instance=a.instance,
             zone=a.zone, host=a.host, port=a.port, url_full="", method=ctx.head.method, resend_count=a.n,
             start_ns=self.clock_ns())
         record.lb = a.lb
         if a.n:
             record.backoff_s = ctx.backoff_s
-        rec.attempts.append(record)
+        ctx.rec.attempts.append(record)
         request = self._upstream_request(ctx, a)
         a.start = self.monotonic()
-        pool = ctx.target.pool
         if a.endpoint is not None:
-            pool.acquire(a.endpoint)
+            ctx.target.pool.acquire(a.endpoint)
+        return request
+
+    def _attempt_end(self, ctx: RequestContext, a: AttemptContext) -> None:
+        """The attempt ends here; what the pool does with its result (an ejection, its events) is not its time."""
+        if a.ended:
+            return
+        a.ended = True
+        record = a.record
+        record.end_ns = record.end_ns or self.clock_ns()
+        record.duration_s = record.duration_s or (self.monotonic() - a.start)
+        if a.endpoint is not None:
+            pool = ctx.target.pool
+            pool.release(a.endpoint)
+            if pool.passive_health:
+                pool.observe(a.endpoint.id, a.result, f"{ctx.rec.trace.trace_id:032x}", f"{record.span_id:016x}")
+
+    async def _exchange(self, ctx: RequestContext, a: AttemptContext, request: UpstreamRequest) -> Failed | None:
+        t = ctx.route.timeouts
         try:
-            t = route.timeouts
-            try:
-                response = await self.forwarder.send(
-                    route.upstream, request, ctx.client_body.__aiter__() if ctx.client_body else None, t.connect_s,
-                    a.response_s, t.idle_s, record)
-            except UpstreamFailure as failure:
-                return await self._send_failed(ctx, a, failure)
-            record.status = response.status
-            record.peer_address, record.peer_port = response.peer_address, response.peer_port
-            a.result = classify(response.status, False)
-            cfg = route.retries
-            if cfg.attempts > 1 and "status" in cfg.retry_on and response.status in cfg.statuses:
-                record.error_type, record.outcome = ErrorType.STATUS_5XX.value, Outcome.UPSTREAM_ERROR.value
-                record.end_ns, record.duration_s = self.clock_ns(), self.monotonic() - a.start
-                return Failed(ErrorType.STATUS_5XX, response.status, response)
-            if not await self.respond(ctx, a, response):
-                a.result = Result.GATEWAY_ERROR
-            return None
-        finally:
-            # The attempt ends here; what the pool does with its result (an ejection, its events) is not its time.
-            record.end_ns = record.end_ns or self.clock_ns()
-            record.duration_s = record.duration_s or (self.monotonic() - a.start)
-            if a.endpoint is not None:
-                pool.release(a.endpoint)
-                if pool.passive_health:
-                    pool.observe(a.endpoint.id, a.result, f"{rec.trace.trace_id:032x}", f"{record.span_id:016x}")
+            response = await self._forwarder.send(
+                ctx.route.upstream, request, ctx.client_body.__aiter__() if ctx.client_body else None, t.connect_s,
+                a.response_s, t.idle_s, a.record)
+        except UpstreamFailure as failure:
+            return await self._send_failed(ctx, a, failure)
+        failed = self._answered(ctx, a, response)
+        if failed is None:
+            await self._relay(ctx, a, response, None)
+        return failed
+
+    def _answered(self, ctx: RequestContext, a: AttemptContext, response: UpstreamResponse) -> Failed | None:
+        """The response head is in: a `Failed` if its status is one to retry, else None (relay it)."""
+        record = a.record
+        record.status = response.status
+        record.peer_address, record.peer_port = response.peer_address, response.peer_port
+        a.result = classify(response.status, False)
+        cfg = ctx.route.retries
+        if cfg.attempts > 1 and "status" in cfg.retry_on and response.status in cfg.statuses:
+            record.error_type, record.outcome = ErrorType.STATUS_5XX.value, Outcome.UPSTREAM_ERROR.value
+            record.end_ns, record.duration_s = self.clock_ns(), self.monotonic() - a.start
+            return Failed(ErrorType.STATUS_5XX, response.status, response)
+        return None
+
+    async def _relay(self, ctx: RequestContext, a: AttemptContext, response: UpstreamResponse,
+                     head: tuple[tuple[tuple[str, str], ...], int | None] | None) -> None:
+        if not await self.respond(ctx, a, response, head):
+            a.result = Result.GATEWAY_ERROR
+
+    # --- the synchronous path: the same phases, called from the listener's and the forwarder's callbacks ---
+
+    def _forward_now(self, ctx: RequestContext) -> bool:
+        """PICK → UPSTREAM for the first attempt: written to an idle pooled connection with the forwarder's
+        callback to come (`send_now`), or, when there is none, continued in a task. True when the request was
+        settled here instead (no instance could take it)."""
+        self._forward_begin(ctx)
+        a = self._next_attempt(ctx)
+        if isinstance(a, Outcome):
+            self._fail_now(ctx, a, None)
+            return True
+        request = self._attempt_begin(ctx, a)
+        t = ctx.route.timeouts
+        try:
+            sent = self._send_now is not None and self._send_now(
+                ctx.route.upstream, request, a.response_s, t.idle_s, a.record, self._upstream_answered, ctx)
+        except BaseException:
+            self._attempt_end(ctx, a)
+            ctx.retries.attempt_ended(a.n)
+            raise
+        if not sent:
+            self._later(ctx, self._attempts(ctx, self._attempt_tail(ctx, a, self._exchange(ctx, a, request))))
+        return False
+
+    def _upstream_answered(self, ctx: RequestContext, result: UpstreamResponse | UpstreamFailure) -> None:
+        """The forwarder's callback for an attempt sent with `send_now`: its response (the head, and the body if
+        it came along) or its failure. Relays a whole small response now; hands anything else to a task."""
+        a = ctx.attempt
+        try:
+            if isinstance(result, UpstreamFailure):
+                self._later(ctx, self._attempts(ctx, self._attempt_tail(ctx, a, self._send_failed(ctx, a, result))))
+                return
+            failed = self._answered(ctx, a, result)
+            if failed is not None:
+                self._attempt_end(ctx, a)
+                ctx.retries.attempt_ended(a.n)
+                self._later(ctx, self._attempts(ctx, None, failed))
+                return
+            head = self._response_head(ctx, result)
+            whole = _whole(result, head[1])
+            if whole is None:  # a body still arriving: streamed by the task
+                self._later(ctx, self._attempts(ctx, self._attempt_tail(ctx, a, self._relay(ctx, a, result, head))))
+                return
+            self._respond_now(ctx, a, result, head[0], whole)
+        except ClientGone:
+            self._client_gone(ctx)
+        except Exception:
+            log.exception("request %s: internal error", ctx.rec.request_id)
+            self._internal_error_now(ctx)
+        if not a.ended:
+            self._attempt_end(ctx, a)
+            ctx.retries.attempt_ended(a.n)
+        self._end(ctx)
 
     def _upstream_request(self, ctx: RequestContext, a: AttemptContext) -> UpstreamRequest:
         head, rec = ctx.head, ctx.rec
@@ -343,23 +526,31 @@ class Engine:
 
     # --- RESPONSE ---
 
-    async def respond(self, ctx: RequestContext, a: AttemptContext, response: UpstreamResponse) -> bool:
-        """Relay the response head and stream its body. False when the upstream failed mid-body (the client
-        connection is aborted so the truncated body cannot look complete)."""
-        rec, down, record = ctx.rec, ctx.down, a.record
+    def _response_head(self, ctx: RequestContext,
+                       response: UpstreamResponse) -> tuple[tuple[tuple[str, str], ...], int | None]:
+        """The client's response head from the upstream's: (headers, the body's length if it declares one)."""
+        rec = ctx.rec
         headers, length = hdr.downstream_response_headers(response.headers, rec.protocol_version)
         headers.append(("X-Request-Id", rec.request_id))
         headers.extend(ctx.response_headers)
         if self._trace_response(ctx):
             headers.append(("traceresponse", format_traceparent(rec.trace.trace_id, rec.trace.span_id, True)))
+        return tuple(headers), length
+
+    async def respond(self, ctx: RequestContext, a: AttemptContext, response: UpstreamResponse,
+                      head: tuple[tuple[tuple[str, str], ...], int | None] | None = None) -> bool:
+        """Relay the response head and stream its body. False when the upstream failed mid-body (the client
+        connection is aborted so the truncated body cannot look complete)."""
+        rec, down, record = ctx.rec, ctx.down, a.record
+        headers, length = head or self._response_head(ctx, response)
         rec.status = response.status
         record.error_type = record.outcome = None
         try:
-            if length is not None and (whole := response.whole) is not None and length == len(whole):
-                # The whole body came with the head (a small response): one write, nothing to stream.
-                await down.respond(response.status, response.reason, tuple(headers), whole)
+            whole = _whole(response, length)
+            if whole is not None:  # the whole body came with the head (a small response): one write
+                await down.respond(response.status, response.reason, headers, whole)
             else:
-                await down.start(response.status, response.reason, tuple(headers), length)
+                await down.start(response.status, response.reason, headers, length)
                 async for chunk in response.body():
                     await down.write(chunk)
                 await down.finish()
@@ -380,6 +571,23 @@ class Engine:
         response.close()
         record.outcome = rec.outcome = PROXIED
         return True
+
+    def _respond_now(self, ctx: RequestContext, a: AttemptContext, response: UpstreamResponse,
+                     headers: tuple[tuple[str, str], ...], whole: bytes) -> None:
+        """`respond` for a whole body on a downstream that writes synchronously (`respond_now`)."""
+        rec, record = ctx.rec, a.record
+        rec.status = response.status
+        record.error_type = record.outcome = None
+        try:
+            ctx.down.respond_now(response.status, response.reason, headers, whole)
+        except ClientGone:
+            record.outcome = CLIENT_ABORT
+            raise
+        finally:
+            record.end_ns = self.clock_ns()
+            record.duration_s = self.monotonic() - a.start
+            response.close()
+        record.outcome = rec.outcome = PROXIED
 
     def _trace_response(self, ctx: RequestContext) -> bool:
         return self.telemetry_enabled and ctx.rec.trace.sampled and ctx.listener.trace_response_header
@@ -414,15 +622,27 @@ class Engine:
         ctx.rec.error_type = error_type
         await self._answer(ctx, outcome, OUTCOME_STATUS[outcome], (), None)
 
+    def _fail_now(self, ctx: RequestContext, outcome: Outcome, error_type: str | None) -> None:
+        ctx.rec.error_type = error_type
+        answer = self._local_answer(ctx, outcome, OUTCOME_STATUS[outcome], (), None)
+        if answer is not None:
+            ctx.down.respond_now(answer[0], None, answer[1], answer[2])
+
     async def _answer(self, ctx: RequestContext, outcome: Outcome, status: int,
                       extra: tuple[tuple[str, str], ...], message: str | None) -> None:
-        """Answer locally: a small JSON body naming the outcome (none for 204/304), or, when the response head
-        is already out, a broken connection (the only honest signal left)."""
+        answer = self._local_answer(ctx, outcome, status, extra, message)
+        if answer is not None:
+            await ctx.down.respond(answer[0], None, answer[1], answer[2])
+
+    def _local_answer(self, ctx: RequestContext, outcome: Outcome, status: int, extra: tuple[tuple[str, str], ...],
+                      message: str | None) -> tuple[int, tuple[tuple[str, str], ...], bytes] | None:
+        """A local answer: a small JSON body naming the outcome (none for 204/304). None when the response head
+        is already out: the connection is aborted instead (the only honest signal left)."""
         rec, down = ctx.rec, ctx.down
         rec.outcome = outcome.value
         if down.started:
             down.abort()
-            return
+            return None
         rec.status = status
         payload = b"" if status in (204, 304) else error_body(outcome, status, rec.request_id, rec.layer, message)
         headers = [("X-Request-Id", rec.request_id), ("Cache-Control", "no-store"), *extra]
@@ -430,7 +650,15 @@ class Engine:
             headers.insert(0, ("Content-Type", "application/json"))
         if self._trace_response(ctx):
             headers.append(("traceresponse", format_traceparent(rec.trace.trace_id, rec.trace.span_id, True)))
-        await down.respond(status, None, tuple(headers), payload)
+        return status, tuple(headers), payload
+
+
+def _whole(response: UpstreamResponse, length: int | None) -> bytes | None:
+    """The response's entire body when it came with the head and matches its declared length, else None."""
+    if length is None:
+        return None
+    whole = response.whole
+    return whole if whole is not None and len(whole) == length else None
 
 
 def _hostport(host: str, port: int) -> str:

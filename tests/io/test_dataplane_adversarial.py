@@ -1193,19 +1193,28 @@ async def test_head_response_with_declared_length_keeps_the_connection_usable(tm
         assert (get.status, get.body) == (200, b"hello")
 
 
-async def test_one_serving_task_per_connection_and_none_left_after_close(tmp_path):
+async def test_no_task_per_request_one_serving_task_per_connection_and_none_left_after_close(tmp_path):
     async with Upstream(keepalive_server(lambda *_: ok())) as up, gateway(cfg(tmp_path, up.port)) as rt:
         async with client(rt) as (reader, writer):
-            writer.write(b"GET /api/x HTTP/1.1\r\nHost: h\r\n\r\n")
+            writer.write(b"GET /api/x HTTP/1.1\r\nHost: h\r\n\r\n")  # connects upstream: a task waits for it
             await read_response(reader)
             await asyncio.sleep(0.05)
             baseline = len(asyncio.all_tasks())
-            for _ in range(50):  # keep-alive requests reuse the connection's task: no task per request
+            for _ in range(50):  # bodiless requests on warm connections: the synchronous path, no task at all
                 writer.write(b"GET /api/x HTTP/1.1\r\nHost: h\r\n\r\n")
                 assert (await read_response(reader)).body == b"ok"
                 assert len(asyncio.all_tasks()) == baseline
             conn = next(iter(rt.listeners[0].connections))  # noqa: SLF001 -- the task under test
+            assert conn._serving is None and not conn.running
+            for _ in range(5):  # requests with a body: the connection's serving task, reused between them
+                writer.write(b"POST /api/x HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi")
+                assert (await read_response(reader)).body == b"ok"
+                await asyncio.sleep(0.01)
+                assert len(asyncio.all_tasks()) == baseline + 1
             assert conn._serving is not None and not conn.running
             serving = conn._serving
+            writer.write(b"GET /api/x HTTP/1.1\r\nHost: h\r\n\r\n")  # and back to the synchronous path
+            assert (await read_response(reader)).body == b"ok"
+            assert len(asyncio.all_tasks()) == baseline + 1
         assert await eventually(lambda: serving.done())  # the client closed: its serving task ended
-        assert await eventually(lambda: len(asyncio.all_tasks()) == baseline - 1)
+        assert await eventually(lambda: len(asyncio.all_tasks()) == baseline)

@@ -119,14 +119,23 @@ CASES = [
 ]
 
 
+PATHS = pytest.mark.parametrize("now", [False, True], ids=["task", "sync"])  # `handle` / `handle_now` + `send_now`
+
+
+@PATHS
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-async def test_engine_phases(case: Case):
-    h = EngineHarness(config(case.route, case.pool), by_instance(**case.upstream))
+async def test_engine_phases(case: Case, now: bool):
+    h = EngineHarness(config(case.route, case.pool), by_instance(**case.upstream), now=now)
     try:
         down = await h.request(case.method, case.target, case.headers, case.body)
     finally:
         await h.close()
     assert down.status == case.status
+    assert down.done_calls == 1  # the engine's last word on every request, whichever path it took
+    # The synchronous path takes a bodiless request's first attempt; retries and bodies go through `send`.
+    assert [s.now for s in h.forwarder.sent][:1] == [now and case.body is None and not case.route.get(
+        "policies")][:len(h.forwarder.sent)]
+    assert not any(s.now for s in list(h.forwarder.sent)[1:])
     [rec] = h.records
     assert (rec.outcome, rec.status, rec.error_type) == (case.outcome, case.status, case.error_type)
     got = [(a.instance, a.status if a.error_type is None else a.error_type, a.outcome) for a in rec.attempts]
@@ -143,9 +152,10 @@ async def test_engine_phases(case: Case):
     assert h.sample("http_server_request_duration_seconds_count", gatewatch_outcome=case.outcome) == 1
 
 
-async def test_url_upstream_is_one_attempt_of_this_layer_without_a_pick():
+@PATHS
+async def test_url_upstream_is_one_attempt_of_this_layer_without_a_pick(now: bool):
     cfg = config({"upstream": "tier2"}, upstreams=[{"name": "tier2", "url": "http://10.0.0.9:8081"}])
-    h = EngineHarness(cfg, by_instance(p8081=OK))
+    h = EngineHarness(cfg, by_instance(p8081=OK), now=now)
     down = await h.request("GET", "/api/x")
     await h.close()
     [rec] = h.records
@@ -156,9 +166,10 @@ async def test_url_upstream_is_one_attempt_of_this_layer_without_a_pick():
     assert rec.balance_span_id is None
 
 
-async def test_rate_limit_refuses_the_request_over_the_limit():
+@PATHS
+async def test_rate_limit_refuses_the_request_over_the_limit(now: bool):
     route = {"policies": [{"name": "rl", "type": "rate_limit", "limit": 2, "window_s": 60}]}
-    h = EngineHarness(config(route), by_instance(p9001=OK, p9002=OK))
+    h = EngineHarness(config(route), by_instance(p9001=OK, p9002=OK), now=now)
     statuses = [(await h.request("GET", "/api/x")).status for _ in range(3)]
     await h.close()
     assert statuses == [200, 200, 429]
@@ -166,8 +177,9 @@ async def test_rate_limit_refuses_the_request_over_the_limit():
     assert h.records[2].decisions[-1].reason == "ratelimit.exceeded"
 
 
-async def test_affinity_cookie_pins_and_the_pick_says_so():
-    h = EngineHarness(config(pool={"affinity": {}}), by_instance(p9001=OK, p9002=OK))
+@PATHS
+async def test_affinity_cookie_pins_and_the_pick_says_so(now: bool):
+    h = EngineHarness(config(pool={"affinity": {}}), by_instance(p9001=OK, p9002=OK), now=now)
     first = await h.request("GET", "/api/x")
     cookie = first.header("Set-Cookie").split(";")[0]
     again = [await h.request("GET", "/api/x", headers=(("Cookie", cookie),)) for _ in range(3)]
@@ -178,9 +190,10 @@ async def test_affinity_cookie_pins_and_the_pick_says_so():
     assert [d.reason for d in h.records[1].decisions] == ["route.matched", "pick.affinity"]
 
 
-async def test_affinity_repins_to_the_instance_that_answered_a_retry():
+@PATHS
+async def test_affinity_repins_to_the_instance_that_answered_a_retry(now: bool):
     route = {"retries": RETRY_2}
-    h = EngineHarness(config(route, pool={"affinity": {}}), by_instance(p9001=E.CONNECT_REFUSED, p9002=OK))
+    h = EngineHarness(config(route, pool={"affinity": {}}), by_instance(p9001=E.CONNECT_REFUSED, p9002=OK), now=now)
     down = await h.request("GET", "/api/x")
     await h.close()
     pins = [v for k, v in down.headers if k == "Set-Cookie"]
@@ -188,7 +201,8 @@ async def test_affinity_repins_to_the_instance_that_answered_a_retry():
     assert [a.instance for a in h.records[0].attempts] == ["i0", "i1"]
 
 
-async def test_a_request_finishes_under_the_snapshot_it_started_with():
+@PATHS
+async def test_a_request_finishes_under_the_snapshot_it_started_with(now: bool):
     """A reload while a request waits on its upstream changes nothing for that request: its listener settings,
     route and target stay those it started with. The next request runs under the new snapshot."""
     reloaded = config()
@@ -202,7 +216,7 @@ async def test_a_request_finishes_under_the_snapshot_it_started_with():
             await h.reload(reloaded)  # mid-request: the first request is at its upstream
         return OK
 
-    h = EngineHarness(config(), upstream)
+    h = EngineHarness(config(), upstream, now=now)
     first = await h.request("GET", "/api/x")
     second = await h.request("GET", "/api/x")
     await h.close()

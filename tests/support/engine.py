@@ -2,7 +2,8 @@
 
 `EngineHarness(config, upstream)` builds what `Runtime` builds for the first layer that has listeners (snapshot,
 pools, policies, telemetry with a `MemorySink`), wired to a `MemoryListener` and a `MemoryForwarder` whose
-`upstream(request)` scripts the instances. `await h.request(...)` sends one request; `h.records` are the
+`upstream(request)` scripts the instances. With `now=True` the pair takes the synchronous path a fast listener
+and forwarder take (`Engine.handle_now`, `send_now`) for bodiless requests. `await h.request(...)` sends one request; `h.records` are the
 finished requests' records (spans and decision logs as data); `h.sample(name, **labels)` reads a metric.
 """
 
@@ -27,7 +28,8 @@ from gatewatch.telemetry.recorder import MemorySink, Telemetry
 
 
 class EngineHarness:
-    def __init__(self, config: dict, upstream: Callable[[UpstreamRequest], Reply | ErrorType], seed: int = 7):
+    def __init__(self, config: dict, upstream: Callable[[UpstreamRequest], Reply | ErrorType], seed: int = 7,
+                 now: bool = False):
         cfg = parse_config({"admin": {"address": "127.0.0.1:0"}, **config})
         self.metrics = Metrics("test")
         self.sink = MemorySink()
@@ -39,10 +41,11 @@ class EngineHarness:
         layer = Layer.EDGE if cfg.edge else Layer.BALANCER
         section = cfg.edge if cfg.edge else cfg.balancer
         self.config = cfg
-        self.forwarder = MemoryForwarder(upstream)
+        self.forwarder = MemoryForwarder(upstream, now=now)
         self.engine = Engine(snapshot.build(layer, cfg, self.pools, self.budgets, self.policy_resources),
                              self.forwarder, self.telemetry, rng=random.Random(seed))
-        self.listener = MemoryListener(section.listeners[0].name, self.engine.handle, self.engine.reject)
+        self.listener = MemoryListener(section.listeners[0].name, self.engine.handle, self.engine.reject,
+                                       handle_now=self.engine.handle_now if now else None)
 
     async def request(self, method: str = "GET", target: str = "/", headers=(), body=None, **head_args):
         return await self.listener.request(method, target, headers, body, **head_args)
