@@ -2,7 +2,7 @@
 on the in-memory I/O pair (`gatewatch.io.memory`: no sockets, no parser). Run it on two trees to A/B a change to
 the per-request Python work without the ±30 % run-to-run noise of the end-to-end benchmark:
 
-    python bench/engine_micro.py [--requests 50000] [--telemetry off|on]
+    python bench/engine_micro.py [--requests 50000] [--telemetry off|on] [--path task|sync]
 
 Prints µs of CPU per request (median of 5 runs). Not a throughput figure: the end-to-end harness (bench/run.py)
 is the one that compares against HAProxy.
@@ -27,7 +27,7 @@ from gatewatch.io.memory import MemoryForwarder, MemoryListener, Reply  # noqa: 
 REPLY = Reply(200, b"ok", (("Content-Type", "text/plain"), ("Connection", "keep-alive")))
 
 
-async def run(n: int, telemetry: str, instances: int = 3, algorithm: str = "round_robin") -> float:
+async def run(n: int, telemetry: str, instances: int = 3, algorithm: str = "round_robin", path: str = "task") -> float:
     cfg = parse_config({
         "admin": {"address": "127.0.0.1:0"},
         "edge": {"listeners": [{"name": "public", "address": "127.0.0.1:0"}],
@@ -42,8 +42,13 @@ async def run(n: int, telemetry: str, instances: int = 3, algorithm: str = "roun
     env = {"OTEL_SDK_DISABLED": "true"} if telemetry == "off" else {}
     rt = Runtime(cfg, env=env)
     engine = next(iter(rt.engines.values()))
-    engine.forwarder = MemoryForwarder(lambda request: REPLY, keep=1)
-    client = MemoryListener("public", engine.handle, engine.reject)
+    # `task`: the coroutine path (on this pair it never suspends: the upstream answers at once).
+    # `sync`: the raw data plane's common exchange (`Engine.handle_now` + `send_now`); on this pair it pays a
+    # loop round trip per request the task path does not (the answer comes by `call_soon`, the client awaits a
+    # future), so compare paths end to end, not here.
+    now = path == "sync"
+    engine.forwarder = MemoryForwarder(lambda request: REPLY, keep=1, now=now)
+    client = MemoryListener("public", engine.handle, engine.reject, handle_now=engine.handle_now if now else None)
     headers = (("Host", "bench"), ("User-Agent", "wrk"), ("Accept", "*/*"))
     for _ in range(2000):  # warm up
         await client.request("GET", "/bench/items/42", headers)
@@ -59,9 +64,11 @@ def main() -> None:
     ap.add_argument("--telemetry", choices=["off", "on"], default="off")
     ap.add_argument("--instances", type=int, default=3, help="pool size (the pool-1000 cases of the benchmark)")
     ap.add_argument("--algorithm", default="round_robin")
+    ap.add_argument("--path", choices=["sync", "task"], default="task", help="the engine entry (default: task)")
     args = ap.parse_args()
-    runs = [asyncio.run(run(args.requests, args.telemetry, args.instances, args.algorithm)) for _ in range(5)]
-    print(f"engine CPU per request (telemetry {args.telemetry}, {args.instances} × {args.algorithm}): "
+    runs = [asyncio.run(run(args.requests, args.telemetry, args.instances, args.algorithm, args.path))
+            for _ in range(5)]
+    print(f"engine CPU per request ({args.path} path, telemetry {args.telemetry}, {args.instances} × {args.algorithm}): "
           f"{statistics.median(runs):.1f} µs "
           f"(runs: {', '.join(f'{r:.1f}' for r in runs)})")
 
