@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 
 import aiohttp
 
@@ -19,38 +20,53 @@ from gatewatch.telemetry.names import ProbeResult
 log = logging.getLogger("gatewatch.health")
 
 
+# (SSLContext, server name or None for the host) of a pool whose instances speak TLS; the app builds it from the
+# pool's `tls` (gatewatch.io.tls), so probes verify exactly what requests verify.
+TLSSettings = tuple[ssl.SSLContext, "str | None"]
+
+
 async def probe_http(session: aiohttp.ClientSession, cfg: HealthCheckConfig, host: str, port: int,
-                     statuses: frozenset[int]) -> tuple[bool, str]:
+                     statuses: frozenset[int], tls: TLSSettings | None = None) -> tuple[bool, str]:
     hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    scheme = "https" if tls else "http"
     try:
-        async with session.request(cfg.method, f"http://{hostport}{cfg.path}",
+        async with session.request(cfg.method, f"{scheme}://{hostport}{cfg.path}",
                                    headers={"Host": cfg.host or hostport, "User-Agent": "gatewatch-health-check"},
-                                   timeout=aiohttp.ClientTimeout(total=cfg.timeout_s), allow_redirects=False) as r:
+                                   timeout=aiohttp.ClientTimeout(total=cfg.timeout_s), allow_redirects=False,
+                                   ssl=tls[0] if tls else True, server_hostname=tls[1] if tls else None) as r:
             await r.read()
             return r.status in statuses, f"status {r.status}"
     except asyncio.TimeoutError:
         return False, "timeout"
+    except aiohttp.ClientSSLError as err:  # connected, but the handshake failed: not "refused"
+        return False, f"tls_error ({getattr(err, 'certificate_error', None) or err})"
     except aiohttp.ClientConnectorError:
         return False, "connect_refused"
     except aiohttp.ClientError as err:
         return False, f"error {type(err).__name__}"
 
 
-async def probe_tcp(cfg: HealthCheckConfig, host: str, port: int) -> tuple[bool, str]:
+async def probe_tcp(cfg: HealthCheckConfig, host: str, port: int,
+                    tls: TLSSettings | None = None) -> tuple[bool, str]:
+    """A connect, and with `tls` a completed, verified handshake."""
     try:
         async with asyncio.timeout(cfg.timeout_s):
-            _, writer = await asyncio.open_connection(host, port)
+            _, writer = await asyncio.open_connection(host, port, ssl=tls[0] if tls else None,
+                                                      server_hostname=(tls[1] or host) if tls else None)
         writer.close()
-        return True, "connected"
+        return True, "handshake" if tls else "connected"
     except TimeoutError:
         return False, "timeout"
+    except ssl.SSLError as err:
+        return False, f"tls_error ({err})"
     except OSError as err:
         return False, f"connect_refused ({err.strerror or err})"
 
 
 class HealthChecker:
-    def __init__(self, pool: Pool, metrics, rng: random.Random | None = None):
+    def __init__(self, pool: Pool, metrics, rng: random.Random | None = None, tls: TLSSettings | None = None):
         self.pool = pool
+        self.tls = tls
         self.cfg = pool.config.health_check
         self.metrics = metrics
         self.rng = rng or random.Random()
@@ -74,9 +90,9 @@ class HealthChecker:
         while True:
             try:
                 if cfg.type == "http":
-                    ok, detail = await probe_http(self._session, cfg, host, port, self._statuses)
+                    ok, detail = await probe_http(self._session, cfg, host, port, self._statuses, self.tls)
                 else:
-                    ok, detail = await probe_tcp(cfg, host, port)
+                    ok, detail = await probe_tcp(cfg, host, port, self.tls)
             except Exception:  # a probe bug must not stop checking this instance
                 log.exception("health probe of %s/%s failed unexpectedly", self.pool.name, endpoint_id)
                 ok, detail = False, "internal_error"

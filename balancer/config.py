@@ -10,6 +10,7 @@ name a pool, duplicate ids) lives in `gatewatch.config.semantic_errors`, which s
 from __future__ import annotations
 
 import re
+import ssl
 from enum import StrEnum
 from typing import Literal
 
@@ -31,6 +32,41 @@ class Algorithm(StrEnum):
 HASHING = frozenset({Algorithm.RING_HASH, Algorithm.MAGLEV})
 WEIGHTED = frozenset({Algorithm.WEIGHTED_ROUND_ROBIN, Algorithm.RANDOM, Algorithm.LEAST_REQUEST,
                       Algorithm.LEAST_CONNECTIONS})
+
+
+class UpstreamTLSConfig(Strict):
+    """TLS from Gatewatch to a pool's instances or a URL upstream (client side). Verified by default: the
+    certificate must chain to `ca_file` (else the system's CAs) and carry `server_name` (else the host). The
+    files are read when the config loads, so a missing or mismatched one is a config error, not a 502 later."""
+
+    ca_file: str | None = None
+    server_name: str | None = Field(default=None, min_length=1, max_length=253)  # SNI and the name verified
+    verify: bool = True  # false: no chain or name check (a lab only; the config says so in review)
+    client_cert: str | None = None  # mTLS to the upstream: certificate chain (PEM) ...
+    client_key: str | None = None  # ... and its key (PEM); both or neither
+    min_version: Literal["1.2", "1.3"] = "1.2"  # RFC 9325 §3.1.1: never below TLS 1.2
+
+    @model_validator(mode="after")
+    def _files_load(self):
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("'client_cert' and 'client_key' go together (mTLS needs both)")
+        if not self.verify and self.ca_file is not None:
+            raise ValueError("'ca_file' with 'verify: false' would be ignored; drop one")
+        # Load what the forwarders will load (gatewatch.io.tls.client_context), each file on its own so the
+        # error names the one that is wrong.
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        if self.ca_file is not None:
+            try:
+                ctx.load_verify_locations(cafile=self.ca_file)
+            except (OSError, ssl.SSLError) as err:
+                raise ValueError(f"ca_file: cannot load {self.ca_file!r}: {err}") from None
+        if self.client_cert is not None:
+            try:
+                ctx.load_cert_chain(self.client_cert, self.client_key)
+            except (OSError, ssl.SSLError) as err:
+                raise ValueError(f"client_cert/client_key: cannot load {self.client_cert!r} with "
+                                 f"{self.client_key!r}: {err}") from None
+        return self
 
 
 class InstanceConfig(Strict):
@@ -206,6 +242,11 @@ class PoolConfig(Strict):
     failover: FailoverConfig = FailoverConfig()
     slow_start: SlowStartConfig | None = None
     affinity: AffinityConfig | None = None
+    tls: UpstreamTLSConfig | None = None  # speak TLS (https) to every instance, health checks included
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls is not None else "http"
 
     @model_validator(mode="after")
     def _knobs_fit_the_algorithm(self):

@@ -72,6 +72,7 @@ class Pool:
                  notify: Callable[..., None] | None = None):
         self.config = config
         self.name = config.name
+        self.scheme = config.scheme  # "https" when the pool has `tls`
         self.algorithm = config.algorithm
         self.clock = clock
         self.notify = notify if notify is not None else (lambda *a, **k: None)

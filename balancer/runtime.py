@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Callable
 
-from gatewatch.balancer.checker import HealthChecker
+from gatewatch.balancer.checker import HealthChecker, TLSSettings
 from gatewatch.balancer.config import PoolConfig
 from gatewatch.balancer.pool import Pool
 from gatewatch.telemetry.names import Attr, EndpointState, Event
@@ -20,11 +21,14 @@ TICK_S = 1.0
 
 
 class BalancerRuntime:
-    def __init__(self, pools: tuple[PoolConfig, ...], telemetry, metrics):
+    def __init__(self, pools: tuple[PoolConfig, ...], telemetry, metrics,
+                 tls: Callable[[str], TLSSettings | None] = lambda name: None):
         self.telemetry = telemetry
         self.metrics = metrics
+        self.tls = tls  # a pool's TLS settings, for its health checks (the app builds them, as for requests)
         self.pools = {p.name: Pool(p, notify=self._notify) for p in pools}
-        self._checkers = [HealthChecker(p, metrics) for p in self.pools.values() if p.config.health_check]
+        self._checkers = [HealthChecker(p, metrics, tls=tls(p.config.name)) for p in self.pools.values()
+                          if p.config.health_check]
         self._ticker: asyncio.Task | None = None
 
     def _notify(self, event: Event, body: str, attrs: dict, trace_id: str | None = None, span_id: str | None = None,
@@ -81,7 +85,7 @@ class BalancerRuntime:
         started = []
         for p in new.values():
             if p.config.health_check and not any(c.pool is p for c in keep_checkers):
-                checker = HealthChecker(p, self.metrics)
+                checker = HealthChecker(p, self.metrics, tls=self.tls(p.config.name))
                 await checker.start()
                 started.append(checker)
         self._checkers = keep_checkers + started

@@ -11,7 +11,7 @@ import re
 
 from pydantic import Field, field_validator, model_validator
 
-from gatewatch.balancer.config import RetryConfig
+from gatewatch.balancer.config import RetryConfig, UpstreamTLSConfig
 from gatewatch.edge.policies.config import PolicyConfig
 from gatewatch.schema import HTTP_TOKEN, NAME_PATTERN, Strict
 
@@ -139,6 +139,13 @@ class RemoteUpstreamConfig(Strict):
     url: str
     max_connections: int = Field(default=256, ge=1, le=100_000)
     keepalive_idle_s: float = Field(default=15.0, gt=0, le=3600)
+    tls: UpstreamTLSConfig | None = None  # for an https URL: CA, SNI, mTLS (default: verified, system CAs)
+
+    @model_validator(mode="after")
+    def _tls_needs_https(self):
+        if self.tls is not None and not self.url.startswith("https://"):
+            raise ValueError("'tls' applies to an https:// url only")
+        return self
 
     @field_validator("url")
     @classmethod

@@ -152,6 +152,7 @@ class AttemptRecord:
     tls_s: float | None = None  # the TLS handshake of a new connection
     request_sent_s: float | None = None  # writing the request
     ttfb_s: float | None = None  # request written → response head parsed
+    tls_failure: str | None = None  # why the TLS handshake failed (`TlsFailure`), with error.type upstream_tls_error
 
 
 @dataclass(slots=True)

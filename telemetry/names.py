@@ -27,6 +27,7 @@ class Outcome(StrEnum):
     RATE_LIMITED = "rate_limited"  # 429: a rate limit refused it
     NO_HEALTHY_UPSTREAM = "no_healthy_upstream"  # 503: the pool had no instance to pick
     UPSTREAM_CONNECT_ERROR = "upstream_connect_error"  # 502: no connection could be made
+    UPSTREAM_TLS_ERROR = "upstream_tls_error"  # 502: connected, but the TLS handshake failed (see gatewatch.tls.failure)
     UPSTREAM_TIMEOUT = "upstream_timeout"  # 504: connect/response/idle timeout before the response was complete
     UPSTREAM_ERROR = "upstream_error"  # 502 or aborted transfer: reset, protocol error, died mid-body
     CLIENT_ABORT = "client_abort"  # the client went away before the response was complete
@@ -55,6 +56,7 @@ OUTCOME_STATUS: dict[Outcome, int] = {
     Outcome.UPSTREAM_OVERFLOW: 503,
     Outcome.NO_HEALTHY_UPSTREAM: 503,
     Outcome.UPSTREAM_CONNECT_ERROR: 502,
+    Outcome.UPSTREAM_TLS_ERROR: 502,
     Outcome.UPSTREAM_TIMEOUT: 504,
     Outcome.UPSTREAM_ERROR: 502,
     Outcome.INTERNAL_ERROR: 500,
@@ -66,6 +68,7 @@ class ErrorType(StrEnum):
 
     CONNECT_REFUSED = "connect_refused"
     CONNECT_TIMEOUT = "connect_timeout"
+    UPSTREAM_TLS_ERROR = "upstream_tls_error"  # the TLS handshake failed; `TlsFailure` says why
     RESPONSE_TIMEOUT = "response_timeout"  # no response head within the route's response timeout
     READ_TIMEOUT = "read_timeout"  # the body stalled longer than the idle timeout
     UPSTREAM_RESET = "upstream_reset"  # the connection closed or reset before the response was complete
@@ -74,6 +77,20 @@ class ErrorType(StrEnum):
     CLIENT_ABORT = "client_abort"
     CLIENT_TIMEOUT = "client_timeout"
     INTERNAL = "_OTHER"
+
+
+class TlsFailure(StrEnum):
+    """Why a TLS handshake with an upstream failed: `gatewatch.tls.failure` on the attempt's CLIENT span, and in
+    the 502 body's message. From the OpenSSL verify code or alert (`gatewatch.io.tls.failure_of`)."""
+
+    UNKNOWN_CA = "unknown_ca"  # the chain does not end at a CA this upstream's `ca_file` (or the system) trusts
+    NAME_MISMATCH = "name_mismatch"  # the certificate is not for the name verified (`server_name`, else the host)
+    EXPIRED = "expired"
+    NOT_YET_VALID = "not_yet_valid"
+    CLIENT_CERT_REJECTED = "client_cert_rejected"  # the upstream refused our client certificate (or its absence)
+    PROTOCOL_VERSION = "protocol_version"  # no TLS version both sides accept (`min_version`)
+    NOT_TLS = "not_tls"  # the upstream answered in plaintext
+    HANDSHAKE_FAILED = "handshake_failed"  # any other handshake failure
 
 
 class RejectReason(StrEnum):
@@ -240,6 +257,7 @@ class Attr:
     TIMING_POOL_WAIT = "gatewatch.timing.pool_wait_s"  # waiting for a free connection to the instance
     TIMING_CONNECT = "gatewatch.timing.connect_s"  # TCP connect (a new connection; absent when one was reused)
     TIMING_TLS = "gatewatch.timing.tls_s"  # TLS handshake of a new connection
+    TLS_FAILURE = "gatewatch.tls.failure"  # why the TLS handshake with the upstream failed (`TlsFailure`)
     TIMING_REQUEST_SENT = "gatewatch.timing.request_sent_s"  # writing the request (head, and body when streamed)
     TIMING_TTFB = "gatewatch.timing.ttfb_s"  # from the request sent to the response head received
     # per policy, in the order of gatewatch.policy.summary, on the SERVER span: each evaluation's duration

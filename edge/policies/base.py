@@ -42,6 +42,7 @@ class PolicyRequest:
     upstream_set: list[tuple[str, str]] = field(default_factory=list)  # headers added/replaced upstream
     upstream_remove: set[str] = field(default_factory=set)  # lower-case names removed before forwarding
     response_headers: list[tuple[str, str]] = field(default_factory=list)  # added to whatever the client gets
+    response_remove: set[str] = field(default_factory=set)  # lower-case names (or `prefix*`) of the upstream's
     state: dict[str, Any] = field(default_factory=dict)  # per-request scratch keyed by policy name
     trace_id: int = 0  # this request's trace and SERVER span: state-change events a request causes point at it
     span_id: int = 0

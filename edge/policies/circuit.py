@@ -21,7 +21,8 @@ from typing import Callable
 from gatewatch.edge.policies.base import PolicyRequest, PolicyVerdict, allow, deny
 from gatewatch.telemetry.names import Attr, CircuitState, Event, Outcome, PolicyReason as R
 
-FAILURE_OUTCOMES = frozenset({Outcome.UPSTREAM_CONNECT_ERROR.value, Outcome.UPSTREAM_TIMEOUT.value,
+FAILURE_OUTCOMES = frozenset({Outcome.UPSTREAM_CONNECT_ERROR.value, Outcome.UPSTREAM_TLS_ERROR.value,
+                              Outcome.UPSTREAM_TIMEOUT.value,
                               Outcome.UPSTREAM_ERROR.value})
 PASSED, PROBE = "passed", "probe"
 

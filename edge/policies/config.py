@@ -216,13 +216,23 @@ class SizeLimitPolicyConfig(PolicyBase):
 
 
 class HeadersPolicyConfig(PolicyBase):
-    """Edit request headers on the way upstream (`set`, `remove`, `rename`) and add response headers."""
+    """Edit request headers on the way upstream (`set`, `remove`, `rename`), add response headers and remove the
+    upstream's (`response_remove`: names, or prefixes ending in `*`, e.g. `Server`, `X-Internal-*`)."""
 
     type: Literal["headers"]
     set: dict[str, str] = {}
     remove: tuple[str, ...] = ()
     rename: dict[str, str] = {}  # old name → new name (the client's value moves)
     response_add: dict[str, str] = {}
+    response_remove: tuple[str, ...] = ()
+
+    @field_validator("response_remove")
+    @classmethod
+    def _names(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for name in v:
+            if not re.fullmatch(r"[!#$%&'+.^_`|~0-9A-Za-z-]+\*?", name):  # RFC 9110 §5.1 token, optional '*'
+                raise ValueError(f"{name!r} is not a header name (or a prefix ending in '*')")
+        return v
 
 
 class PathRewritePolicyConfig(PolicyBase):

@@ -24,6 +24,7 @@ class HeadersPolicy:
         self.remove = {h.lower() for h in cfg.remove}
         self.rename = list(cfg.rename.items())
         self.response = list(cfg.response_add.items())
+        self.response_remove = {h.lower() for h in cfg.response_remove}
 
     async def evaluate(self, req: PolicyRequest) -> PolicyVerdict:
         if self.shadow:
@@ -36,6 +37,7 @@ class HeadersPolicy:
         req.upstream_remove |= self.remove
         req.upstream_set.extend(self.set)
         req.response_headers.extend(self.response)
+        req.response_remove |= self.response_remove
         return allow(self, R.TRANSFORM_APPLIED.value)
 
 

@@ -13,6 +13,7 @@ import gc
 import json
 import logging
 import os
+import ssl
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,6 +23,7 @@ from aiohttp import web
 from gatewatch import __version__
 from gatewatch.app.admin import build_admin_app
 from gatewatch.app.series import init_series
+from gatewatch.balancer.config import UpstreamTLSConfig
 from gatewatch.balancer.retry import RetryBudgets
 from gatewatch.balancer.runtime import BalancerRuntime
 from gatewatch.config import ConfigError, GatewatchConfig, config_version, load_config, parse_address
@@ -31,6 +33,7 @@ from gatewatch.io.aiohttp_listener import AiohttpListener
 from gatewatch.io.fast_forwarder import RawForwarder
 from gatewatch.io.fast_listener import RawListener
 from gatewatch.io.interfaces import Forwarder, Listener
+from gatewatch.io.tls import UpstreamTLS, client_context
 from gatewatch.proxy import snapshot
 from gatewatch.proxy.engine import Engine
 from gatewatch.telemetry.config import resolve
@@ -70,10 +73,14 @@ class Runtime:
         # would interleave or lose lines.
         stem = self.resolved.service_name + (f"-w{worker}" if worker is not None else "")
         self.telemetry = Telemetry(self.resolved, self.metrics, __version__, stem, config.telemetry.exporter)
-        self.balancer = BalancerRuntime(config.balancer.pools, self.telemetry, self.metrics) if config.balancer else None
+        self._tls_built: dict[UpstreamTLSConfig, UpstreamTLS] = {}  # one context per distinct `tls` setting
+        self.tls = self._upstream_tls(config)
+        self.balancer = BalancerRuntime(config.balancer.pools, self.telemetry, self.metrics,
+                                        tls=self._health_tls) if config.balancer else None
         self.pools = self.balancer.pools if self.balancer else {}
         listener_type, forwarder_type = DATA_PLANES[config.data_plane]
         self.forwarder: Forwarder = forwarder_type(_limits(config))
+        self.forwarder.set_tls(self.tls)
         self.listeners: list[Listener] = []
         self.engines: dict[Layer, Engine] = {}
         self.policy_resources = PolicyResources(self.metrics, self.telemetry)
@@ -127,9 +134,15 @@ class Runtime:
             if problems:
                 self._reloaded("error", problems)
                 return False, problems
+            try:
+                self.tls = self._upstream_tls(cfg)
+            except (OSError, ssl.SSLError) as err:  # a file changed between validation and now
+                self._reloaded("error", [f"tls: {err}"])
+                return False, [f"tls: {err}"]
             pools = await self.balancer.reconcile(cfg.balancer.pools) if self.balancer else {}
             self.pools = pools
             self.forwarder.set_limits(_limits(cfg))
+            self.forwarder.set_tls(self.tls)
             previous = self.config_version
             self._set_config(cfg)
             for layer, engine in self.engines.items():
@@ -203,6 +216,30 @@ class Runtime:
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
         await self.telemetry.stop(3.0)
+
+
+    def _upstream_tls(self, config: GatewatchConfig) -> dict[str, UpstreamTLS]:
+        """TLS settings per pool and URL upstream that has `tls`. An unchanged setting keeps its context (and so
+        its pooled connections) across a reload; the files were loaded once already when the config was
+        validated, so a failure here is a file changed since then, reported as a reload error by the caller."""
+        out: dict[str, UpstreamTLS] = {}
+        built_before, self._tls_built = self._tls_built, {}
+        sources = [(p.name, p.tls) for p in (config.balancer.pools if config.balancer else ())]
+        sources += [(u.name, u.tls) for u in (config.edge.upstreams if config.edge else ())]
+        for name, tls in sources:
+            if tls is None:
+                continue
+            built = self._tls_built.get(tls) or built_before.get(tls)
+            if built is None:
+                built = UpstreamTLS(
+                    client_context(tls.ca_file, tls.verify, tls.client_cert, tls.client_key, tls.min_version),
+                    tls.server_name)
+            out[name] = self._tls_built[tls] = built
+        return out
+
+    def _health_tls(self, pool: str) -> tuple | None:
+        tls = self.tls.get(pool)
+        return (tls.context, tls.server_name) if tls else None
 
 
 def _limits(config: GatewatchConfig) -> dict[str, tuple[int, float]]:

@@ -5,13 +5,15 @@ cookie jar, no auto-added headers, and the request target sent byte for byte (`y
 aiohttp's silent re-send of idempotent requests on a stale pooled connection is disabled: a retry Gatewatch
 cannot see would be a retry no trace shows (retries are the balancer's, visible and recorded).
 
-Every aiohttp/OS error is mapped to one `ErrorType`; nothing else leaves this module.
+Every aiohttp/OS error is mapped to one `ErrorType`; nothing else leaves this module. `https` upstreams use
+their pool or upstream's `tls` settings (`set_tls`); a failed handshake is `upstream_tls_error`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import ssl
 from typing import AsyncIterator
 
 import aiohttp
@@ -19,6 +21,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gatewatch.io.interfaces import Headers, UpstreamFailure, UpstreamRequest
+from gatewatch.io.tls import UpstreamTLS, failure_of
 from gatewatch.telemetry.names import ErrorType
 
 SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
@@ -30,6 +33,10 @@ def _hostport(host: str, port: int) -> str:
 
 
 def map_error(err: BaseException, before_response: bool) -> UpstreamFailure:
+    tls_error = _tls_error(err)
+    if tls_error is not None:
+        kind, message = failure_of(tls_error)
+        return UpstreamFailure(ErrorType.UPSTREAM_TLS_ERROR, message, tls_failure=kind.value)
     if isinstance(err, aiohttp.ConnectionTimeoutError):
         return UpstreamFailure(ErrorType.CONNECT_TIMEOUT, str(err))
     if isinstance(err, aiohttp.SocketTimeoutError):
@@ -47,6 +54,19 @@ def map_error(err: BaseException, before_response: bool) -> UpstreamFailure:
         kind = ErrorType.RESPONSE_TIMEOUT if before_response else ErrorType.READ_TIMEOUT
         return UpstreamFailure(kind, "timed out", before_response=before_response)
     return UpstreamFailure(ErrorType.PROTOCOL_ERROR, f"{type(err).__name__}: {err}", before_response=before_response)
+
+
+def _tls_error(err: BaseException) -> ssl.SSLError | None:
+    """The handshake failure inside an aiohttp connect error, if that is what it was."""
+    if isinstance(err, aiohttp.ClientConnectorCertificateError):
+        return err.certificate_error if isinstance(err.certificate_error, ssl.SSLError) else ssl.SSLError(
+            str(err.certificate_error))
+    if isinstance(err, aiohttp.ClientSSLError):  # ClientConnectorSSLError and its kin
+        cause = getattr(err, "os_error", None)
+        return cause if isinstance(cause, ssl.SSLError) else ssl.SSLError(str(err))
+    if isinstance(err, aiohttp.ClientOSError) and isinstance(err.__cause__, ssl.SSLError):
+        return err.__cause__  # a TLS 1.3 alert read after the handshake (a refused client certificate)
+    return None
 
 
 def _peer(resp: aiohttp.ClientResponse, request: UpstreamRequest) -> tuple[str, int] | None:
@@ -99,6 +119,7 @@ class AiohttpForwarder:
         """`limits`: pool or upstream name → (max connections, keep-alive idle seconds)."""
         self._limits = limits
         self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._tls: dict[str, UpstreamTLS] = {}
 
     def _session(self, pool: str) -> aiohttp.ClientSession:
         session = self._sessions.get(pool)
@@ -122,11 +143,13 @@ class AiohttpForwarder:
         url = URL(f"{request.scheme}://{_hostport(request.host, request.port)}{request.target}", encoded=True)
         headers = CIMultiDict(request.headers)
         timeout = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=connect_s, sock_read=idle_s)
+        tls = self._tls.get(pool) if request.scheme == "https" else None
         try:
             async with asyncio.timeout(response_s):
                 resp = await session.request(
                     request.method, url, headers=headers, data=body if request.has_body else None,
-                    allow_redirects=False, timeout=timeout, compress=None, auto_decompress=False)
+                    allow_redirects=False, timeout=timeout, compress=None, auto_decompress=False,
+                    ssl=tls.context if tls else True, server_hostname=tls.server_name if tls else None)
         except asyncio.CancelledError:
             raise
         except TimeoutError as err:
@@ -141,6 +164,13 @@ class AiohttpForwarder:
         """After a config reload: limits for pools and upstreams connected from now on (connection pools that
         already exist keep theirs until the process restarts)."""
         self._limits = limits
+
+    def set_tls(self, tls: dict[str, UpstreamTLS]) -> None:
+        """TLS settings per pool or upstream name; a changed one gets a new session (new connections)."""
+        for name in [n for n in self._sessions if self._tls.get(n) is not tls.get(n)]:
+            session = self._sessions.pop(name)
+            asyncio.get_running_loop().create_task(session.close())
+        self._tls = dict(tls)
 
     async def close(self) -> None:
         for s in self._sessions.values():

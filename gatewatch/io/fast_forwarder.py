@@ -2,7 +2,8 @@
 
 Per endpoint a pool of keep-alive connections (LIFO, so a few stay warm; bounded count; one idle longer than
 `keepalive_idle_s` — below typical upstream idle timeouts — is closed instead of reused; `https` upstreams
-get verified TLS). A connection goes back to the pool only
+get TLS as their pool or upstream's `tls` says, verified with the system's CAs by default; a failed handshake is
+`upstream_tls_error` with its `TlsFailure`, never a refused connection). A connection goes back to the pool only
 after a clean exchange: the request body fully sent, the response complete by its own framing, keep-alive on
 both sides, no error. There is no hidden re-send of any request: a failure is reported to the engine as an
 `UpstreamFailure` and the balancer's visible retry logic decides.
@@ -29,6 +30,7 @@ import httptools
 
 from gatewatch.io.http1 import BodyQueue, Deadlines, WriteFlow, chunk_frame, serialize_head
 from gatewatch.io.interfaces import AttemptTiming, ClientGone, UpstreamFailure, UpstreamRequest
+from gatewatch.io.tls import UpstreamTLS, client_context, failure_of
 from gatewatch.telemetry.names import ErrorType
 
 
@@ -90,8 +92,15 @@ class UpstreamConnection(asyncio.Protocol):
         self.flow.close()
         self.pool.forget(self)
         if self.head is not None and not self.head.done():
-            self.head.set_exception(UpstreamFailure(ErrorType.UPSTREAM_RESET, "connection closed before the "
-                                                    "response head", before_response=True))
+            if isinstance(exc, ssl.SSLError):
+                # TLS 1.3 ends the handshake before the server has judged our certificate: its refusal (an
+                # alert) arrives with the first read, and is still a TLS failure, not a reset (RFC 8446 §4.4.2.4).
+                kind, message = failure_of(exc)
+                failure = UpstreamFailure(ErrorType.UPSTREAM_TLS_ERROR, message, tls_failure=kind.value)
+            else:
+                failure = UpstreamFailure(ErrorType.UPSTREAM_RESET, "connection closed before the response head",
+                                          before_response=True)
+            self.head.set_exception(failure)
         if self.body is not None and not self.complete:
             if self.until_close and exc is None and self.head is not None and self.head.done():
                 self.complete = True  # a clean close is how a length-less body ends
@@ -199,18 +208,21 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 class EndpointPool:
-    __slots__ = ("host", "port", "tls", "max_connections", "idle_s", "idle", "open", "_waiters")
+    __slots__ = ("host", "port", "tls", "server_name", "max_connections", "idle_s", "idle", "open", "_waiters",
+                 "retired")
 
     def __init__(self, host: str, port: int, max_connections: int, idle_s: float,
-                 tls: ssl.SSLContext | None = None):
+                 tls: ssl.SSLContext | None = None, server_name: str | None = None):
         self.host = host
         self.port = port
-        self.tls = tls  # https upstreams: verified TLS with SNI = host
+        self.tls = tls  # https upstreams
+        self.server_name = server_name or host  # SNI, and the name the certificate must carry
         self.max_connections = max_connections
         self.idle_s = idle_s
         self.idle: collections.deque[UpstreamConnection] = collections.deque()
         self.open = 0
         self._waiters: collections.deque[asyncio.Future] = collections.deque()
+        self.retired = False  # replaced (its TLS settings changed): connections in use close when released
 
     def take_idle(self) -> UpstreamConnection | None:
         """A pooled keep-alive connection, or None (then `acquire` connects or waits)."""
@@ -258,13 +270,14 @@ class EndpointPool:
             async with asyncio.timeout(connect_s):
                 _, conn = await loop.create_connection(
                     lambda: UpstreamConnection(self), self.host, self.port, ssl=self.tls,
-                    server_hostname=self.host if self.tls else None)
+                    server_hostname=self.server_name if self.tls else None)
         except TimeoutError:
             self.open -= 1
             raise UpstreamFailure(ErrorType.CONNECT_TIMEOUT, f"connect took longer than {connect_s}s") from None
-        except ssl.SSLError as err:  # an OSError too, but worth naming
+        except ssl.SSLError as err:  # an OSError too: connected, but the handshake failed
             self.open -= 1
-            raise UpstreamFailure(ErrorType.CONNECT_REFUSED, f"TLS: {err}") from None
+            kind, message = failure_of(err)
+            raise UpstreamFailure(ErrorType.UPSTREAM_TLS_ERROR, message, tls_failure=kind.value) from None
         except OSError as err:
             self.open -= 1
             raise UpstreamFailure(ErrorType.CONNECT_REFUSED, err.strerror or str(err)) from None
@@ -281,6 +294,9 @@ class EndpointPool:
         conn.head = None
         conn.body = None
         if conn.closed:
+            return
+        if self.retired:
+            conn.abort()
             return
         while self._waiters:
             w = self._waiters.popleft()
@@ -304,6 +320,7 @@ class EndpointPool:
                 break
 
     def close(self) -> None:
+        self.retired = True
         for conn in list(self.idle):
             conn.abort()
         self.idle.clear()
@@ -397,7 +414,8 @@ class RawForwarder:
         """`limits`: pool or upstream name → (max connections per endpoint, keep-alive idle seconds)."""
         self._limits = limits
         self._pools: dict[tuple[str, str, int, str], EndpointPool] = {}
-        self._tls: ssl.SSLContext | None = None
+        self._tls: dict[str, UpstreamTLS] = {}  # pool or upstream name → its TLS settings (https only)
+        self._default_tls: UpstreamTLS | None = None  # an https upstream with no settings: the system's CAs
         self._deadlines: Deadlines | None = None  # response-head timeouts of all exchanges, created in the loop
 
     def _pool(self, name: str, host: str, port: int, scheme: str) -> EndpointPool:
@@ -407,10 +425,11 @@ class RawForwarder:
             limit, idle = self._limits.get(name, (256, 15.0))
             tls = None
             if scheme == "https":
-                if self._tls is None:
-                    self._tls = ssl.create_default_context()
-                tls = self._tls
-            pool = self._pools[key] = EndpointPool(host, port, limit, idle, tls)
+                tls = self._tls.get(name)
+                if tls is None:
+                    tls = self._default_tls = self._default_tls or UpstreamTLS(client_context())
+            pool = self._pools[key] = EndpointPool(host, port, limit, idle, tls.context if tls else None,
+                                                   tls.server_name if tls else None)
         return pool
 
     def send_now(self, pool: str, request: UpstreamRequest, response_s: float, idle_s: float,
@@ -487,6 +506,14 @@ class RawForwarder:
         """After a config reload: limits for pools and upstreams connected from now on (connection pools that
         already exist keep theirs until the process restarts)."""
         self._limits = limits
+
+    def set_tls(self, tls: dict[str, UpstreamTLS]) -> None:
+        """TLS settings per pool or upstream name (at start and after each reload). A name whose settings are
+        not the same object as before loses its pooled connections: they were made under the old ones
+        (requests in flight finish on theirs)."""
+        for key in [k for k in self._pools if self._tls.get(k[0]) is not tls.get(k[0])]:
+            self._pools.pop(key).close()
+        self._tls = dict(tls)
 
     async def close(self) -> None:
         for pool in self._pools.values():

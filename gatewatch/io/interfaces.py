@@ -84,11 +84,13 @@ class UpstreamFailure(Exception):
     """An attempt failed. `before_response`: no byte of a response head had arrived (what the client can still
     be told, and what the retry logic weighs)."""
 
-    def __init__(self, error_type: ErrorType, detail: str = "", *, before_response: bool = True):
+    def __init__(self, error_type: ErrorType, detail: str = "", *, before_response: bool = True,
+                 tls_failure: str | None = None):
         super().__init__(f"{error_type.value}: {detail}" if detail else error_type.value)
         self.error_type = error_type
         self.detail = detail
         self.before_response = before_response
+        self.tls_failure = tls_failure  # with UPSTREAM_TLS_ERROR: a `TlsFailure` value
 
 
 class ClientGone(Exception):

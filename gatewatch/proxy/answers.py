@@ -13,6 +13,7 @@ from gatewatch.telemetry.names import ErrorType, Outcome
 
 FAILURE_OUTCOME = {
     ErrorType.CONNECT_REFUSED: Outcome.UPSTREAM_CONNECT_ERROR,
+    ErrorType.UPSTREAM_TLS_ERROR: Outcome.UPSTREAM_TLS_ERROR,
     ErrorType.CONNECT_TIMEOUT: Outcome.UPSTREAM_TIMEOUT,
     ErrorType.RESPONSE_TIMEOUT: Outcome.UPSTREAM_TIMEOUT,
     ErrorType.READ_TIMEOUT: Outcome.UPSTREAM_TIMEOUT,
@@ -26,6 +27,7 @@ MESSAGES = {
     Outcome.CLIENT_TIMEOUT: "the request body stalled longer than the route's idle timeout",
     Outcome.NO_HEALTHY_UPSTREAM: "no healthy instance is available for this route",
     Outcome.UPSTREAM_CONNECT_ERROR: "could not connect to the upstream",
+    Outcome.UPSTREAM_TLS_ERROR: "the TLS handshake with the upstream failed",
     Outcome.UPSTREAM_TIMEOUT: "the upstream did not answer in time",
     Outcome.UPSTREAM_ERROR: "the upstream failed before sending a complete response",
     Outcome.DENIED_AUTH: "authentication failed or is missing",

@@ -64,6 +64,7 @@ class Failed(NamedTuple):
     error_type: ErrorType
     status: int | None = None  # a retryable status the instance answered
     response: UpstreamResponse | None = None  # that answer, unread: relayed as it is if no retry may follow
+    message: str | None = None  # for the client's answer if nothing follows, when the outcome's own is too vague
 
 
 class Engine:
@@ -324,12 +325,12 @@ class Engine:
         if ep is None:
             return Outcome.UPSTREAM_OVERFLOW if p.reason == PICK_OVERFLOW else Outcome.NO_HEALTHY_UPSTREAM
         picking.repin(ctx.response_headers, ep)
-        return AttemptContext(n, ep.host, ep.port, "http", ep.id, ep.zone, BALANCER, ep, lb)
+        return AttemptContext(n, ep.host, ep.port, ctx.target.pool.scheme, ep.id, ep.zone, BALANCER, ep, lb)
 
     async def retry(self, ctx: RequestContext, a: AttemptContext, failed: Failed) -> bool:
         """After a failed attempt the client has not seen: True to try again (after the backoff), False once the
         request is settled (the failure answered, or a retryable status nobody may retry relayed as it is)."""
-        error_type, status, response = failed
+        error_type, status, response, message = failed
         kind = Failure.STATUS if status is not None else failure_of(error_type)
         if ctx.picking is not None:
             ctx.picking.tried(a.instance)
@@ -343,7 +344,8 @@ class Engine:
             if response is not None:
                 await self.respond(ctx, a, response)
             else:
-                await self._fail(ctx, FAILURE_OUTCOME.get(error_type, Outcome.UPSTREAM_ERROR), error_type.value)
+                await self._fail(ctx, FAILURE_OUTCOME.get(error_type, Outcome.UPSTREAM_ERROR), error_type.value,
+                                 message)
             return False
         if response is not None:
             response.close()
@@ -522,6 +524,9 @@ class Engine:
         outcome = FAILURE_OUTCOME.get(failure.error_type, Outcome.UPSTREAM_ERROR)
         record.error_type, record.outcome = failure.error_type.value, outcome.value
         a.result = Result.GATEWAY_ERROR
+        if failure.tls_failure is not None:  # say which check failed, never just "could not connect"
+            record.tls_failure = failure.tls_failure
+            return Failed(failure.error_type, message=failure.detail)
         return Failed(failure.error_type)
 
     # --- RESPONSE ---
@@ -531,6 +536,9 @@ class Engine:
         """The client's response head from the upstream's: (headers, the body's length if it declares one)."""
         rec = ctx.rec
         headers, length = hdr.downstream_response_headers(response.headers, rec.protocol_version)
+        req = ctx.policy
+        if req is not None and req.response_remove:  # the upstream's own headers, never ours below
+            headers = hdr.without(headers, req.response_remove)
         headers.append(("X-Request-Id", rec.request_id))
         headers.extend(ctx.response_headers)
         if self._trace_response(ctx):
@@ -618,9 +626,10 @@ class Engine:
         self.telemetry.finish(rec)
         return error_body(Outcome.BAD_REQUEST, status, rec.request_id, rec.layer), rec.request_id
 
-    async def _fail(self, ctx: RequestContext, outcome: Outcome, error_type: str | None) -> None:
+    async def _fail(self, ctx: RequestContext, outcome: Outcome, error_type: str | None,
+                    message: str | None = None) -> None:
         ctx.rec.error_type = error_type
-        await self._answer(ctx, outcome, OUTCOME_STATUS[outcome], (), None)
+        await self._answer(ctx, outcome, OUTCOME_STATUS[outcome], (), message)
 
     def _fail_now(self, ctx: RequestContext, outcome: Outcome, error_type: str | None) -> None:
         ctx.rec.error_type = error_type

@@ -127,6 +127,14 @@ def downstream_response_headers(headers: Headers, version: str) -> tuple[list[tu
     return out, _length(lengths)
 
 
+def without(headers: list[tuple[str, str]], names: set[str]) -> list[tuple[str, str]]:
+    """`headers` less those named in `names` (lower-case; an entry ending in `*` is a prefix)."""
+    exact = {n for n in names if not n.endswith("*")}
+    prefixes = tuple(n[:-1] for n in names if n.endswith("*"))
+    return [h for h in headers
+            if (name := h[0].lower()) not in exact and not (prefixes and name.startswith(prefixes))]
+
+
 def content_length(headers: Headers) -> int | None:
     """The upstream's Content-Length if it is one well-formed value; None means "not known" (stream it)."""
     return _length([v.strip() for k, v in headers if k.lower() == "content-length"])

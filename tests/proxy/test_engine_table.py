@@ -233,3 +233,26 @@ async def test_unparseable_request_is_recorded_through_the_rejecter():
     [rec] = h.records
     assert (rec.outcome, rec.status, rec.error_type, rec.method) == ("bad_request", 400, "framing_conflict", "_OTHER")
     assert b'"outcome": "bad_request"' in body
+
+
+@PATHS
+async def test_response_remove_strips_the_upstreams_headers_only(now: bool):
+    route = {"policies": [{"name": "strip", "type": "headers", "response_remove": ["Server", "X-Internal-*"],
+                           "response_add": {"X-Served-By": "edge"}}]}
+    reply = Reply(200, b"ok", (("Server", "nginx/1.22"), ("X-Internal-Shard", "7"), ("x-internal-trace", "t"),
+                               ("X-Public", "yes"), ("Content-Type", "text/plain")))
+    h = EngineHarness(config(route), by_instance(p9001=reply), now=now)
+    down = await h.request("GET", "/api/x")
+    await h.close()
+    names = [k.lower() for k, _ in down.headers]
+    assert "server" not in names and not any(n.startswith("x-internal-") for n in names)
+    assert down.header("X-Public") == "yes" and down.header("X-Served-By") == "edge"
+    assert down.header("X-Request-Id") == h.records[0].request_id  # the gateway's own are never removed
+
+
+def test_response_remove_names_must_be_header_names():
+    from gatewatch.config import ConfigError, parse_config
+    bad = config({"policies": [{"name": "strip", "type": "headers", "response_remove": ["X Bad"]}]})
+    with pytest.raises(ConfigError) as err:
+        parse_config({"admin": {"address": "127.0.0.1:0"}, **bad})
+    assert "edge.routes[0].policies[0]" in str(err.value) and "not a header name" in str(err.value)
