@@ -14,7 +14,7 @@ from grafana_foundation_sdk.builders import dashboard as gd
 from gatewatch.dashboards import panels as P
 from gatewatch.dashboards.options import BuildOptions
 from gatewatch.dashboards.promql import (BALANCER, CLIENT_BUCKET, CLIENT_COUNT, EDGE, IN_FLIGHT, SERVER_BUCKET, SERVER_COUNT,
-                               SERVER_ERROR, or_zero, quantile, ratio, sel, sum_rate)
+                               SERVER_ERROR, or_zero, quantile, sel, sum_rate)
 from gatewatch.telemetry.names import Attr, Label, Layer
 
 ROUTE = {Label.ROUTE: "~$route"}

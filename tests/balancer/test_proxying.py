@@ -8,7 +8,6 @@ import asyncio
 import collections
 
 import aiohttp
-import pytest
 from aiohttp import web
 
 from tests.support.net import closed_port

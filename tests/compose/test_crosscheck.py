@@ -19,7 +19,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-import yaml
 
 from gatewatch.telemetry.names import Attr, Outcome
 from tests.compose.stack import COMPOSE_DIR, LOCAL_HOSTS, REPO, Stack, host_ports, load_yaml

@@ -10,8 +10,7 @@ from gatewatch.edge.routing import NoRoute, Router
 
 def scan(routes, path):
     """The reference: first route in declared order whose path matches (no host/method conditions here)."""
-    r = Router(())
-    for i, route in enumerate(routes):
+    for route in routes:
         single = Router((route,))
         m = single.match(path, "h", "GET", {}, "")
         if not isinstance(m, NoRoute):

@@ -27,7 +27,6 @@ import urllib.request
 
 import jwt as pyjwt
 import pytest
-import yaml
 
 from gatewatch.dashboards.build import RULES_FILE, render_all
 from gatewatch.dashboards.options import DEFAULT
