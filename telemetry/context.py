@@ -153,6 +153,8 @@ class AttemptRecord:
     request_sent_s: float | None = None  # writing the request
     ttfb_s: float | None = None  # request written → response head parsed
     tls_failure: str | None = None  # why the TLS handshake failed (`TlsFailure`), with error.type upstream_tls_error
+    tls_protocol_version: str | None = None  # the connection's TLS version ("1.2", "1.3"); None: plain HTTP
+    tls_cipher: str | None = None
 
 
 @dataclass(slots=True)

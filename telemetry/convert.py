@@ -109,7 +109,8 @@ CLIENT_SHAPE = Shape(
      Attr.NETWORK_PEER_ADDRESS, Attr.HTTP_RESPONSE_STATUS_CODE, Attr.HTTP_REQUEST_RESEND_COUNT, Attr.ERROR_TYPE,
      Attr.LAYER, Attr.ROUTE, Attr.UPSTREAM, Attr.INSTANCE, Attr.ZONE, Attr.OUTCOME, Attr.NETWORK_PEER_PORT),
     (), (Attr.URL_FULL, Attr.REQUEST_ID, Attr.TIMING_BACKOFF, Attr.TIMING_POOL_WAIT, Attr.TIMING_CONNECT,
-         Attr.TIMING_TLS, Attr.TIMING_REQUEST_SENT, Attr.TIMING_TTFB, Attr.TLS_FAILURE))
+         Attr.TIMING_TLS, Attr.TIMING_REQUEST_SENT, Attr.TIMING_TTFB, Attr.TLS_FAILURE, Attr.TLS_PROTOCOL_VERSION,
+         Attr.TLS_CIPHER))
 DECISION_SHAPE = Shape(
     (Attr.DECISION, Attr.DECISION_RULE, Attr.DECISION_RESULT, Attr.DECISION_REASON, Attr.LAYER, Attr.ROUTE,
      Attr.HTTP_REQUEST_METHOD, Attr.CONSUMER, Attr.CONFIG_VERSION),
@@ -211,7 +212,7 @@ def span_models(r: RequestRecord, conv: Conventions = DEFAULT_CONVENTIONS) -> li
                         (method, original, a.host, a.port, a.peer_address, status, a.resend_count or None,
                          error_type, a.layer, r.route, a.upstream, a.instance, a.zone, a.outcome, a.peer_port),
                         (), (a.url_full, r.request_id, a.backoff_s, a.pool_wait_s, a.connect_s, a.tls_s,
-                             a.request_sent_s, a.ttfb_s, a.tls_failure),
+                             a.request_sent_s, a.ttfb_s, a.tls_failure, a.tls_protocol_version, a.tls_cipher),
                         a.lb or r.lb)  # each attempt's own pick (a retry's exclusions never leak onto the first)
         out.append(SpanModel(name_method, t.trace_id, a.span_id, attempt_parent, CLIENT, a.start_ns,
                              a.end_ns or r.end_ns, a_attrs, a.error_type is not None or (status or 0) >= 400,

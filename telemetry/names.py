@@ -258,6 +258,8 @@ class Attr:
     TIMING_CONNECT = "gatewatch.timing.connect_s"  # TCP connect (a new connection; absent when one was reused)
     TIMING_TLS = "gatewatch.timing.tls_s"  # TLS handshake of a new connection
     TLS_FAILURE = "gatewatch.tls.failure"  # why the TLS handshake with the upstream failed (`TlsFailure`)
+    TLS_PROTOCOL_VERSION = "tls.protocol.version"  # OTel semconv (tls.*): "1.2" | "1.3", of the attempt's connection
+    TLS_CIPHER = "tls.cipher"
     TIMING_REQUEST_SENT = "gatewatch.timing.request_sent_s"  # writing the request (head, and body when streamed)
     TIMING_TTFB = "gatewatch.timing.ttfb_s"  # from the request sent to the response head received
     # per policy, in the order of gatewatch.policy.summary, on the SERVER span: each evaluation's duration

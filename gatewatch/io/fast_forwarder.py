@@ -31,7 +31,7 @@ import httptools
 from gatewatch.io.http1 import BodyQueue, Deadlines, WriteFlow, chunk_frame, serialize_head
 from gatewatch.io.interfaces import AttemptTiming, ClientGone, UpstreamFailure, UpstreamRequest
 from gatewatch.io.tls import UpstreamTLS, client_context, failure_of
-from gatewatch.telemetry.names import ErrorType
+from gatewatch.telemetry.names import ErrorType, TlsFailure
 
 
 MAX_RESPONSE_HEAD = 64 * 1024  # like nginx's "upstream sent too big header" (proxy_buffer_size, generous)
@@ -51,7 +51,7 @@ class UpstreamConnection(asyncio.Protocol):
     # dict-less object is fewer cache lines to fetch.
     __slots__ = ("pool", "loop", "transport", "flow", "parser", "closed", "busy", "idle_since", "peer", "head",
                  "body", "_headers", "_head_bytes", "_status_reason", "complete", "is_head_request", "until_close",
-                 "keep_alive", "awaiting")
+                 "keep_alive", "awaiting", "forgotten", "tls_version", "tls_cipher")
 
     def __init__(self, pool: "EndpointPool"):
         self.pool = pool
@@ -73,6 +73,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.until_close = False  # the response body is delimited by the connection closing (no length)
         self.keep_alive = False
         self.awaiting: _Awaiting | None = None  # a `send_now` exchange whose head is in, to deliver after parsing
+        self.forgotten = False  # the pool no longer counts it (exactly once, whichever way it ended)
+        self.tls_version: str | None = None  # "1.3" (OTel `tls.protocol.version`) once a TLS handshake is done
+        self.tls_cipher: str | None = None
 
     # --- asyncio.Protocol ---
 
@@ -266,27 +269,44 @@ class EndpointPool:
                 return conn
         self.open += 1
         connecting = loop.time()
+        handshaking: float | None = None
+        conn: UpstreamConnection | None = None
         try:
+            # TCP, then TLS on it (`start_tls`): two steps, so the attempt's timing can say which one took the time.
             async with asyncio.timeout(connect_s):
-                _, conn = await loop.create_connection(
-                    lambda: UpstreamConnection(self), self.host, self.port, ssl=self.tls,
-                    server_hostname=self.server_name if self.tls else None)
-        except TimeoutError:
-            self.open -= 1
-            raise UpstreamFailure(ErrorType.CONNECT_TIMEOUT, f"connect took longer than {connect_s}s") from None
-        except ssl.SSLError as err:  # an OSError too: connected, but the handshake failed
-            self.open -= 1
-            kind, message = failure_of(err)
-            raise UpstreamFailure(ErrorType.UPSTREAM_TLS_ERROR, message, tls_failure=kind.value) from None
-        except OSError as err:
-            self.open -= 1
-            raise UpstreamFailure(ErrorType.CONNECT_REFUSED, err.strerror or str(err)) from None
-        except BaseException:
-            self.open -= 1
+                _, conn = await loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port)
+                if self.tls is not None:
+                    handshaking = loop.time()
+                    conn.transport = await loop.start_tls(conn.transport, conn, self.tls,
+                                                          server_hostname=self.server_name)
+                    tls = conn.transport.get_extra_info("ssl_object")
+                    if tls is not None:
+                        conn.tls_version = (tls.version() or "").removeprefix("TLSv") or None
+                        conn.tls_cipher = (tls.cipher() or (None,))[0]
+        except BaseException as err:
+            if conn is None:
+                self.open -= 1  # never connected: no connection_lost will come
+            else:
+                conn.abort()
+                self.forget(conn)  # connected, then failed (its connection_lost finds it forgotten)
+            if isinstance(err, TimeoutError):
+                raise UpstreamFailure(ErrorType.CONNECT_TIMEOUT, f"connect took longer than {connect_s}s") from None
+            if isinstance(err, ssl.SSLError):  # an OSError too: connected, but the handshake failed
+                kind, message = failure_of(err)
+                raise UpstreamFailure(ErrorType.UPSTREAM_TLS_ERROR, message, tls_failure=kind.value) from None
+            if isinstance(err, OSError):
+                if handshaking is not None:  # the upstream hung up mid-handshake (a plaintext or broken server)
+                    raise UpstreamFailure(ErrorType.UPSTREAM_TLS_ERROR, "the upstream closed the connection during "
+                                          "the TLS handshake (handshake_failed)",
+                                          tls_failure=TlsFailure.HANDSHAKE_FAILED.value) from None
+                raise UpstreamFailure(ErrorType.CONNECT_REFUSED, err.strerror or str(err)) from None
             raise
         finally:
             if timing is not None:
-                timing.connect_s = loop.time() - connecting
+                now = loop.time()
+                timing.connect_s = (handshaking or now) - connecting
+                if handshaking is not None:
+                    timing.tls_s = now - handshaking
         return conn
 
     def release(self, conn: UpstreamConnection) -> None:
@@ -308,6 +328,9 @@ class EndpointPool:
         self.idle.append(conn)
 
     def forget(self, conn: UpstreamConnection) -> None:
+        if conn.forgotten:
+            return
+        conn.forgotten = True
         self.open -= 1
         try:
             self.idle.remove(conn)
@@ -441,6 +464,8 @@ class RawForwarder:
         conn = ep.take_idle()
         if conn is None:
             return False
+        if conn.tls_version is not None:
+            timing.tls_protocol_version, timing.tls_cipher = conn.tls_version, conn.tls_cipher
         deadlines = self._deadlines
         if deadlines is None:
             deadlines = self._deadlines = Deadlines(conn.loop, _HeadTimeout)
@@ -460,6 +485,8 @@ class RawForwarder:
                    timing: AttemptTiming | None = None) -> RawResponse:
         ep = self._pool(pool, request.host, request.port, request.scheme)
         conn = ep.take_idle() or await ep.acquire(connect_s, timing)
+        if conn.tls_version is not None and timing is not None:
+            timing.tls_protocol_version, timing.tls_cipher = conn.tls_version, conn.tls_cipher
         conn.begin(request.method)
         head, chunked = _request_bytes(request)
         loop = conn.loop

@@ -141,6 +141,8 @@ class AttemptTiming(Protocol):
     pool_wait_s: float | None  # waiting for a free connection (the endpoint was at its limit)
     connect_s: float | None  # connecting a new connection (TCP, and TLS unless tls_s is given apart)
     tls_s: float | None  # the TLS handshake of a new connection
+    tls_protocol_version: str | None  # the connection's TLS version ("1.3"), new or pooled
+    tls_cipher: str | None  # its cipher suite (IANA/OpenSSL name)
     request_sent_s: float | None  # writing the request head (and a body that was there to write)
     ttfb_s: float | None  # from the request written to the response head parsed
 

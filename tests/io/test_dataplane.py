@@ -222,7 +222,7 @@ async def test_slow_reader_backpressure_bounds_memory(tmp_path):
 
 async def test_https_upstream_gets_tls_never_plaintext(tmp_path):
     """An `https://` upstream must be spoken to in TLS: the first bytes are a TLS handshake, not a request line
-    (this test's server does not speak TLS, so the answer is a 502 naming the connect failure)."""
+    (this test's server does not speak TLS and hangs up: a 502 naming the failed handshake, not a refused connect)."""
     first: list[bytes] = []
 
     async def h(reader, writer):
@@ -239,7 +239,7 @@ async def test_https_upstream_gets_tls_never_plaintext(tmp_path):
         async with running(cfg) as rt:
             resp = await raw_request(edge_port(rt), b"GET /x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
         assert resp.startswith(b"HTTP/1.1 502"), resp[:100]
-        assert b'"upstream_connect_error"' in resp
+        assert b'"upstream_tls_error"' in resp and b"handshake_failed" in resp
         assert first and first[0][:1] == b"\x16", first  # a TLS handshake record, not "GET /x"
     finally:
         server.close()

@@ -119,6 +119,13 @@ async def test_certificate_failures_are_tls_errors_that_say_why(tmp_path, pki, p
             assert body["error"]["outcome"] == "upstream_tls_error"
             assert f"({failure})" in body["error"]["message"]
             assert outcomes(rt) == {"upstream_tls_error": 1}  # never upstream_connect_error
+            if plane == "fast":  # the failed connection is no longer counted against the pool's limit
+                pools = rt.forwarder._pools.values()  # noqa: SLF001 -- the accounting under test
+                for _ in range(50):
+                    if sum(p.open for p in pools) == 0:
+                        break
+                    await asyncio.sleep(0.02)
+                assert [p.open for p in pools] == [0]
     finally:
         await runner.cleanup()
 
@@ -298,4 +305,35 @@ async def test_url_upstream_with_a_private_ca(tmp_path, pki, plane):
         async with running(cfg) as rt:
             assert await get(rt) == (200, {"tls": True, "client": None})
     finally:
+        await runner.cleanup()
+
+
+async def test_the_attempt_says_how_long_the_handshake_took_and_what_was_negotiated(tmp_path, pki):
+    """A new connection's TCP connect and TLS handshake are timed apart; every attempt on a TLS connection, new or
+    pooled, carries the negotiated version and cipher (OTel `tls.protocol.version`, `tls.cipher`)."""
+    from gatewatch.io.fast_forwarder import RawForwarder
+    from gatewatch.io.interfaces import UpstreamRequest
+    from gatewatch.io.tls import UpstreamTLS, client_context
+    from gatewatch.telemetry.context import AttemptRecord
+
+    runner, port = await tls_backend(pki["server"])
+    forwarder = RawForwarder({})
+    forwarder.set_tls({"secure": UpstreamTLS(client_context(pki["ca"].ca_file))})
+    request = UpstreamRequest("GET", "127.0.0.1", port, "https", "/who", (("Host", "h"),), False)
+    try:
+        timings = []
+        for _ in range(2):
+            t = AttemptRecord(span_id=1, layer="edge", upstream="secure", instance="b0", zone=None, host="127.0.0.1",
+                              port=port, url_full="", method="GET", resend_count=0, start_ns=0)
+            response = await forwarder.send("secure", request, None, 2.0, 2.0, 2.0, t)
+            assert b"".join([c async for c in response.body()]) and response.status == 200
+            response.close()
+            timings.append(t)
+        first, pooled = timings
+        assert first.connect_s is not None and first.tls_s is not None and first.tls_s > 0
+        assert pooled.connect_s is None and pooled.tls_s is None  # reused: nothing connected
+        assert {t.tls_protocol_version for t in timings} == {"1.3"}
+        assert all(t.tls_cipher for t in timings)
+    finally:
+        await forwarder.close()
         await runner.cleanup()
