@@ -426,7 +426,7 @@ class Engine:
         cfg = ctx.route.retries
         if cfg.attempts > 1 and "status" in cfg.retry_on and response.status in cfg.statuses:
             record.error_type, record.outcome = ErrorType.STATUS_5XX.value, Outcome.UPSTREAM_ERROR.value
-            record.end_ns, record.duration_s = self.clock_ns(), self.monotonic() - a.start
+            self._attempt_clock(a)
             return Failed(ErrorType.STATUS_5XX, response.status, response)
         return None
 
@@ -574,8 +574,7 @@ class Engine:
             record.outcome = CLIENT_ABORT
             raise
         finally:
-            record.end_ns = self.clock_ns()
-            record.duration_s = self.monotonic() - a.start
+            self._attempt_clock(a)
         response.close()
         record.outcome = rec.outcome = PROXIED
         return True
@@ -592,10 +591,14 @@ class Engine:
             record.outcome = CLIENT_ABORT
             raise
         finally:
-            record.end_ns = self.clock_ns()
-            record.duration_s = self.monotonic() - a.start
+            self._attempt_clock(a)
             response.close()
         record.outcome = rec.outcome = PROXIED
+
+    def _attempt_clock(self, a: AttemptContext) -> None:
+        """The attempt's end, as the client saw it (the pool's bookkeeping after it is not its time)."""
+        a.record.end_ns = self.clock_ns()
+        a.record.duration_s = self.monotonic() - a.start
 
     def _trace_response(self, ctx: RequestContext) -> bool:
         return self.telemetry_enabled and ctx.rec.trace.sampled and ctx.listener.trace_response_header
