@@ -452,12 +452,21 @@ class Engine:
             sent = self._send_now is not None and self._send_now(
                 ctx.route.upstream, request, a.response_s, t.idle_s, a.record, self._upstream_answered, ctx)
         except BaseException:
-            self._attempt_end(ctx, a)
-            ctx.retries.attempt_ended(a.n)
+            self._attempt_over(ctx, a)
             raise
         if not sent:
-            self._later(ctx, self._attempts(ctx, self._attempt_tail(ctx, a, self._exchange(ctx, a, request))))
+            self._continue(ctx, a, self._exchange(ctx, a, request))
         return False
+
+    def _continue(self, ctx: RequestContext, a: AttemptContext, step: Awaitable[Failed | None]) -> None:
+        """The rest of attempt `a`, and any attempts after it, in a task."""
+        self._later(ctx, self._attempts(ctx, self._attempt_tail(ctx, a, step)))
+
+    def _attempt_over(self, ctx: RequestContext, a: AttemptContext) -> None:
+        """Attempt `a` ended on the synchronous path: booked in the pool and in the retry state, once."""
+        if not a.ended:
+            self._attempt_end(ctx, a)
+            ctx.retries.attempt_ended(a.n)
 
     def _upstream_answered(self, ctx: RequestContext, result: UpstreamResponse | UpstreamFailure) -> None:
         """The forwarder's callback for an attempt sent with `send_now`: its response (the head, and the body if
@@ -465,18 +474,17 @@ class Engine:
         a = ctx.attempt
         try:
             if isinstance(result, UpstreamFailure):
-                self._later(ctx, self._attempts(ctx, self._attempt_tail(ctx, a, self._send_failed(ctx, a, result))))
+                self._continue(ctx, a, self._send_failed(ctx, a, result))
                 return
             failed = self._answered(ctx, a, result)
             if failed is not None:
-                self._attempt_end(ctx, a)
-                ctx.retries.attempt_ended(a.n)
+                self._attempt_over(ctx, a)
                 self._later(ctx, self._attempts(ctx, None, failed))
                 return
             head = self._response_head(ctx, result)
             whole = _whole(result, head[1])
             if whole is None:  # a body still arriving: streamed by the task
-                self._later(ctx, self._attempts(ctx, self._attempt_tail(ctx, a, self._relay(ctx, a, result, head))))
+                self._continue(ctx, a, self._relay(ctx, a, result, head))
                 return
             self._respond_now(ctx, a, result, head[0], whole)
         except ClientGone:
@@ -484,9 +492,7 @@ class Engine:
         except Exception:
             log.exception("request %s: internal error", ctx.rec.request_id)
             self._internal_error_now(ctx)
-        if not a.ended:
-            self._attempt_end(ctx, a)
-            ctx.retries.attempt_ended(a.n)
+        self._attempt_over(ctx, a)
         self._end(ctx)
 
     def _upstream_request(self, ctx: RequestContext, a: AttemptContext) -> UpstreamRequest:
