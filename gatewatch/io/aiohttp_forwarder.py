@@ -120,6 +120,7 @@ class AiohttpForwarder:
         self._limits = limits
         self._sessions: dict[str, aiohttp.ClientSession] = {}
         self._tls: dict[str, UpstreamTLS] = {}
+        self._closing: set[asyncio.Task] = set()  # sessions of replaced TLS settings, closing
 
     def _session(self, pool: str) -> aiohttp.ClientSession:
         session = self._sessions.get(pool)
@@ -168,8 +169,9 @@ class AiohttpForwarder:
     def set_tls(self, tls: dict[str, UpstreamTLS]) -> None:
         """TLS settings per pool or upstream name; a changed one gets a new session (new connections)."""
         for name in [n for n in self._sessions if self._tls.get(n) is not tls.get(n)]:
-            session = self._sessions.pop(name)
-            asyncio.get_running_loop().create_task(session.close())
+            closing = asyncio.get_running_loop().create_task(self._sessions.pop(name).close())
+            self._closing.add(closing)  # held until done: a task nobody references may be collected mid-way
+            closing.add_done_callback(self._closing.discard)
         self._tls = dict(tls)
 
     async def close(self) -> None:

@@ -464,11 +464,8 @@ class RawForwarder:
         conn = ep.take_idle()
         if conn is None:
             return False
-        if conn.tls_version is not None:
-            timing.tls_protocol_version, timing.tls_cipher = conn.tls_version, conn.tls_cipher
-        deadlines = self._deadlines
-        if deadlines is None:
-            deadlines = self._deadlines = Deadlines(conn.loop, _HeadTimeout)
+        _tls_of(conn, timing)
+        deadlines = self._head_deadlines(conn.loop)
         awaiting = _Awaiting(ep, conn, response_s, idle_s, timing, callback, arg, deadlines)
         conn.begin(request.method, awaiting)
         head, _ = _request_bytes(request)
@@ -485,8 +482,7 @@ class RawForwarder:
                    timing: AttemptTiming | None = None) -> RawResponse:
         ep = self._pool(pool, request.host, request.port, request.scheme)
         conn = ep.take_idle() or await ep.acquire(connect_s, timing)
-        if conn.tls_version is not None and timing is not None:
-            timing.tls_protocol_version, timing.tls_cipher = conn.tls_version, conn.tls_cipher
+        _tls_of(conn, timing)
         conn.begin(request.method)
         head, chunked = _request_bytes(request)
         loop = conn.loop
@@ -498,9 +494,7 @@ class RawForwarder:
         pump = None
         if body is not None:
             pump = loop.create_task(_pump_body(conn, body, chunked))
-        deadlines = self._deadlines
-        if deadlines is None:
-            deadlines = self._deadlines = Deadlines(loop, _HeadTimeout)
+        deadlines = self._head_deadlines(loop)
         head_future = conn.head
         tick = deadlines.add(response_s, head_future)
         try:
@@ -528,6 +522,12 @@ class RawForwarder:
             if timing is not None:
                 timing.ttfb_s = loop.time() - sent
         return RawResponse(ep, conn, status_head, idle_s, pump)
+
+    def _head_deadlines(self, loop: asyncio.AbstractEventLoop) -> Deadlines:
+        """The response-head deadlines of every exchange (made in the loop, on first use)."""
+        if self._deadlines is None:
+            self._deadlines = Deadlines(loop, _HeadTimeout)
+        return self._deadlines
 
     def set_limits(self, limits: dict[str, tuple[int, float]]) -> None:
         """After a config reload: limits for pools and upstreams connected from now on (connection pools that
@@ -608,6 +608,12 @@ class _Awaiting:
     def cancel(self) -> bool:
         self.set_exception(UpstreamFailure(ErrorType.UPSTREAM_RESET, "exchange cancelled"))
         return True
+
+
+def _tls_of(conn: UpstreamConnection, timing: AttemptTiming | None) -> None:
+    """An attempt on a TLS connection, new or pooled, says what it negotiated."""
+    if conn.tls_version is not None and timing is not None:
+        timing.tls_protocol_version, timing.tls_cipher = conn.tls_version, conn.tls_cipher
 
 
 def _discard(conn: UpstreamConnection, pump: asyncio.Task | None) -> None:
