@@ -223,18 +223,19 @@ class Runtime:
         its pooled connections) across a reload; the files were loaded once already when the config was
         validated, so a failure here is a file changed since then, reported as a reload error by the caller."""
         out: dict[str, UpstreamTLS] = {}
-        built_before, self._tls_built = self._tls_built, {}
+        built: dict[UpstreamTLSConfig, UpstreamTLS] = {}
         sources = [(p.name, p.tls) for p in (config.balancer.pools if config.balancer else ())]
         sources += [(u.name, u.tls) for u in (config.edge.upstreams if config.edge else ())]
         for name, tls in sources:
             if tls is None:
                 continue
-            built = self._tls_built.get(tls) or built_before.get(tls)
-            if built is None:
-                built = UpstreamTLS(
+            ready = built.get(tls) or self._tls_built.get(tls)
+            if ready is None:
+                ready = UpstreamTLS(
                     client_context(tls.ca_file, tls.verify, tls.client_cert, tls.client_key, tls.min_version),
                     tls.server_name)
-            out[name] = self._tls_built[tls] = built
+            out[name] = built[tls] = ready
+        self._tls_built = built  # only once every setting loaded: a failed reload keeps the running ones
         return out
 
     def _health_tls(self, pool: str) -> tuple | None:
