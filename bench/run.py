@@ -46,8 +46,9 @@ def parse_args() -> argparse.Namespace:
         description="Benchmark gatewatch against HAProxy and nginx (issue 3). See bench/README.md.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="cases: " + ", ".join(CASE_NAMES) + "\n(a prefix such as 'pool', 'routes' or 'latency-1conn' "
-               "selects its group)")
-    ap.add_argument("--quick", action="store_true", help="1 round, 3 s runs, 2000 idle connections (< 3 min)")
+               "selects its group; 'tls' the four TLS cases)")
+    ap.add_argument("--quick", action="store_true",
+                    help="1 round, 3 s runs, 2000 idle connections, no TLS cases unless --cases names them")
     ap.add_argument("--out", default=str(BENCH / "results" / "latest.json"), help="JSON results file")
     ap.add_argument("--cases", nargs="+", metavar="CASE", help="run only these cases (default: all)")
     ap.add_argument("--rounds", type=int, help="rounds (default 3, quick 1)")
@@ -102,7 +103,7 @@ def pin_harness() -> list[int]:
 def main() -> int:
     args = parse_args()
     check_python_deps()
-    cases = select_cases(args.cases)
+    cases = select_cases(args.cases, args.quick)
     tools = ensure_tools()
     if not enough_files(args, cases):
         return 2

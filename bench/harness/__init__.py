@@ -18,6 +18,8 @@ What a case runs against:
     peers.py     the nginx backend, and the references: HAProxy, nginx proxy_pass, the Python floor
     gateway.py   gatewatch from this tree: its config, its process, its /metrics, waiting for its telemetry
     sink.py      the OTLP sink process and its decoded counts
+    tls.py       the TLS cases' certificate, the no-tickets OpenSSL config, the probe of what a proxy negotiates,
+                 HAProxy's handshake count
     wrk.py       the load generator and its WRKJSON line
 
 Underneath:

@@ -1,6 +1,7 @@
 """`Bench`: one benchmark run. It starts the long-lived helpers (the nginx backend, and the OTLP sink when a case
-exports telemetry), runs every selected case once per round — in order, every second round in reverse, so slow
-drift of the machine hits all cases alike — keeps going when a case fails, and returns the results document.
+exports telemetry), writes the run's TLS certificate when a TLS case is selected, runs every selected case once per
+round — in order, every second round in reverse, so slow drift of the machine hits all cases alike — keeps going
+when a case fails, and returns the results document.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .peers import Backend
 from .render import summary_line
 from .results import results
 from .sink import Sink
+from .tls import make_tls_files
 
 
 class Bench:
@@ -40,6 +42,8 @@ class Bench:
         if args.pool_addressing != "ports":
             need_ports = 1
         self.backend.start(need_ports)
+        if any(c.tls != "off" for c in cases):
+            self.ctx.tls = make_tls_files(self.ctx.workdir / "tls")
         if any(c.kind == "gatewatch" for c in cases):
             self.sink.start()
         raw: dict[str, list[dict]] = {c.name: [] for c in cases}

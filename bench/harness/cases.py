@@ -1,5 +1,5 @@
 """The cases: `Case` says what runs (its kind: direct | haproxy | nginx | floor | gatewatch | idle) and how
-(connections, telemetry, routes, pool, algorithm, workers, pinning); `ALL_CASES` is the list in run order and
+(connections, telemetry, routes, pool, algorithm, workers, pinning, TLS); `ALL_CASES` is the list in run order and
 `select_cases` turns --cases into a subset of it.
 """
 
@@ -22,6 +22,11 @@ class Case:
     algorithm: str = "round_robin"
     workers: int = 1  # gatewatch `workers: N`
     pinned: bool = True  # False: the proxy may run on every CPU (multi-core cases)
+    # TLS termination at the proxy (haproxy | gatewatch; the backend stays plaintext): off, keepalive (wrk over
+    # https on keep-alive connections) or handshakes (`Connection: close`: a new connection and a full handshake
+    # per request, session resumption turned off at the server, see tls.py)
+    tls: str = "off"
+    quick: bool = True  # False: left out of a --quick run unless --cases names it (it would push --quick past ~4 min)
 
 
 ALL_CASES = [
@@ -32,6 +37,12 @@ ALL_CASES = [
     Case("gatewatch-off", "gatewatch", telemetry="off"),
     Case("gatewatch-full", "gatewatch", telemetry="full"),
     Case("gatewatch-sampled", "gatewatch", telemetry="sampled"),
+    # TLS termination (issue 16): the same certificate and key on both sides, TLS 1.3 as negotiated by default.
+    # In full runs and with `--cases tls`; not in a plain --quick run.
+    Case("haproxy-tls", "haproxy", tls="keepalive", quick=False),
+    Case("gatewatch-tls", "gatewatch", tls="keepalive", quick=False),
+    Case("haproxy-tls-handshakes", "haproxy", tls="handshakes", quick=False),
+    Case("gatewatch-tls-handshakes", "gatewatch", tls="handshakes", quick=False),
     Case("latency-1conn-direct", "direct", conns=1),
     Case("latency-1conn-full", "gatewatch", conns=1, telemetry="full"),
     Case("routes-10", "gatewatch", routes=10),
@@ -53,21 +64,26 @@ CASE_NAMES = [c.name for c in ALL_CASES]
 
 
 def _group(name: str) -> str | None:
+    if name == "tls" or "-tls" in name:
+        return "tls"
     for g in ("pool", "routes", "latency", "workers"):
         if name.startswith(g):
             return g
     return None
 
 
-def select_cases(wanted: list[str] | None) -> list[Case]:
+def select_cases(wanted: list[str] | None, quick: bool = False) -> list[Case]:
     """Exact names, prefixes (`gatewatch`), or one member of a compared pair/group (`pool-1000` runs every pool
-    case, `routes-1000` both route cases, `latency-1conn` both latency cases): a ratio needs both sides."""
+    case, `routes-1000` both route cases, `latency-1conn` both latency cases, `tls` or any TLS case the four TLS
+    cases): a ratio needs both sides. An exact name is not also a prefix: `haproxy` is the one case. Without
+    --cases: every case, or with --quick every case marked `quick`."""
     if not wanted:
-        return list(ALL_CASES)
+        return [c for c in ALL_CASES if c.quick or not quick]
     chosen: set[str] = set()
     unknown = []
     for w in wanted:
-        hits = [c.name for c in ALL_CASES if c.name == w or c.name.startswith(w + "-")
+        exact = w in CASE_NAMES
+        hits = [c.name for c in ALL_CASES if c.name == w or (not exact and c.name.startswith(w + "-"))
                 or (_group(w) is not None and _group(c.name) == _group(w))]
         if not hits:
             unknown.append(w)

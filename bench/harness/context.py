@@ -1,6 +1,7 @@
 """`Context`: what every part of one benchmark run shares — the parsed options, the tool paths, the temp dir for
-configs and logs, the CPU layout (the proxy's CPU and the load CPU), the open-files limit, the findings (`notes`)
-and the numbering of process names. It also builds the `taskset` prefix and the environment of Python children.
+configs and logs, the CPU layout (the proxy's CPU and the load CPU), the open-files limit, the run's TLS
+certificate (when a TLS case runs), the findings (`notes`) and the numbering of process names. It also builds the
+`taskset` prefix and the environment of Python children.
 """
 
 from __future__ import annotations
@@ -9,8 +10,12 @@ import argparse
 import os
 import resource
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .common import REPO
+
+if TYPE_CHECKING:
+    from .tls import TlsFiles
 
 
 class Context:
@@ -23,6 +28,7 @@ class Context:
         self.proxy_cpu = cpus[0] if self.pinned else None
         self.load_cpu = cpus[1] if self.pinned else None
         self.nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self.tls: TlsFiles | None = None  # set by Bench.run when a TLS case is selected
         self.notes: list[str] = []
         self.seq = 0
 

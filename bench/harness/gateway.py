@@ -4,7 +4,8 @@ PYTHONPATH, see `Context.child_env`), `scrape` reads its /metrics and `settle` w
 run has been exported.
 
 `Gateway` also keeps what the run learns about the gateway: how telemetry is turned off (`off_mode`), and the
-hash of the sources each process was started from.
+hash of the sources each process was started from. In the TLS cases its listener terminates TLS with the run's
+certificate (tls.py) and every other listener setting is the default.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .peers import Backend
 from .procs import Proc, wait_http
 from .sink import Sink
 from .targets import Target
+from .tls import https_opener, server_env
 
 _TELEMETRY_ENV = {  # how each telemetry setting is asked for, as a user would
     "off": {"OTEL_SDK_DISABLED": "true"},
@@ -73,11 +75,15 @@ class Gateway:
             telemetry["otlp"] = {"endpoint": self.sink.endpoint, "protocol": "http/protobuf"}
         if case.telemetry == "off" and self.off_fallback:
             telemetry["sampling"] = {"ratio": 0.0}
+        listener: dict[str, Any] = {"name": "public", "address": "127.0.0.1:0"}
+        if case.tls != "off":
+            tls = self.ctx.tls
+            listener["tls"] = {"certificates": [{"cert_file": str(tls.cert), "key_file": str(tls.key)}]}
         return {
             **({"workers": case.workers} if case.workers > 1 else {}),
             "admin": {"address": "127.0.0.1:0"},
             "telemetry": telemetry,
-            "edge": {"listeners": [{"name": "public", "address": "127.0.0.1:0"}],
+            "edge": {"listeners": [listener],
                      "routes": make_routes(case.routes)},
             "balancer": {"pools": [{"name": "backend", "algorithm": case.algorithm, "instances": instances}]},
         }
@@ -90,20 +96,28 @@ class Gateway:
         ready = ctx.workdir / f"{name}.ready.json"
         env = ctx.child_env()
         env.update(_TELEMETRY_ENV.get(case.telemetry, {}))
+        env.update(server_env(case, ctx.tls))
         self.last_source_hash = source_hash()
         self.source_hashes.add(self.last_source_hash)
         p = Proc(name, (ctx.taskset(ctx.proxy_cpu) if case.pinned else ctx.every_cpu()) + [
             sys.executable, "-m", "gatewatch", "run", "-c", str(cfg_path), "--ready-file", str(ready)],
             ctx.workdir, env=env, cwd=ctx.workdir)
         info = _wait_ready(case, p, ready)
-        url = f"http://{info['listeners']['public']}{PATH}"
-        wait_http(url, p)
+        if case.tls != "off":
+            url = f"https://{info['listeners']['public']}{PATH}"
+            wait_http(url, p, opener=https_opener(ctx.tls))
+        else:
+            url = f"http://{info['listeners']['public']}{PATH}"
+            wait_http(url, p)
         if case.telemetry == "off" and "disabled" not in str(info.get("telemetry", "")) and not self.off_fallback:
             self._fall_back(info)
             p.stop()
             return self.start(case, rnd)
         admins = [w["admin"] for w in info.get("workers") or []] or [info["admin"]]
-        return Target(url=url, procs=[p], cpu_procs=p.tree, admin=admins, info=info)
+        t = Target(url=url, procs=[p], cpu_procs=p.tree, admin=admins, info=info)
+        if case.tls != "off":
+            t.handshakes = lambda: scrape(admins)["tls_handshakes"]
+        return t
 
     def _fall_back(self, info: dict) -> None:
         """OTEL_SDK_DISABLED=true did not disable telemetry: turn it off with sampling ratio 0 from now on."""
@@ -129,7 +143,7 @@ def _wait_ready(case: Case, p: Proc, ready: Path) -> dict:
 
 
 def scrape(admins: list[str]) -> dict[str, Any]:
-    """Telemetry and request counters from gatewatch's /metrics, summed over its workers."""
+    """Telemetry, request and TLS handshake counters from gatewatch's /metrics, summed over its workers."""
     from prometheus_client.parser import text_string_to_metric_families
 
     texts = []
@@ -141,6 +155,7 @@ def scrape(admins: list[str]) -> dict[str, Any]:
     queue = 0.0
     outcomes: dict[str, float] = collections.Counter()
     requests = 0.0
+    handshakes = 0.0
     for fam in (f for text in texts for f in text_string_to_metric_families(text)):
         for s in fam.samples:
             if s.name == "gatewatch_telemetry_exported_total":
@@ -153,8 +168,10 @@ def scrape(admins: list[str]) -> dict[str, Any]:
                 outcomes[f"{s.labels.get('gatewatch_outcome', '')}/{s.labels.get('http_response_status_code', '')}"] \
                     += s.value
                 requests += s.value
+            elif s.name == "gatewatch_tls_handshakes_total":
+                handshakes += s.value
     return {"exported": dict(exported), "dropped": dict(dropped), "queue_items": queue,
-            "requests_by_outcome": dict(outcomes), "requests": requests}
+            "requests_by_outcome": dict(outcomes), "requests": requests, "tls_handshakes": handshakes}
 
 
 def settle(t: Target, sink: Sink, timeout_s: float = 20.0) -> tuple[dict | None, dict | None, bool]:

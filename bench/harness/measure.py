@@ -2,7 +2,7 @@
 telemetry settle, then run wrk while taking CPU snapshots (the proxy's tree, the sink, every CPU of the machine,
 other processes) and the backend's counters before, right after, and once the run's telemetry is exported.
 `measure` returns the round's record: wrk's numbers, CPU per request, the gateway's and the sink's telemetry
-counts, and `problems` (the flags of the table).
+counts, for a TLS case what was negotiated and the handshakes per request, and `problems` (the flags of the table).
 
 The idle-connection case has its own measurement (idle.py).
 """
@@ -30,6 +30,7 @@ from .cpu import (
 from .gateway import Gateway, settle
 from .idle import measure_idle
 from .targets import Target, start_target, stop_target
+from .tls import probe
 from .wrk import run_wrk
 
 if TYPE_CHECKING:
@@ -60,6 +61,8 @@ class Window:
     metrics: dict | None  # gatewatch's /metrics once settled
     sink_counts: dict | None  # the sink's decoded counts once settled
     settled: bool
+    hs0: float | None = None  # TLS cases: handshakes the proxy had completed before the run
+    hs1: float | None = None  # and right after it
 
 
 def measure(bench: Bench, case: Case, rnd: int) -> dict[str, Any]:
@@ -68,8 +71,10 @@ def measure(bench: Bench, case: Case, rnd: int) -> dict[str, Any]:
     sink0 = bench.sink.quiet() if case.kind == "gatewatch" else None
     t = start_target(bench, case, rnd)
     problems: list[str] = []
+    close = case.tls == "handshakes"
     try:
-        run_wrk(bench.ctx, t.url, case.conns, bench.ctx.args.warmup, f"warmup-{case.name}")
+        probed = probe(t.url, bench.ctx.tls) if case.tls != "off" else None
+        run_wrk(bench.ctx, t.url, case.conns, bench.ctx.args.warmup, f"warmup-{case.name}", close)
         settle(t, bench.sink)
         win = _measured_run(bench, case, t)
         if not win.settled:
@@ -87,6 +92,8 @@ def measure(bench: Bench, case: Case, rnd: int) -> dict[str, Any]:
         r["backend_cpu_s_per_1k"] = (win.cpu1 - win.cpu0) / r["requests"] * 1000 if r["requests"] else None
     if case.kind == "gatewatch":
         _gateway_telemetry(bench.gateway, case, r, win, sink0, problems)
+    if probed is not None:
+        _tls_numbers(case, r, win, probed, problems)
     errs = r["errors"]
     if errs["status"]:
         problems.append(f"wrk counted {errs['status']} non-2xx/3xx responses")
@@ -107,18 +114,21 @@ def _measured_run(bench: Bench, case: Case, t: Target) -> Window:
     cpu0, sink_cpu0, busy0 = cpu_seconds(procs), cpu_seconds(sink_ps), percpu_busy()
     by0 = cpu_by_process(procs)
     be0 = bench.backend.status()
+    hs0 = t.handshakes() if t.handshakes else None
     w0 = time.monotonic()
-    w = run_wrk(ctx, t.url, case.conns, ctx.args.duration, case.name)
+    w = run_wrk(ctx, t.url, case.conns, ctx.args.duration, case.name, close=case.tls == "handshakes")
     wall = time.monotonic() - w0
     cpu_mid, busy_mid = cpu_seconds(procs), percpu_busy()
     other = other_cpu_seconds(other0, other_cpu_snapshot(ours))
+    hs1 = t.handshakes() if t.handshakes else None
     be1 = bench.backend.status()
     m, s, settled = settle(t, sink)
     cpu1, sink_cpu1 = cpu_seconds(procs), cpu_seconds(sink_ps)
     by1 = cpu_by_process(procs)
     return Window(wrk=w, wall=wall, quiet=quiet, procs=procs, affinity=affinity, cpu0=cpu0, cpu_mid=cpu_mid,
                   cpu1=cpu1, sink_cpu0=sink_cpu0, sink_cpu1=sink_cpu1, busy0=busy0, busy_mid=busy_mid, by0=by0,
-                  by1=by1, other=other, be0=be0, be1=be1, metrics=m, sink_counts=s, settled=settled)
+                  by1=by1, other=other, be0=be0, be1=be1, metrics=m, sink_counts=s, settled=settled, hs0=hs0,
+                  hs1=hs1)
 
 
 def _wrk_numbers(rnd: int, win: Window) -> dict[str, Any]:
@@ -151,6 +161,25 @@ def _wrk_numbers(rnd: int, win: Window) -> dict[str, Any]:
         r["backend_requests"] = be1["requests"] - be0["requests"] - 1
         r["backend_conns_open_after"] = be1["active"] - 1
     return r
+
+
+def _tls_numbers(case: Case, r: dict[str, Any], win: Window, probed: dict, problems: list[str]) -> None:
+    """What the proxy negotiated (tls.probe, before the warm-up), and the handshakes it counted per request wrk
+    completed during the run: about 1 in the handshake cases (every request on a new connection, a full
+    handshake as no ticket was issued), about 0 on keep-alive connections."""
+    r["tls_version"], r["tls_cipher"] = probed["version"], probed["cipher"]
+    r["tls_ticket_issued"], r["tls_resumed"] = probed["ticket_issued"], probed["resumed"]
+    if win.hs0 is not None and win.hs1 is not None and r["requests"]:
+        r["tls_handshakes"] = win.hs1 - win.hs0
+        r["tls_handshakes_per_request"] = round((win.hs1 - win.hs0) / r["requests"], 4)
+    if case.tls != "handshakes":
+        return
+    if probed["ticket_issued"] or probed["resumed"]:
+        problems.append(f"TLS RESUMPTION: the proxy issued a session ticket ({probed['ticket_issued']}) or resumed "
+                        f"an offered session ({probed['resumed']}): not every handshake was a full one")
+    per = r.get("tls_handshakes_per_request")
+    if per is None or per < 0.95:
+        problems.append(f"TLS HANDSHAKES: {per} handshakes per request, not 1: connections were reused")
 
 
 def _check_load(ctx: Context, case: Case, r: dict[str, Any], problems: list[str]) -> None:

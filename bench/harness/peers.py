@@ -1,11 +1,12 @@
 """Everything that is not gatewatch: the nginx `Backend` that answers every case (on 1 port, or 1,000 for the
 pool cases), and the proxies gatewatch is compared with — HAProxy, nginx `proxy_pass` and bench/floor_proxy.py
 (the Python floor). Each `start_*` writes its config, starts the proxy on the proxy's CPU and returns its URL and
-process once it answers.
+process once it answers. HAProxy also terminates TLS for the TLS cases, with the run's certificate (tls.py).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from .common import BENCH, HTTP, PATH, log
 from .context import Context
 from .host import free_port, port_range
 from .procs import Proc, wait_http
+from .tls import TlsFiles, https_opener, server_env
 
 
 def nginx_temp_paths(d: Path) -> str:
@@ -75,11 +77,23 @@ http {{
 """
 
 
-def haproxy_conf(port: int, backend_ports: list[int]) -> str:
+# TLS 1.2 suites of gatewatch's listeners (gatewatch/io/tls.py SERVER_CIPHERS_TLS12: ECDHE + AEAD, Mozilla's
+# "intermediate"); TLS 1.3 suites stay OpenSSL's defaults on both sides, as does the choice among them.
+TLS12_CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+                 "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305")
+
+
+def haproxy_conf(port: int, backend_ports: list[int], tls: TlsFiles | None = None,
+                 stats_sock: Path | None = None) -> str:
+    """With `tls`, the frontend terminates TLS with the run's certificate and the same policy as a gatewatch
+    listener (TLS 1.2 at least, its TLS 1.2 suites, ALPN http/1.1); the backend stays plaintext. The stats socket
+    is where the harness reads the count of TLS connections (`show info`)."""
     servers = "\n".join(f"    server s{k} 127.0.0.1:{p}" for k, p in enumerate(backend_ports))
+    ssl = (f" ssl crt {tls.pem} ssl-min-ver TLSv1.2 ciphers {TLS12_CIPHERS} alpn http/1.1" if tls else "")
+    stats = f"\n    stats socket {stats_sock} level user" if stats_sock else ""
     return f"""# reference: HAProxy, one thread, HTTP mode, keep-alive and connection reuse to the backend
 global
-    nbthread 1
+    nbthread 1{stats}
 
 defaults
     mode http
@@ -92,7 +106,7 @@ defaults
     timeout http-keep-alive 75s
 
 frontend fe
-    bind 127.0.0.1:{port}
+    bind 127.0.0.1:{port}{ssl}
     default_backend be
 
 backend be
@@ -143,14 +157,24 @@ class Backend:
         return [self.ports[0]] * n
 
 
+def haproxy_stats_sock(ctx: Context, rnd: int) -> Path:
+    return ctx.workdir / f"haproxy-r{rnd}.sock"
+
+
 def start_haproxy(ctx: Context, backend: Backend, case: Case, rnd: int) -> tuple[str, Proc]:
     port = free_port()
     cfg = ctx.workdir / f"haproxy-r{rnd}.cfg"
-    cfg.write_text(haproxy_conf(port, backend.pool_ports(case.pool)))
-    p = Proc(ctx.next_name("haproxy"), ctx.taskset(ctx.proxy_cpu) + [
-        ctx.tools["haproxy"], "-db", "-f", str(cfg)], ctx.workdir)
-    url = f"http://127.0.0.1:{port}{PATH}"
-    wait_http(url, p)
+    tls = ctx.tls if case.tls != "off" else None
+    cfg.write_text(haproxy_conf(port, backend.pool_ports(case.pool), tls,
+                                haproxy_stats_sock(ctx, rnd) if tls else None))
+    extra = server_env(case, tls)
+    p = Proc(ctx.next_name(case.name if tls else "haproxy"), ctx.taskset(ctx.proxy_cpu) + [
+        ctx.tools["haproxy"], "-db", "-f", str(cfg)], ctx.workdir, env={**os.environ, **extra} if extra else None)
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}{PATH}"
+    if tls:
+        wait_http(url, p, opener=https_opener(tls))
+    else:
+        wait_http(url, p)
     return url, p
 
 

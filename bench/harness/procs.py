@@ -11,6 +11,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from urllib.request import OpenerDirector
 
 from .common import HTTP, log
 
@@ -126,15 +127,16 @@ def run_capture(name: str, argv: list[str], workdir: Path, timeout_s: float) -> 
     return p.popen.returncode, out.decode(errors="replace"), err.decode(errors="replace")
 
 
-def wait_http(url: str, proc: Proc, timeout_s: float = 20.0) -> None:
-    """Until `url` answers 200 "ok" (every server under test answers the backend's body)."""
+def wait_http(url: str, proc: Proc, timeout_s: float = 20.0, opener: OpenerDirector = HTTP) -> None:
+    """Until `url` answers 200 "ok" (every server under test answers the backend's body); an https URL with the
+    opener of tls.https_opener, which verifies the run's certificate."""
     deadline = time.monotonic() + timeout_s
     last = None
     while time.monotonic() < deadline:
         if not proc.alive():
             raise RuntimeError(f"{proc.name} exited ({proc.popen.returncode}); log:\n{proc.log_text()[-2000:]}")
         try:
-            with HTTP.open(url, timeout=2) as r:
+            with opener.open(url, timeout=2) as r:
                 body = r.read()
             if r.status == 200 and body == b"ok":
                 return

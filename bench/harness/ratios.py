@@ -1,6 +1,6 @@
-"""The ratios of issue 3 and their targets: `compute_ratios` takes each ratio within every round (both sides
-measured minutes apart at most) and reports the median over rounds; `check_targets` compares them with `TARGETS`
-and checks that no telemetry case dropped anything.
+"""The ratios of issue 3 (and issue 16's TLS rows) and their targets: `compute_ratios` takes each ratio within
+every round (both sides measured minutes apart at most) and reports the median over rounds; `check_targets`
+compares them with `TARGETS` and checks that no telemetry case dropped anything. The TLS ratios have no target.
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ class _Rounds:
     def value(self, name: str, rnd: int, key: str) -> float | None:
         for r in self.raw.get(name, []):
             if r.get("round") == rnd and "failed" not in r:
-                if key == "proxy_cpu":  # CPU-s/1k of the gateway process itself, never the tree's total
-                    return (r.get("cpu_s_per_1k_by_process") or {}).get("gatewatch")
+                if key == "proxy_cpu":  # CPU-s/1k of the gateway (or HAProxy) process, never the tree's total
+                    by = r.get("cpu_s_per_1k_by_process") or {}
+                    return by.get("gatewatch", by.get("haproxy"))
                 return r.get(key)
         return None
 
@@ -83,6 +84,18 @@ def compute_ratios(raw: dict[str, list[dict]], rounds: int) -> tuple[dict, dict]
                            for alg in ("round_robin", "weighted_round_robin")},
         "haproxy_pool_1000_vs_3": pr.ratio("pool-1000-haproxy", "pool-3-haproxy"),
         "workers_2_vs_1": pr.ratio("workers-2", "workers-1"),
+        # TLS termination (issue 16): gatewatch against HAProxy on keep-alive connections and on a new connection
+        # and full handshake per request, what TLS costs gatewatch, and what it costs HAProxy
+        "tls_vs_haproxy_tls": pr.ratio("gatewatch-tls", "haproxy-tls"),
+        "tls_handshakes_vs_haproxy_tls_handshakes": pr.ratio("gatewatch-tls-handshakes", "haproxy-tls-handshakes"),
+        "tls_vs_off": pr.ratio("gatewatch-tls", "gatewatch-off"),
+        "haproxy_tls_vs_haproxy": pr.ratio("haproxy-tls", "haproxy"),
+        # the same by the proxy process's CPU per request (HAProxy's ÷ gatewatch's, gatewatch-off's ÷
+        # gatewatch-tls's): unaffected by the load core, which wrk's own handshakes saturate
+        "tls_vs_haproxy_tls_proxy_cpu": pr.capacity("gatewatch-tls", "haproxy-tls"),
+        "tls_handshakes_vs_haproxy_tls_handshakes_proxy_cpu": pr.capacity("gatewatch-tls-handshakes",
+                                                                          "haproxy-tls-handshakes"),
+        "tls_vs_off_proxy_cpu": pr.capacity("gatewatch-tls", "gatewatch-off"),
         "added_latency_ms_p50": pr.difference("latency-1conn-full", "latency-1conn-direct", "p50_ms"),
         "rss_kib_per_idle_conn": pr.values("idle-10k", "rss_kib_per_conn"),
     }

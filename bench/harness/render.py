@@ -1,6 +1,6 @@
 """The text output: `render` turns a results document into the table printed at the end of a run (and stored under
 `table`; bench/README.md quotes one) — header, one row per case, CPU by process, the context lines (HAProxy's own
-pool ratio, multi-core, telemetry cost on the proxy's core, idle connections), the targets and the findings.
+pool ratio, multi-core, telemetry cost on the proxy's core, TLS, idle connections), the targets and the findings.
 `summary_line` is the progress line logged after each measurement.
 """
 
@@ -12,8 +12,12 @@ from .common import NOISY, median
 
 _VS_HAPROXY = {"direct": "direct_vs_haproxy", "nginx": "nginx_vs_haproxy", "python-floor": "floor_vs_haproxy",
                "gatewatch-off": "off_vs_haproxy",
-               "gatewatch-full": "full_vs_haproxy", "gatewatch-sampled": "sampled_vs_haproxy"}
-_VS_OFF = {"gatewatch-full": "full_vs_off", "gatewatch-sampled": "sampled_vs_off"}
+               "gatewatch-full": "full_vs_haproxy", "gatewatch-sampled": "sampled_vs_haproxy",
+               # the TLS rows against HAProxy terminating TLS the same way, not against plaintext HAProxy
+               "gatewatch-tls": "tls_vs_haproxy_tls",
+               "gatewatch-tls-handshakes": "tls_handshakes_vs_haproxy_tls_handshakes"}
+_REFERENCES = ("haproxy", "haproxy-tls", "haproxy-tls-handshakes")  # 1.00 in the vs HAProxy column
+_VS_OFF = {"gatewatch-full": "full_vs_off", "gatewatch-sampled": "sampled_vs_off", "gatewatch-tls": "tls_vs_off"}
 
 
 def fmt(v: Any, spec: str = ".2f", none: str = "-") -> str:
@@ -69,7 +73,7 @@ def _table(res: dict[str, Any]) -> list[str]:
 def _row(res: dict[str, Any], name: str, mm: dict[str, Any]) -> str:
     ratios = res["ratios"]
     s = res["settings"]
-    h = "1.00" if name == "haproxy" else fmt(ratios.get(_VS_HAPROXY.get(name, "")), ".2f")
+    h = "1.00" if name in _REFERENCES else fmt(ratios.get(_VS_HAPROXY.get(name, "")), ".2f")
     o = fmt(ratios.get(_VS_OFF.get(name, "")), ".2f")
     cpu = fmt(mm.get("cpu_s_per_1k"), ".3f")
     use = fmt(mm.get("proxy_cpu_util"), ".2f")
@@ -142,6 +146,7 @@ def _context(res: dict[str, Any]) -> list[str]:
         lines.append("")
         lines.append("telemetry cost on the proxy's core (gatewatch-off CPU per request ÷ the case's, proxy process "
                      "only): " + ", ".join(cap))
+    lines += _tls_context(res)
     idle = med.get("idle-10k")
     if idle and not idle.get("failed"):
         lines.append("")
@@ -149,6 +154,36 @@ def _context(res: dict[str, Any]) -> list[str]:
                      f"{idle['rss_open_kib']:.0f} KiB ({fmt(idle.get('rss_kib_per_conn'), '.1f')} KiB/conn; "
                      f"{idle['rss_after_close_kib']:.0f} KiB after closing them), "
                      f"{idle['probed_alive']:.0f}/{idle['probed']:.0f} probed still served")
+    return lines
+
+
+def _tls_context(res: dict[str, Any]) -> list[str]:
+    """The TLS rows in context: what each proxy negotiated, the ratios by proxy CPU, and whether the handshake
+    cases did one full handshake per request."""
+    ratios = res["ratios"]
+    names = [n for n in ("haproxy-tls", "gatewatch-tls", "haproxy-tls-handshakes", "gatewatch-tls-handshakes")
+             if n in res["rounds"]]
+    if not names:
+        return []
+    seen = []
+    for n in names:
+        ok = [r for r in res["rounds"][n] if "tls_version" in r]
+        if ok:
+            hs = median([r.get("tls_handshakes_per_request") for r in ok])
+            tickets = "session tickets issued" if any(r["tls_ticket_issued"] for r in ok) else "no session ticket"
+            resumed = "a session offered back resumed" if any(r["tls_resumed"] for r in ok) else "no resumption"
+            seen.append(f"{n:<25} {ok[0]['tls_version']} {ok[0]['tls_cipher']}, {fmt(hs, '.2f')} handshakes per "
+                        f"request; {tickets}, {resumed}")
+    title = ("TLS termination (the same ECDSA P-256 certificate on both; version and cipher as negotiated by "
+             "default; plaintext to the backend):")
+    lines = ["", title] + [f"  {x}" for x in seen]
+    lines.append(f"  keep-alive: gatewatch-tls ÷ haproxy-tls {fmt(ratios.get('tls_vs_haproxy_tls'))} (by proxy CPU "
+                 f"per request {fmt(ratios.get('tls_vs_haproxy_tls_proxy_cpu'))}); what TLS costs: gatewatch-tls ÷ "
+                 f"gatewatch-off {fmt(ratios.get('tls_vs_off'))} (by CPU {fmt(ratios.get('tls_vs_off_proxy_cpu'))}), "
+                 f"haproxy-tls ÷ haproxy {fmt(ratios.get('haproxy_tls_vs_haproxy'))}")
+    lines.append(f"  new handshakes/s: gatewatch-tls-handshakes ÷ haproxy-tls-handshakes "
+                 f"{fmt(ratios.get('tls_handshakes_vs_haproxy_tls_handshakes'))} (by proxy CPU per handshake "
+                 f"{fmt(ratios.get('tls_handshakes_vs_haproxy_tls_handshakes_proxy_cpu'))})")
     return lines
 
 

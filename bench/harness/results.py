@@ -55,6 +55,11 @@ def settings(bench: Bench) -> dict[str, Any]:
         "telemetry_off_mode": bench.gateway.off_mode, "nofile_limit": ctx.nofile,
         "wait_quiet_s": args.wait_quiet, "noisy_threshold_cores": NOISY,
         "ratio_method": "median over rounds of the ratio within each round",
+        **({"tls": {"certificate": "ECDSA P-256 leaf for 127.0.0.1 and localhost, signed by a CA made for the run",
+                    "versions": "negotiated (TLS 1.2 at least on both proxies)",
+                    "handshake_cases": "wrk -H 'Connection: close'; both proxies with OPENSSL_CONF setting "
+                                       "NumTickets = 0 (no session tickets, so no resumption)"}}
+           if ctx.tls else {}),
     }
 
 

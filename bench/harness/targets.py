@@ -1,6 +1,7 @@
-"""The proxy under test of one measurement: `Target` (its URL, its processes, whose CPU counts as its own, and for
-gatewatch its admin addresses and ready-file info); `start_target` starts the one a case names, `stop_target`
-stops it and reports crashes and warning/error lines of its log.
+"""The proxy under test of one measurement: `Target` (its URL, its processes, whose CPU counts as its own, for
+gatewatch its admin addresses and ready-file info, and for a TLS case how to read its count of TLS handshakes);
+`start_target` starts the one a case names, `stop_target` stops it and reports crashes and warning/error lines of
+its log.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 from .cases import Case
 from .common import PATH
-from .peers import STARTERS
+from .peers import STARTERS, haproxy_stats_sock
 from .procs import Proc
+from .tls import haproxy_handshakes
 
 if TYPE_CHECKING:
     from .bench import Bench
@@ -24,6 +26,7 @@ class Target:
     cpu_procs: Any = None  # callable → psutil processes whose CPU counts as the proxy's
     admin: list[str] | None = None  # every worker's admin address
     info: dict = field(default_factory=dict)
+    handshakes: Any = None  # TLS cases: callable → TLS handshakes the proxy completed since it started
 
 
 def start_target(bench: Bench, case: Case, rnd: int) -> Target:
@@ -32,7 +35,11 @@ def start_target(bench: Bench, case: Case, rnd: int) -> Target:
         return Target(url=f"http://127.0.0.1:{backend.ports[0]}{PATH}", cpu_procs=backend.proc.tree)
     if case.kind in STARTERS:
         url, p = STARTERS[case.kind](bench.ctx, backend, case, rnd)
-        return Target(url=url, procs=[p], cpu_procs=p.tree)
+        t = Target(url=url, procs=[p], cpu_procs=p.tree)
+        if case.kind == "haproxy" and case.tls != "off":
+            sock = haproxy_stats_sock(bench.ctx, rnd)
+            t.handshakes = lambda: haproxy_handshakes(sock)
+        return t
     return bench.gateway.start(case, rnd)
 
 

@@ -1,5 +1,9 @@
 """The load generator: `run_wrk` runs `wrk -t1 -cN -dS` on the load CPU with bench/wrk_done.lua, whose `done`
 hook prints one `WRKJSON {...}` line (counts, errors and latency percentiles in µs) that `read_wrk` parses.
+
+With `close`, every request carries `Connection: close`: the server answers with `Connection: close` and closes,
+and wrk opens a new connection (TCP and, over https, TLS) for the next request. wrk's latency is timed from the
+request's first byte, so it never includes the connect or the handshake; the rate does.
 """
 
 from __future__ import annotations
@@ -12,9 +16,9 @@ from .context import Context
 from .procs import run_capture
 
 
-def run_wrk(ctx: Context, url: str, conns: int, duration_s: int, label: str) -> dict[str, Any]:
+def run_wrk(ctx: Context, url: str, conns: int, duration_s: int, label: str, close: bool = False) -> dict[str, Any]:
     argv = ctx.taskset(ctx.load_cpu) + [ctx.tools["wrk"], "-t1", f"-c{conns}", f"-d{duration_s}s",
-                                        "-s", str(LUA), url]
+                                        *(["-H", "Connection: close"] if close else []), "-s", str(LUA), url]
     rc, out, err = run_capture(ctx.next_name(f"wrk-{label}"), argv, ctx.workdir, duration_s + 60)
     if rc != 0:
         raise RuntimeError(f"wrk exited {rc}: {err.strip()[-1000:]}")
