@@ -7,8 +7,10 @@ and only verdict flips become events (`Pool.probe` applies the rise/fall thresho
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import random
+import socket
 import ssl
 
 import aiohttp
@@ -40,8 +42,10 @@ async def probe_http(session: aiohttp.ClientSession, cfg: HealthCheckConfig, hos
         return False, "timeout"
     except aiohttp.ClientSSLError as err:  # connected, but the handshake failed: not "refused"
         return False, f"tls_error ({getattr(err, 'certificate_error', None) or err})"
-    except aiohttp.ClientConnectorError:
-        return False, "connect_refused"
+    except aiohttp.ClientConnectorDNSError as err:
+        return False, f"dns_error ({err.os_error.strerror or err.os_error})"
+    except aiohttp.ClientConnectorError as err:
+        return False, _connect_failed(err.os_error)
     except aiohttp.ClientError as err:
         return False, f"error {type(err).__name__}"
 
@@ -59,8 +63,17 @@ async def probe_tcp(cfg: HealthCheckConfig, host: str, port: int,
         return False, "timeout"
     except ssl.SSLError as err:
         return False, f"tls_error ({err})"
+    except socket.gaierror as err:
+        return False, f"dns_error ({err.strerror or err})"
     except OSError as err:
-        return False, f"connect_refused ({err.strerror or err})"
+        return False, _connect_failed(err)
+
+
+def _connect_failed(err: OSError) -> str:
+    """A probe's connect failure, by step as the data path's `error.type` says it (refused, or the OS's reason)."""
+    if isinstance(err, ConnectionRefusedError) or err.errno == errno.ECONNREFUSED:
+        return "connect_refused"
+    return f"connect_error ({err.strerror or err})"
 
 
 class HealthChecker:

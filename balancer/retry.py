@@ -39,7 +39,8 @@ class Failure(Enum):
 
 
 def failure_of(error_type: ErrorType) -> Failure:
-    if error_type in (ErrorType.CONNECT_REFUSED, ErrorType.CONNECT_TIMEOUT, ErrorType.UPSTREAM_TLS_ERROR):
+    if error_type in (ErrorType.CONNECT_REFUSED, ErrorType.CONNECT_TIMEOUT, ErrorType.UPSTREAM_TLS_ERROR,
+                      ErrorType.DNS_ERROR, ErrorType.CONNECT_ERROR):
         return Failure.CONNECT  # nothing of the request was sent: safe to retry, as `connect_failure`
     if error_type is ErrorType.RESPONSE_TIMEOUT:
         return Failure.TIMEOUT

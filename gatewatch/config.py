@@ -19,6 +19,7 @@ import hashlib
 import ipaddress
 import json
 import re
+import ssl
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -26,7 +27,9 @@ import yaml
 from pydantic import AfterValidator, Field, SecretStr, ValidationError, model_validator
 
 from gatewatch.balancer.config import PoolConfig
+from gatewatch.config_problems import closest, pydantic_problems
 from gatewatch.edge.config import RemoteUpstreamConfig, RouteConfig
+from gatewatch.io.tls import served_certificate
 from gatewatch.schema import NAME_PATTERN, Strict
 from gatewatch.telemetry.config import TelemetryConfig
 
@@ -59,6 +62,51 @@ def _checked_address(v: str) -> str:
 Address = Annotated[str, AfterValidator(_checked_address)]
 
 
+class ListenerCertificateConfig(Strict):
+    cert_file: str  # PEM: the certificate, then its chain
+    key_file: str  # PEM private key (unencrypted)
+
+    @model_validator(mode="after")
+    def _loads(self):
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(self.cert_file, self.key_file)
+            served_certificate(self.cert_file)
+        except (OSError, ssl.SSLError, ValueError) as err:
+            raise ValueError(f"cannot load cert_file {self.cert_file!r} with key_file {self.key_file!r}: "
+                             f"{getattr(err, 'strerror', None) or err}") from None
+        return self
+
+
+class ListenerTLSConfig(Strict):
+    """TLS termination on a listener (docs/configuration.md "TLS"). The first certificate is served when the
+    client sends no SNI or a name none of them carries; the others are chosen by the DNS names in their SAN."""
+
+    certificates: tuple[ListenerCertificateConfig, ...] = Field(min_length=1)
+    min_version: Literal["1.2", "1.3"] = "1.2"  # RFC 9325 §3.1.1: never below TLS 1.2
+    handshake_timeout_s: float = Field(default=10.0, gt=0, le=300)  # a client that stalls its handshake is closed
+    # Client certificates (mTLS): `optional` verifies one when sent, `required` refuses a handshake without one.
+    client_auth: Literal["none", "optional", "required"] = "none"
+    client_ca_file: str | None = None  # the CAs client certificates must chain to
+    # The verified client identity, forwarded upstream (Envoy's X-Forwarded-Client-Cert format); whatever a client
+    # sends under this name is always removed. null: not forwarded.
+    client_cert_header: str | None = Field(default="X-Forwarded-Client-Cert", pattern=r"^[A-Za-z0-9-]{1,64}$")
+
+    @model_validator(mode="after")
+    def _client_ca(self):
+        if self.client_auth != "none" and self.client_ca_file is None:
+            raise ValueError(f"client_auth {self.client_auth!r} needs client_ca_file (the CAs to verify against)")
+        if self.client_auth == "none" and self.client_ca_file is not None:
+            raise ValueError("client_ca_file is set but client_auth is 'none': set client_auth to optional or "
+                             "required, or drop client_ca_file")
+        if self.client_ca_file is not None:
+            try:
+                ssl.create_default_context(cafile=self.client_ca_file)
+            except (OSError, ssl.SSLError) as err:
+                raise ValueError(f"client_ca_file: cannot load {self.client_ca_file!r}: "
+                                 f"{getattr(err, 'strerror', None) or err}") from None
+        return self
+
+
 class ListenerConfig(Strict):
     name: str = Field(pattern=NAME_PATTERN)
     address: Address
@@ -73,6 +121,16 @@ class ListenerConfig(Strict):
     trust_forwarded_headers: bool = False
     # Answer with `traceresponse` (W3C Trace Context level 2) so a client can quote its trace id.
     trace_response_header: bool = True
+    # What this listener refuses or normalises so routing and the upstream never read a request differently
+    # (docs/refusals.md): an encoded slash or backslash in the path (%2F, %5C) is refused (400), unescaped into a
+    # separator before routing, or kept encoded (unsafe if an upstream decodes it); `//` merged into `/`; a path
+    # parameter (`;`) refused or kept; a header name with `_` (an alias of the `-` one for CGI-style backends)
+    # dropped, refused or allowed.
+    escaped_slashes: Literal["reject", "unescape", "keep"] = "reject"
+    merge_slashes: bool = True
+    path_parameters: Literal["reject", "keep"] = "reject"
+    headers_with_underscores: Literal["drop", "reject", "allow"] = "drop"
+    tls: ListenerTLSConfig | None = None  # terminate TLS (https); absent: plaintext HTTP/1.1
 
 
 class EdgeConfig(Strict):
@@ -117,33 +175,8 @@ class ConfigError(Exception):
         super().__init__(f"{source}: {len(problems)} problem(s)\n" + "\n".join(problems))
 
 
-def format_loc(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "(root)"
-
-
 def _pydantic_problems(err: ValidationError) -> list[str]:
-    problems = []
-    errors = err.errors(include_url=False)
-    # A list whose only items are invalid is also reported "too short" (its valid items count 0): noise that
-    # would tell the user an item is missing when it is present but broken. Keep the item's own error.
-    item_locs = [tuple(e["loc"]) for e in errors]
-    errors = [e for e in errors if not (e["type"] == "too_short" and any(
-        len(loc) > len(e["loc"]) and loc[:len(e["loc"])] == tuple(e["loc"]) for loc in item_locs))]
-    for e in errors:
-        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
-        problems.append(f"{format_loc(loc)}: {msg}")
-    return problems
+    return pydantic_problems(err, GatewatchConfig)  # in the user's terms, with fixes suggested
 
 
 def semantic_errors(cfg: GatewatchConfig) -> list[str]:
@@ -199,7 +232,9 @@ def semantic_errors(cfg: GatewatchConfig) -> list[str]:
         for i, route in enumerate(routes):
             if route.upstream not in targets:
                 kind = "pool" if section == "balancer" else "upstream"
-                problems.append(f"{section}.routes[{i}].upstream: unknown {kind} {route.upstream!r}")
+                hint = closest(route.upstream, sorted(targets))
+                problems.append(f"{section}.routes[{i}].upstream: unknown {kind} {route.upstream!r}"
+                                + (f"; did you mean {hint!r}?" if hint else ""))
             sp = route.rewrite.strip_prefix
             if sp is not None:
                 path = route.match.path
@@ -208,6 +243,13 @@ def semantic_errors(cfg: GatewatchConfig) -> list[str]:
                         f"{section}.routes[{i}].rewrite.strip_prefix: {sp!r} must be a prefix of the route's"
                         " match.path.prefix"
                     )
+            if any(lst.headers_with_underscores != "allow" for lst in listeners):
+                for j, h in enumerate(route.match.headers):
+                    if "_" in h.name:  # dropped or refused before routing: the condition would never see it
+                        problems.append(
+                            f"{section}.routes[{i}].match.headers[{j}].name: {h.name!r} has an underscore, and this"
+                            " section's listeners drop or refuse such headers (headers_with_underscores): match the"
+                            " '-' spelling, or set headers_with_underscores: allow on the listeners")
     return problems
 
 

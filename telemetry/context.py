@@ -17,11 +17,18 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from gatewatch.telemetry.names import DecisionKind
+from gatewatch.telemetry.names import DecisionKind, HeaderDrop
 
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
+# W3C Trace Context §3.3.1.5: at most 32 list-members; vendors propagate at least 512 characters, and cut a longer
+# value by whole entries, those over 128 characters first, then from the end.
 MAX_TRACESTATE = 512
+MAX_TRACESTATE_MEMBERS = 32
+TRACESTATE_LONG_ENTRY = 128
+# W3C Baggage (limits): a platform propagates at least 64 list-members and 8192 bytes, and may drop whole members
+# beyond; Gatewatch keeps 8192 bytes and 180 members (OpenTelemetry's limits), cut from the end, never mid-member.
 MAX_BAGGAGE = 8192
+MAX_BAGGAGE_MEMBERS = 180
 
 
 def parse_traceparent(value: str | None) -> tuple[int, int, bool] | None:
@@ -37,6 +44,40 @@ def parse_traceparent(value: str | None) -> tuple[int, int, bool] | None:
     if trace_id == 0 or span_id == 0:
         return None
     return trace_id, span_id, bool(int(flags_hex, 16) & 1)
+
+
+def cap_tracestate(value: str) -> tuple[str | None, bool]:
+    """(the value to propagate, whether entries had to be cut): within 512 characters and 32 members, cut per W3C
+    Trace Context §3.3.1.5 (entries over 128 characters removed first, then entries from the end)."""
+    if len(value) <= MAX_TRACESTATE and value.count(",") < MAX_TRACESTATE_MEMBERS:
+        return value, False
+    members = [e.strip() for e in value.split(",") if e.strip()]
+    entries = members[:MAX_TRACESTATE_MEMBERS]
+    if len(",".join(entries)) > MAX_TRACESTATE:
+        entries = [e for e in entries if len(e) <= TRACESTATE_LONG_ENTRY]
+        while entries and len(",".join(entries)) > MAX_TRACESTATE:
+            entries.pop()
+    if len(entries) == len(members):
+        return value, False
+    return ",".join(entries) or None, True
+
+
+def cap_baggage(value: str) -> tuple[str | None, bool]:
+    """(the value to propagate, whether members had to be cut): whole list-members from the start while they fit
+    8192 bytes and 180 members (a header value is one character per byte)."""
+    if len(value) <= MAX_BAGGAGE and value.count(",") < MAX_BAGGAGE_MEMBERS:
+        return value, False
+    members = [m.strip() for m in value.split(",") if m.strip()]
+    kept: list[str] = []
+    size = -1  # the first member needs no comma
+    for member in members:
+        if len(kept) == MAX_BAGGAGE_MEMBERS or size + 1 + len(member) > MAX_BAGGAGE:
+            break
+        kept.append(member)
+        size += 1 + len(member)
+    if len(kept) == len(members):
+        return value, False
+    return ",".join(kept) or None, True
 
 
 def format_traceparent(trace_id: int, span_id: int, sampled: bool) -> str:
@@ -76,6 +117,7 @@ class TraceContext:
     tracestate: str | None = None
     baggage: str | None = None
     link: tuple[int, int] | None = None  # (trace_id, span_id) of an untrusted inbound context
+    cut: tuple[str, ...] | None = None  # HeaderDrop values: inbound tracestate / baggage cut to the W3C limits
 
 
 def start_trace(traceparent: str | None, tracestate: str | None, baggage: str | None, trust: str,
@@ -86,9 +128,13 @@ def start_trace(traceparent: str | None, tracestate: str | None, baggage: str | 
         trace_id, parent, sampled = parsed
         if not parent_based:  # e.g. OTEL_TRACES_SAMPLER=traceidratio: our own verdict, same for every tier
             sampled = ratio_sampled(trace_id, ratio)
-        ts = tracestate if tracestate and len(tracestate) <= MAX_TRACESTATE else None
-        bg = baggage if baggage and len(baggage) <= MAX_BAGGAGE else None
-        return TraceContext(trace_id, span_id, parent, sampled, "continued", ts, bg)
+        ts, ts_cut = cap_tracestate(tracestate) if tracestate else (None, False)
+        bg, bg_cut = cap_baggage(baggage) if baggage else (None, False)
+        cut = None
+        if ts_cut or bg_cut:  # never a reason to refuse the request: what fits goes on, the cut is recorded
+            cut = ((HeaderDrop.TRACESTATE_TRUNCATED.value,) if ts_cut else ()) + (
+                (HeaderDrop.BAGGAGE_TRUNCATED.value,) if bg_cut else ())
+        return TraceContext(trace_id, span_id, parent, sampled, "continued", ts, bg, cut=cut)
     trace_id = new_trace_id(rng)
     sampled = ratio_sampled(trace_id, ratio)
     if parsed and trust == "link":
@@ -196,3 +242,7 @@ class RequestRecord:
     event_ids: list[str] | None = None  # state-change events that affected this request (gatewatch.event.id)
     policy_durations: list[float] | None = None  # seconds per evaluated policy, in the order of `policies`
     store_rtt_s: float | None = None  # the longest rate-limit store round trip of the request's policies
+    # a TLS listener's connection: (tls.protocol.version, tls.cipher, tls.client.server_name, tls.next_protocol,
+    # tls.client.subject, tls.client.hash.sha256), the last two only for a verified client certificate
+    tls: tuple | None = None
+    headers_dropped: tuple[str, ...] | None = None  # HeaderDrop values: inbound headers removed or cut, request served

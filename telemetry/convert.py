@@ -100,9 +100,11 @@ SERVER_SHAPE = Shape(
      Attr.SERVER_PORT, Attr.NETWORK_PROTOCOL_VERSION, Attr.HTTP_ROUTE, Attr.HTTP_RESPONSE_STATUS_CODE,
      Attr.ERROR_TYPE, Attr.LAYER, Attr.ROUTE, Attr.UPSTREAM, Attr.OUTCOME, Attr.TRACE_CONTEXT, Attr.CONSUMER,
      Attr.POLICY_SUMMARY, Attr.CONFIG_VERSION),
-    (Attr.CLIENT_ADDRESS, Attr.NETWORK_PEER_ADDRESS, Attr.NETWORK_PEER_PORT, Attr.USER_AGENT_ORIGINAL),
+    (Attr.CLIENT_ADDRESS, Attr.NETWORK_PEER_ADDRESS, Attr.NETWORK_PEER_PORT, Attr.USER_AGENT_ORIGINAL,
+     Attr.TLS_PROTOCOL_VERSION, Attr.TLS_CIPHER, Attr.TLS_SERVER_NAME, Attr.TLS_NEXT_PROTOCOL, Attr.TLS_CLIENT_SUBJECT,
+     Attr.TLS_CLIENT_HASH),
     (Attr.URL_PATH, Attr.URL_QUERY, Attr.REQUEST_ID, Attr.EVENT_IDS, Attr.POLICY_DURATIONS,
-     Attr.RATELIMIT_STORE_RTT))
+     Attr.RATELIMIT_STORE_RTT, Attr.REQUEST_HEADERS_DROPPED))
 BALANCE_SHAPE = Shape((Attr.LAYER, Attr.UPSTREAM, Attr.ROUTE))
 CLIENT_SHAPE = Shape(
     (Attr.HTTP_REQUEST_METHOD, Attr.HTTP_REQUEST_METHOD_ORIGINAL, Attr.SERVER_ADDRESS, Attr.SERVER_PORT,
@@ -117,6 +119,7 @@ DECISION_SHAPE = Shape(
     (), (Attr.REQUEST_ID, Attr.URL_PATH))
 EVENT_SHAPE = Shape(())
 _BALANCER = Layer.BALANCER.value
+_NO_TLS = (None,) * 6  # a plaintext listener's request: no tls.* attributes
 _EVENT_NAME = {kind: event.value for kind, event in DECISION_EVENTS.items()}
 
 
@@ -189,10 +192,11 @@ def span_models(r: RequestRecord, conv: Conventions = DEFAULT_CONVENTIONS) -> li
                   (method, original, r.scheme, address, port, r.protocol_version, r.route_template, status,
                    error_type, r.layer, r.route, r.upstream, r.outcome, t.treatment, r.consumer, summary,
                    r.config_version),
-                  (r.client_address, r.client_address, r.client_port, r.user_agent),
+                  (r.client_address, r.client_address, r.client_port, r.user_agent, *(r.tls or _NO_TLS)),
                   (r.path, redact_query(r.query, conv.query_values), r.request_id,
                    tuple(r.event_ids) if r.event_ids else None,
-                   tuple(r.policy_durations) if r.policy_durations else None, r.store_rtt_s),
+                   tuple(r.policy_durations) if r.policy_durations else None, r.store_rtt_s,
+                   r.headers_dropped),
                   # a balancer tier: its SERVER span carries the pick
                   r.lb if r.lb and not r.balance_span_id else {})
     name = f"{name_method} {r.route_template}" if r.route_template else name_method

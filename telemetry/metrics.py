@@ -97,8 +97,15 @@ class Metrics:
         self.ratelimit_store_up = Gauge(
             Metric.RATELIMIT_STORE_UP, "1 while a rate-limit store (Redis) answers, 0 while it is down, by store.",
             [Label.STORE], registry=r)
+        self.auth_provider_up = Gauge(  # OAuth2 / OIDC (issue 16)
+            Metric.AUTH_PROVIDER_UP, "1 while an identity provider's endpoint (OIDC discovery, JWKS, token "
+            "introspection) answers, 0 while it is failing, by provider and endpoint.",
+            [Label.PROVIDER, Label.ENDPOINT], registry=r)
         self.config_reloads = Counter(
             Metric.CONFIG_RELOADS, "Configuration reloads, by result.", [Label.RESULT], registry=r)
+        self.headers_dropped = Counter(
+            Metric.REQUEST_HEADERS_DROPPED, "Inbound request headers removed or cut before routing (the request was "
+            "served), by layer and reason.", [Label.LAYER, Label.REASON], registry=r)
         self.endpoints = Gauge(
             Metric.ENDPOINTS, "Instances per pool and state.", [Label.POOL, Label.STATE], registry=r)
         self.in_flight = Gauge(
@@ -114,6 +121,15 @@ class Metrics:
                                 registry=r)
         self.config_loaded = Gauge(Metric.CONFIG_LOADED, "When the running configuration was loaded (Unix time).",
                                    registry=r)
+        self.tls_handshakes = Counter(
+            Metric.TLS_HANDSHAKES, "TLS handshakes a listener completed, by protocol version.",
+            [Label.LISTENER, Label.TLS_VERSION], registry=r)
+        self.tls_handshake_failures = Counter(
+            Metric.TLS_HANDSHAKE_FAILURES, "TLS handshakes a listener saw fail, by reason.",
+            [Label.LISTENER, Label.REASON], registry=r)
+        self.tls_cert_expiry = Gauge(
+            Metric.TLS_CERT_EXPIRY, "When a certificate a listener serves expires (notAfter, Unix time).",
+            [Label.LISTENER, Label.CERTIFICATE, Label.SERIAL], registry=r)
         self.build = Info(Metric.BUILD_INFO, "Gatewatch build information.", registry=r)
         ProcessCollector(registry=r)  # process_start_time_seconds, process_cpu_seconds_total, ... (worker health)
         self.build.info({Label.VERSION: version})

@@ -77,6 +77,9 @@ class ErrorType(StrEnum):
     CLIENT_ABORT = "client_abort"
     CLIENT_TIMEOUT = "client_timeout"
     INTERNAL = "_OTHER"
+    # the connect step that failed, told apart (issue 18): CONNECT_REFUSED is only a refused TCP connection now
+    DNS_ERROR = "dns_error"  # the host name did not resolve (NXDOMAIN, no address) or its lookup outlasted connect_s
+    CONNECT_ERROR = "connect_error"  # any other connect failure: network or host unreachable, no local port left
 
 
 class TlsFailure(StrEnum):
@@ -93,8 +96,29 @@ class TlsFailure(StrEnum):
     HANDSHAKE_FAILED = "handshake_failed"  # any other handshake failure
 
 
+class TlsHandshakeFailure(StrEnum):
+    """Why a client's TLS handshake with a listener failed: the `reason` of
+    `gatewatch_tls_handshake_failures_total` (`gatewatch.io.tls.server_failure_of`). The connection is closed
+    without an HTTP answer: there is no channel to send one on."""
+
+    NOT_TLS = "not_tls"  # plaintext (e.g. an HTTP request) sent to a TLS listener
+    PROTOCOL_VERSION = "protocol_version"  # the client offers only versions below the listener's min_version
+    NO_SHARED_CIPHER = "no_shared_cipher"
+    SERVER_CERT_REJECTED = "server_cert_rejected"  # the client refused our certificate (its alert says so)
+    NO_CLIENT_CERT = "no_client_cert"  # client_auth: required, and the client sent none
+    CLIENT_CERT_UNKNOWN_CA = "client_cert_unknown_ca"  # the client certificate's chain is not from client_ca_file
+    CLIENT_CERT_EXPIRED = "client_cert_expired"
+    CLIENT_CERT_NOT_YET_VALID = "client_cert_not_yet_valid"
+    CLIENT_CERT_INVALID = "client_cert_invalid"  # any other verification failure of the client certificate
+    TIMEOUT = "timeout"  # the handshake did not finish within handshake_timeout_s (a stalled client)
+    CLIENT_CLOSED = "client_closed"  # the client closed or reset the connection mid-handshake
+    HANDSHAKE_FAILED = "handshake_failed"  # any other failure
+
+
 class RejectReason(StrEnum):
-    """`error.type` of a request a listener refuses before it reaches routing (outcome `bad_request`)."""
+    """`error.type` of a request refused before it reaches routing (outcome `bad_request`): by the listener (the
+    request line and framing) or by the engine (the target's path, header names). docs/refusals.md lists each
+    with its status and rule."""
 
     FRAMING_CONFLICT = "framing_conflict"  # Content-Length and Transfer-Encoding together (smuggling shape)
     INVALID_CONTENT_LENGTH = "invalid_content_length"
@@ -109,6 +133,31 @@ class RejectReason(StrEnum):
     HEADER_TOO_LARGE = "header_too_large"
     UPGRADE_NOT_SUPPORTED = "upgrade_not_supported"
     UNSUPPORTED_TRANSFER_CODING = "unsupported_transfer_coding"  # a coding other than chunked (RFC 9112 §6.1)
+    # the request line (RFC 9112 §3, §2.3; RFC 9110 §9.1)
+    UNSUPPORTED_HTTP_VERSION = "unsupported_http_version"  # 505: well-formed, but not HTTP/1.0 or HTTP/1.1
+    INVALID_HTTP_VERSION = "invalid_http_version"  # 400: not HTTP-name "/" DIGIT "." DIGIT
+    UNSUPPORTED_METHOD = "unsupported_method"  # 501: a token, but not a method the parser knows
+    # the request target (engine, `edge.paths`): answered 400 before routing
+    FRAGMENT_IN_TARGET = "fragment_in_target"  # '#...' (RFC 9112 §3.2)
+    PATH_INVALID_CHAR = "path_invalid_char"  # a raw character RFC 3986 §3.3 does not allow (backslash, space, ...)
+    PATH_INVALID_PERCENT = "path_invalid_percent"  # '%' not followed by two hex digits
+    PATH_CONTROL_CHAR = "path_control_char"  # a control character, raw or percent-encoded (%00, %0A, %7F)
+    PATH_ESCAPED_SLASH = "path_escaped_slash"  # %2F / %5C (escaped_slashes: reject, or next to a dot segment)
+    PATH_DOUBLE_ENCODING = "path_double_encoding"  # %25 followed by hex (%252e)
+    PATH_INVALID_UTF8 = "path_invalid_utf8"  # escapes that are not UTF-8, overlong forms included (%C0%AE)
+    PATH_PARAMETER = "path_parameter"  # ';' (path_parameters: reject, or on a dot segment: '..;')
+    # header fields (engine)
+    UNDERSCORE_IN_HEADER_NAME = "underscore_in_header_name"  # headers_with_underscores: reject
+
+
+class HeaderDrop(StrEnum):
+    """Why an inbound request header was removed or cut before routing (the request is served): the values of
+    the SERVER span's `gatewatch.request.headers_dropped` and the `reason` of
+    `gatewatch_request_headers_dropped_total`."""
+
+    UNDERSCORE_IN_NAME = "underscore_in_name"  # headers_with_underscores: drop
+    TRACESTATE_TRUNCATED = "tracestate_truncated"  # W3C Trace Context §3.3.1.5: over 512 characters or 32 members
+    BAGGAGE_TRUNCATED = "baggage_truncated"  # over 8192 bytes or 180 members (W3C Baggage limits; OpenTelemetry's)
 
 
 class DecisionKind(StrEnum):
@@ -151,6 +200,29 @@ class StoreState(StrEnum):
     DOWN = "down"
 
 
+# OAuth2 / OIDC identity providers (issue 16): which endpoint of a provider, and why a call to it failed
+class AuthEndpoint(StrEnum):
+    """The `endpoint` label of `gatewatch_auth_provider_up` and `gatewatch.auth.endpoint` on its events."""
+
+    DISCOVERY = "discovery"  # {issuer}/.well-known/openid-configuration (OpenID Connect Discovery 1.0 §4)
+    JWKS = "jwks"  # the key set (configured `jwks.url`, or the discovery document's `jwks_uri`)
+    INTROSPECTION = "introspection"  # RFC 7662 token introspection
+
+
+class ProviderFailure(StrEnum):
+    """Why a call to an identity provider's endpoint failed (`gatewatch.decision.reason` of its down event)."""
+
+    TIMEOUT = "timeout"  # no complete answer within the policy's timeout_s
+    CONNECT_ERROR = "connect_error"  # refused, unreachable, DNS
+    TLS_ERROR = "tls_error"  # the handshake failed (`gatewatch.tls.failure` says why)
+    BAD_RESPONSE = "bad_response"  # the connection broke or the answer was not valid HTTP
+    HTTP_STATUS = "http_status"  # an answer other than 200 (redirects are not followed)
+    TOO_LARGE = "too_large"  # a body over the size cap
+    NOT_JSON = "not_json"  # not a JSON object
+    INVALID = "invalid"  # JSON, but not what the specification requires (no keys, `active` not a boolean, ...)
+    ISSUER_MISMATCH = "issuer_mismatch"  # the discovery document names another issuer (OIDC Discovery §4.3)
+
+
 class Event(StrEnum):
     """`event_name` of decision-log records (OTLP log records)."""
 
@@ -164,6 +236,8 @@ class Event(StrEnum):
     CIRCUIT_TRANSITION = "gatewatch.circuit.transition"
     CONFIG_RELOAD = "gatewatch.config.reload"
     RATELIMIT_STORE = "gatewatch.ratelimit.store.transition"  # a rate-limit store went down or came back
+    # OAuth2 / OIDC (issue 16)
+    AUTH_PROVIDER = "gatewatch.auth.provider.transition"  # an identity provider's endpoint went down or came back
 
 
 DECISION_EVENTS: dict[DecisionKind, Event] = {
@@ -260,6 +334,12 @@ class Attr:
     TLS_FAILURE = "gatewatch.tls.failure"  # why the TLS handshake with the upstream failed (`TlsFailure`)
     TLS_PROTOCOL_VERSION = "tls.protocol.version"  # OTel semconv (tls.*): "1.2" | "1.3", of the attempt's connection
     TLS_CIPHER = "tls.cipher"
+    # the client's TLS with a listener (OTel semconv tls.*), on the SERVER span; the client certificate's only when
+    # it was verified against the listener's client_ca_file
+    TLS_SERVER_NAME = "tls.client.server_name"  # the SNI the client sent
+    TLS_CLIENT_SUBJECT = "tls.client.subject"  # RFC 4514 distinguished name
+    TLS_CLIENT_HASH = "tls.client.hash.sha256"  # of the DER certificate, upper-case hex (semconv)
+    TLS_NEXT_PROTOCOL = "tls.next_protocol"  # the ALPN protocol negotiated, e.g. "http/1.1"
     TIMING_REQUEST_SENT = "gatewatch.timing.request_sent_s"  # writing the request (head, and body when streamed)
     TIMING_TTFB = "gatewatch.timing.ttfb_s"  # from the request sent to the response head received
     # per policy, in the order of gatewatch.policy.summary, on the SERVER span: each evaluation's duration
@@ -273,6 +353,13 @@ class Attr:
     EVENT_ID = "gatewatch.event.id"
     EVENT_IDS = "gatewatch.event.ids"  # on a request: the ids of the events that affected it
     EVENT_TRACE_IDS = "gatewatch.event.trace_ids"  # on an event: the requests that caused it
+    REQUEST_HEADERS_DROPPED = "gatewatch.request.headers_dropped"  # on the SERVER span: HeaderDrop values
+    # OAuth2 / OIDC (issue 16): identity-provider endpoints, on their transition events
+    AUTH_PROVIDER = "gatewatch.auth.provider"  # as configured: the issuer, jwks.url or introspection endpoint
+    AUTH_ENDPOINT = "gatewatch.auth.endpoint"  # AuthEndpoint
+    AUTH_URL = "gatewatch.auth.url"  # the URL called (a discovered jwks_uri differs from the provider)
+    AUTH_PROVIDER_FROM = "gatewatch.auth.provider.from"  # StoreState
+    AUTH_PROVIDER_TO = "gatewatch.auth.provider.to"
 
 
 class Reason(StrEnum):
@@ -355,6 +442,9 @@ class PolicyReason(StrEnum):
     APIKEY_VALID = "apikey.valid"
     APIKEY_MISSING = "apikey.missing"
     APIKEY_INVALID = "apikey.invalid"
+    CLIENT_CERT_VALID = "client_cert.valid"  # a verified client certificate an allow entry matched
+    CLIENT_CERT_MISSING = "client_cert.missing"  # no verified client certificate on this request (401)
+    CLIENT_CERT_NOT_ALLOWED = "client_cert.not_allowed"  # verified, but no allow entry matches (403)
     RATELIMIT_WITHIN = "ratelimit.within_limit"
     RATELIMIT_EXCEEDED = "ratelimit.exceeded"
     RATELIMIT_STORE_UNAVAILABLE = "ratelimit.store_unavailable"
@@ -379,6 +469,14 @@ class PolicyReason(StrEnum):
     REWRITE_INVALID = "rewrite.invalid_result"  # the rewritten path is not a valid path: the original is kept
     CIRCUIT_HALF_OPEN_REJECTED = "circuit.half_open_rejected"  # half-open and every probe slot is taken
     BODY_STALLED = "body.stalled"  # the body stalled while a policy was reading it (408 client_timeout)
+    # OAuth2 token introspection, RFC 7662 (issue 16)
+    INTROSPECTION_ACTIVE = "introspection.active"
+    INTROSPECTION_MISSING = "introspection.missing"  # no bearer token
+    INTROSPECTION_OVERSIZED = "introspection.oversized"
+    INTROSPECTION_INACTIVE = "introspection.inactive"  # the authorization server answered `active: false`
+    INTROSPECTION_MISSING_CLAIM = "introspection.missing_claim"
+    INTROSPECTION_INSUFFICIENT_SCOPE = "introspection.insufficient_scope"
+    INTROSPECTION_UNAVAILABLE = "introspection.unavailable"  # endpoint down, slow or garbled: fail_mode applies
 
 
 class Metric:
@@ -416,6 +514,13 @@ class Metric:
     BUILD_INFO = "gatewatch_build"  # info -> gatewatch_build_info
     CONFIG_INFO = "gatewatch_config"  # info -> gatewatch_config_info{version}
     CONFIG_LOADED = "gatewatch_config_last_reload_success_timestamp_seconds"  # gauge: when the config was loaded
+    REQUEST_HEADERS_DROPPED = "gatewatch_request_headers_dropped"  # counter -> ..._total, by layer and HeaderDrop
+    # TLS termination, per listener
+    TLS_HANDSHAKES = "gatewatch_tls_handshakes"  # counter: completed, by listener and protocol version
+    TLS_HANDSHAKE_FAILURES = "gatewatch_tls_handshake_failures"  # counter: by listener and `TlsHandshakeFailure`
+    TLS_CERT_EXPIRY = "gatewatch_tls_certificate_expiry_timestamp_seconds"  # gauge: notAfter, per served cert
+    # OAuth2 / OIDC (issue 16)
+    AUTH_PROVIDER_UP = "gatewatch_auth_provider_up"  # gauge 1/0, by provider (as configured) and endpoint
 
 
 class Label:
@@ -446,6 +551,13 @@ class Label:
     ERROR_TYPE = "error_type"
     SERVER_ADDRESS = "server_address"
     SERVER_PORT = "server_port"
+    LISTENER = "gatewatch_listener"
+    TLS_VERSION = "tls_protocol_version"
+    CERTIFICATE = "certificate"  # a served certificate: its subject's CN, else its first DNS name
+    SERIAL = "serial"  # the certificate's serial number, hex (two certificates for one name during a rotation)
+    # OAuth2 / OIDC (issue 16)
+    PROVIDER = "provider"  # an identity provider as configured: issuer, jwks.url or introspection endpoint
+    ENDPOINT = "endpoint"  # AuthEndpoint
 
 
 class EndpointState(StrEnum):

@@ -249,6 +249,9 @@ class Telemetry:
                 self._retry_metrics(r, d)
         for p in r.policies:
             self._verdicts.inc((route, *p))
+        if r.headers_dropped:  # rare: an underscore header dropped, an oversized tracestate or baggage cut
+            for reason in r.headers_dropped:
+                self.metrics.headers_dropped.labels(r.layer, reason).inc()
         if self.sink is None:
             return
         if not r.trace.sampled and r.decisions and self._allow_logs_sampled_only:

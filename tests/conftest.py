@@ -1,9 +1,20 @@
+import os
 import socket
 
 import pytest
+from hypothesis import settings
 
 from tests.support.otlp import OtlpReceiver
 from tests.support.procs import Cluster
+
+# The fuzz tests (hypothesis, issue 18 category 5). `ci`, the suite's: a modest fixed budget, derandomized (the same
+# examples on every run, so a failure reproduces), no deadline (the listener fuzz does real I/O), nothing written to
+# a .hypothesis database in the checkout. `long`: thousands of examples from a fresh seed, for a run outside the
+# suite (HYPOTHESIS_PROFILE=long python -m pytest tests/io/test_fuzz_listener.py tests/test_config_fuzz.py); a
+# failure prints the seed and blob that replay it.
+settings.register_profile("ci", max_examples=150, derandomize=True, deadline=None, database=None, print_blob=True)
+settings.register_profile("long", max_examples=3000, deadline=None, database=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture

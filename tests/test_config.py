@@ -70,22 +70,27 @@ def problems_of(tmp_path: Path, text: str | bytes) -> list[str]:
 
 BAD_DOCUMENTS = [
     # --- unknown keys, at several depths -------------------------------------------------------------------------
-    pytest.param("edg:\n  listeners: []\n" + POOLS, ["edg: unknown key"], id="unknown-top-level-section"),
+    pytest.param("edg:\n  listeners: []\n" + POOLS, ["edg: unknown key; did you mean 'edge'?"],
+                 id="unknown-top-level-section"),
     pytest.param(
         edge_with("- {name: r, upstream: orders}", listeners=doc("""\
               listeners:
                 - {name: main, address: "127.0.0.1:8080"}
                 - {name: alt, address: "127.0.0.1:8081", adress: "127.0.0.1:8082"}
             """)),
-        ["edge.listeners[1].adress: unknown key"], id="unknown-key-in-listener"),
+        ["edge.listeners[1].adress: unknown key; did you mean 'address'?"], id="unknown-key-in-listener"),
     pytest.param(edge_with("- {name: r, upstream: orders, match: {path: {prefx: /api}}}"),
-                 ["edge.routes[0].match.path.prefx: unknown key"], id="unknown-key-in-path-match"),
+                 ["edge.routes[0].match.path.prefx: unknown key; did you mean 'prefix'?"],
+                 id="unknown-key-in-path-match"),
     pytest.param(edge_with("- {name: r, upstream: orders, match: {headers: [{name: x, value: y, valeu: z}]}}"),
-                 ["edge.routes[0].match.headers[0].valeu: unknown key"], id="unknown-key-in-header-match"),
+                 ["edge.routes[0].match.headers[0].valeu: unknown key; did you mean 'value'?"],
+                 id="unknown-key-in-header-match"),
     pytest.param("telemetry:\n  otlp: {endpiont: 'http://c:4318'}\n" + POOLS,
-                 ["telemetry.otlp.endpiont: unknown key"], id="unknown-key-in-telemetry-otlp"),
+                 ["telemetry.otlp.endpiont: unknown key; did you mean 'endpoint'?"],
+                 id="unknown-key-in-telemetry-otlp"),
     pytest.param(second_pool("[{host: 10.0.0.2, port: 9000}, {host: 10.0.0.3, port: 9000, wieght: 2}]"),
-                 ["balancer.pools[1].instances[1].wieght: unknown key"], id="unknown-key-in-instance"),
+                 ["balancer.pools[1].instances[1].wieght: unknown key; did you mean 'weight'?"],
+                 id="unknown-key-in-instance"),
     # --- missing required fields ---------------------------------------------------------------------------------
     pytest.param(
         edge_with("- {name: r, upstream: orders}", listeners=doc("""\
@@ -93,20 +98,22 @@ BAD_DOCUMENTS = [
                 - {name: main, address: "127.0.0.1:8080"}
                 - {name: alt}
             """)),
-        ["edge.listeners[1].address: Field required"], id="listener-without-address"),
-    pytest.param(edge_with("- {name: r}"), ["edge.routes[0].upstream: Field required"], id="route-without-upstream"),
-    pytest.param(edge_with("- {upstream: orders}"), ["edge.routes[0].name: Field required"], id="route-without-name"),
-    pytest.param("edge:\n  routes: [{name: r, upstream: orders}]\n" + POOLS, ["edge.listeners: Field required"],
+        ["edge.listeners[1].address: missing required key"], id="listener-without-address"),
+    pytest.param(edge_with("- {name: r}"), ["edge.routes[0].upstream: missing required key"],
+                 id="route-without-upstream"),
+    pytest.param(edge_with("- {upstream: orders}"), ["edge.routes[0].name: missing required key"],
+                 id="route-without-name"),
+    pytest.param("edge:\n  routes: [{name: r, upstream: orders}]\n" + POOLS, ["edge.listeners: missing required key"],
                  id="edge-without-listeners"),
     pytest.param(doc("""\
         balancer:
           pools:
             - {name: orders, instances: [{host: 10.0.0.1, port: 9000}]}
             - {name: users}
-        """), ["balancer.pools[1].instances: Field required"], id="pool-without-instances"),
-    pytest.param("balancer: {}\n", ["balancer.pools: Field required"], id="balancer-without-pools"),
+        """), ["balancer.pools[1].instances: missing required key"], id="pool-without-instances"),
+    pytest.param("balancer: {}\n", ["balancer.pools: missing required key"], id="balancer-without-pools"),
     pytest.param(second_pool("[{host: 10.0.0.2, port: 9000}, {port: 9000}]"),
-                 ["balancer.pools[1].instances[1].host: Field required"], id="instance-without-host"),
+                 ["balancer.pools[1].instances[1].host: missing required key"], id="instance-without-host"),
     # --- addresses and ports -------------------------------------------------------------------------------------
     pytest.param(edge_with("- {name: r, upstream: orders}", listeners=second_listener("{name: alt, address: localhost}")),
                  ["edge.listeners[1].address: expected 'host:port', got 'localhost'"], id="address-without-port"),
@@ -118,7 +125,7 @@ BAD_DOCUMENTS = [
     pytest.param("admin: {address: 'nowhere'}\n" + POOLS, ["admin.address: expected 'host:port', got 'nowhere'"],
                  id="admin-address-without-port"),
     pytest.param(second_pool("[{host: 10.0.0.2, port: 9000}, {host: 10.0.0.3, port: 0}]"),
-                 ["balancer.pools[1].instances[1].port: Input should be greater than or equal to 1"],
+                 ["balancer.pools[1].instances[1].port: must be greater than or equal to 1, got 0"],
                  id="instance-port-zero"),
     pytest.param(second_pool("[{host: '10.0.0.2:9000', port: 9000}, {host: 10.0.0.3, port: 9000}]"),
                  ["balancer.pools[1].instances[0].host: must be a bare host name or IP address "
@@ -172,7 +179,8 @@ BAD_DOCUMENTS = [
         - {name: a, upstream: orders, match: {path: {prefix: /a}}}
         - {name: b, upstream: orders, match: {path: {prefix: /b}}}
         - {name: c, upstream: ordrs, match: {path: {prefix: /c}}}
-        """), ["edge.routes[2].upstream: unknown upstream 'ordrs'"], id="route-names-unknown-upstream"),
+        """), ["edge.routes[2].upstream: unknown upstream 'ordrs'; did you mean 'orders'?"],
+        id="route-names-unknown-upstream"),
     pytest.param(doc("""\
         balancer:
           listeners: [{name: lb, address: "127.0.0.1:9090"}]
@@ -238,9 +246,12 @@ BAD_DOCUMENTS = [
                  id="query-match-with-two-conditions"),
     # --- values out of range -------------------------------------------------------------------------------------
     pytest.param(second_pool("[{host: 10.0.0.2, port: 9000}, {host: 10.0.0.3, port: 9000, weight: 0}]"),
-                 ["balancer.pools[1].instances[1].weight: Input should be greater than or equal to 1"], id="weight-zero"),
+                 ["balancer.pools[1].instances[1].weight: must be greater than or equal to 1, got 0"],
+                 id="weight-zero"),
     pytest.param(second_pool("[{host: 10.0.0.2, port: 9000}]", extra=", algorithm: least_conn"),
-                 ["balancer.pools[1].algorithm: Input should be 'round_robin', 'weighted_round_robin', 'random', 'least_request', 'least_connections', 'ring_hash' or 'maglev'"],
+                 ["balancer.pools[1].algorithm: expected 'round_robin', 'weighted_round_robin', 'random', "
+                  "'least_request', 'least_connections', 'ring_hash' or 'maglev', got the string 'least_conn'; "
+                  "did you mean 'least_connections'?"],
                  id="unknown-algorithm"),
     # --- balancer knobs that would do nothing, or could never work --------------------------------------------
     pytest.param(second_pool("[{host: 10.0.0.2, port: 9000}]", extra=", algorithm: ring_hash"),
@@ -263,9 +274,10 @@ BAD_DOCUMENTS = [
                  ["edge.routes[0].retries.statuses: 404 is not a 5xx status (only server errors are retried)"],
                  id="retry-on-4xx"),
     pytest.param(edge_with("- {name: r, upstream: orders, timeouts: {connect_s: 0}}"),
-                 ["edge.routes[0].timeouts.connect_s: Input should be greater than 0"], id="timeout-zero"),
+                 ["edge.routes[0].timeouts.connect_s: must be greater than 0, got 0"], id="timeout-zero"),
     pytest.param(edge_with("- {name: 'bad name', upstream: orders}"),
-                 ["edge.routes[0].name: String should match pattern '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$'"],
+                 ["edge.routes[0].name: 'bad name' is not a valid name: 1 to 63 letters, digits, '_', '.' or '-', "
+                  "starting with a letter or digit (names become metric labels)"],
                  id="route-name-with-space"),
     # --- whole-file shape ----------------------------------------------------------------------------------------
     pytest.param("", ["(root): the file is empty"], id="empty-file"),
@@ -323,7 +335,8 @@ BAD_DOCUMENTS = [
         - {name: b, upstream: orders, match: {hosts: ['*x']}, bogus: 1}
         """), ["edge.routes[0].match.methods: 'get' is not an upper-case HTTP method",
                "edge.routes[1].match.hosts: '*x' is not a host name or '*.domain' wildcard",
-               "edge.routes[1].bogus: unknown key"],
+               "edge.routes[1].bogus: unknown key (valid keys here: name, match, upstream, timeouts, rewrite, "
+               "preserve_host, retries, policies)"],
         id="several-schema-problems"),
 ]
 
@@ -379,13 +392,12 @@ def test_error_message_lists_source_and_every_problem(tmp_path):
     pytest.param(None, ["(root): the file is empty"], id="none"),
     pytest.param([1, 2], ["(root): expected a mapping of sections, got list"], id="list"),
     pytest.param({"balancer": {"pools": []}},
-                 ["balancer.pools: Tuple should have at least 1 item after validation, not 0"], id="empty-pools"),
+                 ["balancer.pools: must not be empty"], id="empty-pools"),
     pytest.param({"balancer": {"pools": [{"name": "p", "instances": [{"host": "h", "port": 1}]},
                                            {"name": "q", "instances": [{"host": "h", "port": 1}, {"host": "h", "port": "x"}]}]},
                   "admin": {"address": 9901}},
-                 ["admin.address: Input should be a valid string",
-                  "balancer.pools[1].instances[1].port: Input should be a valid integer, unable to parse string as an"
-                  " integer"], id="wrong-types"),
+                 ["admin.address: expected a string, got the number 9901 (quote it)",
+                  "balancer.pools[1].instances[1].port: expected an integer, got the string 'x'"], id="wrong-types"),
 ])
 def test_parse_config_problems(data, expected):
     with pytest.raises(ConfigError) as info:
@@ -398,7 +410,7 @@ def test_broken_only_item_is_not_reported_as_missing():
     data = {"balancer": {"pools": [{"name": "p", "instances": [{"host": "h", "port": 9000, "weight": 0}]}]}}
     with pytest.raises(ConfigError) as info:
         parse_config(data)
-    assert info.value.problems == ["balancer.pools[0].instances[0].weight: Input should be greater than or equal to 1"]
+    assert info.value.problems == ["balancer.pools[0].instances[0].weight: must be greater than or equal to 1, got 0"]
 
 
 def test_method_with_trailing_newline_is_rejected():
@@ -420,7 +432,7 @@ def test_problems_are_listed_in_file_order(tmp_path):
             - {name: orders, instances: [{host: 10.0.0.1, port: 9000}]}
             - {name: orders, instances: [{host: 10.0.0.2, port: 9000}]}
         """)
-    assert problems_of(tmp_path, text) == ["edge.routes[0].upstream: unknown upstream 'ordrs'",
+    assert problems_of(tmp_path, text) == ["edge.routes[0].upstream: unknown upstream 'ordrs'; did you mean 'orders'?",
                                            "balancer.pools[1].name: duplicate name 'orders'"]
 
 
@@ -500,7 +512,8 @@ BAD_FOR_CLI = edge_with("""\
     - {name: a, upstream: orders}
     - {name: a, upstream: ordrs}
     """)
-BAD_FOR_CLI_PROBLEMS = ["edge.routes[1].name: duplicate name 'a'", "edge.routes[1].upstream: unknown upstream 'ordrs'"]
+BAD_FOR_CLI_PROBLEMS = ["edge.routes[1].name: duplicate name 'a'",
+                        "edge.routes[1].upstream: unknown upstream 'ordrs'; did you mean 'orders'?"]
 
 
 def test_cli_validate_bad_file(tmp_path):
@@ -529,3 +542,17 @@ def test_cli_run_refuses_bad_file_without_starting(tmp_path):
     assert result.stderr.splitlines() == ([f"{bad}: invalid configuration, not starting:"]
                                           + [f"  {p}" for p in BAD_FOR_CLI_PROBLEMS])
     assert not ready.exists()
+
+
+@pytest.mark.parametrize(("setting", "problem"), [(None, True), ("reject", True), ("allow", False)])
+def test_a_route_condition_on_an_underscored_header_the_listeners_drop_is_a_config_error(setting, problem):
+    listener = {"name": "l", "address": "127.0.0.1:0", **({"headers_with_underscores": setting} if setting else {})}
+    data = {"edge": {"listeners": [listener], "routes": [{"name": "r", "upstream": "u", "match": {
+        "headers": [{"name": "x-ok", "present": True}, {"name": "x_tenant", "value": "t"}]}}],
+        "upstreams": [{"name": "u", "url": "http://127.0.0.1:9"}]}}
+    if not problem:
+        parse_config(data)
+        return
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert err.value.problems[0].startswith("edge.routes[0].match.headers[1].name: 'x_tenant' has an underscore")

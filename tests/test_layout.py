@@ -24,7 +24,7 @@ ALLOWED = {
     "io": {"telemetry"},
     "balancer": {"schema", "telemetry"},
     "edge": {"schema", "telemetry", "balancer", "io"},
-    "config": {"schema", "telemetry", "balancer", "edge"},
+    "config": {"schema", "telemetry", "balancer", "edge", "io"},
     "proxy": {"schema", "telemetry", "balancer", "edge", "io", "config"},
     "dashboards": {"telemetry"},
     "demo": {"schema", "telemetry", "config"},

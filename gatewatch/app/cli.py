@@ -69,7 +69,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from gatewatch.app.runtime import serve
+    from gatewatch.app.runtime import BindError, serve
 
     try:
         cfg = load_config(args.config)
@@ -87,6 +87,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         _run_loop(serve(cfg, ready_file=args.ready_file, worker=args.worker, ports=ports,
                         config_path=args.config))
+    except BindError as err:  # one line that names the listener, its role and the address; no traceback
+        print(f"gatewatch{'' if args.worker is None else f' worker {args.worker}'}: {err}", file=sys.stderr)
+        return 1
     except OSError as err:
         print(f"gatewatch: cannot start: {err}", file=sys.stderr)
         return 1

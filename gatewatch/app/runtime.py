@@ -1,18 +1,20 @@
 """Build a running Gatewatch process from a validated config, and stop it cleanly.
 
 `Runtime(config)` wires everything explicitly (no import-time state): metrics registry, telemetry pipeline,
-forwarder, one engine per layer with its snapshot, listeners, admin. `await rt.start()` binds; `await rt.stop()`
-drains: readiness goes 503, listeners stop accepting, in-flight requests finish (bounded), telemetry flushes
-(bounded).
+forwarder, one engine per layer with its snapshot, listeners, admin. `await rt.start()` binds (`BindError`, one
+line naming the listener, its role and the address, when one cannot); `await rt.stop()` drains: readiness goes
+503, listeners stop accepting, in-flight requests finish (bounded), telemetry flushes (bounded).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import json
 import logging
 import os
+import socket
 import ssl
 import time
 from datetime import datetime, timezone
@@ -33,13 +35,13 @@ from gatewatch.io.aiohttp_listener import AiohttpListener
 from gatewatch.io.fast_forwarder import RawForwarder
 from gatewatch.io.fast_listener import RawListener
 from gatewatch.io.interfaces import Forwarder, Listener
-from gatewatch.io.tls import UpstreamTLS, client_context
+from gatewatch.io.tls import MIN_VERSIONS, ServerTLS, UpstreamTLS, client_context
 from gatewatch.proxy import snapshot
 from gatewatch.proxy.engine import Engine
 from gatewatch.telemetry.config import resolve
 from gatewatch.telemetry.metrics import Metrics
 from gatewatch.telemetry.context import new_event_id
-from gatewatch.telemetry.names import Attr, Event, Label, Layer
+from gatewatch.telemetry.names import Attr, Event, Label, Layer, TlsHandshakeFailure
 from gatewatch.telemetry.recorder import Telemetry
 
 log = logging.getLogger("gatewatch")
@@ -85,17 +87,22 @@ class Runtime:
         self.engines: dict[Layer, Engine] = {}
         self.policy_resources = PolicyResources(self.metrics, self.telemetry)
         self.budgets = RetryBudgets()  # live across reloads, like the pools
+        self._listener_names: list[str] = []  # parallel to `listeners`: how a bind error names each one
         for layer, section in ((Layer.EDGE, config.edge), (Layer.BALANCER, config.balancer)):
             if section is None or not section.listeners:
                 continue
             engine = Engine(self._snapshot(layer, config), self.forwarder, self.telemetry)
             self.engines[layer] = engine
-            for lst in section.listeners:
+            for i, lst in enumerate(section.listeners):
+                self._listener_names.append(f"{layer.value}.listeners[{i}] {lst.name!r} (traffic)")
                 host, port = parse_address(lst.address)
                 port = (ports or {}).get(lst.name, port)
-                self.listeners.append(listener_type(lst.name, host, port, "http", engine.handle, engine.reject,
-                                                    lst.max_header_size, reuse_port=worker is not None,
-                                                    handle_now=engine.handle_now))
+                self.listeners.append(listener_type(lst.name, host, port, "https" if lst.tls else "http",
+                                                    engine.handle, engine.reject, lst.max_header_size,
+                                                    reuse_port=worker is not None, handle_now=engine.handle_now,
+                                                    tls=self._server_tls(lst), on_tls=self._tls_observed))
+        self._expiry_series: set[tuple[str, str, str]] = set()
+        self._served_certificates()
         init_series(self.metrics, config)
         self._admin_runner: web.AppRunner | None = None
         self.admin_bound: tuple[str, int] | None = None
@@ -136,9 +143,17 @@ class Runtime:
                 return False, problems
             try:
                 self.tls = self._upstream_tls(cfg)
-            except (OSError, ssl.SSLError) as err:  # a file changed between validation and now
+                # Certificates are read again whatever the config says: a reload is how rotated files are
+                # taken up. New connections get them; open ones keep the session they have.
+                served = {lst.name: self._server_tls(lst) for sec in (cfg.edge, cfg.balancer) if sec
+                          for lst in sec.listeners}
+            except (OSError, ssl.SSLError, ValueError) as err:  # a file changed between validation and now
                 self._reloaded("error", [f"tls: {err}"])
                 return False, [f"tls: {err}"]
+            for lst in self.listeners:
+                if lst.name in served:
+                    lst.tls = served[lst.name]
+            self._served_certificates()
             pools = await self.balancer.reconcile(cfg.balancer.pools) if self.balancer else {}
             self.pools = pools
             self.forwarder.set_limits(_limits(cfg))
@@ -189,10 +204,16 @@ class Runtime:
         self._admin_runner = web.AppRunner(build_admin_app(self), handle_signals=False, access_log=None)
         await self._admin_runner.setup()
         site = web.TCPSite(self._admin_runner, host, port, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as err:
+            raise BindError("admin listener", host, port, err) from err
         self.admin_bound = tuple(site._server.sockets[0].getsockname()[:2])  # noqa: SLF001
-        for lst in self.listeners:
-            await lst.start()
+        for lst, name in zip(self.listeners, self._listener_names):
+            try:
+                await lst.start()
+            except OSError as err:
+                raise BindError(name, lst.host, lst.port, err) from err
         self.refresh_gauges()
         self.ready = True
 
@@ -238,9 +259,65 @@ class Runtime:
         self._tls_built = built  # only once every setting loaded: a failed reload keeps the running ones
         return out
 
+    @staticmethod
+    def _server_tls(lst) -> ServerTLS | None:
+        t = lst.tls
+        if t is None:
+            return None
+        return ServerTLS([(c.cert_file, c.key_file) for c in t.certificates], t.min_version, t.client_auth,
+                         t.client_ca_file, t.handshake_timeout_s, t.client_cert_header)
+
+    def _tls_observed(self, listener: str, version: str | None, failure: TlsHandshakeFailure | None) -> None:
+        """A listener's handshake ended: counted by protocol version, or by why it failed."""
+        if failure is None:
+            self.metrics.tls_handshakes.labels(listener, version or "").inc()
+        else:
+            self.metrics.tls_handshake_failures.labels(listener, failure.value).inc()
+
+    def _served_certificates(self) -> None:
+        """`gatewatch_tls_certificate_expiry_timestamp_seconds` for what the listeners serve now, and the
+        handshake failure reasons at 0. A certificate no longer served loses its series (it must not alert)."""
+        now: set[tuple[str, str, str]] = set()
+        for lst in self.listeners:
+            if lst.tls is None:
+                continue
+            for reason in TlsHandshakeFailure:
+                self.metrics.tls_handshake_failures.labels(lst.name, reason.value)
+            for version in MIN_VERSIONS:
+                self.metrics.tls_handshakes.labels(lst.name, version)
+            for cert in lst.tls.certificates:
+                key = (lst.name, cert.label, cert.serial)
+                self.metrics.tls_cert_expiry.labels(*key).set(cert.not_after)
+                now.add(key)
+        for gone in self._expiry_series - now:
+            self.metrics.tls_cert_expiry.remove(*gone)
+        self._expiry_series = now
+
     def _health_tls(self, pool: str) -> tuple | None:
         tls = self.tls.get(pool)
         return (tls.context, tls.server_name) if tls else None
+
+
+class BindError(Exception):
+    """A listener could not bind its address, said in one line that names it and its role:
+    `edge.listeners[0] 'public' (traffic) cannot bind 0.0.0.0:80: permission denied (...)`."""
+
+    def __init__(self, listener: str, host: str, port: int, err: OSError):
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if isinstance(err, socket.gaierror):
+            why = f"cannot resolve {host!r} ({err.strerror or err})"
+        else:
+            why = (os.strerror(err.errno) if err.errno else str(err)).lower()
+            if err.errno != errno.EACCES or 0 < port < 1024:
+                why += _BIND_HINTS.get(err.errno, "").format(port=port)
+        super().__init__(f"{listener} cannot bind {where}: {why}")
+
+
+_BIND_HINTS = {
+    errno.EADDRINUSE: " (another process listens there: ss -ltnp 'sport = :{port}')",
+    errno.EACCES: " (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
+    errno.EADDRNOTAVAIL: " (not an address of this host)",
+}
 
 
 def _limits(config: GatewatchConfig) -> dict[str, tuple[int, float]]:
@@ -263,9 +340,11 @@ def restart_only_changes(old: GatewatchConfig, new: GatewatchConfig) -> list[str
             continue
         if a is None:
             continue
-        bound = lambda sec: [(lst.name, lst.address, lst.max_header_size) for lst in sec.listeners]  # noqa: E731
+        bound = lambda sec: [(lst.name, lst.address, lst.max_header_size, lst.tls is None)  # noqa: E731
+                             for lst in sec.listeners]
         if bound(a) != bound(b):
-            problems.append(f"{name}.listeners: names, addresses or max_header_size changed; this takes a restart")
+            problems.append(f"{name}.listeners: names, addresses, max_header_size or whether TLS is on changed;"
+                            " this takes a restart")
     return problems
 
 

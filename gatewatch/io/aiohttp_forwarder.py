@@ -20,7 +20,7 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from gatewatch.io.interfaces import Headers, UpstreamFailure, UpstreamRequest
+from gatewatch.io.interfaces import Headers, UpstreamFailure, UpstreamRequest, connect_failure
 from gatewatch.io.tls import UpstreamTLS, failure_of
 from gatewatch.telemetry.names import ErrorType
 
@@ -30,6 +30,16 @@ READ_CHUNK = 64 * 1024
 
 def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def wire_value(value: str) -> str:
+    """A header value (its bytes as latin-1, as the listeners decode them) that aiohttp's writer, which encodes
+    UTF-8, puts on the wire unchanged: obs-text (RFC 9110 §5.5) is forwarded as opaque bytes when those bytes are
+    UTF-8. Other obs-text bytes cannot be written by aiohttp (the fast data plane forwards any)."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return value
 
 
 def map_error(err: BaseException, before_response: bool) -> UpstreamFailure:
@@ -42,8 +52,11 @@ def map_error(err: BaseException, before_response: bool) -> UpstreamFailure:
     if isinstance(err, aiohttp.SocketTimeoutError):
         kind = ErrorType.RESPONSE_TIMEOUT if before_response else ErrorType.READ_TIMEOUT
         return UpstreamFailure(kind, str(err), before_response=before_response)
+    if isinstance(err, aiohttp.ClientConnectorDNSError):  # the name did not resolve: not "refused"
+        return UpstreamFailure(ErrorType.DNS_ERROR, str(err))
     if isinstance(err, aiohttp.ClientConnectorError):
-        return UpstreamFailure(ErrorType.CONNECT_REFUSED, str(err))
+        return connect_failure(err.os_error) if isinstance(err.os_error, OSError) else UpstreamFailure(
+            ErrorType.CONNECT_REFUSED, str(err))
     if isinstance(err, aiohttp.ClientResponseError):  # bad status line, bad headers
         return UpstreamFailure(ErrorType.PROTOCOL_ERROR, str(err), before_response=before_response)
     if isinstance(err, (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
@@ -142,7 +155,7 @@ class AiohttpForwarder:
         """`timing` is left empty: aiohttp does not say how its time split between pool, connect and wait."""
         session = self._session(pool)
         url = URL(f"{request.scheme}://{_hostport(request.host, request.port)}{request.target}", encoded=True)
-        headers = CIMultiDict(request.headers)
+        headers = CIMultiDict((k, v if v.isascii() else wire_value(v)) for k, v in request.headers)
         timeout = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=connect_s, sock_read=idle_s)
         tls = self._tls.get(pool) if request.scheme == "https" else None
         try:

@@ -8,8 +8,9 @@ after a clean exchange: the request body fully sent, the response complete by it
 both sides, no error. There is no hidden re-send of any request: a failure is reported to the engine as an
 `UpstreamFailure` and the balancer's visible retry logic decides.
 
-Timeouts: `connect_s` for TCP connect; `response_s` from the moment the request head is written until the
-response head is parsed; `idle_s` for each wait on the response body.
+Timeouts: `connect_s` for the whole connect: DNS lookup, TCP, TLS handshake (a failure says which step failed:
+`dns_error`, `connect_refused` or `connect_error`, `connect_timeout`, `upstream_tls_error`); `response_s` from the
+moment the request head is written until the response head is parsed; `idle_s` for each wait on the response body.
 
 Two ways to send: `send` (a coroutine: waits for a connection, streams a request body) and `send_now`, the
 engine's common exchange with no coroutine or future: a bodiless request written on an idle pooled connection,
@@ -21,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
+import ipaddress
 import socket
 import ssl
 import time
@@ -28,8 +31,8 @@ from typing import Any, AsyncIterator, Callable
 
 import httptools
 
-from gatewatch.io.http1 import BodyQueue, Deadlines, WriteFlow, chunk_frame, serialize_head
-from gatewatch.io.interfaces import AttemptTiming, ClientGone, UpstreamFailure, UpstreamRequest
+from gatewatch.io.http1 import BodyQueue, Deadlines, WriteFlow, chunk_frame, no_delay, serialize_head
+from gatewatch.io.interfaces import AttemptTiming, ClientGone, UpstreamFailure, UpstreamRequest, connect_failure
 from gatewatch.io.tls import UpstreamTLS, client_context, failure_of
 from gatewatch.telemetry.names import ErrorType, TlsFailure
 
@@ -83,12 +86,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = (peer[0], peer[1]) if peer else None
-        s = transport.get_extra_info("socket")
-        if s is not None:
-            try:
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        no_delay(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -210,14 +208,41 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.abort()
 
 
+async def _resolve(loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[tuple[str, int]]:
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [info[4][:2] for info in infos]
+
+
+async def _connect(loop: asyncio.AbstractEventLoop, factory, addresses: list[tuple[str, int]]):
+    """The first address that accepts, in the resolver's order (as `create_connection` tries them)."""
+    failure: OSError | None = None
+    for host, port in addresses:
+        try:
+            return (await loop.create_connection(factory, host, port))[1]
+        except ssl.SSLError:
+            raise
+        except OSError as err:
+            failure = err
+    raise failure or OSError(errno.EADDRNOTAVAIL, "the name resolved to no address")
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 class EndpointPool:
     __slots__ = ("host", "port", "tls", "server_name", "max_connections", "idle_s", "idle", "open", "_waiters",
-                 "retired")
+                 "retired", "literal")
 
     def __init__(self, host: str, port: int, max_connections: int, idle_s: float,
                  tls: ssl.SSLContext | None = None, server_name: str | None = None):
         self.host = host
         self.port = port
+        self.literal = _is_ip(host)  # an IP address: no DNS step
         self.tls = tls  # https upstreams
         self.server_name = server_name or host  # SNI, and the name the certificate must carry
         self.max_connections = max_connections
@@ -271,10 +296,14 @@ class EndpointPool:
         connecting = loop.time()
         handshaking: float | None = None
         conn: UpstreamConnection | None = None
+        resolving = not self.literal
         try:
-            # TCP, then TLS on it (`start_tls`): two steps, so the attempt's timing can say which one took the time.
+            # DNS, TCP, then TLS on it (`start_tls`): separate steps, so a failure says which one failed and the
+            # attempt's timing which one took the time.
             async with asyncio.timeout(connect_s):
-                _, conn = await loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port)
+                addresses = [(self.host, self.port)] if self.literal else await _resolve(loop, self.host, self.port)
+                resolving = False
+                conn = await _connect(loop, lambda: UpstreamConnection(self), addresses)
                 if self.tls is not None:
                     handshaking = loop.time()
                     conn.transport = await loop.start_tls(conn.transport, conn, self.tls,
@@ -289,8 +318,14 @@ class EndpointPool:
             else:
                 conn.abort()
                 self.forget(conn)  # connected, then failed (its connection_lost finds it forgotten)
+            if isinstance(err, TimeoutError) and resolving:
+                raise UpstreamFailure(ErrorType.DNS_ERROR, f"resolving {self.host!r} took longer than {connect_s}s"
+                                      ) from None
             if isinstance(err, TimeoutError):
                 raise UpstreamFailure(ErrorType.CONNECT_TIMEOUT, f"connect took longer than {connect_s}s") from None
+            if isinstance(err, socket.gaierror):  # an OSError too: the name did not resolve
+                raise UpstreamFailure(ErrorType.DNS_ERROR, f"cannot resolve {self.host!r}: "
+                                      f"{err.strerror or err}") from None
             if isinstance(err, ssl.SSLError):  # an OSError too: connected, but the handshake failed
                 kind, message = failure_of(err)
                 raise UpstreamFailure(ErrorType.UPSTREAM_TLS_ERROR, message, tls_failure=kind.value) from None
@@ -299,7 +334,7 @@ class EndpointPool:
                     raise UpstreamFailure(ErrorType.UPSTREAM_TLS_ERROR, "the upstream closed the connection during "
                                           "the TLS handshake (handshake_failed)",
                                           tls_failure=TlsFailure.HANDSHAKE_FAILED.value) from None
-                raise UpstreamFailure(ErrorType.CONNECT_REFUSED, err.strerror or str(err)) from None
+                raise connect_failure(err) from None
             raise
         finally:
             if timing is not None:

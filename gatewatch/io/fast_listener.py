@@ -10,11 +10,13 @@ Two ways to hand a request to the engine, on the same `_Downstream`:
 - the **serving task**, one per connection, for everything else (bodies, `Expect`, pipelined requests queued
   behind another), awaiting `handler`. A connection switches between the two only between exchanges.
 
-Owned here: framing (Content-Length / chunked, both ways), limits (request line, header bytes and count),
+Owned here: framing (Content-Length / chunked, both ways), limits (request line, header bytes and count, the
+trace-context headers counted apart, and a head's size while a line is still arriving),
 `Expect: 100-continue` (answered on the first body read, so a refusal gets its final status instead),
 keep-alive (reused only after a clean exchange whose request body was read to the end), idle and header
-timeouts, and write backpressure. A request llhttp rejects (framing conflicts, bad syntax, oversize) is
-answered 400/408/414/417/431/501 and recorded through `Engine.reject`, then the connection is closed
+timeouts, and write backpressure. A request llhttp rejects (framing conflicts, bad syntax, oversize, a version
+other than HTTP/1.0 and 1.1, an unknown method) is answered 400/408/414/417/431/501/505 and recorded through
+`Engine.reject` (docs/refusals.md), then the connection is closed
 (after the responses to requests pipelined before it).
 """
 
@@ -22,13 +24,21 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import fcntl
 import logging
-import socket
+import ssl
+import struct
+import termios
+from typing import Callable
+
 import httptools
 
-from gatewatch.io.http1 import NO_BODY, REASONS, BodyQueue, WriteFlow, chunk_frame, http_date, serialize_head
+from gatewatch.io.http1 import (MAX_TRACE_HEADER_BYTES, NO_BODY, REASONS, TRACE_HEADERS, BodyQueue, WriteFlow,
+                                chunk_frame, http_date, method_rejection, no_delay, serialize_head)
 from gatewatch.io.interfaces import ClientGone, Headers, Rejecter, RequestHandler, RequestHead, SyncRequestHandler
+from gatewatch.io.tls import ServerTLS, server_failure_of
 from gatewatch.telemetry.names import RejectReason as R
+from gatewatch.telemetry.names import TlsHandshakeFailure
 
 log = logging.getLogger("gatewatch.listener")
 
@@ -94,6 +104,8 @@ class _Downstream:
         else:
             self._chunked = True
             extra.append(b"Transfer-Encoding: chunked\r\n")
+        if self._conn.listener.draining:
+            self._close_after = True
         if self._close_after:
             extra.append(b"Connection: close\r\n")
         elif ex.http10:
@@ -187,7 +199,8 @@ class _Downstream:
 class HttpConnection(asyncio.Protocol):
     __slots__ = ("listener", "transport", "parser", "flow", "closed", "rejected", "_pipeline_paused", "_inbuf",
                  "queue", "parsing", "running", "_serving", "_idle", "_url", "_headers", "_index", "_header_bytes",
-                 "_hosts", "_in_trailers", "last_active", "head_started", "peer", "sock", "now_busy")
+                 "_hosts", "_in_trailers", "last_active", "head_started", "peer", "sock", "now_busy", "tls",
+                 "_byte_limit", "_line_limit", "_scanned", "_head_fed")
 
     def __init__(self, listener: "RawListener"):
         self.listener = listener
@@ -216,6 +229,7 @@ class HttpConnection(asyncio.Protocol):
         self.head_started: float | None = None  # loop time a request head began arriving (slowloris sweep)
         self.peer = ("", 0)
         self.sock = ("", 0)
+        self.tls = None  # ClientTLS of a TLS listener's connection, set before connection_made
 
     # --- asyncio.Protocol ---
 
@@ -225,12 +239,7 @@ class HttpConnection(asyncio.Protocol):
         sock = transport.get_extra_info("sockname")
         self.peer = (peer[0], peer[1]) if peer else ("", 0)
         self.sock = (sock[0], sock[1]) if sock else (self.listener.host, self.listener.port)
-        s = transport.get_extra_info("socket")
-        if s is not None:
-            try:
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        no_delay(transport)
         self.listener.connections.add(self)
         self.last_active = self.listener.loop.time()
 
@@ -273,6 +282,14 @@ class HttpConnection(asyncio.Protocol):
     def _feed_slice(self, data: bytes) -> bool:
         try:
             self.parser.feed_data(data)
+            if self.head_started is not None and not self.rejected:
+                # A head is still incomplete. llhttp hands a header over only once its line has ended (httptools
+                # keeps appending the pieces), so the size limits in `on_header` cannot see a line that never
+                # ends: bound the bytes a head may take here (one slice of slack: the slice that began it may
+                # hold the end of the request before it).
+                self._head_fed += len(data)
+                if self._head_fed > self._byte_limit + MAX_URL + MAX_TRACE_HEADER_BYTES + FEED_SLICE:
+                    self._reject(431, R.HEADER_TOO_LARGE.value)
             return not self.closed and not self.rejected
         except httptools.HttpParserUpgrade:
             # llhttp stops at an upgrade request's head. A non-WebSocket upgrade (e.g. h2c) is served as plain
@@ -285,7 +302,7 @@ class HttpConnection(asyncio.Protocol):
             cause = err.__context__ if isinstance(err.__context__, _Limit) else None
             self._reject(cause.status if cause else 400, cause.reason if cause else R.PARSE_ERROR.value)
         except httptools.HttpParserError as err:
-            self._reject(400, _parser_reason(err))
+            self._reject(*_parser_rejection(err, data))
         return False
 
     # --- llhttp callbacks ---
@@ -295,6 +312,10 @@ class HttpConnection(asyncio.Protocol):
         self._headers = []
         self._index = {}
         self._header_bytes = 0
+        self._byte_limit = self.listener.max_header_size
+        self._line_limit = MAX_HEADERS
+        self._scanned = 0
+        self._head_fed = 0
         self._hosts = 0
         self._in_trailers = False
         self.head_started = self.last_active
@@ -308,8 +329,8 @@ class HttpConnection(asyncio.Protocol):
         if self._in_trailers:
             return  # chunked trailers are dropped: they must never change what routing and policies saw
         self._header_bytes += len(name) + len(value) + 4
-        if len(self._headers) >= MAX_HEADERS or self._header_bytes > self.listener.max_header_size:
-            raise _Limit(431, R.HEADER_TOO_LARGE.value)
+        if len(self._headers) >= self._line_limit or self._header_bytes > self._byte_limit:
+            self._over_limit(name, value)
         k = name.decode("latin-1")
         v = value.decode("latin-1")
         self._headers.append((k, v))
@@ -318,12 +339,38 @@ class HttpConnection(asyncio.Protocol):
             self._hosts += 1
         self._index.setdefault(lk, v)
 
+    def _over_limit(self, name: bytes, value: bytes) -> None:
+        """A head limit is reached. Trace-context headers (traceparent, tracestate, baggage) do not count toward
+        `max_header_size` or MAX_HEADERS: the engine cuts them to the W3C limits, they never make a request a 431
+        (only a bound of their own, far above those limits, does). Each header is looked at here once at most:
+        what trace headers take is added to the limits, and the 431 raised if the others alone are over."""
+        headers = self._headers
+        for k, v in headers[self._scanned:]:
+            if k.lower() in TRACE_HEADERS:
+                self._exempt(len(k) + len(v) + 4)
+        if name.lower().decode("latin-1") in TRACE_HEADERS:  # the current header, appended after this
+            self._exempt(len(name) + len(value) + 4)
+        self._scanned = len(headers) + 1
+        if len(headers) >= self._line_limit or self._header_bytes > self._byte_limit:
+            raise _Limit(431, R.HEADER_TOO_LARGE.value)
+
+    def _exempt(self, size: int) -> None:
+        self._byte_limit += size
+        self._line_limit += 1
+        if (self._byte_limit - self.listener.max_header_size > MAX_TRACE_HEADER_BYTES
+                or self._line_limit - MAX_HEADERS > MAX_HEADERS):
+            raise _Limit(431, R.HEADER_TOO_LARGE.value)
+
     def on_headers_complete(self) -> None:
         p = self.parser
         self._in_trailers = True
         headers = tuple(self._headers)
         index = self._index
         version = p.get_http_version()
+        if version != "1.1" and version != "1.0":
+            # RFC 9110 §2.5 / §15.6.6: llhttp also parses HTTP/0.9 (a request line without a version) and
+            # HTTP/2.0 (prior knowledge without the preface); neither is served by an HTTP/1.1 proxy
+            raise _Limit(505, R.UNSUPPORTED_HTTP_VERSION.value)
         if self._hosts > 1 or (self._hosts == 0 and version == "1.1"):
             raise _Limit(400, R.INVALID_HOST.value)  # RFC 9112 §3.2: exactly one Host in HTTP/1.1
         te = index.get("transfer-encoding")
@@ -345,7 +392,7 @@ class HttpConnection(asyncio.Protocol):
             method=p.get_method().decode("ascii"), target=self._url.decode("latin-1"), version=version,
             headers=headers, index=index, client_address=self.peer[0], client_port=self.peer[1],
             scheme=self.listener.scheme, server_address=self.sock[0], server_port=self.sock[1],
-            listener=self.listener.name, has_body=has_body)
+            listener=self.listener.name, has_body=has_body, tls=self.tls)
         body = BodyQueue(self._pause_reading, self._resume_reading, ClientGone) if has_body else NO_BODY
         ex = _Exchange(head, body, p.should_keep_alive() and not upgrade, expect and version != "1.0")
         self.parsing = ex
@@ -520,6 +567,18 @@ class HttpConnection(asyncio.Protocol):
         self.transport.write(head + body)
         self.close()
 
+    def unread(self) -> bool:
+        """Bytes have arrived that this connection has not parsed yet: in the socket, or held back here."""
+        if self._inbuf or (isinstance(self.transport, TlsSession) and self.transport.incoming.pending):
+            return True
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is None:
+            return False
+        try:
+            return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0] > 0
+        except OSError:
+            return False
+
     def sweep(self, now: float) -> None:
         """Called about once a second by the listener: close idle keep-alive connections and clients that
         take too long to send a request head (one timer for all connections, none per request)."""
@@ -547,6 +606,205 @@ class HttpConnection(asyncio.Protocol):
             self.transport.abort()
 
 
+# Plaintext on a TLS port gets a plaintext answer (as nginx's 400 "plain HTTP request was sent to HTTPS port").
+_NOT_TLS_BODY = b"This port speaks TLS: use https://\n"
+NOT_TLS_ANSWER = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nCache-Control: no-store\r\n"
+                  b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(_NOT_TLS_BODY)) + _NOT_TLS_BODY
+TLS_READ = 256 * 1024  # plaintext taken out of the TLS layer per read call
+
+
+class TlsSession(asyncio.Protocol):
+    """TLS termination for one client connection, in memory (`ssl.MemoryBIO`, the way HAProxy and Pingora keep
+    the record layer in their own hands): the socket's transport below, an `HttpConnection` above, to which this
+    object is the transport. Owned here: the handshake and its timeout, why one failed (counted through the
+    listener's `on_tls`), plaintext sent to a TLS port (answered 400 in plaintext), close_notify both ways.
+    (asyncio's `start_tls` was tried first: under uvloop, bytes a client sends before it takes over are lost.)"""
+
+    __slots__ = ("listener", "tls", "raw", "obj", "incoming", "outgoing", "app", "timer", "failed", "closed",
+                 "reading_paused", "seen")
+
+    def __init__(self, listener: "RawListener", tls: ServerTLS):
+        self.listener = listener
+        self.tls = tls  # the settings at accept time: a reload changes new connections only
+        self.raw: asyncio.Transport | None = None
+        self.app: HttpConnection | None = None  # once the handshake is done
+        self.timer: asyncio.TimerHandle | None = None
+        self.failed = self.closed = self.reading_paused = self.seen = False
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.obj = tls.context.wrap_bio(self.incoming, self.outgoing, server_side=True)
+
+    # --- below: the socket ---
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.raw = transport  # TCP_NODELAY is set by the HttpConnection, on this transport's socket
+        self.listener.handshaking.add(self)
+        self.timer = self.listener.loop.call_later(self.tls.handshake_timeout_s, self._timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self.app is not None:
+            self.incoming.write(data)
+            self._read()
+            return
+        if self.failed:
+            return
+        if not self.seen:
+            self.seen = True
+            if data[0] != 0x16:  # not a TLS handshake record (RFC 8446 §5.1): plaintext, most likely HTTP
+                self.raw.write(NOT_TLS_ANSWER)
+                self._fail(TlsHandshakeFailure.NOT_TLS, close=True)
+                return
+        self.incoming.write(data)
+        self._handshake()
+
+    def eof_received(self) -> None:
+        return None  # the socket transport closes; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.app is not None:
+            self.app.connection_lost(exc)
+        elif not self.failed:
+            self._fail(TlsHandshakeFailure.CLIENT_CLOSED, close=False)
+
+    def pause_writing(self) -> None:
+        if self.app is not None:
+            self.app.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.app is not None:
+            self.app.resume_writing()
+
+    # --- the handshake ---
+
+    def _handshake(self) -> None:
+        try:
+            self.obj.do_handshake()
+        except ssl.SSLWantReadError:
+            self._flush()
+            return
+        except (ssl.SSLError, OSError) as err:
+            self._flush()  # the alert that tells the client why
+            self._fail(server_failure_of(err), close=True)
+            return
+        self._flush()
+        self._settled()
+        conn = HttpConnection(self.listener)
+        conn.tls = self.tls.describe(self.obj)
+        if self.listener.on_tls is not None:
+            self.listener.on_tls(self.listener.name, conn.tls.version, None)
+        self.app = conn
+        conn.connection_made(self)
+        self._read()  # a request sent in the same flight as the client's Finished
+
+    def _timeout(self) -> None:
+        self.timer = None
+        if self.app is None and not self.failed:
+            self._fail(TlsHandshakeFailure.TIMEOUT, close=False)
+
+    def _settled(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.listener.handshaking.discard(self)
+
+    def _fail(self, reason: TlsHandshakeFailure, close: bool) -> None:
+        self.failed = True
+        self._settled()
+        if self.listener.on_tls is not None:
+            self.listener.on_tls(self.listener.name, None, reason)
+        if close:
+            self.raw.close()  # after what is queued: our alert, or the plaintext answer
+        else:
+            self.raw.abort()
+
+    # --- above: the HTTP connection's transport ---
+
+    def _read(self) -> None:
+        """Hand decrypted bytes up, unless the HTTP connection paused reading (then `resume_reading`)."""
+        app = self.app
+        while not self.reading_paused and not app.closed:
+            try:
+                data = self.obj.read(TLS_READ)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:  # close_notify: the client is done sending (RFC 8446 §6.1)
+                self.close()
+                break
+            except (ssl.SSLError, OSError):
+                self.abort()
+                break
+            if not data:
+                break
+            app.data_received(data)
+            if not self.incoming.pending and not self.obj.pending():
+                break  # nothing left to decrypt: skip the read that would only raise SSLWantReadError
+        if self.outgoing.pending:
+            self._flush()  # post-handshake messages (TLS 1.3 key updates)
+
+    def _flush(self) -> None:
+        data = self.outgoing.read()
+        if data and not self.raw.is_closing():
+            self.raw.write(data)
+
+    def write(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            self.obj.write(data)
+        except (ssl.SSLError, OSError):
+            self.abort()
+            return
+        self._flush()
+
+    def writelines(self, chunks) -> None:
+        self.write(b"".join(chunks))
+
+    def pause_reading(self) -> None:
+        self.reading_paused = True
+        self.raw.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.reading_paused:
+            self.reading_paused = False
+            self.raw.resume_reading()
+            self.listener.loop.call_soon(self._resume)
+
+    def _resume(self) -> None:
+        if self.app is not None and not self.closed:
+            self._read()
+
+    def is_closing(self) -> bool:
+        return self.closed or self.raw.is_closing()
+
+    def get_extra_info(self, name: str, default=None):
+        if name == "ssl_object":
+            return self.obj
+        return self.raw.get_extra_info(name, default)
+
+    def close(self) -> None:
+        """close_notify (RFC 8446 §6.1), then the socket once what is queued has gone."""
+        if self.closed:
+            return
+        self.closed = True
+        self._settled()
+        try:
+            self.obj.unwrap()
+        except (ssl.SSLError, OSError):
+            pass  # SSLWantReadError: the client's close_notify is not awaited
+        self._flush()
+        self.raw.close()
+
+    def abort(self) -> None:
+        self.closed = True
+        self._settled()
+        if self.raw is not None:
+            self.raw.abort()
+
+
+TlsObserver = Callable[[str, "str | None", "TlsHandshakeFailure | None"], None]
+
+
 class _Limit(Exception):
     def __init__(self, status: int, reason: str):
         super().__init__(reason)
@@ -554,27 +812,75 @@ class _Limit(Exception):
         self.reason = reason
 
 
-def _parser_reason(err: Exception) -> str:
+def _parser_rejection(err: Exception, data: bytes) -> tuple[int, str]:
+    """(status, `error.type`) of what llhttp refused in `data`, the slice it was parsing."""
     text = str(err).lower()
     if "content-length" in text and "transfer-encoding" in text:
-        return R.FRAMING_CONFLICT.value
+        return 400, R.FRAMING_CONFLICT.value
     if "content-length" in text:
-        return R.INVALID_CONTENT_LENGTH.value
+        return 400, R.INVALID_CONTENT_LENGTH.value
     if "chunk" in text:
-        return R.INVALID_CHUNKED_ENCODING.value
+        return 400, R.INVALID_CHUNKED_ENCODING.value
     if "method" in text:
-        return R.INVALID_METHOD.value
+        return method_rejection(_refused_line(data))
+    if "invalid http version" in text or "pri/upgrade" in text:  # HTTP/1.2, HTTP/3.0; the HTTP/2 preface
+        return 505, R.UNSUPPORTED_HTTP_VERSION.value  # RFC 9110 §15.6.6
+    if "version" in text or "expected http/" in text or "expected dot" in text:
+        return 400, R.INVALID_HTTP_VERSION.value  # not HTTP-name "/" DIGIT "." DIGIT (RFC 9112 §2.3)
     if "url" in text or "uri" in text:
-        return R.INVALID_TARGET.value
-    return R.PARSE_ERROR.value
+        return 400, R.INVALID_TARGET.value
+    return 400, R.PARSE_ERROR.value
+
+
+class _Silent:
+    """A protocol with no callbacks, for parsing again what llhttp refused (`_refused_line`)."""
+
+
+def _refused_line(data: bytes) -> bytes | None:
+    """The line of `data` in which llhttp stopped, or None when that cannot be told. httptools does not say where
+    parsing stopped, so the shortest prefix of `data` a fresh parser refuses is searched for (a prefix of a valid
+    stream is never refused, only left incomplete): O(log n) parses, on this error path only. Exact when `data`
+    starts at a request's start: a connection's first request, or one in packets of its own; pipelined requests
+    in the same slice are parsed through. A slice that starts mid-body gives the wrong line or None."""
+
+    def refused(n: int) -> bool:
+        try:
+            httptools.HttpRequestParser(_Silent()).feed_data(data[:n])
+        except httptools.HttpParserError:
+            return True
+        return False  # incomplete, or stopped at an upgrade (what follows is not HTTP/1.1)
+
+    try:
+        if not refused(len(data)):
+            return None
+        lo, hi = 0, len(data)  # refused(hi), not refused(lo)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if refused(mid):
+                hi = mid
+            else:
+                lo = mid
+    except httptools.HttpParserUpgrade:
+        return None
+    start = data.rfind(b"\n", 0, hi - 1) + 1
+    return data[start:].split(b"\n", 1)[0].rstrip(b"\r")
+
+
 
 
 class RawListener:
     """`io.interfaces.Listener` on raw asyncio protocols."""
 
     def __init__(self, name: str, host: str, port: int, scheme: str, handler: RequestHandler, reject: Rejecter,
-                 max_header_size: int, reuse_port: bool = False, handle_now: SyncRequestHandler | None = None):
+                 max_header_size: int, reuse_port: bool = False, handle_now: SyncRequestHandler | None = None,
+                 tls: ServerTLS | None = None, on_tls: TlsObserver | None = None):
         self.reuse_port = reuse_port
+        # TLS termination: swapped whole by a reload (new connections use the new certificates); `on_tls` counts
+        # each handshake's result.
+        self.tls = tls
+        self.on_tls = on_tls
+        self.handshaking: set[TlsSession] = set()
+        self.draining = False  # stop() has begun: responses close their connections
         self.handle_now = handle_now  # the engine's synchronous entry, for bodiless requests
         self.name = name
         self.host = host
@@ -595,13 +901,16 @@ class RawListener:
 
     async def start(self) -> tuple[str, int]:
         self.loop = loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: HttpConnection(self), self.host, self.port,
+        self._server = await loop.create_server(self._accept, self.host, self.port,
                                                 reuse_address=True, reuse_port=self.reuse_port or None,
                                                 backlog=4096)
         sockname = self._server.sockets[0].getsockname()
         self.bound = (sockname[0], sockname[1])
         self._sweeper = loop.create_task(self._sweep())
         return self.bound
+
+    def _accept(self) -> asyncio.Protocol:
+        return HttpConnection(self) if self.tls is None else TlsSession(self, self.tls)
 
     async def _sweep(self) -> None:
         while True:
@@ -611,15 +920,21 @@ class RawListener:
                 conn.sweep(now)
 
     async def stop(self, grace_s: float = 5.0) -> None:
-        """Stop accepting, close idle connections, let in-flight exchanges finish within `grace_s`."""
+        """Stop accepting, close idle connections, let in-flight exchanges finish within `grace_s`. A keep-alive
+        connection is closed only while nothing is waiting on it unread: closing a socket with unread bytes
+        resets it (RFC 9112 §9.6 asks for a graceful close), and a request already sent would be lost to the
+        client. Such a request is served, answered `Connection: close`, and then the connection closes."""
         if self._server is None:
             return
         self._sweeper.cancel()
         self._server.close()
+        for session in list(self.handshaking):
+            session.abort()  # no request has started on them
         deadline = asyncio.get_running_loop().time() + grace_s
+        self.draining = True  # every response from now on says Connection: close
         while True:
             for c in list(self.connections):
-                if not c.running and not c.queue:
+                if not c.running and not c.queue and not c.unread():
                     c.close()
             if not self.connections or asyncio.get_running_loop().time() >= deadline:
                 break

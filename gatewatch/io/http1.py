@@ -1,5 +1,6 @@
 """HTTP/1.1 pieces shared by the raw listener and forwarder: body queues with backpressure, head serialising,
-status reasons, and a once-a-second `Date` value.
+status reasons, and a once-a-second `Date` value; and what both listeners refuse alike (`method_rejection`, the
+trace-context headers' own bound).
 
 `BodyQueue` is the one-producer (a protocol's `data_received`), one-consumer (the engine's `async for`)
 channel for a message body. It pauses the producing transport above a high-water mark and resumes it below a
@@ -11,16 +12,38 @@ from __future__ import annotations
 import asyncio
 import collections
 import math
+import re
+import socket
 import time
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Callable
 
+from gatewatch.telemetry.names import RejectReason
+
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
+# Trace-context headers are limited by the W3C specifications, not by a listener's max_header_size: the engine cuts
+# them to those limits (telemetry.context.cap_tracestate / cap_baggage) and serves the request. A listener bounds
+# them apart, far above the W3C limits (a memory bound): more than this many bytes, or more lines than a head's
+# other headers may have, is a 431.
+TRACE_HEADERS = frozenset({"traceparent", "tracestate", "baggage"})
+MAX_TRACE_HEADER_BYTES = 32 * 1024
 
 REASONS = {s.value: s.phrase for s in HTTPStatus}
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 §5.6.2 token
 _date_cache: list = [0, b""]
+
+
+def method_rejection(request_line: bytes | None) -> tuple[int, str]:
+    """(status, `error.type`) of a request line whose method llhttp refused: 501 `unsupported_method` for a token
+    (RFC 9110 §9.1: a method the server does not implement; llhttp's table has the methods of RFC 9110, WebDAV,
+    PATCH, QUERY and a few more, not every registered one, and methods are case-sensitive, so `get` is one of these)
+    and 400 `invalid_method` for anything else."""
+    method = request_line.split(b" ", 1)[0] if request_line else b""
+    if _TOKEN.fullmatch(method):
+        return 501, RejectReason.UNSUPPORTED_METHOD.value
+    return 400, RejectReason.INVALID_METHOD.value
 
 
 def http_date() -> bytes:
@@ -229,3 +252,13 @@ class WriteFlow:
                 await self._waiter
             finally:
                 self._waiter = None
+
+
+def no_delay(transport) -> None:
+    """TCP_NODELAY on a transport's socket: each write is a whole head or body, never worth delaying (Nagle)."""
+    s = transport.get_extra_info("socket")
+    if s is not None:
+        try:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass

@@ -14,10 +14,14 @@ the engine; swapping either end must not touch the engine, the decisions or the 
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
-from typing import AsyncIterator, Awaitable, Callable, Protocol
+from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, Protocol
 
 from gatewatch.telemetry.names import ErrorType
+
+if TYPE_CHECKING:
+    from gatewatch.io.tls import ClientTLS
 
 Headers = tuple[tuple[str, str], ...]  # ordered, duplicates kept, names as received
 
@@ -38,6 +42,7 @@ class RequestHead:
     listener: str  # listener name from config
     has_body: bool  # Content-Length > 0 or Transfer-Encoding present
     index: dict[str, str]  # lower-case name → first value, built once by the listener
+    tls: ClientTLS | None = None  # a TLS listener's connection: what it negotiated, the verified client identity
 
     def header(self, lname: str) -> str | None:
         """First value of a header, `lname` lower-case."""
@@ -91,6 +96,14 @@ class UpstreamFailure(Exception):
         self.detail = detail
         self.before_response = before_response
         self.tls_failure = tls_failure  # with UPSTREAM_TLS_ERROR: a `TlsFailure` value
+
+
+def connect_failure(err: OSError) -> UpstreamFailure:
+    """A TCP connect that failed, by its cause: `connect_refused` (nothing listens there) or `connect_error`
+    (whatever else the OS said: unreachable network or host, no local port left), so a 502 says which."""
+    refused = isinstance(err, ConnectionRefusedError) or err.errno == errno.ECONNREFUSED
+    return UpstreamFailure(ErrorType.CONNECT_REFUSED if refused else ErrorType.CONNECT_ERROR,
+                           err.strerror or str(err))
 
 
 class ClientGone(Exception):

@@ -30,7 +30,8 @@ from gatewatch.io.interfaces import (ClientGone, Headers, Rejecter, RequestHandl
 from gatewatch.telemetry.names import ErrorType
 
 
-NOT_CONNECTED = frozenset({ErrorType.CONNECT_REFUSED, ErrorType.CONNECT_TIMEOUT})
+NOT_CONNECTED = frozenset({ErrorType.CONNECT_REFUSED, ErrorType.CONNECT_TIMEOUT, ErrorType.DNS_ERROR,
+                           ErrorType.CONNECT_ERROR})
 
 
 @dataclass(frozen=True)

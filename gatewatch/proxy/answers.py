@@ -1,6 +1,7 @@
 """What Gatewatch answers itself, and which outcome an upstream failure is.
 
 - `FAILURE_OUTCOME`: an attempt's `ErrorType` → the request's `Outcome` when nothing is left to try.
+- `CONNECT_STEP`: a connect failure's `ErrorType` → the message of its answer (DNS, refused, unreachable, timeout).
 - `error_body(outcome, status, request_id, layer, message)`: the small JSON body of a locally generated answer,
   naming the outcome, the request id and the layer that answered, so a client can quote what an SRE needs.
 """
@@ -12,7 +13,9 @@ import json
 from gatewatch.telemetry.names import ErrorType, Outcome
 
 FAILURE_OUTCOME = {
+    ErrorType.DNS_ERROR: Outcome.UPSTREAM_CONNECT_ERROR,
     ErrorType.CONNECT_REFUSED: Outcome.UPSTREAM_CONNECT_ERROR,
+    ErrorType.CONNECT_ERROR: Outcome.UPSTREAM_CONNECT_ERROR,
     ErrorType.UPSTREAM_TLS_ERROR: Outcome.UPSTREAM_TLS_ERROR,
     ErrorType.CONNECT_TIMEOUT: Outcome.UPSTREAM_TIMEOUT,
     ErrorType.RESPONSE_TIMEOUT: Outcome.UPSTREAM_TIMEOUT,
@@ -38,6 +41,16 @@ MESSAGES = {
     Outcome.CIRCUIT_OPEN: "the upstream's circuit breaker is open",
     Outcome.UPSTREAM_OVERFLOW: "every instance is at its connection limit",
     Outcome.INTERNAL_ERROR: "internal error",
+}
+
+
+# Which step of the connect failed, for the client's answer (the outcome's message alone would not say). Never the
+# upstream's name or address: the client may be anyone. A TLS failure says which check failed (its own message).
+CONNECT_STEP = {
+    ErrorType.DNS_ERROR: "could not connect to the upstream: its host name did not resolve (DNS)",
+    ErrorType.CONNECT_REFUSED: "could not connect to the upstream: the connection was refused",
+    ErrorType.CONNECT_ERROR: "could not connect to the upstream: the network or host is unreachable",
+    ErrorType.CONNECT_TIMEOUT: "the upstream did not answer in time: no connection to it within the connect timeout",
 }
 
 

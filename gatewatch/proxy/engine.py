@@ -26,6 +26,7 @@ connection, and exactly one record.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
@@ -38,14 +39,14 @@ from gatewatch.edge.paths import InvalidPath, canonical_path, split_target, stri
 from gatewatch.edge.policies.base import PolicyRequest
 from gatewatch.edge.routing import NoRoute
 from gatewatch.io.interfaces import (ClientGone, Downstream, Forwarder, RequestHead, UpstreamFailure, UpstreamRequest,
-                                     UpstreamResponse)
+                                     UpstreamResponse, header_index)
 from gatewatch.proxy import headers as hdr
 from gatewatch.proxy import recording, request_keys
-from gatewatch.proxy.answers import FAILURE_OUTCOME, error_body
+from gatewatch.proxy.answers import CONNECT_STEP, FAILURE_OUTCOME, error_body
 from gatewatch.proxy.context import AttemptContext, ClientBody, RequestContext
 from gatewatch.proxy.snapshot import Snapshot
 from gatewatch.telemetry.context import AttemptRecord, RequestRecord, format_traceparent, new_span_id, start_trace
-from gatewatch.telemetry.names import OUTCOME_STATUS, ErrorType, Layer, Outcome, Reason
+from gatewatch.telemetry.names import OUTCOME_STATUS, ErrorType, HeaderDrop, Layer, Outcome, Reason, RejectReason
 from gatewatch.telemetry.recorder import Telemetry
 
 log = logging.getLogger("gatewatch.engine")
@@ -110,7 +111,7 @@ class Engine:
         try:
             outcome = self.route(ctx)
             if outcome is not None:
-                self._fail_now(ctx, outcome, None)
+                self._fail_now(ctx, outcome, ctx.rec.error_type)
             elif ctx.target.policies:
                 self._later(ctx, self._policed(ctx))
                 return
@@ -126,7 +127,7 @@ class Engine:
     async def _phases(self, ctx: RequestContext) -> None:
         outcome = self.route(ctx)
         if outcome is not None:
-            await self._fail(ctx, outcome, None)
+            await self._fail(ctx, outcome, ctx.rec.error_type)
         else:
             await self._policed(ctx)
 
@@ -179,8 +180,10 @@ class Engine:
         traceparent = head.header("traceparent")
         trust = snap.trace_trust[head.listener]
         mode = trust.for_client(head.client_address) if traceparent is not None else trust.mode
-        trace = start_trace(traceparent, head.header("tracestate"), head.header("baggage"), mode,
-                            self.sampling_ratio, self.rng, self.parent_based)
+        index = head.index
+        trace = start_trace(traceparent, hdr.combined(head.headers, "tracestate", index),
+                            hdr.combined(head.headers, "baggage", index), mode, self.sampling_ratio, self.rng,
+                            self.parent_based)
         path, query = split_target(head.target)
         return RequestRecord(
             layer=self.layer_value, trace=trace, start_ns=self.clock_ns(), start_mono=self.monotonic(),
@@ -189,17 +192,27 @@ class Engine:
             server_port=head.server_port,
             client_address=head.client_address, client_port=head.client_port, protocol_version=head.version,
             user_agent=head.header("user-agent"), request_id=hdr.request_id(head.header("x-request-id"), self.rng),
-            listener=head.listener, config_version=snap.config_version)
+            listener=head.listener, config_version=snap.config_version, headers_dropped=trace.cut,
+            tls=head.tls.span if head.tls is not None else None)
 
     # --- ROUTE, POLICY ---
 
     def route(self, ctx: RequestContext) -> Outcome | None:
-        """Canonical path (what routing sees is exactly what the upstream gets), then the first matching route."""
-        rec = ctx.rec
+        """Canonical path (what routing sees is exactly what the upstream gets) and header names, by the listener's
+        rules, then the first matching route. A refusal is answered 400 with its `error.type` (docs/refusals.md)."""
+        rec, rules = ctx.rec, ctx.listener
         try:
-            ctx.path = rec.path = canonical_path(rec.path)
-        except InvalidPath:
+            ctx.path = rec.path = canonical_path(rec.path, rules)
+            if "#" in ctx.head.target:  # RFC 9112 §3.2: never sent; cut, the upstream would see another target
+                raise InvalidPath(RejectReason.FRAGMENT_IN_TARGET, "the request target has a fragment")
+        except InvalidPath as err:
+            rec.error_type = err.reason
             return Outcome.BAD_REQUEST
+        if rules.headers_with_underscores != "allow" and hdr.has_underscored_name(ctx.head.index):
+            if rules.headers_with_underscores == "reject":
+                rec.error_type = RejectReason.UNDERSCORE_IN_HEADER_NAME.value
+                return Outcome.BAD_REQUEST
+            self._drop_underscored(ctx)
         match = ctx.snap.router.match(ctx.path, rec.host, ctx.head.method, ctx.head.index, rec.query)
         recording.route(rec, match, self.clock_ns())
         if isinstance(match, NoRoute):
@@ -208,6 +221,15 @@ class Engine:
         ctx.target = ctx.snap.targets[route.name]
         rec.route, rec.route_template, rec.upstream = route.name, match.template, route.upstream
         return None
+
+    def _drop_underscored(self, ctx: RequestContext) -> None:
+        """`headers_with_underscores: drop`: the header is gone before routing, policies and the upstream see the
+        request (a copy of the head: the listener's stays as received)."""
+        head = ctx.head
+        headers = hdr.without_underscored(head.headers)
+        ctx.head = dataclasses.replace(head, headers=headers, index=header_index(headers))
+        rec = ctx.rec
+        rec.headers_dropped = (rec.headers_dropped or ()) + (HeaderDrop.UNDERSCORE_IN_NAME.value,)
 
     async def policy(self, ctx: RequestContext) -> bool:
         head, rec = ctx.head, ctx.rec
@@ -339,7 +361,7 @@ class Engine:
         verdict, budget_left = retries.decide(ctx.head.method, kind, a.n + 1, body, self.monotonic())
         if ctx.route.retries.attempts > 1:
             recording.retry(ctx.rec, ctx.route.name, verdict, a.n + 1, budget_left, a.instance, kind,
-                            self.clock_ns())
+                            self.clock_ns(), error_type.value)
         if not verdict.retry:
             if response is not None:
                 await self.respond(ctx, a, response)
@@ -505,7 +527,13 @@ class Engine:
             trust_forwarded=ctx.listener.trust_forwarded_headers, request_id=rec.request_id,
             traceparent=format_traceparent(rec.trace.trace_id, a.record.span_id, rec.trace.sampled),
             tracestate=rec.trace.tracestate, version=head.version,
-            keep_baggage=rec.trace.treatment == "continued", index=head.index)
+            baggage=rec.trace.baggage, index=head.index)
+        tls = ctx.listener.tls
+        if tls is not None and tls.client_cert_header:
+            # the verified client identity, under the listener's header name; never a client's copy of it
+            forwarded = head.tls.forwarded if head.tls is not None else None
+            headers = hdr.apply_changes(headers, [(tls.client_cert_header, forwarded)] if forwarded else [],
+                                        {tls.client_cert_header.lower()})
         req = ctx.policy
         if req is not None and (req.upstream_set or req.upstream_remove):
             headers = hdr.apply_changes(headers, req.upstream_set, req.upstream_remove)
@@ -533,7 +561,7 @@ class Engine:
         if failure.tls_failure is not None:  # say which check failed, never just "could not connect"
             record.tls_failure = failure.tls_failure
             return Failed(failure.error_type, message=failure.detail)
-        return Failed(failure.error_type)
+        return Failed(failure.error_type, message=CONNECT_STEP.get(failure.error_type))  # DNS, refused, ...
 
     # --- RESPONSE ---
 

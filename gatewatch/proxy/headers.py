@@ -16,10 +16,14 @@ HOP_BY_HOP = frozenset({
 })
 # Replaced by this proxy on the way upstream (trace context is re-issued for our own span; Expect is answered
 # by the listener; Content-Length is re-derived by the forwarder from the body it streams).
+# X-Forwarded-Client-Cert is a TLS listener's to set, from a client certificate it verified: a client never
+# sets it (kept only from a trusted proxy in front, like X-Forwarded-Proto).
 REISSUED_UPSTREAM = frozenset({"traceparent", "tracestate", "expect", "x-request-id", "via", "host",
-                               "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"})
-UPSTREAM_DROP = HOP_BY_HOP | REISSUED_UPSTREAM
-UPSTREAM_DROP_BAGGAGE = UPSTREAM_DROP | {"baggage"}  # the inbound context was not continued: neither is its baggage
+                               "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
+                               "x-forwarded-client-cert"})
+# Inbound baggage is re-issued as well: a continued context's, cut to the W3C limits (telemetry.context.cap_baggage);
+# none when the context was not continued.
+UPSTREAM_DROP = HOP_BY_HOP | REISSUED_UPSTREAM | {"baggage"}
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:@+/=-]{1,128}")  # fullmatch: '$' would let "id\n" through
 
 
@@ -76,11 +80,30 @@ def _all(headers: Headers, lname: str, index: dict[str, str] | None) -> str:
     return ", ".join(v for k, v in headers if k.lower() == lname)
 
 
+def combined(headers: Headers, lname: str, index: dict[str, str] | None) -> str | None:
+    """Every value of a header as one (RFC 9110 §5.3: comma-joined in order), None when absent."""
+    return _all(headers, lname, index) or None
+
+
+def has_underscored_name(index: dict[str, str]) -> bool:
+    """Whether a header name has an underscore. CGI-style backends (RFC 3875 §4.1.18) map `X_Forwarded_For` and
+    `X-Forwarded-For` to the same HTTP_X_FORWARDED_FOR, so a client could pass one off as the other that this
+    proxy sets (what nginx's `underscores_in_headers` and Envoy's `headers_with_underscores_action` guard)."""
+    for name in index:
+        if "_" in name:
+            return True
+    return False
+
+
+def without_underscored(headers: Headers) -> Headers:
+    return tuple(h for h in headers if "_" not in h[0])
+
+
 def upstream_request_headers(headers: Headers, *, client_address: str, scheme: str, host: str | None,
                              upstream_host: str, preserve_host: bool, trust_forwarded: bool, request_id: str,
                              traceparent: str, tracestate: str | None, version: str,
-                             keep_baggage: bool, index: dict[str, str] | None = None) -> tuple[tuple[str, str], ...]:
-    out = _without(headers, UPSTREAM_DROP if keep_baggage else UPSTREAM_DROP_BAGGAGE)
+                             baggage: str | None, index: dict[str, str] | None = None) -> tuple[tuple[str, str], ...]:
+    out = _without(headers, UPSTREAM_DROP)
     out.insert(0, ("Host", host if (preserve_host and host) else upstream_host))
     xff = _all(headers, "x-forwarded-for", index)
     out.append(("X-Forwarded-For", f"{xff}, {client_address}" if xff else client_address))
@@ -90,12 +113,18 @@ def upstream_request_headers(headers: Headers, *, client_address: str, scheme: s
     fwd_host = first("x-forwarded-host") if trust_forwarded else None
     if fwd_host or host:
         out.append(("X-Forwarded-Host", fwd_host or host or ""))
+    if trust_forwarded:
+        xfcc = _all(headers, "x-forwarded-client-cert", index)
+        if xfcc:
+            out.append(("X-Forwarded-Client-Cert", xfcc))
     via = _all(headers, "via", index)
     out.append(("Via", f"{via}, {version} gatewatch" if via else f"{version} gatewatch"))
     out.append(("X-Request-Id", request_id))
     out.append(("traceparent", traceparent))
     if tracestate:
         out.append(("tracestate", tracestate))
+    if baggage:
+        out.append(("baggage", baggage))
     return tuple(out)
 
 

@@ -107,13 +107,15 @@ def pick(rec: RequestRecord, p: PickResult, now_ns: int) -> dict:
 
 
 def retry(rec: RequestRecord, route: str, verdict: RetryVerdict, attempts_made: int, budget_left: int,
-          instance: str, kind: Failure, now_ns: int) -> None:
+          instance: str, kind: Failure, now_ns: int, error_type: str | None = None) -> None:
+    """`error_type`: the failed attempt's (`dns_error`, `connect_refused`, ...), finer than `kind`."""
+    attrs = {Attr.UPSTREAM: rec.upstream, Attr.INSTANCE: instance, Attr.RETRY_ATTEMPT: attempts_made,
+             Attr.RETRY_BUDGET_REMAINING: budget_left, Attr.RETRY_FAILURE: kind.value}
+    if error_type:
+        attrs[Attr.ERROR_TYPE] = error_type
     rec.decisions.append(DecisionRecord(
         DecisionKind.RETRY, route, RETRY if verdict.retry else REFUSED, verdict.reason, now_ns,
-        rec.balance_span_id or rec.trace.span_id,
-        {Attr.UPSTREAM: rec.upstream, Attr.INSTANCE: instance, Attr.RETRY_ATTEMPT: attempts_made,
-         Attr.RETRY_BUDGET_REMAINING: budget_left, Attr.RETRY_FAILURE: kind.value},
-        BALANCER if rec.balance_span_id else None))
+        rec.balance_span_id or rec.trace.span_id, attrs, BALANCER if rec.balance_span_id else None))
 
 
 def failover(rec: RequestRecord, pool: str, from_instance: str, to_instance: str, now_ns: int) -> None:

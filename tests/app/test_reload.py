@@ -83,8 +83,8 @@ async def test_bad_or_restart_only_changes_are_refused_and_the_old_config_keeps_
             path.write_text(yaml.safe_dump(moved))
             ok, problems = await rt.reload()
             assert not ok and problems == ["admin: changed; this takes a restart",
-                                           "edge.listeners: names, addresses or max_header_size changed; "
-                                           "this takes a restart"]
+                                           "edge.listeners: names, addresses, max_header_size or whether TLS is"
+                                           " on changed; this takes a restart"]
             assert (await call(rt, path="/a"))[0] == 200  # still the original config
             assert sample(rt, "gatewatch_config_reloads_total", result="error") == 3
             assert sample(rt, "gatewatch_config_reloads_total", result="ok") == 0

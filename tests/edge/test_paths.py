@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from gatewatch.edge.paths import InvalidPath, canonical_path, remove_dot_segments, split_target, strip_prefix
+from gatewatch.edge.paths import (LENIENT, STRICT, InvalidPath, PathRules, canonical_path, remove_dot_segments,
+                                  split_target, strip_prefix)
+from gatewatch.telemetry.names import RejectReason as R
 
 
 @pytest.mark.parametrize(("raw", "expected"), [
     ("/", "/"),
     ("/api/orders", "/api/orders"),
     ("/api/orders/", "/api/orders/"),
-    ("/a//b", "/a//b"),  # empty segments are data, not collapsed
+    ("/a//b", "/a//b"),  # empty segments are data unless the listener merges them (merge_slashes)
     # dot segments (RFC 3986 §5.2.4)
     ("/api/../admin", "/admin"),
     ("/api/./orders", "/api/orders"),
@@ -35,20 +37,21 @@ from gatewatch.edge.paths import InvalidPath, canonical_path, remove_dot_segment
     ("/%7Euser", "/~user"),
     ("/%7euser", "/~user"),
     ("/%41%62%2D%5F%30", "/Ab-_0"),
-    # everything else stays encoded, hex upper-cased
+    # everything else stays encoded, hex upper-cased (escaped_slashes: keep, for %2F)
     ("/a%2Fb", "/a%2Fb"),
     ("/a%2fb", "/a%2Fb"),
-    ("/a%2f..%2fb", "/a%2F..%2Fb"),  # an encoded slash does not make '..' a segment
     ("/a%20b", "/a%20b"),
     ("/caf%c3%a9", "/caf%C3%A9"),
     ("/%3f%23", "/%3F%23"),
     ("/%25", "/%25"),
-    ("/%252e%252e/x", "/%252e%252e/x"),  # decoded once only: %25 stays, no second pass
-    # RFC 3986 pchar sub-delims and ':' '@' are allowed as they are
+    ("/%25zz", "/%25zz"),  # an encoded '%' that does not start another escape
+    ("/%f0%9f%98%80", "/%F0%9F%98%80"),  # four-byte UTF-8
+    # RFC 3986 pchar sub-delims and ':' '@' are allowed as they are (path_parameters: keep, for ';')
     ("/a;b=c,d:e@f!$&'()*+", "/a;b=c,d:e@f!$&'()*+"),
 ])
 def test_canonical_path(raw, expected):
     assert canonical_path(raw) == expected
+    assert canonical_path(expected) == expected  # the canonical form is its own canonical form
 
 
 @pytest.mark.parametrize("raw", [
@@ -84,6 +87,103 @@ def test_canonical_path(raw, expected):
 def test_canonical_path_rejects(raw):
     with pytest.raises(InvalidPath):
         canonical_path(raw)
+    with pytest.raises(InvalidPath):
+        canonical_path(raw, STRICT)
+
+
+# --- the request-target category, case by case (docs/refusals.md): (raw, policy under STRICT, under LENIENT) -----
+# A string is the canonical path forwarded; an `R` member the refusal's error.type.
+
+CATEGORY = [
+    # percent-encoded slash and backslash, inside or next to dot segments (..%2f, %2e%2e%5c)
+    pytest.param("/api/..%2fadmin", R.PATH_ESCAPED_SLASH, R.PATH_ESCAPED_SLASH, id="dotdot-pct2f"),
+    pytest.param("/api/..%2Fadmin", R.PATH_ESCAPED_SLASH, R.PATH_ESCAPED_SLASH, id="dotdot-pct2F"),
+    pytest.param("/api/%2e%2e%5cadmin", R.PATH_ESCAPED_SLASH, R.PATH_ESCAPED_SLASH, id="pct2e2e-pct5c"),
+    pytest.param("/api/%2e%2e%2fadmin", R.PATH_ESCAPED_SLASH, R.PATH_ESCAPED_SLASH, id="pct2e2e-pct2f"),
+    pytest.param("/api%2f..%2fadmin", R.PATH_ESCAPED_SLASH, R.PATH_ESCAPED_SLASH, id="pct2f-dotdot-pct2f"),
+    pytest.param("/api/.%2fx", R.PATH_ESCAPED_SLASH, R.PATH_ESCAPED_SLASH, id="dot-pct2f"),
+    pytest.param("/files/a%2fb", R.PATH_ESCAPED_SLASH, "/files/a%2Fb", id="pct2f-data"),
+    pytest.param("/files/a%5Cb", R.PATH_ESCAPED_SLASH, "/files/a%5Cb", id="pct5c-data"),
+    pytest.param("/api/%2e%2e/admin", "/admin", "/admin", id="pct2e2e-slash"),  # decoded, then removed
+    pytest.param("/api/%2E./admin", "/admin", "/admin", id="pct2E-dot-slash"),
+    # raw backslash
+    pytest.param("/api\\..\\admin", R.PATH_INVALID_CHAR, R.PATH_INVALID_CHAR, id="raw-backslash"),
+    # NUL and other control characters, raw or percent-encoded
+    pytest.param("/a\x00b", R.PATH_CONTROL_CHAR, R.PATH_CONTROL_CHAR, id="raw-nul"),
+    pytest.param("/a\x1bb", R.PATH_CONTROL_CHAR, R.PATH_CONTROL_CHAR, id="raw-esc"),
+    pytest.param("/a%00b", R.PATH_CONTROL_CHAR, R.PATH_CONTROL_CHAR, id="pct00"),
+    pytest.param("/a%0ab", R.PATH_CONTROL_CHAR, R.PATH_CONTROL_CHAR, id="pct0a"),
+    pytest.param("/a%0D%0Ab", R.PATH_CONTROL_CHAR, R.PATH_CONTROL_CHAR, id="pct0d0a"),
+    pytest.param("/a%09b", R.PATH_CONTROL_CHAR, R.PATH_CONTROL_CHAR, id="pct09"),
+    pytest.param("/a%7fb", R.PATH_CONTROL_CHAR, R.PATH_CONTROL_CHAR, id="pct7f"),
+    pytest.param("/a%1Fb", R.PATH_CONTROL_CHAR, R.PATH_CONTROL_CHAR, id="pct1f"),
+    # double encoding
+    pytest.param("/%252e%252e/admin", R.PATH_DOUBLE_ENCODING, R.PATH_DOUBLE_ENCODING, id="pct252e"),
+    pytest.param("/a%252fb", R.PATH_DOUBLE_ENCODING, R.PATH_DOUBLE_ENCODING, id="pct252f"),
+    pytest.param("/a%2500", R.PATH_DOUBLE_ENCODING, R.PATH_DOUBLE_ENCODING, id="pct2500"),
+    pytest.param("/%25%32%65", R.PATH_DOUBLE_ENCODING, R.PATH_DOUBLE_ENCODING, id="pct25-then-decoded-hex"),
+    # overlong and otherwise invalid UTF-8
+    pytest.param("/%c0%ae%c0%ae/admin", R.PATH_INVALID_UTF8, R.PATH_INVALID_UTF8, id="overlong-dot"),
+    pytest.param("/%c0%af", R.PATH_INVALID_UTF8, R.PATH_INVALID_UTF8, id="overlong-slash"),
+    pytest.param("/%e0%80%ae", R.PATH_INVALID_UTF8, R.PATH_INVALID_UTF8, id="overlong-dot-3byte"),
+    pytest.param("/%ff", R.PATH_INVALID_UTF8, R.PATH_INVALID_UTF8, id="byte-ff"),
+    pytest.param("/%80", R.PATH_INVALID_UTF8, R.PATH_INVALID_UTF8, id="lone-continuation"),
+    pytest.param("/caf%c3", R.PATH_INVALID_UTF8, R.PATH_INVALID_UTF8, id="truncated-sequence"),
+    pytest.param("/%ed%a0%80", R.PATH_INVALID_UTF8, R.PATH_INVALID_UTF8, id="surrogate"),
+    pytest.param("/caf%c3%a9", "/caf%C3%A9", "/caf%C3%A9", id="valid-utf8"),
+    # path parameters
+    pytest.param("/api/..;/admin", R.PATH_PARAMETER, R.PATH_PARAMETER, id="dotdot-param"),
+    pytest.param("/api/.;x/admin", R.PATH_PARAMETER, R.PATH_PARAMETER, id="dot-param"),
+    pytest.param("/api/%2e%2e;x/admin", R.PATH_PARAMETER, R.PATH_PARAMETER, id="pct-dotdot-param"),
+    pytest.param("/admin;jsessionid=1", R.PATH_PARAMETER, "/admin;jsessionid=1", id="param"),
+    pytest.param("/cars;color=red/x", R.PATH_PARAMETER, "/cars;color=red/x", id="matrix-param"),
+    pytest.param("/a%3Bb", "/a%3Bb", "/a%3Bb", id="encoded-semicolon-is-data"),
+    # empty segments
+    pytest.param("//admin", "/admin", "//admin", id="leading-double-slash"),
+    pytest.param("/api//..//admin", "/admin", "/api//admin", id="double-slash-dotdot"),
+    pytest.param("/a///b/", "/a/b/", "/a///b/", id="triple-slash"),
+    # percent-encoding case and unreserved characters (RFC 3986 §6.2.2.1, §6.2.2.2)
+    pytest.param("/%7euser/%41%2d", "/~user/A-", "/~user/A-", id="unreserved"),
+    pytest.param("/a%c3%a9%3f", "/a%C3%A9%3F", "/a%C3%A9%3F", id="hex-upper"),
+    # not origin-form (RFC 9112 §3.2): asterisk-form, authority-form, relative
+    pytest.param("*", R.INVALID_TARGET, R.INVALID_TARGET, id="asterisk-form"),
+    pytest.param("example.com:443", R.INVALID_TARGET, R.INVALID_TARGET, id="authority-form"),
+    pytest.param("a/b", R.INVALID_TARGET, R.INVALID_TARGET, id="relative"),
+    pytest.param("/a#b", R.FRAGMENT_IN_TARGET, R.FRAGMENT_IN_TARGET, id="fragment"),
+]
+
+
+@pytest.mark.parametrize(("raw", "strict", "lenient"), CATEGORY)
+def test_the_request_target_category(raw, strict, lenient):
+    for rules, expected in ((STRICT, strict), (LENIENT, lenient)):
+        if isinstance(expected, R):
+            with pytest.raises(InvalidPath) as err:
+                canonical_path(raw, rules)
+            assert err.value.reason == expected.value, rules
+        else:
+            assert canonical_path(raw, rules) == expected, rules
+            assert canonical_path(expected, rules) == expected  # idempotent
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("/files/a%2Fb", "/files/a/b"),
+    ("/files/a%5cb", "/files/a/b"),  # a backslash is a separator to the servers that decode it
+    ("/api/..%2fadmin", "/admin"),  # unescaped first: the dot segment is then removed like any other
+    ("/api/%2e%2e%5cadmin", "/admin"),
+    ("/a%2F%2Fb", "/a/b"),  # and merged
+])
+def test_unescaped_slashes_are_separators_before_anything_sees_the_path(raw, expected):
+    rules = PathRules("unescape", True, "reject")
+    assert canonical_path(raw, rules) == expected
+    assert canonical_path(expected, rules) == expected
+
+
+def test_a_listeners_config_is_a_set_of_rules():
+    from gatewatch.config import ListenerConfig
+
+    lst = ListenerConfig(name="l", address="127.0.0.1:0")
+    assert PathRules(lst.escaped_slashes, lst.merge_slashes, lst.path_parameters) == STRICT
+    assert canonical_path("/a//b/../c", lst) == "/a/c"
 
 
 def test_canonical_path_rejects_trailing_newline():

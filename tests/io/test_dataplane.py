@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 
 import pytest
 from aiohttp import web
@@ -269,3 +270,30 @@ async def test_deadlines_fire_once_per_tick_late_by_at_most_the_resolution():
     await asyncio.sleep(0.05)
     assert all(isinstance(f.exception(), Late) for f in due)
     assert not answered.done() and len(deadlines) == 0
+
+
+async def test_drain_serves_a_request_already_sent_on_an_idle_connection(tmp_path):
+    """Stopping closes idle keep-alive connections, but never one with a request waiting unread in its socket:
+    closing it would reset the connection and lose the request. That request is served, answered
+    `Connection: close`, and the connection then closes cleanly."""
+    async def ok(request):
+        return web.Response(text="ok")
+
+    runner, port = await start_app(ok)
+    try:
+        async with running(in_process_config([port], tmp_path)) as rt:
+            reader, writer = await asyncio.open_connection("127.0.0.1", edge_port(rt))
+            writer.write(b"GET /api/1 HTTP/1.1\r\nHost: a\r\n\r\n")
+            first = await reader.readuntil(b"ok")
+            assert first.startswith(b"HTTP/1.1 200") and b"Connection: close" not in first
+            idle = await asyncio.open_connection("127.0.0.1", edge_port(rt))  # idle, nothing sent: closed
+            # Sent straight to the socket and not yet read by the listener when it stops (no await between).
+            os.write(writer.get_extra_info("socket").fileno(), b"GET /api/2 HTTP/1.1\r\nHost: a\r\n\r\n")
+            await rt.listeners[0].stop(grace_s=2.0)
+            second = await asyncio.wait_for(reader.read(), 5)  # a reset would raise here
+            assert second.startswith(b"HTTP/1.1 200") and b"Connection: close\r\n" in second, second
+            assert await asyncio.wait_for(idle[0].read(), 5) == b""
+            writer.close()
+            idle[1].close()
+    finally:
+        await runner.cleanup()

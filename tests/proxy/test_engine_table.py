@@ -53,7 +53,7 @@ RETRY_2 = {"attempts": 2, "backoff_base_s": 0}
 CASES = [
     Case("proxied", {"p9001": OK}, 200, "proxied", [("i0", 200, "proxied")], [ROUTE_OK, PICK_RR]),
     Case("no-route", {}, 404, "no_route", [], [("route", "no_match", "route.no_match")], target="/elsewhere"),
-    Case("invalid-path", {}, 400, "bad_request", [], [], target="/api/%zz"),
+    Case("invalid-path", {}, 400, "bad_request", [], [], target="/api/%zz", error_type="path_invalid_percent"),
     Case("connect-refused-then-retry-other", {"p9001": E.CONNECT_REFUSED, "p9002": OK}, 200, "proxied",
          [("i0", "connect_refused", "upstream_connect_error"), ("i1", 200, "proxied")],
          [ROUTE_OK, PICK_RR, ("retry", "retry", "retry.connect_failure"), PICK_RR,

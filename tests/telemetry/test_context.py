@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from gatewatch.telemetry.context import (MAX_BAGGAGE, MAX_TRACESTATE, format_traceparent, parse_traceparent, ratio_sampled,
-                               start_trace)
+from gatewatch.telemetry.context import (MAX_BAGGAGE, MAX_TRACESTATE, cap_baggage, cap_tracestate, format_traceparent,
+                                         parse_traceparent, ratio_sampled, start_trace)
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN = "00f067aa0ba902b7"
@@ -134,6 +134,47 @@ def test_start_trace_sampling(traceparent, trust, ratio, sampled):
 def test_continued_trace_state_and_baggage_limits(tracestate, baggage, kept):
     ctx = start_trace(VALID, tracestate, baggage, "continue", 1.0, random.Random(0))
     assert (ctx.tracestate, ctx.baggage) == kept
+
+
+def _entries(n: int, size: int) -> list[str]:
+    return [f"k{i}=" + "v" * (size - len(f"k{i}=")) for i in range(n)]
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    pytest.param("a=1,b=2", ("a=1,b=2", False), id="within"),
+    pytest.param(",".join(_entries(32, 10)), (",".join(_entries(32, 10)), False), id="32-members"),
+    pytest.param(",".join(_entries(40, 10)), (",".join(_entries(32, 10)), True), id="over-32-members-cut-from-end"),
+    pytest.param(",".join(_entries(30, 20)), (",".join(_entries(24, 20)), True), id="over-512-cut-from-end"),
+    pytest.param("a=1,big=" + "x" * 520 + ",b=2", ("a=1,b=2", True), id="long-entry-removed-first"),
+    pytest.param("a=1,big=" + "x" * 600, ("a=1", True), id="long-entry-last"),
+    pytest.param("x" * 513, (None, True), id="one-oversized-entry"),
+    pytest.param("a=1, ,b=2" + " " * 510, ("a=1, ,b=2" + " " * 510, False), id="nothing-to-cut-kept-as-sent"),
+])
+def test_tracestate_is_cut_by_whole_entries(value, expected):
+    """W3C Trace Context §3.3.1.5: 32 members; a value over 512 characters loses entries over 128 characters
+    first, then entries from the end."""
+    assert cap_tracestate(value) == expected
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    pytest.param("k=v;p", ("k=v;p", False), id="within"),
+    pytest.param("k=" + "v" * 8190, ("k=" + "v" * 8190, False), id="8192-bytes-one-member"),
+    pytest.param(",".join(_entries(180, 5)), (",".join(_entries(180, 5)), False), id="180-members"),
+    pytest.param(",".join(_entries(181, 5)), (",".join(_entries(180, 5)), True), id="181-members"),
+    pytest.param(",".join(_entries(100, 99)), (",".join(_entries(81, 99)), True), id="over-8192-bytes"),
+    pytest.param("k=" + "v" * 8191, (None, True), id="one-member-over-8192"),
+])
+def test_baggage_is_cut_by_whole_members(value, expected):
+    assert cap_baggage(value) == expected
+
+
+def test_only_a_continued_context_is_cut_and_recorded():
+    big = ",".join(_entries(200, 5))
+    assert start_trace(VALID, big, big, "continue", 1.0, random.Random(0)).cut == (
+        "tracestate_truncated", "baggage_truncated")
+    assert start_trace(VALID, "a=1", "k=v", "continue", 1.0, random.Random(0)).cut is None
+    linked = start_trace(VALID, big, big, "link", 1.0, random.Random(0))
+    assert (linked.tracestate, linked.baggage, linked.cut) == (None, None, None)
 
 
 # --- ratio sampling ------------------------------------------------------------------------------------------------
