@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from pathlib import Path
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, SecretStr, field_serializer, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_serializer, field_validator, model_validator
 
+from gatewatch.balancer.config import UpstreamTLSConfig
 from gatewatch.schema import NAME_PATTERN, Strict
 
 
@@ -80,24 +82,43 @@ class JwtKeyConfig(Strict):
 
 
 class JwksConfig(Strict):
-    url: str = Field(pattern=r"^https?://")
-    refresh_s: float = Field(default=300.0, gt=0, le=86400)  # keys older than this are refetched (lazily)
+    """Where a jwt policy's key set comes from and how it is kept fresh. Without `url`, the key set is the one
+    the issuer's OpenID Connect discovery document names (`jwks_uri`)."""
+
+    url: str | None = Field(default=None, pattern=r"^https?://")
+    refresh_s: float = Field(default=300.0, gt=0, le=86400)  # keys (and discovery) older than this are refetched
     min_refresh_interval_s: float = Field(default=10.0, ge=0, le=3600)  # throttle for unknown-kid refreshes
     timeout_s: float = Field(default=2.0, gt=0, le=30)
     max_stale_s: float = Field(default=86400.0, gt=0)  # stale-if-error: keep serving cached keys this long
+    retry_after_s: float = Field(default=1.0, gt=0, le=3600)  # first wait after a failed fetch, doubling ...
+    retry_max_s: float = Field(default=300.0, gt=0, le=86400)  # ... up to this (jittered: half to full)
+
+    @field_validator("retry_max_s")
+    @classmethod
+    def _backoff(cls, v: float, info: ValidationInfo) -> float:
+        return _at_least(v, info, "retry_after_s")
 
 
-class JwtPolicyConfig(PolicyBase):
-    """Verify a JWT (signature, `exp`, `nbf`, `iss`, `aud`, required claims and scopes); forward identity."""
+def _at_least(v: float, info: ValidationInfo, other: str) -> float:
+    if other in info.data and v < info.data[other]:
+        raise ValueError(f"must be at least {other} ({info.data[other]})")
+    return v
 
-    type: Literal["jwt"]
-    algorithms: tuple[str, ...] = ("RS256", "ES256")
-    keys: tuple[JwtKeyConfig, ...] = ()
-    jwks: JwksConfig | None = None
-    issuer: str | tuple[str, ...]
-    audience: str | tuple[str, ...]
-    leeway_s: float = Field(default=30.0, ge=0, le=300)
-    require_nbf: bool = False
+
+def _scope_tokens(v: tuple[str, ...]) -> tuple[str, ...]:
+    for scope in v:
+        if not _SCOPE_TOKEN.fullmatch(scope):  # RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+            raise ValueError(f"{scope!r} is not a scope token (RFC 6749 §3.3: no spaces, quotes or backslashes)")
+    return v
+
+
+_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5B\x5D-\x7E]+")
+
+
+class BearerTokenConfig(PolicyBase):
+    """What `jwt` and `introspection` share: where the bearer token is read, the scopes and claims it must carry
+    (checked by one function, `claims.shortfall`), and the identity it gives the request."""
+
     required_claims: dict[str, str | tuple[str, ...]] = {}  # claim → required value (or any of these)
     required_scopes: tuple[str, ...] = ()  # all must appear in `scope` (space-separated) or `scp`
     header: str = "Authorization"  # "Bearer <token>"
@@ -108,14 +129,128 @@ class JwtPolicyConfig(PolicyBase):
     plan_claim: str | None = None
     forward_claims: dict[str, str] = {}  # upstream header → claim; client-sent copies are always removed
 
+    @field_validator("required_scopes")
+    @classmethod
+    def _scopes(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return _scope_tokens(v)
+
+
+def _tls_for(v, urls: list[str]):
+    """`tls` configures what the policy fetches over https; on anything else it would be ignored."""
+    if v is not None and not any(u.startswith("https://") for u in urls):
+        raise ValueError("applies to https:// endpoints only, and this policy fetches none")
+    return v
+
+
+class JwtPolicyConfig(BearerTokenConfig):
+    """Verify a JWT (signature, `exp`, `nbf`, `iss`, `aud`, required claims and scopes); forward identity.
+
+    Keys: `keys` (in config), `jwks.url` (a key set), or OpenID Connect discovery of `issuer` — used when
+    `jwks` has no `url`, or when neither `keys` nor `jwks` is set."""
+
+    type: Literal["jwt"]
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    keys: tuple[JwtKeyConfig, ...] = ()
+    jwks: JwksConfig | None = None
+    issuer: str | tuple[str, ...]
+    audience: str | tuple[str, ...]
+    leeway_s: float = Field(default=30.0, ge=0, le=300)
+    require_nbf: bool = False
+    tls: UpstreamTLSConfig | None = None  # for the discovery and JWKS fetches: a private CA, SNI, mTLS
+
+    @property
+    def discovers(self) -> bool:
+        return (self.jwks is None and not self.keys) or (self.jwks is not None and self.jwks.url is None)
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer(cls, v, info: ValidationInfo):
+        d = info.data
+        if "keys" not in d or "jwks" not in d:
+            return v  # reported on their own
+        if (d["jwks"] is None and not d["keys"]) or (d["jwks"] is not None and d["jwks"].url is None):
+            if not isinstance(v, str):
+                raise ValueError("OIDC discovery (no keys, no jwks.url) needs exactly one issuer")
+            if not _ISSUER.fullmatch(v):  # OpenID Connect Core §2: scheme, host, port, path; no query, fragment
+                raise ValueError("an OIDC issuer is an http(s) URL without query or fragment (OpenID Connect "
+                                 "Core 1.0 §2), e.g. https://login.example.com/realms/acme")
+        return v
+
+    @field_validator("tls")
+    @classmethod
+    def _tls(cls, v, info: ValidationInfo):
+        d = info.data
+        jwks = d.get("jwks")
+        urls = [jwks.url] if jwks is not None and jwks.url else []
+        if ((jwks is None and not d.get("keys")) or (jwks is not None and jwks.url is None)) \
+                and isinstance(d.get("issuer"), str):
+            urls.append(d["issuer"])
+        return _tls_for(v, urls)
+
     @model_validator(mode="after")
     def _keys(self):
         bad = [a for a in self.algorithms if a not in JWT_ALGORITHMS]
         if bad:
             raise ValueError(f"unsupported algorithm(s) {bad}; supported: {', '.join(JWT_ALGORITHMS)}")
-        if not self.keys and self.jwks is None:
-            raise ValueError("set keys, jwks, or both")
         return self
+
+
+_ISSUER = re.compile(r"https?://[^/?#\s]+(/[^?#\s]*)?")
+
+
+class IntrospectionCacheConfig(Strict):
+    max_entries: int = Field(default=10_000, ge=0, le=1_000_000)  # least recently used answers go; 0: no cache
+    max_ttl_s: float = Field(default=60.0, ge=0, le=86400)  # an active answer is reused this long, never past `exp`
+    negative_ttl_s: float = Field(default=5.0, ge=0, le=3600)  # an inactive answer is reused this long
+
+
+class IntrospectionPolicyConfig(BearerTokenConfig):
+    """Opaque bearer tokens, judged by the authorization server's introspection endpoint (RFC 7662): active →
+    the required scopes and claims are checked and the identity forwarded; inactive → 401. Answers are cached
+    (bounded). An endpoint that is down, slow or answers garbage → `fail_mode`."""
+
+    type: Literal["introspection"]
+    endpoint: str = Field(pattern=r"^https?://[^\s]+$")
+    client_id: str = Field(min_length=1, max_length=256)  # client_secret_basic (RFC 6749 §2.3.1)
+    client_secret: SecretStr | None = None  # redacted wherever the config is shown (admin /config)
+    client_secret_file: str | None = Field(default=None, validate_default=True)
+    token_type_hint: str | None = "access_token"  # RFC 7662 §2.1; null: not sent
+    timeout_s: float = Field(default=1.0, gt=0, le=30)  # the whole call: connect, TLS, answer
+    fail_mode: Literal["closed", "open"] = "closed"  # endpoint unavailable: refuse (503), or let through
+    retry_after_s: float = Field(default=1.0, gt=0, le=600)  # after a failure, answer by fail_mode this long ...
+    retry_max_s: float = Field(default=30.0, gt=0, le=3600)  # ... doubling per failure up to this (jittered)
+    cache: IntrospectionCacheConfig = Field(default_factory=IntrospectionCacheConfig)
+    tls: UpstreamTLSConfig | None = None  # for the endpoint: a private CA, SNI, mTLS
+
+    @field_validator("client_secret_file")
+    @classmethod
+    def _one_secret(cls, v, info: ValidationInfo):
+        if "client_secret" not in info.data:
+            return v
+        if (info.data["client_secret"] is None) == (v is None):
+            raise ValueError("set exactly one of client_secret, client_secret_file")
+        if v is not None:
+            try:
+                if not Path(v).read_text().strip():
+                    raise ValueError(f"{v!r} is empty")
+            except (OSError, UnicodeDecodeError) as e:
+                raise ValueError(f"cannot read {v!r}: {e}") from None
+        return v
+
+    @field_validator("retry_max_s")
+    @classmethod
+    def _backoff(cls, v: float, info: ValidationInfo) -> float:
+        return _at_least(v, info, "retry_after_s")
+
+    @field_validator("tls")
+    @classmethod
+    def _tls(cls, v, info: ValidationInfo):
+        return _tls_for(v, [info.data["endpoint"]] if "endpoint" in info.data else ["https://"])
+
+    def secret(self) -> str:
+        if self.client_secret is not None:
+            return self.client_secret.get_secret_value()
+        return Path(self.client_secret_file).read_text().strip()
 
 
 class ApiKeyEntry(Strict):
@@ -139,6 +274,32 @@ class ApiKeyPolicyConfig(PolicyBase):
         if not self.header and not self.query:
             raise ValueError("set header, query, or both")
         return self
+
+
+class ClientCertAllowEntry(Strict):
+    """One way a verified client certificate may match: exactly one of the three."""
+
+    subject: str | None = Field(default=None, min_length=1)  # RFC 4514, exactly as tls.client.subject shows it
+    san: str | None = Field(default=None, pattern=r"^(DNS|URI|email|IP):.+$")  # `*` within one label/segment
+    fingerprint: str | None = Field(default=None, pattern=r"^[0-9A-Fa-f:]{64,95}$")  # SHA-256 of the DER, hex
+
+    @model_validator(mode="after")
+    def _one(self):
+        given = [k for k in ("subject", "san", "fingerprint") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of subject, san, fingerprint (got {', '.join(given) or 'none'})")
+        if self.fingerprint is not None and len(self.fingerprint.replace(":", "")) != 64:
+            raise ValueError("fingerprint: a SHA-256 is 64 hex digits (colons allowed between bytes)")
+        return self
+
+
+class ClientCertPolicyConfig(PolicyBase):
+    """Authorise by the client certificate the TLS listener verified (`client_auth: optional | required`)."""
+
+    type: Literal["client_cert"]
+    allow: tuple[ClientCertAllowEntry, ...] = ()  # empty: any verified certificate
+    consumer: Literal["cn", "subject", "san", "fingerprint"] = "cn"  # what names the consumer
+    consumer_header: str | None = "X-Consumer"  # set upstream; a client-sent copy is always removed
 
 
 class RedisStoreConfig(Strict):
@@ -293,5 +454,6 @@ class CircuitBreakerPolicyConfig(PolicyBase):
 
 PolicyConfig = Annotated[Union[IpAccessPolicyConfig, JwtPolicyConfig, ApiKeyPolicyConfig, RateLimitPolicyConfig,
                                CorsPolicyConfig, SizeLimitPolicyConfig, HeadersPolicyConfig,
-                               PathRewritePolicyConfig, JsonSchemaPolicyConfig, CircuitBreakerPolicyConfig],
+                               PathRewritePolicyConfig, JsonSchemaPolicyConfig, CircuitBreakerPolicyConfig,
+                               IntrospectionPolicyConfig, ClientCertPolicyConfig],
                          Field(discriminator="type")]

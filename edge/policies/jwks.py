@@ -5,10 +5,13 @@ Primitives:
   (HMAC, RSA, EC P-256, EC P-384, OKP): an HMAC secret never verifies RS/ES tokens and a public key never
   verifies HS tokens, whatever the token's header claims.
 - `static_keys(cfg)`: the keys written in config (secrets, PEM files), loaded once at build time.
-- `JwksCache`: keys fetched from a configured URL (never a URL named by a token). Cached for `refresh_s`;
-  refreshed in the background when old (the cached keys keep serving); an unknown `kid` triggers one refresh
-  shared by all requests waiting for it (single flight), at most once per `min_refresh_interval_s`; a failed
-  fetch keeps the previous keys for up to `max_stale_s` (stale-if-error).
+- `JwksCache`: keys fetched from a configured URL, or from the `jwks_uri` of the issuer's OIDC discovery
+  document (`oidc.Discovery`) — never a URL named by a token. Cached for `refresh_s`; refreshed in the
+  background when old (the cached keys keep serving); an unknown `kid` triggers one refresh shared by all
+  requests waiting for it (single flight), at most once per `min_refresh_interval_s`; a failed fetch keeps the
+  previous keys for up to `max_stale_s` (stale-if-error) and the next attempt waits a bounded, jittered backoff
+  (`retry_after_s` doubling up to `retry_max_s`). Each fetch's outcome moves the endpoint's `ProviderHealth`.
+- `keep_fresh(ref)`: the background schedule of one cache (started by `PolicyResources`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -24,6 +29,10 @@ from typing import Any, Callable
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+
+from gatewatch.edge.policies.oidc import Discovery
+from gatewatch.edge.policies.provider import Backoff, Http, ProviderError, ProviderHealth
+from gatewatch.telemetry.names import ProviderFailure
 
 log = logging.getLogger("gatewatch.policies.jwks")
 
@@ -107,15 +116,37 @@ def parse_jwks(doc: dict) -> tuple[VerifyKey, ...]:
 
 
 class JwksCache:
-    def __init__(self, cfg, session: Callable[[], Any], monotonic: Callable[[], float] = time.monotonic):
+    def __init__(self, cfg, session: Callable[[], Any], monotonic: Callable[[], float] = time.monotonic, *,
+                 http: Http | None = None, discovery: Discovery | None = None, health: ProviderHealth | None = None,
+                 rng: random.Random | None = None):
+        """`cfg`: the policy's `jwks` settings. Keys come from `cfg.url`, or with `discovery` from the issuer's
+        `jwks_uri`. `session` returns the process's aiohttp ClientSession (used when no `http` is given)."""
         self.cfg = cfg
-        self._session = session  # returns the process's aiohttp ClientSession (created in start())
+        self.http = http or Http(session)
+        self.discovery = discovery
+        self.health = health  # the JWKS endpoint's availability (the discovery endpoint has its own)
         self._mono = monotonic
+        self._backoff = Backoff(cfg.retry_after_s, cfg.retry_max_s, rng)
         self.keys: tuple[VerifyKey, ...] = ()
         self.fetched_at: float | None = None  # last successful fetch
         self._last_attempt = float("-inf")
+        self.failures = 0  # consecutive failed fetches
+        self._retry_at = float("-inf")  # no fetch before this after a failure (backoff)
         self._inflight: asyncio.Task | None = None
+        self.fetched = asyncio.Event()  # set after every fetch: the schedule re-plans (see keep_fresh)
         self.fetches = 0  # attempts, for tests and the admin view
+
+    @property
+    def event_id(self) -> str | None:
+        """The outage in force (the key set's endpoint, else the discovery endpoint), if any."""
+        for health in (self.health, self.discovery.health if self.discovery else None):
+            if health is not None and health.event_id:
+                return health.event_id
+        return None
+
+    @property
+    def source(self) -> str:
+        return self.cfg.url or (self.discovery.issuer if self.discovery else "")
 
     def cancel(self) -> None:
         if self._inflight is not None:
@@ -133,7 +164,7 @@ class JwksCache:
         elif now - self.fetched_at > self.cfg.refresh_s:
             self._refresh_soon()  # serve the cached keys meanwhile
         found = self._find(kid)
-        if not found and self._mono() - self._last_attempt >= self.cfg.min_refresh_interval_s:
+        if not found and self._allowed():
             await self.refresh()  # an unknown kid: the issuer may have rotated its keys
             found = self._find(kid)
         return found if self.usable() else None
@@ -143,17 +174,32 @@ class JwksCache:
         if self.fetched_at is not None and self._mono() - self.fetched_at > self.cfg.refresh_s:
             self._refresh_soon()
 
+    def due_in(self) -> float:
+        """Seconds until the next scheduled fetch: `refresh_s` after a success, the backoff after a failure."""
+        if self.failures:
+            return self._retry_at - self._mono()
+        if self.fetched_at is None:
+            return 0.0
+        return self.fetched_at + self.cfg.refresh_s - self._mono()
+
+    def _allowed(self) -> bool:
+        """May a request start a fetch now? Not within `min_refresh_interval_s` of the last one (a stream of
+        random `kid`s cannot hammer the issuer), nor before the backoff after a failure has run out."""
+        now = self._mono()
+        return now - self._last_attempt >= self.cfg.min_refresh_interval_s and now >= self._retry_at
+
     def _find(self, kid: str | None) -> tuple[VerifyKey, ...]:
         return tuple(k for k in self.keys if kid is None or k.kid == kid)
 
     def _refresh_soon(self) -> None:
-        if self._inflight is None and self._mono() - self._last_attempt >= self.cfg.min_refresh_interval_s:
+        if self._inflight is None and self._allowed():
             self._inflight = asyncio.get_running_loop().create_task(self._fetch())
 
-    async def refresh(self) -> None:
-        """Fetch now unless a fetch is already running (then wait for that one) or one ran too recently."""
+    async def refresh(self, scheduled: bool = False) -> None:
+        """Fetch now unless a fetch is already running (then wait for that one) or one is not allowed yet
+        (`scheduled`: the background schedule, which keeps its own time, see `keep_fresh`)."""
         if self._inflight is None:
-            if self._mono() - self._last_attempt < self.cfg.min_refresh_interval_s:
+            if not scheduled and not self._allowed():
                 return
             self._inflight = asyncio.get_running_loop().create_task(self._fetch())
         await asyncio.shield(self._inflight)
@@ -161,21 +207,48 @@ class JwksCache:
     async def _fetch(self) -> None:
         self._last_attempt = self._mono()
         self.fetches += 1
+        url = self.cfg.url
         try:
-            session = self._session()
-            async with asyncio.timeout(self.cfg.timeout_s):
-                async with session.get(self.cfg.url, allow_redirects=False) as r:
-                    if r.status != 200:
-                        raise ValueError(f"status {r.status}")
-                    body = await r.content.read(MAX_JWKS_BYTES + 1)
-            if len(body) > MAX_JWKS_BYTES:
-                raise ValueError("key set too large")
-            keys = parse_jwks(json.loads(body))
+            if self.discovery is not None:  # after a failed fetch, look again: the keys may have moved
+                url = await self.discovery.jwks_uri(0 if self.failures else self.cfg.refresh_s)
+            doc = await self.http.get_json(url, self.cfg.timeout_s, MAX_JWKS_BYTES)
+            keys = parse_jwks(doc)
             if not keys:
-                raise ValueError("no usable signature keys")
-            self.keys, self.fetched_at = keys, self._mono()
-        except Exception as e:  # stale-if-error: the previous keys stay
-            log.warning("jwks %s: fetch failed (%s); %s", self.cfg.url, e or type(e).__name__,
-                        "keeping cached keys" if self.keys else "no keys yet")
+                raise ProviderError(ProviderFailure.INVALID, "no usable signature keys")
+        except ProviderError as e:  # stale-if-error: the previous keys stay
+            self._failed(e, url)
+        except Exception as e:  # noqa: BLE001 -- a bug here must not end the schedule
+            log.exception("jwks %s: fetch failed", self.source)
+            self._failed(ProviderError(ProviderFailure.BAD_RESPONSE, type(e).__name__), url)
+        else:
+            self.keys, self.fetched_at, self.failures, self._retry_at = keys, self._mono(), 0, float("-inf")
+            if self.health is not None:
+                self.health.up(url)
         finally:
             self._inflight = None
+            self.fetched.set()
+
+    def _failed(self, e: ProviderError, url: str | None) -> None:
+        self.failures += 1
+        self._retry_at = self._mono() + self._backoff.delay(self.failures)
+        if url is not None and self.health is not None:  # a discovery failure is the discovery endpoint's
+            self.health.down(e, url)
+        log.warning("jwks %s: fetch failed (%s: %s); %s", self.source, e.failure.value, e.detail,
+                    "keeping cached keys" if self.keys else "no keys yet")
+
+
+async def keep_fresh(ref: "weakref.ref[JwksCache]", floor_s: float = 0.05) -> None:
+    """Refresh a key set on schedule — every `refresh_s`, and after a failure with backoff — for as long as any
+    policy still holds it (a reload that drops the issuer ends the schedule). The keys are then fresh before a
+    request needs them, and the provider's gauge comes back by itself once the provider does."""
+    while (cache := ref()) is not None:
+        if cache.due_in() <= 0:
+            await cache.refresh(scheduled=True)
+        delay = max(cache.due_in(), floor_s)
+        fetched = cache.fetched
+        fetched.clear()
+        del cache  # hold no reference while asleep
+        try:  # a fetch a request started (an unknown kid) re-plans the schedule: e.g. it failed, so back off
+            await asyncio.wait_for(fetched.wait(), delay)
+        except TimeoutError:
+            pass

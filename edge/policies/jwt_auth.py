@@ -3,7 +3,9 @@
 Hostile-token rules, checked before any key is touched: oversized tokens, `alg: none` and algorithms the policy
 does not list are refused; `jku`, `x5u`, `jwk`, `x5c` (keys named by the token) and `crit` (extensions we do not
 implement) are refused, never followed. A key verifies only its own algorithm family (no HS/RS confusion).
-Then signature, then `exp` (required), `nbf`, `iss`, `aud` with bounded leeway, then required claims and scopes.
+Then signature, then `exp` (required), `nbf`, `iss`, `aud` with bounded leeway, then required claims and scopes
+(`claims.shortfall`, the check the introspection policy uses too). With OIDC discovery the issuer is exactly one
+URL, and a token's `iss` must equal it.
 A token whose signature was verified is remembered (bounded LRU) while its key is still trusted, so a client
 reusing its token costs a hash lookup; `exp`/`nbf`, claims and scopes are judged on every request.
 
@@ -19,23 +21,17 @@ import binascii
 import hashlib
 import json
 from collections import OrderedDict
-from http.cookies import CookieError, SimpleCookie
-from urllib.parse import parse_qsl
 
 import jwt as pyjwt
 
-from gatewatch.edge.policies.base import PolicyRequest, PolicyVerdict, allow, deny, error, header_values
+from gatewatch.edge.policies.base import PolicyRequest, PolicyVerdict, allow, deny, error
+from gatewatch.edge.policies.claims import Shortfall, bearer_token, challenges, grant, shortfall
 from gatewatch.edge.policies.jwks import JwksCache, VerifyKey, static_keys
 from gatewatch.telemetry.names import Attr, Outcome, PolicyReason as R
 
 FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c", "crit")
-MAX_CONSUMER_CHARS = 128
-MAX_FORWARDED_CHARS = 1024
 VALID = R.JWT_VALID.value  # plain str: verdicts cross a pipe to the exporter process
 VERIFIED_CACHE = 1024  # tokens whose signature was verified (bounded: tokens may be up to max_token_bytes)
-UNAUTHORIZED = (("WWW-Authenticate", 'Bearer realm="gatewatch"'),)
-INVALID = (("WWW-Authenticate", 'Bearer realm="gatewatch", error="invalid_token"'),)
-SCOPE = (("WWW-Authenticate", 'Bearer realm="gatewatch", error="insufficient_scope"'),)
 
 _ERRORS = (  # PyJWT exception → reason, most specific first
     (pyjwt.InvalidSignatureError, R.JWT_BAD_SIGNATURE),
@@ -56,8 +52,7 @@ class JwtPolicy:
         self.keys: tuple[VerifyKey, ...] = static_keys(cfg.keys)
         self.jwks = jwks
         self.identity_headers = {h.lower() for h in cfg.forward_claims}
-        self.header = cfg.header.lower()
-        self.bearer = self.header == "authorization"
+        self.challenges = challenges(cfg)
         self.require = ["exp", "iss", "aud"] + (["nbf"] if cfg.require_nbf else [])
         # Verified tokens (by SHA-256 of the token) → (claims, key): a client reusing its token skips the
         # signature check; times, claims and scopes are still judged on every request.
@@ -65,69 +60,50 @@ class JwtPolicy:
         self.cache_hits = 0
 
     def token(self, req: PolicyRequest) -> str | None:
-        v = req.head.header(self.header)
-        if v is not None:
-            if not self.bearer:
-                if v.strip():
-                    return v.strip()
-            else:
-                scheme, _, tok = v.strip().partition(" ")
-                if scheme.lower() == "bearer" and tok.strip():
-                    return tok.strip()
-        if self.cfg.cookie:
-            for v in header_values(req, "cookie"):
-                try:
-                    c = SimpleCookie(v)
-                except CookieError:
-                    continue
-                if self.cfg.cookie in c and c[self.cfg.cookie].value:
-                    return c[self.cfg.cookie].value
-        if self.cfg.query:
-            for k, v in parse_qsl(req.query, keep_blank_values=False):
-                if k == self.cfg.query:
-                    return v
-        return None
+        return bearer_token(req, self.cfg)
 
     async def evaluate(self, req: PolicyRequest) -> PolicyVerdict:
         req.upstream_remove |= self.identity_headers  # whatever happens, the client's copies never go upstream
         tok = self.token(req)
         if tok is None:
-            return self._deny(R.JWT_MISSING, UNAUTHORIZED)
+            return self._deny(R.JWT_MISSING, self.challenges.unauthorized)
         if len(tok) > self.cfg.max_token_bytes:
-            return self._deny(R.JWT_OVERSIZED, INVALID)
+            return self._deny(R.JWT_OVERSIZED, self.challenges.invalid)
         digest = hashlib.sha256(tok.encode()).digest()
         cached = self._verified.get(digest)
         if cached is not None and self._current(cached[1]):
             self._verified.move_to_end(digest)
             self.cache_hits += 1
             late = self._times(cached[0], req.now)
-            return self._deny(late, INVALID) if late else self._authorize(req, cached[0])
+            return self._deny(late, self.challenges.invalid) if late else self._authorize(req, cached[0])
         header = _header(tok)
         if header is None:
-            return self._deny(R.JWT_MALFORMED, INVALID)
+            return self._deny(R.JWT_MALFORMED, self.challenges.invalid)
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self.algorithms:  # includes "none"
-            return self._deny(R.JWT_ALG_NOT_ALLOWED, INVALID)
+            return self._deny(R.JWT_ALG_NOT_ALLOWED, self.challenges.invalid)
         if any(h in header for h in FORBIDDEN_HEADERS):
-            return self._deny(R.JWT_FORBIDDEN_HEADER, INVALID)
+            return self._deny(R.JWT_FORBIDDEN_HEADER, self.challenges.invalid)
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
-            return self._deny(R.JWT_MALFORMED, INVALID)
+            return self._deny(R.JWT_MALFORMED, self.challenges.invalid)
         candidates = tuple(k for k in self.keys if kid is None or k.kid is None or k.kid == kid)
         if not candidates and self.jwks is not None:
             fetched = await self.jwks.get(kid)
             if fetched is None:
+                outage = self.jwks.event_id
                 return error(self, R.JWT_KEYS_UNAVAILABLE.value, True, 401, Outcome.DENIED_AUTH,
-                             "the token's signing keys are unavailable", INVALID)
+                             "the token's signing keys are unavailable", self.challenges.invalid,
+                             **({Attr.EVENT_ID: outage} if outage else {}))
             candidates = fetched
         if not candidates:
-            return self._deny(R.JWT_UNKNOWN_KID, INVALID)
+            return self._deny(R.JWT_UNKNOWN_KID, self.challenges.invalid)
         usable = [k for k in candidates if alg in k.algorithms]
         if not usable:  # e.g. an HS256 token naming an RSA key: algorithm confusion
-            return self._deny(R.JWT_ALG_NOT_ALLOWED, INVALID)
+            return self._deny(R.JWT_ALG_NOT_ALLOWED, self.challenges.invalid)
         claims, reason, key = self._verify(tok, alg, usable, req.now)
         if claims is None:
-            return self._deny(reason, INVALID)
+            return self._deny(reason, self.challenges.invalid)
         self._verified[digest] = (claims, key)
         if len(self._verified) > VERIFIED_CACHE:
             self._verified.popitem(last=False)
@@ -173,33 +149,13 @@ class JwtPolicy:
         return None
 
     def _authorize(self, req: PolicyRequest, claims: dict) -> PolicyVerdict:
-        for claim, want in self.cfg.required_claims.items():  # noqa: B007
-            have = claims.get(claim)
-            wants = (want,) if isinstance(want, str) else want
-            haves = [_text(h) for h in (have if isinstance(have, list) else [have])]
-            if not any(h in wants for h in haves):
-                return self._deny(R.JWT_MISSING_CLAIM, INVALID)
-        if self.cfg.required_scopes:
-            scopes = claims.get("scope", claims.get("scp", ""))
-            granted = set(scopes.split() if isinstance(scopes, str) else scopes if isinstance(scopes, list) else ())
-            missing = [s for s in self.cfg.required_scopes if s not in granted]
-            if missing:
-                return deny(self, R.JWT_INSUFFICIENT_SCOPE.value, 403, Outcome.DENIED_AUTH,
-                            "the token lacks a required scope", SCOPE)
-        consumer = claims.get(self.cfg.consumer_claim) if self.cfg.consumer_claim else None
-        if isinstance(consumer, str) and 0 < len(consumer) <= MAX_CONSUMER_CHARS and consumer.isprintable():
-            req.consumer = consumer
-        plan = claims.get(self.cfg.plan_claim) if self.cfg.plan_claim else None
-        if isinstance(plan, str):
-            req.plan = plan
-        for header, claim in self.cfg.forward_claims.items():
-            value = claims.get(claim)
-            if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-                text = str(value)
-                if text.isprintable() and len(text) <= MAX_FORWARDED_CHARS:  # no CR/LF or other controls
-                    req.upstream_set.append((header, text))
-        attrs = {Attr.CONSUMER: req.consumer} if req.consumer else {}
-        return allow(self, VALID, **attrs)
+        short = shortfall(claims, self.cfg.required_claims, self.cfg.required_scopes)
+        if short is Shortfall.MISSING_CLAIM:
+            return self._deny(R.JWT_MISSING_CLAIM, self.challenges.invalid)
+        if short is Shortfall.INSUFFICIENT_SCOPE:
+            return deny(self, R.JWT_INSUFFICIENT_SCOPE.value, 403, Outcome.DENIED_AUTH,
+                        "the token lacks a required scope", self.challenges.scope)
+        return allow(self, VALID, **grant(req, claims, self.cfg))
 
     def _deny(self, reason: R, headers) -> PolicyVerdict:
         return deny(self, reason.value, 401, Outcome.DENIED_AUTH, None, headers)
@@ -218,11 +174,3 @@ def _header(tok: str) -> dict | None:
         return None
     return header if isinstance(header, dict) else None
 
-
-def _text(value) -> str | None:
-    """A claim as config spells it: true/false for booleans, numbers in decimal, strings as they are."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float, str)):
-        return str(value)
-    return None

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 
-import aiohttp
 import pytest
 from aiohttp import web
 
@@ -14,6 +13,7 @@ from gatewatch.edge.policies.jwks import JwksCache
 from gatewatch.edge.policies.jwt_auth import JwtPolicy
 from tests.edge.policies.jwt_keys import AUD, ISS, jwk, token
 from tests.edge.policies.support import FakeClock, request
+from tests.edge.policies.idp import client_session  # noqa: F401 — fixtures `idp`, `session`
 
 
 class Idp:
@@ -53,12 +53,6 @@ async def idp():
     server = await Idp().start()
     yield server
     await server.stop()
-
-
-@pytest.fixture
-async def session():
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 def make(idp, session, clock, **jwks):

@@ -126,6 +126,20 @@ async def test_redis_killed_fails_open_or_closed_as_configured_and_logs_it(echo_
     assert log["attributes"]["gatewatch.decision.reason"] == "ratelimit.store_unavailable"
 
 
+async def test_a_redis_restart_between_requests_is_not_an_outage(echo_port, tmp_path, redis_server):
+    """Pooled connections from before a restart are dead; the first command on one fails with a connection
+    error. It is retried once on a new connection (never on a timeout), so a store that is back answers."""
+    cfg = policy_config(echo_port, tmp_path, [redis_policy(redis_server.url, "closed", limit=100)])
+    async with running(cfg) as rt:
+        port = rt.listeners[0].bound[1]
+        assert [s for s, _ in await get(port, 3)] == [200] * 3  # connections pooled
+        redis_server.kill()
+        redis_server.start()  # the same port, nothing sent meanwhile
+        assert [s for s, _ in await get(port, 3)] == [200] * 3
+        assert rt.metrics.policy_verdicts.value(("api", "rl", "rate_limit", "error",
+                                                 "ratelimit.store_unavailable")) == 0
+
+
 async def test_hung_redis_costs_at_most_about_one_timeout(echo_port, tmp_path, redis_server):
     cfg = policy_config(echo_port, tmp_path, [redis_policy(redis_server.url, "open", limit=100)])
     async with running(cfg) as rt:
