@@ -26,9 +26,9 @@ from prometheus_client.utils import floatToGoString
 
 from gatewatch.dashboards.options import BuildOptions
 from gatewatch.dashboards.panels import UID
-from gatewatch.dashboards.promql import (EDGE, EJECTIONS, ENDPOINTS, PANIC_MODE, POLICY_VERDICTS,
+from gatewatch.dashboards.promql import (AUTH_PROVIDER_UP, EDGE, EJECTIONS, ENDPOINTS, PANIC_MODE, POLICY_VERDICTS,
                                          RATELIMIT_STORE_UP, RETRIES, RETRY_BUDGET_EXHAUSTED, SERVER_BUCKET,
-                                         SERVER_COUNT, SERVER_ERROR, TELEMETRY_DROPPED, TELEMETRY_EXPORTED,
+                                         SERVER_COUNT, SERVER_ERROR, TELEMETRY_DROPPED, TELEMETRY_EXPORTED, TLS_CERT_EXPIRY,
                                          ejections_and_probes, failover_share, or_zero, pool_request_rate, ratio,
                                          sel, serving_and_instances, sum_, sum_rate)
 from gatewatch.telemetry.names import Label, PolicyReason
@@ -42,6 +42,7 @@ MIN_ROUTE_RPS = 0.2
 FAILOVER_SHARE = 0.05  # of a pool's requests served while failing over, over FAILOVER_WINDOW
 FAILOVER_WINDOW = "5m"
 EJECTION_WINDOW = "10m"  # ejections and active probes compared over this window
+CERT_EXPIRY_DAYS = 14  # renewals (ACME's at 30 days left) are due long before; 14 leaves two weeks to act
 STORE_DOWN_FOR = "3m"  # a store blip (down, then the next command succeeds) is over long before this
 
 
@@ -138,6 +139,7 @@ def rules(opts: BuildOptions) -> list[AlertRule]:
     ejections = sum_(f"increase({EJECTIONS}[15m])", PL)
     exhausted = sum_rate(sel(RETRY_BUDGET_EXHAUSTED), Label.ROUTE, Label.UPSTREAM, window="5m")
     store_up = f"min by ({Label.STORE}) ({RATELIMIT_STORE_UP})"
+    provider_up = f"min by ({Label.PROVIDER}, {Label.ENDPOINT}) ({AUTH_PROVIDER_UP})"
     ratelimit_verdicts = sum_rate(sel(POLICY_VERDICTS, reason="~ratelimit\\\\..*"), Label.ROUTE, Label.POLICY,
                                   Label.VERDICT, Label.REASON, window="5m")
     store_errors = sum_rate(sel(POLICY_VERDICTS, reason=PolicyReason.RATELIMIT_STORE_UNAVAILABLE.value),
@@ -146,6 +148,8 @@ def rules(opts: BuildOptions) -> list[AlertRule]:
     dropped = sum_rate(sel(TELEMETRY_DROPPED), Label.SIGNAL, window="10m")  # every signal × reason exists from 0
     drop_share = ratio(dropped, f"{exported} + {dropped}")
     pool_var = {"pool": f"{{{{ $labels.{PL} }}}}"}
+    cert_days_left = (f"min by ({Label.LISTENER}, {Label.CERTIFICATE}, {Label.SERIAL}) "
+                      f"({TLS_CERT_EXPIRY} - time()) / 86400")
     out = [
         AlertRule(
             "GatewatchFailoverSpike",
@@ -239,6 +243,17 @@ def rules(opts: BuildOptions) -> list[AlertRule]:
             "memory, latency under the policy's timeout).",
             "decisions", signals=(store_up, ratelimit_verdicts, store_errors)),
         AlertRule(
+            "GatewatchAuthProviderDown", f"{provider_up} == 0", STORE_DOWN_FOR, "page",
+            "Identity provider {{ $labels.provider }} ({{ $labels.endpoint }}) is unreachable",
+            f"The {{{{ $labels.endpoint }}}} endpoint of identity provider {{{{ $labels.provider }}}} has not "
+            f"answered a Gatewatch process for {STORE_DOWN_FOR}. JWT policies go on with the last good keys (new "
+            "signing keys are not seen); introspection policies apply their fail mode — closed refuses every "
+            "opaque token (503), open lets requests through unauthenticated.",
+            "Decisions: the providers' up/down timeline and gatewatch.auth.provider.transition events (why: "
+            "timeout, refused, status, garbage, wrong issuer). Check the provider's reachability from every "
+            "Gatewatch replica, its TLS (ca_file) and its answers.",
+            "decisions", signals=(provider_up,)),
+        AlertRule(
             "GatewatchTelemetryDropping", f"{drop_share} > 0.01", "15m", "ticket",
             "Gatewatch drops {{ $value | humanizePercentage }} of its {{ $labels.signal }}",
             "More than 1 % of {{ $labels.signal }} items have been dropped over 10 minutes for 15 minutes "
@@ -246,6 +261,17 @@ def rules(opts: BuildOptions) -> list[AlertRule]:
             "Gatewatch itself: drops by reason. export_failed → the collector is down or refusing; queue_full → "
             "the collector is too slow for the traffic (scale it, or raise the queue/batch sizes, or sample).",
             "self", signals=(exported, drop_share)),
+        AlertRule(
+            "GatewatchTLSCertificateExpiringSoon", f"{cert_days_left} < {CERT_EXPIRY_DAYS}", "10m", "ticket",
+            "Certificate {{ $labels.certificate }} on listener {{ $labels.gatewatch_listener }} expires in "
+            "{{ $value | printf \"%.1f\" }} days",
+            f"A certificate Gatewatch serves (listener {{{{ $labels.gatewatch_listener }}}}, serial "
+            f"{{{{ $labels.serial }}}}) expires in less than {CERT_EXPIRY_DAYS} days. After it does, every client "
+            "refuses the handshake.",
+            "Gatewatch itself: TLS termination (days left per certificate). Renew the certificate, write the files "
+            "the listener's tls.certificates name, and reload (SIGHUP or POST /reload): new connections get the "
+            "new certificate and the old one's series disappears.",
+            "self", signals=(cert_days_left,)),
         AlertRule(
             "GatewatchBalancerSilent", f"absent({ENDPOINTS})", "2m", "page",
             "No Gatewatch balancer is reporting metrics",

@@ -14,7 +14,7 @@ from grafana_foundation_sdk.builders import dashboard as gd
 from gatewatch.dashboards import panels as P
 from gatewatch.dashboards.loki import decision_logs, event_lines, field, state_event_logs
 from gatewatch.dashboards.promql import (CIRCUIT_STATE, CONFIG_RELOADS, DECISIONS, EDGE, POLICY_VERDICTS, RANGE,
-                               RATE_LIMITED_CONSUMERS, RATELIMIT_STORE_UP, SERVER_COUNT, increase, regex_of, sel,
+                               RATE_LIMITED_CONSUMERS, RATELIMIT_STORE_UP, AUTH_PROVIDER_UP, SERVER_COUNT, increase, regex_of, sel,
                                sum_, sum_rate)
 from gatewatch.telemetry.names import (CONSUMER_LABEL_CAP, OVERFLOW_LABEL, Attr, DecisionKind, Label, Layer, Outcome,
                              PolicyReason, Verdict)
@@ -78,6 +78,14 @@ def build(opts) -> gd.Dashboard:  # noqa: ARG001
         "store is down its policies apply their fail mode (open: unlimited; closed: 429). "
         "GatewatchRateLimitStoreUnavailable pages after 3 minutes down.",
         [P.prom(f"min by ({Label.STORE}) ({RATELIMIT_STORE_UP})", "{{store}}")],
+        colors=[(None, "red"), (1, "green")]))
+    d = d.with_panel(P.state_timeline(
+        "Identity providers up / down", "Each endpoint an authentication policy calls (OIDC discovery, JWKS, token "
+        "introspection), by provider as configured: up (1) while it answers, down (0) from a failed call until one "
+        "succeeds — the lowest value any Gatewatch process reports. JWT policies keep validating with the last "
+        "good keys; introspection applies its fail_mode (closed: 503). GatewatchAuthProviderDown pages after 3 "
+        "minutes down.",
+        [P.prom(f"min by ({Label.PROVIDER}, {Label.ENDPOINT}) ({AUTH_PROVIDER_UP})", "{{endpoint}} {{provider}}")],
         colors=[(None, "red"), (1, "green")]))
     d = d.with_panel(P.timeseries(
         "Requests decided without the store", "Rate-limit verdicts with reason ratelimit.store_unavailable, by "

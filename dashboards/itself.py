@@ -8,7 +8,8 @@ from grafana_foundation_sdk.builders import dashboard as gd
 from gatewatch.dashboards import panels as P
 from gatewatch.dashboards.promql import (BUILD_INFO, CONFIG_INFO, CONFIG_LOADED, CONFIG_RELOADS, TELEMETRY_DROPPED,
                                TELEMETRY_EXPORTED, TELEMETRY_QUEUE, PROCESS_CPU, PROCESS_RSS, PROCESS_START_TIME, RANGE,
-                               increase, rate, ratio, sel, sum_, sum_rate)
+                               TLS_CERT_EXPIRY, TLS_HANDSHAKE_FAILURES, TLS_HANDSHAKES, increase, rate, ratio, sel,
+                               sum_, sum_rate)
 from gatewatch.telemetry.names import Label
 
 S = Label.SIGNAL
@@ -81,6 +82,25 @@ def build(opts) -> gd.Dashboard:  # noqa: ARG001
         "Config age per process", "Time since each process loaded its running configuration; it drops to 0 at a "
         "start or a successful reload.",
         [P.prom(f"time() - {sel(CONFIG_LOADED)}", "{{instance}}")], "s"))
+    d = d.with_row(gd.Row("TLS termination"))
+    d = d.with_panel(P.timeseries(
+        "Handshakes/s by listener and version", "TLS handshakes the listeners completed (new connections; a "
+        "keep-alive connection shakes hands once).",
+        [P.prom(sum_rate(sel(TLS_HANDSHAKES), Label.LISTENER, Label.TLS_VERSION),
+                "{{gatewatch_listener}} TLS {{tls_protocol_version}}")], "ops"))
+    d = d.with_panel(P.timeseries(
+        "Failed handshakes/s by reason", "Why clients' handshakes failed: not_tls (plaintext on a TLS port), "
+        "protocol_version / no_shared_cipher (an old client), server_cert_rejected (clients do not trust our "
+        "certificate: a missing chain or an expired certificate), no_client_cert / client_cert_* (mTLS refusals), "
+        "timeout (stalled clients), client_closed (a client gave up or refused our certificate without an alert).",
+        [P.prom(sum_rate(sel(TLS_HANDSHAKE_FAILURES), Label.LISTENER, Label.REASON),
+                "{{gatewatch_listener}} {{reason}}")], "ops"))
+    d = d.with_panel(P.table(
+        "Days until each served certificate expires", "Per listener, certificate (its CN or first DNS name) and "
+        "serial: the soonest expiry over all processes. A reload takes up rotated files; the replaced certificate's "
+        "row disappears.",
+        [P.prom(f"min by ({Label.LISTENER}, {Label.CERTIFICATE}, {Label.SERIAL}) ({TLS_CERT_EXPIRY} - time()) / 86400",
+                instant=True, table=True)], "d", rename={"Value": "days left"}))
     d = d.with_panel(P.table(
         "Running processes and versions", "One row per Gatewatch process Prometheus scrapes, with its version "
         "(the labels of the build info metric).",

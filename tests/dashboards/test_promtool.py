@@ -56,6 +56,10 @@ RARE_OK = EDGE % ("count", "rare", "200", "")
 RARE_5XX = EDGE % ("count", "rare", "502", "")
 RARE_FAST = EDGE % ("bucket", "rare", "200", ',le="0.5"')
 EXHAUSTED = 'gatewatch_retry_budget_exhausted_total{gatewatch_route="orders",gatewatch_upstream="shop"}'
+CERT_EXPIRY = ('gatewatch_tls_certificate_expiry_timestamp_seconds{gatewatch_listener="public",'
+               'certificate="api.example.com",serial="%s",instance="edge-1:9901"}')
+IDP = "https://idp.example.com"
+PROVIDER_UP = f'gatewatch_auth_provider_up{{provider="{IDP}",endpoint="jwks",instance="edge-1:9901"}}'
 STORE_URL = "redis://redis:6379/0"
 STORE_UP = f'gatewatch_ratelimit_store_up{{store="{STORE_URL}",instance="edge-1:9901"}}'
 STORE_UP_2 = f'gatewatch_ratelimit_store_up{{store="{STORE_URL}",instance="edge-2:9901"}}'
@@ -188,12 +192,23 @@ CASES = [
          {STORE_UP: "1x8 0x4 1x27"}, ["3m", "4m", "8m"], interval="15s"),
     Case("GatewatchRateLimitStoreUnavailable", "one flap: down for 2.5 minutes, shorter than `for`",
          {STORE_UP: "1x8 0x9 1x22"}, ["3m", "4m30s", "5m", "8m"], interval="15s"),
+    Case("GatewatchAuthProviderDown", "the JWKS endpoint down for minutes", {PROVIDER_UP: "1x4 0x40"}, ["8m"],
+         {"provider": IDP, "endpoint": "jwks"}, interval="15s"),
+    Case("GatewatchAuthProviderDown", "the provider answers", {PROVIDER_UP: "1x40"}, ["8m"], interval="15s"),
+    Case("GatewatchAuthProviderDown", "one flap: down for 2.5 minutes, shorter than `for`",
+         {PROVIDER_UP: "1x8 0x9 1x22"}, ["3m", "4m30s", "5m", "8m"], interval="15s"),
     Case("GatewatchTelemetryDropping", "9 % of spans dropped", {EXPORTED: "0+600x40", DROPPED: "0+60x40"},
          ["25m"], {"signal": "traces"}),
     Case("GatewatchTelemetryDropping", "0.5 % dropped", {EXPORTED: "0+600x40", DROPPED: "0+3x40"}, ["25m"]),
     Case("GatewatchTelemetryDropping", "nothing dropped", {EXPORTED: "0+600x40", DROPPED: "0x40"}, ["25m"]),
     Case("GatewatchTelemetryDropping", "one flap: 300 drops at once", {EXPORTED: "0+600x40", DROPPED: "0x10 300x30"},
          ["15m", "21m", "25m"]),
+    # promtool's clock starts at 0: a notAfter of 1,210,000 s is 13.99 days away at 20 minutes
+    Case("GatewatchTLSCertificateExpiringSoon", "13.99 days left", {CERT_EXPIRY % "a1": "1210000x30"}, ["20m"],
+         {"gatewatch_listener": "public", "certificate": "api.example.com", "serial": "a1"}),
+    Case("GatewatchTLSCertificateExpiringSoon", "15 days left", {CERT_EXPIRY % "a1": "1300000x30"}, ["20m"]),
+    Case("GatewatchTLSCertificateExpiringSoon", "one flap: rotated (the old series goes, a new one with 90 days)",
+         {CERT_EXPIRY % "a1": "1210000x2 stale", CERT_EXPIRY % "b2": "_x3 7776000x30"}, ["5m", "20m"]),
     Case("GatewatchBalancerSilent", "the balancer's series go stale", {ENDPOINTS: "3 3 3 stale"}, ["10m"], {}),
     Case("GatewatchBalancerSilent", "the balancer reports", {ENDPOINTS: "3x20"}, ["10m"]),
     Case("GatewatchBalancerSilent", "one flap: one failed scrape", {ENDPOINTS: "3 3 stale 3x20"}, ["3m", "10m"]),

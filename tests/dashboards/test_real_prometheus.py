@@ -27,6 +27,7 @@ import concurrent.futures
 
 import hashlib
 import signal
+import ssl
 import threading
 import time
 import urllib.error
@@ -41,6 +42,8 @@ from gatewatch.dashboards.options import DEFAULT
 from tests.dashboards.prom import Prometheus, has_data
 from tests.dashboards.queries import Query, all_queries, promql_metrics, substitute, variable_parts
 from tests.edge.policies.support import RedisServer
+from tests.support.certs import Pki
+from tests.support.net import closed_port
 from tests.support.procs import Proc, cli, port_of
 
 pytestmark = pytest.mark.timeout(150)
@@ -83,7 +86,7 @@ def balancer_config(backends: list[Proc]) -> dict:
     }
 
 
-def edge_config(balancer_url: str, service: str, redis_url: str) -> dict:
+def edge_config(balancer_url: str, service: str, redis_url: str, server_cert=None) -> dict:
     orders_policies = [
         {"name": "auth", "type": "api_key", "keys": [{"consumer": c, "hash": _hash(k)} for c, k in KEYS.items()]},
         {"name": "per-consumer", "type": "rate_limit", "key": "consumer", "limit": 30, "window_s": 1},
@@ -94,10 +97,18 @@ def edge_config(balancer_url: str, service: str, redis_url: str) -> dict:
         "admin": {"address": "127.0.0.1:0"},
         "telemetry": {"service_name": service},
         "edge": {
-            "listeners": [{"name": "public", "address": "127.0.0.1:0"}],
+            "listeners": [{"name": "public", "address": "127.0.0.1:0"}] + ([{
+                "name": "secure", "address": "127.0.0.1:0",
+                "tls": {"certificates": [{"cert_file": server_cert.cert, "key_file": server_cert.key}]}}]
+                if server_cert else []),
             "routes": [
                 {"name": "orders", "match": {"path": {"template": "/api/orders/{id}"}}, "upstream": "shop-tier",
                  "policies": orders_policies},
+                # a partner API whose identity provider is down all along: the provider gauge reads 0
+                {"name": "partners", "match": {"path": {"prefix": "/api/partners"}}, "upstream": "shop-tier",
+                 "policies": [{"name": "partner-jwt", "type": "jwt", "issuer": "https://idp.partners.test",
+                               "jwks": {"url": f"http://127.0.0.1:{closed_port()}/jwks.json"},
+                               "audience": "partners-api", "algorithms": ["RS256"]}]},
                 {"name": "catalog", "match": {"path": {"prefix": "/api/catalog"}}, "upstream": "shop-tier",
                  "policies": [{"name": "catalog-quota", "type": "rate_limit", "limit": 100000, "window_s": 60,
                                "store": "redis", "redis": {"url": redis_url, "timeout_s": 0.2, "on_error": "open",
@@ -205,7 +216,8 @@ def test_boards_and_rules_against_real_prometheus(tmp_path, otlp, blackhole):
         procs.append(balancer)
         balancer.wait_ready()
         bal_url = f"http://{balancer.listener('internal')}"
-        edge = start(tmp_path, "edge", edge_config(bal_url, "gatewatch-edge", redis.url), env)
+        pki = Pki(tmp_path / "pki")
+        edge = start(tmp_path, "edge", edge_config(bal_url, "gatewatch-edge", redis.url, pki.leaf("edge")), env)
         canary_cfg = edge_config(bal_url, "gatewatch-canary", redis.url)
         canary_cfg["telemetry"].update({"queue_size": 8, "batch_size": 4, "export_interval_s": 0.2})
         canary = start(tmp_path, "canary", canary_cfg, {"OTEL_EXPORTER_OTLP_ENDPOINT": blackhole,
@@ -223,6 +235,12 @@ def test_boards_and_rules_against_real_prometheus(tmp_path, otlp, blackhole):
         # --- traffic ---------------------------------------------------------------------------------------
         with Traffic(public) as traffic:
             time.sleep(8)  # baseline
+            secure = ssl.create_default_context(cafile=pki.ca_file)
+            for i in range(5):  # over TLS (the TLS panels' handshakes), and once in plaintext to the TLS port
+                req = urllib.request.Request(f"https://localhost:{edge.listener('secure').split(':')[1]}/api/catalog/{i}")
+                with urllib.request.urlopen(req, timeout=5, context=secure) as r:
+                    r.read()
+            send(f"http://{edge.listener('secure')}/api/catalog/plaintext")
             before_kill = failover_alert_states(prom)
             kill_at = time.time()
             backends[1].popen.send_signal(signal.SIGKILL)
@@ -260,6 +278,11 @@ def test_boards_and_rules_against_real_prometheus(tmp_path, otlp, blackhole):
         # --- what the scenario itself did ------------------------------------------------------------------
         if 429 not in burst:
             report.add("scenario", f"the rate-limit burst got no 429 (statuses {sorted(set(burst))})")
+        edge_metrics = (tmp_path / "edge.metrics.txt").read_text()
+        for line in ('gatewatch_tls_handshakes_total{gatewatch_listener="secure",tls_protocol_version="1.3"} 5.0',
+                     'gatewatch_tls_handshake_failures_total{gatewatch_listener="secure",reason="not_tls"} 1.0'):
+            if line not in edge_metrics:
+                report.add("scenario", f"the TLS listener's traffic is not counted: no {line!r}")
         if not traffic.statuses or traffic.statuses.count(200) < len(traffic.statuses) * 0.8:
             report.add("scenario", f"baseline traffic mostly failed: {sorted(set(traffic.statuses))}")
         if before_kill:
