@@ -33,7 +33,7 @@ if str(BENCH) not in sys.path:  # `python bench/run.py` puts it there already; `
 
 from harness.bench import Bench
 from harness.cases import CASE_NAMES, Case, select_cases
-from harness.common import log
+from harness.common import Interrupted, log, on_signal
 from harness.host import raise_nofile
 from harness.procs import stop_all
 from harness.render import render
@@ -71,14 +71,6 @@ def parse_args() -> argparse.Namespace:
     return a
 
 
-class Interrupted(BaseException):
-    pass
-
-
-def _on_signal(signum, _frame):
-    raise Interrupted(signal.Signals(signum).name)
-
-
 def enough_files(args: argparse.Namespace, cases: list[Case]) -> bool:
     """The open-files limit, raised to the hard limit, must cover the idle connections (and the gateway's own)."""
     soft, _ = raise_nofile()
@@ -111,7 +103,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="gatewatch-bench-"))
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C → KeyboardInterrupt, even in background
     for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _on_signal)
+        signal.signal(sig, on_signal)
     bench = Bench(args, tools, workdir, cpus)
     code = 0
     try:

@@ -43,7 +43,7 @@ from faults.redis import redis_binary
 from faults.schedule import PHASES
 from faults.soak import Soak
 from faults.telemetry import phase_deltas, reconcile
-from harness.common import REPO, log
+from harness.common import REPO, Interrupted, log, on_signal
 from harness.host import raise_nofile, tree_state
 from harness.procs import stop_all
 
@@ -64,14 +64,6 @@ def parse_args() -> argparse.Namespace:
     a = ap.parse_args()
     a.duration = a.duration or (60 if a.quick else 240)
     return a
-
-
-class Interrupted(BaseException):
-    pass
-
-
-def _on_signal(signum, _frame):
-    raise Interrupted(signal.Signals(signum).name)
 
 
 def child_env() -> dict[str, str]:
@@ -183,7 +175,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="gatewatch-soak-"))
     signal.signal(signal.SIGINT, signal.default_int_handler)
     for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _on_signal)
+        signal.signal(sig, on_signal)
     state = tree_state()
     soak = Soak(args, workdir, child_env())
     code = 2

@@ -7,6 +7,7 @@ log line, the noise thresholds and the median.
 from __future__ import annotations
 
 import os
+import signal
 import statistics
 import sys
 import urllib.request
@@ -32,3 +33,12 @@ def log(msg: str) -> None:
 def median(xs: list[float]) -> float | None:
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
+
+
+class Interrupted(BaseException):
+    """SIGINT/SIGTERM while a run is under way: raised from the handler so that cleanup (stopping every process
+    the run started) happens in the finally blocks."""
+
+
+def on_signal(signum, _frame):
+    raise Interrupted(signal.Signals(signum).name)
