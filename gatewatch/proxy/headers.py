@@ -89,10 +89,7 @@ def has_underscored_name(index: dict[str, str]) -> bool:
     """Whether a header name has an underscore. CGI-style backends (RFC 3875 §4.1.18) map `X_Forwarded_For` and
     `X-Forwarded-For` to the same HTTP_X_FORWARDED_FOR, so a client could pass one off as the other that this
     proxy sets (what nginx's `underscores_in_headers` and Envoy's `headers_with_underscores_action` guard)."""
-    for name in index:
-        if "_" in name:
-            return True
-    return False
+    return "_" in "".join(index)  # one scan in C instead of a Python loop per header name
 
 
 def without_underscored(headers: Headers) -> Headers:
