@@ -120,17 +120,23 @@ class _Server(web.Server):
         self.listener = listener
 
     def __call__(self) -> web_protocol.RequestHandler:
-        return _Connection(self, loop=self._loop, **self._kwargs)
+        return _Connection(self, self.listener, loop=self._loop, **self._kwargs)
 
 
 class _Connection(web_protocol.RequestHandler):
+    def __init__(self, manager: _Server, listener: "AiohttpListener", **kwargs):
+        super().__init__(manager, **kwargs)
+        # Held here: aiohttp sets `_manager` to None when the connection is lost, and a refusal can still be
+        # handled after that (one pipelined behind a request in flight when the client half-closed).
+        self.listener = listener
+
     def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
         if not isinstance(exc, hx.BadHttpMessage):  # not the parser's: aiohttp's own answer (500, 504)
             return super().handle_error(request, status, exc, message)
         if request.writer.output_size > 0:  # an answer already went out: nothing honest left to say
             raise ConnectionError("the request broke after its response had started")
-        return _refusal(self._manager.listener, request, *_rejection(exc))
+        return _refusal(self.listener, request, *_rejection(exc))
 
 
 def _refusal(listener: "AiohttpListener", request: web.BaseRequest, status: int, reason: str) -> web.Response:
