@@ -221,9 +221,11 @@ async def test_plaintext_to_the_tls_port_and_tls_to_a_plaintext_port(tmp_path, p
         assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
         assert b"use https://" in answer
         assert failures(rt, "not_tls") == 1
-        # a TLS ClientHello on the plaintext port: not HTTP, answered 400 and closed
+        # a TLS ClientHello on the plaintext port: not HTTP (0x16 is no method token), answered 400 and closed
         with pytest.raises((ssl.SSLError, ConnectionError)):
             await https_get(plain_port, client_ctx(pki))
+        assert metric(rt, "http_server_request_duration_seconds_count", error_type="invalid_method",
+                      http_response_status_code="400") == 1
 
 
 async def test_a_stalled_handshake_is_closed_and_does_not_stall_others(tmp_path, pki, backend):
