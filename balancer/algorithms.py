@@ -35,6 +35,7 @@ class Endpoint:
     zone: str | None
     index: int
     priority: int = 0
+    source: str = "static"  # where the instance came from: static (config) | dns | file | k8s (discovery)
 
 
 @dataclass(frozen=True, slots=True)

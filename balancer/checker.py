@@ -1,7 +1,8 @@
 """Active health checks (control plane, aiohttp): one task per pool probes each instance every `interval_s`
 ± `jitter_s`, HTTP (method, path, Host, expected statuses, timeout) or TCP connect. Probes are not request
 traces: they carry no trace context and make no spans; they are counted in `gatewatch_health_probes_total`
-and only verdict flips become events (`Pool.probe` applies the rise/fall thresholds).
+and only verdict flips become events (`Pool.probe` applies the rise/fall thresholds). `sync()` follows the
+pool's membership (service discovery): a new instance is probed at once, a removed one's probing stops.
 """
 
 from __future__ import annotations
@@ -84,22 +85,37 @@ class HealthChecker:
         self.metrics = metrics
         self.rng = rng or random.Random()
         self._statuses = status_set(self.cfg.expected_statuses)
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: dict[tuple[str, str, int], asyncio.Task] = {}  # (id, host, port) → its probe loop
         self._session: aiohttp.ClientSession | None = None
+        self._started = False
 
     async def start(self) -> None:
         if self.cfg.type == "http":
             # No connection reuse: a probe must see a fresh connect, like a new request would.
             self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True),
                                                   auto_decompress=False, trust_env=False)
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._loop(e.id, e.host, e.port)) for e in self.pool.endpoints]
+        self._started = True
+        self.sync(spread=True)
 
-    async def _loop(self, endpoint_id: str, host: str, port: int) -> None:
+    def sync(self, spread: bool = False) -> None:
+        """Probe loops for the pool's current instances: new ones start (at once unless `spread`), removed ones
+        stop."""
+        if not self._started:
+            return
+        loop = asyncio.get_running_loop()
+        now = {(e.id, e.host, e.port) for e in self.pool.endpoints}
+        for key in [k for k in self._tasks if k not in now]:
+            self._tasks.pop(key).cancel()
+        for key in sorted(now - self._tasks.keys()):
+            self._tasks[key] = loop.create_task(self._loop(*key, spread=spread))
+
+    async def _loop(self, endpoint_id: str, host: str, port: int, spread: bool = True) -> None:
         cfg = self.cfg
         counter = self.metrics.health_probes
-        # Spread the first probes over one interval so a big pool does not probe everything at once.
-        await asyncio.sleep(self.rng.uniform(0, min(cfg.interval_s, 1.0)))
+        # Spread the first probes over one interval so a big pool does not probe everything at once; an
+        # instance discovery added is probed at once (it waits for that probe to take traffic).
+        if spread:
+            await asyncio.sleep(self.rng.uniform(0, min(cfg.interval_s, 1.0)))
         while True:
             try:
                 if cfg.type == "http":
@@ -114,8 +130,11 @@ class HealthChecker:
             await asyncio.sleep(max(0.05, cfg.interval_s + self.rng.uniform(-cfg.jitter_s, cfg.jitter_s)))
 
     async def stop(self) -> None:
-        for t in self._tasks:
+        self._started = False
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for t in tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._session is not None:
             await self._session.close()

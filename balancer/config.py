@@ -1,20 +1,23 @@
 """Typed, frozen configuration of the balancer layer: pools of instances, how to pick among them, how to tell
 which are healthy, and when to fail over.
 
-Primitives: `InstanceConfig`, `PoolConfig` (with `HealthCheckConfig`, `OutlierConfig`, `FailoverConfig`,
-`SlowStartConfig`, `AffinityConfig`, `HashKeyConfig`, `LeastRequestConfig`), `Algorithm`, `RetryConfig` (per
+Primitives: `InstanceConfig`, `PoolConfig` (with `DiscoveryConfig` (`dns` / `file` / `kubernetes`),
+`HealthCheckConfig`, `OutlierConfig`, `FailoverConfig`, `SlowStartConfig`, `AffinityConfig`, `HashKeyConfig`,
+`LeastRequestConfig`), `Algorithm`, `RetryConfig` (per
 route; lives here because retries are the balancer's business). Validation of names across sections (routes that
 name a pool, duplicate ids) lives in `gatewatch.config.semantic_errors`, which sees the whole file.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import ssl
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails
 
 from gatewatch.schema import HTTP_TOKEN, NAME_PATTERN, Strict
 
@@ -224,10 +227,128 @@ class LeastRequestConfig(Strict):
     choice_count: int = Field(default=2, ge=2, le=100)
 
 
+HOSTNAME = r"^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62}))*\.?$"
+K8S_NAME = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"  # RFC 1123 label: namespaces, Services, port names
+
+
+class DnsDiscoveryConfig(Strict):
+    """Instances from DNS: the addresses of `name` (A and/or AAAA records, each with `port`) or its SRV records
+    (RFC 2782: target, port, priority, weight). Re-resolved when the answer's TTL runs out, the TTL clamped to
+    [`min_refresh_s`, `max_refresh_s`]; after a failure, retried after `min_refresh_s` with the last good set kept."""
+
+    name: str = Field(max_length=253, pattern=HOSTNAME)  # e.g. api.internal, or _http._tcp.api.internal for SRV
+    record: Literal["A", "AAAA", "A+AAAA", "SRV"] = "A"
+    port: int | None = Field(default=None, ge=1, le=65535)  # A/AAAA: required; SRV: the records carry it
+    weight: int = Field(default=1, ge=1, le=10_000)  # A/AAAA instances' weight (SRV records carry theirs)
+    nameservers: tuple[str, ...] = ()  # "ip" or "ip:port" / "[v6]:port"; empty: the system's (/etc/resolv.conf)
+    timeout_s: float = Field(default=2.0, gt=0, le=60)  # one resolution, all nameservers and retries
+    min_refresh_s: float = Field(default=5.0, gt=0, le=86_400)
+    max_refresh_s: float = Field(default=300.0, gt=0, le=86_400)
+
+    @field_validator("nameservers")
+    @classmethod
+    def _nameservers(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for ns in v:
+            nameserver_address(ns)
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.record == "SRV" and self.port is not None:
+            raise ValueError("'port' is not used with record SRV (each SRV record carries its port)")
+        if self.record != "SRV" and self.port is None:
+            raise ValueError(f"'port' is required with record {self.record} (address records carry no port)")
+        if self.min_refresh_s > self.max_refresh_s:
+            raise ValueError("min_refresh_s must not exceed max_refresh_s")
+        return self
+
+
+def nameserver_address(text: str) -> tuple[str, int]:
+    """`ip`, `ip:port` or `[v6]:port` → (ip, port); port 53 by default. ValueError names what is wrong."""
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([0-9.]+):(\d{1,5})|([0-9A-Fa-f:.]+)", text)
+    if not m:
+        raise ValueError(f"{text!r} is not a nameserver address (an IP, 'ip:port' or '[v6]:port')")
+    host, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4)) if m.group(3) \
+        else (m.group(5), "53")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{text!r}: {host!r} is not an IP address (nameservers are addressed by IP)") from None
+    if not 1 <= int(port) <= 65535:
+        raise ValueError(f"{text!r}: port {port} is out of range 1-65535")
+    return host, int(port)
+
+
+class FileDiscoveryConfig(Strict):
+    """Instances from a YAML or JSON file holding a list of instances (the fields of `instances`). The file is
+    checked every `poll_interval_s`; a change is applied once the file has stayed unchanged for `debounce_s`
+    (an editor's several writes are one change). A file with errors is refused, the last good set stays."""
+
+    path: str = Field(min_length=1)
+    poll_interval_s: float = Field(default=1.0, gt=0, le=3600)
+    debounce_s: float = Field(default=0.5, ge=0, le=3600)
+
+
+class KubernetesDiscoveryConfig(Strict):
+    """Instances from the EndpointSlices (discovery.k8s.io/v1) of a Service, watched (LIST, then WATCH from the
+    list's resourceVersion). Without `api_server`: in-cluster (KUBERNETES_SERVICE_HOST/PORT, the service-account
+    token and CA under /var/run/secrets/kubernetes.io/serviceaccount)."""
+
+    namespace: str = Field(pattern=K8S_NAME)
+    service: str = Field(pattern=K8S_NAME)
+    port: str | int | None = None  # the EndpointSlice port (name or number); None: the slices' only port
+    api_server: str | None = Field(default=None, pattern=r"^https?://[^\s/]+/?$")  # e.g. https://10.0.0.1:6443
+    token_file: str | None = None  # bearer token (re-read on each connect: projected tokens rotate)
+    ca_file: str | None = None  # the API server's CA (https)
+    timeout_s: float = Field(default=10.0, gt=0, le=300)  # connect and LIST; a WATCH stays open
+    watch_timeout_s: int = Field(default=300, ge=10, le=3600)  # the server ends each WATCH after this (timeoutSeconds)
+    backoff_base_s: float = Field(default=0.5, gt=0, le=60)  # reconnect backoff: doubling, jittered ...
+    backoff_max_s: float = Field(default=30.0, gt=0, le=3600)  # ... up to this
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, v):
+        if isinstance(v, int) and not 1 <= v <= 65535:
+            raise ValueError("a port number is 1-65535")
+        if isinstance(v, str) and not re.fullmatch(K8S_NAME, v):
+            raise ValueError("a port name is an RFC 1123 label (lowercase letters, digits, '-')")
+        return v
+
+    @model_validator(mode="after")
+    def _sane(self):
+        if self.backoff_base_s > self.backoff_max_s:
+            raise ValueError("backoff_base_s must not exceed backoff_max_s")
+        if self.token_file is not None and self.api_server is None:
+            raise ValueError("'token_file' goes with 'api_server' (in-cluster, the service-account token is used)")
+        return self
+
+
+class DiscoveryConfig(Strict):
+    """Where a pool's instances come from at run time: exactly one of `dns`, `file`, `kubernetes`."""
+
+    dns: DnsDiscoveryConfig | None = None
+    file: FileDiscoveryConfig | None = None
+    kubernetes: KubernetesDiscoveryConfig | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self):
+        given = [k for k in ("dns", "file", "kubernetes") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("set exactly one of 'dns', 'file', 'kubernetes'" +
+                             (f" (got {', '.join(given)})" if given else ""))
+        return self
+
+    @property
+    def source(self) -> str:
+        """The instances' `source` (static / dns / file / k8s)."""
+        return "dns" if self.dns else "file" if self.file else "k8s"
+
+
 class PoolConfig(Strict):
     name: str = Field(pattern=NAME_PATTERN)
     algorithm: Algorithm = Algorithm.ROUND_ROBIN
-    instances: tuple[InstanceConfig, ...] = Field(min_length=1)
+    instances: tuple[InstanceConfig, ...] = ()  # static instances; or `discovery`
+    discovery: DiscoveryConfig | None = None  # instances found at run time (DNS, a watched file, Kubernetes)
     max_connections_per_instance: int = Field(default=256, ge=1, le=100_000)
     # requests that may wait for a connection when all max_connections are busy; beyond: instance over limit
     max_pending_per_instance: int = Field(default=64, ge=0, le=100_000)
@@ -248,10 +369,38 @@ class PoolConfig(Strict):
     def scheme(self) -> str:
         return "https" if self.tls is not None else "http"
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _instances_unless_discovery(cls, data, handler):
+        """Without `discovery`, `instances` is required and not empty — reported at `...instances` like any
+        missing key or empty list (a model-level check could only name the pool), beside the pool's other
+        problems."""
+        problem = None
+        if isinstance(data, dict) and data.get("discovery") is None:
+            if "instances" not in data:
+                problem = InitErrorDetails(type="missing", loc=("instances",), input=data)
+            elif isinstance(data["instances"], (list, tuple)) and not data["instances"]:
+                problem = InitErrorDetails(type="too_short", loc=("instances",), input=data["instances"],
+                                           ctx={"field_type": "Tuple", "min_length": 1, "actual_length": 0})
+        try:
+            out = handler(data)
+        except ValidationError as err:
+            if problem is None:
+                raise
+            raise ValidationError.from_exception_data(err.title, [
+                InitErrorDetails(type=e["type"], loc=e["loc"], input=e["input"],
+                                 **({"ctx": e["ctx"]} if "ctx" in e else {})) for e in err.errors()] + [problem]) \
+                from None
+        if problem is not None:
+            raise ValidationError.from_exception_data(cls.__name__, [problem])
+        return out
+
     @model_validator(mode="after")
     def _knobs_fit_the_algorithm(self):
         # Settings an algorithm would silently ignore are errors: a knob that does nothing looks like it works.
         a = self.algorithm.value
+        if self.instances and self.discovery is not None:
+            raise ValueError("'instances' and 'discovery' exclude each other (discovery provides the instances)")
         if self.algorithm in HASHING and self.hash_key is None:
             raise ValueError(f"algorithm {a} needs 'hash_key' (what to hash)")
         if self.hash_key is not None and self.algorithm not in HASHING:

@@ -12,6 +12,11 @@ Primitives:
 - State changes come from outside: `probe(id, ok, detail)` (active checks), `observe(id, result, trace, span)`
   (passive, after each attempt), `set_draining(id, bool)` (config/admin), `tick()` (ejection expiry, slow-start
   ramp). Each returns nothing; what changed is reported through `notify` (events) — the pool never blocks.
+- Membership: `set_members(instances, why) -> MembershipChange` (service discovery) replaces the instance list.
+  Instances that stay keep their state (health counters, ejection, in-flight, slow start, draining set by the
+  admin); new ones start in slow start, and with active health checks wait for their first passing probe (unless
+  the pool was empty: a first set is taken as a static pool's is at start); removed ones get no new picks and
+  their in-flight requests finish (their counts retire at zero). The algorithms' prepared state is rebuilt.
 """
 
 from __future__ import annotations
@@ -20,11 +25,11 @@ import hashlib
 import random
 import time
 from dataclasses import dataclass, replace
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 from gatewatch.balancer.algorithms import (ALGORITHMS, CursorState, Endpoint, NoHealthyEndpoint, Pick, least_request,
                                  prepare)
-from gatewatch.balancer.config import Algorithm, PoolConfig
+from gatewatch.balancer.config import Algorithm, InstanceConfig, PoolConfig
 from gatewatch.balancer.health import OutlierTracker, ProbeCounter, Result
 from gatewatch.telemetry.context import new_event_id
 from gatewatch.telemetry.names import Attr, EndpointState, Event, Exclusion, FailoverKind, Reason
@@ -40,6 +45,7 @@ class Instance:
     draining: bool = False
     usable_since: float | None = None  # when it became usable again (slow start ramps from there)
     last_state: str = EndpointState.HEALTHY.value
+    source_draining: bool = False  # draining as its source says (config, or discovery: k8s terminating)
 
     def state(self, now: float) -> str:
         if self.draining:
@@ -65,6 +71,19 @@ class View:
     ramping: bool  # some candidate is in slow start
     by_id: dict[str, Endpoint]
     failover: str = FailoverKind.NONE.value  # how requests picked in this view are served (FailoverKind)
+    sources: str = ""  # where the candidates came from, e.g. "dns=3" (discovered pools; "" for static ones)
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipChange:
+    """What one `set_members` changed, by instance id (in the new list's order; removed ones in the old)."""
+
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    updated: tuple[str, ...] = ()  # same id and address; weight, priority, zone or draining changed
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.updated)
 
 
 class Pool:
@@ -76,14 +95,10 @@ class Pool:
         self.algorithm = config.algorithm
         self.clock = clock
         self.notify = notify if notify is not None else (lambda *a, **k: None)
-        self.endpoints = tuple(
-            Endpoint(id=i.instance_id, host=i.host, port=i.port, weight=i.weight, zone=i.zone, index=n,
-                     priority=i.priority)
-            for n, i in enumerate(config.instances))
-        hc, oc = config.health_check, config.outlier_detection
-        self.instances = {e.id: Instance(e, ProbeCounter(hc.healthy_threshold, hc.unhealthy_threshold) if hc else None,
-                                         OutlierTracker(oc) if oc else None, draining=i.draining)
-                          for e, i in zip(self.endpoints, config.instances)}
+        self.source = config.discovery.source if config.discovery is not None else "static"
+        self.endpoints = tuple(self._endpoint(i, n) for n, i in enumerate(config.instances))
+        oc = config.outlier_detection
+        self.instances = {e.id: self._instance(e, i.draining) for e, i in zip(self.endpoints, config.instances)}
         now = clock()
         for inst in self.instances.values():  # e.g. configured draining: transitions start from the truth
             inst.last_state = inst.state(now)
@@ -99,7 +114,8 @@ class Pool:
         self._version = 0
         self._view: View | None = None
         self._affinity_keys = {self.affinity_value(e.id): e.id for e in self.endpoints}
-        self.primary_priority = min(e.priority for e in self.endpoints)  # where traffic goes when all is well
+        # where traffic goes when all is well (a discovered pool starts empty)
+        self.primary_priority = min((e.priority for e in self.endpoints), default=0)
         self.active_priority = self.primary_priority
         self.panic = False
         # Event ids linking state changes and the requests they touched: the failover (priority or panic) in
@@ -108,6 +124,15 @@ class Pool:
         self.ejection_events: dict[str, str] = {}
         self._cause: list[str] = []  # trace ids of the requests behind the state change being applied
         prepare(config.algorithm, self.view().candidates, self._state)
+
+    def _endpoint(self, i: InstanceConfig, index: int) -> Endpoint:
+        return Endpoint(id=i.instance_id, host=i.host, port=i.port, weight=i.weight, zone=i.zone, index=index,
+                        priority=i.priority, source=self.source)
+
+    def _instance(self, e: Endpoint, draining: bool) -> Instance:
+        hc, oc = self.config.health_check, self.config.outlier_detection
+        return Instance(e, ProbeCounter(hc.healthy_threshold, hc.unhealthy_threshold) if hc else None,
+                        OutlierTracker(oc) if oc else None, draining=draining, source_draining=draining)
 
     # --- the view -------------------------------------------------------------------------------------------
 
@@ -132,6 +157,9 @@ class Pool:
             usable = [i for i in members if i.state(now) == EndpointState.HEALTHY.value]
             share = 100 * len(usable) / len(members) if members else 0.0
             stats.append((prio, members, usable, share))
+        if not stats:  # an empty pool (discovery found nothing yet): no candidates, every pick says so
+            return View(self._version, (), {}, self.primary_priority, False, 0, 0, False, {}, FailoverKind.NONE.value,
+                        "" if self.source == "static" else f"{self.source}=0")
         active = next((s for s in stats if s[3] >= f.min_healthy_percent), None)
         if active is None:  # nobody healthy enough: the best level (lowest priority on ties)
             active = max(stats, key=lambda s: (s[3], -s[0]))
@@ -161,7 +189,8 @@ class Pool:
         failover = (FailoverKind.PANIC if panic else FailoverKind.PRIORITY if prio != self.primary_priority
                     else FailoverKind.NONE).value
         return View(self._version, cands, excluded, prio, bool(panic), len(usable), len(members), ramping,
-                    {e.id: e for e in cands}, failover)
+                    {e.id: e for e in cands}, failover,
+                    "" if self.source == "static" else f"{self.source}={len(cands)}")
 
     def _ramp(self, inst: Instance, now: float, ss) -> float:
         if ss is None or inst.usable_since is None:
@@ -226,7 +255,8 @@ class Pool:
         return self.view().by_id.get(endpoint_id)
 
     def acquire(self, endpoint: Endpoint) -> None:
-        n = self.in_flight[endpoint.id] = self.in_flight[endpoint.id] + 1
+        # .get: the instance may have been removed by discovery since it was picked (its count then retires)
+        n = self.in_flight[endpoint.id] = self.in_flight.get(endpoint.id, 0) + 1
         if n >= self.limit:
             self.full.add(endpoint.id)
 
@@ -250,8 +280,8 @@ class Pool:
     # --- state changes --------------------------------------------------------------------------------------
 
     def probe(self, endpoint_id: str, ok: bool, detail: str) -> None:
-        inst = self.instances[endpoint_id]
-        if inst.probe is None or not inst.probe.observe(ok):
+        inst = self.instances.get(endpoint_id)  # None: discovery removed it while the probe ran
+        if inst is None or inst.probe is None or not inst.probe.observe(ok):
             return
         oc = self.config.outlier_detection
         if ok and inst.outlier is not None and inst.outlier.ejected_until and oc.uneject_on_active_recovery:
@@ -319,6 +349,9 @@ class Pool:
                 self._transition(inst, "passive", Reason.OUTLIER_EJECTION_EXPIRED.value)
         if self._view is not None and self._view.ramping:
             self._changed()  # weights move with time while an instance ramps up
+        if len(self.in_flight) != len(self.instances):  # removed instances whose last request has finished
+            for eid in [e for e, n in self.in_flight.items() if not n and e not in self.instances]:
+                del self.in_flight[eid]
         self.view()  # recomputed if anything changed: failover/panic notes follow
 
     def _returned(self, inst: Instance, reason: str) -> None:
@@ -346,6 +379,84 @@ class Pool:
                      Attr.EVENT_ID: event_id or new_event_id()},
                     severity="INFO" if new == EndpointState.HEALTHY.value else "WARN")
         self.view()
+
+    # --- membership (service discovery) ---------------------------------------------------------------------
+
+    def set_members(self, instances: Sequence[InstanceConfig], why: str) -> MembershipChange:
+        """Replace the instance list (ids unique: the first of duplicates wins). Reports one
+        `gatewatch.discovery.change` event saying what changed and `why` (e.g. "dns A api.internal ttl 30")."""
+        now = self.clock()
+        old = self.instances
+        first = not old  # an empty pool's first set starts as a static pool does: healthy, no ramp
+        hc, ss = self.config.health_check, self.config.slow_start
+        members: dict[str, Instance] = {}
+        added, updated = [], []
+        for spec in instances:
+            e = self._endpoint(spec, len(members))
+            if e.id in members:
+                continue
+            inst = old.get(e.id)
+            if inst is not None and (inst.endpoint.host, inst.endpoint.port) == (e.host, e.port):
+                prev = inst.endpoint
+                if (prev.weight, prev.priority, prev.zone) != (e.weight, e.priority, e.zone) \
+                        or spec.draining != inst.source_draining:
+                    updated.append(e.id)
+                inst.endpoint = e
+            else:  # new, or the same id at a new address: a new instance, whose state starts afresh
+                inst = self._instance(e, spec.draining)
+                if not first and hc is not None and not spec.draining:
+                    # Not known to answer yet: it takes traffic after its first passing probe (the checker probes
+                    # it at once), and ramps from there with slow start.
+                    inst.probe.healthy = False
+                    inst.probe.passes = hc.healthy_threshold - 1
+                elif not first and ss is not None:
+                    inst.usable_since = now
+                inst.last_state = inst.state(now)
+                (updated if inst.endpoint.id in old else added).append(e.id)
+                self.in_flight.setdefault(e.id, 0)
+            members[e.id] = inst
+        removed = tuple(eid for eid in old if eid not in members)
+        change = MembershipChange(tuple(added), removed, tuple(updated))
+        if not change:
+            return change
+        for eid in removed:
+            self.full.discard(eid)
+            self.ejection_events.pop(eid, None)
+            if not self.in_flight.get(eid):  # else its requests finish, and the count retires at zero (tick)
+                self.in_flight.pop(eid, None)
+        self.instances = members
+        self.endpoints = tuple(i.endpoint for i in members.values())
+        self._by_id = {e.id: e for e in self.endpoints}
+        self._affinity_keys = {self.affinity_value(e.id): e.id for e in self.endpoints}
+        self.primary_priority = min((e.priority for e in self.endpoints), default=0)
+        # The algorithms' per-set work (WRR schedule, cumulative weights, ring, Maglev table) is for the old set.
+        st = self._state
+        st.all_endpoints, st.schedule, st.schedule_for = self.endpoints, None, None
+        st.cache.clear()
+        for eid in [k for k in st.current if k not in members]:
+            del st.current[eid]
+        self._changed()
+        prepare(self.algorithm, self.view().candidates, st)
+        self._report_membership(change, why)
+        for eid in change.updated:  # a source's draining flag (k8s: terminating) changed
+            inst = members[eid]
+            spec_draining = next(i.draining for i in instances if i.instance_id == eid)
+            if inst.source_draining != spec_draining:
+                inst.source_draining = inst.draining = spec_draining
+                self._transition(inst, "discovery", "terminating" if spec_draining else "serving")
+        return change
+
+    def _report_membership(self, change: MembershipChange, why: str) -> None:
+        parts = [f"{label} {', '.join(ids[:EXCLUDED_LISTED])}" + (f" (+{len(ids) - EXCLUDED_LISTED} more)"
+                                                                  if len(ids) > EXCLUDED_LISTED else "")
+                 for label, ids in (("added", change.added), ("removed", change.removed),
+                                    ("updated", change.updated)) if ids]
+        self.notify(Event.DISCOVERY_CHANGE, f"pool {self.name}: {'; '.join(parts)} ({why}); "
+                    f"{len(self.instances)} instance(s)",
+                    {Attr.POOL: self.name, Attr.DISCOVERY_SOURCE: self.source, Attr.DISCOVERY_DETAIL: why,
+                     Attr.DISCOVERY_ADDED: list(change.added), Attr.DISCOVERY_REMOVED: list(change.removed),
+                     Attr.DISCOVERY_UPDATED: list(change.updated), Attr.DISCOVERY_INSTANCES: len(self.instances),
+                     Attr.EVENT_ID: new_event_id()})
 
     # --- reporting ------------------------------------------------------------------------------------------
 

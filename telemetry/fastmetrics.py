@@ -90,6 +90,11 @@ class FastHistogram(Collector):
         if trace_id is not None:
             s[2][i] = (trace_id, value, time.time())
 
+    def forget(self, where: dict[int, str]) -> None:
+        """Drop every series whose labels match `where` (label index → value), e.g. a removed instance's."""
+        for labels in [k for k in self._series if all(k[i] == v for i, v in where.items())]:
+            del self._series[labels]
+
     def collect(self) -> Iterable[HistogramMetricFamily]:
         fam = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames, unit=self.unit)
         les = [_fmt(b) for b in self.buckets] + ["+Inf"]
@@ -139,6 +144,11 @@ class FastCounter(Collector):
 
     def value(self, labels: tuple[str, ...]) -> float:
         return self._values.get(labels, 0.0)
+
+    def forget(self, where: dict[int, str]) -> None:
+        """Drop every series whose labels match `where` (label index → value), e.g. a removed instance's."""
+        for labels in [k for k in self._values if all(k[i] == v for i, v in where.items())]:
+            del self._values[labels]
 
     def collect(self) -> Iterable[CounterMetricFamily]:
         fam = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
