@@ -9,9 +9,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-python3}"
-# Binaries the tests run for real: Prometheus (+ promtool) for the dashboards/alert tests, Redis for rate limits.
-DEBIAN_PACKAGES=(prometheus redis-server)
-declare -A BINARY_OF=([prometheus]=prometheus [redis-server]=redis-server)
+# Binaries the tests run for real: Prometheus (+ promtool) for the dashboards/alert tests, Redis for rate limits,
+# Chromium (headless, driven over the DevTools protocol) for the admin page, kubectl (its built-in kustomize) for
+# the Kubernetes manifests (from Google's apt repository, configured on these machines).
+DEBIAN_PACKAGES=(prometheus redis-server chromium kubectl)
+declare -A BINARY_OF=([prometheus]=prometheus [redis-server]=redis-server [chromium]=chromium [kubectl]=kubectl)
 
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
