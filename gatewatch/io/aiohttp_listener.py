@@ -240,6 +240,7 @@ class AiohttpListener:
         self.max_header_size = max_header_size
         self._runner: web.ServerRunner | None = None
         self.bound: tuple[str, int] | None = None
+        self.draining = False  # stop() has begun: responses close their connections
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         refused = _head_refusal(request, self.max_header_size)
@@ -265,6 +266,8 @@ class AiohttpListener:
             tls=self.tls.describe(transport.get_extra_info("ssl_object")) if self.tls and transport else None,
         )
         down = AiohttpDownstream(request)
+        if self.draining:
+            down.close_after_response()  # `Connection: close`: the client reconnects to a process that stays
         body = _request_body(request)
         await self._handler(head, body, down)
         if down.response is None:
@@ -298,7 +301,21 @@ class AiohttpListener:
     async def _handler_entry(self, request: web.BaseRequest) -> web.StreamResponse:
         return await self._handle(request)
 
-    async def stop(self, grace_s: float = 5.0) -> None:
-        if self._runner is not None:
-            await self._runner.shutdown()
-            await asyncio.wait_for(self._runner.cleanup(), timeout=grace_s + 1)
+    async def stop(self, grace_s: float = 5.0, idle_close_s: float = 1.0) -> None:
+        """Stop accepting first (the listening socket closes), then every response says `Connection: close`;
+        after `idle_close_s` (or once no connection is left) aiohttp closes the idle keep-alive connections and
+        gives the requests in flight what is left of `grace_s`. How each connection ended is counted by the fast
+        listener only (this returns None)."""
+        if self._runner is None:
+            return
+        for site in list(self._runner.sites):
+            await site.stop()
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        wait = min(idle_close_s, grace_s)
+        while self._runner.server is not None and self._runner.server.connections and loop.time() - start < wait:
+            await asyncio.sleep(0.05)
+        # aiohttp takes the in-flight bound from the runner; no public setter after construction.
+        self._runner._shutdown_timeout = max(0.1, grace_s - (loop.time() - start))  # noqa: SLF001
+        await asyncio.wait_for(self._runner.cleanup(), timeout=grace_s + 1)

@@ -26,6 +26,8 @@ import asyncio
 import collections
 import fcntl
 import logging
+import os
+import socket
 import ssl
 import struct
 import termios
@@ -38,7 +40,7 @@ from gatewatch.io.http1 import (MAX_TRACE_HEADER_BYTES, NO_BODY, REASONS, TRACE_
 from gatewatch.io.interfaces import ClientGone, Headers, Rejecter, RequestHandler, RequestHead, SyncRequestHandler
 from gatewatch.io.tls import ServerTLS, server_failure_of
 from gatewatch.telemetry.names import RejectReason as R
-from gatewatch.telemetry.names import TlsHandshakeFailure
+from gatewatch.telemetry.names import DrainClose, TlsHandshakeFailure
 
 log = logging.getLogger("gatewatch.listener")
 
@@ -919,26 +921,72 @@ class RawListener:
             for conn in list(self.connections):
                 conn.sweep(now)
 
-    async def stop(self, grace_s: float = 5.0) -> None:
-        """Stop accepting, close idle connections, let in-flight exchanges finish within `grace_s`. A keep-alive
-        connection is closed only while nothing is waiting on it unread: closing a socket with unread bytes
-        resets it (RFC 9112 §9.6 asks for a graceful close), and a request already sent would be lost to the
-        client. Such a request is served, answered `Connection: close`, and then the connection closes."""
+    async def stop(self, grace_s: float = 5.0, idle_close_s: float = 1.0) -> dict[str, int]:
+        """Stop accepting, let in-flight exchanges finish within `grace_s`, and return how the connections ended
+        (`DrainClose` value -> count).
+
+        The connections already in the kernel's accept queue are accepted and served first: closing a listening
+        socket resets them (with SO_REUSEPORT the kernel does not move them to another socket of the group unless
+        net.ipv4.tcp_migrate_req is set). From then on every response says `Connection: close`. A keep-alive
+        connection is closed by us only once it has been idle for `idle_close_s` with nothing unread: closing one
+        the moment a client sends on it is the keep-alive race (the request is lost, or reset); closing a
+        socket with unread bytes resets it (RFC 9112 §9.6 asks for a graceful close). A client that sends on it
+        meanwhile is served and told to close."""
+        ended = {r.value: 0 for r in DrainClose}
         if self._server is None:
-            return
+            return ended
+        loop = asyncio.get_running_loop()
         self._sweeper.cancel()
+        backlog = self._take_backlog()
         self._server.close()
+        self.draining = True  # every response from now on says Connection: close
+        if backlog:
+            await asyncio.gather(*(loop.connect_accepted_socket(self._accept, sock) for sock in backlog),
+                                 return_exceptions=True)
         for session in list(self.handshaking):
             session.abort()  # no request has started on them
-        deadline = asyncio.get_running_loop().time() + grace_s
-        self.draining = True  # every response from now on says Connection: close
+        deadline = loop.time() + grace_s
+        seen = set(self.connections)
         while True:
+            now = loop.time()
+            seen.update(self.connections)
             for c in list(self.connections):
-                if not c.running and not c.queue and not c.unread():
+                if not c.running and not c.queue and now - c.last_active >= idle_close_s and not c.unread():
                     c.close()
-            if not self.connections or asyncio.get_running_loop().time() >= deadline:
+                    ended[DrainClose.IDLE.value] += 1
+            if not self.connections or now >= deadline:
                 break
             await asyncio.sleep(0.05)
         for c in list(self.connections):
             c.abort()
+            ended[DrainClose.DEADLINE.value] += 1
+        ended[DrainClose.AFTER_RESPONSE.value] = len(seen) - ended[DrainClose.IDLE.value] - \
+            ended[DrainClose.DEADLINE.value]
         await self._server.wait_closed()
+        return ended
+
+    def _take_backlog(self) -> list[socket.socket]:
+        """Accept, without blocking, every connection waiting in the listening sockets' queues (through a
+        duplicate of each descriptor: the server's own socket objects do not expose accept)."""
+        taken: list[socket.socket] = []
+        for s in self._server.sockets:
+            try:
+                dup = socket.socket(s.family, s.type, s.proto, fileno=os.dup(s.fileno()))
+            except OSError:
+                continue
+            with dup:
+                dup.setblocking(False)
+                while True:
+                    try:
+                        conn, _ = dup.accept()
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    except ConnectionAbortedError:  # that one is gone, the others may not be
+                        continue
+                    except OSError:  # EMFILE and the like: what is left is reset when the socket closes
+                        log.warning("listener %s: cannot accept its queued connections before closing",
+                                    self.name, exc_info=True)
+                        break
+                    conn.setblocking(False)
+                    taken.append(conn)
+        return taken

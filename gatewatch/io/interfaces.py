@@ -203,6 +203,8 @@ class Listener(Protocol):
 
     async def start(self) -> tuple[str, int]: ...
 
-    async def stop(self, grace_s: float = 5.0) -> None:
-        """Stop accepting, let in-flight exchanges finish within `grace_s`, then close what is left."""
+    async def stop(self, grace_s: float = 5.0, idle_close_s: float = 1.0) -> dict[str, int] | None:
+        """Stop accepting, answer with `Connection: close` from now on, close keep-alive connections idle for
+        `idle_close_s`, let in-flight exchanges finish within `grace_s`, then close what is left. Returns how the
+        connections ended (`DrainClose` value -> count) when the listener counts them."""
         ...
