@@ -31,6 +31,7 @@ from gatewatch.dashboards.promql import (AUTH_PROVIDER_UP, EDGE, EJECTIONS, ENDP
                                          SERVER_COUNT, SERVER_ERROR, TELEMETRY_DROPPED, TELEMETRY_EXPORTED, TLS_CERT_EXPIRY,
                                          ejections_and_probes, failover_share, or_zero, pool_request_rate, ratio,
                                          sel, serving_and_instances, sum_, sum_rate)
+from gatewatch.dashboards.traffic import cache_hit_ratio, cache_request_rate, mirror_compared, mirror_divergence
 from gatewatch.telemetry.names import Label, PolicyReason
 
 PL, I, R = Label.POOL, Label.INSTANCE, Label.ROUTE
@@ -44,6 +45,17 @@ FAILOVER_WINDOW = "5m"
 EJECTION_WINDOW = "10m"  # ejections and active probes compared over this window
 CERT_EXPIRY_DAYS = 14  # renewals (ACME's at 30 days left) are due long before; 14 leaves two weeks to act
 STORE_DOWN_FOR = "3m"  # a store blip (down, then the next command succeeds) is over long before this
+# Mirroring (issue 19): a shadow diverging from the primary (failed, timed out, other status class) this many
+# points more often than the primary's own 5xx share, over MIRROR_WINDOW, with at least MIN_MIRROR_RPS comparisons.
+MIRROR_DIVERGENCE_MARGIN = 0.05
+MIRROR_WINDOW = "10m"
+MIN_MIRROR_RPS = 0.2
+# Caching (issue 19): a route's hit ratio below this fraction of the same hour yesterday, when yesterday's was
+# worth having (CACHE_USEFUL_RATIO) and the route has traffic now (MIN_CACHE_RPS), over CACHE_WINDOW.
+CACHE_COLLAPSE_FRACTION = 0.5
+CACHE_USEFUL_RATIO = 0.2
+CACHE_WINDOW = "30m"
+MIN_CACHE_RPS = 0.2
 
 
 @dataclass(frozen=True)
@@ -148,6 +160,11 @@ def rules(opts: BuildOptions) -> list[AlertRule]:
     dropped = sum_rate(sel(TELEMETRY_DROPPED), Label.SIGNAL, window="10m")  # every signal × reason exists from 0
     drop_share = ratio(dropped, f"{exported} + {dropped}")
     pool_var = {"pool": f"{{{{ $labels.{PL} }}}}"}
+    diverged, primary_5xx = mirror_divergence(window=MIRROR_WINDOW)
+    compared = mirror_compared(window=MIRROR_WINDOW)
+    hit_ratio = cache_hit_ratio(window=CACHE_WINDOW)
+    hit_ratio_yesterday = cache_hit_ratio(window=CACHE_WINDOW, offset="1d")
+    cache_rps = cache_request_rate(window=CACHE_WINDOW)
     cert_days_left = (f"min by ({Label.LISTENER}, {Label.CERTIFICATE}, {Label.SERIAL}) "
                       f"({TLS_CERT_EXPIRY} - time()) / 86400")
     out = [
@@ -272,6 +289,37 @@ def rules(opts: BuildOptions) -> list[AlertRule]:
             "the listener's tls.certificates name, and reload (SIGHUP or POST /reload): new connections get the "
             "new certificate and the old one's series disappears.",
             "self", signals=(cert_days_left,)),
+        AlertRule(
+            "GatewatchMirrorDivergence",
+            f"{diverged}\n> on ({R}) group_left ()\n{primary_5xx} + {MIRROR_DIVERGENCE_MARGIN}\n"
+            f"and\n{compared} > {MIN_MIRROR_RPS}", "15m", "ticket",
+            "Route {{ $labels.gatewatch_route }}: shadow {{ $labels.gatewatch_upstream }} diverges from the "
+            "primary on {{ $value | humanizePercentage }} of mirrored requests",
+            f"Over {MIRROR_WINDOW}, the shadow {{{{ $labels.gatewatch_upstream }}}} of route "
+            f"{{{{ $labels.gatewatch_route }}}} failed, timed out or answered another status class than the "
+            f"primary on a share of the mirrored requests more than {MIRROR_DIVERGENCE_MARGIN:.0%} above the "
+            "route's own 5xx share, for 15 minutes (longer than the window: a burst of a few minutes cannot fire "
+            "it). Clients are not affected (a shadow's answer is discarded); "
+            "the version under test would be, if it took the traffic.",
+            "Traffic: Shadow vs primary (error, timeout or differing status) and the latency difference; the "
+            "shadow's CLIENT spans (gatewatch.mirror = true) carry gatewatch.mirror.match and the primary's status. "
+            "Hold the rollout of the shadowed version and look at its errors.",
+            "traffic", {"route": "{{ $labels.gatewatch_route }}"}, signals=(diverged, primary_5xx, compared)),
+        AlertRule(
+            "GatewatchCacheHitRatioCollapsed",
+            f"{hit_ratio}\n< {CACHE_COLLAPSE_FRACTION} * {hit_ratio_yesterday}\nand\n{hit_ratio_yesterday} > "
+            f"{CACHE_USEFUL_RATIO}\nand\n{cache_rps} > {MIN_CACHE_RPS}", "15m", "ticket",
+            "Route {{ $labels.gatewatch_route }}: cache hit ratio down to {{ $value | humanizePercentage }}",
+            f"The share of route {{{{ $labels.gatewatch_route }}}}'s requests answered from its cache over "
+            f"{CACHE_WINDOW} is below {CACHE_COLLAPSE_FRACTION:.0%} of what it was at the same time a day earlier "
+            f"(when it was above {CACHE_USEFUL_RATIO:.0%}), with traffic, for 15 minutes: the upstream now takes "
+            "the requests the cache used to absorb.",
+            "Traffic: cache results and the misses/bypasses by reason. A new bypass reason (no_store, private, "
+            "set_cookie, authorization) means the upstream's response headers changed; vary_mismatch or absent "
+            "with many evictions (capacity) means the key space grew past max_bytes / max_entries; a reload or a "
+            "restart empties the cache (it refills).",
+            "traffic", {"route": "{{ $labels.gatewatch_route }}"},
+            signals=(hit_ratio, cache_rps)),  # yesterday's needs a day of history: promtool's cases have it
         AlertRule(
             "GatewatchBalancerSilent", f"absent({ENDPOINTS})", "2m", "page",
             "No Gatewatch balancer is reporting metrics",

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import yaml
 
-from gatewatch.dashboards import alerts, balancer_health, decisions, itself, journey, overview, provisioning
+from gatewatch.dashboards import alerts, balancer_health, decisions, itself, journey, overview, provisioning, traffic
 from gatewatch.dashboards.options import BuildOptions
 from gatewatch.dashboards.panels import UID, render
 
 BOARDS = {"overview": overview, "journey": journey, "balancer": balancer_health, "decisions": decisions,
-          "self": itself}
+          "self": itself, "traffic": traffic}
 GENERATED = Path(__file__).parent / "generated"
 DASHBOARDS_DIR = "grafana/dashboards"
 DATASOURCES_FILE = "grafana/provisioning/datasources/datasources.yaml"

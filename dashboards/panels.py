@@ -43,6 +43,7 @@ UID = {
     "balancer": "gatewatch-balancer",
     "decisions": "gatewatch-decisions",
     "self": "gatewatch-self",
+    "traffic": "gatewatch-traffic",
 }
 
 

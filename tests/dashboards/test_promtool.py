@@ -66,8 +66,17 @@ STORE_UP_2 = f'gatewatch_ratelimit_store_up{{store="{STORE_URL}",instance="edge-
 EXPORTED = 'gatewatch_telemetry_exported_total{signal="traces"}'
 DROPPED = 'gatewatch_telemetry_dropped_total{signal="traces",reason="queue_full"}'
 ENDPOINTS = 'gatewatch_endpoints{gatewatch_pool="shop",state="healthy"}'
+COMPARED = 'gatewatch_mirror_comparisons_total{gatewatch_route="checkout",gatewatch_upstream="checkout-next",match="%s"}'
+SHADOW_SAME, SHADOW_ERROR, SHADOW_DIFFERS = (COMPARED % m for m in ("same_status_class", "shadow_error", "differs"))
+CHECKOUT_OK = EDGE % ("count", "checkout", "200", "")
+CHECKOUT_5XX = EDGE % ("count", "checkout", "502", "")
+CACHE = 'gatewatch_cache_requests_total{gatewatch_route="assets",result="%s",reason="%s"}'
+CACHE_HIT, CACHE_MISS, CACHE_STALE = CACHE % ("hit", "fresh"), CACHE % ("miss", "expired"), \
+    CACHE % ("stale", "stale_while_revalidate")
 
 POOL = {"gatewatch_pool": "shop"}
+SHADOW = {"gatewatch_route": "checkout", "gatewatch_upstream": "checkout-next"}
+ASSETS = {"gatewatch_route": "assets"}
 ORDERS = {"gatewatch_route": "orders"}
 
 # The incident the failover rule is shaped on (15 s scrapes): a pool at 10 req/s whose primary priority level
@@ -209,10 +218,48 @@ CASES = [
     Case("GatewatchTLSCertificateExpiringSoon", "15 days left", {CERT_EXPIRY % "a1": "1300000x30"}, ["20m"]),
     Case("GatewatchTLSCertificateExpiringSoon", "one flap: rotated (the old series goes, a new one with 90 days)",
          {CERT_EXPIRY % "a1": "1210000x2 stale", CERT_EXPIRY % "b2": "_x3 7776000x30"}, ["5m", "20m"]),
+    # Mirroring: the shadow's divergence (error, timeout, other status class) against the primary's own 5xx share
+    Case("GatewatchMirrorDivergence", "the shadow fails 10 % of mirrored requests, the primary none",
+         {CHECKOUT_OK: "0+600x40", SHADOW_SAME: "0+540x40", SHADOW_ERROR: "0+60x40"}, ["10m", "30m"], SHADOW),
+    Case("GatewatchMirrorDivergence", "8 % of shadow answers differ in status class from a healthy primary's",
+         {CHECKOUT_OK: "0+600x40", SHADOW_SAME: "0+552x40", SHADOW_DIFFERS: "0+48x40"}, ["30m"], SHADOW),
+    Case("GatewatchMirrorDivergence", "the primary fails as often as the shadow (10 % each): nothing new",
+         {CHECKOUT_OK: "0+540x40", CHECKOUT_5XX: "0+60x40", SHADOW_SAME: "0+540x40", SHADOW_ERROR: "0+60x40"},
+         ["30m"]),
+    Case("GatewatchMirrorDivergence", "3 % divergence stays under the 5-point margin",
+         {CHECKOUT_OK: "0+600x40", SHADOW_SAME: "0+582x40", SHADOW_DIFFERS: "0+18x40"}, ["30m"]),
+    Case("GatewatchMirrorDivergence", "a quiet mirror: 6 comparisons a minute, half of them errors",
+         {CHECKOUT_OK: "0+6x40", SHADOW_SAME: "0+3x40", SHADOW_ERROR: "0+3x40"}, ["30m"]),
+    Case("GatewatchMirrorDivergence", "one flap: the shadow fails every request for 3 minutes (a restart)",
+         {CHECKOUT_OK: "0+600x40", SHADOW_SAME: "0+600x10 6000x3 6000+600x27", SHADOW_ERROR: "0x10 600+600x2 1800x27"},
+         ["15m", "20m", "25m", "30m"]),
     Case("GatewatchBalancerSilent", "the balancer's series go stale", {ENDPOINTS: "3 3 3 stale"}, ["10m"], {}),
     Case("GatewatchBalancerSilent", "the balancer reports", {ENDPOINTS: "3x20"}, ["10m"]),
     Case("GatewatchBalancerSilent", "one flap: one failed scrape", {ENDPOINTS: "3 3 stale 3x20"}, ["3m", "10m"]),
 ]
+
+
+# Rules that compare with a day earlier (`offset 1d`) need a day and a bit of series: sampled and evaluated every
+# 10 minutes (promtool evaluates every rule at every step; at 1-minute steps these cases alone took 100 s).
+DAY_INTERVAL = "10m"
+DAY_CASES = [
+    Case("GatewatchCacheHitRatioCollapsed", "90 % hits for a day, then 10 % (the upstream started sending no-store)",
+         {CACHE_HIT: "0+5400x150 810600+600x10", CACHE_MISS: "0+600x150 90600+5400x10"}, ["1510m", "1600m"],
+         ASSETS),
+    Case("GatewatchCacheHitRatioCollapsed", "stale answers count as hits: 90 % served from the cache all along",
+         {CACHE_HIT: "0+3000x170", CACHE_STALE: "0+2400x170", CACHE_MISS: "0+600x170"}, ["1600m"]),
+    Case("GatewatchCacheHitRatioCollapsed", "a steady 10 %: it never was a useful cache, nothing collapsed",
+         {CACHE_HIT: "0+600x170", CACHE_MISS: "0+5400x170"}, ["1600m"]),
+    Case("GatewatchCacheHitRatioCollapsed", "a new route: a low hit ratio and no history a day ago",
+         {CACHE_HIT: "0+600x20", CACHE_MISS: "0+5400x20"}, ["150m"]),
+    Case("GatewatchCacheHitRatioCollapsed", "a quiet route (6 requests a minute) that stopped hitting",
+         {CACHE_HIT: "0+50x150 7500x10", CACHE_MISS: "0+10x150 1560+60x10"}, ["1600m"]),
+    Case("GatewatchCacheHitRatioCollapsed", "one flap: a reload empties the cache, 10 minutes of misses, refilled",
+         {CACHE_HIT: "0+5400x150 810000 810000+5400x9", CACHE_MISS: "0+600x150 96000 96000+600x9"},
+         ["1520m", "1530m", "1560m", "1600m"]),
+]
+for _c in DAY_CASES:
+    _c.interval = DAY_INTERVAL
 
 
 def _expected(case: Case, at: str, severity: str) -> list[dict]:
@@ -221,7 +268,7 @@ def _expected(case: Case, at: str, severity: str) -> list[dict]:
     return [{"exp_labels": {**case.fires, "severity": severity, "service": "gatewatch"}}]
 
 
-def _test_file(rules_path: Path, cases: list[Case]) -> dict:
+def _test_file(rules_path: Path, cases: list[Case], evaluation_interval: str = "1m") -> dict:
     severity = {r["alert"]: r["labels"]["severity"] for r in SHIPPED["groups"][0]["rules"]}
     tests = []
     for c in cases:
@@ -233,13 +280,13 @@ def _test_file(rules_path: Path, cases: list[Case]) -> dict:
                                 for at in c.eval_at],
             **({"promql_expr_test": c.expr_tests} if c.expr_tests else {}),
         })
-    return {"rule_files": [str(rules_path)], "evaluation_interval": "1m", "tests": tests}
+    return {"rule_files": [str(rules_path)], "evaluation_interval": evaluation_interval, "tests": tests}
 
 
 def test_every_alert_has_a_firing_and_a_silent_case():
     alerts = {r["alert"] for r in SHIPPED["groups"][0]["rules"]}
-    firing = {c.alert for c in CASES if c.fires is not None}
-    silent = {c.alert for c in CASES if c.fires is None}
+    firing = {c.alert for c in CASES + DAY_CASES if c.fires is not None}
+    silent = {c.alert for c in CASES + DAY_CASES if c.fires is None}
     assert firing == alerts and silent == alerts, (alerts - firing, alerts - silent)
     # Every page-severity alert also has a flap case that must stay silent.
     pages = {r["alert"] for r in SHIPPED["groups"][0]["rules"] if r["labels"]["severity"] == "page"}
@@ -259,11 +306,12 @@ def test_promtool_unit_tests_fire_and_stay_silent(promtool, tmp_path):
         r.pop("annotations")
     rules = tmp_path / "rules.yml"
     rules.write_text(yaml.safe_dump(stripped, sort_keys=False))
-    tests = tmp_path / "tests.yml"
-    tests.write_text(yaml.safe_dump(_test_file(rules, CASES), sort_keys=False, width=200))
-    run = subprocess.run([promtool, "test", "rules", str(tests)], capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
-    assert "SUCCESS" in run.stdout
+    for name, cases, step in (("tests.yml", CASES, "1m"), ("day-tests.yml", DAY_CASES, DAY_INTERVAL)):
+        tests = tmp_path / name
+        tests.write_text(yaml.safe_dump(_test_file(rules, cases, step), sort_keys=False, width=200))
+        run = subprocess.run([promtool, "test", "rules", str(tests)], capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
+        assert "SUCCESS" in run.stdout
 
 
 def test_shipped_file_renders_its_annotations(promtool, tmp_path):

@@ -3,8 +3,9 @@
 Scenario (two tiers, as `gatewatch demo` runs them): three demo backends behind a balancer process (pool `shop`
 with health checks, outlier detection, slow start, retries) behind an edge process (routes `orders` with API-key
 auth, a per-consumer rate limit, a circuit breaker and a shadow IP rule; `catalog` with a generous rate limit in a
-real Redis), plus a "canary" edge whose collector accepts connections and never answers (its telemetry queue
-overflows: drops). A real Prometheus scrapes the three admin endpoints every second with exemplar storage on and
+real Redis; `checkout`, a weighted split with a mirror, `assets` with a response cache and `bundle`, an aggregate
+route with a JSON transform, for the Traffic board), plus a "canary" edge whose collector accepts connections and
+never answers (its telemetry queue overflows: drops). A real Prometheus scrapes the three admin endpoints every second with exemplar storage on and
 evaluates the generated rules every second. Traffic: a baseline, then instance `inst-b` is killed (SIGKILL) while
 traffic continues, then auth failures, a rate-limit burst and the canary's traffic, then Redis is killed.
 
@@ -50,7 +51,7 @@ pytestmark = pytest.mark.timeout(150)
 
 KEYS = {"alice": "alice-secret-key", "bob": "bob-secret-key"}
 INSTANCES = ("inst-a", "inst-b", "inst-c")
-ROUTES = {"orders", "catalog"}
+ROUTES = {"orders", "catalog", "checkout", "assets", "bundle"}
 EXPECTED_VARIABLES = {  # variable → the values its query must return in this scenario
     "route": ROUTES, "upstream": {"shop"}, "instance": set(INSTANCES), "pool": {"shop"}}
 RATE_WINDOW = "10s"  # what $__rate_interval becomes (Grafana: max(4 × scrape interval, step + scrape interval))
@@ -113,10 +114,32 @@ def edge_config(balancer_url: str, service: str, redis_url: str, server_cert=Non
                  "policies": [{"name": "catalog-quota", "type": "rate_limit", "limit": 100000, "window_s": 60,
                                "store": "redis", "redis": {"url": redis_url, "timeout_s": 0.2, "on_error": "open",
                                                            "retry_after_s": 0.5}}]},
+                # the Traffic board's features (issue 19): a split with a mirror, a cache, an aggregate route
+                {"name": "checkout", "match": {"path": {"prefix": "/api/checkout"}},
+                 "upstreams": [{"name": "shop-tier", "weight": 80}, {"name": "shop-tier-canary", "weight": 20}],
+                 "mirror": {"upstream": "shop-tier-shadow"}},
+                {"name": "assets", "match": {"path": {"prefix": "/api/assets"}}, "upstream": "shop-tier",
+                 "cache": {}},
+                {"name": "bundle", "match": {"path": {"template": "/api/bundle/{id}"}},
+                 "policies": [{"name": "shape", "type": "json_transform", "response": {"remove": ["headers"]}}],
+                 "aggregate": {"on_error": "omit", "calls": [
+                     {"name": "stable", "upstream": "shop-tier", "path": "/anything/stable/{id}"},
+                     {"name": "canary", "upstream": "shop-tier-canary", "path": "/anything/canary/{id}"}]}},
             ],
-            "upstreams": [{"name": "shop-tier", "url": balancer_url}],
+            "upstreams": [{"name": "shop-tier", "url": balancer_url},
+                          {"name": "shop-tier-canary", "url": balancer_url},
+                          {"name": "shop-tier-shadow", "url": balancer_url}],
         },
     }
+
+
+def feature_traffic(edge: str) -> list[int]:
+    """Requests through the split and its mirror, the cache and the aggregate route (the Traffic board)."""
+    statuses = []
+    for i in range(20):
+        statuses += [send(f"http://{edge}/api/checkout/{i}"), send(f"http://{edge}/api/assets/{i % 5}"),
+                     send(f"http://{edge}/api/bundle/{i}")]
+    return statuses
 
 
 def start(workdir, name: str, config: dict, env: dict) -> Proc:
@@ -234,7 +257,8 @@ def test_boards_and_rules_against_real_prometheus(tmp_path, otlp, blackhole):
 
         # --- traffic ---------------------------------------------------------------------------------------
         with Traffic(public) as traffic:
-            time.sleep(8)  # baseline
+            features = feature_traffic(public)
+            time.sleep(6)  # baseline
             secure = ssl.create_default_context(cafile=pki.ca_file)
             for i in range(5):  # over TLS (the TLS panels' handshakes), and once in plaintext to the TLS port
                 req = urllib.request.Request(f"https://localhost:{edge.listener('secure').split(':')[1]}/api/catalog/{i}")
@@ -283,6 +307,8 @@ def test_boards_and_rules_against_real_prometheus(tmp_path, otlp, blackhole):
                      'gatewatch_tls_handshake_failures_total{gatewatch_listener="secure",reason="not_tls"} 1.0'):
             if line not in edge_metrics:
                 report.add("scenario", f"the TLS listener's traffic is not counted: no {line!r}")
+        if set(features) != {200}:
+            report.add("scenario", f"the split, cache or aggregate routes failed: {sorted(set(features))}")
         if not traffic.statuses or traffic.statuses.count(200) < len(traffic.statuses) * 0.8:
             report.add("scenario", f"baseline traffic mostly failed: {sorted(set(traffic.statuses))}")
         if before_kill:

@@ -127,7 +127,7 @@ def test_committed_copy_matches_the_generator():
 
 def test_layout_uids_and_links_the_compose_stack_relies_on():
     assert set(dashboards(FILES)) == {"gatewatch-overview", "gatewatch-journey", "gatewatch-balancer",
-                                      "gatewatch-decisions", "gatewatch-self"}
+                                      "gatewatch-decisions", "gatewatch-self", "gatewatch-traffic"}
     for uid, board in dashboards(FILES).items():
         assert board["uid"] == uid and "gatewatch" in board["tags"]
         nav = [link for link in board["links"] if link["type"] == "dashboards"]
