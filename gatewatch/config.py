@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import os
 import re
 import ssl
 from pathlib import Path
@@ -131,6 +132,11 @@ class ListenerConfig(Strict):
     path_parameters: Literal["reject", "keep"] = "reject"
     headers_with_underscores: Literal["drop", "reject", "allow"] = "drop"
     tls: ListenerTLSConfig | None = None  # terminate TLS (https); absent: plaintext HTTP/1.1
+    # Bind with SO_REUSEPORT, so that a second `gatewatch run` (of the same user: the kernel refuses another uid)
+    # can bind the same address and take over before this one drains (docs/operations.md "Rolling restarts").
+    # Off by default: two processes started by mistake on one port would silently share its traffic.
+    # `workers` > 1 always sets it (the workers share the port).
+    reuse_port: bool = False
 
 
 class EdgeConfig(Strict):
@@ -145,8 +151,88 @@ class BalancerConfig(Strict):
     pools: tuple[PoolConfig, ...] = Field(min_length=1)
 
 
+# RFC 6750 §2.1 b64token: what a bearer token may contain.
+BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # use with fullmatch
+ADMIN_TOKEN_MIN_LENGTH = 16
+
+
 class AdminConfig(Strict):
+    """The admin listener (docs/admin.md). The bearer token is never written in this file: `token_file` (a file
+    holding it, re-read when it changes) or `token_env` (an environment variable's name). With a token, every
+    POST needs it; with `protect_reads`, every GET too except /healthz and /readyz (probes)."""
+
     address: Address = "127.0.0.1:9901"
+    token_file: str | None = None
+    token_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    protect_reads: bool = False
+    # Binding a non-loopback address without a token exposes drain/reload to the network: refused unless this says
+    # it is intended (e.g. inside a container network whose admin port is not published).
+    allow_remote_without_token: bool = False
+    # A link from the admin page's recent decisions and events to the trace, e.g.
+    # "https://grafana.example/explore?schemaVersion=1&panes=...{trace_id}...".
+    trace_url_template: str | None = Field(default=None, pattern=r"^https?://[^\s]*\{trace_id\}[^\s]*$")
+
+    def token(self) -> str | None:
+        """The configured bearer token (read now), or None. Raises ValueError naming the field when it cannot be
+        read or is not a usable token."""
+        if self.token_file is not None:
+            field = "token_file"
+            try:
+                value = Path(self.token_file).read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as err:
+                raise ValueError(f"token_file: cannot read {self.token_file!r}: "
+                                 f"{getattr(err, 'strerror', None) or err}") from None
+        elif self.token_env is not None:
+            field = "token_env"
+            value = os.environ.get(self.token_env, "").strip()
+            if not value:
+                raise ValueError(f"token_env: the environment variable {self.token_env} is not set or empty")
+        else:
+            return None
+        if not BEARER_TOKEN.fullmatch(value):
+            raise ValueError(f"{field}: the token must be one RFC 6750 b64token (letters, digits, -._~+/ and "
+                             "trailing =); `gatewatch apikey generate` makes one")
+        if len(value) < ADMIN_TOKEN_MIN_LENGTH:
+            raise ValueError(f"{field}: the token is {len(value)} characters; use at least "
+                             f"{ADMIN_TOKEN_MIN_LENGTH} random ones")
+        return value
+
+    @model_validator(mode="after")
+    def _secured(self):
+        if self.token_file is not None and self.token_env is not None:
+            raise ValueError("set one of token_file, token_env")
+        has_token = self.token() is not None
+        if self.protect_reads and not has_token:
+            raise ValueError("protect_reads needs a token (token_file or token_env)")
+        host = parse_address(self.address)[0]
+        if not has_token and not self.allow_remote_without_token and not is_loopback_host(host):
+            raise ValueError(f"address {self.address} is reachable from other hosts and no token is set: anyone "
+                             "there could drain instances and reload; set token_file or token_env, or "
+                             "allow_remote_without_token: true if the network is private")
+        return self
+
+
+def is_loopback_host(host: str) -> bool:
+    """A loopback address (127.0.0.0/8, ::1) or `localhost` / `*.localhost` (RFC 6761 §6.3); any other name may
+    resolve to anything."""
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class DrainConfig(Strict):
+    """What SIGTERM does, in order (docs/operations.md "Rolling restarts"): `/readyz` answers 503 at once and
+    traffic is still served for `readiness_delay_s` (a load balancer or kubelet takes the process out of rotation);
+    then the listeners stop accepting, responses say `Connection: close`, a keep-alive connection idle for
+    `idle_close_s` is closed, and requests in flight get until `grace_s` to finish."""
+
+    readiness_delay_s: float = Field(default=0.0, ge=0, le=300)
+    grace_s: float = Field(default=15.0, gt=0, le=3600)
+    idle_close_s: float = Field(default=1.0, gt=0, le=300)
 
 
 class GatewatchConfig(Strict):
@@ -157,6 +243,7 @@ class GatewatchConfig(Strict):
     # admin listener (admin port + worker index). 1 = this process serves.
     workers: int = Field(default=1, ge=1, le=64)
     admin: AdminConfig = AdminConfig()
+    drain: DrainConfig = DrainConfig()  # SIGTERM: readiness first, then stop accepting, then in-flight requests
     telemetry: TelemetryConfig = TelemetryConfig()
     edge: EdgeConfig | None = None
     balancer: BalancerConfig | None = None
@@ -230,11 +317,22 @@ def semantic_errors(cfg: GatewatchConfig) -> list[str]:
                 problems.append(f"{section}.listeners[{i}].address: {lst.address} is already used by {addresses[addr]}")
             addresses.setdefault(addr, f"{section}.listeners[{i}]")
         for i, route in enumerate(routes):
-            if route.upstream not in targets:
-                kind = "pool" if section == "balancer" else "upstream"
-                hint = closest(route.upstream, sorted(targets))
-                problems.append(f"{section}.routes[{i}].upstream: unknown {kind} {route.upstream!r}"
-                                + (f"; did you mean {hint!r}?" if hint else ""))
+            if route.upstream is None and not route.upstreams and route.aggregate is None:
+                problems.append(f"{section}.routes[{i}].upstream: missing required key")
+            # the upstream, each side of a weighted split, the mirror's shadow (issue 19)
+            refs = [(f"{section}.routes[{i}].upstream", route.upstream)] if route.upstream is not None else []
+            refs += [(f"{section}.routes[{i}].upstreams[{j}].name", s.name) for j, s in enumerate(route.upstreams)]
+            if route.mirror is not None:
+                refs.append((f"{section}.routes[{i}].mirror.upstream", route.mirror.upstream))
+            if route.aggregate is not None:  # each call's upstream, and its path's parameters (issue 19)
+                problems.extend(_aggregate_problems(f"{section}.routes[{i}].aggregate", route))
+                refs += [(f"{section}.routes[{i}].aggregate.calls[{j}].upstream", c.upstream)
+                         for j, c in enumerate(route.aggregate.calls)]
+            for where, name in refs:
+                if name not in targets:
+                    kind = "pool" if section == "balancer" else "upstream"
+                    hint = closest(name, sorted(targets))
+                    problems.append(f"{where}: unknown {kind} {name!r}" + (f"; did you mean {hint!r}?" if hint else ""))
             sp = route.rewrite.strip_prefix
             if sp is not None:
                 path = route.match.path
@@ -251,6 +349,23 @@ def semantic_errors(cfg: GatewatchConfig) -> list[str]:
                             " section's listeners drop or refuse such headers (headers_with_underscores): match the"
                             " '-' spelling, or set headers_with_underscores: allow on the listeners")
     return problems
+
+
+def _aggregate_problems(where: str, route) -> list[str]:
+    """An aggregate call's path may use only the route's own path parameters (`match.path.template`)."""
+    from gatewatch.edge.config import TEMPLATE_PARAM
+
+    path = route.match.path
+    params = set(TEMPLATE_PARAM.findall(path.template)) if path.template is not None else set()
+    out = []
+    for j, call in enumerate(route.aggregate.calls):
+        unknown = sorted(call.params - params)
+        if unknown:
+            have = f"the route's match.path.template has {', '.join(sorted(params))}" if params else \
+                "the route's match.path has no template parameters"
+            out.append(f"{where}.calls[{j}].path: {', '.join('{' + u + '}' for u in unknown)} is not a path "
+                       f"parameter of this route ({have})")
+    return out
 
 
 def _segment_prefix(path: str, prefix: str) -> bool:

@@ -246,3 +246,9 @@ class RequestRecord:
     # tls.client.subject, tls.client.hash.sha256), the last two only for a verified client certificate
     tls: tuple | None = None
     headers_dropped: tuple[str, ...] | None = None  # HeaderDrop values: inbound headers removed or cut, request served
+    cache: tuple | None = None  # a route with a response cache: (CacheResult, CacheReason, Age served or None)
+    # weighted split / request mirroring (issue 19): more SERVER span attributes (gatewatch.split.*, gatewatch.mirror.*)
+    span_attrs: dict[str, Any] | None = None
+    # a shadow request's record (issue 19): no SERVER span of its own, only `attempts[0]`'s CLIENT span, a child of
+    # `trace.span_id` (the primary's SERVER span); exported after the primary's record, when the shadow is done
+    mirror: bool = False

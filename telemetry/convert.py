@@ -10,6 +10,7 @@ Span tree of one request in one layer (DESIGN §4):
     SERVER  "{method} {http.route}"            gatewatch.layer = this layer
       [INTERNAL "balance {pool}"]              in-process balancer layer (gatewatch.layer = balancer)
         CLIENT "{method}" per upstream attempt  server.address/port = the instance, gatewatch.instance
+      [CLIENT "{method}" of a shadow request]  request mirroring: a record of its own, `shadow_models`
 """
 
 from __future__ import annotations
@@ -177,7 +178,14 @@ def redact_query(query: str, keep: frozenset[str] | None) -> str:
     return "&".join(parts)
 
 
+def _server_extra(r: RequestRecord) -> dict[str, Any]:
+    lb = r.lb if r.lb and not r.balance_span_id else {}
+    return {**lb, **r.span_attrs} if r.span_attrs else lb
+
+
 def span_models(r: RequestRecord, conv: Conventions = DEFAULT_CONVENTIONS) -> list[SpanModel]:
+    if r.mirror:
+        return shadow_models(r, conv)
     t = r.trace
     # every verdict of the route's policies, in order: "name=verdict:reason"
     summary = tuple(f"{p[0]}={p[2]}:{p[3]}" for p in r.policies) if r.policies else None
@@ -197,8 +205,8 @@ def span_models(r: RequestRecord, conv: Conventions = DEFAULT_CONVENTIONS) -> li
                    tuple(r.event_ids) if r.event_ids else None,
                    tuple(r.policy_durations) if r.policy_durations else None, r.store_rtt_s,
                    r.headers_dropped),
-                  # a balancer tier: its SERVER span carries the pick
-                  r.lb if r.lb and not r.balance_span_id else {})
+                  # a balancer tier: its SERVER span carries the pick; a split or mirror its decision (issue 19)
+                  _server_extra(r))
     name = f"{name_method} {r.route_template}" if r.route_template else name_method
     out = [SpanModel(name, t.trace_id, t.span_id, t.parent_span_id, SERVER, r.start_ns, r.end_ns, attrs,
                      failed, t.link)]
@@ -212,15 +220,39 @@ def span_models(r: RequestRecord, conv: Conventions = DEFAULT_CONVENTIONS) -> li
     for a in r.attempts:
         status = a.status
         error_type = a.error_type or (str(status) if status and status >= 400 else None)
+        # an aggregate route's call has its own method; every other attempt sends the request's
+        a_method, a_original, a_name = (method, original, name_method) if a.method == r.method else \
+            _method(a.method, conv.known_methods)
         a_attrs = Attrs(CLIENT_SHAPE,
-                        (method, original, a.host, a.port, a.peer_address, status, a.resend_count or None,
+                        (a_method, a_original, a.host, a.port, a.peer_address, status, a.resend_count or None,
                          error_type, a.layer, r.route, a.upstream, a.instance, a.zone, a.outcome, a.peer_port),
                         (), (a.url_full, r.request_id, a.backoff_s, a.pool_wait_s, a.connect_s, a.tls_s,
                              a.request_sent_s, a.ttfb_s, a.tls_failure, a.tls_protocol_version, a.tls_cipher),
                         a.lb or r.lb)  # each attempt's own pick (a retry's exclusions never leak onto the first)
-        out.append(SpanModel(name_method, t.trace_id, a.span_id, attempt_parent, CLIENT, a.start_ns,
+        out.append(SpanModel(a_name, t.trace_id, a.span_id, attempt_parent, CLIENT, a.start_ns,
                              a.end_ns or r.end_ns, a_attrs, a.error_type is not None or (status or 0) >= 400,
                              None))
+    return out
+
+
+def shadow_models(r: RequestRecord, conv: Conventions = DEFAULT_CONVENTIONS) -> list[SpanModel]:
+    """A shadow request (request mirroring, issue 19): one CLIENT span per shadow attempt, a child of the primary's
+    SERVER span (`r.trace.span_id`) in the primary's trace. A child rather than a span link: the shadow is caused
+    by that request and nothing else, and a child keeps it in the request's trace tree (OTel lets a child end
+    after its parent); `gatewatch.mirror = true` and the comparison with the primary are its own attributes."""
+    t = r.trace
+    method, original, name_method = _method(r.method, conv.known_methods)
+    out = []
+    for a in r.attempts:
+        status = a.status
+        error_type = a.error_type or (str(status) if status and status >= 400 else None)
+        attrs = Attrs(CLIENT_SHAPE,
+                      (method, original, a.host, a.port, a.peer_address, status, None, error_type, a.layer, r.route,
+                       a.upstream, a.instance, a.zone, a.outcome, a.peer_port),
+                      (), (a.url_full, r.request_id, None, a.pool_wait_s, a.connect_s, a.tls_s, a.request_sent_s,
+                           a.ttfb_s, a.tls_failure, a.tls_protocol_version, a.tls_cipher), a.lb)
+        out.append(SpanModel(name_method, t.trace_id, a.span_id, t.span_id, CLIENT, a.start_ns, a.end_ns or r.end_ns,
+                             attrs, a.error_type is not None or (status or 0) >= 400, None))
     return out
 
 

@@ -31,6 +31,8 @@ from gatewatch.telemetry.names import SCOPE_NAME, TelemetrySignal
 
 
 def span_count(r) -> int:
+    if r.mirror:  # a shadow request: its CLIENT span only (telemetry.convert)
+        return len(r.attempts)
     return 1 + len(r.attempts) + (1 if r.balance_span_id else 0)
 
 

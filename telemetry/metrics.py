@@ -17,7 +17,8 @@ from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPEN
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from gatewatch.telemetry.fastmetrics import FastCounter, FastHistogram
-from gatewatch.telemetry.names import CONSUMER_LABEL_CAP, DURATION_BUCKETS_S, OVERFLOW_LABEL, Label, Metric
+from gatewatch.telemetry.names import (CONSUMER_LABEL_CAP, DURATION_BUCKETS_S, MIRROR_DELTA_BUCKETS_S, OVERFLOW_LABEL,
+                                       Label, Metric)
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -53,9 +54,27 @@ class Metrics:
         self.instance_requests = FastCounter(
             Metric.INSTANCE_REQUESTS, "Upstream attempts per instance, by pool and outcome.",
             [Label.POOL, Label.INSTANCE, Label.OUTCOME])
+        self.cache_requests = FastCounter(  # response caching (issue 19)
+            Metric.CACHE_REQUESTS, "Requests to routes with a response cache, by how the cache took part (hit, "
+            "miss, stale, revalidated, bypass) and why.", [Label.ROUTE, Label.RESULT, Label.REASON])
+        # weighted splits and request mirroring (issue 19)
+        self.split_requests = FastCounter(
+            Metric.SPLIT_REQUESTS, "Requests of a route with a weighted split, by the side (upstream) that took "
+            "them and why (weight, sticky key or cookie, tester override).",
+            [Label.ROUTE, Label.UPSTREAM, Label.REASON])
+        self.mirror_requests = FastCounter(
+            Metric.MIRROR_REQUESTS, "Requests a route's mirror selected, by shadow upstream and result: sent, or "
+            "skipped (never queued) and why.", [Label.ROUTE, Label.UPSTREAM, Label.RESULT])
+        self.mirror_comparisons = FastCounter(
+            Metric.MIRROR_COMPARISONS, "Shadow answers compared with the primary's, by shadow upstream and match "
+            "(same status class, differs, shadow error, shadow timeout).", [Label.ROUTE, Label.UPSTREAM, Label.MATCH])
+        self.mirror_latency_delta = FastHistogram(
+            Metric.MIRROR_LATENCY_DELTA, "Shadow request duration minus the primary's, for shadows that answered.",
+            [Label.ROUTE, Label.UPSTREAM], MIRROR_DELTA_BUCKETS_S, unit="seconds")
         # Rendered by `exposition` itself (see fastmetrics), not through the registry.
         self.fast = (self.server_duration, self.client_duration, self.decisions, self.policy_verdicts,
-                     self.instance_requests, self.pool_requests)
+                     self.instance_requests, self.pool_requests, self.cache_requests, self.split_requests,
+                     self.mirror_requests, self.mirror_comparisons, self.mirror_latency_delta)
         # balancer state and events (per pool; instance labels are bounded by the pool's size)
         self.failovers = Counter(
             Metric.FAILOVERS, "Failovers: traffic moved to another priority or a retry went to another instance.",
@@ -101,11 +120,31 @@ class Metrics:
             Metric.AUTH_PROVIDER_UP, "1 while an identity provider's endpoint (OIDC discovery, JWKS, token "
             "introspection) answers, 0 while it is failing, by provider and endpoint.",
             [Label.PROVIDER, Label.ENDPOINT], registry=r)
+        self.cache_entries = Gauge(  # response caching (issue 19)
+            Metric.CACHE_ENTRIES, "Responses held by a route's cache.", [Label.ROUTE], registry=r)
+        self.cache_bytes = Gauge(
+            Metric.CACHE_BYTES, "Bytes held by a route's cache (bodies and headers).", [Label.ROUTE], registry=r)
+        self.cache_evictions = Counter(
+            Metric.CACHE_EVICTIONS, "Stored responses removed from a route's cache, by reason.",
+            [Label.ROUTE, Label.REASON], registry=r)
+        self.discovery_refreshes = Counter(  # service discovery (issue 20)
+            Metric.DISCOVERY_REFRESHES, "Service-discovery refreshes of a pool's instances, by pool, source and "
+            "result (ok, or why the last good set was kept).", [Label.POOL, Label.SOURCE, Label.RESULT], registry=r)
         self.config_reloads = Counter(
             Metric.CONFIG_RELOADS, "Configuration reloads, by result.", [Label.RESULT], registry=r)
+        self.drain_steps = Counter(
+            Metric.DRAIN_STEPS, "SIGTERM drains of this process that reached a step (started, stopped_accepting, "
+            "drained or grace_expired).", [Label.STEP], registry=r)
+        self.drain_connections_closed = Counter(
+            Metric.DRAIN_CONNECTIONS_CLOSED, "Client connections ended during a drain, by listener and how: "
+            "after a response saying Connection: close, closed idle, or cut when the grace ran out.",
+            [Label.LISTENER, Label.REASON], registry=r)
         self.headers_dropped = Counter(
             Metric.REQUEST_HEADERS_DROPPED, "Inbound request headers removed or cut before routing (the request was "
             "served), by layer and reason.", [Label.LAYER, Label.REASON], registry=r)
+        self.aggregate_calls = Counter(  # aggregate routes (issue 19)
+            Metric.AGGREGATE_CALLS, "Calls of aggregate routes, by route, call and result (ok, or why the call's "
+            "part could not be used).", [Label.ROUTE, Label.CALL, Label.RESULT], registry=r)
         self.endpoints = Gauge(
             Metric.ENDPOINTS, "Instances per pool and state.", [Label.POOL, Label.STATE], registry=r)
         self.in_flight = Gauge(

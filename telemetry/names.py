@@ -80,6 +80,11 @@ class ErrorType(StrEnum):
     # the connect step that failed, told apart (issue 18): CONNECT_REFUSED is only a refused TCP connection now
     DNS_ERROR = "dns_error"  # the host name did not resolve (NXDOMAIN, no address) or its lookup outlasted connect_s
     CONNECT_ERROR = "connect_error"  # any other connect failure: network or host unreachable, no local port left
+    # an aggregate route's call (issue 19): answered, but not usable as a part of the composed response
+    UNEXPECTED_STATUS = "unexpected_status"  # a status other than 2xx
+    RESPONSE_NOT_JSON = "response_not_json"  # the body is not JSON (or, to be merged, not a JSON object)
+    RESPONSE_TOO_LARGE = "response_too_large"  # the body exceeds the call's max_body_bytes
+    CANCELLED = "cancelled"  # stopped because another call had already failed the request (on_error: fail)
 
 
 class TlsFailure(StrEnum):
@@ -166,6 +171,10 @@ class DecisionKind(StrEnum):
     PICK = "pick"
     RETRY = "retry"
     FAILOVER = "failover"
+    CACHE = "cache"  # the response cache's outcome for the request (issue 19)
+    SPLIT = "split"  # which upstream of a route's weighted split took the request (issue 19)
+    MIRROR = "mirror"  # whether the request was copied to the route's shadow upstream (issue 19)
+    AGGREGATE = "aggregate"  # an aggregate route's composition: which calls made it in (issue 19)
 
 
 class DecisionResult(StrEnum):
@@ -180,9 +189,106 @@ class DecisionResult(StrEnum):
     RETRY = "retry"  # another attempt was granted
     REFUSED = "refused"  # another attempt was wanted and refused (the reason says why)
     FAILOVER = "failover"  # a retry went to a different instance
+    CHOSEN = "chosen"  # a split's side, chosen by weight or stickiness (the reason says which)
+    OVERRIDDEN = "overridden"  # a split's side forced by a tester's override header or cookie (always logged)
+    COMPOSED = "composed"  # an aggregate response with every call's part
+    PARTIAL = "partial"  # an aggregate response with failed calls left out (on_error: omit)
+    FAILED = "failed"  # an aggregate request failed by a call (502/503/504)
 
 
-ALLOW_RESULTS = frozenset({DecisionResult.MATCHED, DecisionResult.PICKED})  # decisions that let a request through
+
+
+# Response caching, RFC 9111 shared cache (issue 19)
+class CacheResult(StrEnum):
+    """How a route's response cache took part in one request: `gatewatch.cache.result` on the SERVER span, the
+    result of its `gatewatch.decision.cache` record and the `result` of `gatewatch_cache_requests_total`."""
+
+    HIT = "hit"  # a fresh stored response answered; the upstream was not asked
+    MISS = "miss"  # no usable stored response: the request went upstream (a GET's response was stored)
+    STALE = "stale"  # a stale stored response answered (stale-while-revalidate, stale-if-error)
+    REVALIDATED = "revalidated"  # a stored response was confirmed by the upstream (304) and served
+    BYPASS = "bypass"  # the request or the response may not be cached (the reason says which rule)
+
+
+class CacheReason(StrEnum):
+    """Why: `gatewatch.cache.reason`, the decision's reason and the `reason` of `gatewatch_cache_requests_total`."""
+
+    FRESH = "fresh"  # hit: within its freshness lifetime (RFC 9111 §4.2)
+    COALESCED = "coalesced"  # hit: answered by a concurrent request's upstream response (one request upstream)
+    SHARED = "shared"  # hit: found in the route's shared (Redis) tier, stored by another process or replica
+    ABSENT = "absent"  # miss: nothing stored for the key
+    VARY_MISMATCH = "vary_mismatch"  # miss: stored for the URL, not for these request headers (RFC 9111 §4.1)
+    EXPIRED = "expired"  # miss/revalidated: the stored response was stale
+    NO_CACHE = "no_cache"  # miss/revalidated: the stored response must be validated on every use (no-cache)
+    CLIENT_NO_CACHE = "client_no_cache"  # miss/revalidated: the request said no-cache or max-age=0
+    STALE_WHILE_REVALIDATE = "stale_while_revalidate"  # stale: served, revalidated in the background (RFC 5861 §3)
+    STALE_IF_ERROR = "stale_if_error"  # stale: the upstream failed, the stale response was served (RFC 5861 §4)
+    METHOD = "method"  # bypass: not GET or HEAD (an unsafe method invalidates the URI, RFC 9111 §4.4)
+    CLIENT_NO_STORE = "client_no_store"  # bypass: the request said no-store (RFC 9111 §5.2.1.5)
+    RANGE = "range"  # bypass: a Range request (partial content is not cached)
+    NO_STORE = "no_store"  # bypass: the response said no-store (RFC 9111 §5.2.2.5)
+    PRIVATE = "private"  # bypass: the response said private (RFC 9111 §5.2.2.7)
+    AUTHORIZATION = "authorization"  # bypass: a request with Authorization, response not marked shareable (§3.5)
+    SET_COOKIE = "set_cookie"  # bypass: the response sets a cookie and the route does not allow storing it
+    STATUS = "status"  # bypass: a status code that is not stored
+    NO_FRESHNESS = "no_freshness"  # bypass: no expiration time, no heuristic, no validator: nothing to reuse
+    VARY_STAR = "vary_star"  # bypass: Vary: * never matches a later request (RFC 9111 §4.1)
+    TOO_LARGE = "too_large"  # bypass: the body exceeds the route's max_entry_bytes (passed through)
+
+
+class CacheEviction(StrEnum):
+    """Why stored responses left a cache: the `reason` of `gatewatch_cache_evictions_total`."""
+
+    CAPACITY = "capacity"  # least recently used, to stay within max_bytes / max_entries
+    INVALIDATED = "invalidated"  # an unsafe request to the same URI succeeded (RFC 9111 §4.4)
+    EXPIRED = "expired"  # stale beyond any use (no validator, past every stale window)
+
+
+# Weighted splits and request mirroring (issue 19)
+class MirrorResult(StrEnum):
+    """What became of a request the route's `mirror.percent` selected: the result of its
+    `gatewatch.decision.mirror` record, `gatewatch.mirror.result` on its SERVER span and the `result` of
+    `gatewatch_mirror_requests_total`. A skipped copy is never queued: it is not sent at all."""
+
+    SENT = "sent"  # a copy went to the shadow upstream
+    SKIPPED_FULL = "skipped_full"  # max_in_flight shadow requests were already under way
+    SKIPPED_BODY = "skipped_body"  # the request body is larger than max_body_bytes
+    SKIPPED_STREAMED = "skipped_streamed"  # a body of unknown length: copying it would delay the client
+    SKIPPED_NO_INSTANCE = "skipped_no_instance"  # the shadow pool had no instance to take it
+
+
+class MirrorMatch(StrEnum):
+    """How a shadow's answer compared with the primary's: `gatewatch.mirror.match` on the shadow's CLIENT span
+    and the `match` of `gatewatch_mirror_comparisons_total`."""
+
+    SAME_STATUS_CLASS = "same_status_class"  # both answered, same status class (2xx/2xx, 5xx/5xx, ...)
+    DIFFERS = "differs"  # both answered, different status classes (or the primary did not answer)
+    SHADOW_ERROR = "shadow_error"  # the shadow failed: refused, reset, not HTTP, died mid-body
+    SHADOW_TIMEOUT = "shadow_timeout"  # the shadow did not answer within mirror.timeout_s
+
+
+ALLOW_RESULTS = frozenset({DecisionResult.MATCHED, DecisionResult.PICKED,  # decisions that let a request through
+                           CacheResult.HIT, CacheResult.MISS, CacheResult.REVALIDATED, CacheResult.BYPASS,
+                           DecisionResult.CHOSEN, *MirrorResult,
+                           DecisionResult.COMPOSED, "allow"})  # "allow": a policy's (Verdict.ALLOW) logged allows
+
+
+class AggregateCall(StrEnum):
+    """How one call of an aggregate route ended: the `result` of `gatewatch_aggregate_calls_total`, and the
+    reason in the response's `_partial` marker and the `gatewatch.decision.aggregate` record."""
+
+    OK = "ok"  # a 2xx JSON answer within max_body_bytes: its part is in the response
+    TIMEOUT = "timeout"  # no complete answer within the call's timeout_s
+    CONNECT_ERROR = "connect_error"  # DNS, refused, unreachable
+    TLS_ERROR = "tls_error"
+    UPSTREAM_ERROR = "upstream_error"  # reset, not HTTP, died mid-body
+    STATUS = "status"  # answered with a status other than 2xx
+    NOT_JSON = "not_json"  # the body is not JSON
+    NOT_OBJECT = "not_object"  # compose: merge, and the body is JSON but not an object
+    TOO_LARGE = "too_large"  # the body exceeds max_body_bytes
+    NO_HEALTHY_UPSTREAM = "no_healthy_upstream"  # the pool had no instance to pick
+    OVERFLOW = "overflow"  # every instance of the pool was at its connection limit
+    CANCELLED = "cancelled"  # another call had already failed the request (on_error: fail)
 
 
 class FailoverKind(StrEnum):
@@ -231,13 +337,21 @@ class Event(StrEnum):
     DECISION_PICK = "gatewatch.decision.pick"
     DECISION_RETRY = "gatewatch.decision.retry"
     DECISION_FAILOVER = "gatewatch.decision.failover"
+    DECISION_CACHE = "gatewatch.decision.cache"  # the response cache's outcome (issue 19)
+    DECISION_SPLIT = "gatewatch.decision.split"  # a weighted split's side (issue 19)
+    DECISION_MIRROR = "gatewatch.decision.mirror"  # a request copied to a shadow upstream, or skipped (issue 19)
+    DECISION_AGGREGATE = "gatewatch.decision.aggregate"  # an aggregate route's composition (issue 19)
     HEALTH_TRANSITION = "gatewatch.health.transition"
     OUTLIER_EJECTION = "gatewatch.outlier.ejection"
     CIRCUIT_TRANSITION = "gatewatch.circuit.transition"
     CONFIG_RELOAD = "gatewatch.config.reload"
+    DRAIN = "gatewatch.drain"  # SIGTERM: one record per `DrainStep` (docs/operations.md "Rolling restarts")
     RATELIMIT_STORE = "gatewatch.ratelimit.store.transition"  # a rate-limit store went down or came back
     # OAuth2 / OIDC (issue 16)
     AUTH_PROVIDER = "gatewatch.auth.provider.transition"  # an identity provider's endpoint went down or came back
+    # Service discovery (issue 20)
+    DISCOVERY_CHANGE = "gatewatch.discovery.change"  # a pool's members changed: added/removed/updated, and why
+    DISCOVERY_FAILURE = "gatewatch.discovery.failure"  # a refresh failed (last good set kept), or recovered
 
 
 DECISION_EVENTS: dict[DecisionKind, Event] = {
@@ -246,6 +360,10 @@ DECISION_EVENTS: dict[DecisionKind, Event] = {
     DecisionKind.PICK: Event.DECISION_PICK,
     DecisionKind.RETRY: Event.DECISION_RETRY,
     DecisionKind.FAILOVER: Event.DECISION_FAILOVER,
+    DecisionKind.CACHE: Event.DECISION_CACHE,
+    DecisionKind.SPLIT: Event.DECISION_SPLIT,
+    DecisionKind.MIRROR: Event.DECISION_MIRROR,
+    DecisionKind.AGGREGATE: Event.DECISION_AGGREGATE,
 }
 
 
@@ -298,6 +416,16 @@ class Attr:
     RETRY_BUDGET_REMAINING = "gatewatch.retry.budget_remaining"
     RETRY_ATTEMPT = "gatewatch.retry.attempt"
     RETRY_FAILURE = "gatewatch.retry.failure"  # connect_failure | reset | timeout | status
+    # service discovery (issue 20)
+    LB_SOURCES = "gatewatch.lb.sources"  # where a discovered pool's candidates came from, e.g. "dns=3"
+    DISCOVERY_SOURCE = "gatewatch.discovery.source"  # DiscoverySource
+    DISCOVERY_DETAIL = "gatewatch.discovery.detail"  # e.g. "dns A api.internal ttl 30", "file /x.yaml changed"
+    DISCOVERY_ADDED = "gatewatch.discovery.added"  # instance ids
+    DISCOVERY_REMOVED = "gatewatch.discovery.removed"
+    DISCOVERY_UPDATED = "gatewatch.discovery.updated"
+    DISCOVERY_INSTANCES = "gatewatch.discovery.instances"  # the pool's size after the change
+    DISCOVERY_RESULT = "gatewatch.discovery.result"  # DiscoveryResult
+    DISCOVERY_FAILURES = "gatewatch.discovery.consecutive_failures"
     FAILOVER_FROM = "gatewatch.failover.from"  # instance id or priority level
     FAILOVER_TO = "gatewatch.failover.to"
     HEALTH_FROM = "gatewatch.health.from"
@@ -322,6 +450,8 @@ class Attr:
     CONFIG_VERSION = "gatewatch.config.version"
     CONFIG_LOADED_AT = "gatewatch.config.loaded_at"  # RFC 3339, UTC
     CONFIG_PATH = "gatewatch.config.path"  # the file a reload read
+    DRAIN_STEP = "gatewatch.drain.step"  # DrainStep
+    DRAIN_CONNECTIONS = "gatewatch.drain.connections"  # client connections still open when the step was reached
     CONFIG_PROBLEMS = "gatewatch.config.problems"  # why a reload was refused (field.path: message)
     CONFIG_PREVIOUS_VERSION = "gatewatch.config.previous_version"  # the version a reload replaced
     ROUTE_FAILED_CONDITION = "gatewatch.route.failed_condition"  # no route: the nearest route's failed condition
@@ -360,6 +490,35 @@ class Attr:
     AUTH_URL = "gatewatch.auth.url"  # the URL called (a discovered jwks_uri differs from the provider)
     AUTH_PROVIDER_FROM = "gatewatch.auth.provider.from"  # StoreState
     AUTH_PROVIDER_TO = "gatewatch.auth.provider.to"
+    # response caching (issue 19), on the SERVER span of a route with a cache
+    CACHE_RESULT = "gatewatch.cache.result"  # CacheResult
+    CACHE_REASON = "gatewatch.cache.reason"  # CacheReason
+    CACHE_AGE = "gatewatch.cache.age_s"  # the Age sent with a stored response (RFC 9111 §5.1), whole seconds
+    # weighted splits (issue 19), on the SERVER span of a route with `upstreams` (gatewatch.upstream: the side)
+    SPLIT_UPSTREAM = "gatewatch.split.upstream"  # the side that took the request
+    SPLIT_WEIGHT = "gatewatch.split.weight"  # its configured weight
+    SPLIT_REASON = "gatewatch.split.reason"  # Reason split.*: weight, sticky_hash, sticky_cookie, override_*
+    # request mirroring (issue 19): on the SERVER span of a request the mirror selected ...
+    MIRROR_UPSTREAM = "gatewatch.mirror.upstream"  # the shadow upstream
+    MIRROR_RESULT = "gatewatch.mirror.result"  # MirrorResult
+    # ... and on the shadow's CLIENT span (a child of that SERVER span, gatewatch.mirror = true)
+    MIRROR = "gatewatch.mirror"
+    MIRROR_MATCH = "gatewatch.mirror.match"  # MirrorMatch
+    MIRROR_PRIMARY_STATUS = "gatewatch.mirror.primary_status_code"  # what the client got (absent: no status)
+    MIRROR_LATENCY_DELTA = "gatewatch.mirror.latency_delta_s"  # shadow duration minus primary duration
+    # aggregate routes (issue 19): on each call's CLIENT span, and on the gatewatch.decision.aggregate record
+    AGGREGATE_CALL = "gatewatch.aggregate.call"  # the call's name (CLIENT span)
+    AGGREGATE_COMPOSE = "gatewatch.aggregate.compose"  # merge | template
+    AGGREGATE_OK = "gatewatch.aggregate.ok"  # the calls whose parts are in the response
+    AGGREGATE_FAILED = "gatewatch.aggregate.failed"  # "name=AggregateCall" of each failed call
+    AGGREGATE_SIZES = "gatewatch.aggregate.sizes"  # "name=bytes" of each call's body
+    AGGREGATE_RESPONSE_BYTES = "gatewatch.aggregate.response_bytes"  # the composed body
+    # JSON body transforms (json_transform policy, issue 19), on their gatewatch.decision.policy records
+    TRANSFORM_DIRECTION = "gatewatch.transform.direction"  # request | response
+    TRANSFORM_CHANGES = "gatewatch.transform.changes"  # what changed: "remove:a.b", "rename:a>b", "add:c"
+    TRANSFORM_BYTES_BEFORE = "gatewatch.transform.bytes_before"
+    TRANSFORM_BYTES_AFTER = "gatewatch.transform.bytes_after"
+    TRANSFORM_SKIPPED = "gatewatch.transform.skipped"  # why a body was left as it was: not_json, encoded, no_body
 
 
 class Reason(StrEnum):
@@ -399,6 +558,17 @@ class Reason(StrEnum):
     OUTLIER_EJECTION_EXPIRED = "outlier.ejection_expired"
     OUTLIER_ACTIVE_RECOVERY = "outlier.active_check_recovered"  # ejected, then the active check saw it come back
     OUTLIER_MAX_EJECTION_PERCENT = "outlier.max_ejection_percent"  # an ejection was due but the cap forbade it
+    # weighted splits (issue 19): why a side took the request
+    SPLIT_WEIGHT = "split.weight"  # by weight (no sticky key, or a new client given its cookie now)
+    SPLIT_STICKY_HASH = "split.sticky_hash"  # the request's sticky key hashed into the weights (consistent)
+    SPLIT_STICKY_COOKIE = "split.sticky_cookie"  # the split cookie Gatewatch set earlier, hashed the same way
+    SPLIT_OVERRIDE_HEADER = "split.override_header"  # a tester's override header named the side
+    SPLIT_OVERRIDE_COOKIE = "split.override_cookie"  # a tester's override cookie named the side
+    # aggregate routes (issue 19): how the composition went
+    AGGREGATE_ALL_OK = "aggregate.all_ok"  # every call's part is in the response
+    AGGREGATE_PARTS_OMITTED = "aggregate.parts_omitted"  # on_error: omit, and some calls failed
+    AGGREGATE_CALL_FAILED = "aggregate.call_failed"  # a call failed the request (on_error: fail, or required)
+    MIRROR_PERCENT = "mirror.percent"  # the route's mirror.percent selected the request (the result: sent/skipped)
 
 
 class Exclusion(StrEnum):
@@ -477,6 +647,14 @@ class PolicyReason(StrEnum):
     INTROSPECTION_MISSING_CLAIM = "introspection.missing_claim"
     INTROSPECTION_INSUFFICIENT_SCOPE = "introspection.insufficient_scope"
     INTROSPECTION_UNAVAILABLE = "introspection.unavailable"  # endpoint down, slow or garbled: fail_mode applies
+    # JSON body transforms (json_transform, issue 19); a request over max_bytes is size.too_large (413)
+    JSON_REQUEST_APPLIED = "json_transform.request_applied"
+    JSON_REQUEST_SKIPPED = "json_transform.request_skipped"  # no body, not JSON, or no request changes configured
+    JSON_REQUEST_INVALID = "json_transform.request_invalid_json"  # declared JSON, is not: 400
+    JSON_RESPONSE_APPLIED = "json_transform.response_applied"
+    JSON_RESPONSE_SKIPPED = "json_transform.response_skipped"  # not JSON, encoded, no body: relayed as it is
+    JSON_RESPONSE_TOO_LARGE = "json_transform.response_too_large"  # over max_bytes: relayed as it is
+    JSON_RESPONSE_INVALID = "json_transform.response_invalid_json"  # declared JSON, is not: relayed as it is
 
 
 class Metric:
@@ -502,6 +680,8 @@ class Metric:
     RATE_LIMITED_CONSUMERS = "gatewatch_ratelimit_consumer_limited"  # counter -> ..._total, consumer (capped)
     CIRCUIT_STATE = "gatewatch_circuit_state"  # gauge 0/1 per state, by route and state
     CONFIG_RELOADS = "gatewatch_config_reloads"  # counter -> ..._total, by result
+    DRAIN_STEPS = "gatewatch_drain_steps"  # counter -> ..._total, by step (DrainStep): SIGTERM drains reached it
+    DRAIN_CONNECTIONS_CLOSED = "gatewatch_drain_connections_closed"  # counter -> ..._total, listener, DrainClose
     RATELIMIT_STORE_UP = "gatewatch_ratelimit_store_up"  # gauge 1/0, by store (its URL without credentials)
     POOL_REQUESTS = "gatewatch_pool_requests"  # counter -> ..._total, by pool and failover (FailoverKind)
     # Process metrics of every Gatewatch process (each worker is its own scrape target): worker health.
@@ -512,6 +692,7 @@ class Metric:
     TELEMETRY_EXPORTED = "gatewatch_telemetry_exported"  # counter -> gatewatch_telemetry_exported_total
     TELEMETRY_QUEUE = "gatewatch_telemetry_queue_items"  # gauge
     BUILD_INFO = "gatewatch_build"  # info -> gatewatch_build_info
+    ADMIN_AUTH_FAILURES = "gatewatch_admin_auth_failures"  # counter -> ..._total, by reason (AdminAuthFailure)
     CONFIG_INFO = "gatewatch_config"  # info -> gatewatch_config_info{version}
     CONFIG_LOADED = "gatewatch_config_last_reload_success_timestamp_seconds"  # gauge: when the config was loaded
     REQUEST_HEADERS_DROPPED = "gatewatch_request_headers_dropped"  # counter -> ..._total, by layer and HeaderDrop
@@ -521,6 +702,20 @@ class Metric:
     TLS_CERT_EXPIRY = "gatewatch_tls_certificate_expiry_timestamp_seconds"  # gauge: notAfter, per served cert
     # OAuth2 / OIDC (issue 16)
     AUTH_PROVIDER_UP = "gatewatch_auth_provider_up"  # gauge 1/0, by provider (as configured) and endpoint
+    # Service discovery (issue 20)
+    DISCOVERY_REFRESHES = "gatewatch_discovery_refreshes"  # counter -> ..._total, by pool, source, DiscoveryResult
+    # response caching (issue 19), per route with a cache
+    CACHE_REQUESTS = "gatewatch_cache_requests"  # counter -> ..._total, by route, result (CacheResult) and reason
+    CACHE_ENTRIES = "gatewatch_cache_entries"  # gauge: stored responses, by route
+    CACHE_BYTES = "gatewatch_cache_bytes"  # gauge: bytes held (bodies and headers), by route
+    CACHE_EVICTIONS = "gatewatch_cache_evictions"  # counter -> ..._total, by route and reason (CacheEviction)
+    # weighted splits and mirroring (issue 19), per route with `upstreams` / `mirror`
+    SPLIT_REQUESTS = "gatewatch_split_requests"  # counter -> ..._total, by route, upstream (side) and reason (split.*)
+    MIRROR_REQUESTS = "gatewatch_mirror_requests"  # counter -> ..._total, by route, upstream (shadow), result
+    MIRROR_COMPARISONS = "gatewatch_mirror_comparisons"  # counter -> ..._total, by route, upstream, match
+    MIRROR_LATENCY_DELTA = "gatewatch_mirror_latency_delta_seconds"  # histogram: shadow minus primary duration
+    # aggregate routes (issue 19)
+    AGGREGATE_CALLS = "gatewatch_aggregate_calls"  # counter -> ..._total, by route, call and result (AggregateCall)
 
 
 class Label:
@@ -537,6 +732,7 @@ class Label:
     RESULT = "result"
     SIGNAL = "signal"
     REASON = "reason"
+    STEP = "step"  # DrainStep
     PRIORITY = "priority"
     POLICY = "gatewatch_policy"
     POLICY_TYPE = "gatewatch_policy_type"
@@ -558,6 +754,32 @@ class Label:
     # OAuth2 / OIDC (issue 16)
     PROVIDER = "provider"  # an identity provider as configured: issuer, jwks.url or introspection endpoint
     ENDPOINT = "endpoint"  # AuthEndpoint
+    SOURCE = "source"  # DiscoverySource (service discovery, issue 20)
+    MATCH = "match"  # MirrorMatch, of gatewatch_mirror_comparisons_total
+    CALL = "call"  # an aggregate route's call name (config), of gatewatch_aggregate_calls_total
+
+
+class DiscoverySource(StrEnum):
+    """Where a pool's instances come from (`source` of a pool and of each instance in the admin `/upstreams`)."""
+
+    STATIC = "static"  # the config's `instances`
+    DNS = "dns"
+    FILE = "file"
+    K8S = "k8s"
+
+
+class DiscoveryResult(StrEnum):
+    """The `result` label of `gatewatch_discovery_refreshes_total`: `ok` (an answer, applied whether it changed
+    anything or not), else why the last good set was kept."""
+
+    OK = "ok"
+    NXDOMAIN = "nxdomain"  # DNS: the name does not exist (RFC 1035 RCODE 3)
+    SERVFAIL = "servfail"  # DNS: SERVFAIL, REFUSED or another error RCODE from every nameserver
+    TIMEOUT = "timeout"  # no answer in time
+    EMPTY = "empty"  # DNS: the name exists but has no record of the type (NODATA), or only unusable ones
+    INVALID = "invalid"  # a file with errors; an API answer that is not what the protocol says
+    EXPIRED = "expired"  # k8s: the watch's resourceVersion is too old (410 Gone): relisted
+    ERROR = "error"  # cannot connect, an HTTP error status, an unreadable file
 
 
 class EndpointState(StrEnum):
@@ -596,9 +818,41 @@ class DropReason(StrEnum):
     SHUTDOWN = "shutdown"
 
 
+class AdminAuthFailure(StrEnum):
+    """Why the admin listener refused a request for its bearer token (`reason` of
+    `gatewatch_admin_auth_failures_total`; RFC 6750 §3.1)."""
+
+    MISSING = "missing"  # no Authorization: Bearer credentials (401)
+    MALFORMED = "malformed"  # Bearer credentials that are not one b64token, or several Authorization headers (400)
+    INVALID = "invalid"  # a well-formed token that is not the configured one (401 invalid_token)
+    CROSS_SITE = "cross_site"  # a browser request from another origin (403): CSRF / DNS rebinding
+
+
+class DrainStep(StrEnum):
+    """The steps of a SIGTERM drain, in order (`step` of `gatewatch_drain_steps_total`, `gatewatch.drain.step`)."""
+
+    STARTED = "started"  # /readyz answers 503; traffic is still served for drain.readiness_delay_s
+    STOPPED_ACCEPTING = "stopped_accepting"  # the listening sockets are closed; responses say Connection: close
+    DRAINED = "drained"  # every client connection ended within drain.grace_s
+    GRACE_EXPIRED = "grace_expired"  # drain.grace_s ran out: the connections left were cut
+
+
+class DrainClose(StrEnum):
+    """How a client connection ended during a drain (`reason` of `gatewatch_drain_connections_closed_total`)."""
+
+    AFTER_RESPONSE = "after_response"  # its response said Connection: close (or the client closed it)
+    IDLE = "idle"  # closed by the listener after drain.idle_close_s without a request
+    DEADLINE = "deadline"  # still busy (or with a request unread) when drain.grace_s ran out: cut
+
+
 # OTel semconv's recommended buckets for http.*.request.duration (seconds).
 DURATION_BUCKETS_S: tuple[float, ...] = (
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+)
+
+# gatewatch_mirror_latency_delta_seconds: shadow minus primary duration, either sign (seconds).
+MIRROR_DELTA_BUCKETS_S: tuple[float, ...] = (
+    -2.5, -1.0, -0.5, -0.25, -0.1, -0.05, -0.025, -0.01, 0.0, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )
 
 # The HTTP methods recorded as themselves (RFC 9110's, PATCH and QUERY); anything else is "_OTHER", its span

@@ -28,6 +28,7 @@ from gatewatch.telemetry.config import ResolvedTelemetry
 from gatewatch.telemetry.context import EventRecord, RequestRecord
 from gatewatch.telemetry.export import destination
 from gatewatch.telemetry.exporter_process import ThreadSink, span_count
+from gatewatch.telemetry.journal import Journal
 from gatewatch.telemetry.metrics import STATUS_LABELS as STATUS_TEXT
 from gatewatch.telemetry.metrics import Metrics, status_label
 from gatewatch.telemetry.names import (ALLOW_RESULTS, DecisionKind, DecisionResult, DropReason, Event, Layer, Reason,
@@ -40,6 +41,8 @@ BALANCER = Layer.BALANCER.value
 # Label values are plain str; a StrEnum member hashes as its value, and the lookup costs less than `.value`.
 KIND_LABEL = {kind: kind.value for kind in DecisionKind}
 OTHER = "_OTHER"
+# Plain str (the records hold `.value`s): a set of str finds a str without StrEnum's slower equality.
+ALLOW = frozenset(str(r) for r in ALLOW_RESULTS)
 PIPE_LIMIT = 16 * 1024 * 1024  # bytes waiting in the pipe to the exporter before batches are dropped
 
 
@@ -219,8 +222,11 @@ class Telemetry:
         self._verdicts = metrics.policy_verdicts
         self._instances = metrics.instance_requests
         self._pool_requests = metrics.pool_requests
+        self._cache_requests = metrics.cache_requests
         self._known_methods = frozenset(resolved.known_methods)
         self._allow_logs_sampled_only = resolved.allow_decision_logs == "sampled"
+        # The admin page's recent decisions and events (bounded ring, O(1) per entry; telemetry.journal).
+        self.journal = Journal()
 
     async def start(self) -> None:
         if self.sink is not None:
@@ -243,10 +249,17 @@ class Telemetry:
                 self._instances.inc((a.upstream, a.instance, a.outcome or ""))
         if r.failover is not None:  # a pool of this process served it: normally, or while failing over
             self._pool_requests.inc((r.upstream, r.failover))
+        if r.cache is not None:  # a route with a response cache: how it took part (issue 19)
+            self._cache_requests.inc((route, r.cache[0], r.cache[1]))
+        notable = False
         for d in r.decisions:
             self._decisions.inc((d.layer or r.layer, KIND_LABEL[d.kind], d.result, d.reason))
             if d.kind in RETRY_OR_FAILOVER:
                 self._retry_metrics(r, d)
+            if d.result not in ALLOW:
+                notable = True
+        if notable:  # denied, no route, no candidates, retried, failed over: kept for the admin page
+            self.journal.add(r)
         for p in r.policies:
             self._verdicts.inc((route, *p))
         if r.headers_dropped:  # rare: an underscore header dropped, an oversized tracestate or baggage cut
@@ -266,11 +279,12 @@ class Telemetry:
     def event(self, event: Event, body: str, attributes: dict, trace_id: int | None = None,
               span_id: int | None = None, severity: str = "INFO") -> None:
         """A state change outside any request (health transition, ejection, circuit transition, config
-        reload) as one decision-log record. Bounded like everything else: queued with the request records."""
-        if self.sink is None:
-            return
-        self.sink.submit(EventRecord(event.value, time.time_ns(), body, attributes, trace_id or 0, span_id or 0,
-                                     severity))
+        reload) as one decision-log record. Bounded like everything else: queued with the request records.
+        Kept in `journal` too (the admin page), exported or not."""
+        rec = EventRecord(event.value, time.time_ns(), body, attributes, trace_id or 0, span_id or 0, severity)
+        self.journal.add(rec)
+        if self.sink is not None:
+            self.sink.submit(rec)
 
     def _retry_metrics(self, r: RequestRecord, d) -> None:
         m = self.metrics

@@ -335,8 +335,8 @@ BAD_DOCUMENTS = [
         - {name: b, upstream: orders, match: {hosts: ['*x']}, bogus: 1}
         """), ["edge.routes[0].match.methods: 'get' is not an upper-case HTTP method",
                "edge.routes[1].match.hosts: '*x' is not a host name or '*.domain' wildcard",
-               "edge.routes[1].bogus: unknown key (valid keys here: name, match, upstream, timeouts, rewrite, "
-               "preserve_host, retries, policies)"],
+               "edge.routes[1].bogus: unknown key (valid keys here: name, match, upstream, upstreams, split, mirror, "
+               "aggregate, timeouts, rewrite, preserve_host, retries, policies, cache)"],
         id="several-schema-problems"),
 ]
 

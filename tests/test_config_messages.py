@@ -68,8 +68,9 @@ MISTAKES = [
                  ["edge.routes[0].policies[0].rate_limit.windw_s: unknown key; did you mean 'window_s'?"],
                  id="policy-key-misspelt"),
     pytest.param(ROUTE + ("colour",), "blue",
-                 ["edge.routes[0].colour: unknown key (valid keys here: name, match, upstream, timeouts, rewrite, "
-                  "preserve_host, retries, policies)"], id="unknown-key-lists-the-valid-ones"),
+                 ["edge.routes[0].colour: unknown key (valid keys here: name, match, upstream, upstreams, split, "
+                  "mirror, aggregate, timeouts, rewrite, preserve_host, retries, policies, cache)"],
+                 id="unknown-key-lists-the-valid-ones"),
     # --- policy types: a discriminated union, told as the `type` key ---------------------------------------------
     pytest.param(POLICY, [{"type": "ratelimit", "name": "rl", "limit": 1, "window_s": 1}],
                  ["edge.routes[0].policies[0].type: unknown type 'ratelimit'; did you mean 'rate_limit'?"],

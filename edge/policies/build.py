@@ -37,6 +37,7 @@ from gatewatch.edge.policies.provider import Http, ProviderHealth, safe_url
 from gatewatch.edge.policies.ratelimit import RateLimitPolicy
 from gatewatch.edge.policies.schema import JsonSchemaPolicy
 from gatewatch.edge.policies.size import SizeLimitPolicy
+from gatewatch.edge.policies.json_transform import JsonTransformPolicy
 from gatewatch.edge.policies.transform import HeadersPolicy, PathRewritePolicy
 from gatewatch.io.tls import client_context
 from gatewatch.telemetry.names import AuthEndpoint
@@ -203,6 +204,9 @@ VERDICTS: dict[str, tuple[tuple[Verdict, R], ...]] = {
     "json_schema": ((_A, R.SCHEMA_VALID), (_A, R.SCHEMA_SKIPPED), (_D, R.SCHEMA_INVALID), (_D, R.SCHEMA_NOT_JSON),
                     (_D, R.SIZE_TOO_LARGE), (_E, R.SCHEMA_INVALID), (_E, R.BODY_STALLED)),
     "headers": ((_A, R.TRANSFORM_APPLIED),),
+    "json_transform": ((_A, R.JSON_REQUEST_APPLIED), (_A, R.JSON_REQUEST_SKIPPED), (_D, R.JSON_REQUEST_INVALID),
+                       (_D, R.SIZE_TOO_LARGE), (_E, R.BODY_STALLED), (_A, R.JSON_RESPONSE_APPLIED),
+                       (_A, R.JSON_RESPONSE_SKIPPED), (_A, R.JSON_RESPONSE_TOO_LARGE), (_A, R.JSON_RESPONSE_INVALID)),
     "path_rewrite": ((_A, R.REWRITE_APPLIED), (_A, R.REWRITE_NO_MATCH), (_E, R.REWRITE_INVALID)),
     "circuit_breaker": ((_A, R.CIRCUIT_CLOSED), (_A, R.CIRCUIT_HALF_OPEN_PROBE), (_D, R.CIRCUIT_OPEN),
                         (_D, R.CIRCUIT_HALF_OPEN_REJECTED)),
@@ -247,6 +251,8 @@ def build_policy(cfg, route: str, resources: PolicyResources) -> Policy:
         return HeadersPolicy(cfg)
     if isinstance(cfg, c.PathRewritePolicyConfig):
         return PathRewritePolicy(cfg)
+    if isinstance(cfg, c.JsonTransformPolicyConfig):
+        return JsonTransformPolicy(cfg)
     if isinstance(cfg, c.JsonSchemaPolicyConfig):
         return JsonSchemaPolicy(cfg)
     if isinstance(cfg, c.CircuitBreakerPolicyConfig):

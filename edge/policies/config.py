@@ -8,9 +8,10 @@ that `RouteConfig.policies` holds.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, SecretStr, ValidationInfo, field_serializer, field_validator, model_validator
 
@@ -452,8 +453,60 @@ class CircuitBreakerPolicyConfig(PolicyBase):
     failure_statuses: tuple[int, ...] = (500, 502, 503, 504)
 
 
+_JSON_PATH = re.compile(r"[^.\s]+(\.[^.\s]+)*")  # dotted keys: non-empty, no spaces
+
+
+class JsonEditsConfig(Strict):
+    """One direction's JSON edits, applied in this order: `remove`, `rename` (source → target), `add` (path →
+    value, created or replaced). Paths are dotted keys into objects (`user.name`)."""
+
+    remove: tuple[str, ...] = ()
+    rename: dict[str, str] = {}
+    add: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _paths(self):
+        paths = [("remove", p) for p in self.remove] + [("rename", p) for kv in self.rename.items() for p in kv] \
+            + [("add", p) for p in self.add]
+        for where, p in paths:
+            if not _JSON_PATH.fullmatch(p):
+                raise ValueError(f"{where}: {p!r} is not a dotted path of keys (e.g. 'user.name')")
+        for src, dst in self.rename.items():
+            if dst == src or dst.startswith(src + "."):
+                raise ValueError(f"rename: {src!r} cannot move into itself ({dst!r})")
+        if not paths:
+            raise ValueError("give at least one of remove, rename, add")
+        if len(paths) > 256:
+            raise ValueError(f"at most 256 edits, got {len(paths)}")
+        for path, value in self.add.items():
+            try:
+                json.dumps(value, allow_nan=False)
+            except (TypeError, ValueError):
+                raise ValueError(f"add: the value of {path!r} is not JSON (a YAML date or timestamp? quote it)") \
+                    from None
+        return self
+
+
+class JsonTransformPolicyConfig(PolicyBase):
+    """Edit JSON bodies: the request's before it goes upstream, the response's before the client gets it
+    (buffered only when `response` is set). Bodies over `max_bytes`: a request is refused 413, a response is
+    relayed unchanged."""
+
+    type: Literal["json_transform"]
+    request: JsonEditsConfig | None = None
+    response: JsonEditsConfig | None = None
+    max_bytes: int = Field(default=1 << 20, ge=1, le=64 << 20)
+    idle_s: float = Field(default=10.0, gt=0)  # a request body stalled this long: 408 client_timeout
+
+    @model_validator(mode="after")
+    def _something(self):
+        if self.request is None and self.response is None:
+            raise ValueError("give request, response or both")
+        return self
+
+
 PolicyConfig = Annotated[Union[IpAccessPolicyConfig, JwtPolicyConfig, ApiKeyPolicyConfig, RateLimitPolicyConfig,
                                CorsPolicyConfig, SizeLimitPolicyConfig, HeadersPolicyConfig,
                                PathRewritePolicyConfig, JsonSchemaPolicyConfig, CircuitBreakerPolicyConfig,
-                               IntrospectionPolicyConfig, ClientCertPolicyConfig],
+                               IntrospectionPolicyConfig, ClientCertPolicyConfig, JsonTransformPolicyConfig],
                          Field(discriminator="type")]

@@ -5,6 +5,7 @@
     gatewatch demo               two tiers + three demo backends + traffic, with a live summary
     gatewatch backend            one demo backend instance (used by the demo and the compose stack)
     gatewatch dashboards build   Grafana dashboards, provisioning and Prometheus alert rules (docs/dashboards.md)
+    gatewatch import gateway-api FILE   Kubernetes HTTPRoutes as a Gatewatch config (docs/kubernetes.md)
 
 Exit codes: 0 success, 1 runtime failure, 2 invalid configuration or usage.
 """
@@ -162,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a gateway and/or balancer from a config file",
                        description="Run the edge and/or balancer layers declared in a config file. Refuses to "
-                                   "start (exit 2) if the file is invalid. SIGTERM/SIGINT drain and stop.")
+                                   "start (exit 2) if the file is invalid. SIGTERM/SIGINT drain and stop "
+                                   "(config `drain`); with `workers` > 1, SIGUSR2 to the supervisor replaces "
+                                   "the workers one at a time (docs/operations.md).")
     p.add_argument("-c", "--config", required=True, metavar="FILE", help="YAML config (docs/configuration.md)")
     p.add_argument("--ready-file", metavar="PATH",
                    help="write JSON with the pid and bound addresses here once listening (useful with port 0)")
@@ -206,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     dash_sub = dash.add_subparsers(dest="dashboards_command", metavar="COMMAND", required=True)
     p = dash_sub.add_parser(
         "build", help="write dashboards JSON, Grafana provisioning and Prometheus rule files",
-        description="Write the five Gatewatch dashboards, Grafana provisioning (Prometheus/Tempo/Loki datasources "
+        description="Write the six Gatewatch dashboards, Grafana provisioning (Prometheus/Tempo/Loki datasources "
                     "linked to each other, a dashboard provider) and the Prometheus alert rules:\n"
                     "  DIR/grafana/dashboards/*.json\n"
                     "  DIR/grafana/provisioning/datasources/datasources.yaml\n"
@@ -239,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Like sending SIGHUP: the process re-reads the file it was started with and "
                                    "swaps routes, policies and pools; changes that need a restart are refused.")
     p.add_argument("--admin", required=True, metavar="HOST:PORT", help="the process's admin address")
+    p.add_argument("--token-file", metavar="FILE",
+                   help="a file holding the admin token (admin.token_file); default: $GATEWATCH_ADMIN_TOKEN")
     p.set_defaults(func=cmd_reload)
 
     p = sub.add_parser("journey", help="print one request's span tree, decisions and timing across tiers",
@@ -259,6 +264,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="the same model as JSON")
     p.add_argument("--color", action="store_true", help="ANSI colours (off by default: the text is for pasting)")
     p.set_defaults(func=cmd_journey)
+
+    imp = sub.add_parser("import", help="convert another system's routing config into a Gatewatch config",
+                         description="Convert routing config written for another system into a Gatewatch config.")
+    imp_sub = imp.add_subparsers(dest="import_command", metavar="FORMAT", required=True)
+    p = imp_sub.add_parser(
+        "gateway-api", help="Kubernetes Gateway API HTTPRoutes (gateway.networking.k8s.io/v1)",
+        description="Read HTTPRoutes (YAML documents, or a List) and print a Gatewatch config (edge routes in "
+                    "HTTPRoute precedence order, pools from the backendRefs). What cannot be converted faithfully "
+                    "(RegularExpression paths, RequestRedirect, a request header 'add', ...) is an error naming the "
+                    "document and field path (exit 2); settings that are only dropped are warnings on stderr. "
+                    "docs/kubernetes.md has the mapping.",
+        epilog="example:\n  kubectl get httproutes -A -o yaml > routes.yaml      # a List, or HTTPRoute documents\n"
+               "  gatewatch import gateway-api routes.yaml -o gatewatch.yaml && gatewatch validate gatewatch.yaml",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("file", metavar="FILE", help="YAML with one or more HTTPRoute documents ('-': stdin)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the config here (default: stdout)")
+    p.add_argument("--listen", default="0.0.0.0:8080", metavar="HOST:PORT",
+                   help="the edge listener's address (default 0.0.0.0:8080)")
+    p.add_argument("--discovery", choices=["static", "kubernetes"], default="static",
+                   help="static: one instance per Service (its cluster DNS name, balanced by kube-proxy); "
+                        "kubernetes: each pool watches its Service's EndpointSlices (pods balanced by Gatewatch)")
+    p.set_defaults(func=cmd_import_gateway_api)
     return parser
 
 
@@ -269,15 +296,32 @@ def cmd_apikey(args: argparse.Namespace) -> int:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
+    import os
     import urllib.error
     import urllib.request
+    from pathlib import Path
 
-    req = urllib.request.Request(f"http://{args.admin}/reload", method="POST", data=b"")
+    token = os.environ.get("GATEWATCH_ADMIN_TOKEN", "").strip()
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as err:
+            print(f"--token-file: cannot read {args.token_file!r}: {getattr(err, 'strerror', None) or err}",
+                  file=sys.stderr)
+            return 2
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    req = urllib.request.Request(f"http://{args.admin}/reload", method="POST", data=b"", headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=30):
             print(f"{args.admin}: reloaded")
             return 0
     except urllib.error.HTTPError as err:
+        if err.code in (400, 401, 403):  # RFC 6750 §3.1: no, malformed or wrong token
+            why = (json.loads(err.read() or b"{}") or {}).get("error", err.reason)
+            print(f"{args.admin}: refused ({err.code}): {why}"
+                  + ("" if token else "; give the admin token with --token-file or GATEWATCH_ADMIN_TOKEN"),
+                  file=sys.stderr)
+            return 2
         body = json.loads(err.read() or b"{}")
         print(f"{args.admin}: reload refused, the running config stays:", file=sys.stderr)
         for p in body.get("problems", []):
@@ -292,6 +336,12 @@ def cmd_journey(args: argparse.Namespace) -> int:
     from gatewatch.app.journey import run
 
     return run(args)
+
+
+def cmd_import_gateway_api(args: argparse.Namespace) -> int:
+    from gatewatch.app.gateway_api import main as import_main
+
+    return import_main(args)
 
 
 def main(argv: list[str] | None = None) -> int:

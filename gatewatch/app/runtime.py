@@ -9,6 +9,7 @@ line naming the listener, its role and the address, when one cannot); `await rt.
 from __future__ import annotations
 
 import asyncio
+import collections
 import errno
 import gc
 import json
@@ -41,10 +42,12 @@ from gatewatch.proxy.engine import Engine
 from gatewatch.telemetry.config import resolve
 from gatewatch.telemetry.metrics import Metrics
 from gatewatch.telemetry.context import new_event_id
-from gatewatch.telemetry.names import Attr, Event, Label, Layer, TlsHandshakeFailure
+from gatewatch.telemetry.names import (Attr, DrainClose, DrainStep, Event, Label, Layer,
+                                       TlsHandshakeFailure)
 from gatewatch.telemetry.recorder import Telemetry
 
 log = logging.getLogger("gatewatch")
+RELOAD_HISTORY = 20  # reloads remembered for the admin
 # The I/O ends per `data_plane` (both pairs implement gatewatch.io.interfaces).
 DATA_PLANES: dict[str, tuple[type, type]] = {"fast": (RawListener, RawForwarder),
                                              "aiohttp": (AiohttpListener, AiohttpForwarder)}
@@ -63,6 +66,8 @@ class Runtime:
         SO_REUSEPORT; `ports` gives the ports the supervisor chose for listeners configured with port 0)."""
         self.config_path = config_path  # re-read by reload()
         self._reload_lock = asyncio.Lock()
+        # The last reloads (admin GET /config/version and the admin page): when, result, version from -> to, problems.
+        self.reload_history: collections.deque[dict] = collections.deque(maxlen=RELOAD_HISTORY)
         self.worker = worker
         self.metrics = Metrics(__version__)
         self._set_config(config)
@@ -99,7 +104,8 @@ class Runtime:
                 port = (ports or {}).get(lst.name, port)
                 self.listeners.append(listener_type(lst.name, host, port, "https" if lst.tls else "http",
                                                     engine.handle, engine.reject, lst.max_header_size,
-                                                    reuse_port=worker is not None, handle_now=engine.handle_now,
+                                                    reuse_port=worker is not None or lst.reuse_port,
+                                                    handle_now=engine.handle_now,
                                                     tls=self._server_tls(lst), on_tls=self._tls_observed))
         self._expiry_series: set[tuple[str, str, str]] = set()
         self._served_certificates()
@@ -107,7 +113,10 @@ class Runtime:
         self._admin_runner: web.AppRunner | None = None
         self.admin_bound: tuple[str, int] | None = None
         self.ready = False
-        self.draining = False
+        self.draining = False  # /readyz answers 503 from the first step of stop()
+        self.accepting = True  # the listeners' sockets are open (/readyz lists them); False once a drain closed them
+        self.hurry = asyncio.Event()  # set by a second SIGTERM/SIGINT: skip what is left of the readiness delay
+        self._drain_series()
 
     def _snapshot(self, layer: Layer, config: GatewatchConfig) -> snapshot.Snapshot:
         return snapshot.build(layer, config, self.pools, self.budgets, self.policy_resources, self.config_version)
@@ -170,6 +179,8 @@ class Runtime:
         """One `gatewatch.config.reload` event: what was loaded (its version and when), from which version."""
         self.metrics.config_reloads.labels(result).inc()
         version = self.config_version
+        self.reload_history.append({"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "result": result,
+                                    "from": previous or version, "to": version, "problems": list(problems)})
         change = f" ({previous} -> {version})" if previous is not None else f" (still {version})"
         body = f"config reload from {self.config_path}: {result}{change}" + (
             f": {'; '.join(problems)}" if problems else "")
@@ -181,6 +192,9 @@ class Runtime:
             Attr.EVENT_ID: new_event_id()}, severity="INFO" if result == "ok" else "WARN")
 
     def bound_listeners(self) -> dict[str, str]:
+        """The listeners accepting connections, name -> address (none once a drain has closed them)."""
+        if not self.accepting:
+            return {}
         return {lst.name: f"{lst.bound[0]}:{lst.bound[1]}" for lst in self.listeners if lst.bound}
 
     def refresh_gauges(self) -> None:
@@ -203,7 +217,11 @@ class Runtime:
             port += self.worker  # one admin listener per worker: 9901, 9902, ...
         self._admin_runner = web.AppRunner(build_admin_app(self), handle_signals=False, access_log=None)
         await self._admin_runner.setup()
-        site = web.TCPSite(self._admin_runner, host, port, reuse_address=True)
+        # Shared with the replacement during a rolling restart (a worker's, supervisor.py; or a second process on
+        # listeners with reuse_port): until the old process exits, either one answers on it.
+        shared = self.worker is not None or any(lst.reuse_port for sec in (self.config.edge, self.config.balancer)
+                                                if sec for lst in sec.listeners)
+        site = web.TCPSite(self._admin_runner, host, port, reuse_address=True, reuse_port=True if shared else None)
         try:
             await site.start()
         except OSError as err:
@@ -223,21 +241,77 @@ class Runtime:
                 "admin": f"{self.admin_bound[0]}:{self.admin_bound[1]}" if self.admin_bound else None,
                 "listeners": self.bound_listeners(), "telemetry": self.telemetry.destination}
 
-    async def stop(self, grace_s: float = 5.0) -> None:
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Drain, then stop (config `drain`, docs/operations.md "Rolling restarts"). Each step is logged, counted
+        in `gatewatch_drain_steps_total{step}` and recorded as a `gatewatch.drain` event:
+        1. `started`: /readyz answers 503 at once; traffic is still served, as usual, for
+           `drain.readiness_delay_s` (so a load balancer or kubelet takes this process out of rotation first);
+        2. `stopped_accepting`: every listener closes its listening socket (another process bound to the port
+           with SO_REUSEPORT now gets all new connections); from now on responses say `Connection: close` and
+           idle keep-alive connections are closed after `drain.idle_close_s`;
+        3. `drained` (every connection ended) or `grace_expired` (what was left after `grace_s` was cut).
+        Then pools, forwarder, admin and telemetry stop (telemetry flushes, bounded). `grace_s` overrides
+        `drain.grace_s`."""
+        drain = self.config.drain
+        grace_s = drain.grace_s if grace_s is None else grace_s
         self.draining = True
-        for lst in self.listeners:
+        delay = drain.readiness_delay_s if self.ready else 0.0
+        self._drain_step(DrainStep.STARTED, self._open_connections(),
+                         f"readiness fails from now on (/readyz 503); serving for {delay:g} s more")
+        if delay:
             try:
-                await lst.stop(grace_s)
-            except Exception:  # one stuck listener must not keep the others (or telemetry) from stopping
-                log.warning("listener %s did not stop cleanly", lst.name, exc_info=True)
+                await asyncio.wait_for(self.hurry.wait(), delay)
+            except TimeoutError:
+                pass
+        tasks = [asyncio.ensure_future(lst.stop(grace_s, idle_close_s=drain.idle_close_s)) for lst in self.listeners]
+        await asyncio.sleep(0)  # each listener closes its socket before its first await
+        self.accepting = False
+        self._drain_step(DrainStep.STOPPED_ACCEPTING, self._open_connections(),
+                         f"listeners closed; connections in flight get up to {grace_s:g} s")
+        cut = 0
+        for lst, result in zip(self.listeners, await asyncio.gather(*tasks, return_exceptions=True)):
+            if isinstance(result, BaseException):  # one stuck listener must not keep the others from stopping
+                log.warning("listener %s did not stop cleanly", lst.name, exc_info=result)
+                continue
+            for reason, n in (result or {}).items():
+                self.metrics.drain_connections_closed.labels(lst.name, reason).inc(n)
+            cut += (result or {}).get(DrainClose.DEADLINE.value, 0)
+        if cut:
+            self._drain_step(DrainStep.GRACE_EXPIRED, cut, f"{cut} connection(s) still busy after {grace_s:g} s cut")
+        else:
+            self._drain_step(DrainStep.DRAINED, 0, "every client connection ended")
         if self.balancer:
             await self.balancer.stop()
+        for engine in self.engines.values():  # shadow requests still running (request mirroring) end here
+            await engine.mirrors.close()
+            await engine.caches.close()  # response caches' shared (Redis) tiers: background writes, subscriptions
         await self.forwarder.close()
         await self.policy_resources.close()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
         await self.telemetry.stop(3.0)
 
+
+    def _open_connections(self) -> int:
+        return sum(len(getattr(lst, "connections", ())) for lst in self.listeners)
+
+    def _drain_step(self, step: DrainStep, connections: int, what: str) -> None:
+        if not self.ready:  # a start that failed (a bind error, said once): nothing was served, nothing to drain
+            return
+        self.metrics.drain_steps.labels(step.value).inc()
+        body = f"drain: {step.value}: {what} ({connections} client connection(s) open)"
+        (log.warning if step is DrainStep.GRACE_EXPIRED else log.info)("%s", body)
+        self.telemetry.event(Event.DRAIN, body, {Attr.DRAIN_STEP: step.value, Attr.DRAIN_CONNECTIONS: connections,
+                                                 Attr.EVENT_ID: new_event_id()},
+                             severity="WARN" if step is DrainStep.GRACE_EXPIRED else "INFO")
+
+    def _drain_series(self) -> None:
+        """The drain counters at 0, so that a dashboard sees them before the first SIGTERM."""
+        for step in DrainStep:
+            self.metrics.drain_steps.labels(step.value)
+        for lst in self.listeners:
+            for reason in DrainClose:
+                self.metrics.drain_connections_closed.labels(lst.name, reason.value)
 
     def _upstream_tls(self, config: GatewatchConfig) -> dict[str, UpstreamTLS]:
         """TLS settings per pool and URL upstream that has `tls`. An unchanged setting keeps its context (and so
@@ -345,6 +419,9 @@ def restart_only_changes(old: GatewatchConfig, new: GatewatchConfig) -> list[str
         if bound(a) != bound(b):
             problems.append(f"{name}.listeners: names, addresses, max_header_size or whether TLS is on changed;"
                             " this takes a restart")
+        else:
+            problems += [f"{name}.listeners[{i}].reuse_port: changed; this takes a restart"
+                         for i, (x, y) in enumerate(zip(a.listeners, b.listeners)) if x.reuse_port != y.reuse_port]
     return problems
 
 
@@ -369,6 +446,10 @@ async def serve(config: GatewatchConfig, ready_file: str | None = None, stop: as
 
     try:
         loop.add_signal_handler(signal.SIGHUP, on_hup)
+        # SIGUSR2 would end the process without a drain: a rolling restart is the supervisor's (workers > 1).
+        loop.add_signal_handler(signal.SIGUSR2, lambda: log.warning(
+            "SIGUSR2 ignored: a rolling restart is SIGUSR2 to the supervisor of `workers` > 1, or a second process "
+            "on listeners with reuse_port (docs/operations.md)"))
     except (NotImplementedError, RuntimeError, AttributeError):
         pass
     try:
@@ -385,5 +466,10 @@ async def serve(config: GatewatchConfig, ready_file: str | None = None, stop: as
             tmp.write_text(json.dumps(info))
             os.replace(tmp, ready_file)
         await stop.wait()
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second one skips what is left of the readiness delay
+            try:
+                loop.add_signal_handler(sig, rt.hurry.set)
+            except (NotImplementedError, RuntimeError):
+                pass
     finally:
         await rt.stop()

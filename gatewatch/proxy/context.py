@@ -50,6 +50,8 @@ class RequestContext:
     picking: PickContext | None = None  # the pool's pick state across attempts (None for a URL upstream)
     retries: RetryState | None = None  # set while the request is in the balancer's books (PICK → UPSTREAM)
     attempt: AttemptContext | None = None  # the latest attempt
+    mirror: Any = None  # the request's shadow (`proxy.mirror.Flight`) when the route's mirror selected it
+    cache: Any = None  # the request's way through the route's response cache (`proxy.cache.Flow`)
 
 
 @dataclass(slots=True, eq=False)

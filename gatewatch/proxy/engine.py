@@ -4,11 +4,17 @@
 
 Each phase is a method over the request's `RequestContext` (and, per attempt, an `AttemptContext`):
 - `route(ctx)`     canonical path, `Router.match` (pure). Returns the outcome to answer (400, 404) or None.
+                   A route with `upstreams` chooses its side here (`proxy.split`, pure): `ctx.target` is the side's.
 - `policy(ctx)`    the route's policies in declared order; the first blocking verdict is answered locally.
                    Returns whether the request goes on. Every evaluated policy learns the result at the end.
+- `_cached(ctx)`   a route with a response cache (`proxy.cache`), after POLICY: a stored response answers (on the
+                   synchronous path too: `_cache_now`), a concurrent fetch of the key is waited for, or the request
+                   goes on with the cache's `Flow` in `ctx.cache`, which sees the upstream's answer and stores it.
 - `forward(ctx)`   the attempt loop: `pick` → `attempt` → on a failure the client has not seen, `retry` weighs
                    another try (`balancer.retry`: method, what reached the upstream, retry_on, attempts, deadline,
                    budget).
+                   A route with `mirror` decides its copy when the books open (`_forward_begin`,
+                   `proxy.mirror`): the shadow runs on its own and is compared once the request has ended.
 - `pick(ctx, ...)` a pool of this process (`balancer.context.PickContext`: affinity, algorithm, what was
                    tried; traced as an INTERNAL span of the balancer layer in an edge process) or a URL upstream.
 - `attempt(ctx, a)` one try through the `Forwarder`; a failure before the client saw anything comes back to
@@ -36,14 +42,17 @@ from gatewatch.balancer.context import PickContext
 from gatewatch.balancer.health import Result, classify
 from gatewatch.balancer.retry import Body, Failure, RetryState, failure_of
 from gatewatch.edge.paths import InvalidPath, canonical_path, split_target, strip_prefix, target_authority
+from gatewatch.edge.policies import json_transform
 from gatewatch.edge.policies.base import PolicyRequest
 from gatewatch.edge.routing import NoRoute
 from gatewatch.io.interfaces import (ClientGone, Downstream, Forwarder, RequestHead, UpstreamFailure, UpstreamRequest,
                                      UpstreamResponse, header_index)
 from gatewatch.proxy import headers as hdr
-from gatewatch.proxy import recording, request_keys
+from gatewatch.proxy import aggregate, recording, request_keys
 from gatewatch.proxy.answers import CONNECT_STEP, FAILURE_OUTCOME, error_body
+from gatewatch.proxy.cache import CONDITIONALS, Caches, Discard, Flow, StoredResponse
 from gatewatch.proxy.context import AttemptContext, ClientBody, RequestContext
+from gatewatch.proxy.mirror import MIRROR_HEADER, Mirrors
 from gatewatch.proxy.snapshot import Snapshot
 from gatewatch.telemetry.context import AttemptRecord, RequestRecord, format_traceparent, new_span_id, start_trace
 from gatewatch.telemetry.names import OUTCOME_STATUS, ErrorType, HeaderDrop, Layer, Outcome, Reason, RejectReason
@@ -84,6 +93,9 @@ class Engine:
         self.parent_based = telemetry.config.parent_based
         self.telemetry_enabled = telemetry.config.enabled  # no traceresponse pointing at spans never exported
         self._tasks: set[asyncio.Task] = set()  # requests the synchronous path handed to a task
+        self.caches = Caches(telemetry.metrics)  # routes' response caches: live across reloads, like this engine
+        self._split_requests = telemetry.metrics.split_requests
+        self.mirrors = Mirrors(self)  # shadow requests (issue 19): live across reloads, like this engine
 
     @property
     def forwarder(self) -> Forwarder:
@@ -112,9 +124,12 @@ class Engine:
             outcome = self.route(ctx)
             if outcome is not None:
                 self._fail_now(ctx, outcome, ctx.rec.error_type)
-            elif ctx.target.policies:
+            elif ctx.target.policies or ctx.target.aggregate is not None:
                 self._later(ctx, self._policed(ctx))
                 return
+            elif ctx.route.cache is not None:
+                if not self._cache_now(ctx):
+                    return
             elif not self._forward_now(ctx):
                 return
         except ClientGone:
@@ -134,7 +149,10 @@ class Engine:
     async def _policed(self, ctx: RequestContext) -> None:
         """POLICY, then PICK → UPSTREAM if the policies let the request through."""
         if not ctx.target.policies or await self.policy(ctx):
-            await self.forward(ctx)
+            if ctx.target.aggregate is not None:  # several calls composed into one answer (proxy.aggregate)
+                await aggregate.run(self, ctx)
+            elif ctx.route.cache is None or not await self._cached(ctx):
+                await self.forward(ctx)
 
     async def _settle(self, ctx: RequestContext, work: Awaitable[None]) -> None:
         """Run what is left of a request; whatever happens, one answer (or an abort) and one record."""
@@ -163,6 +181,11 @@ class Engine:
             self._forward_end(ctx)
         if ctx.policy is not None:
             self._policies_learn(ctx)
+        if ctx.mirror is not None:  # the shadow compares with what the client got (never the other way round)
+            self.mirrors.primary_done(ctx)
+        if ctx.cache is not None:
+            result, reason, age = ctx.cache.finish()
+            recording.cache(ctx.rec, result, reason, age, self.clock_ns())
         self.record(ctx)
         ctx.down.done()
 
@@ -218,9 +241,22 @@ class Engine:
         if isinstance(match, NoRoute):
             return Outcome.NO_ROUTE
         route = ctx.route = match.route
-        ctx.target = ctx.snap.targets[route.name]
+        target = ctx.target = ctx.snap.targets[route.name]
         rec.route, rec.route_template, rec.upstream = route.name, match.template, route.upstream
+        if target.split is not None:
+            self._split(ctx, target.split)
         return None
+
+    def _split(self, ctx: RequestContext, split) -> None:
+        """A route with `upstreams`: the side that takes the request (`proxy.split`, pure), its target from now
+        on (retries stay on that side: it is the upstream the request was given to)."""
+        rec = ctx.rec
+        side, reason, set_cookie = split.choose(ctx.head, rec.query, self.rng)
+        ctx.target = side.target
+        if set_cookie is not None:
+            ctx.response_headers.append(("Set-Cookie", set_cookie))
+        recording.split(rec, rec.route, side.name, side.weight, reason, self.clock_ns())
+        self._split_requests.inc((rec.route, side.name, reason))
 
     def _drop_underscored(self, ctx: RequestContext) -> None:
         """`headers_with_underscores: drop`: the header is gone before routing, policies and the upstream see the
@@ -278,6 +314,8 @@ class Engine:
         rec.balance_start_ns = self.clock_ns()
         upstream_target = strip_prefix(ctx.path, route.rewrite.strip_prefix) if route.rewrite.strip_prefix else ctx.path
         ctx.upstream_target = upstream_target + "?" + rec.query if rec.query else upstream_target
+        if target.mirror is not None:  # before the body is wrapped: a copy is taken as the primary reads it
+            self.mirrors.begin(ctx, target.mirror)
         if head.has_body:
             ctx.client_body = ClientBody(ctx.body, route.timeouts.idle_s)
         ctx.picking = None if pool is None else PickContext(
@@ -399,7 +437,7 @@ class Engine:
 
     def _attempt_begin(self, ctx: RequestContext, a: AttemptContext) -> UpstreamRequest:
         record = a.record = AttemptRecord(
-            span_id=new_span_id(self.rng), layer=a.layer, upstream=ctx.route.upstream, instance=a.instance,
+            span_id=new_span_id(self.rng), layer=a.layer, upstream=ctx.target.upstream, instance=a.instance,
             zone=a.zone, host=a.host, port=a.port, url_full="", method=ctx.head.method, resend_count=a.n,
             start_ns=self.clock_ns())
         record.lb = a.lb
@@ -430,7 +468,7 @@ class Engine:
         t = ctx.route.timeouts
         try:
             response = await self._forwarder.send(
-                ctx.route.upstream, request, ctx.client_body.__aiter__() if ctx.client_body else None, t.connect_s,
+                ctx.target.upstream, request, ctx.client_body.__aiter__() if ctx.client_body else None, t.connect_s,
                 a.response_s, t.idle_s, a.record)
         except UpstreamFailure as failure:
             return await self._send_failed(ctx, a, failure)
@@ -472,7 +510,7 @@ class Engine:
         t = ctx.route.timeouts
         try:
             sent = self._send_now is not None and self._send_now(
-                ctx.route.upstream, request, a.response_s, t.idle_s, a.record, self._upstream_answered, ctx)
+                ctx.target.upstream, request, a.response_s, t.idle_s, a.record, self._upstream_answered, ctx)
         except BaseException:
             self._attempt_over(ctx, a)
             raise
@@ -503,6 +541,8 @@ class Engine:
                 self._attempt_over(ctx, a)
                 self._later(ctx, self._attempts(ctx, None, failed))
                 return
+            if ctx.cache is not None:  # stored, freshened (a 304 answers with the entry) or stale-if-error
+                result = ctx.cache.response(result, self.clock_ns() / 1e9)
             head = self._response_head(ctx, result)
             whole = _whole(result, head[1])
             if whole is None:  # a body still arriving: streamed by the task
@@ -537,6 +577,10 @@ class Engine:
         req = ctx.policy
         if req is not None and (req.upstream_set or req.upstream_remove):
             headers = hdr.apply_changes(headers, req.upstream_set, req.upstream_remove)
+        if MIRROR_HEADER in head.index:  # only Gatewatch marks a shadow copy: a backend may skip side effects on it
+            headers = tuple(hdr.without(headers, {MIRROR_HEADER}))
+        if ctx.cache is not None:  # revalidating a stored response: its validators (RFC 9111 §4.3.1)
+            headers = ctx.cache.upstream_headers(headers)
         return UpstreamRequest(head.method, a.host, a.port, a.scheme, ctx.upstream_target, headers, head.has_body)
 
     async def _send_failed(self, ctx: RequestContext, a: AttemptContext, failure: UpstreamFailure) -> Failed | None:
@@ -584,10 +628,16 @@ class Engine:
         """Relay the response head and stream its body. False when the upstream failed mid-body (the client
         connection is aborted so the truncated body cannot look complete)."""
         rec, down, record = ctx.rec, ctx.down, a.record
+        if ctx.cache is not None and head is None:  # stored as it streams, freshened, or stale-if-error
+            response = ctx.cache.response(response, self.clock_ns() / 1e9)
         headers, length = head or self._response_head(ctx, response)
         rec.status = response.status
         record.error_type = record.outcome = None
         try:
+            req = ctx.policy
+            if req is not None and req.state and json_transform.RESPONSE in req.state:  # response body edits
+                response, headers, length = await json_transform.response(ctx, response, headers, length,
+                                                                          self.clock_ns)
             whole = _whole(response, length)
             if whole is not None:  # the whole body came with the head (a small response): one write
                 await down.respond(response.status, response.reason, headers, whole)
@@ -637,6 +687,96 @@ class Engine:
     def _trace_response(self, ctx: RequestContext) -> bool:
         return self.telemetry_enabled and ctx.rec.trace.sampled and ctx.listener.trace_response_header
 
+    # --- the response cache (proxy.cache): a hit answered without the upstream, a miss stored as it is relayed ---
+
+    def _cache_begin(self, ctx: RequestContext) -> Flow:
+        rec = ctx.rec
+        store = self.caches.store(rec.route, ctx.route.cache)
+        flow = ctx.cache = Flow(store, ctx.head, rec.scheme, rec.host, rec.path, rec.query, self.clock_ns() / 1e9)
+        return flow.begin()
+
+    def _cache_now(self, ctx: RequestContext) -> bool:
+        """The cache's turn on the synchronous path: a hit is answered here; a request another one is already
+        fetching waits for it in a task; anything else goes upstream. True when settled here (`_forward_now`)."""
+        flow = self._cache_begin(ctx)
+        hit = flow.hit
+        if hit is not None and ctx.head.method != "HEAD":
+            ctx.down.respond_now(hit.status, None, self._stored_head(ctx, hit), hit.whole)
+            if flow.swr:
+                self._refresh_safely(ctx)
+            return True
+        if flow.wait is not None or hit is not None or flow.consult:  # a HEAD hit; the shared tier to ask
+            self._later(ctx, self._cached_or_forward(ctx))
+            return False
+        return self._forward_now(ctx)
+
+    async def _cached_or_forward(self, ctx: RequestContext) -> None:
+        if not await self._cached(ctx):
+            await self.forward(ctx)
+
+    async def _cached(self, ctx: RequestContext) -> bool:
+        """The cache's turn on the async path: True when the request was answered from the store (at once, or
+        after waiting, at most `coalesce_timeout_s`, for a concurrent request's fetch of the same key)."""
+        flow = ctx.cache or self._cache_begin(ctx)
+        if flow.consult:  # nothing in-process: the shared tier first
+            await flow.consult_shared(self.clock_ns() / 1e9)
+        if flow.wait is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(flow.wait), ctx.route.cache.coalesce_timeout_s)
+            except asyncio.TimeoutError:
+                pass
+            flow.after_wait(self.clock_ns() / 1e9)
+        hit = flow.hit
+        if hit is None:
+            return False
+        ctx.rec.status, ctx.rec.outcome = hit.status, PROXIED
+        headers, length = self._response_head(ctx, hit)
+        req = ctx.policy
+        if req is not None and req.state and json_transform.RESPONSE in req.state:  # as on a relayed response
+            hit, headers, length = await json_transform.response(ctx, hit, headers, length, self.clock_ns)
+        whole = _whole(hit, length)
+        if whole is not None:
+            await ctx.down.respond(hit.status, None, headers, whole)
+        else:  # a HEAD (the stored length, no body), or a transform's stream
+            await ctx.down.start(hit.status, None, headers, length)
+            async for chunk in hit.body():
+                await ctx.down.write(chunk)
+            await ctx.down.finish()
+        if flow.swr:
+            self._refresh_safely(ctx)
+        return True
+
+    def _stored_head(self, ctx: RequestContext, stored: StoredResponse) -> tuple[tuple[str, str], ...]:
+        """A stored response's head for this client (its own request id, the policies' headers, Via); the
+        request is recorded as `proxied` (the cache result says from where)."""
+        ctx.rec.status, ctx.rec.outcome = stored.status, PROXIED
+        return self._response_head(ctx, stored)[0]
+
+    def _refresh_safely(self, ctx: RequestContext) -> None:
+        """The client has its answer: whatever the refresh does, it must not reach that exchange."""
+        try:
+            self._refresh(ctx)
+        except Exception:
+            log.exception("request %s: background cache refresh failed", ctx.rec.request_id)
+            ctx.cache.entry.revalidating = False
+
+    def _refresh(self, ctx: RequestContext) -> None:
+        """stale-while-revalidate (RFC 5861 §3): the stale answer is out; the entry is revalidated in the
+        background, once, as a request of the gateway's own (routed again, no policies: the client's passed) with
+        its own record, in the client's trace."""
+        head, rec = ctx.head, ctx.rec
+        headers = tuple(h for h in head.headers if h[0].lower() not in CONDITIONALS and h[0].lower() not in (
+            "traceparent", "tracestate", "cache-control", "pragma")) + (
+            ("traceparent", format_traceparent(rec.trace.trace_id, rec.trace.span_id, rec.trace.sampled)),)
+        head = dataclasses.replace(head, headers=headers, index=header_index(headers))
+        bg = RequestContext(ctx.snap, head, None, Discard(), self._new_record(ctx.snap, head), ctx.listener)
+        if self.route(bg) is not None or bg.route.cache != ctx.route.cache:
+            ctx.cache.entry.revalidating = False
+            return
+        bg.cache = Flow(ctx.cache.store, head, rec.scheme, rec.host, rec.path, rec.query,
+                        self.clock_ns() / 1e9).refresh(ctx.cache.entry)
+        self._later(bg, self.forward(bg))
+
     # --- LOG ---
 
     def record(self, ctx: RequestContext) -> None:
@@ -685,6 +825,11 @@ class Engine:
         """A local answer: a small JSON body naming the outcome (none for 204/304). None when the response head
         is already out: the connection is aborted instead (the only honest signal left)."""
         rec, down = ctx.rec, ctx.down
+        if ctx.cache is not None and outcome in STALE_IF_ERROR and not down.started:
+            stale = ctx.cache.stale_if_error(self.clock_ns() / 1e9)  # RFC 5861 §4: the stale response instead
+            if stale is not None:
+                rec.error_type = None
+                return stale.status, self._stored_head(ctx, stale), stale.whole
         rec.outcome = outcome.value
         if down.started:
             down.abort()
@@ -697,6 +842,10 @@ class Engine:
         if self._trace_response(ctx):
             headers.append(("traceresponse", format_traceparent(rec.trace.trace_id, rec.trace.span_id, True)))
         return status, tuple(headers), payload
+
+
+STALE_IF_ERROR = frozenset({Outcome.UPSTREAM_CONNECT_ERROR, Outcome.UPSTREAM_TLS_ERROR, Outcome.UPSTREAM_TIMEOUT,
+                            Outcome.UPSTREAM_ERROR, Outcome.NO_HEALTHY_UPSTREAM, Outcome.UPSTREAM_OVERFLOW})
 
 
 def _whole(response: UpstreamResponse, length: int | None) -> bytes | None:

@@ -5,8 +5,8 @@ Pure functions of the record, the decision and a timestamp. They shape the span 
 the end of the request. They read only what they are given (a pick carries what the pool looked like when it was
 made) and write only closed vocabularies (`gatewatch.telemetry.names`).
 
-Primitives: `route`, `policy`, `late_size_refusal`, `pick` (returns the attempt span's LB attributes), `retry`,
-`failover`.
+Primitives: `route`, `split`, `policy`, `late_size_refusal`, `pick` (returns the attempt span's LB attributes),
+`retry`, `failover`, `cache`.
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ RETRY, REFUSED, FAILOVER = DecisionResult.RETRY.value, DecisionResult.REFUSED.va
 ROUTE_MATCHED, ROUTE_NO_MATCH = Reason.ROUTE_MATCHED.value, Reason.ROUTE_NO_MATCH.value
 RETRY_OTHER_INSTANCE = Reason.FAILOVER_RETRY_OTHER_INSTANCE.value
 FAILOVER_NONE, FAILOVER_RETRY = FailoverKind.NONE.value, FailoverKind.RETRY.value
+JSON_REQUEST_APPLIED = PolicyReason.JSON_REQUEST_APPLIED.value
+CHOSEN, OVERRIDDEN = DecisionResult.CHOSEN.value, DecisionResult.OVERRIDDEN.value
+SPLIT_OVERRIDES = frozenset({Reason.SPLIT_OVERRIDE_HEADER.value, Reason.SPLIT_OVERRIDE_COOKIE.value})
 
 
 def route(rec: RequestRecord, match: RouteMatch | NoRoute, now_ns: int) -> None:
@@ -43,6 +46,17 @@ def route(rec: RequestRecord, match: RouteMatch | NoRoute, now_ns: int) -> None:
             rec.trace.span_id, {Attr.ROUTE_FAILED_CONDITION: match.reason}))
 
 
+def split(rec: RequestRecord, route: str, side: str, weight: int, reason: str, now_ns: int) -> None:
+    """A weighted split's side (issue 19): the request's upstream from now on, on its SERVER span and in a
+    decision (`chosen` by weight or stickiness, `overridden` by a tester: always logged)."""
+    rec.upstream = side
+    result = OVERRIDDEN if reason in SPLIT_OVERRIDES else CHOSEN
+    rec.decisions.append(DecisionRecord(DecisionKind.SPLIT, route, result, reason, now_ns, rec.trace.span_id,
+                                        {Attr.UPSTREAM: side, Attr.SPLIT_WEIGHT: weight}))
+    attrs = {Attr.SPLIT_UPSTREAM: side, Attr.SPLIT_WEIGHT: weight, Attr.SPLIT_REASON: reason}
+    rec.span_attrs = attrs if rec.span_attrs is None else {**rec.span_attrs, **attrs}
+
+
 def policy(rec: RequestRecord, v: PolicyVerdict, now_ns: int) -> None:
     rec.policies.append((v.policy, v.type, v.verdict.value, v.reason))
     if v.attributes:
@@ -52,7 +66,8 @@ def policy(rec: RequestRecord, v: PolicyVerdict, now_ns: int) -> None:
         rtt = v.attributes.get(Attr.RATELIMIT_STORE_RTT)
         if rtt is not None:
             rec.store_rtt_s = max(rtt, rec.store_rtt_s or 0.0)
-    if v.verdict is not Verdict.ALLOW:  # allows are summarised on the span and counted, not logged
+    # allows are summarised on the span and counted, not logged (but a JSON body transform that changed the body)
+    if v.verdict is not Verdict.ALLOW or v.reason == JSON_REQUEST_APPLIED:
         rec.decisions.append(DecisionRecord(
             DecisionKind.POLICY, v.policy, v.verdict.value, v.reason, now_ns, rec.trace.span_id,
             {Attr.POLICY_TYPE: v.type, Attr.POLICY_SHADOW: v.verdict is Verdict.SHADOW_DENY or None,
@@ -79,6 +94,8 @@ def pick(rec: RequestRecord, p: PickResult, now_ns: int) -> dict:
             listed.append(f"...+{len(excluded) - EXCLUDED_LISTED} more")
         lb[Attr.LB_EXCLUDED] = tuple(listed)  # hashable: the exporter reuses the encoding of repeated picks
     view = p.view
+    if view.sources:  # a discovered pool: where its candidates came from (one string per view, no allocation)
+        lb[Attr.LB_SOURCES] = view.sources
     if view.priority:
         lb[Attr.PRIORITY] = view.priority
     if view.panic:
@@ -125,3 +142,15 @@ def failover(rec: RequestRecord, pool: str, from_instance: str, to_instance: str
         DecisionKind.FAILOVER, pool, FAILOVER, RETRY_OTHER_INSTANCE, now_ns,
         rec.balance_span_id or rec.trace.span_id,
         {Attr.UPSTREAM: pool, Attr.FAILOVER_FROM: from_instance, Attr.FAILOVER_TO: to_instance}, BALANCER))
+
+
+def cache(rec: RequestRecord, result: str, reason: str, age: int | None, now_ns: int) -> None:
+    """How the route's response cache took part (issue 19): on the SERVER span, in `gatewatch_cache_requests_total`
+    (from `rec.cache`) and as a `gatewatch.decision.cache` record (ruled by the route)."""
+    rec.cache = (result, reason, age)
+    attrs = {Attr.CACHE_RESULT: result, Attr.CACHE_REASON: reason}
+    if age is not None:
+        attrs[Attr.CACHE_AGE] = age
+    rec.span_attrs = attrs if rec.span_attrs is None else {**rec.span_attrs, **attrs}
+    rec.decisions.append(DecisionRecord(DecisionKind.CACHE, rec.route or "", result, reason, now_ns,
+                                        rec.trace.span_id, {Attr.CACHE_AGE: age} if age is not None else {}))

@@ -6,7 +6,8 @@ and every phase reads the request's own. Nothing in a snapshot is changed after 
 it points at (pools, retry budgets, policy stores) is owned outside it and outlives it.
 
 Primitives: `Snapshot`, `Target` (where one route's requests go: a pool of this process or a URL upstream,
-with the route's retry budget and compiled policies), `RemoteTarget` (a URL upstream),
+with the route's retry budget and compiled policies; or, for a route with `upstreams`, a `split.Split` between
+one such target per side; and the route's `mirror.MirrorTarget`), `RemoteTarget` (a URL upstream),
 `build(layer, config, pools, budgets, policy_resources, config_version)`.
 """
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Mapping
+from typing import Any, Mapping
 
 from yarl import URL
 
@@ -24,6 +25,9 @@ from gatewatch.balancer.retry import RetryBudget, RetryBudgets
 from gatewatch.config import GatewatchConfig, ListenerConfig
 from gatewatch.edge.policies.build import PolicyResources, build_policies
 from gatewatch.edge.routing import Router
+from gatewatch.proxy.aggregate import compile_plan
+from gatewatch.proxy.mirror import MirrorTarget
+from gatewatch.proxy.split import Split
 from gatewatch.telemetry.names import Layer
 
 
@@ -40,11 +44,14 @@ class RemoteTarget:
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    upstream: str
+    upstream: str | None  # "" for a split: the side's Target replaces this one at ROUTE
     pool: Pool | None  # a pool of this process's balancer layer, or
     remote: RemoteTarget | None  # a URL upstream
-    budget: RetryBudget  # live: shared by every snapshot that routes to this upstream
+    budget: RetryBudget | None  # live: shared by every snapshot that routes to this upstream (None for a split)
     policies: tuple  # the route's compiled policies, in declared order
+    aggregate: Any = None  # an aggregate route's compiled calls (`proxy.aggregate.Plan`): no upstream of its own
+    split: Split | None = None  # a route with `upstreams`: which side's Target takes a request (issue 19)
+    mirror: MirrorTarget | None = None  # the route's shadow upstream (issue 19)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,9 +89,13 @@ def build(layer: Layer, config: GatewatchConfig, pools: Mapping[str, Pool], budg
     remotes = {u.name: remote_target(u.name, u.url) for u in config.edge.upstreams} \
         if config.edge and layer is Layer.EDGE else {}
     policies = build_policies(section.routes, policy_resources)
-    live = budgets.for_upstreams({r.upstream for r in section.routes})
+    live = budgets.for_upstreams({r.upstream for r in section.routes}
+                                 | {name for r in section.routes for name in r.upstream_names})
     targets = {r.name: Target(r.upstream, pools.get(r.upstream), remotes.get(r.upstream), live[r.upstream],
-                              tuple(policies.get(r.name, ()))) for r in section.routes}
+                              tuple(policies.get(r.name, ())),
+                              compile_plan(r.aggregate, pools, remotes) if r.aggregate is not None else None)
+               if not r.upstreams and r.mirror is None else _traffic_target(r, pools, remotes, live, policies)
+               for r in section.routes}
     default_mode = "link" if layer is Layer.EDGE else "continue"
     trust = {lst.name: TraceTrust(lst.incoming_trace_context or default_mode,
                                   tuple(ipaddress.ip_network(n, strict=False) for n in lst.trusted_trace_sources))
@@ -92,6 +103,19 @@ def build(layer: Layer, config: GatewatchConfig, pools: Mapping[str, Pool], budg
     return Snapshot(layer=layer, router=Router(section.routes), trace_trust=MappingProxyType(trust),
                     listeners=MappingProxyType({lst.name: lst for lst in section.listeners}),
                     targets=MappingProxyType(targets), config_version=config_version)
+
+
+def _traffic_target(r, pools: Mapping[str, Pool], remotes: Mapping[str, RemoteTarget],
+                    live: Mapping[str, RetryBudget], policies: Mapping[str, list]) -> Target:
+    """A route with a weighted split and/or a mirror (issue 19): one Target per side, each with the mirror."""
+    compiled = tuple(policies.get(r.name, ()))
+    m = r.mirror
+    mirror = MirrorTarget(r.name, m.upstream, pools.get(m.upstream), remotes.get(m.upstream), m) if m else None
+    sides = {name: Target(name, pools.get(name), remotes.get(name), live[name], compiled, mirror=mirror)
+             for name in r.upstream_names}
+    if r.upstream is not None:
+        return sides[r.upstream]
+    return Target("", None, None, None, compiled, split=Split(r, sides), mirror=mirror)
 
 
 def remote_target(name: str, url: str) -> RemoteTarget:
