@@ -145,11 +145,17 @@ def _events(pool: Pool, view: View, excluded: tuple) -> tuple[str, ...]:
 
 def affinity_cookie(cfg, value: str) -> str:
     """The `Set-Cookie` value pinning a client to the instance `value` names (opaque: `Pool.affinity_value`)."""
-    parts = [f"{cfg.cookie}={value}", f"Path={cfg.path}", "SameSite=Lax"]
-    if cfg.ttl_s:
-        parts.append(f"Max-Age={cfg.ttl_s}")
-    if cfg.http_only:
+    return set_cookie(cfg.cookie, value, cfg.path, cfg.ttl_s, cfg.http_only, cfg.secure)
+
+
+def set_cookie(name: str, value: str, path: str, max_age_s: int | None, http_only: bool, secure: bool) -> str:
+    """A `Set-Cookie` value (RFC 6265 §4.1) for a cookie that keeps a client on one choice: SameSite=Lax, and a
+    session cookie unless `max_age_s`."""
+    parts = [f"{name}={value}", f"Path={path}", "SameSite=Lax"]
+    if max_age_s:
+        parts.append(f"Max-Age={max_age_s}")
+    if http_only:
         parts.append("HttpOnly")
-    if cfg.secure:
+    if secure:
         parts.append("Secure")
     return "; ".join(parts)

@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -35,39 +32,20 @@ BENCH = Path(__file__).resolve().parent
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
-from harness.common import HTTP, Interrupted, log, on_signal
+from harness.common import HTTP, log, pin_harness, run_main
 from harness.context import Context
 from harness.host import free_port, port_range
-from harness.peers import nginx_temp_paths
-from harness.procs import Proc, stop_all, wait_http
+from harness.peers import backend_conf
+from harness.procs import Proc, wait_http
 from harness.tools import ensure_tools
 from harness.wrk import run_wrk
 
 HIT, MISS = "/bench/cached", "/bench/nostore"
 
 
-def backend_conf(d: Path, port: int, nofile: int) -> str:
-    return f"""# the cache benchmark's backend: "ok", cacheable or not by path
-worker_processes 1;
-daemon off;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-worker_rlimit_nofile {nofile};
-events {{ worker_connections {max(1024, nofile // 2)}; }}
-http {{
-  access_log off;
-  keepalive_timeout 120s;
-  keepalive_requests 1000000;
-  default_type text/plain;
-{nginx_temp_paths(d)}
-  server {{
-    listen 127.0.0.1:{port} backlog=4096;
-    location = {HIT} {{ add_header Cache-Control "max-age=3600"; return 200 "ok"; }}
-    location = {MISS} {{ add_header Cache-Control "no-store"; return 200 "ok"; }}
-    location = /__bench_status {{ stub_status; }}
-  }}
-}}
-"""
+# the backend's answers: "ok", cacheable or not by path
+LOCATIONS = (f'location = {HIT} {{ add_header Cache-Control "max-age=3600"; return 200 "ok"; }}',
+             f'location = {MISS} {{ add_header Cache-Control "no-store"; return 200 "ok"; }}')
 
 
 def haproxy_conf(port: int, backend_port: int) -> str:
@@ -156,18 +134,15 @@ def main() -> int:
     ap.add_argument("--keep-tmp", action="store_true", help="keep the configs and logs")
     args = ap.parse_args()
     tools = ensure_tools()
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) >= 2:
-        os.sched_setaffinity(0, {cpus[1]})
+    cpus = pin_harness()
     workdir = Path(tempfile.mkdtemp(prefix="gatewatch-bench-cache-"))
-    signal.signal(signal.SIGTERM, on_signal)
     ctx = Context(args, tools, workdir, cpus)
-    code, rows = 0, {}
-    try:
+
+    def body() -> int:
         d = workdir / "backend"
         d.mkdir()
         bport = port_range(1)[0]
-        (d / "nginx.conf").write_text(backend_conf(d, bport, ctx.nofile))
+        (d / "nginx.conf").write_text(backend_conf(d, [bport], ctx.nofile, LOCATIONS))
         be = Proc("backend-nginx", ctx.taskset(ctx.load_cpu) + [
             tools["nginx"], "-p", str(d), "-e", str(d / "error.log"), "-c", str(d / "nginx.conf")], workdir)
         wait_http(f"http://127.0.0.1:{bport}{HIT}", be)
@@ -181,6 +156,7 @@ def main() -> int:
                 w["backend_requests"] = backend_requests(bport) - before - 1  # less this status request
                 runs[name].append(w)
                 log(f"bench-cache: round {rnd + 1} {name}: {w['requests'] / (w['duration_us'] / 1e6):,.0f} req/s")
+        rows: dict[str, dict] = {}
         for name, ws in runs.items():
             rps = [w["requests"] / (w["duration_us"] / 1e6) for w in ws]
             errors = sum(sum(w["errors"].values()) for w in ws)
@@ -201,19 +177,9 @@ def main() -> int:
             Path(args.out).write_text(json.dumps({"rows": rows, "ratios": ratios, "conns": args.conns,
                                                   "duration_s": args.duration, "rounds": args.rounds,
                                                   "pinned": ctx.pinned}, indent=1))
-    except (KeyboardInterrupt, Interrupted) as err:
-        log(f"bench-cache: interrupted ({err or 'SIGINT'})")
-        code = 130
-    except RuntimeError as err:
-        log(f"bench-cache: failed: {err}")
-        code = 1
-    finally:
-        stop_all()
-        if args.keep_tmp or code:
-            log(f"bench-cache: configs and logs kept in {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    return code
+        return 0
+
+    return run_main("bench-cache", workdir, body, keep_tmp=args.keep_tmp)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -33,11 +30,11 @@ BENCH = Path(__file__).resolve().parent
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
-from harness.common import HTTP, PATH, Interrupted, log, median, on_signal
+from harness.common import HTTP, PATH, log, median, pin_harness, run_main
 from harness.context import Context
 from harness.host import free_port, raise_nofile
 from harness.peers import Backend
-from harness.procs import Proc, stop_all, wait_http
+from harness.procs import Proc, wait_http
 from harness.tools import check_python_deps, ensure_tools
 from harness.wrk import run_wrk
 
@@ -162,16 +159,11 @@ def main() -> int:
     check_python_deps()
     tools = ensure_tools()
     raise_nofile()
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) >= 2:
-        os.sched_setaffinity(0, {cpus[1]})
+    cpus = pin_harness()
     workdir = Path(tempfile.mkdtemp(prefix="gatewatch-bench-mirror-"))
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
     ctx = Context(args, tools, workdir, cpus)
-    code = 0
-    try:
+
+    def body() -> int:
         backend = Backend(ctx)
         backend.start(1)
         shadow_port = free_port()
@@ -194,19 +186,9 @@ def main() -> int:
         out.write_text(json.dumps({"rows": rows, "summary": summary, "table": table, "cpus": cpus,
                                    "args": {k: v for k, v in vars(args).items()}}, indent=1))
         log(f"bench: results written to {out}")
-    except (KeyboardInterrupt, Interrupted) as err:
-        log(f"bench: interrupted ({err or 'SIGINT'})")
-        code = 130
-    except RuntimeError as err:
-        log(f"bench: failed: {err}")
-        code = 1
-    finally:
-        stop_all()
-        if args.keep_tmp or code:
-            log(f"bench: configs and logs kept in {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    return code
+        return 0
+
+    return run_main("bench", workdir, body, keep_tmp=args.keep_tmp)
 
 
 if __name__ == "__main__":

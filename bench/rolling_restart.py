@@ -20,7 +20,7 @@ seconds. Printed and written as JSON (--out, default bench/results/rolling-lates
 keep-alive races, idle connections the server closed that the client noticed before reusing them
 (`idle_closes_seen`: no failure, the client opened a new connection), p50/p99 latency before, during and after the roll, the roll's steps (old pid -> new pid, time
 taken) and the drain steps each old process logged. Exit 0 when no request failed and no keep-alive race
-happened, 1 otherwise, 2 when the run could not start.
+happened, 1 otherwise, 2 when the run could not start, 130 when interrupted (the temp dir is then kept).
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
 from faults.peers import Backend
-from harness.common import REPO, Interrupted, log, on_signal
+from harness.common import child_env, log, run_main
 from harness.host import free_port
-from harness.procs import Proc, stop_all
+from harness.procs import Proc
 
 PATH = "/shop/items/{n}"
 
@@ -71,14 +71,6 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--out", default=str(BENCH / "results" / "rolling-latest.json"), help="JSON results file")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs, requests.tsv)")
     return ap.parse_args()
-
-
-def child_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(BENCH)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH")
-                                                                   else []))
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 def gateway_config(a: argparse.Namespace, port: int, backends: list[int], workdir: Path) -> dict:
@@ -218,12 +210,10 @@ def drain_steps(text: str) -> list[dict]:
 
 def main() -> int:
     a = parse_args()
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
     tmp = Path(tempfile.mkdtemp(prefix="gatewatch-rolling-"))
-    env = child_env()
-    client = None
-    try:
+    env = child_env(BENCH)
+
+    def body() -> int:
         backends = [Backend(f"b{i}", free_port(), tmp, env) for i in range(2)]
         for b in backends:
             b.start()
@@ -277,20 +267,10 @@ def main() -> int:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
         print_summary(result)
-        log(f"written: {a.out}" + (f"; temp dir kept: {tmp}" if a.keep_tmp else ""))
+        log(f"written: {a.out}")
         return 0 if result["pass"] else 1
-    except (RuntimeError, OSError) as err:
-        log(f"rolling_restart: cannot run: {err}")
-        return 2
-    except Interrupted as why:
-        log(f"interrupted ({why})")
-        return 2
-    finally:
-        stop_all()
-        if not a.keep_tmp:
-            import shutil
 
-            shutil.rmtree(tmp, ignore_errors=True)
+    return run_main("rolling_restart", tmp, body, keep_tmp=a.keep_tmp, failure_code=2)
 
 
 def print_summary(r: dict) -> None:

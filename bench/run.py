@@ -20,9 +20,6 @@ dir); the harness itself is the package next to it, bench/harness/ (its __init__
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -33,9 +30,8 @@ if str(BENCH) not in sys.path:  # `python bench/run.py` puts it there already; `
 
 from harness.bench import Bench
 from harness.cases import CASE_NAMES, Case, select_cases
-from harness.common import Interrupted, log, on_signal
+from harness.common import log, pin_harness, run_main
 from harness.host import raise_nofile
-from harness.procs import stop_all
 from harness.render import render
 from harness.results import write_results
 from harness.tools import check_python_deps, ensure_tools
@@ -82,16 +78,6 @@ def enough_files(args: argparse.Namespace, cases: list[Case]) -> bool:
     return True
 
 
-def pin_harness() -> list[int]:
-    """The usable CPUs; the harness moves itself to the second (the load CPU), off the proxy's core."""
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) >= 2:
-        os.sched_setaffinity(0, {cpus[1]})
-    else:
-        log("bench: only one CPU is usable: running UNPINNED (the proxy, wrk and the backend share it)")
-    return cpus
-
-
 def main() -> int:
     args = parse_args()
     check_python_deps()
@@ -101,12 +87,9 @@ def main() -> int:
         return 2
     cpus = pin_harness()
     workdir = Path(tempfile.mkdtemp(prefix="gatewatch-bench-"))
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C → KeyboardInterrupt, even in background
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
     bench = Bench(args, tools, workdir, cpus)
-    code = 0
-    try:
+
+    def body() -> int:
         res = bench.run(cases)
         table = render(res)
         print(table, flush=True)
@@ -114,19 +97,9 @@ def main() -> int:
         out = Path(args.out)
         write_results(res, out)
         log(f"bench: results written to {out} ({res['elapsed_s']:.0f} s of measurements)")
-    except (KeyboardInterrupt, Interrupted) as err:
-        log(f"bench: interrupted ({err or 'SIGINT'}); stopping everything")
-        code = 130
-    except RuntimeError as err:
-        log(f"bench: failed: {err}")
-        code = 1
-    finally:
-        stop_all()
-        if args.keep_tmp or code:
-            log(f"bench: configs and logs kept in {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    return code
+        return 0
+
+    return run_main("bench", workdir, body, keep_tmp=args.keep_tmp)
 
 
 if __name__ == "__main__":

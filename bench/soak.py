@@ -27,8 +27,6 @@ import argparse
 import collections
 import json
 import re
-import shutil
-import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -43,9 +41,8 @@ from faults.redis import redis_binary
 from faults.schedule import PHASES
 from faults.soak import Soak
 from faults.telemetry import phase_deltas, reconcile
-from harness.common import REPO, Interrupted, log, on_signal
+from harness.common import child_env, log, run_main
 from harness.host import raise_nofile, tree_state
-from harness.procs import stop_all
 
 
 def parse_args() -> argparse.Namespace:
@@ -64,16 +61,6 @@ def parse_args() -> argparse.Namespace:
     a = ap.parse_args()
     a.duration = a.duration or (60 if a.quick else 240)
     return a
-
-
-def child_env() -> dict[str, str]:
-    import os
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(BENCH)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH")
-                                                                   else []))
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 def gateway_log_summary(text: str) -> dict[str, int]:
@@ -173,13 +160,10 @@ def main() -> int:
         return 2
     raise_nofile()
     workdir = Path(tempfile.mkdtemp(prefix="gatewatch-soak-"))
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
     state = tree_state()
-    soak = Soak(args, workdir, child_env())
-    code = 2
-    try:
+    soak = Soak(args, workdir, child_env(BENCH))
+
+    def body() -> int:
         soak.setup()
         soak.run()
         soak.stop()
@@ -188,7 +172,6 @@ def main() -> int:
         text = report(soak, res, args, state)
         print(text, flush=True)
         ok = all(c["ok"] for c in res["criteria"].values())
-        code = 0 if ok else 1
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         doc = {"settings": vars(args), "tree": state, "tree_at_end": tree_state(), "events": soak.events,
@@ -198,19 +181,9 @@ def main() -> int:
                "gatewatch_stop_s": getattr(soak, "gw_stop_s", None), "gatewatch_exit": getattr(soak, "gw_exit", None)}
         out.write_text(json.dumps(to_json(doc), indent=1, default=str))
         log(f"soak: results written to {out}")
-    except (KeyboardInterrupt, Interrupted) as err:
-        log(f"soak: interrupted ({err or 'SIGINT'}); stopping everything")
-        code = 130
-    except RuntimeError as err:
-        log(f"soak: could not run: {err}")
-        code = 2
-    finally:
-        stop_all()
-        if args.keep_tmp or code not in (0, 1):
-            log(f"soak: configs and logs kept in {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    return code
+        return 0 if ok else 1
+
+    return run_main("soak", workdir, body, keep_tmp=args.keep_tmp, failure_code=2)
 
 
 if __name__ == "__main__":

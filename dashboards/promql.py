@@ -101,8 +101,9 @@ def by(*labels: str) -> str:
     return f"by ({', '.join(labels)})" if labels else ""
 
 
-def rate(selector: str, window: str = RATE) -> str:
-    return f"rate({selector}[{window}])"
+def rate(selector: str, window: str = RATE, offset: str = "") -> str:
+    """`offset` (`1d`): the rate that far in the past."""
+    return f"rate({selector}[{window}]{f' offset {offset}' if offset else ''})"
 
 
 def increase(selector: str, window: str = RATE) -> str:
@@ -113,8 +114,8 @@ def sum_(expr: str, *labels: str) -> str:
     return f"sum {by(*labels)} ({expr})".replace("sum  (", "sum (")
 
 
-def sum_rate(selector: str, *labels: str, window: str = RATE) -> str:
-    return sum_(rate(selector, window), *labels)
+def sum_rate(selector: str, *labels: str, window: str = RATE, offset: str = "") -> str:
+    return sum_(rate(selector, window, offset), *labels)
 
 
 def quantile(q: float, bucket_selector: str, *labels: str, window: str = RATE) -> str:

@@ -56,10 +56,8 @@ def mirror_compared(*matchers: dict[str, str], window: str = RATE) -> str:
 def cache_hit_ratio(*matchers: dict[str, str], window: str = RATE, offset: str = "") -> str:
     """Per route: the share of its requests answered from the cache (fresh or stale hits) over `window`, optionally
     `offset` in the past (`1d`)."""
-    off = f" offset {offset}" if offset else ""
-    hits = f"sum by ({R}) (rate({sel(CACHE_REQUESTS, SERVED_FROM_CACHE, *matchers)}[{window}]{off}))"
-    total = f"sum by ({R}) (rate({sel(CACHE_REQUESTS, *matchers)}[{window}]{off}))"
-    return ratio(hits, total)
+    hits = sum_rate(sel(CACHE_REQUESTS, SERVED_FROM_CACHE, *matchers), R, window=window, offset=offset)
+    return ratio(hits, sum_rate(sel(CACHE_REQUESTS, *matchers), R, window=window, offset=offset))
 
 
 def cache_request_rate(*matchers: dict[str, str], window: str = RATE) -> str:

@@ -7,12 +7,11 @@ certificate (when a TLS case runs), the findings (`notes`) and the numbering of 
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .common import REPO
+from .common import child_env
 
 if TYPE_CHECKING:
     from .tls import TlsFiles
@@ -40,12 +39,7 @@ class Context:
         return [self.tools["taskset"], "-c", ",".join(map(str, self.cpus))] if len(self.cpus) > 1 else []
 
     def child_env(self) -> dict[str, str]:
-        """The environment of a Python child: none of the harness's OTEL_ settings, and this tree's modules
-        first on PYTHONPATH, so `python -m gatewatch` runs the gateway of the tree the harness lives in."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-        env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        env["PYTHONUNBUFFERED"] = "1"
-        return env
+        return child_env()
 
     def next_name(self, base: str) -> str:
         self.seq += 1

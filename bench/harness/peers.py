@@ -22,9 +22,13 @@ def nginx_temp_paths(d: Path) -> str:
     return "\n".join(f"  {k}_temp_path {d}/{k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
 
 
-def backend_conf(d: Path, ports: list[int], nofile: int) -> str:
+def backend_conf(d: Path, ports: list[int], nofile: int,
+                 locations: tuple[str, ...] = ('location / { return 200 "ok"; }',)) -> str:
+    """nginx answering on `ports` from its `locations` (by default the fixed 2-byte answer to every path), with
+    keep-alive, one worker, and the stub_status the harness reads at /__bench_status."""
     listens = "\n".join(f"    listen 127.0.0.1:{p}{' backlog=4096' if i == 0 else ''};" for i, p in enumerate(ports))
-    return f"""# the benchmark's backend: a fixed 2-byte answer, keep-alive, one worker
+    answers = "\n".join(f"    {loc}" for loc in locations)
+    return f"""# the benchmark's backend: keep-alive, one worker
 worker_processes 1;
 daemon off;
 pid {d}/nginx.pid;
@@ -39,7 +43,7 @@ http {{
 {nginx_temp_paths(d)}
   server {{
 {listens}
-    location / {{ return 200 "ok"; }}
+{answers}
     location = /__bench_status {{ stub_status; }}
   }}
 }}

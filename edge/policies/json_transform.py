@@ -33,7 +33,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from gatewatch.edge.policies.base import PolicyRequest, PolicyVerdict, allow, deny
-from gatewatch.edge.policies.bodies import OVER, STALLED, read_ahead, replay, stalled
+from gatewatch.edge.policies.bodies import replay
+from gatewatch.edge.policies.schema import read_whole_body
 from gatewatch.telemetry.context import DecisionRecord
 from gatewatch.telemetry.names import Attr, DecisionKind, Outcome, Verdict
 from gatewatch.telemetry.names import PolicyReason as R
@@ -140,16 +141,10 @@ class JsonTransformPolicy:
             return self._skipped("not_json")
         if (head.header("content-encoding") or "identity").strip().lower() != "identity":
             return self._skipped("encoded")
-        declared = head.header("content-length")
-        if declared is not None and declared.strip().isdigit() and int(declared) > self.max:
-            return self._too_large()
-        chunks, total, state = await read_ahead(req.body, self.max, self.cfg.idle_s)
-        original = req.body
-        req.body = replay(chunks, None if state not in (OVER, STALLED) else original)
-        if state == STALLED:
-            return stalled(self, self.cfg.idle_s)
-        if state == OVER:
-            return self._too_large()
+        chunks = await read_whole_body(self, req, self.max, self.cfg.idle_s)
+        if not isinstance(chunks, list):
+            return chunks
+        total = sum(map(len, chunks))
         try:
             doc = json.loads(b"".join(chunks))
         except (ValueError, UnicodeDecodeError):
@@ -166,10 +161,6 @@ class JsonTransformPolicy:
             Attr.POLICY_TYPE: TYPE, Attr.TRANSFORM_DIRECTION: "request", Attr.TRANSFORM_CHANGES: tuple(changes),
             Attr.TRANSFORM_BYTES_BEFORE: total, Attr.TRANSFORM_BYTES_AFTER: len(body),
             Attr.POLICY_SHADOW: self.shadow or None})
-
-    def _too_large(self) -> PolicyVerdict:
-        return deny(self, R.SIZE_TOO_LARGE.value, 413, Outcome.PAYLOAD_TOO_LARGE,
-                    f"the request body exceeds {self.max} bytes")
 
 
 # --- the response side: the engine's hook ---

@@ -45,6 +45,29 @@ def _refs(node) -> set[str]:
     return set()
 
 
+async def read_whole_body(policy, req: PolicyRequest, limit: int, idle_s: float) -> list[bytes] | PolicyVerdict:
+    """A request body read whole so that a policy can parse it (json_schema, json_transform): its chunks, with
+    `req.body` replaying them; or the verdict when it cannot be had: 413 size.too_large for a declared
+    Content-Length over `limit` (nothing read) or once more than `limit` bytes arrived, 408 body.stalled when it
+    stalled longer than `idle_s`. After a refusal `req.body` replays what was read, then the rest (shadow mode:
+    the whole body still goes upstream)."""
+    declared = req.head.header("content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+        return too_large(policy, limit)
+    chunks, _, state = await read_ahead(req.body, limit, idle_s)
+    req.body = replay(chunks, None if state == ENDED else req.body)
+    if state == STALLED:
+        return stalled(policy, idle_s)
+    if state == OVER:
+        return too_large(policy, limit)
+    return chunks
+
+
+def too_large(policy, limit: int) -> PolicyVerdict:
+    return deny(policy, R.SIZE_TOO_LARGE.value, 413, Outcome.PAYLOAD_TOO_LARGE,
+                f"the request body exceeds {limit} bytes")
+
+
 class JsonSchemaPolicy:
     type = "json_schema"
 
@@ -66,15 +89,9 @@ class JsonSchemaPolicy:
             return self._invalid(R.SCHEMA_NOT_JSON, "the request body must be application/json")
         if req.body is None:
             return self._invalid(R.SCHEMA_NOT_JSON, "a JSON request body is required")
-        declared = req.head.header("content-length")
-        if declared is not None and declared.strip().isdigit() and int(declared) > self.cfg.max_bytes:
-            return self._too_large()
-        chunks, total, state = await read_ahead(req.body, self.cfg.max_bytes, self.cfg.idle_s)
-        req.body = replay(chunks, None if state == ENDED else req.body)
-        if state == STALLED:
-            return stalled(self, self.cfg.idle_s)
-        if state == OVER:
-            return self._too_large()
+        chunks = await read_whole_body(self, req, self.cfg.max_bytes, self.cfg.idle_s)
+        if not isinstance(chunks, list):
+            return chunks
         try:
             doc = json.loads(b"".join(chunks))
         except (ValueError, UnicodeDecodeError):
@@ -91,6 +108,3 @@ class JsonSchemaPolicy:
                                                    f"({err.validator} constraint)")
         return allow(self, R.SCHEMA_VALID.value)
 
-    def _too_large(self) -> PolicyVerdict:
-        return deny(self, R.SIZE_TOO_LARGE.value, 413, Outcome.PAYLOAD_TOO_LARGE,
-                    f"the request body exceeds {self.cfg.max_bytes} bytes")

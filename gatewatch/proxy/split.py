@@ -31,6 +31,7 @@ import random
 import re
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from gatewatch.balancer.context import set_cookie
 from gatewatch.proxy import request_keys
 from gatewatch.telemetry.names import Reason
 
@@ -146,11 +147,4 @@ class Split:
 def split_cookie(cfg: SplitCookieConfig, value: str) -> str:
     """The `Set-Cookie` value of a split cookie (RFC 6265 §4.1): a random key, not the side's name, so a change
     of weights moves a client only as far as the weights say."""
-    parts = [f"{cfg.name}={value}", f"Path={cfg.path}", "SameSite=Lax"]
-    if cfg.max_age_s:
-        parts.append(f"Max-Age={cfg.max_age_s}")
-    if cfg.http_only:
-        parts.append("HttpOnly")
-    if cfg.secure:
-        parts.append("Secure")
-    return "; ".join(parts)
+    return set_cookie(cfg.name, value, cfg.path, cfg.max_age_s, cfg.http_only, cfg.secure)

@@ -101,18 +101,21 @@ async def test_missing_file_at_start_then_created(tmp_path):
         await until(lambda: b.ids() == ["10.0.0.1:80"], "the new file")
 
 
-async def backend(name: str):
-    async def handler(request):
-        return web.Response(text=name)
-    return await start_app(handler)
+@pytest.fixture
+async def ports():
+    """Two loopback backends, each answering its name ("one", "two"): their ports, in that order."""
+    def answer(name: str):
+        async def handler(request):
+            return web.Response(text=name)
+        return handler
+
+    started = [await start_app(answer(name)) for name in ("one", "two")]
+    yield [port for _, port in started]
+    for runner, _ in started:
+        await runner.cleanup()
 
 
-async def test_end_to_end_through_a_running_gatewatch(tmp_path):
-    runners, ports = [], []
-    for name in ("one", "two"):
-        r, p = await backend(name)
-        runners.append(r)
-        ports.append(p)
+async def test_end_to_end_through_a_running_gatewatch(tmp_path, ports):
     path = tmp_path / "instances.yaml"
     write(path, f"- {{host: 127.0.0.1, port: {ports[0]}, id: one}}\n")
     pool = {"name": "pool", "discovery": {"file": {"path": str(path), **FAST}}}
@@ -125,30 +128,26 @@ async def test_end_to_end_through_a_running_gatewatch(tmp_path):
     }
     config_path = tmp_path / "gatewatch.yaml"
     config_path.write_text(json.dumps(cfg))
-    try:
-        async with running(cfg) as rt, aiohttp.ClientSession() as s:
-            rt.config_path = str(config_path)
-            url = f"http://127.0.0.1:{rt.listeners[0].bound[1]}/x"
-            admin = f"http://{rt.admin_bound[0]}:{rt.admin_bound[1]}"
-            async with s.get(url) as r:
-                assert (r.status, await r.text()) == (200, "one")
-            write(path, f"- {{host: 127.0.0.1, port: {ports[1]}, id: two}}\n")
-            await until(lambda: [e.id for e in rt.pools["pool"].endpoints] == ["two"], "the change")
-            async with s.get(url) as r:
-                assert (r.status, await r.text()) == (200, "two")
-            async with s.get(f"{admin}/upstreams") as r:
-                state = (await r.json())["pools"]["pool"]
-            assert state["source"] == "file" and [(i["id"], i["source"]) for i in state["instances"]] == [
-                ("two", "file")]
-            assert state["discovery"]["detail"] == f"file {path} changed"
-            ok, problems = await rt.reload()  # the pool's config is unchanged: it keeps what discovery found
-            assert (ok, problems) == (True, [])
-            assert [e.id for e in rt.pools["pool"].endpoints] == ["two"]
-            async with s.get(url) as r:
-                assert (r.status, await r.text()) == (200, "two")
-    finally:
-        for r in runners:
-            await r.cleanup()
+    async with running(cfg) as rt, aiohttp.ClientSession() as s:
+        rt.config_path = str(config_path)
+        url = f"http://127.0.0.1:{rt.listeners[0].bound[1]}/x"
+        admin = f"http://{rt.admin_bound[0]}:{rt.admin_bound[1]}"
+        async with s.get(url) as r:
+            assert (r.status, await r.text()) == (200, "one")
+        write(path, f"- {{host: 127.0.0.1, port: {ports[1]}, id: two}}\n")
+        await until(lambda: [e.id for e in rt.pools["pool"].endpoints] == ["two"], "the change")
+        async with s.get(url) as r:
+            assert (r.status, await r.text()) == (200, "two")
+        async with s.get(f"{admin}/upstreams") as r:
+            state = (await r.json())["pools"]["pool"]
+        assert state["source"] == "file" and [(i["id"], i["source"]) for i in state["instances"]] == [
+            ("two", "file")]
+        assert state["discovery"]["detail"] == f"file {path} changed"
+        ok, problems = await rt.reload()  # the pool's config is unchanged: it keeps what discovery found
+        assert (ok, problems) == (True, [])
+        assert [e.id for e in rt.pools["pool"].endpoints] == ["two"]
+        async with s.get(url) as r:
+            assert (r.status, await r.text()) == (200, "two")
 
 
 async def test_the_pick_names_where_its_candidates_came_from():
@@ -168,33 +167,24 @@ async def test_the_pick_names_where_its_candidates_came_from():
         await h.close()
 
 
-async def test_health_checks_follow_the_membership(tmp_path):
-    runners, ports = [], []
-    for name in ("one", "two"):
-        r, p = await backend(name)
-        runners.append(r)
-        ports.append(p)
+async def test_health_checks_follow_the_membership(tmp_path, ports):
     path = tmp_path / "instances.yaml"
     write(path, f"- {{host: 127.0.0.1, port: {ports[0]}, id: one}}\n")
     hc = {"interval_s": 0.05, "timeout_s": 0.05, "jitter_s": 0, "path": "/", "healthy_threshold": 2}
-    try:
-        async with balancer({"name": "p", "health_check": hc,
-                             "discovery": {"file": {"path": str(path), **FAST}}}) as b:
-            probes = "gatewatch_health_probes_total"
-            await until(lambda: b.sample(probes, gatewatch_instance="one", result="pass"), "a probe of one")
-            write(path, f"- {{host: 127.0.0.1, port: {ports[0]}, id: one}}\n"
-                        f"- {{host: 127.0.0.1, port: {ports[1]}, id: two}}\n")
-            await until(lambda: "two" in b.ids(), "two added")
-            await until(lambda: b.rt.pools["p"].states()["two"] == "healthy", "two probed healthy")
-            # it took traffic only once its first probe passed (one pass, not healthy_threshold)
-            [up] = [e for e in b.events(Event.HEALTH_TRANSITION) if e.attributes[Attr.INSTANCE] == "two"]
-            assert (up.attributes[Attr.HEALTH_FROM], up.attributes[Attr.HEALTH_TO]) == ("unhealthy", "healthy")
-            write(path, f"- {{host: 127.0.0.1, port: {ports[1]}, id: two}}\n")
-            await until(lambda: b.ids() == ["two"], "one removed")
-            assert b.sample(probes, gatewatch_instance="one") is None  # its series went with it ...
-            seen = b.sample(probes, gatewatch_instance="two", result="pass")
-            await until(lambda: b.sample(probes, gatewatch_instance="two", result="pass") >= seen + 3, "more probes")
-            assert b.sample(probes, gatewatch_instance="one") is None  # ... and nobody probes it any more
-    finally:
-        for r in runners:
-            await r.cleanup()
+    async with balancer({"name": "p", "health_check": hc,
+                         "discovery": {"file": {"path": str(path), **FAST}}}) as b:
+        probes = "gatewatch_health_probes_total"
+        await until(lambda: b.sample(probes, gatewatch_instance="one", result="pass"), "a probe of one")
+        write(path, f"- {{host: 127.0.0.1, port: {ports[0]}, id: one}}\n"
+                    f"- {{host: 127.0.0.1, port: {ports[1]}, id: two}}\n")
+        await until(lambda: "two" in b.ids(), "two added")
+        await until(lambda: b.rt.pools["p"].states()["two"] == "healthy", "two probed healthy")
+        # it took traffic only once its first probe passed (one pass, not healthy_threshold)
+        [up] = [e for e in b.events(Event.HEALTH_TRANSITION) if e.attributes[Attr.INSTANCE] == "two"]
+        assert (up.attributes[Attr.HEALTH_FROM], up.attributes[Attr.HEALTH_TO]) == ("unhealthy", "healthy")
+        write(path, f"- {{host: 127.0.0.1, port: {ports[1]}, id: two}}\n")
+        await until(lambda: b.ids() == ["two"], "one removed")
+        assert b.sample(probes, gatewatch_instance="one") is None  # its series went with it ...
+        seen = b.sample(probes, gatewatch_instance="two", result="pass")
+        await until(lambda: b.sample(probes, gatewatch_instance="two", result="pass") >= seen + 3, "more probes")
+        assert b.sample(probes, gatewatch_instance="one") is None  # ... and nobody probes it any more

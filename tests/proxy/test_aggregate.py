@@ -14,6 +14,7 @@ from gatewatch.config import ConfigError, parse_config
 from gatewatch.edge.aggregation import merge, render
 from gatewatch.proxy.aggregate import Part, part_value
 from gatewatch.telemetry.names import AggregateCall
+from tests.support.configs import gateway_config
 from tests.support.net import closed_port, edge_port, start_app
 from tests.support.otlp import OtlpReceiver
 from tests.support.runtime import running
@@ -56,14 +57,9 @@ def config(ports: dict[str, int], tmp_path, otlp: OtlpReceiver | None = None) ->
     user = {"name": "user", "upstream": "users", "path": "/users/{id}", "query": "pass"}
     orders = {"name": "orders", "upstream": "orders", "path": "/orders?user={id}", "method": "POST"}
     slow = {"name": "slow", "upstream": "slow", "path": "/slow/{id}", "timeout_s": SLOW_S}
-    telemetry = {"local_dir": str(tmp_path / "telemetry")}
-    if otlp is not None:
-        telemetry.update({"otlp": {"endpoint": otlp.grpc_endpoint, "protocol": "grpc"}, "export_interval_s": 0.1})
-    return {
-        "admin": {"address": "127.0.0.1:0"},
-        "telemetry": telemetry,
-        "edge": {
-            "listeners": [{"name": "public", "address": "127.0.0.1:0"}],
+    return gateway_config(
+        tmp_path, otlp,
+        {
             "upstreams": [{"name": "orders", "url": f"http://127.0.0.1:{ports['orders']}"}],
             "routes": [
                 route("omit", [user, orders, slow], on_error="omit"),
@@ -79,12 +75,11 @@ def config(ports: dict[str, int], tmp_path, otlp: OtlpReceiver | None = None) ->
                                  dict(user, name="down", upstream="down")], on_error="omit"),
             ],
         },
-        "balancer": {"pools": [
+        [
             {"name": "users", "instances": [{"id": "u0", "host": "127.0.0.1", "port": ports["users"]}]},
             {"name": "slow", "instances": [{"id": "s0", "host": "127.0.0.1", "port": ports["slow"]}]},
             {"name": "down", "instances": [{"id": "d0", "host": "127.0.0.1", "port": closed_port()}]},
-        ]},
-    }
+        ])
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from multidict import CIMultiDict
 
 from gatewatch.config import ConfigError, parse_config
 from gatewatch.telemetry.names import Layer
+from tests.support.configs import gateway_config
 from tests.support.net import edge_port, start_app
 from tests.support.otlp import OtlpReceiver
 from tests.support.runtime import running
@@ -51,19 +52,13 @@ async def backends():
 
 
 def config(ports: dict[str, int], tmp_path, mirror: dict, otlp=None) -> dict:
-    telemetry = {"local_dir": str(tmp_path / "telemetry")}
-    if otlp is not None:
-        telemetry.update({"otlp": {"endpoint": otlp.grpc_endpoint, "protocol": "grpc"}, "export_interval_s": 0.1})
-    return {
-        "admin": {"address": "127.0.0.1:0"},
-        "telemetry": telemetry,
-        "edge": {"listeners": [{"name": "public", "address": "127.0.0.1:0"}],
-                 "upstreams": [{"name": name, "url": f"http://127.0.0.1:{ports[name]}"} for name in ("hang", "fail")],
-                 "routes": [{"name": "api", "match": {"path": {"prefix": "/api"}}, "upstream": "primary",
-                             "retries": {"attempts": 1}, "mirror": mirror}]},
-        "balancer": {"pools": [{"name": name, "instances": [{"id": f"{name}0", "host": "127.0.0.1",
-                                                             "port": ports[name]}]} for name in ("primary", "ok")]},
-    }
+    return gateway_config(
+        tmp_path, otlp,
+        {"upstreams": [{"name": name, "url": f"http://127.0.0.1:{ports[name]}"} for name in ("hang", "fail")],
+         "routes": [{"name": "api", "match": {"path": {"prefix": "/api"}}, "upstream": "primary",
+                     "retries": {"attempts": 1}, "mirror": mirror}]},
+        [{"name": name, "instances": [{"id": f"{name}0", "host": "127.0.0.1", "port": ports[name]}]}
+         for name in ("primary", "ok")])
 
 
 async def send(port: int, n: int, method: str = "GET", data=None, headers=None) -> list[tuple[int, dict, dict]]:

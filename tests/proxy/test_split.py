@@ -17,6 +17,7 @@ from aiohttp import web
 from gatewatch.app.runtime import Runtime
 from gatewatch.config import ConfigError, load_config, parse_config
 from gatewatch.proxy.split import Side, key_hash, rendezvous
+from tests.support.configs import gateway_config
 from tests.support.net import edge_port, start_app
 from tests.support.otlp import OtlpReceiver
 from tests.support.runtime import running
@@ -50,19 +51,12 @@ def config(ports: dict[str, int], tmp_path, weights=(95, 5), split=None, otlp=No
              "upstreams": [{"name": "stable", "weight": weights[0]}, {"name": "canary", "weight": weights[1]}]}
     if split is not None:
         route["split"] = split
-    telemetry = {"local_dir": str(tmp_path / "telemetry")}
-    if otlp is not None:
-        telemetry.update({"otlp": {"endpoint": otlp.grpc_endpoint, "protocol": "grpc"}, "export_interval_s": 0.1})
-    return {
-        "admin": {"address": "127.0.0.1:0"},
-        "telemetry": telemetry,
-        "edge": {"listeners": [{"name": "public", "address": "127.0.0.1:0"}],
-                 # one side a URL upstream, the other a pool of this process: a split takes either
-                 "upstreams": [{"name": "canary", "url": f"http://127.0.0.1:{ports['canary']}"}],
-                 "routes": [route]},
-        "balancer": {"pools": [{"name": "stable", "instances": [
-            {"id": "s0", "host": "127.0.0.1", "port": ports["stable"]}]}]},
-    }
+    # one side a URL upstream, the other a pool of this process: a split takes either
+    return gateway_config(tmp_path, otlp,
+                          {"upstreams": [{"name": "canary", "url": f"http://127.0.0.1:{ports['canary']}"}],
+                           "routes": [route]},
+                          [{"name": "stable", "instances": [
+                              {"id": "s0", "host": "127.0.0.1", "port": ports["stable"]}]}])
 
 
 async def sides_of(port: int, headers_per_request: list[dict]) -> list[tuple[str, dict]]:
