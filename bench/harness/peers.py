@@ -119,6 +119,27 @@ backend be
 """
 
 
+def haproxy_tcp_conf(routes: dict[int, int]) -> str:
+    """HAProxy `mode tcp` (bench/tcp.py): one frontend per listening port, relaying to one backend port
+    (`routes`: listening port -> backend port), one thread, like the gatewatch process it is compared with."""
+    parts = []
+    for n, (port, backend) in enumerate(sorted(routes.items())):
+        parts.append(f"frontend fe{n}\n    bind 127.0.0.1:{port}\n    default_backend be{n}\n\n"
+                     f"backend be{n}\n    server s0 127.0.0.1:{backend}\n")
+    return """# reference: HAProxy, one thread, TCP mode (L4 pass-through)
+global
+    nbthread 1
+    maxconn 8000
+
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+
+""" + "\n".join(parts)
+
+
 class Backend:
     """The nginx backend on the load CPU, for the whole run."""
 
