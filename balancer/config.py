@@ -364,6 +364,9 @@ class PoolConfig(Strict):
     slow_start: SlowStartConfig | None = None
     affinity: AffinityConfig | None = None
     tls: UpstreamTLSConfig | None = None  # speak TLS (https) to every instance, health checks included
+    # How to speak to the instances: HTTP/1.1, or HTTP/2 (gRPC backends): h2c with prior knowledge, or with `tls`
+    # h2 by ALPN. docs/http2.md
+    protocol: Literal["http1", "h2"] = "http1"
 
     @property
     def scheme(self) -> str:

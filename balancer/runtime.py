@@ -28,6 +28,22 @@ STATES = (EndpointState.HEALTHY, EndpointState.UNHEALTHY, EndpointState.EJECTED,
 EJECTION_REASONS = (Reason.OUTLIER_CONSECUTIVE_5XX, Reason.OUTLIER_CONSECUTIVE_GATEWAY_ERRORS)
 
 
+def zero_instance_series(m, cfg: PoolConfig, iid: str) -> None:
+    """One instance's series at 0 (requests, health transitions by state, ejections by the configured reasons,
+    probes by result): at start for configured instances (gatewatch.app.series) and when discovery adds one."""
+    oc = cfg.outlier_detection
+    m.instance_requests.inc((cfg.name, iid, Outcome.PROXIED.value), 0.0)
+    for state in STATES:
+        m.health_transitions.labels(cfg.name, iid, state.value)
+    for reason, on in ((EJECTION_REASONS[0], oc and oc.consecutive_5xx),
+                       (EJECTION_REASONS[1], oc and oc.consecutive_gateway_errors)):
+        if on:
+            m.ejections.labels(cfg.name, iid, reason.value)
+    if cfg.health_check is not None:
+        for result in ProbeResult:
+            m.health_probes.labels(cfg.name, iid, result.value)
+
+
 class BalancerRuntime:
     def __init__(self, pools: tuple[PoolConfig, ...], telemetry, metrics,
                  tls: Callable[[str], TLSSettings | None] = lambda name: None):
@@ -50,19 +66,9 @@ class BalancerRuntime:
         for c in self._checkers:
             if c.pool is pool:
                 c.sync()
-        m, cfg = self.metrics, pool.config
-        oc = cfg.outlier_detection
-        reasons = [r for r, on in ((EJECTION_REASONS[0], oc and oc.consecutive_5xx),
-                                   (EJECTION_REASONS[1], oc and oc.consecutive_gateway_errors)) if on]
+        m = self.metrics
         for iid in change.added:
-            m.instance_requests.inc((pool.name, iid, Outcome.PROXIED.value), 0.0)
-            for state in STATES:
-                m.health_transitions.labels(pool.name, iid, state.value)
-            for reason in reasons:
-                m.ejections.labels(pool.name, iid, reason.value)
-            if cfg.health_check is not None:
-                for result in ProbeResult:
-                    m.health_probes.labels(pool.name, iid, result.value)
+            zero_instance_series(m, pool.config, iid)
         for iid in change.removed:
             m.instance_requests.forget({0: pool.name, 1: iid})
             m.client_duration.forget({2: pool.name, 3: iid})

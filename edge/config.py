@@ -75,12 +75,36 @@ class HeaderMatch(Strict):
         return self
 
 
+GRPC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")  # a protobuf full name
+
+
 class MatchConfig(Strict):
     path: PathMatch = PathMatch(prefix="/")
     hosts: tuple[str, ...] = ()  # exact host names or `*.example.com`; the port is ignored
     methods: tuple[str, ...] = ()
     headers: tuple[HeaderMatch, ...] = ()
     query: tuple[HeaderMatch, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _grpc(cls, data):
+        """`grpc: {service: pkg.Service, method: Method}` (method optional) is sugar for the path gRPC calls use,
+        `/pkg.Service/Method` exact, or the prefix `/pkg.Service` (docs/http2.md)."""
+        if not isinstance(data, dict) or "grpc" not in data:
+            return data
+        data = dict(data)
+        g = data.pop("grpc")
+        if "path" in data:
+            raise ValueError("give either 'grpc' or 'path', not both")
+        if not isinstance(g, dict) or set(g) - {"service", "method"} or "service" not in g:
+            raise ValueError("grpc: a map with 'service' (e.g. pkg.Service) and optionally 'method'")
+        service, method = g["service"], g.get("method")
+        if not isinstance(service, str) or not GRPC_NAME.fullmatch(service):
+            raise ValueError(f"grpc.service: {service!r} is not a protobuf service name (pkg.Service)")
+        if method is not None and (not isinstance(method, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", method)):
+            raise ValueError(f"grpc.method: {method!r} is not a method name")
+        data["path"] = {"exact": f"/{service}/{method}"} if method else {"prefix": f"/{service}"}
+        return data
 
     @field_validator("methods")
     @classmethod
@@ -103,6 +127,15 @@ class TimeoutsConfig(Strict):
     connect_s: float = Field(default=2.0, gt=0, le=300)  # TCP connect to one instance
     response_s: float = Field(default=30.0, gt=0, le=3600)  # request sent → response head received
     idle_s: float = Field(default=60.0, gt=0, le=3600)  # longest stall between body chunks, either direction
+
+
+class WebSocketConfig(Strict):
+    """A route's WebSocket sessions (RFC 6455 pass-through, gatewatch.io.websocket; docs/websocket.md). When a
+    limit ends a session Gatewatch sends close 1001 (going away) to both sides, or 1009 for `max_message_bytes`."""
+
+    idle_timeout_s: float = Field(default=300.0, gt=0, le=86400)  # no frame either way for this long: closed
+    max_duration_s: float = Field(default=86400.0, gt=0, le=7 * 86400)  # a session's longest life
+    max_message_bytes: int | None = Field(default=None, ge=1)  # a message's payload (all its fragments); None: any
 
 
 class RewriteConfig(Strict):
@@ -219,6 +252,7 @@ class RouteConfig(Strict):
     retries: RetryConfig = RetryConfig()
     policies: tuple[PolicyConfig, ...] = ()  # evaluated in this order in the POLICY phase
     cache: CacheConfig | None = None  # a response cache, RFC 9111 shared cache (gatewatch.proxy.cache)
+    websocket: WebSocketConfig = WebSocketConfig()  # WebSocket sessions through this route (issue 17)
 
     @field_validator("policies")
     @classmethod

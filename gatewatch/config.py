@@ -108,6 +108,23 @@ class ListenerTLSConfig(Strict):
         return self
 
 
+class ListenerHTTP2Config(Strict):
+    """HTTP/2 on a listener (docs/http2.md): h2 by ALPN on TLS listeners, h2c by prior knowledge on plaintext
+    ones. The limits are advertised in SETTINGS (RFC 9113 §6.5.2) and enforced."""
+
+    enabled: bool = True
+    max_concurrent_streams: int = Field(default=100, ge=1, le=10000)  # over it: REFUSED_STREAM
+    max_header_list_size: int = Field(default=16384, ge=1024, le=1 << 20)  # over it: 431 on the stream
+    initial_window_size: int = Field(default=65535, ge=1024, le=2**31 - 1)  # per stream, request body buffered
+    connection_window_size: int = Field(default=1 << 20, ge=65535, le=2**31 - 1)  # all streams together
+    max_frame_size: int = Field(default=16384, ge=16384, le=2**24 - 1)  # RFC 9113 §6.5.2 bounds
+    # Rapid reset (CVE-2023-44487): streams the client resets (or we refuse) within reset_window_s; over
+    # max_resets the connection ends with GOAWAY ENHANCE_YOUR_CALM.
+    max_resets: int = Field(default=200, ge=1)
+    reset_window_s: float = Field(default=10.0, gt=0, le=3600)
+    max_streams_per_s: int = Field(default=5000, ge=1)  # new streams per connection and second; over: refused
+
+
 class ListenerConfig(Strict):
     name: str = Field(pattern=NAME_PATTERN)
     address: Address
@@ -132,11 +149,53 @@ class ListenerConfig(Strict):
     path_parameters: Literal["reject", "keep"] = "reject"
     headers_with_underscores: Literal["drop", "reject", "allow"] = "drop"
     tls: ListenerTLSConfig | None = None  # terminate TLS (https); absent: plaintext HTTP/1.1
+    http2: ListenerHTTP2Config = ListenerHTTP2Config()  # HTTP/2 (h2 by ALPN, h2c by prior knowledge)
     # Bind with SO_REUSEPORT, so that a second `gatewatch run` (of the same user: the kernel refuses another uid)
     # can bind the same address and take over before this one drains (docs/operations.md "Rolling restarts").
     # Off by default: two processes started by mistake on one port would silently share its traffic.
     # `workers` > 1 always sets it (the workers share the port).
     reuse_port: bool = False
+    # L4 TCP pass-through (docs/tcp.md), balancer listeners only: `mode: tcp` relays each connection's bytes to an
+    # instance of `pool`; the HTTP keys above (but name, address, reuse_port) are then a config error.
+    mode: Literal["http", "tcp"] = "http"
+    pool: str | None = Field(default=None, pattern=NAME_PATTERN)  # tcp: the balancer pool connections go to
+    connect_timeout_s: float = Field(default=5.0, gt=0, le=300)  # tcp: per connect attempt to an instance
+    connect_attempts: int = Field(default=3, ge=1, le=10)  # tcp: instances tried (nothing was sent yet: safe)
+    idle_timeout_s: float = Field(default=3600.0, gt=0, le=604800)  # tcp: no byte either way this long: closed
+    max_connections: int = Field(default=10000, ge=1, le=1_000_000)  # tcp: over it, accepted and reset at once
+    proxy_protocol: Literal["none", "v1", "v2"] = "none"  # tcp: HAProxy PROXY protocol header towards instances
+
+
+# Keys of a listener that only a `mode: tcp` listener reads, and those only an HTTP listener reads.
+TCP_LISTENER_KEYS = ("pool", "connect_timeout_s", "connect_attempts", "idle_timeout_s", "max_connections",
+                     "proxy_protocol")
+HTTP_LISTENER_KEYS = ("incoming_trace_context", "trusted_trace_sources", "max_header_size",
+                      "trust_forwarded_headers", "trace_response_header", "escaped_slashes", "merge_slashes",
+                      "path_parameters", "headers_with_underscores", "tls", "http2")
+
+
+def _listener_mode_problems(section: str, i: int, lst: ListenerConfig, pools: dict[str, PoolConfig]) -> list[str]:
+    """A listener's keys against its mode: a key the mode ignores is an error (it would silently do nothing)."""
+    where = f"{section}.listeners[{i}]"
+    out = []
+    if lst.mode == "tcp":
+        if section != "balancer":
+            out.append(f"{where}.mode: a tcp listener relays to a pool of this process: declare it under "
+                       "balancer.listeners")
+        if lst.pool is None:
+            out.append(f"{where}.pool: required with mode: tcp (which pool takes the connections?)")
+        elif lst.pool not in pools:
+            hint = closest(lst.pool, sorted(pools))
+            out.append(f"{where}.pool: unknown pool {lst.pool!r}" + (f"; did you mean {hint!r}?" if hint else ""))
+        elif pools[lst.pool].hash_key is not None and pools[lst.pool].hash_key.source != "client_address":
+            out.append(f"{where}.pool: pool {lst.pool!r} hashes on {pools[lst.pool].hash_key.describe()}, which a "
+                       "TCP connection does not have: set its hash_key.source to client_address")
+        out += [f"{where}.{key}: an HTTP listener setting; this listener has mode: tcp (remove it)"
+                for key in HTTP_LISTENER_KEYS if key in lst.model_fields_set]
+    else:
+        out += [f"{where}.{key}: a tcp listener setting; this listener has mode: http (set mode: tcp or remove it)"
+                for key in TCP_LISTENER_KEYS if key in lst.model_fields_set]
+    return out
 
 
 class EdgeConfig(Strict):
@@ -270,6 +329,7 @@ def semantic_errors(cfg: GatewatchConfig) -> list[str]:
     """Checks that need the whole file: names that refer to each other, duplicates, conflicting addresses."""
     problems: list[str] = []
     pools = {p.name for p in cfg.balancer.pools} if cfg.balancer else set()
+    pool_configs = {p.name: p for p in cfg.balancer.pools} if cfg.balancer else {}
     remotes = {u.name for u in cfg.edge.upstreams} if cfg.edge else set()
 
     def unique(items, what: str, path: str) -> None:
@@ -287,9 +347,10 @@ def semantic_errors(cfg: GatewatchConfig) -> list[str]:
                 if inst.instance_id in seen_ids:
                     problems.append(f"balancer.pools[{pi}].instances[{ii}]: duplicate instance {inst.instance_id!r}")
                 seen_ids.add(inst.instance_id)
-        if cfg.balancer.listeners and not cfg.balancer.routes:
+        http_listeners = [lst for lst in cfg.balancer.listeners if lst.mode == "http"]  # tcp ones name a pool
+        if http_listeners and not cfg.balancer.routes:
             problems.append("balancer.routes: required when balancer.listeners is set (which pool serves a request?)")
-        if cfg.balancer.routes and not cfg.balancer.listeners:
+        if cfg.balancer.routes and not http_listeners:
             problems.append("balancer.listeners: balancer.routes are set but no listener would serve them")
     if cfg.edge:
         unique([u.name for u in cfg.edge.upstreams], "name", "edge.upstreams")
@@ -312,6 +373,7 @@ def semantic_errors(cfg: GatewatchConfig) -> list[str]:
         unique([r.name for r in routes], "name", f"{section}.routes")
         unique([lst.name for lst in listeners], "name", f"{section}.listeners")
         for i, lst in enumerate(listeners):
+            problems.extend(_listener_mode_problems(section, i, lst, pool_configs))
             addr = parse_address(lst.address)
             if addr[1] and addr in addresses:
                 problems.append(f"{section}.listeners[{i}].address: {lst.address} is already used by {addresses[addr]}")

@@ -252,3 +252,11 @@ class RequestRecord:
     # a shadow request's record (issue 19): no SERVER span of its own, only `attempts[0]`'s CLIENT span, a child of
     # `trace.span_id` (the primary's SERVER span); exported after the primary's record, when the shadow is done
     mirror: bool = False
+    # a TCP pass-through connection (mode: tcp listener, gatewatch.io.tcp_proxy): (bytes received from the client,
+    # bytes sent to it, TcpClosedBy, network.type, proxy protocol sent or None). Its spans are `convert.tcp_models`;
+    # the HTTP fields (method, path, ...) are empty, `listener` names the listener, `upstream` the pool.
+    tcp: tuple | None = None
+    # a WebSocket session's record (issue 17): no SERVER span of its own, only the session's INTERNAL span, a child
+    # of `trace.span_id` (the handshake's SERVER span), from the 101 to the session's end: (span id, WebSocketEnd,
+    # closed by, close code, client bytes, upstream bytes, client messages, upstream messages, instance)
+    websocket: tuple | None = None

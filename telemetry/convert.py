@@ -186,6 +186,10 @@ def _server_extra(r: RequestRecord) -> dict[str, Any]:
 def span_models(r: RequestRecord, conv: Conventions = DEFAULT_CONVENTIONS) -> list[SpanModel]:
     if r.mirror:
         return shadow_models(r, conv)
+    if r.tcp is not None:
+        return tcp_models(r)
+    if r.websocket is not None:
+        return websocket_models(r)
     t = r.trace
     # every verdict of the route's policies, in order: "name=verdict:reason"
     summary = tuple(f"{p[0]}={p[2]}:{p[3]}" for p in r.policies) if r.policies else None
@@ -256,13 +260,71 @@ def shadow_models(r: RequestRecord, conv: Conventions = DEFAULT_CONVENTIONS) -> 
     return out
 
 
+# A TCP pass-through connection (gatewatch.io.tcp_proxy): a SERVER span for the client's connection, a CLIENT
+# span per connect attempt (the last one lasts as long as the relay). No OTel convention names TCP proxy spans;
+# the attributes are the general `network.*`, `server.*` and `client.*` ones.
+TCP_SERVER_SHAPE = Shape(
+    (Attr.NETWORK_TRANSPORT, Attr.NETWORK_TYPE, Attr.SERVER_ADDRESS, Attr.SERVER_PORT, Attr.LAYER, Attr.LISTENER,
+     Attr.UPSTREAM, Attr.INSTANCE, Attr.OUTCOME, Attr.ERROR_TYPE, Attr.TCP_CLOSED_BY, Attr.TCP_PROXY_PROTOCOL,
+     Attr.CONFIG_VERSION),
+    (Attr.CLIENT_ADDRESS, Attr.CLIENT_PORT, Attr.NETWORK_PEER_ADDRESS, Attr.NETWORK_PEER_PORT),
+    (Attr.REQUEST_ID, Attr.TCP_RECEIVED_BYTES, Attr.TCP_SENT_BYTES, Attr.EVENT_IDS))
+TCP_CLIENT_SHAPE = Shape(
+    (Attr.NETWORK_TRANSPORT, Attr.SERVER_ADDRESS, Attr.SERVER_PORT, Attr.NETWORK_PEER_ADDRESS,
+     Attr.NETWORK_PEER_PORT, Attr.LAYER, Attr.LISTENER, Attr.UPSTREAM, Attr.INSTANCE, Attr.ZONE, Attr.OUTCOME,
+     Attr.ERROR_TYPE), (), (Attr.REQUEST_ID, Attr.TIMING_CONNECT))
+TCP = "tcp"
+
+
+def tcp_models(r: RequestRecord) -> list[SpanModel]:
+    t = r.trace
+    received, sent, closed_by, network_type, proxy_protocol = r.tcp
+    last = r.attempts[-1] if r.attempts else None
+    attrs = Attrs(TCP_SERVER_SHAPE,
+                  (TCP, network_type, r.host, r.server_port, r.layer, r.listener, r.upstream,
+                   last.instance if last is not None and last.error_type is None else None, r.outcome, r.error_type,
+                   closed_by, proxy_protocol, r.config_version),
+                  (r.client_address, r.client_port, r.client_address, r.client_port),
+                  (r.request_id, received, sent, tuple(r.event_ids) if r.event_ids else None), r.lb)
+    out = [SpanModel(f"tcp {r.listener}", t.trace_id, t.span_id, None, SERVER, r.start_ns, r.end_ns, attrs,
+                     r.error_type is not None, None)]
+    for a in r.attempts:
+        a_attrs = Attrs(TCP_CLIENT_SHAPE,
+                        (TCP, a.host, a.port, a.peer_address, a.peer_port, a.layer, r.listener, a.upstream,
+                         a.instance, a.zone, a.outcome, a.error_type), (), (r.request_id, a.connect_s), a.lb)
+        out.append(SpanModel(f"tcp {a.upstream}", t.trace_id, a.span_id, t.span_id, CLIENT, a.start_ns,
+                             a.end_ns or r.end_ns, a_attrs, a.error_type is not None, None))
+    return out
+
+
+# A WebSocket session (issue 17, gatewatch.io.websocket): an INTERNAL span from the 101 to the session's end, a
+# child of the handshake's SERVER span (which ends at the 101, its status 101). Its own record, exported when the
+# session ends.
+WEBSOCKET_SHAPE = Shape(
+    (Attr.LAYER, Attr.ROUTE, Attr.HTTP_ROUTE, Attr.UPSTREAM, Attr.INSTANCE, Attr.WEBSOCKET_END,
+     Attr.WEBSOCKET_CLOSED_BY, Attr.WEBSOCKET_CLOSE_CODE),
+    (), (Attr.REQUEST_ID, Attr.WEBSOCKET_CLIENT_BYTES, Attr.WEBSOCKET_UPSTREAM_BYTES, Attr.WEBSOCKET_CLIENT_MESSAGES,
+         Attr.WEBSOCKET_UPSTREAM_MESSAGES))
+_WS_FAILED = frozenset({"protocol_error", "message_too_big", "upstream_disconnect"})
+
+
+def websocket_models(r: RequestRecord) -> list[SpanModel]:
+    t = r.trace
+    span_id, end, closed_by, code, c_bytes, u_bytes, c_msgs, u_msgs, instance = r.websocket
+    attrs = Attrs(WEBSOCKET_SHAPE, (r.layer, r.route, r.route_template, r.upstream, instance, end, closed_by, code),
+                  (), (r.request_id, c_bytes, u_bytes, c_msgs, u_msgs), {})
+    name = f"websocket {r.route_template}" if r.route_template else "websocket"
+    return [SpanModel(name, t.trace_id, span_id, t.span_id, INTERNAL, r.start_ns, r.end_ns, attrs,
+                      end in _WS_FAILED, None)]
+
+
 def log_models(r: RequestRecord | EventRecord, conv: Conventions = DEFAULT_CONVENTIONS) -> list[LogModel]:
     if isinstance(r, EventRecord):
         return [LogModel(r.time_ns, r.trace_id, r.span_id, bool(r.trace_id), r.body,
                          Attrs(EVENT_SHAPE, (), (), (), r.attributes), r.event, r.severity)]
     out = []
     unique = (r.request_id, r.path)
-    method = _method(r.method, conv.known_methods)[0]
+    method = _method(r.method, conv.known_methods)[0] if r.tcp is None else None  # a TCP connection has none
     for d in r.decisions:
         kind = d.kind.value
         attrs = Attrs(DECISION_SHAPE,

@@ -33,6 +33,8 @@ from gatewatch.telemetry.names import SCOPE_NAME, TelemetrySignal
 def span_count(r) -> int:
     if r.mirror:  # a shadow request: its CLIENT span only (telemetry.convert)
         return len(r.attempts)
+    if r.websocket is not None:  # a WebSocket session: its session span only (telemetry.convert)
+        return 1
     return 1 + len(r.attempts) + (1 if r.balance_span_id else 0)
 
 

@@ -11,13 +11,14 @@ OpenMetrics exposition (`Accept: application/openmetrics-text`).
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Info, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from gatewatch.telemetry.fastmetrics import FastCounter, FastHistogram
-from gatewatch.telemetry.names import (CONSUMER_LABEL_CAP, DURATION_BUCKETS_S, MIRROR_DELTA_BUCKETS_S, OVERFLOW_LABEL,
+from gatewatch.telemetry.names import (CONNECT_BUCKETS_S, CONSUMER_LABEL_CAP, DURATION_BUCKETS_S,
+                                       MIRROR_DELTA_BUCKETS_S, OVERFLOW_LABEL,
                                        Label, Metric)
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -145,6 +146,19 @@ class Metrics:
         self.aggregate_calls = Counter(  # aggregate routes (issue 19)
             Metric.AGGREGATE_CALLS, "Calls of aggregate routes, by route, call and result (ok, or why the call's "
             "part could not be used).", [Label.ROUTE, Label.CALL, Label.RESULT], registry=r)
+        # L4 TCP pass-through (mode: tcp listeners, gatewatch.io.tcp_proxy)
+        tcp = [Label.LISTENER, Label.POOL, Label.INSTANCE]
+        self.tcp_connections = Counter(
+            Metric.TCP_CONNECTIONS, "TCP pass-through connections ended, by listener, pool, instance (empty when "
+            "none was reached) and outcome.", tcp + [Label.OUTCOME], registry=r)
+        self.tcp_active = Gauge(Metric.TCP_ACTIVE, "TCP pass-through connections relaying now.", tcp, registry=r)
+        self.tcp_received = Counter(Metric.TCP_RECEIVED, "Bytes received from TCP pass-through clients and relayed "
+                                    "to the instance.", tcp, registry=r)
+        self.tcp_sent = Counter(Metric.TCP_SENT, "Bytes relayed from the instance to TCP pass-through clients.",
+                                tcp, registry=r)
+        self.tcp_connect_duration = Histogram(
+            Metric.TCP_CONNECT_DURATION, "TCP connects to pool instances, by result (ok, or the error.type).",
+            [Label.POOL, Label.INSTANCE, Label.RESULT], buckets=CONNECT_BUCKETS_S, registry=r)
         self.endpoints = Gauge(
             Metric.ENDPOINTS, "Instances per pool and state.", [Label.POOL, Label.STATE], registry=r)
         self.in_flight = Gauge(
@@ -169,6 +183,15 @@ class Metrics:
         self.tls_cert_expiry = Gauge(
             Metric.TLS_CERT_EXPIRY, "When a certificate a listener serves expires (notAfter, Unix time).",
             [Label.LISTENER, Label.CERTIFICATE, Label.SERIAL], registry=r)
+        self.h2_events = Counter(  # issue 17, HTTP/2 downstream
+            Metric.HTTP2_EVENTS, "HTTP/2 connections and streams opened, resets and GOAWAYs, by listener and reason.",
+            [Label.LISTENER, Label.EVENT, Label.REASON], registry=r)
+        self.websocket_sessions = Gauge(  # issue 17
+            Metric.WEBSOCKET_SESSIONS, "WebSocket sessions open, by route, upstream and instance.",
+            [Label.ROUTE, Label.UPSTREAM, Label.INSTANCE], registry=r)
+        self.websocket_ended = Counter(
+            Metric.WEBSOCKET_SESSIONS_ENDED, "WebSocket sessions ended, by route and why (WebSocketEnd).",
+            [Label.ROUTE, Label.REASON], registry=r)
         self.build = Info(Metric.BUILD_INFO, "Gatewatch build information.", registry=r)
         ProcessCollector(registry=r)  # process_start_time_seconds, process_cpu_seconds_total, ... (worker health)
         self.build.info({Label.VERSION: version})

@@ -85,6 +85,8 @@ class ErrorType(StrEnum):
     RESPONSE_NOT_JSON = "response_not_json"  # the body is not JSON (or, to be merged, not a JSON object)
     RESPONSE_TOO_LARGE = "response_too_large"  # the body exceeds the call's max_body_bytes
     CANCELLED = "cancelled"  # stopped because another call had already failed the request (on_error: fail)
+    # WebSocket (issue 17): the upstream answered 101 but not as RFC 6455 §4.2.2 requires (Upgrade, Accept)
+    WEBSOCKET_HANDSHAKE_FAILED = "websocket_handshake_failed"
 
 
 class TlsFailure(StrEnum):
@@ -153,6 +155,9 @@ class RejectReason(StrEnum):
     PATH_PARAMETER = "path_parameter"  # ';' (path_parameters: reject, or on a dot segment: '..;')
     # header fields (engine)
     UNDERSCORE_IN_HEADER_NAME = "underscore_in_header_name"  # headers_with_underscores: reject
+    # a WebSocket opening handshake the listener refuses (RFC 6455 §4.1, §4.2.1; issue 17): answered 400
+    WEBSOCKET_INVALID_HANDSHAKE = "websocket_invalid_handshake"  # not GET, a body, no valid Sec-WebSocket-Key
+    WEBSOCKET_UNSUPPORTED_VERSION = "websocket_unsupported_version"  # Sec-WebSocket-Version other than 13
 
 
 class HeaderDrop(StrEnum):
@@ -470,6 +475,11 @@ class Attr:
     TLS_CLIENT_SUBJECT = "tls.client.subject"  # RFC 4514 distinguished name
     TLS_CLIENT_HASH = "tls.client.hash.sha256"  # of the DER certificate, upper-case hex (semconv)
     TLS_NEXT_PROTOCOL = "tls.next_protocol"  # the ALPN protocol negotiated, e.g. "http/1.1"
+    # gRPC requests (issue 17; OTel RPC semconv), on the SERVER span
+    RPC_SYSTEM = "rpc.system"  # "grpc"
+    RPC_SERVICE = "rpc.service"  # "package.Service" from the path /package.Service/Method
+    RPC_METHOD = "rpc.method"
+    RPC_GRPC_STATUS_CODE = "rpc.grpc.status_code"  # from the response's grpc-status (trailers), or ours
     TIMING_REQUEST_SENT = "gatewatch.timing.request_sent_s"  # writing the request (head, and body when streamed)
     TIMING_TTFB = "gatewatch.timing.ttfb_s"  # from the request sent to the response head received
     # per policy, in the order of gatewatch.policy.summary, on the SERVER span: each evaluation's duration
@@ -519,6 +529,23 @@ class Attr:
     TRANSFORM_BYTES_BEFORE = "gatewatch.transform.bytes_before"
     TRANSFORM_BYTES_AFTER = "gatewatch.transform.bytes_after"
     TRANSFORM_SKIPPED = "gatewatch.transform.skipped"  # why a body was left as it was: not_json, encoded, no_body
+    # L4 TCP pass-through (mode: tcp listeners, docs/tcp.md): a connection's SERVER span and its CLIENT spans
+    NETWORK_TRANSPORT = "network.transport"  # "tcp"
+    NETWORK_TYPE = "network.type"  # ipv4 | ipv6
+    CLIENT_PORT = "client.port"
+    LISTENER = "gatewatch.listener"
+    TCP_RECEIVED_BYTES = "gatewatch.tcp.received_bytes"  # from the client (relayed to the instance)
+    TCP_SENT_BYTES = "gatewatch.tcp.sent_bytes"  # to the client (relayed from the instance)
+    TCP_CLOSED_BY = "gatewatch.tcp.closed_by"  # TcpClosedBy: who ended the connection first
+    TCP_PROXY_PROTOCOL = "gatewatch.tcp.proxy_protocol"  # v1 | v2: the PROXY header sent to the instance
+    # WebSocket sessions (issue 17): the session span, an INTERNAL child of the handshake's SERVER span
+    WEBSOCKET_END = "gatewatch.websocket.end"  # WebSocketEnd: why the session ended
+    WEBSOCKET_CLOSED_BY = "gatewatch.websocket.closed_by"  # client | upstream | gatewatch
+    WEBSOCKET_CLOSE_CODE = "gatewatch.websocket.close_code"  # the first close frame's code (RFC 6455 §7.4)
+    WEBSOCKET_CLIENT_BYTES = "gatewatch.websocket.client_bytes"  # bytes relayed client -> upstream
+    WEBSOCKET_UPSTREAM_BYTES = "gatewatch.websocket.upstream_bytes"  # bytes relayed upstream -> client
+    WEBSOCKET_CLIENT_MESSAGES = "gatewatch.websocket.client_messages"  # complete data messages client -> upstream
+    WEBSOCKET_UPSTREAM_MESSAGES = "gatewatch.websocket.upstream_messages"  # upstream -> client
 
 
 class Reason(StrEnum):
@@ -716,6 +743,41 @@ class Metric:
     MIRROR_LATENCY_DELTA = "gatewatch_mirror_latency_delta_seconds"  # histogram: shadow minus primary duration
     # aggregate routes (issue 19)
     AGGREGATE_CALLS = "gatewatch_aggregate_calls"  # counter -> ..._total, by route, call and result (AggregateCall)
+    # L4 TCP pass-through (mode: tcp listeners, docs/tcp.md), by listener, pool and instance
+    TCP_CONNECTIONS = "gatewatch_tcp_connections"  # counter -> ..._total, + outcome (TcpOutcome); instance "" if none
+    TCP_ACTIVE = "gatewatch_tcp_active_connections"  # gauge: relaying now
+    TCP_RECEIVED = "gatewatch_tcp_received_bytes"  # counter -> ..._total: from clients, relayed to the instance
+    TCP_SENT = "gatewatch_tcp_sent_bytes"  # counter -> ..._total: from the instance, relayed to clients
+    TCP_CONNECT_DURATION = "gatewatch_tcp_connect_duration_seconds"  # histogram, by pool, instance, result
+    # WebSocket sessions (issue 17)
+    WEBSOCKET_SESSIONS = "gatewatch_websocket_sessions"  # gauge: open sessions, by route, upstream and instance
+    WEBSOCKET_SESSIONS_ENDED = "gatewatch_websocket_sessions_ended"  # counter -> ..._total, route, WebSocketEnd
+    # HTTP/2 downstream (issue 17): counter -> ..._total, by listener, `H2Event` and `H2Reason`
+    HTTP2_EVENTS = "gatewatch_http2_events"
+
+
+class H2Event(StrEnum):
+    """What happened on a listener's HTTP/2 connection (`event` of `gatewatch_http2_events_total`)."""
+
+    CONNECTION = "connection"  # reason opened
+    STREAM = "stream"  # reason opened (handed to the engine) or refused (answered by the listener: 431, 400, 501)
+    RESET = "reset"  # a stream reset: by the client, refused by us (limits), or malformed (PROTOCOL_ERROR)
+    GOAWAY = "goaway"  # the connection ended by us: drain, or a defence / protocol error
+
+
+class H2Reason(StrEnum):
+    """`reason` of `gatewatch_http2_events_total` (h2_listener)."""
+
+    OPENED = "opened"
+    REFUSED = "refused"
+    CLIENT_RESET = "client_reset"  # RST_STREAM from the client
+    REFUSED_STREAM = "refused_stream"  # over max_concurrent_streams or max_streams_per_s (RFC 9113 §5.1.2)
+    PROTOCOL_ERROR = "protocol_error"  # a malformed request (§8.1.1) or connection error
+    RAPID_RESET = "rapid_reset"  # CVE-2023-44487: too many resets in the window -> GOAWAY ENHANCE_YOUR_CALM
+    HEADER_LIST_TOO_LARGE = "header_list_too_large"  # an HPACK bomb -> GOAWAY ENHANCE_YOUR_CALM
+    FLOW_CONTROL_ERROR = "flow_control_error"
+    FRAME_SIZE_ERROR = "frame_size_error"
+    DRAIN = "drain"  # GOAWAY NO_ERROR on drain or idle
 
 
 class Label:
@@ -757,6 +819,7 @@ class Label:
     SOURCE = "source"  # DiscoverySource (service discovery, issue 20)
     MATCH = "match"  # MirrorMatch, of gatewatch_mirror_comparisons_total
     CALL = "call"  # an aggregate route's call name (config), of gatewatch_aggregate_calls_total
+    EVENT = "event"  # H2Event, of gatewatch_http2_events_total
 
 
 class DiscoverySource(StrEnum):
@@ -844,6 +907,51 @@ class DrainClose(StrEnum):
     IDLE = "idle"  # closed by the listener after drain.idle_close_s without a request
     DEADLINE = "deadline"  # still busy (or with a request unread) when drain.grace_s ran out: cut
 
+
+class WebSocketEnd(StrEnum):
+    """Why a WebSocket session ended (`gatewatch.websocket.end`, `reason` of
+    `gatewatch_websocket_sessions_ended_total`; docs/websocket.md)."""
+
+    CLIENT_CLOSE = "client_close"  # the client sent a close frame first
+    UPSTREAM_CLOSE = "upstream_close"  # the upstream sent a close frame first
+    CLIENT_DISCONNECT = "client_disconnect"  # the client's TCP connection ended without a close handshake
+    UPSTREAM_DISCONNECT = "upstream_disconnect"  # the upstream's TCP connection ended without one
+    IDLE_TIMEOUT = "idle_timeout"  # no frame either way for websocket.idle_timeout_s: 1001 to both
+    MAX_DURATION = "max_duration"  # websocket.max_duration_s reached: 1001 to both
+    DRAIN = "drain"  # the listener is draining (reload, shutdown): 1001 to both
+    INSTANCE_GONE = "instance_gone"  # the instance was ejected, became unhealthy or left its pool: 1001 to both
+    PROTOCOL_ERROR = "protocol_error"  # a frame broke RFC 6455 §5 (masking, reserved opcode, control frame): 1002
+    MESSAGE_TOO_BIG = "message_too_big"  # a message over websocket.max_message_bytes: 1009
+
+
+class TcpOutcome(StrEnum):
+    """How one TCP pass-through connection ended (`gatewatch.outcome` of its SERVER span, `outcome` of
+    `gatewatch_tcp_connections_total`). The values shared with `Outcome` mean the same thing."""
+
+    PROXIED = "proxied"  # relayed until both sides closed (FIN)
+    CLIENT_ABORT = "client_abort"  # the client reset the connection (the instance's side was reset too)
+    UPSTREAM_ERROR = "upstream_error"  # the instance reset the connection after it was made (the client's was reset)
+    UPSTREAM_CONNECT_ERROR = "upstream_connect_error"  # every connect attempt failed (refused, unreachable)
+    UPSTREAM_TIMEOUT = "upstream_timeout"  # the last connect attempt timed out (connect_timeout_s)
+    NO_HEALTHY_UPSTREAM = "no_healthy_upstream"  # the pool had no instance to pick
+    UPSTREAM_OVERFLOW = "upstream_overflow"  # every candidate is at its connection limit
+    IDLE_TIMEOUT = "idle_timeout"  # no byte either way for idle_timeout_s: both sides closed
+    CONNECTION_LIMIT = "connection_limit"  # over the listener's max_connections: accepted and reset at once
+    DRAIN_CUT = "drain_cut"  # still open when a drain's grace ran out: half-closed, then cut
+
+
+class TcpClosedBy(StrEnum):
+    """Who ended a TCP pass-through connection first (`gatewatch.tcp.closed_by`)."""
+
+    CLIENT = "client"
+    UPSTREAM = "upstream"
+    PROXY = "proxy"  # Gatewatch: a timeout, a limit, a drain, a failed connect
+
+
+# Connect durations (seconds): loopback and LAN connects take well under a millisecond.
+CONNECT_BUCKETS_S: tuple[float, ...] = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)
 
 # OTel semconv's recommended buckets for http.*.request.duration (seconds).
 DURATION_BUCKETS_S: tuple[float, ...] = (

@@ -336,7 +336,7 @@ BAD_DOCUMENTS = [
         """), ["edge.routes[0].match.methods: 'get' is not an upper-case HTTP method",
                "edge.routes[1].match.hosts: '*x' is not a host name or '*.domain' wildcard",
                "edge.routes[1].bogus: unknown key (valid keys here: name, match, upstream, upstreams, split, mirror, "
-               "aggregate, timeouts, rewrite, preserve_host, retries, policies, cache)"],
+               "aggregate, timeouts, rewrite, preserve_host, retries, policies, cache, websocket)"],
         id="several-schema-problems"),
 ]
 

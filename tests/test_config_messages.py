@@ -69,7 +69,7 @@ MISTAKES = [
                  id="policy-key-misspelt"),
     pytest.param(ROUTE + ("colour",), "blue",
                  ["edge.routes[0].colour: unknown key (valid keys here: name, match, upstream, upstreams, split, "
-                  "mirror, aggregate, timeouts, rewrite, preserve_host, retries, policies, cache)"],
+                  "mirror, aggregate, timeouts, rewrite, preserve_host, retries, policies, cache, websocket)"],
                  id="unknown-key-lists-the-valid-ones"),
     # --- policy types: a discriminated union, told as the `type` key ---------------------------------------------
     pytest.param(POLICY, [{"type": "ratelimit", "name": "rl", "limit": 1, "window_s": 1}],

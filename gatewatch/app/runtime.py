@@ -36,9 +36,13 @@ from gatewatch.io.aiohttp_listener import AiohttpListener
 from gatewatch.io.fast_forwarder import RawForwarder
 from gatewatch.io.fast_listener import RawListener
 from gatewatch.io.interfaces import Forwarder, Listener
-from gatewatch.io.tls import MIN_VERSIONS, ServerTLS, UpstreamTLS, client_context
+from gatewatch.io.tcp_proxy import TcpListener
+from gatewatch.io.h2_listener import H2Settings
+from gatewatch.telemetry.names import H2Event, H2Reason
+from gatewatch.io.tls import ALPN, ALPN_HTTP1, MIN_VERSIONS, ServerTLS, UpstreamTLS, client_context
 from gatewatch.proxy import snapshot
 from gatewatch.proxy.engine import Engine
+from gatewatch.proxy.tcp import TcpSessions
 from gatewatch.telemetry.config import resolve
 from gatewatch.telemetry.metrics import Metrics
 from gatewatch.telemetry.context import new_event_id
@@ -88,6 +92,7 @@ class Runtime:
         listener_type, forwarder_type = DATA_PLANES[config.data_plane]
         self.forwarder: Forwarder = forwarder_type(_limits(config))
         self.forwarder.set_tls(self.tls)
+        _h2_pools(self.forwarder, config)
         self.listeners: list[Listener] = []
         self.engines: dict[Layer, Engine] = {}
         self.policy_resources = PolicyResources(self.metrics, self.telemetry)
@@ -98,15 +103,23 @@ class Runtime:
                 continue
             engine = Engine(self._snapshot(layer, config), self.forwarder, self.telemetry)
             self.engines[layer] = engine
+            engine.websockets.pools = lambda name: self.pools.get(name)  # the running pools, after reloads too
             for i, lst in enumerate(section.listeners):
                 self._listener_names.append(f"{layer.value}.listeners[{i}] {lst.name!r} (traffic)")
                 host, port = parse_address(lst.address)
                 port = (ports or {}).get(lst.name, port)
+                if lst.mode == "tcp":  # L4 pass-through to a pool of this process (gatewatch.io.tcp_proxy)
+                    sessions = TcpSessions(lst.name, lst, lambda: self.pools, self.telemetry, self.config_version)
+                    self.listeners.append(TcpListener(lst.name, host, port, lst, sessions,
+                                                      reuse_port=worker is not None or lst.reuse_port))
+                    continue
                 self.listeners.append(listener_type(lst.name, host, port, "https" if lst.tls else "http",
                                                     engine.handle, engine.reject, lst.max_header_size,
                                                     reuse_port=worker is not None or lst.reuse_port,
                                                     handle_now=engine.handle_now,
-                                                    tls=self._server_tls(lst), on_tls=self._tls_observed))
+                                                    tls=self._server_tls(lst, config.data_plane),
+                                                    on_tls=self._tls_observed))
+                _http2(self.listeners[-1], lst, self._h2_observed)
         self._expiry_series: set[tuple[str, str, str]] = set()
         self._served_certificates()
         init_series(self.metrics, config)
@@ -154,23 +167,32 @@ class Runtime:
                 self.tls = self._upstream_tls(cfg)
                 # Certificates are read again whatever the config says: a reload is how rotated files are
                 # taken up. New connections get them; open ones keep the session they have.
-                served = {lst.name: self._server_tls(lst) for sec in (cfg.edge, cfg.balancer) if sec
+                served = {lst.name: self._server_tls(lst, cfg.data_plane) for sec in (cfg.edge, cfg.balancer) if sec
                           for lst in sec.listeners}
             except (OSError, ssl.SSLError, ValueError) as err:  # a file changed between validation and now
                 self._reloaded("error", [f"tls: {err}"])
                 return False, [f"tls: {err}"]
+            configured = {lst.name: lst for sec in (cfg.edge, cfg.balancer) if sec for lst in sec.listeners}
             for lst in self.listeners:
                 if lst.name in served:
                     lst.tls = served[lst.name]
+                if lst.name in configured:  # new connections get the new HTTP/2 limits (and ALPN, above)
+                    _http2(lst, configured[lst.name], self._h2_observed)
             self._served_certificates()
             pools = await self.balancer.reconcile(cfg.balancer.pools) if self.balancer else {}
             self.pools = pools
             self.forwarder.set_limits(_limits(cfg))
             self.forwarder.set_tls(self.tls)
+            _h2_pools(self.forwarder, cfg)
             previous = self.config_version
             self._set_config(cfg)
             for layer, engine in self.engines.items():
                 engine.snapshot = self._snapshot(layer, cfg)
+            tcp = {lst.name: lst for lst in (cfg.balancer.listeners if cfg.balancer else ()) if lst.mode == "tcp"}
+            for lst in self.listeners:  # new TCP connections take the new timeouts, limits and PROXY setting
+                if isinstance(lst, TcpListener) and lst.name in tcp:
+                    lst.configure(tcp[lst.name], TcpSessions(lst.name, tcp[lst.name], lambda: self.pools,
+                                                             self.telemetry, self.config_version))
             init_series(self.metrics, cfg)
             self._reloaded("ok", [], previous)
             return True, []
@@ -312,34 +334,45 @@ class Runtime:
         for lst in self.listeners:
             for reason in DrainClose:
                 self.metrics.drain_connections_closed.labels(lst.name, reason.value)
+            if getattr(lst, "http2", None) is not None:  # the HTTP/2 resets and GOAWAYs at 0 (issue 17)
+                for event, reason in H2_SERIES:
+                    self.metrics.h2_events.labels(lst.name, event.value, reason.value)
 
     def _upstream_tls(self, config: GatewatchConfig) -> dict[str, UpstreamTLS]:
         """TLS settings per pool and URL upstream that has `tls`. An unchanged setting keeps its context (and so
         its pooled connections) across a reload; the files were loaded once already when the config was
         validated, so a failure here is a file changed since then, reported as a reload error by the caller."""
         out: dict[str, UpstreamTLS] = {}
-        built: dict[UpstreamTLSConfig, UpstreamTLS] = {}
-        sources = [(p.name, p.tls) for p in (config.balancer.pools if config.balancer else ())]
-        sources += [(u.name, u.tls) for u in (config.edge.upstreams if config.edge else ())]
-        for name, tls in sources:
+        built: dict[tuple[UpstreamTLSConfig, str], UpstreamTLS] = {}
+        sources = [(p.name, p.tls, p.protocol) for p in (config.balancer.pools if config.balancer else ())]
+        sources += [(u.name, u.tls, "http1") for u in (config.edge.upstreams if config.edge else ())]
+        for name, tls, protocol in sources:
             if tls is None:
                 continue
-            ready = built.get(tls) or self._tls_built.get(tls)
+            key = (tls, protocol)  # an h2 pool's context offers ALPN h2 only (RFC 9113 §3.2)
+            ready = built.get(key) or self._tls_built.get(key)
             if ready is None:
-                ready = UpstreamTLS(
-                    client_context(tls.ca_file, tls.verify, tls.client_cert, tls.client_key, tls.min_version),
-                    tls.server_name)
-            out[name] = built[tls] = ready
+                ctx = client_context(tls.ca_file, tls.verify, tls.client_cert, tls.client_key, tls.min_version)
+                if protocol == "h2":
+                    ctx.set_alpn_protocols(["h2"])
+                ready = UpstreamTLS(ctx, tls.server_name)
+            out[name] = built[key] = ready
         self._tls_built = built  # only once every setting loaded: a failed reload keeps the running ones
         return out
 
     @staticmethod
-    def _server_tls(lst) -> ServerTLS | None:
+    def _server_tls(lst, data_plane: str = "fast") -> ServerTLS | None:
         t = lst.tls
         if t is None:
             return None
+        # h2 by ALPN only where the listener serves it (the fast data plane; not switched off in config)
+        alpn = ALPN if lst.http2.enabled and data_plane == "fast" else ALPN_HTTP1
         return ServerTLS([(c.cert_file, c.key_file) for c in t.certificates], t.min_version, t.client_auth,
-                         t.client_ca_file, t.handshake_timeout_s, t.client_cert_header)
+                         t.client_ca_file, t.handshake_timeout_s, t.client_cert_header, alpn)
+
+    def _h2_observed(self, listener: str, event: str, reason: str) -> None:
+        """An HTTP/2 connection event (h2_listener): connections and streams opened, resets and GOAWAYs by reason."""
+        self.metrics.h2_events.labels(listener, event, reason).inc()
 
     def _tls_observed(self, listener: str, version: str | None, failure: TlsHandshakeFailure | None) -> None:
         """A listener's handshake ended: counted by protocol version, or by why it failed."""
@@ -414,7 +447,7 @@ def restart_only_changes(old: GatewatchConfig, new: GatewatchConfig) -> list[str
             continue
         if a is None:
             continue
-        bound = lambda sec: [(lst.name, lst.address, lst.max_header_size, lst.tls is None)  # noqa: E731
+        bound = lambda sec: [(lst.name, lst.address, lst.max_header_size, lst.tls is None, lst.mode)  # noqa: E731
                              for lst in sec.listeners]
         if bound(a) != bound(b):
             problems.append(f"{name}.listeners: names, addresses, max_header_size or whether TLS is on changed;"
@@ -473,3 +506,28 @@ async def serve(config: GatewatchConfig, ready_file: str | None = None, stop: as
                 pass
     finally:
         await rt.stop()
+
+
+H2_SERIES = ((H2Event.CONNECTION, H2Reason.OPENED), (H2Event.STREAM, H2Reason.OPENED),
+             (H2Event.STREAM, H2Reason.REFUSED), (H2Event.RESET, H2Reason.CLIENT_RESET),
+             (H2Event.RESET, H2Reason.REFUSED_STREAM), (H2Event.RESET, H2Reason.PROTOCOL_ERROR),
+             (H2Event.GOAWAY, H2Reason.RAPID_RESET), (H2Event.GOAWAY, H2Reason.HEADER_LIST_TOO_LARGE),
+             (H2Event.GOAWAY, H2Reason.DRAIN))
+
+
+def _http2(listener, cfg, observe) -> None:
+    """A listener's HTTP/2 settings from its config (listeners without HTTP/2 support ignore them)."""
+    if not hasattr(listener, "http2"):
+        return
+    h = cfg.http2
+    listener.http2 = H2Settings(True, h.max_concurrent_streams, h.max_header_list_size, h.initial_window_size,
+                                h.connection_window_size, h.max_frame_size, h.max_resets, h.reset_window_s,
+                                h.max_streams_per_s) if h.enabled else None
+    listener.on_h2 = observe
+
+
+def _h2_pools(forwarder, cfg) -> None:
+    """The pools whose instances speak HTTP/2 (`protocol: h2`), for a forwarder that can (the fast one)."""
+    if hasattr(forwarder, "h2_pools"):
+        forwarder.h2_pools = frozenset(p.name for p in (cfg.balancer.pools if cfg.balancer else ())
+                                       if p.protocol == "h2")

@@ -25,13 +25,15 @@ What it creates, and from which part of the config:
 from __future__ import annotations
 
 from gatewatch.balancer.context import PICK_REASON
+from gatewatch.balancer.runtime import zero_instance_series
 from gatewatch.config import GatewatchConfig
 from gatewatch.edge.policies.build import verdicts
 from gatewatch.proxy.cache import OUTCOMES as CACHE_OUTCOMES
 from gatewatch.telemetry.metrics import Metrics
 from gatewatch.telemetry.names import AggregateCall
-from gatewatch.telemetry.names import (DecisionKind, DecisionResult, DropReason, EndpointState, FailoverKind, Layer,
-                                       CacheEviction, MirrorMatch, MirrorResult, Outcome, ProbeResult, Reason, TelemetrySignal)
+from gatewatch.telemetry.names import WebSocketEnd
+from gatewatch.telemetry.names import (CacheEviction, DecisionKind, DecisionResult, DropReason, FailoverKind, Layer,
+                                       MirrorMatch, MirrorResult, Reason, TelemetrySignal)
 
 RETRY_REASON = {"connect_failure": Reason.RETRY_CONNECT_FAILURE, "reset": Reason.RETRY_RESET,
                 "timeout": Reason.RETRY_TIMEOUT, "status": Reason.RETRY_STATUS}
@@ -52,6 +54,8 @@ def init_series(m: Metrics, cfg: GatewatchConfig) -> None:
                 _aggregate(m, layer.value, route)
             if route.cache is not None:
                 _cache(m, layer.value, route.name)
+            for reason in WebSocketEnd:  # issue 17: every route may carry WebSocket sessions
+                m.websocket_ended.labels(route.name, reason.value)
     for pool in pools.values():
         _pool(m, pool)
     for signal in TelemetrySignal:
@@ -137,20 +141,8 @@ def _pool(m: Metrics, pool) -> None:
         m.failovers.labels(pool.name, reason.value)
     for kind in FailoverKind:
         m.pool_requests.inc((pool.name, kind.value), 0.0)
-    oc = pool.outlier_detection
-    ejection_reasons = [] if oc is None else [r for r, on in (
-        (Reason.OUTLIER_CONSECUTIVE_5XX, oc.consecutive_5xx), (Reason.OUTLIER_CONSECUTIVE_GATEWAY_ERRORS,
-                                                                oc.consecutive_gateway_errors)) if on]
     for inst in pool.instances:
-        iid = inst.instance_id
-        m.instance_requests.inc((pool.name, iid, Outcome.PROXIED.value), 0.0)
-        for state in (EndpointState.HEALTHY, EndpointState.UNHEALTHY, EndpointState.EJECTED, EndpointState.DRAINING):
-            m.health_transitions.labels(pool.name, iid, state.value)
-        for reason in ejection_reasons:
-            m.ejections.labels(pool.name, iid, reason.value)
-        if pool.health_check is not None:
-            for result in ProbeResult:
-                m.health_probes.labels(pool.name, iid, result.value)
+        zero_instance_series(m, pool, inst.instance_id)
 
 
 def _cache(m: Metrics, layer: str, route: str) -> None:

@@ -31,6 +31,7 @@ from typing import Any, AsyncIterator, Callable
 
 import httptools
 
+from gatewatch.io.h2_upstream import H2Upstream
 from gatewatch.io.http1 import BodyQueue, Deadlines, WriteFlow, chunk_frame, no_delay, serialize_head
 from gatewatch.io.interfaces import AttemptTiming, ClientGone, UpstreamFailure, UpstreamRequest, connect_failure
 from gatewatch.io.tls import UpstreamTLS, client_context, failure_of
@@ -54,7 +55,8 @@ class UpstreamConnection(asyncio.Protocol):
     # dict-less object is fewer cache lines to fetch.
     __slots__ = ("pool", "loop", "transport", "flow", "parser", "closed", "busy", "idle_since", "peer", "head",
                  "body", "_headers", "_head_bytes", "_status_reason", "complete", "is_head_request", "until_close",
-                 "keep_alive", "awaiting", "forgotten", "tls_version", "tls_cipher")
+                 "keep_alive", "awaiting", "forgotten", "tls_version", "tls_cipher", "upgrading", "tunnel",
+                 "leftover")
 
     def __init__(self, pool: "EndpointPool"):
         self.pool = pool
@@ -79,6 +81,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.forgotten = False  # the pool no longer counts it (exactly once, whichever way it ended)
         self.tls_version: str | None = None  # "1.3" (OTel `tls.protocol.version`) once a TLS handshake is done
         self.tls_cipher: str | None = None
+        # WebSocket (issue 17): the request asked to upgrade, so a 101 is its answer; once it is in, the bytes after
+        # its head wait in `leftover` (reading paused) until the relay session (`tunnel`) takes the connection.
+        self.upgrading = False
+        self.tunnel = None
+        self.leftover = b""
 
     # --- asyncio.Protocol ---
 
@@ -92,6 +99,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = True
         self.flow.close()
         self.pool.forget(self)
+        if self.tunnel is not None:
+            self.tunnel.lost()
+            return
         if self.head is not None and not self.head.done():
             if isinstance(exc, ssl.SSLError):
                 # TLS 1.3 ends the handshake before the server has judged our certificate: its refusal (an
@@ -110,29 +120,46 @@ class UpstreamConnection(asyncio.Protocol):
                 self.body.fail(_reset())
 
     def pause_writing(self) -> None:
+        if self.tunnel is not None:
+            self.tunnel.pause_writing()
         self.flow.pause()
 
     def resume_writing(self) -> None:
+        if self.tunnel is not None:
+            self.tunnel.resume_writing()
         self.flow.resume()
 
     def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.received(data)
+            return
         if not self.busy:
             self.abort()  # bytes nobody asked for: the connection is not trustworthy any more
             return
         try:
             self.parser.feed_data(data)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as err:
-            failure = UpstreamFailure(ErrorType.PROTOCOL_ERROR, str(err) or "invalid response",
-                                      before_response=self.head is not None and not self.head.done())
-            if self.head is not None and not self.head.done():
-                self.head.set_exception(failure)
-            elif self.body is not None:
-                self.body.fail(failure)
-            self.abort()
+        except httptools.HttpParserUpgrade as err:
+            if not (self.upgrading and self.parser.get_status_code() == 101):
+                self._broken(err)
+            else:  # RFC 9110 §15.2.2: the new protocol starts right after the 101's empty line
+                self.leftover = data[err.args[0]:] if err.args else b""
+                self.transport.pause_reading()  # until the relay session takes over
+        except httptools.HttpParserError as err:
+            self._broken(err)
         awaiting = self.awaiting
         if awaiting is not None:  # the head (and maybe the whole body) of a `send_now` exchange is in
             self.awaiting = None
             awaiting.deliver()
+
+    def _broken(self, err: Exception) -> None:
+        """The upstream broke HTTP/1.1: the exchange fails (`protocol_error`) and the connection is aborted."""
+        failure = UpstreamFailure(ErrorType.PROTOCOL_ERROR, str(err) or "invalid response",
+                                  before_response=self.head is not None and not self.head.done())
+        if self.head is not None and not self.head.done():
+            self.head.set_exception(failure)
+        elif self.body is not None:
+            self.body.fail(failure)
+        self.abort()
 
     # --- llhttp callbacks ---
 
@@ -153,8 +180,12 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
-        if status == 101:
+        if status == 101 and not self.upgrading:
             raise _Unsolicited("101 Switching Protocols to a request that did not ask to upgrade")
+        if status == 101:  # the answer to our WebSocket upgrade (RFC 6455 §4.2.2): final, the engine checks it
+            if self.head is not None and not self.head.done():
+                self.head.set_result((status, self._status_reason.decode("latin-1"), tuple(self._headers)))
+            return
         if 100 <= status < 200:
             return  # interim (100 Continue, 103 Early Hints): wait for the final response
         if self.head is not None and not self.head.done():
@@ -186,8 +217,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     # --- exchange ---
 
-    def begin(self, method: str, head: "asyncio.Future | _Awaiting | None" = None) -> None:
+    def begin(self, method: str, head: "asyncio.Future | _Awaiting | None" = None, upgrade: bool = False) -> None:
         self.busy = True
+        self.upgrading = upgrade
         self.complete = False
         self.is_head_request = method == "HEAD"
         self.head = head if head is not None else self.loop.create_future()
@@ -424,6 +456,16 @@ class RawResponse:
                 return
             yield chunk
 
+    def detach(self) -> tuple[UpstreamConnection, bytes]:
+        """A 101 to an upgrade: the connection leaves the pool's hands (it still counts toward the endpoint's
+        limit until it closes) with the bytes that followed the head. The caller sets its `tunnel`."""
+        self._released = True
+        conn = self._conn
+        leftover, conn.leftover = conn.leftover, b""
+        conn.busy = False
+        conn.head = conn.body = None
+        return conn, leftover
+
     def close(self) -> None:
         if self._released:
             return
@@ -475,6 +517,9 @@ class RawForwarder:
         self._tls: dict[str, UpstreamTLS] = {}  # pool or upstream name → its TLS settings (https only)
         self._default_tls: UpstreamTLS | None = None  # an https upstream with no settings: the system's CAs
         self._deadlines: Deadlines | None = None  # response-head timeouts of all exchanges, created in the loop
+        # pools whose instances speak HTTP/2 (`protocol: h2`, set by the runtime): sent by `h2_upstream`
+        self.h2_pools: frozenset[str] = frozenset()
+        self._h2 = H2Upstream()
 
     def _pool(self, name: str, host: str, port: int, scheme: str) -> EndpointPool:
         key = (name, host, port, scheme)
@@ -495,6 +540,8 @@ class RawForwarder:
                  arg: Any) -> bool:
         """Write a bodiless request on an idle pooled connection and return True; `callback(arg, result)` follows
         exactly once from the loop. False (nothing done) when no idle connection is pooled: use `send`."""
+        if pool in self.h2_pools:
+            return False
         ep = self._pool(pool, request.host, request.port, request.scheme)
         conn = ep.take_idle()
         if conn is None:
@@ -515,10 +562,14 @@ class RawForwarder:
     async def send(self, pool: str, request: UpstreamRequest, body: AsyncIterator[bytes] | None,
                    connect_s: float, response_s: float, idle_s: float,
                    timing: AttemptTiming | None = None) -> RawResponse:
+        if pool in self.h2_pools:
+            tls = (self._tls.get(pool) or self._default_tls or UpstreamTLS(_h2_context())) \
+                if request.scheme == "https" else None
+            return await self._h2.send(request, body, connect_s, response_s, idle_s, timing, tls)
         ep = self._pool(pool, request.host, request.port, request.scheme)
         conn = ep.take_idle() or await ep.acquire(connect_s, timing)
         _tls_of(conn, timing)
-        conn.begin(request.method)
+        conn.begin(request.method, upgrade=request.upgrade is not None)
         head, chunked = _request_bytes(request)
         loop = conn.loop
         writing = loop.time()
@@ -581,6 +632,13 @@ class RawForwarder:
         for pool in self._pools.values():
             pool.close()
         self._pools.clear()
+        await self._h2.close()
+
+
+def _h2_context():
+    ctx = client_context()
+    ctx.set_alpn_protocols(["h2"])
+    return ctx
 
 
 class _HeadTimeout(Exception):

@@ -35,12 +35,15 @@ from typing import Callable
 
 import httptools
 
+from gatewatch.io.h2_listener import PREFACE as H2_PREFACE
+from gatewatch.io.h2_listener import H2Connection, H2Settings
 from gatewatch.io.http1 import (MAX_TRACE_HEADER_BYTES, NO_BODY, REASONS, TRACE_HEADERS, BodyQueue, WriteFlow,
                                 chunk_frame, http_date, method_rejection, no_delay, serialize_head)
 from gatewatch.io.interfaces import ClientGone, Headers, Rejecter, RequestHandler, RequestHead, SyncRequestHandler
 from gatewatch.io.tls import ServerTLS, server_failure_of
 from gatewatch.telemetry.names import RejectReason as R
-from gatewatch.telemetry.names import DrainClose, TlsHandshakeFailure
+from gatewatch.io.websocket import is_websocket, request_problem
+from gatewatch.telemetry.names import DrainClose, TlsHandshakeFailure, WebSocketEnd
 
 log = logging.getLogger("gatewatch.listener")
 
@@ -55,7 +58,7 @@ FEED_SLICE = 16 * 1024  # parse at most this much between checks of the queue le
 
 class _Exchange:
     __slots__ = ("head", "body", "expect_continue", "keep_alive", "continue_sent", "is_head", "http10", "started",
-                 "now")
+                 "now", "websocket")
 
     def __init__(self, head: RequestHead, body: BodyQueue, keep_alive: bool, expect_continue: bool):
         self.head = head
@@ -67,6 +70,7 @@ class _Exchange:
         self.http10 = head.version == "1.0"
         self.started = False  # the engine has begun handling it
         self.now = False  # handled on the synchronous path (`handle_now`) once its message is complete
+        self.websocket = False  # a valid WebSocket upgrade (RFC 6455 §4.1): its 101 turns the connection over
 
 
 class _Downstream:
@@ -187,6 +191,18 @@ class _Downstream:
         self._pending = None
         self._conn.abort()
 
+    def upgrade(self, headers: Headers) -> tuple["HttpConnection", bytes]:
+        """Send a 101 (RFC 9110 §15.2.2) with `headers` and hand over the connection: returns it with the bytes
+        the client sent after its request's head; the caller sets its `tunnel`. Raises `ClientGone`."""
+        conn = self._conn
+        if conn.closed:
+            raise ClientGone()
+        self.started = self.complete = True
+        conn.transport.write(serialize_head(b"HTTP/1.1 101 Switching Protocols\r\n", headers,
+                                            [b"Date: " + http_date() + b"\r\n"]))
+        early, conn.early = bytes(conn.early or b""), None
+        return conn, early
+
     def done(self) -> None:
         """The engine is finished with the exchange: for one handled synchronously, the connection moves on."""
         if self._ex.now and not self._done:
@@ -202,7 +218,7 @@ class HttpConnection(asyncio.Protocol):
     __slots__ = ("listener", "transport", "parser", "flow", "closed", "rejected", "_pipeline_paused", "_inbuf",
                  "queue", "parsing", "running", "_serving", "_idle", "_url", "_headers", "_index", "_header_bytes",
                  "_hosts", "_in_trailers", "last_active", "head_started", "peer", "sock", "now_busy", "tls",
-                 "_byte_limit", "_line_limit", "_scanned", "_head_fed")
+                 "_byte_limit", "_line_limit", "_scanned", "_head_fed", "tunnel", "early")
 
     def __init__(self, listener: "RawListener"):
         self.listener = listener
@@ -232,6 +248,10 @@ class HttpConnection(asyncio.Protocol):
         self.peer = ("", 0)
         self.sock = ("", 0)
         self.tls = None  # ClientTLS of a TLS listener's connection, set before connection_made
+        # WebSocket (issue 17): bytes after an upgrade request's head wait in `early` (reading paused) until the
+        # 101; then the relay session's side (`tunnel`) gets every byte and event of the connection.
+        self.tunnel = None
+        self.early: bytearray | None = None
 
     # --- asyncio.Protocol ---
 
@@ -252,21 +272,50 @@ class HttpConnection(asyncio.Protocol):
         self.listener.connections.discard(self)
         for ex in list(self.queue) + ([self.parsing] if self.parsing else []):
             ex.body.fail(ClientGone())
+        if self.tunnel is not None:
+            self.tunnel.lost()
 
     def pause_writing(self) -> None:
+        if self.tunnel is not None:
+            self.tunnel.pause_writing()
         self.flow.pause()
 
     def resume_writing(self) -> None:
+        if self.tunnel is not None:
+            self.tunnel.resume_writing()
         self.flow.resume()
 
     def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.received(data)
+            return
+        if self.early is not None:  # an upgrade's first frames, before its 101: kept for the session
+            self.early += data
+            return
         self.last_active = self.listener.loop.time()
+        if data[:3] == b"PRI" and self._h2_preface(data):
+            return
         if self._inbuf:
             self._inbuf += data
         else:
             self._inbuf = bytearray(data) if len(self.queue) >= MAX_PIPELINE else None
             if self._inbuf is None:
                 self._feed(data)
+
+    def _h2_preface(self, data: bytes) -> bool:
+        """HTTP/2 with prior knowledge (RFC 9113 §3.3) on a plaintext connection that has carried nothing else:
+        the connection is handed to an `H2Connection` (docs/http2.md). Anything else starting with PRI is left
+        to llhttp, which refuses it."""
+        if (self.tls is not None or self.listener.http2 is None or self.queue or self.parsing is not None
+                or self.running or self.rejected or not (data[:24] == H2_PREFACE or H2_PREFACE.startswith(data))):
+            return False
+        self.closed = True  # this object is done with the connection; its transport now serves the H2Connection
+        self.listener.connections.discard(self)
+        conn = H2Connection(self.listener, self.listener.http2)
+        self.transport.set_protocol(conn)
+        conn.connection_made(self.transport)
+        conn.data_received(data)
+        return True
 
     def _feed(self, data: bytes) -> None:
         """Parse in slices, so that a flood of small pipelined requests stops being queued at MAX_PIPELINE:
@@ -279,6 +328,8 @@ class HttpConnection(asyncio.Protocol):
                     self.transport.pause_reading()
                 return
             if not self._feed_slice(data[i:i + FEED_SLICE] if len(data) > FEED_SLICE else data):
+                if self.early is not None:  # stopped at a WebSocket upgrade: the rest is the new protocol's
+                    self.early += data[i + FEED_SLICE:]
                 return
 
     def _feed_slice(self, data: bytes) -> bool:
@@ -293,11 +344,13 @@ class HttpConnection(asyncio.Protocol):
                 if self._head_fed > self._byte_limit + MAX_URL + MAX_TRACE_HEADER_BYTES + FEED_SLICE:
                     self._reject(431, R.HEADER_TOO_LARGE.value)
             return not self.closed and not self.rejected
-        except httptools.HttpParserUpgrade:
+        except httptools.HttpParserUpgrade as err:
             # llhttp stops at an upgrade request's head. A non-WebSocket upgrade (e.g. h2c) is served as plain
             # HTTP/1.1 (RFC 9110 §7.8 lets a server ignore Upgrade) on a connection that then closes.
             if self.queue:
                 self.transport.pause_reading()
+                if self.queue[-1].websocket:  # what follows the head belongs to the WebSocket session
+                    self.early = bytearray(data[err.args[0]:] if err.args else b"")
             else:
                 self._reject(501, R.UPGRADE_NOT_SUPPORTED.value)
         except httptools.HttpParserCallbackError as err:
@@ -386,9 +439,13 @@ class HttpConnection(asyncio.Protocol):
                 raise _Limit(417, R.EXPECTATION_FAILED.value)
             expect = True
         upgrade = p.should_upgrade()
-        if upgrade and ("websocket" in index.get("upgrade", "").lower() or has_body):
-            # WebSocket proxying is not supported; and llhttp stops before an upgrade request's body, so
-            # one with a body cannot be relayed as plain HTTP either.
+        websocket = upgrade and is_websocket(index)
+        if websocket:  # RFC 6455 §4.1: validated here, relayed by the engine (gatewatch.io.websocket)
+            problem = request_problem(p.get_method().decode("ascii"), has_body, index)
+            if problem is not None:
+                raise _Limit(400, problem.value)
+        elif upgrade and has_body:
+            # llhttp stops before an upgrade request's body, so one with a body cannot be relayed as plain HTTP
             raise _Limit(501, R.UPGRADE_NOT_SUPPORTED.value)
         head = RequestHead(
             method=p.get_method().decode("ascii"), target=self._url.decode("latin-1"), version=version,
@@ -397,9 +454,11 @@ class HttpConnection(asyncio.Protocol):
             listener=self.listener.name, has_body=has_body, tls=self.tls)
         body = BodyQueue(self._pause_reading, self._resume_reading, ClientGone) if has_body else NO_BODY
         ex = _Exchange(head, body, p.should_keep_alive() and not upgrade, expect and version != "1.0")
+        ex.websocket = websocket
         self.parsing = ex
         self.head_started = None
-        if not has_body and not self.queue and not self.running and self.listener.handle_now is not None:
+        if (not has_body and not websocket and not self.queue and not self.running
+                and self.listener.handle_now is not None):
             ex.now = True  # handed over synchronously in on_message_complete, which follows at once
             self.running = self.now_busy = True
             self.queue.append(ex)
@@ -508,6 +567,8 @@ class HttpConnection(asyncio.Protocol):
                     self.abort()
                     return
                 self.queue.popleft()
+                if self.tunnel is not None:
+                    return  # upgraded: the connection is the WebSocket session's now
                 self._resume_pipeline()
                 if self.closed:
                     return
@@ -584,7 +645,7 @@ class HttpConnection(asyncio.Protocol):
     def sweep(self, now: float) -> None:
         """Called about once a second by the listener: close idle keep-alive connections and clients that
         take too long to send a request head (one timer for all connections, none per request)."""
-        if self.running or self.closed:
+        if self.running or self.closed or self.tunnel is not None:  # a WebSocket session has its own timeouts
             return
         if self.head_started is not None:
             if now - self.head_started > HEAD_TIMEOUT_S:
@@ -691,6 +752,14 @@ class TlsSession(asyncio.Protocol):
             return
         self._flush()
         self._settled()
+        if self.obj.selected_alpn_protocol() == "h2" and self.listener.http2 is not None:  # RFC 9113 §3.2
+            h2conn = H2Connection(self.listener, self.listener.http2, self.tls.describe(self.obj))
+            if self.listener.on_tls is not None:
+                self.listener.on_tls(self.listener.name, h2conn.tls.version, None)
+            self.app = h2conn
+            h2conn.connection_made(self)
+            self._read()
+            return
         conn = HttpConnection(self.listener)
         conn.tls = self.tls.describe(self.obj)
         if self.listener.on_tls is not None:
@@ -884,6 +953,10 @@ class RawListener:
         self.handshaking: set[TlsSession] = set()
         self.draining = False  # stop() has begun: responses close their connections
         self.handle_now = handle_now  # the engine's synchronous entry, for bodiless requests
+        # HTTP/2 (h2 by ALPN, h2c by prior knowledge): its limits, or None when the listener speaks HTTP/1.1 only;
+        # `on_h2` counts its connections, streams, resets and GOAWAYs (set by the runtime).
+        self.http2: H2Settings | None = H2Settings()
+        self.on_h2 = None
         self.name = name
         self.host = host
         self.port = port
@@ -940,6 +1013,9 @@ class RawListener:
         backlog = self._take_backlog()
         self._server.close()
         self.draining = True  # every response from now on says Connection: close
+        for c in list(self.connections):
+            if isinstance(c, H2Connection):
+                c.goaway()  # RFC 9113 §6.8: the last stream id we process; open streams finish
         if backlog:
             await asyncio.gather(*(loop.connect_accepted_socket(self._accept, sock) for sock in backlog),
                                  return_exceptions=True)
@@ -951,6 +1027,10 @@ class RawListener:
             now = loop.time()
             seen.update(self.connections)
             for c in list(self.connections):
+                tunnel = getattr(c, "tunnel", None)  # (an HTTP/2 connection has none)
+                if tunnel is not None:  # a WebSocket session: close 1001 to both sides (RFC 6455 §7.4.1)
+                    tunnel.session.shutdown(WebSocketEnd.DRAIN)
+                    continue
                 if not c.running and not c.queue and now - c.last_active >= idle_close_s and not c.unread():
                     c.close()
                     ended[DrainClose.IDLE.value] += 1

@@ -65,6 +65,7 @@ class UpstreamRequest:
     target: str  # canonical path + "?" + raw query, sent byte for byte
     headers: Headers  # already filtered (hop-by-hop gone) and annotated (forwarded, trace context)
     has_body: bool
+    upgrade: str | None = None  # "websocket": an RFC 6455 upgrade, whose 101 the forwarder hands back (issue 17)
 
 
 class UpstreamResponse(Protocol):
@@ -133,6 +134,10 @@ class Downstream(Protocol):
         ...
 
     def abort(self) -> None: ...
+
+    # An HTTP/2 downstream also offers `async send_trailers(trailers: Headers)`: ends the response with a trailer
+    # section instead of `finish` (gRPC's grpc-status). The engine uses it when the upstream response has
+    # `trailers` (an HTTP/2 upstream's, `h2_upstream.H2Response.trailers`, filled once its body has ended).
 
     def done(self) -> None:
         """The engine is finished with this exchange: answered (or aborted) and recorded. Called exactly once,

@@ -91,7 +91,8 @@ def failure_of(err: ssl.SSLError) -> tuple[TlsFailure, str]:
 SERVER_CIPHERS_TLS12 = ":".join((
     "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384",
     "ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305"))
-ALPN = ("http/1.1",)  # what the listeners speak (RFC 7301); h2 joins when the HTTP/2 listener exists
+ALPN = ("h2", "http/1.1")  # what the listeners speak (RFC 7301), h2 preferred (RFC 9113 §3.2)
+ALPN_HTTP1 = ("http/1.1",)  # a listener with `http2.enabled: false`
 
 
 class ServedCertificate(NamedTuple):
@@ -141,15 +142,16 @@ class ServerTLS:
 
     def __init__(self, certificates: list[tuple[str, str]], min_version: str = "1.2", client_auth: str = "none",
                  client_ca_file: str | None = None, handshake_timeout_s: float = 10.0,
-                 client_cert_header: str | None = None):
+                 client_cert_header: str | None = None, alpn: tuple[str, ...] = ALPN):
         self.handshake_timeout_s = handshake_timeout_s
+        self.alpn = alpn
         self.client_auth = client_auth
         self.client_cert_header = client_cert_header
         self.certificates: list[ServedCertificate] = []
         self._by_name: dict[str, ssl.SSLContext] = {}
         contexts = []
         for cert_file, key_file in certificates:
-            ctx = self._context(min_version, client_auth, client_ca_file)
+            ctx = self._context(min_version, client_auth, client_ca_file, alpn)
             ctx.load_cert_chain(cert_file, key_file)
             served = served_certificate(cert_file)
             self.certificates.append(served)
@@ -160,12 +162,13 @@ class ServerTLS:
         self.context.sni_callback = self._select
 
     @staticmethod
-    def _context(min_version: str, client_auth: str, client_ca_file: str | None) -> ssl.SSLContext:
+    def _context(min_version: str, client_auth: str, client_ca_file: str | None,
+                 alpn: tuple[str, ...] = ALPN) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = MIN_VERSIONS[min_version]  # RFC 9325 §3.1.1: TLS 1.2 at least
         ctx.set_ciphers(SERVER_CIPHERS_TLS12)
         ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION  # RFC 9325 §3.3, §3.5
-        ctx.set_alpn_protocols(list(ALPN))
+        ctx.set_alpn_protocols(list(alpn))
         if client_auth != "none":
             ctx.load_verify_locations(cafile=client_ca_file)
             ctx.verify_mode = ssl.CERT_REQUIRED if client_auth == "required" else ssl.CERT_OPTIONAL

@@ -47,15 +47,17 @@ from gatewatch.edge.policies.base import PolicyRequest
 from gatewatch.edge.routing import NoRoute
 from gatewatch.io.interfaces import (ClientGone, Downstream, Forwarder, RequestHead, UpstreamFailure, UpstreamRequest,
                                      UpstreamResponse, header_index)
+from gatewatch.io.websocket import Sessions, is_websocket, response_problem
 from gatewatch.proxy import headers as hdr
 from gatewatch.proxy import aggregate, recording, request_keys
-from gatewatch.proxy.answers import CONNECT_STEP, FAILURE_OUTCOME, error_body
+from gatewatch.proxy import grpc
+from gatewatch.proxy.answers import CONNECT_STEP, FAILURE_OUTCOME, MESSAGES, error_body
 from gatewatch.proxy.cache import CONDITIONALS, Caches, Discard, Flow, StoredResponse
 from gatewatch.proxy.context import AttemptContext, ClientBody, RequestContext
 from gatewatch.proxy.mirror import MIRROR_HEADER, Mirrors
 from gatewatch.proxy.snapshot import Snapshot
 from gatewatch.telemetry.context import AttemptRecord, RequestRecord, format_traceparent, new_span_id, start_trace
-from gatewatch.telemetry.names import OUTCOME_STATUS, ErrorType, HeaderDrop, Layer, Outcome, Reason, RejectReason
+from gatewatch.telemetry.names import OUTCOME_STATUS, Attr, ErrorType, HeaderDrop, Layer, Outcome, Reason, RejectReason
 from gatewatch.telemetry.recorder import Telemetry
 
 log = logging.getLogger("gatewatch.engine")
@@ -96,6 +98,7 @@ class Engine:
         self.caches = Caches(telemetry.metrics)  # routes' response caches: live across reloads, like this engine
         self._split_requests = telemetry.metrics.split_requests
         self.mirrors = Mirrors(self)  # shadow requests (issue 19): live across reloads, like this engine
+        self.websockets = Sessions(telemetry, clock_ns, self.rng)  # open WebSocket sessions (issue 17)
 
     @property
     def forwarder(self) -> Forwarder:
@@ -151,8 +154,8 @@ class Engine:
         if not ctx.target.policies or await self.policy(ctx):
             if ctx.target.aggregate is not None:  # several calls composed into one answer (proxy.aggregate)
                 await aggregate.run(self, ctx)
-            elif ctx.route.cache is None or not await self._cached(ctx):
-                await self.forward(ctx)
+            elif ctx.route.cache is None or _websocket(ctx.head) or not await self._cached(ctx):
+                await self.forward(ctx)  # (a WebSocket handshake is never answered from, nor stored in, a cache)
 
     async def _settle(self, ctx: RequestContext, work: Awaitable[None]) -> None:
         """Run what is left of a request; whatever happens, one answer (or an abort) and one record."""
@@ -314,7 +317,8 @@ class Engine:
         rec.balance_start_ns = self.clock_ns()
         upstream_target = strip_prefix(ctx.path, route.rewrite.strip_prefix) if route.rewrite.strip_prefix else ctx.path
         ctx.upstream_target = upstream_target + "?" + rec.query if rec.query else upstream_target
-        if target.mirror is not None:  # before the body is wrapped: a copy is taken as the primary reads it
+        if target.mirror is not None and not _websocket(head):  # before the body is wrapped: a copy is taken as
+            # the primary reads it (never of a WebSocket handshake: a second session nobody reads)
             self.mirrors.begin(ctx, target.mirror)
         if head.has_body:
             ctx.client_body = ClientBody(ctx.body, route.timeouts.idle_s)
@@ -369,6 +373,10 @@ class Engine:
         if n and ctx.picking is not None and previous.instance != a.instance:
             recording.failover(ctx.rec, ctx.target.pool.name, previous.instance, a.instance, self.clock_ns())
         a.response_s = ctx.retries.attempt_timeout(self.monotonic())
+        if "grpc-timeout" in ctx.head.index:  # the client's deadline (gRPC PROTOCOL-HTTP2.md), if it is sooner
+            deadline = grpc.parse_timeout(ctx.head.index["grpc-timeout"])
+            if deadline is not None:
+                a.response_s = max(0.001, min(a.response_s, ctx.rec.start_mono + deadline - self.monotonic()))
         ctx.attempt = a
         return a
 
@@ -391,6 +399,9 @@ class Engine:
         """After a failed attempt the client has not seen: True to try again (after the backoff), False once the
         request is settled (the failure answered, or a retryable status nobody may retry relayed as it is)."""
         error_type, status, response, message = failed
+        if _websocket(ctx.head) and error_type not in NOT_SENT:  # the upstream may have the handshake: never twice
+            await self._fail(ctx, FAILURE_OUTCOME.get(error_type, Outcome.UPSTREAM_ERROR), error_type.value, message)
+            return False
         kind = Failure.STATUS if status is not None else failure_of(error_type)
         if ctx.picking is not None:
             ctx.picking.tried(a.instance)
@@ -474,8 +485,40 @@ class Engine:
             return await self._send_failed(ctx, a, failure)
         failed = self._answered(ctx, a, response)
         if failed is None:
-            await self._relay(ctx, a, response, None)
+            if response.status == 101 and _websocket(ctx.head):
+                await self._websocket(ctx, a, response)
+            else:
+                await self._relay(ctx, a, response, None)
         return failed
+
+    async def _websocket(self, ctx: RequestContext, a: AttemptContext, response: UpstreamResponse) -> None:
+        """A 101 to a WebSocket upgrade: checked as RFC 6455 §4.2.2 asks (else 502 `websocket_handshake_failed`),
+        relayed, and both connections handed to a relay session (`io.websocket`). The request's record ends
+        here, at the 101 (its SERVER span); the session has a span of its own, a child of it."""
+        rec, record = ctx.rec, a.record
+        problem = response_problem(response.headers, ctx.head.header("sec-websocket-key") or "")
+        detach, upgrade = getattr(response, "detach", None), getattr(ctx.down, "upgrade", None)
+        if problem is not None or detach is None or upgrade is None:
+            response.close()
+            a.result = Result.GATEWAY_ERROR
+            failure = ErrorType.WEBSOCKET_HANDSHAKE_FAILED.value
+            record.error_type, record.outcome = failure, Outcome.UPSTREAM_ERROR.value
+            self._attempt_clock(a)
+            await self._fail(ctx, Outcome.UPSTREAM_ERROR, failure, problem or "this data plane cannot relay WebSocket")
+            return
+        headers, _ = self._response_head(ctx, response)  # hop-by-hop gone: the upgrade's own put back
+        upstream, leftover = detach()
+        try:
+            client, early = upgrade((("Connection", "Upgrade"), ("Upgrade", "websocket")) + headers)
+        except ClientGone:
+            upstream.abort()
+            record.outcome = CLIENT_ABORT
+            raise
+        finally:
+            self._attempt_clock(a)
+        rec.status = 101
+        record.outcome = rec.outcome = PROXIED
+        self.websockets.begin(ctx, a, client, early, upstream, leftover)
 
     def _answered(self, ctx: RequestContext, a: AttemptContext, response: UpstreamResponse) -> Failed | None:
         """The response head is in: a `Failed` if its status is one to retry, else None (relay it)."""
@@ -484,7 +527,8 @@ class Engine:
         record.peer_address, record.peer_port = response.peer_address, response.peer_port
         a.result = classify(response.status, False)
         cfg = ctx.route.retries
-        if cfg.attempts > 1 and "status" in cfg.retry_on and response.status in cfg.statuses:
+        if (cfg.attempts > 1 and "status" in cfg.retry_on and response.status in cfg.statuses
+                and not _websocket(ctx.head)):  # a WebSocket handshake is never sent twice
             record.error_type, record.outcome = ErrorType.STATUS_5XX.value, Outcome.UPSTREAM_ERROR.value
             self._attempt_clock(a)
             return Failed(ErrorType.STATUS_5XX, response.status, response)
@@ -581,6 +625,10 @@ class Engine:
             headers = tuple(hdr.without(headers, {MIRROR_HEADER}))
         if ctx.cache is not None:  # revalidating a stored response: its validators (RFC 9111 §4.3.1)
             headers = ctx.cache.upstream_headers(headers)
+        if _websocket(head):  # hop-by-hop, kept for a WebSocket upgrade the listener validated (RFC 6455 §4.1)
+            return UpstreamRequest(head.method, a.host, a.port, a.scheme, ctx.upstream_target,
+                                   headers + (("Connection", "Upgrade"), ("Upgrade", "websocket")), False,
+                                   "websocket")
         return UpstreamRequest(head.method, a.host, a.port, a.scheme, ctx.upstream_target, headers, head.has_body)
 
     async def _send_failed(self, ctx: RequestContext, a: AttemptContext, failure: UpstreamFailure) -> Failed | None:
@@ -645,7 +693,13 @@ class Engine:
                 await down.start(response.status, response.reason, headers, length)
                 async for chunk in response.body():
                     await down.write(chunk)
-                await down.finish()
+                trailers = getattr(response, "trailers", None)  # an HTTP/2 upstream's (gRPC status)
+                if grpc.is_grpc(ctx.head.index.get("content-type")):
+                    _grpc_outcome(ctx.rec, trailers or response.headers)
+                if trailers and hasattr(down, "send_trailers"):
+                    await down.send_trailers(trailers)
+                else:
+                    await down.finish()
         except UpstreamFailure as failure:
             response.close()
             down.abort()
@@ -834,6 +888,11 @@ class Engine:
         if down.started:
             down.abort()
             return None
+        if grpc.is_grpc(ctx.head.index.get("content-type")):  # a real gRPC error: trailers-only, HTTP 200
+            rec.status, headers, payload = grpc.local_error(status, message or MESSAGES[outcome],
+                                                            (("x-request-id", rec.request_id), *extra))
+            _grpc_outcome(rec, headers)
+            return 200, headers, payload
         rec.status = status
         payload = b"" if status in (204, 304) else error_body(outcome, status, rec.request_id, rec.layer, message)
         headers = [("X-Request-Id", rec.request_id), ("Cache-Control", "no-store"), *extra]
@@ -846,6 +905,30 @@ class Engine:
 
 STALE_IF_ERROR = frozenset({Outcome.UPSTREAM_CONNECT_ERROR, Outcome.UPSTREAM_TLS_ERROR, Outcome.UPSTREAM_TIMEOUT,
                             Outcome.UPSTREAM_ERROR, Outcome.NO_HEALTHY_UPSTREAM, Outcome.UPSTREAM_OVERFLOW})
+
+
+# the failures of an attempt whose request never reached the upstream (a WebSocket handshake may be retried then)
+NOT_SENT = frozenset({ErrorType.DNS_ERROR, ErrorType.CONNECT_REFUSED, ErrorType.CONNECT_ERROR,
+                      ErrorType.CONNECT_TIMEOUT, ErrorType.UPSTREAM_TLS_ERROR})
+
+
+def _websocket(head: RequestHead) -> bool:
+    """A WebSocket upgrade (validated by the listener, RFC 6455 §4.1): one dict lookup for any other request."""
+    return "upgrade" in head.index and is_websocket(head.index)
+
+
+def _grpc_outcome(rec, headers) -> None:
+    """rpc.* on the SERVER span (OTel RPC semconv) and a non-OK grpc-status as the request's error.type."""
+    code, _ = grpc.status_of(headers)
+    attrs = rec.span_attrs = dict(rec.span_attrs or {})
+    attrs[Attr.RPC_SYSTEM] = "grpc"
+    names = grpc.service_method(rec.path)
+    if names is not None:
+        attrs[Attr.RPC_SERVICE], attrs[Attr.RPC_METHOD] = names
+    if code is not None:
+        attrs[Attr.RPC_GRPC_STATUS_CODE] = code
+        if code != grpc.OK and rec.error_type is None:
+            rec.error_type = f"grpc_{code}"
 
 
 def _whole(response: UpstreamResponse, length: int | None) -> bytes | None:

@@ -84,8 +84,9 @@ async def test_request_fed_one_byte_at_a_time(tmp_path):
      "header_too_large"),
     (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: h\r\n\r\n", 414, "uri_too_long"),
     (b"GET /api HTTP/1.1\r\nHost: h\r\nExpect: something-else\r\n\r\n", 417, "expectation_failed"),
-    (b"GET /api HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n", 501,
-     "upgrade_not_supported"),
+    # a WebSocket upgrade without Sec-WebSocket-Key/Version (RFC 6455 §4.1; relayed when valid, issue 17)
+    (b"GET /api HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n", 400,
+     "websocket_invalid_handshake"),
     (b"G@T /api HTTP/1.1\r\nHost: h\r\n\r\n", 400, None),
     (b"GET /api HTTP/1.1\r\nHost: h\r\nBad Header: x\r\n\r\n", 400, None),
 ])

@@ -1,7 +1,7 @@
 """TLS termination on the listeners (issue 16 §1, §2, §6), with real certificates (`tests.support.certs`) and real
 clients: curl and `openssl s_client` from Debian, and Python's `ssl`.
 
-- certificates chosen by SNI, the first one by default; TLS 1.2 and 1.3 only; ALPN `http/1.1`;
+- certificates chosen by SNI, the first one by default; TLS 1.2 and 1.3 only; ALPN `h2`, then `http/1.1`;
 - client certificates (mTLS): optional or required, verified against `client_ca_file`; the verified identity goes
   upstream in `X-Forwarded-Client-Cert`, which a client can never set itself;
 - every failed handshake counted by reason (`gatewatch_tls_handshake_failures_total`), a stalled one closed after
@@ -153,14 +153,14 @@ def served_subject(port: int, *args: str) -> str:
     return cert.subject.rfc4514_string()
 
 
-async def test_no_sni_gets_the_first_certificate_and_alpn_is_http11(tmp_path, pki, backend):
+async def test_no_sni_gets_the_first_certificate_and_alpn_prefers_h2(tmp_path, pki, backend):
     async with running(config(tmp_path, backend, {"certificates": certs(pki["api"], pki["wild"])})) as rt:
         port = edge_port(rt)
         assert await asyncio.to_thread(served_subject, port, "-noservername") == "CN=api.example.test"
         assert await asyncio.to_thread(served_subject, port, "-servername", "x.apps.example.test") == "CN=*.apps.example.test"
         out = await asyncio.to_thread(run, "openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-alpn",
                                       "h2,http/1.1", stdin=b"")
-        assert b"ALPN protocol: http/1.1" in out.stdout
+        assert b"ALPN protocol: h2" in out.stdout  # HTTP/2 preferred (docs/http2.md)
 
 
 @pytest.mark.parametrize(("flag", "version"), [("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")])
