@@ -18,30 +18,15 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
-
-
-def _wait_port(port: int, proc, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc is not None and not proc.alive():
-            raise RuntimeError(f"{proc.name} exited before listening on {port}:\n{proc.log_text()[-2000:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port} after {timeout_s}s")
 
 
 def haproxy_h2_conf(port: int, backend: int) -> str:
@@ -107,7 +92,7 @@ def main() -> int:
     from harness.common import log, pin_harness, run_main
     from harness.host import free_port, raise_nofile
     from harness.peers import backend_conf
-    from harness.procs import Proc
+    from harness.procs import Proc, wait_port
 
     seconds = args.seconds or (3.0 if args.quick else 10.0)
     rounds = 1 if args.quick else 3
@@ -125,7 +110,7 @@ def main() -> int:
         ngx.mkdir()
         (ngx / "nginx.conf").write_text(backend_conf(ngx, [backend], nofile))
         nginx = Proc("nginx", taskset(load_cpu) + ["nginx", "-c", str(ngx / "nginx.conf"), "-p", str(ngx)], workdir)
-        _wait_port(backend, nginx)
+        wait_port(backend, nginx)
         hp, gp = free_port(), free_port()
         (workdir / "haproxy.cfg").write_text(haproxy_h2_conf(hp, backend))
         haproxy = Proc("haproxy", taskset(proxy_cpu) + ["haproxy", "-db", "-f", str(workdir / "haproxy.cfg")],
@@ -137,8 +122,8 @@ def main() -> int:
             env["OTEL_SDK_DISABLED"] = "true"
         gw = Proc("gatewatch", taskset(proxy_cpu) + [sys.executable, "-m", "gatewatch", "run", "-c", str(gcfg)],
                   workdir, env=env, cwd=workdir)
-        _wait_port(hp, haproxy)
-        _wait_port(gp, gw)
+        wait_port(hp, haproxy)
+        wait_port(gp, gw)
         targets = {"haproxy": hp, "gatewatch": gp}
         results: dict[str, list[dict]] = {t: [] for t in targets}
         for rnd in range(rounds):

@@ -116,19 +116,6 @@ async def _rate_client(port: int, seconds: float, concurrency: int) -> dict:
 
 # --- the harness ---------------------------------------------------------------------------------------------
 
-def _wait_port(port: int, proc, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc is not None and not proc.alive():
-            raise RuntimeError(f"{proc.name} exited before listening on {port}:\n{proc.log_text()[-2000:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port} after {timeout_s}s")
-
-
 def _child(mode: list[str], cpu: int | None) -> dict:
     pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
     out = subprocess.run(pin + [sys.executable, __file__, "--client", *mode], capture_output=True, text=True)
@@ -175,7 +162,7 @@ def _bench(args) -> int:
     from harness.common import log, pin_harness, run_main
     from harness.host import free_port, raise_nofile
     from harness.peers import haproxy_tcp_conf
-    from harness.procs import Proc
+    from harness.procs import Proc, wait_port
 
     total = args.bytes or ((256 << 20) if args.quick else (1 << 30))
     seconds = args.seconds or (3.0 if args.quick else 8.0)
@@ -192,8 +179,8 @@ def _bench(args) -> int:
         sink, echo = free_port(), free_port()
         servers = Proc("servers", taskset(load_cpu) + [sys.executable, __file__, "--serve", str(sink), str(echo)],
                        workdir)
-        _wait_port(sink, servers)
-        _wait_port(echo, servers)
+        wait_port(sink, servers)
+        wait_port(echo, servers)
         hp = {"tput": free_port(), "rate": free_port()}
         cfg = workdir / "haproxy.cfg"
         cfg.write_text(haproxy_tcp_conf({hp["tput"]: sink, hp["rate"]: echo}))
@@ -207,7 +194,7 @@ def _bench(args) -> int:
         gw = Proc("gatewatch", taskset(proxy_cpu) + [sys.executable, "-m", "gatewatch", "run", "-c", str(gcfg)],
                   workdir, env=env, cwd=workdir)
         for port in (*hp.values(), *gp.values()):
-            _wait_port(port, haproxy if port in hp.values() else gw)
+            wait_port(port, haproxy if port in hp.values() else gw)
         targets = {"direct": {"tput": sink, "rate": echo}, "haproxy": hp, "gatewatch": gp}
         results: dict[str, dict[str, list]] = {t: {"mib_per_s": [], "conn_per_s": [], "errors": []} for t in targets}
         for rnd in range(rounds):

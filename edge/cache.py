@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_serializer, field_validator, model_validator
 
-from gatewatch.schema import HTTP_TOKEN, Strict
+from gatewatch.schema import HTTP_TOKEN, Strict, url_without_userinfo
 
 
 class CacheKeyConfig(Strict):
@@ -43,9 +43,7 @@ class CacheSharedConfig(Strict):
 
     @field_serializer("url")
     def _redact(self, v: str) -> str:  # never show a password (admin /config)
-        scheme, sep, rest = v.partition("://")
-        _, at, host = rest.rpartition("@")
-        return f"{scheme}{sep}<redacted>@{host}" if at else v
+        return url_without_userinfo(v)
 
 
 class CacheConfig(Strict):

@@ -21,3 +21,11 @@ class Strict(BaseModel):
     """Base of every config model: immutable, unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+def url_without_userinfo(url: str) -> str:
+    """`url` with its userinfo (RFC 3986 §3.2.1: `user:password@`) replaced by `<redacted>`, for showing a
+    configured URL (admin /config) without its password: `redis://:pw@host:6379` → `redis://<redacted>@host:6379`."""
+    scheme, sep, rest = url.partition("://")
+    _, at, host = rest.rpartition("@")
+    return f"{scheme}{sep}<redacted>@{host}" if at else url

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -125,6 +126,20 @@ def run_capture(name: str, argv: list[str], workdir: Path, timeout_s: float) -> 
         if p in RUNNING:
             RUNNING.remove(p)
     return p.popen.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+def wait_port(port: int, proc: Proc | None, timeout_s: float = 30.0) -> None:
+    """Until something accepts TCP connections on 127.0.0.1:`port` (servers that are not HTTP/1.1: h2c, TCP)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and not proc.alive():
+            raise RuntimeError(f"{proc.name} exited before listening on {port}:\n{proc.log_text()[-2000:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port} after {timeout_s}s")
 
 
 def wait_http(url: str, proc: Proc, timeout_s: float = 20.0, opener: OpenerDirector = HTTP) -> None:

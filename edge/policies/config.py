@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Field, SecretStr, ValidationInfo, field_serializer, field_validator, model_validator
 
 from gatewatch.balancer.config import UpstreamTLSConfig
-from gatewatch.schema import NAME_PATTERN, Strict
+from gatewatch.schema import NAME_PATTERN, Strict, url_without_userinfo
 
 
 JWT_ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
@@ -312,9 +312,7 @@ class RedisStoreConfig(Strict):
 
     @field_serializer("url")
     def _redact(self, v: str) -> str:  # never show a password (admin /config)
-        scheme, sep, rest = v.partition("://")
-        userinfo, at, host = rest.rpartition("@")
-        return f"{scheme}{sep}<redacted>@{host}" if at else v
+        return url_without_userinfo(v)
 
 
 class RateLimitPlan(Strict):
