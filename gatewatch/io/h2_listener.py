@@ -15,7 +15,10 @@ Owned here:
   ends with COMPRESSION_ERROR / ENHANCE_YOUR_CALM), window and frame sizes;
 - the rapid-reset defence (CVE-2023-44487): streams the client resets, and streams we refused, are counted per
   connection over a window; over the budget the connection ends with GOAWAY ENHANCE_YOUR_CALM;
-- drain: `goaway()` sends GOAWAY NO_ERROR with the last stream id processed (§6.8); open streams finish.
+- drain: `goaway()` sends GOAWAY NO_ERROR with the last stream id processed (§6.8); open streams finish, and
+  WebSocket sessions get their close 1001;
+- WebSocket over HTTP/2 (RFC 8441): SETTINGS_ENABLE_CONNECT_PROTOCOL = 1 (§3); an extended CONNECT becomes the
+  HTTP/1.1 handshake it stands for and, once upgraded, an `h2_tunnel.H2Tunnel` carries the session.
 """
 
 from __future__ import annotations
@@ -35,9 +38,11 @@ import h2.settings
 from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
+from gatewatch.io.h2_tunnel import H2Tunnel, extended_connect
 from gatewatch.io.http1 import WriteFlow, http_date, no_delay
 from gatewatch.io.interfaces import ClientGone, Headers, RequestHead, header_index
 from gatewatch.telemetry.names import RejectReason as R
+from gatewatch.telemetry.names import WebSocketEnd
 
 if TYPE_CHECKING:
     from gatewatch.io.fast_listener import RawListener
@@ -50,10 +55,11 @@ READ_CHUNK_ACK = 16 * 1024  # acknowledge consumed request data in steps of at l
 # RFC 9113 §8.2.2: fields that are connection-specific in HTTP/1.1 make an HTTP/2 request malformed.
 CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
                                  b"upgrade"})
-REQUEST_PSEUDO = frozenset({b":method", b":scheme", b":path", b":authority"})
+REQUEST_PSEUDO = frozenset({b":method", b":scheme", b":path", b":authority", b":protocol"})  # RFC 8441 §4
 # Response fields that never go on an HTTP/2 response (§8.2.2); the engine already drops hop-by-hop ones.
 RESPONSE_DROP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade",
                            "content-length"})
+UPGRADE_DROP = RESPONSE_DROP | {"sec-websocket-accept", "date"}  # RFC 8441 §5: the 200 to an extended CONNECT
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +261,23 @@ class H2Downstream:
     def done(self) -> None:
         return None
 
+    def upgrade(self, headers: Headers) -> tuple[H2Tunnel, bytes]:
+        """RFC 8441 §5: the upstream's 101 answered with `:status 200` (no `Sec-WebSocket-Accept`: the client
+        sent no key; `Sec-WebSocket-Protocol`/`-Extensions` go on); returns the stream as the session's client
+        connection with the DATA received before it. Raises `ClientGone`."""
+        conn, sid = self._conn, self._sid
+        tunnel = conn.tunnels.get(sid)
+        if tunnel is None or tunnel.closed:
+            raise ClientGone()
+        self._check()
+        fields = [(":status", "200")]
+        fields += [(k.lower(), v) for k, v in headers if k.lower() not in UPGRADE_DROP]
+        fields.append(("date", http_date().decode()))
+        self.started = self.complete = True
+        conn.send_headers(sid, fields, False)
+        early, tunnel.early = bytes(tunnel.early), bytearray()
+        return tunnel, early
+
 
 class H2Connection:
     """One HTTP/2 client connection: the protocol of its transport (a socket's, or a `TlsSession`)."""
@@ -267,7 +290,8 @@ class H2Connection:
         self.flow = WriteFlow()
         self.closed = False
         self.queue = ()  # the listener's drain looks at `running` and `queue` as for HTTP/1.1 connections
-        self.tunnel = None  # ... and at `tunnel` (a WebSocket session; none on HTTP/2: RFC 8441 is not offered)
+        self.tunnel = None  # ... and at `tunnel` (an HTTP/1.1 connection's WebSocket session; ours are per stream)
+        self.tunnels: dict[int, H2Tunnel] = {}  # RFC 8441 streams: handshaking, then carrying a WebSocket session
         self.last_active = 0.0
         self.peer = ("", 0)
         self.sock = ("", 0)
@@ -287,7 +311,7 @@ class H2Connection:
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: settings.max_header_list_size,
             h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: settings.initial_window_size,
             h2.settings.SettingCodes.MAX_FRAME_SIZE: settings.max_frame_size,
-            h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 0,
+            h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,  # RFC 8441 §3: WebSocket over extended CONNECT
         })
         # HPACK bomb defence: the decoder refuses a header list far beyond what we advertised, and a dynamic table
         # beyond our SETTINGS_HEADER_TABLE_SIZE (4096, the default; enforced by the hpack decoder).
@@ -315,6 +339,7 @@ class H2Connection:
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: self.settings.max_header_list_size,
             h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: self.settings.initial_window_size,
             h2.settings.SettingCodes.MAX_FRAME_SIZE: self.settings.max_frame_size,
+            h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,
         })
         grow = self.settings.connection_window_size - 65535
         if grow > 0:
@@ -334,6 +359,8 @@ class H2Connection:
         for w in self._windows.values():
             if not w.done():
                 w.set_result(None)
+        for t in list(self.tunnels.values()):
+            t.reset()
 
     def pause_writing(self) -> None:
         self.flow.pause()
@@ -383,7 +410,8 @@ class H2Connection:
         if self._goaway_sent:
             self.h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)  # after our GOAWAY's last stream id (§6.8)
             return
-        if len(self.streams) >= self.settings.max_concurrent_streams or \
+        open_streams = len(self.streams) if not self.tunnels else len(self.streams.keys() | self.tunnels.keys())
+        if open_streams >= self.settings.max_concurrent_streams or \
                 self._opened_in_second > self.settings.max_streams_per_s:
             self.h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)  # §5.1.2; the client may retry it (§8.7)
             self._observe("reset", "refused_stream")
@@ -401,6 +429,15 @@ class H2Connection:
             return
         method, target, headers, expected = parsed
         has_body = not ev.stream_ended
+        websocket = len(headers) > 2 and headers[-2][0] == "upgrade"  # only an extended CONNECT's (h2_tunnel)
+        if websocket:
+            if ev.stream_ended:  # RFC 8441 §5: the stream is the session; ended at once, it cannot be one
+                self._observe("reset", "protocol_error")
+                self.listener.reject(self.peer, self.sock, 400, R.WEBSOCKET_INVALID_HANDSHAKE.value)
+                self.h2.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
+                return
+            has_body = False  # its DATA is the session's, once upgraded
+            self.tunnels[sid] = H2Tunnel(self, sid)
         head = RequestHead(method=method, target=target, version="2", headers=headers, index=header_index(headers),
                            client_address=self.peer[0], client_port=self.peer[1], scheme=self.listener.scheme,
                            server_address=self.sock[0], server_port=self.sock[1], listener=self.listener.name,
@@ -412,6 +449,10 @@ class H2Connection:
         self._observe("stream", "opened")
 
     def _on_data(self, ev: h2.events.DataReceived) -> None:
+        tunnel = self.tunnels.get(ev.stream_id)
+        if tunnel is not None:
+            tunnel.data(ev.data, ev.flow_controlled_length)
+            return
         body = self.streams.get(ev.stream_id, (None, None))[0]
         if body is None:  # a stream we refused or already answered: give the window back at once
             self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
@@ -421,6 +462,10 @@ class H2Connection:
             self._malformed(ev.stream_id, body)
 
     def _on_end(self, ev: h2.events.StreamEnded) -> None:
+        tunnel = self.tunnels.get(ev.stream_id)
+        if tunnel is not None:
+            tunnel.ended()
+            return
         body = self.streams.get(ev.stream_id, (None, None))[0]
         if body is not None:
             if body.expected is not None and body.total != body.expected:
@@ -431,6 +476,9 @@ class H2Connection:
     def _on_reset(self, ev: h2.events.StreamReset) -> None:
         sid = ev.stream_id
         self._stream_gone(sid)
+        tunnel = self.tunnels.get(sid)
+        if tunnel is not None:
+            tunnel.reset()
         if ev.remote_reset:
             self._observe("reset", "client_reset")
             self._count_reset(self.listener.loop.time())
@@ -441,6 +489,10 @@ class H2Connection:
             for w in waiting.values():
                 if not w.done():
                     w.set_result(None)
+            for t in list(self.tunnels.values()):
+                t.window_opened()
+        elif ev.stream_id in self.tunnels:
+            self.tunnels[ev.stream_id].window_opened()
         else:
             w = self._windows.pop(ev.stream_id, None)
             if w is not None and not w.done():
@@ -451,6 +503,8 @@ class H2Connection:
         for w in waiting.values():
             if not w.done():
                 w.set_result(None)
+        for t in list(self.tunnels.values()):
+            t.window_opened()
 
     def _on_terminated(self, ev: h2.events.ConnectionTerminated) -> None:
         self._flush()
@@ -506,10 +560,35 @@ class H2Connection:
             if not down.complete and not self.closed and sid not in self.gone:
                 self.reset(sid, ErrorCodes.INTERNAL_ERROR)
             self._stream_gone(sid)
+            tunnel = self.tunnels.get(sid)
+            if tunnel is not None and tunnel.tunnel is None:  # an extended CONNECT answered without an upgrade
+                self._unupgraded(tunnel)
             self._flush()
             self.last_active = self.listener.loop.time()
-            if self._goaway_sent and not self.streams:
+            if self._goaway_sent and not self.streams and not self.tunnels:
                 self.close()
+
+    def _unupgraded(self, tunnel: H2Tunnel) -> None:
+        """The response went out whole (or the stream was reset): the client's half of the stream has no use
+        any more: RST_STREAM NO_ERROR asks it to stop sending (RFC 9113 §8.1)."""
+        del self.tunnels[tunnel.sid]
+        tunnel.closed = True
+        n, tunnel._unacked = tunnel._unacked, 0
+        if not self.closed and not tunnel.remote_ended and tunnel.sid not in self.gone:
+            try:
+                self.h2.reset_stream(tunnel.sid, ErrorCodes.NO_ERROR)
+            except h2.exceptions.ProtocolError:
+                pass
+        elif n and not self.closed:
+            self.acknowledge(tunnel.sid, n)
+
+    def tunnel_over(self, tunnel: H2Tunnel) -> None:
+        """An RFC 8441 stream is done with (`H2Tunnel`)."""
+        if self.tunnels.get(tunnel.sid) is tunnel:
+            del self.tunnels[tunnel.sid]
+        self.last_active = self.listener.loop.time()
+        if self._goaway_sent and not self.streams and not self.tunnels:
+            self.close()
 
     def _stream_gone(self, sid: int) -> None:
         entry = self.streams.pop(sid, None)
@@ -595,7 +674,7 @@ class H2Connection:
 
     @property
     def running(self) -> bool:
-        return bool(self.streams)
+        return bool(self.streams) or bool(self.tunnels)
 
     def unread(self) -> bool:
         return False
@@ -609,22 +688,27 @@ class H2Connection:
         self._observe("goaway", "drain")
         # Written around the state machine: h2's close_connection() would forbid the frames the open streams
         # still have to send. New streams are refused in _on_request.
+        for t in list(self.tunnels.values()):
+            if t.tunnel is not None:  # a WebSocket session: close 1001 to both sides (RFC 6455 §7.4.1), ahead of
+                t.tunnel.session.shutdown(WebSocketEnd.DRAIN)  # the GOAWAY (some clients stop reading at one)
         frame = GoAwayFrame(0)
         frame.last_stream_id = self.h2.highest_inbound_stream_id
         frame.error_code = ErrorCodes.NO_ERROR
         self._flush()
         self.transport.write(frame.serialize())
-        if not self.streams:
+        if not self.streams and not self.tunnels:
             self.close()
 
     def sweep(self, now: float) -> None:
-        if not self.closed and not self.streams and now - self.last_active > IDLE_TIMEOUT_S:
+        if not self.closed and not self.streams and not self.tunnels and now - self.last_active > IDLE_TIMEOUT_S:
             self.goaway()
 
     def _flush(self) -> None:
         data = self.h2.data_to_send()
         if data and self.transport is not None and not self.closed:
             self.transport.write(data)
+
+    flush = _flush
 
     def _observe(self, event: str, reason: str) -> None:
         obs = getattr(self.listener, "on_h2", None)
@@ -700,7 +784,11 @@ def _request(raw, max_list: int):
     if method is None:
         return 0, R.PARSE_ERROR.value
     if method == b"CONNECT":
-        return 501, R.UNSUPPORTED_METHOD.value  # CONNECT tunnels (§8.5, RFC 8441) are not offered
+        if b":protocol" in pseudo:  # RFC 8441 §4: extended CONNECT; WebSocket is the protocol offered
+            return extended_connect(pseudo, headers)
+        return 501, R.UNSUPPORTED_METHOD.value  # CONNECT tunnels (§8.5) are not offered
+    if b":protocol" in pseudo:
+        return 0, R.PARSE_ERROR.value  # RFC 8441 §4: `:protocol` only on CONNECT
     path = pseudo.get(b":path")
     if b":scheme" not in pseudo or not path:
         return 0, R.PARSE_ERROR.value  # §8.3.1: :method, :scheme and a non-empty :path
