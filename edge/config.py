@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -310,6 +311,9 @@ class RemoteUpstreamConfig(Strict):
     max_connections: int = Field(default=256, ge=1, le=100_000)
     keepalive_idle_s: float = Field(default=15.0, gt=0, le=3600)
     tls: UpstreamTLSConfig | None = None  # for an https URL: CA, SNI, mTLS (default: verified, system CAs)
+    # HTTP/2 towards the URL (gRPC through both tiers): h2c with prior knowledge for http:// (RFC 9113 §3.3),
+    # h2 chosen by ALPN for https:// (§3.2); docs/http2.md
+    protocol: Literal["http1", "h2"] = "http1"
 
     @model_validator(mode="after")
     def _tls_needs_https(self):

@@ -87,6 +87,8 @@ class ErrorType(StrEnum):
     CANCELLED = "cancelled"  # stopped because another call had already failed the request (on_error: fail)
     # WebSocket (issue 17): the upstream answered 101 but not as RFC 6455 §4.2.2 requires (Upgrade, Accept)
     WEBSOCKET_HANDSHAKE_FAILED = "websocket_handshake_failed"
+    # gRPC (issue 17): the call's grpc-timeout passed while its response was streaming (cut, grpc-status 4)
+    DEADLINE_EXCEEDED = "deadline_exceeded"
 
 
 class TlsFailure(StrEnum):

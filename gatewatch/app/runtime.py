@@ -345,7 +345,7 @@ class Runtime:
         out: dict[str, UpstreamTLS] = {}
         built: dict[tuple[UpstreamTLSConfig, str], UpstreamTLS] = {}
         sources = [(p.name, p.tls, p.protocol) for p in (config.balancer.pools if config.balancer else ())]
-        sources += [(u.name, u.tls, "http1") for u in (config.edge.upstreams if config.edge else ())]
+        sources += [(u.name, u.tls, u.protocol) for u in (config.edge.upstreams if config.edge else ())]
         for name, tls, protocol in sources:
             if tls is None:
                 continue
@@ -527,7 +527,8 @@ def _http2(listener, cfg, observe) -> None:
 
 
 def _h2_pools(forwarder, cfg) -> None:
-    """The pools whose instances speak HTTP/2 (`protocol: h2`), for a forwarder that can (the fast one)."""
+    """The pools and URL upstreams that speak HTTP/2 (`protocol: h2`), for a forwarder that can (the fast one)."""
     if hasattr(forwarder, "h2_pools"):
-        forwarder.h2_pools = frozenset(p.name for p in (cfg.balancer.pools if cfg.balancer else ())
+        forwarder.h2_pools = frozenset(p.name for p in (*(cfg.balancer.pools if cfg.balancer else ()),
+                                                        *(cfg.edge.upstreams if cfg.edge else ()))
                                        if p.protocol == "h2")

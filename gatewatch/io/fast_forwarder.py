@@ -520,6 +520,7 @@ class RawForwarder:
         # pools whose instances speak HTTP/2 (`protocol: h2`, set by the runtime): sent by `h2_upstream`
         self.h2_pools: frozenset[str] = frozenset()
         self._h2 = H2Upstream()
+        self._default_h2_tls: UpstreamTLS | None = None  # an https h2 upstream with no settings
 
     def _pool(self, name: str, host: str, port: int, scheme: str) -> EndpointPool:
         key = (name, host, port, scheme)
@@ -563,8 +564,11 @@ class RawForwarder:
                    connect_s: float, response_s: float, idle_s: float,
                    timing: AttemptTiming | None = None) -> RawResponse:
         if pool in self.h2_pools:
-            tls = (self._tls.get(pool) or self._default_tls or UpstreamTLS(_h2_context())) \
-                if request.scheme == "https" else None
+            tls = None
+            if request.scheme == "https":  # no settings: the system's CAs, offering ALPN h2 only (RFC 9113 §3.2)
+                tls = self._tls.get(pool) or self._default_h2_tls
+                if tls is None:
+                    tls = self._default_h2_tls = UpstreamTLS(_h2_context())
             return await self._h2.send(request, body, connect_s, response_s, idle_s, timing, tls)
         ep = self._pool(pool, request.host, request.port, request.scheme)
         conn = ep.take_idle() or await ep.acquire(connect_s, timing)

@@ -1,4 +1,5 @@
-"""Upstreams over HTTP/2 (a pool with `protocol: h2`; RFC 9113), for gRPC end to end and h2-only backends.
+"""Upstreams over HTTP/2 (a pool, or an edge's URL upstream, with `protocol: h2`; RFC 9113), for gRPC end to end
+(through both tiers) and h2-only backends.
 
 One `H2ClientConnection` per instance (host, port), multiplexing the attempts as streams, replaced when it dies
 or the instance sends GOAWAY; h2c with prior knowledge (RFC 9113 §3.3). `H2Upstream.send` implements the

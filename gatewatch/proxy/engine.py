@@ -485,8 +485,9 @@ class Engine:
             return await self._send_failed(ctx, a, failure)
         failed = self._answered(ctx, a, response)
         if failed is None:
-            if response.status == 101 and _websocket(ctx.head):
-                await self._websocket(ctx, a, response)
+            if _websocket(ctx.head) and (response.status == 101 or (
+                    ctx.head.version == "2" and 200 <= response.status < 300)):
+                await self._websocket(ctx, a, response)  # (RFC 8441 §5: a 2xx on the stream opens the session)
             else:
                 await self._relay(ctx, a, response, None)
         return failed
@@ -496,7 +497,8 @@ class Engine:
         relayed, and both connections handed to a relay session (`io.websocket`). The request's record ends
         here, at the 101 (its SERVER span); the session has a span of its own, a child of it."""
         rec, record = ctx.rec, a.record
-        problem = response_problem(response.headers, ctx.head.header("sec-websocket-key") or "")
+        problem = response_problem(response.headers, ctx.head.header("sec-websocket-key") or "") \
+            if response.status == 101 else f"the upstream answered {response.status}, not 101, to the upgrade"
         detach, upgrade = getattr(response, "detach", None), getattr(ctx.down, "upgrade", None)
         if problem is not None or detach is None or upgrade is None:
             response.close()
@@ -621,6 +623,8 @@ class Engine:
         req = ctx.policy
         if req is not None and (req.upstream_set or req.upstream_remove):
             headers = hdr.apply_changes(headers, req.upstream_set, req.upstream_remove)
+        if "grpc-timeout" in head.index:  # what is left of the client's deadline goes on (gRPC PROTOCOL-HTTP2.md)
+            headers = grpc.propagate_timeout(headers, head.index["grpc-timeout"], rec.start_mono, self.monotonic())
         if MIRROR_HEADER in head.index:  # only Gatewatch marks a shadow copy: a backend may skip side effects on it
             headers = tuple(hdr.without(headers, {MIRROR_HEADER}))
         if ctx.cache is not None:  # revalidating a stored response: its validators (RFC 9111 §4.3.1)
@@ -691,8 +695,13 @@ class Engine:
                 await down.respond(response.status, response.reason, headers, whole)
             else:
                 await down.start(response.status, response.reason, headers, length)
-                async for chunk in response.body():
-                    await down.write(chunk)
+                left = grpc.time_left(ctx.head.index, rec.start_mono, self.monotonic())
+                if left is None:
+                    async for chunk in response.body():
+                        await down.write(chunk)
+                elif not await _stream_within(response, down, left):
+                    await self._deadline_cut(ctx, a, response)
+                    return True
                 trailers = getattr(response, "trailers", None)  # an HTTP/2 upstream's (gRPC status)
                 if grpc.is_grpc(ctx.head.index.get("content-type")):
                     _grpc_outcome(ctx.rec, trailers or response.headers)
@@ -716,6 +725,22 @@ class Engine:
         response.close()
         record.outcome = rec.outcome = PROXIED
         return True
+
+    async def _deadline_cut(self, ctx: RequestContext, a: AttemptContext, response: UpstreamResponse) -> None:
+        """The gRPC deadline passed while the response streamed: the upstream stream is cancelled (RST_STREAM
+        CANCEL on HTTP/2) and the client's stream ends with trailers grpc-status 4 (PROTOCOL-HTTP2.md: a deadline
+        is the whole call's, not only the wait for its head); a downstream without trailers is aborted."""
+        response.close()
+        trailers = (("grpc-status", str(grpc.DEADLINE_EXCEEDED)),
+                    ("grpc-message", grpc.encode_message("deadline exceeded while the response was streaming")))
+        rec, record = ctx.rec, a.record
+        record.error_type, record.outcome = ErrorType.DEADLINE_EXCEEDED.value, Outcome.UPSTREAM_TIMEOUT.value
+        rec.outcome, rec.error_type = Outcome.UPSTREAM_TIMEOUT.value, ErrorType.DEADLINE_EXCEEDED.value
+        _grpc_outcome(rec, trailers)
+        if hasattr(ctx.down, "send_trailers"):
+            await ctx.down.send_trailers(trailers)
+        else:
+            ctx.down.abort()
 
     def _respond_now(self, ctx: RequestContext, a: AttemptContext, response: UpstreamResponse,
                      headers: tuple[tuple[str, str], ...], whole: bytes) -> None:
@@ -915,6 +940,20 @@ NOT_SENT = frozenset({ErrorType.DNS_ERROR, ErrorType.CONNECT_REFUSED, ErrorType.
 def _websocket(head: RequestHead) -> bool:
     """A WebSocket upgrade (validated by the listener, RFC 6455 §4.1): one dict lookup for any other request."""
     return "upgrade" in head.index and is_websocket(head.index)
+
+
+async def _stream_within(response: UpstreamResponse, down: Downstream, seconds: float) -> bool:
+    """Relay the response body to `down` within `seconds`; False when the time ran out first."""
+    limit = asyncio.timeout(seconds)
+    try:
+        async with limit:
+            async for chunk in response.body():
+                await down.write(chunk)
+    except TimeoutError:
+        if not limit.expired():  # not ours
+            raise
+        return False
+    return True
 
 
 def _grpc_outcome(rec, headers) -> None:

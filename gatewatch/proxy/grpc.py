@@ -5,11 +5,13 @@ repository, and its "HTTP to gRPC Status Code Mapping", http-grpc-status-mapping
 - `parse_timeout(value)`: the `grpc-timeout` header (at most 8 digits and a unit H M S m u n) in seconds, or None;
 - `status_for_http(status, outcome)`: the gRPC status a locally generated error maps to;
 - `local_error(...)`: the trailers-only answer (HTTP 200, `grpc-status`, `grpc-message`) gRPC clients can read;
-- `service_method(path)`: (`rpc.service`, `rpc.method`) from `/package.Service/Method`.
+- `service_method(path)`: (`rpc.service`, `rpc.method`) from `/package.Service/Method`;
+- `format_timeout`, `propagate_timeout`: the remaining deadline forwarded upstream as `grpc-timeout`.
 """
 
 from __future__ import annotations
 
+import math
 from urllib.parse import quote
 
 # gRPC status codes (grpc/doc/statuscodes.md)
@@ -50,6 +52,36 @@ def parse_timeout(value: str | None) -> float | None:
     if unit not in _UNITS or not digits.isascii() or not digits.isdigit():
         return None
     return int(digits) * _UNITS[unit]
+
+
+def format_timeout(seconds: float) -> str:
+    """Seconds → a `grpc-timeout` value: the finest unit whose value fits the 8 digits PROTOCOL-HTTP2.md allows,
+    rounded up (a proxy must not shorten the deadline by rounding; at least 1n)."""
+    for unit, scale in (("n", 1e9), ("u", 1e6), ("m", 1e3), ("S", 1.0), ("M", 1 / 60), ("H", 1 / 3600)):
+        value = math.ceil(seconds * scale - 1e-6)
+        if value < 100_000_000:
+            return f"{max(1, value)}{unit}"
+    return "99999999H"
+
+
+def propagate_timeout(headers, value: str, start: float, now: float):
+    """The request's headers with `grpc-timeout` set to what is left of the client's deadline at `now` (the
+    deadline propagates hop by hop as grpc-timeout, PROTOCOL-HTTP2.md "Timeout"). A malformed value (ignored
+    here, as by gRPC servers) is passed on as it came."""
+    deadline = parse_timeout(value)
+    if deadline is None:
+        return headers
+    left = format_timeout(max(0.0, start + deadline - now))
+    return tuple((k, left) if k.lower() == "grpc-timeout" else (k, v) for k, v in headers)
+
+
+def time_left(index, start: float, now: float) -> float | None:
+    """What is left at `now` of a gRPC call's deadline (`grpc-timeout` counted from `start`), None for a request
+    that is not a gRPC call or has no (valid) deadline."""
+    if "grpc-timeout" not in index or not is_grpc(index.get("content-type")):
+        return None
+    deadline = parse_timeout(index["grpc-timeout"])
+    return None if deadline is None else max(0.0, start + deadline - now)
 
 
 def status_for_http(status: int) -> int:

@@ -3,7 +3,8 @@ no protoc) behind a pool with `protocol: h2`, a real grpcio client in front of a
 
 - unary, server-streaming and bidi calls stream through, trailers (grpc-status, custom trailing metadata) kept;
 - an unknown method: the backend's UNIMPLEMENTED passes through;
-- an exceeded `grpc-timeout`: Gatewatch answers DEADLINE_EXCEEDED itself (trailers-only, HTTP 200);
+- an exceeded `grpc-timeout`: Gatewatch answers DEADLINE_EXCEEDED itself (trailers-only, HTTP 200), and cuts a
+  response already streaming (trailers grpc-status 4, the instance's stream cancelled);
 - no reachable instance: Gatewatch answers UNAVAILABLE (14) itself;
 - rpc.system / rpc.service / rpc.method / rpc.grpc.status_code on the SERVER span (OTLP receiver).
 """
@@ -11,6 +12,7 @@ no protoc) behind a pool with `protocol: h2`, a real grpcio client in front of a
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from concurrent import futures
 from pathlib import Path
@@ -49,6 +51,21 @@ def _slow(request: bytes, context) -> bytes:
     return request
 
 
+DRIP_CANCELLED = threading.Event()
+
+
+def _drip(request: bytes, context):
+    """One message at once, the next only after 5 s, unless the call is cancelled first (noted)."""
+    yield b"first"
+    end = time.monotonic() + 5
+    while context.is_active() and time.monotonic() < end:
+        time.sleep(0.02)
+    if not context.is_active():
+        DRIP_CANCELLED.set()
+        return
+    yield b"late"
+
+
 @pytest.fixture(scope="module")
 def backend():
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
@@ -58,6 +75,7 @@ def backend():
         "Stream": grpc.unary_stream_rpc_method_handler(_stream, *ident),
         "Bidi": grpc.stream_stream_rpc_method_handler(_bidi, *ident),
         "Slow": grpc.unary_unary_rpc_method_handler(_slow, *ident),
+        "Drip": grpc.unary_stream_rpc_method_handler(_drip, *ident),
     }),))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
@@ -106,7 +124,7 @@ def raw_call(port: int, path: str, timeout: str | None) -> dict:
     conn.send_headers(1, headers)
     conn.send_data(1, b"\x00\x00\x00\x00\x02hi", end_stream=True)
     s.sendall(conn.data_to_send())
-    got: dict = {"headers": [], "ended_with_headers": False}
+    got: dict = {"headers": [], "ended_with_headers": False, "data": b""}
     try:
         while True:
             data = s.recv(65536)
@@ -116,6 +134,9 @@ def raw_call(port: int, path: str, timeout: str | None) -> dict:
                 if isinstance(ev, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
                     got["headers"] += ev.headers
                     got["ended_with_headers"] = ev.stream_ended is not None
+                if isinstance(ev, h2.events.DataReceived):
+                    got["data"] += ev.data
+                    conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
                 if isinstance(ev, h2.events.StreamEnded):
                     return {**got, **{k: v for k, v in got["headers"]}}
             s.sendall(conn.data_to_send())
@@ -171,6 +192,17 @@ async def test_an_exceeded_grpc_timeout_is_answered_deadline_exceeded(tmp_path, 
         assert got[":status"] == "200" and got["grpc-status"] == "4" and got["ended_with_headers"]  # trailers-only
         got = await asyncio.to_thread(raw_call, edge_port(rt), f"/{SERVICE}/Slow", "20S")  # long enough
         assert got["grpc-status"] == "0"
+
+
+async def test_the_deadline_cuts_a_response_already_streaming(tmp_path, backend):
+    """grpc-timeout passes mid-stream: the instance's stream is cancelled (RST_STREAM CANCEL, seen by the grpcio
+    server as an inactive call) and the client's ends with trailers grpc-status 4 after the data relayed so far."""
+    DRIP_CANCELLED.clear()
+    async with running(config(tmp_path, backend)) as rt:
+        got = await asyncio.to_thread(raw_call, edge_port(rt), f"/{SERVICE}/Drip", "300m")
+    assert got[":status"] == "200" and b"first" in got["data"] and b"late" not in got["data"]
+    assert got["grpc-status"] == "4" and got["ended_with_headers"]
+    assert await asyncio.to_thread(DRIP_CANCELLED.wait, 10)
 
 
 async def test_no_reachable_instance_is_answered_unavailable(tmp_path):
