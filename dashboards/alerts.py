@@ -32,7 +32,10 @@ from gatewatch.dashboards.promql import (AUTH_PROVIDER_UP, EDGE, EJECTIONS, ENDP
                                          ejections_and_probes, failover_share, or_zero, pool_request_rate, ratio,
                                          sel, serving_and_instances, sum_, sum_rate)
 from gatewatch.dashboards.traffic import cache_hit_ratio, cache_request_rate, mirror_compared, mirror_divergence
-from gatewatch.telemetry.names import Label, PolicyReason
+from gatewatch.dashboards.promql import (ADMIN_AUTH_FAILURES, DISCOVERY_REFRESHES, DRAIN_CLOSED, DRAIN_STEPS, HTTP2_EVENTS,
+                                         increase)
+from gatewatch.telemetry.names import (AdminAuthFailure, DiscoveryResult, DrainClose, DrainStep, H2Event, H2Reason,
+                                       Label, PolicyReason)
 
 PL, I, R = Label.POOL, Label.INSTANCE, Label.ROUTE
 # Minimum requests/s a pool served (over 5 m) before its failover share can page: ~1 request every 5 s.
@@ -56,6 +59,17 @@ CACHE_COLLAPSE_FRACTION = 0.5
 CACHE_USEFUL_RATIO = 0.2
 CACHE_WINDOW = "30m"
 MIN_CACHE_RPS = 0.2
+# HTTP/2 rapid reset (CVE-2023-44487): any connection ended with GOAWAY ENHANCE_YOUR_CALM for too many resets.
+RAPID_RESET_WINDOW = "5m"
+# Drains: a drain that cut connections is seen for this long (the process exits right after; its last scrape
+# before exiting carries the count, and the stored samples keep it in the window).
+DRAIN_WINDOW = "15m"
+# Discovery: no successful refresh of a pool, and failed ones, over this window.
+DISCOVERY_WINDOW = "10m"
+# Admin API: more than this many invalid bearer tokens per process over ADMIN_AUTH_WINDOW (one every 15 s: a
+# script with a revoked token, or someone guessing; a person mistyping a token a few times stays below).
+ADMIN_INVALID_TOKENS = 20
+ADMIN_AUTH_WINDOW = "5m"
 
 
 @dataclass(frozen=True)
@@ -165,6 +179,16 @@ def rules(opts: BuildOptions) -> list[AlertRule]:
     hit_ratio = cache_hit_ratio(window=CACHE_WINDOW)
     hit_ratio_yesterday = cache_hit_ratio(window=CACHE_WINDOW, offset="1d")
     cache_rps = cache_request_rate(window=CACHE_WINDOW)
+    rapid_resets = sum_(increase(sel(HTTP2_EVENTS, event=H2Event.GOAWAY.value, reason=H2Reason.RAPID_RESET.value),
+                                 RAPID_RESET_WINDOW), Label.LISTENER)
+    grace_expired = sum_(increase(sel(DRAIN_STEPS, step=DrainStep.GRACE_EXPIRED.value), DRAIN_WINDOW), "instance")
+    cut = sum_(increase(sel(DRAIN_CLOSED, reason=DrainClose.DEADLINE.value), DRAIN_WINDOW), "instance")
+    discovery_failed = sum_(increase(sel(DISCOVERY_REFRESHES, result="!" + DiscoveryResult.OK.value),
+                                     DISCOVERY_WINDOW), PL, Label.SOURCE)
+    discovery_ok = sum_(increase(sel(DISCOVERY_REFRESHES, result=DiscoveryResult.OK.value), DISCOVERY_WINDOW),
+                        PL, Label.SOURCE)
+    admin_invalid = sum_(increase(sel(ADMIN_AUTH_FAILURES, reason=AdminAuthFailure.INVALID.value),
+                                  ADMIN_AUTH_WINDOW), "instance")
     cert_days_left = (f"min by ({Label.LISTENER}, {Label.CERTIFICATE}, {Label.SERIAL}) "
                       f"({TLS_CERT_EXPIRY} - time()) / 86400")
     out = [
@@ -320,6 +344,51 @@ def rules(opts: BuildOptions) -> list[AlertRule]:
             "restart empties the cache (it refills).",
             "traffic", {"route": "{{ $labels.gatewatch_route }}"},
             signals=(hit_ratio, cache_rps)),  # yesterday's needs a day of history: promtool's cases have it
+        AlertRule(
+            "GatewatchHTTP2RapidReset", f"{rapid_resets} > 0", "0m", "ticket",
+            "Listener {{ $labels.gatewatch_listener }}: HTTP/2 connections ended for rapid reset",
+            f"Over the last {RAPID_RESET_WINDOW}, listener {{{{ $labels.gatewatch_listener }}}} ended "
+            "{{ $value | printf \"%.0f\" }} HTTP/2 connection(s) with GOAWAY ENHANCE_YOUR_CALM because the client "
+            "reset or had refused more streams than http2.max_resets within http2.reset_window_s: the rapid-reset "
+            "attack (CVE-2023-44487), or a badly broken client. The defence has already acted (each such "
+            "connection is closed, its streams cost little): a ticket, not a page — if the attack hurts real "
+            "traffic, the SLO burn alerts page.",
+            "Protocols: HTTP/2 resets and GOAWAYs by reason. The SERVER spans and the listener's logs name the "
+            "client addresses; block repeat offenders upstream of Gatewatch (firewall, CDN). If it is a legitimate "
+            "client (a gRPC client cancelling many calls), raise http2.max_resets for that listener.",
+            "protocols", signals=(rapid_resets,)),
+        AlertRule(
+            "GatewatchDrainGraceExpired", f"{grace_expired} > 0\nor\n{cut} > 0", "0m", "ticket",
+            "{{ $labels.instance }}: a drain cut client connections",
+            f"In the last {DRAIN_WINDOW}, a SIGTERM drain of {{{{ $labels.instance }}}} ran out of drain.grace_s "
+            "and cut the connections still open (grace_expired, or connections closed with reason deadline): "
+            "those clients saw a reset or a truncated response during a restart that should have been invisible.",
+            "Gatewatch itself: drain steps and connections closed by reason. Long requests or streams (WebSocket, "
+            "gRPC streams, large downloads) outlive the grace: raise drain.grace_s (and the orchestrator's "
+            "termination grace period above it), or lower the routes' timeouts.",
+            "self", signals=(grace_expired, cut)),
+        AlertRule(
+            "GatewatchDiscoveryFailing", f"{discovery_failed} > 0\nand on ({PL}, {Label.SOURCE})\n{discovery_ok} == 0",
+            "0m", "ticket",
+            "Pool {{ $labels.gatewatch_pool }}: {{ $labels.source }} discovery failing, serving the last good set",
+            f"Every refresh of pool {{{{ $labels.gatewatch_pool }}}}'s instances ({{{{ $labels.source }}}}) in the "
+            f"last {DISCOVERY_WINDOW} failed. The pool keeps its last good set of instances, so requests are still "
+            "served, but it no longer follows scale-ups, moves or removals: new instances get no traffic and "
+            "removed ones keep getting it (until health checks or outlier detection catch them).",
+            "Balancer & health: discovery refreshes by result (nxdomain / servfail / timeout: DNS; invalid: the "
+            "file or API answer; error: unreachable or refused), and the gatewatch.discovery.failure events. The "
+            "admin /upstreams shows the pool's last refresh, last success and last error.",
+            "balancer", {"pool": f"{{{{ $labels.{PL} }}}}"}, signals=(discovery_failed, discovery_ok)),
+        AlertRule(
+            "GatewatchAdminAuthFailures", f"{admin_invalid} > {ADMIN_INVALID_TOKENS}", "0m", "ticket",
+            "{{ $labels.instance }}: {{ $value | printf \"%.0f\" }} invalid admin tokens in 5 minutes",
+            f"The admin API of {{{{ $labels.instance }}}} refused more than {ADMIN_INVALID_TOKENS} well-formed but "
+            f"wrong bearer tokens in {ADMIN_AUTH_WINDOW}: someone guessing tokens, or an automation still using a "
+            "rotated one (it is locked out of reloads, drains and state).",
+            "Gatewatch itself: admin auth failures by reason. Find the caller (the admin listener's access log "
+            "and the client address); if it is your automation, give it the current token; if not, the admin "
+            "listener is reachable by someone it should not be — restrict its address.",
+            "self", signals=(admin_invalid,)),
         AlertRule(
             "GatewatchBalancerSilent", f"absent({ENDPOINTS})", "2m", "page",
             "No Gatewatch balancer is reporting metrics",

@@ -17,6 +17,7 @@ from gatewatch.dashboards.promql import (ACTIVE_PRIORITY, BALANCER, CLIENT_COUNT
                                HEALTH_PROBES, HEALTH_TRANSITIONS, IN_FLIGHT, INSTANCE_REQUESTS, PANIC_MODE, RETRIES,
                                RETRY_BUDGET_EXHAUSTED, SLOW_START, ejections_and_probes, failover_share, increase,
                                or_zero, ratio, sel, serving_and_instances, sum_, sum_rate)
+from gatewatch.dashboards.promql import DISCOVERY_REFRESHES
 from gatewatch.telemetry.names import Attr, DecisionKind, Label
 
 POOL = {Label.POOL: "~$pool"}
@@ -126,6 +127,13 @@ def build(opts) -> gd.Dashboard:  # noqa: ARG001 - same signature as the other b
                 "{{gatewatch_instance}} {{result}}"),
          P.prom(sum_(increase(sel(HEALTH_TRANSITIONS, POOL, **INSTANCE)), I, Label.STATE),
                 "→ {{state}} {{gatewatch_instance}}")], "short"))
+    d = d.with_panel(P.timeseries(
+        "Discovery refreshes by result", "Per pool with `discovery` (DNS, file, Kubernetes): refreshes of its "
+        "instance list and their result — ok (applied, changed or not), or why the last good set was kept "
+        "(nxdomain, servfail, timeout, empty, invalid, expired, error). The pool keeps serving its last good set "
+        "while refreshes fail, but it no longer follows scale-ups, moves or removals (GatewatchDiscoveryFailing).",
+        [P.prom(sum_(increase(sel(DISCOVERY_REFRESHES, POOL)), PL, Label.SOURCE, Label.RESULT),
+                "{{gatewatch_pool}} {{source}} {{result}}")], "short", stack=True))
 
     d = d.with_row(gd.Row("Decision logs and state changes (Loki)"))
     d = d.with_panel(P.logs(

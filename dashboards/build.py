@@ -19,12 +19,13 @@ from pathlib import Path
 
 import yaml
 
-from gatewatch.dashboards import alerts, balancer_health, decisions, itself, journey, overview, provisioning, traffic
+from gatewatch.dashboards import (alerts, balancer_health, decisions, itself, journey, overview, protocols,
+                                  provisioning, traffic)
 from gatewatch.dashboards.options import BuildOptions
 from gatewatch.dashboards.panels import UID, render
 
 BOARDS = {"overview": overview, "journey": journey, "balancer": balancer_health, "decisions": decisions,
-          "self": itself, "traffic": traffic}
+          "self": itself, "traffic": traffic, "protocols": protocols}
 GENERATED = Path(__file__).parent / "generated"
 DASHBOARDS_DIR = "grafana/dashboards"
 DATASOURCES_FILE = "grafana/provisioning/datasources/datasources.yaml"

@@ -10,6 +10,7 @@ from gatewatch.dashboards.promql import (BUILD_INFO, CONFIG_INFO, CONFIG_LOADED,
                                TELEMETRY_EXPORTED, TELEMETRY_QUEUE, PROCESS_CPU, PROCESS_RSS, PROCESS_START_TIME, RANGE,
                                TLS_CERT_EXPIRY, TLS_HANDSHAKE_FAILURES, TLS_HANDSHAKES, increase, rate, ratio, sel,
                                sum_, sum_rate)
+from gatewatch.dashboards.promql import ADMIN_AUTH_FAILURES, DRAIN_CLOSED, DRAIN_STEPS
 from gatewatch.telemetry.names import Label
 
 S = Label.SIGNAL
@@ -101,6 +102,25 @@ def build(opts) -> gd.Dashboard:  # noqa: ARG001
         "row disappears.",
         [P.prom(f"min by ({Label.LISTENER}, {Label.CERTIFICATE}, {Label.SERIAL}) ({TLS_CERT_EXPIRY} - time()) / 86400",
                 instant=True, table=True)], "d", rename={"Value": "days left"}))
+    d = d.with_row(gd.Row("Drain and admin API"))
+    d = d.with_panel(P.timeseries(
+        "Drain steps by process", "SIGTERM drains (docs/operations.md \"Rolling restarts\") and the steps they "
+        "reached: started (/readyz answers 503), stopped_accepting, then drained (every connection ended in "
+        "time) or grace_expired (drain.grace_s ran out and the connections left were cut: "
+        "GatewatchDrainGraceExpired).",
+        [P.prom(sum_(increase(sel(DRAIN_STEPS)), "instance", Label.STEP), "{{instance}} {{step}}")], "short"))
+    d = d.with_panel(P.timeseries(
+        "Connections closed by drains, by reason", "How client connections ended during drains, per listener: "
+        "after_response (Connection: close on its last response), idle (closed after drain.idle_close_s), "
+        "deadline (still busy when the grace ran out: cut, the client saw an error or a reset).",
+        [P.prom(sum_(increase(sel(DRAIN_CLOSED)), Label.LISTENER, Label.REASON),
+                "{{gatewatch_listener}} {{reason}}")], "short", stack=True))
+    d = d.with_panel(P.timeseries(
+        "Admin API auth failures/s by reason", "Admin requests refused (RFC 6750 §3.1): missing (no bearer "
+        "token, 401), malformed (400), invalid (a wrong token, 401 — a burst of these is someone guessing: "
+        "GatewatchAdminAuthFailures), cross_site (a browser request from another origin, 403).",
+        [P.prom(sum_rate(sel(ADMIN_AUTH_FAILURES), "instance", Label.REASON), "{{instance}} {{reason}}")],
+        "ops", stack=True))
     d = d.with_panel(P.table(
         "Running processes and versions", "One row per Gatewatch process Prometheus scrapes, with its version "
         "(the labels of the build info metric).",

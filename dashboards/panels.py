@@ -44,6 +44,7 @@ UID = {
     "decisions": "gatewatch-decisions",
     "self": "gatewatch-self",
     "traffic": "gatewatch-traffic",
+    "protocols": "gatewatch-protocols",
 }
 
 

@@ -61,6 +61,19 @@ TELEMETRY_QUEUE = Metric.TELEMETRY_QUEUE
 TLS_HANDSHAKES = series(Metric.TLS_HANDSHAKES, "total")
 TLS_HANDSHAKE_FAILURES = series(Metric.TLS_HANDSHAKE_FAILURES, "total")
 TLS_CERT_EXPIRY = Metric.TLS_CERT_EXPIRY
+# protocols (issue 17), L4 TCP, drain, admin, discovery
+WEBSOCKET_SESSIONS = Metric.WEBSOCKET_SESSIONS
+WEBSOCKET_ENDED = series(Metric.WEBSOCKET_SESSIONS_ENDED, "total")
+TCP_CONNECTIONS = series(Metric.TCP_CONNECTIONS, "total")
+TCP_ACTIVE = Metric.TCP_ACTIVE
+TCP_RECEIVED = series(Metric.TCP_RECEIVED, "total")
+TCP_SENT = series(Metric.TCP_SENT, "total")
+TCP_CONNECT_BUCKET = series(Metric.TCP_CONNECT_DURATION, "bucket")
+HTTP2_EVENTS = series(Metric.HTTP2_EVENTS, "total")
+DRAIN_STEPS = series(Metric.DRAIN_STEPS, "total")
+DRAIN_CLOSED = series(Metric.DRAIN_CONNECTIONS_CLOSED, "total")
+ADMIN_AUTH_FAILURES = series(Metric.ADMIN_AUTH_FAILURES, "total")
+DISCOVERY_REFRESHES = series(Metric.DISCOVERY_REFRESHES, "total")
 
 EDGE = {Label.LAYER: Layer.EDGE.value}
 BALANCER = {Label.LAYER: Layer.BALANCER.value}

@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     dash_sub = dash.add_subparsers(dest="dashboards_command", metavar="COMMAND", required=True)
     p = dash_sub.add_parser(
         "build", help="write dashboards JSON, Grafana provisioning and Prometheus rule files",
-        description="Write the six Gatewatch dashboards, Grafana provisioning (Prometheus/Tempo/Loki datasources "
+        description="Write the seven Gatewatch dashboards, Grafana provisioning (Prometheus/Tempo/Loki datasources "
                     "linked to each other, a dashboard provider) and the Prometheus alert rules:\n"
                     "  DIR/grafana/dashboards/*.json\n"
                     "  DIR/grafana/provisioning/datasources/datasources.yaml\n"

@@ -29,7 +29,7 @@ PROM_CONFIG = "/etc/prometheus/prometheus.yml"
 GRAFANA_DATASOURCES = "/etc/grafana/provisioning/datasources"
 GRAFANA_DASHBOARD_PROVIDERS = "/etc/grafana/provisioning/dashboards"
 DASHBOARD_UIDS = {"gatewatch-overview", "gatewatch-journey", "gatewatch-balancer", "gatewatch-decisions",
-                  "gatewatch-self", "gatewatch-traffic"}
+                  "gatewatch-self", "gatewatch-traffic", "gatewatch-protocols"}
 DATASOURCE_UIDS = {"prometheus", "tempo", "loki"}
 
 # Collector component types this stack may use: the current names at otelcol-contrib 0.165.x. The names on the

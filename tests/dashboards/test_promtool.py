@@ -74,6 +74,18 @@ CACHE = 'gatewatch_cache_requests_total{gatewatch_route="assets",result="%s",rea
 CACHE_HIT, CACHE_MISS, CACHE_STALE = CACHE % ("hit", "fresh"), CACHE % ("miss", "expired"), \
     CACHE % ("stale", "stale_while_revalidate")
 
+H2_GOAWAY = 'gatewatch_http2_events_total{gatewatch_listener="public",event="goaway",reason="%s"}'
+RAPID_RESET_GOAWAY, DRAIN_GOAWAY = H2_GOAWAY % "rapid_reset", H2_GOAWAY % "drain"
+DRAIN_STEP = 'gatewatch_drain_steps_total{step="%s",instance="edge-1:9901"}'
+DRAIN_STARTED, DRAINED, GRACE_EXPIRED = (DRAIN_STEP % s for s in ("started", "drained", "grace_expired"))
+DRAIN_CLOSED = 'gatewatch_drain_connections_closed_total{gatewatch_listener="public",reason="%s",instance="edge-1:9901"}'
+CLOSED_AFTER_RESPONSE, CLOSED_AT_DEADLINE = DRAIN_CLOSED % "after_response", DRAIN_CLOSED % "deadline"
+REFRESHES = 'gatewatch_discovery_refreshes_total{gatewatch_pool="shop",source="dns",result="%s"}'
+REFRESH_OK, REFRESH_SERVFAIL = REFRESHES % "ok", REFRESHES % "servfail"
+ADMIN_FAILURES = 'gatewatch_admin_auth_failures_total{reason="%s",instance="edge-1:9901"}'
+ADMIN_INVALID, ADMIN_MISSING = ADMIN_FAILURES % "invalid", ADMIN_FAILURES % "missing"
+EDGE_1 = {"instance": "edge-1:9901"}
+
 POOL = {"gatewatch_pool": "shop"}
 SHADOW = {"gatewatch_route": "checkout", "gatewatch_upstream": "checkout-next"}
 ASSETS = {"gatewatch_route": "assets"}
@@ -233,6 +245,35 @@ CASES = [
     Case("GatewatchMirrorDivergence", "one flap: the shadow fails every request for 3 minutes (a restart)",
          {CHECKOUT_OK: "0+600x40", SHADOW_SAME: "0+600x10 6000x3 6000+600x27", SHADOW_ERROR: "0x10 600+600x2 1800x27"},
          ["15m", "20m", "25m", "30m"]),
+    Case("GatewatchHTTP2RapidReset", "one connection ended for rapid reset",
+         {RAPID_RESET_GOAWAY: "0x5 1x10", DRAIN_GOAWAY: "0x15"}, ["7m"], {"gatewatch_listener": "public"}),
+    Case("GatewatchHTTP2RapidReset", "GOAWAYs of drains only", {RAPID_RESET_GOAWAY: "0x15", DRAIN_GOAWAY: "0x5 30x10"},
+         ["7m"]),
+    Case("GatewatchHTTP2RapidReset", "one rapid reset leaves the 5-minute window",
+         {RAPID_RESET_GOAWAY: "0x5 1x20"}, ["13m"]),  # the first case fires on the same series at 7m
+    Case("GatewatchDrainGraceExpired", "the grace ran out; the process exited right after",
+         {DRAIN_STARTED: "0x5 1 stale", GRACE_EXPIRED: "0x5 1 stale", CLOSED_AT_DEADLINE: "0x5 4 stale"}, ["8m"],
+         EDGE_1),
+    Case("GatewatchDrainGraceExpired", "connections cut at the deadline (a listener's count only)",
+         {GRACE_EXPIRED: "0x5 0 stale", CLOSED_AT_DEADLINE: "0x5 2 stale"}, ["8m"], EDGE_1),
+    Case("GatewatchDrainGraceExpired", "a clean drain: every connection ended after its response",
+         {DRAIN_STARTED: "0x5 1 stale", DRAINED: "0x5 1 stale", GRACE_EXPIRED: "0x6 stale",
+          CLOSED_AFTER_RESPONSE: "0x5 12 stale", CLOSED_AT_DEADLINE: "0x6 stale"}, ["8m"]),
+    Case("GatewatchDrainGraceExpired", "a cut drain 20 minutes ago is over",
+         {GRACE_EXPIRED: "0x5 1 stale"}, ["25m"]),
+    Case("GatewatchDiscoveryFailing", "DNS answers SERVFAIL for 15 minutes",
+         {REFRESH_OK: "0+1x5 6x30", REFRESH_SERVFAIL: "0x5 1+1x30"}, ["20m"], {**POOL, "source": "dns"}),
+    Case("GatewatchDiscoveryFailing", "one failed refresh, the retry works",
+         {REFRESH_OK: "0+1x30", REFRESH_SERVFAIL: "0x5 1x25"}, ["8m", "14m"]),
+    Case("GatewatchDiscoveryFailing", "failing for 3 minutes: a success is still in the window",
+         {REFRESH_OK: "0+1x5 6x30", REFRESH_SERVFAIL: "0x5 1+1x30"}, ["8m"]),
+    Case("GatewatchDiscoveryFailing", "refreshes succeed", {REFRESH_OK: "0+1x30", REFRESH_SERVFAIL: "0x30"}, ["20m"]),
+    Case("GatewatchAdminAuthFailures", "10 invalid tokens a minute",
+         {ADMIN_INVALID: "0x5 0+10x10", ADMIN_MISSING: "0x15"}, ["10m"], EDGE_1),
+    Case("GatewatchAdminAuthFailures", "a person mistyping the token three times", {ADMIN_INVALID: "0x5 3x10"},
+         ["10m"]),
+    Case("GatewatchAdminAuthFailures", "requests without a token (a browser, a probe) are not invalid tokens",
+         {ADMIN_INVALID: "0x15", ADMIN_MISSING: "0+20x15"}, ["10m"]),
     Case("GatewatchBalancerSilent", "the balancer's series go stale", {ENDPOINTS: "3 3 3 stale"}, ["10m"], {}),
     Case("GatewatchBalancerSilent", "the balancer reports", {ENDPOINTS: "3x20"}, ["10m"]),
     Case("GatewatchBalancerSilent", "one flap: one failed scrape", {ENDPOINTS: "3 3 stale 3x20"}, ["3m", "10m"]),

@@ -1,13 +1,16 @@
 """The generated boards and rules against a real Prometheus scraping real Gatewatch processes.
 
 Scenario (two tiers, as `gatewatch demo` runs them): three demo backends behind a balancer process (pool `shop`
-with health checks, outlier detection, slow start, retries) behind an edge process (routes `orders` with API-key
-auth, a per-consumer rate limit, a circuit breaker and a shadow IP rule; `catalog` with a generous rate limit in a
-real Redis; `checkout`, a weighted split with a mirror, `assets` with a response cache and `bundle`, an aggregate
-route with a JSON transform, for the Traffic board), plus a "canary" edge whose collector accepts connections and
-never answers (its telemetry queue overflows: drops). A real Prometheus scrapes the three admin endpoints every second with exemplar storage on and
-evaluates the generated rules every second. Traffic: a baseline, then instance `inst-b` is killed (SIGKILL) while
-traffic continues, then auth failures, a rate-limit burst and the canary's traffic, then Redis is killed.
+with health checks, outlier detection, slow start, retries; a `tcp` listener relaying to pool `shop-discovered`,
+found by file discovery) behind an edge process (routes `orders` with API-key auth, a per-consumer rate limit, a
+circuit breaker and a shadow IP rule; `catalog` with a generous rate limit in a real Redis; `checkout`, a weighted
+split with a mirror, `assets` with a response cache and `bundle`, an aggregate route with a JSON transform, for the
+Traffic board; `live`, WebSocket sessions to an echo server of the test), plus a "canary" edge whose collector
+accepts connections and never answers (its telemetry queue overflows: drops). A real Prometheus scrapes the three
+admin endpoints every second with exemplar storage on and evaluates the generated rules every second. Traffic: a
+baseline (with one WebSocket session, one TCP pass-through connection, one h2c request made with the h2 library and
+one gRPC call refused with grpc-status 16, for the Protocols board), then instance `inst-b` is killed (SIGKILL)
+while traffic continues, then auth failures, a rate-limit burst and the canary's traffic, then Redis is killed.
 
 Checked through Prometheus's HTTP API:
 - every PromQL expression of every panel, variable, rule and trace-to-metrics query parses, and returns data
@@ -24,10 +27,12 @@ Checked through Prometheus's HTTP API:
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
-
 import hashlib
+import json
 import signal
+import socket
 import ssl
 import threading
 import time
@@ -35,7 +40,12 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 
+import aiohttp
+import h2.config
+import h2.connection
+import h2.events
 import pytest
+from aiohttp import web
 
 from gatewatch.dashboards.alerts import rules as alert_rules
 from gatewatch.dashboards.build import RULES_FILE, render_all
@@ -51,9 +61,9 @@ pytestmark = pytest.mark.timeout(150)
 
 KEYS = {"alice": "alice-secret-key", "bob": "bob-secret-key"}
 INSTANCES = ("inst-a", "inst-b", "inst-c")
-ROUTES = {"orders", "catalog", "checkout", "assets", "bundle"}
+ROUTES = {"orders", "catalog", "checkout", "assets", "bundle", "live"}
 EXPECTED_VARIABLES = {  # variable → the values its query must return in this scenario
-    "route": ROUTES, "upstream": {"shop"}, "instance": set(INSTANCES), "pool": {"shop"}}
+    "route": ROUTES, "upstream": {"shop"}, "instance": set(INSTANCES), "pool": {"shop", "shop-discovered"}}
 RATE_WINDOW = "10s"  # what $__rate_interval becomes (Grafana: max(4 × scrape interval, step + scrape interval))
 
 
@@ -61,13 +71,18 @@ def _hash(key: str) -> str:
     return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
 
 
-def balancer_config(backends: list[Proc]) -> dict:
+def balancer_config(backends: list[Proc], discovered_file) -> dict:
+    """`discovered_file`: the instance list of pool `shop-discovered` (file discovery, the discovery panel), which
+    the `tcp` listener relays to (the Protocols board's TCP panels)."""
+    discovered_file.write_text(json.dumps([{"id": "tcp-a", "host": "127.0.0.1",
+                                            "port": port_of(backends[0].info["address"])}]))
     return {
         "admin": {"address": "127.0.0.1:0"},
         "telemetry": {"service_name": "gatewatch-balancer"},
         "balancer": {
             "listeners": [{"name": "internal", "address": "127.0.0.1:0", "trust_forwarded_headers": True,
-                           "trace_response_header": False}],
+                           "trace_response_header": False},
+                          {"name": "tcp", "address": "127.0.0.1:0", "mode": "tcp", "pool": "shop-discovered"}],
             "routes": [{"name": "shop", "upstream": "shop",
                         "retries": {"attempts": 3, "retry_on": ["connect_failure", "reset"]}}],
             "pools": [{
@@ -82,12 +97,12 @@ def balancer_config(backends: list[Proc]) -> dict:
                                  "healthy_threshold": 1, "unhealthy_threshold": 10},
                 "outlier_detection": {"consecutive_gateway_errors": 3, "base_ejection_s": 0.5},
                 "slow_start": {"window_s": 5},
-            }],
+            }, {"name": "shop-discovered", "discovery": {"file": {"path": str(discovered_file)}}}],
         },
     }
 
 
-def edge_config(balancer_url: str, service: str, redis_url: str, server_cert=None) -> dict:
+def edge_config(balancer_url: str, service: str, redis_url: str, server_cert=None, ws_url: str = "") -> dict:
     orders_policies = [
         {"name": "auth", "type": "api_key", "keys": [{"consumer": c, "hash": _hash(k)} for c, k in KEYS.items()]},
         {"name": "per-consumer", "type": "rate_limit", "key": "consumer", "limit": 30, "window_s": 1},
@@ -118,6 +133,8 @@ def edge_config(balancer_url: str, service: str, redis_url: str, server_cert=Non
                 {"name": "checkout", "match": {"path": {"prefix": "/api/checkout"}},
                  "upstreams": [{"name": "shop-tier", "weight": 80}, {"name": "shop-tier-canary", "weight": 20}],
                  "mirror": {"upstream": "shop-tier-shadow"}},
+                # WebSocket sessions (the Protocols board), to an echo server of the test
+                {"name": "live", "match": {"path": {"prefix": "/live"}}, "upstream": "ws-echo"},
                 {"name": "assets", "match": {"path": {"prefix": "/api/assets"}}, "upstream": "shop-tier",
                  "cache": {}},
                 {"name": "bundle", "match": {"path": {"template": "/api/bundle/{id}"}},
@@ -126,7 +143,8 @@ def edge_config(balancer_url: str, service: str, redis_url: str, server_cert=Non
                      {"name": "stable", "upstream": "shop-tier", "path": "/anything/stable/{id}"},
                      {"name": "canary", "upstream": "shop-tier-canary", "path": "/anything/canary/{id}"}]}},
             ],
-            "upstreams": [{"name": "shop-tier", "url": balancer_url},
+            "upstreams": [{"name": "ws-echo", "url": ws_url or balancer_url},
+                          {"name": "shop-tier", "url": balancer_url},
                           {"name": "shop-tier-canary", "url": balancer_url},
                           {"name": "shop-tier-shadow", "url": balancer_url}],
         },
@@ -140,6 +158,102 @@ def feature_traffic(edge: str) -> list[int]:
         statuses += [send(f"http://{edge}/api/checkout/{i}"), send(f"http://{edge}/api/assets/{i % 5}"),
                      send(f"http://{edge}/api/bundle/{i}")]
     return statuses
+
+
+class EchoWebSocketServer:
+    """A WebSocket echo server (aiohttp, on 127.0.0.1 port 0) in a thread of its own: the `live` route's upstream."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def _echo(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                await ws.send_str(msg.data)
+        return ws
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/live", self._echo)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+
+    def __enter__(self) -> "EchoWebSocketServer":
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.runner is not None:
+            asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def protocol_traffic(edge: str, tcp: str) -> list[str]:
+    """One WebSocket session, one TCP pass-through connection, one h2c request and one failed gRPC call (the
+    Protocols board). Returns what went wrong."""
+    problems = []
+
+    async def websocket() -> None:
+        timeout = aiohttp.ClientWSTimeout(ws_close=5)
+        async with aiohttp.ClientSession() as session, session.ws_connect(f"http://{edge}/live", timeout=timeout) as ws:
+            await ws.send_str("ping")
+            msg = await ws.receive(timeout=5)
+            if msg.data != "ping":
+                problems.append(f"WebSocket echo answered {msg!r}")
+    try:
+        asyncio.run(websocket())
+    except (TimeoutError, aiohttp.ClientError) as err:
+        problems.append(f"WebSocket session failed: {err!r}")
+    host, port = tcp.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as conn:  # HTTP/1.0 over the L4 relay
+        conn.sendall(b"GET /healthz HTTP/1.0\r\nHost: tcp\r\n\r\n")
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    if not answer.startswith(b"HTTP/1.") or b" 200 " not in answer.split(b"\r\n", 1)[0]:
+        problems.append(f"TCP relay answered {answer[:80]!r}")
+    status = h2c_get(edge, "/api/catalog/h2c")
+    if status != 200:
+        problems.append(f"h2c request answered {status}")
+    # a gRPC call refused by the API-key policy: a trailers-only answer, grpc-status 16 (UNAUTHENTICATED)
+    grpc_status = send(f"http://{edge}/api/orders/grpc", {"Content-Type": "application/grpc"})
+    if grpc_status != 200:
+        problems.append(f"the refused gRPC call answered HTTP {grpc_status}, expected a trailers-only 200")
+    return problems
+
+
+def h2c_get(address: str, path: str) -> int:
+    """One GET over HTTP/2 with prior knowledge (RFC 9113 §3.3), with the h2 library; the response's :status."""
+    host, port = address.rsplit(":", 1)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        conn.initiate_connection()
+        conn.send_headers(1, [(":method", "GET"), (":path", path), (":scheme", "http"), (":authority", address)],
+                          end_stream=True)
+        sock.sendall(conn.data_to_send())
+        status = 0
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return status
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    status = int(dict(event.headers)[b":status"])
+                elif isinstance(event, h2.events.StreamEnded):
+                    conn.close_connection()
+                    sock.sendall(conn.data_to_send())
+                    return status
+            sock.sendall(conn.data_to_send())
 
 
 def start(workdir, name: str, config: dict, env: dict) -> Proc:
@@ -228,19 +342,22 @@ def test_boards_and_rules_against_real_prometheus(tmp_path, otlp, blackhole):
     prom = None
     report = Report()
     redis = RedisServer(tmp_path)
+    echo = EchoWebSocketServer()
     try:
+        echo.__enter__()
         # --- processes -------------------------------------------------------------------------------------
         redis.start()
         backends = [Proc(f"backend-{i}", cli("backend", "--id", i, "--zone", "z1"), tmp_path, env) for i in INSTANCES]
         procs += backends
         for b in backends:
             b.wait_ready()
-        balancer = start(tmp_path, "balancer", balancer_config(backends), env)
+        balancer = start(tmp_path, "balancer", balancer_config(backends, tmp_path / "discovered.json"), env)
         procs.append(balancer)
         balancer.wait_ready()
         bal_url = f"http://{balancer.listener('internal')}"
         pki = Pki(tmp_path / "pki")
-        edge = start(tmp_path, "edge", edge_config(bal_url, "gatewatch-edge", redis.url, pki.leaf("edge")), env)
+        edge = start(tmp_path, "edge", edge_config(bal_url, "gatewatch-edge", redis.url, pki.leaf("edge"),
+                                                   echo.url), env)
         canary_cfg = edge_config(bal_url, "gatewatch-canary", redis.url)
         canary_cfg["telemetry"].update({"queue_size": 8, "batch_size": 4, "export_interval_s": 0.2})
         canary = start(tmp_path, "canary", canary_cfg, {"OTEL_EXPORTER_OTLP_ENDPOINT": blackhole,
@@ -258,6 +375,7 @@ def test_boards_and_rules_against_real_prometheus(tmp_path, otlp, blackhole):
         # --- traffic ---------------------------------------------------------------------------------------
         with Traffic(public) as traffic:
             features = feature_traffic(public)
+            protocol_problems = protocol_traffic(public, balancer.listener("tcp"))
             time.sleep(6)  # baseline
             secure = ssl.create_default_context(cafile=pki.ca_file)
             for i in range(5):  # over TLS (the TLS panels' handshakes), and once in plaintext to the TLS port
@@ -307,6 +425,8 @@ def test_boards_and_rules_against_real_prometheus(tmp_path, otlp, blackhole):
                      'gatewatch_tls_handshake_failures_total{gatewatch_listener="secure",reason="not_tls"} 1.0'):
             if line not in edge_metrics:
                 report.add("scenario", f"the TLS listener's traffic is not counted: no {line!r}")
+        for problem in protocol_problems:
+            report.add("scenario", problem)
         if set(features) != {200}:
             report.add("scenario", f"the split, cache or aggregate routes failed: {sorted(set(features))}")
         if not traffic.statuses or traffic.statuses.count(200) < len(traffic.statuses) * 0.8:
@@ -331,6 +451,7 @@ def test_boards_and_rules_against_real_prometheus(tmp_path, otlp, blackhole):
         for p in reversed(procs):
             p.stop()
         redis.kill()
+        echo.__exit__()
     assert not report.problems, (f"the dashboards and rules against a real Prometheus (process logs and final "
                                  f"/metrics in {tmp_path}):" + report.render())
 

@@ -37,7 +37,10 @@ ENUM_LABELS = {
     Label.OUTCOME: set(Outcome),
     Label.STATE: set(EndpointState) | set(CircuitState),
     Label.VERDICT: set(Verdict),
-    Label.REASON: set(Reason) | set(PolicyReason) | set(Exclusion) | set(DropReason),
+    Label.REASON: set(Reason) | set(PolicyReason) | set(Exclusion) | set(DropReason) | set(names.H2Reason)
+    | set(names.DrainClose) | set(names.AdminAuthFailure) | set(names.WebSocketEnd),
+    Label.STEP: set(names.DrainStep),
+    Label.EVENT: set(names.H2Event),
     Label.DECISION: set(DecisionKind),
     Label.SIGNAL: set(TelemetrySignal),
     Label.FAILOVER: set(FailoverKind),
@@ -127,7 +130,8 @@ def test_committed_copy_matches_the_generator():
 
 def test_layout_uids_and_links_the_compose_stack_relies_on():
     assert set(dashboards(FILES)) == {"gatewatch-overview", "gatewatch-journey", "gatewatch-balancer",
-                                      "gatewatch-decisions", "gatewatch-self", "gatewatch-traffic"}
+                                      "gatewatch-decisions", "gatewatch-self", "gatewatch-traffic",
+                                      "gatewatch-protocols"}
     for uid, board in dashboards(FILES).items():
         assert board["uid"] == uid and "gatewatch" in board["tags"]
         nav = [link for link in board["links"] if link["type"] == "dashboards"]
