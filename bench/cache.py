@@ -35,7 +35,7 @@ if str(BENCH) not in sys.path:
 from harness.common import HTTP, log, pin_harness, run_main
 from harness.context import Context
 from harness.host import free_port, port_range
-from harness.peers import backend_conf
+from harness.peers import backend_conf, haproxy_http_head
 from harness.procs import Proc, wait_http
 from harness.tools import ensure_tools
 from harness.wrk import run_wrk
@@ -49,19 +49,7 @@ LOCATIONS = (f'location = {HIT} {{ add_header Cache-Control "max-age=3600"; retu
 
 
 def haproxy_conf(port: int, backend_port: int) -> str:
-    return f"""# reference: HAProxy, one thread, with its small-object cache in front of the backend
-global
-    nbthread 1
-
-defaults
-    mode http
-    option http-keep-alive
-    http-reuse always
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-    timeout http-keep-alive 75s
-
+    return haproxy_http_head("with its small-object cache in front of the backend") + f"""
 cache objects
     total-max-size 64
     max-object-size 1048576

@@ -28,20 +28,11 @@ BENCH = Path(__file__).resolve().parent
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
+from harness.peers import haproxy_http_head  # noqa: E402  (bench/ is on sys.path now)
+
 
 def haproxy_h2_conf(port: int, backend: int) -> str:
-    return f"""# reference: HAProxy, one thread, h2c in front (proto h2), HTTP/1.1 keep-alive behind
-global
-    nbthread 1
-
-defaults
-    mode http
-    option http-keep-alive
-    http-reuse always
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-
+    return haproxy_http_head("h2c in front (proto h2), HTTP/1.1 keep-alive behind") + f"""
 frontend fe
     bind 127.0.0.1:{port} proto h2
     default_backend be

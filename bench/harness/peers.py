@@ -87,6 +87,25 @@ TLS12_CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDH
                  "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305")
 
 
+def haproxy_http_head(what: str, global_extra: str = "", defaults_extra: tuple[str, ...] = ()) -> str:
+    """The `global` and `defaults` sections every HTTP-mode HAProxy reference shares: one thread, keep-alive both
+    ways with connection reuse, the same timeouts. `what` goes into the header comment."""
+    extra = "".join(f"\n    {line}" for line in defaults_extra)
+    return f"""# reference: HAProxy, one thread, {what}
+global
+    nbthread 1{global_extra}
+
+defaults
+    mode http
+    option http-keep-alive{extra}
+    http-reuse always
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 75s
+"""
+
+
 def haproxy_conf(port: int, backend_ports: list[int], tls: TlsFiles | None = None,
                  stats_sock: Path | None = None) -> str:
     """With `tls`, the frontend terminates TLS with the run's certificate and the same policy as a gatewatch
@@ -95,20 +114,8 @@ def haproxy_conf(port: int, backend_ports: list[int], tls: TlsFiles | None = Non
     servers = "\n".join(f"    server s{k} 127.0.0.1:{p}" for k, p in enumerate(backend_ports))
     ssl = (f" ssl crt {tls.pem} ssl-min-ver TLSv1.2 ciphers {TLS12_CIPHERS} alpn http/1.1" if tls else "")
     stats = f"\n    stats socket {stats_sock} level user" if stats_sock else ""
-    return f"""# reference: HAProxy, one thread, HTTP mode, keep-alive and connection reuse to the backend
-global
-    nbthread 1{stats}
-
-defaults
-    mode http
-    option http-keep-alive
-    option forwardfor
-    http-reuse always
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-    timeout http-keep-alive 75s
-
+    return haproxy_http_head("HTTP mode, keep-alive and connection reuse to the backend", stats,
+                             ("option forwardfor",)) + f"""
 frontend fe
     bind 127.0.0.1:{port}{ssl}
     default_backend be
