@@ -38,7 +38,7 @@ import httptools
 from gatewatch.io.h2_listener import PREFACE as H2_PREFACE
 from gatewatch.io.h2_listener import H2Connection, H2Settings
 from gatewatch.io.http1 import (MAX_TRACE_HEADER_BYTES, NO_BODY, REASONS, TRACE_HEADERS, BodyQueue, WriteFlow,
-                                chunk_frame, http_date, method_rejection, no_delay, serialize_head)
+                                accepted, chunk_frame, http_date, method_rejection, serialize_head)
 from gatewatch.io.interfaces import ClientGone, Headers, Rejecter, RequestHandler, RequestHead, SyncRequestHandler
 from gatewatch.io.tls import ServerTLS, server_failure_of
 from gatewatch.telemetry.names import RejectReason as R
@@ -256,14 +256,7 @@ class HttpConnection(asyncio.Protocol):
     # --- asyncio.Protocol ---
 
     def connection_made(self, transport: asyncio.Transport) -> None:
-        self.transport = transport
-        peer = transport.get_extra_info("peername")
-        sock = transport.get_extra_info("sockname")
-        self.peer = (peer[0], peer[1]) if peer else ("", 0)
-        self.sock = (sock[0], sock[1]) if sock else (self.listener.host, self.listener.port)
-        no_delay(transport)
-        self.listener.connections.add(self)
-        self.last_active = self.listener.loop.time()
+        accepted(self, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

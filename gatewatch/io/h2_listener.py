@@ -39,7 +39,7 @@ from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
 from gatewatch.io.h2_tunnel import H2Tunnel, extended_connect
-from gatewatch.io.http1 import WriteFlow, http_date, no_delay
+from gatewatch.io.http1 import WriteFlow, accepted, http_date
 from gatewatch.io.interfaces import ClientGone, Headers, RequestHead, header_index
 from gatewatch.telemetry.names import RejectReason as R
 from gatewatch.telemetry.names import WebSocketEnd
@@ -321,14 +321,7 @@ class H2Connection:
     # --- asyncio.Protocol ---
 
     def connection_made(self, transport) -> None:
-        self.transport = transport
-        peer = transport.get_extra_info("peername")
-        sock = transport.get_extra_info("sockname")
-        self.peer = (peer[0], peer[1]) if peer else ("", 0)
-        self.sock = (sock[0], sock[1]) if sock else (self.listener.host, self.listener.port)
-        no_delay(transport)
-        self.listener.connections.add(self)
-        self.last_active = self.listener.loop.time()
+        accepted(self, transport)
         self._observe("connection", "opened")
         # The initial settings went out with the connection's object; enforcement of concurrency is ours (a
         # stream over the limit gets REFUSED_STREAM, not h2's connection error), so h2's own bound is lifted

@@ -254,6 +254,21 @@ class WriteFlow:
                 self._waiter = None
 
 
+def accepted(conn, transport) -> None:
+    """A listener's new connection, HTTP/1.1 or HTTP/2 (`conn` has `listener`, `transport`, `peer`, `sock`,
+    `last_active`): its transport and both addresses kept, TCP_NODELAY set, counted among the listener's
+    connections (drain and the idle sweep walk them)."""
+    listener = conn.listener
+    conn.transport = transport
+    peer = transport.get_extra_info("peername")
+    sock = transport.get_extra_info("sockname")
+    conn.peer = (peer[0], peer[1]) if peer else ("", 0)
+    conn.sock = (sock[0], sock[1]) if sock else (listener.host, listener.port)
+    no_delay(transport)
+    listener.connections.add(conn)
+    conn.last_active = listener.loop.time()
+
+
 def no_delay(transport) -> None:
     """TCP_NODELAY on a transport's socket: each write is a whole head or body, never worth delaying (Nagle)."""
     s = transport.get_extra_info("socket")
