@@ -87,8 +87,12 @@ class ReadyWatch:
     def __init__(self, admin: str):
         self.admin = admin
         self.seen: list[tuple[int, bool, bool]] = []
+        self.first = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
+        # The caller signals the process next: /readyz must have answered once before, or the first state seen
+        # could already be the draining one (a race that depends only on thread scheduling).
+        assert self.first.wait(30), f"{admin}/readyz never answered"
 
     def _run(self) -> None:
         deadline = time.monotonic() + 180  # a cap: the roll reaches worker 0 once its replacement is ready
@@ -99,10 +103,12 @@ class ReadyWatch:
             except urllib.error.HTTPError as err:
                 status, body = err.code, json.loads(err.read())
             except OSError:
+                self.first.set()  # nothing more to wait for: join() shows what was seen
                 return  # the process has exited
             state = (status, body["draining"], bool(body["listeners"]))
             if not self.seen or self.seen[-1] != state:
                 self.seen.append(state)
+            self.first.set()
             time.sleep(0.02)
 
     def join(self) -> list[tuple[int, bool, bool]]:
