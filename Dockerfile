@@ -3,14 +3,17 @@
 #   docker build -t gatewatch:0.1.0 .
 #   docker run --rm -v $PWD/examples:/etc/gatewatch:ro -p 8080:8080 gatewatch:0.1.0 run -c /etc/gatewatch/gateway.yaml
 #
-# Slim Debian base, wheels built in a throw-away stage (no compiler or pip cache in the final image), runs as an
-# unprivileged user. The HEALTHCHECK asks the admin listener's /readyz, which answers 200 only once every traffic
-# listener is serving (and 503 while starting or draining); set GATEWATCH_ADMIN_PORT when admin.address is not
-# port 9901, and make admin.address listen on an address the container can reach (e.g. 0.0.0.0:9901).
+# Slim Debian base, wheels built (hot path compiled) in a throw-away stage (no compiler or pip cache in the
+# final image), runs as an unprivileged user. The HEALTHCHECK asks the admin listener's /readyz, which answers
+# 200 only once every traffic listener is serving (and 503 while starting or draining); set GATEWATCH_ADMIN_PORT
+# when admin.address is not port 9901, and make admin.address listen on an address the container can reach
+# (e.g. 0.0.0.0:9901).
 
 FROM python:3.13-slim-trixie AS build
+# A C compiler for the compiled hot path (setup.py, docs/compiled.md); the image's Python ships its headers.
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY gatewatch ./gatewatch
 COPY edge ./edge
 COPY balancer ./balancer

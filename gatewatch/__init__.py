@@ -36,3 +36,9 @@ except _NotInstalled:  # a checkout on sys.path that was never installed
 _checkout = _Path(__file__).resolve().parent.parent
 if (_checkout / "pyproject.toml").is_file() and (_checkout / "edge" / "__init__.py").is_file():
     __path__.append(str(_checkout))  # noqa: F821 - a package's own __path__
+
+# The hot modules may be compiled (setup.py); a compiled one runs only while its .py is the source it was
+# compiled from, and never under GATEWATCH_PURE_PYTHON=1 (build_mode.py, docs/compiled.md).
+from gatewatch import build_mode as _build_mode  # noqa: E402 - after __path__ is complete
+
+_build_mode.install()

@@ -11,6 +11,8 @@ OpenMetrics exposition (`Accept: application/openmetrics-text`).
 
 from __future__ import annotations
 
+import platform
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE
@@ -32,7 +34,7 @@ def status_label(status: int | None) -> str:
 
 
 class Metrics:
-    def __init__(self, version: str = "0"):
+    def __init__(self, version: str = "0", compiled: bool = False):
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.server_duration = FastHistogram(
@@ -194,7 +196,8 @@ class Metrics:
             [Label.ROUTE, Label.REASON], registry=r)
         self.build = Info(Metric.BUILD_INFO, "Gatewatch build information.", registry=r)
         ProcessCollector(registry=r)  # process_start_time_seconds, process_cpu_seconds_total, ... (worker health)
-        self.build.info({Label.VERSION: version})
+        self.build.info({Label.VERSION: version, Label.COMPILED: "true" if compiled else "false",
+                         Label.PYTHON: f"{platform.python_implementation()} {platform.python_version()}"})
 
     def exposition(self, accept: str | None) -> tuple[bytes, str]:
         openmetrics = bool(accept and "application/openmetrics-text" in accept)

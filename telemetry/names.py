@@ -805,6 +805,8 @@ class Label:
     STORE = "store"
     FAILOVER = "failover"
     VERSION = "version"  # of gatewatch_build_info and gatewatch_config_info
+    COMPILED = "compiled"  # of gatewatch_build_info: "true" when every hot module runs compiled (docs/compiled.md)
+    PYTHON = "python"  # of gatewatch_build_info: the interpreter, e.g. "CPython 3.11.2"
     # semantic-convention attributes as labels of the HTTP duration histograms
     HTTP_ROUTE = "http_route"
     SCHEME = "url_scheme"

@@ -87,7 +87,8 @@ def test_one_import_name_from_outside_the_checkout(tmp_path):
 
 def test_version_on_the_command_line():
     out = subprocess.run([sys.executable, "-m", "gatewatch", "--version"], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0 and out.stdout.strip() == f"gatewatch {gatewatch.__version__}"
+    assert out.returncode == 0 and out.stdout.splitlines()[0] == f"gatewatch {gatewatch.__version__}"
+    assert out.stdout.splitlines()[1].startswith("hot path: "), out.stdout  # tests/test_build_mode.py: its content
 
 
 def test_no_engine_method_over_fifty_lines():

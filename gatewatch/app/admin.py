@@ -107,6 +107,7 @@ def build_admin_app(rt: Runtime) -> web.Application:
     async def status(_: web.Request) -> web.Response:
         return web.json_response({
             **version(), "process": rt.describe(), "ready": rt.ready and not rt.draining,
+            "build": rt.build.as_dict(modules=True),
             "auth": {"token_set": auth.token_set, "writes": auth.token_set,
                      "reads": auth.token_set and rt.config.admin.protect_reads},
             "trace_links": rt.config.admin.trace_url_template is not None})

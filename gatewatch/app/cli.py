@@ -13,6 +13,7 @@ Exit codes: 0 success, 1 runtime failure, 2 invalid configuration or usage.
 from __future__ import annotations
 
 import argparse
+import platform
 import asyncio
 import json
 import logging
@@ -152,13 +153,27 @@ def cmd_dashboards_build(args: argparse.Namespace) -> int:
     return 0
 
 
+class VersionAction(argparse.Action):
+    """`gatewatch --version`: the version, then what runs: compiled or pure Python, and why (checked only when
+    asked: it looks at every hot module's files)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from gatewatch import build_mode
+
+        state = build_mode.state()
+        print(f"gatewatch {__version__}\nhot path: {state.describe()}\n"
+              f"python: {platform.python_implementation()} {platform.python_version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gatewatch",
         description="Gatewatch: an observability-first API gateway and load balancer. Every request is traced "
                     "from the edge through each routing and balancing decision to the backend instance.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"gatewatch {__version__}")
+    parser.add_argument("--version", action=VersionAction, nargs=0,
+                        help="print the version and whether the hot path runs compiled (docs/compiled.md), then exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("run", help="run a gateway and/or balancer from a config file",

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gatewatch import __version__
+from gatewatch import __version__, build_mode
 from gatewatch.app.admin import build_admin_app
 from gatewatch.app.series import init_series
 from gatewatch.balancer.config import UpstreamTLSConfig
@@ -73,7 +73,8 @@ class Runtime:
         # The last reloads (admin GET /config/version and the admin page): when, result, version from -> to, problems.
         self.reload_history: collections.deque[dict] = collections.deque(maxlen=RELOAD_HISTORY)
         self.worker = worker
-        self.metrics = Metrics(__version__)
+        self.build = build_mode.state()  # the hot modules are imported by now: what runs, compiled or not
+        self.metrics = Metrics(__version__, self.build.compiled)
         self._set_config(config)
         self.resolved = resolve(config.telemetry, default_service_name(config), env)
         if worker is not None:
@@ -261,7 +262,8 @@ class Runtime:
         return {"pid": os.getpid(), "worker": self.worker, "service_name": self.resolved.service_name,
                 "config_version": self.config_version,
                 "admin": f"{self.admin_bound[0]}:{self.admin_bound[1]}" if self.admin_bound else None,
-                "listeners": self.bound_listeners(), "telemetry": self.telemetry.destination}
+                "listeners": self.bound_listeners(), "telemetry": self.telemetry.destination,
+                "build": self.build.as_dict()}
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain, then stop (config `drain`, docs/operations.md "Rolling restarts"). Each step is logged, counted

@@ -128,7 +128,7 @@ class Supervisor:
     def write_ready(self) -> dict:
         first = self.infos[min(self.infos)]
         info = {"pid": os.getpid(), "listeners": first["listeners"], "admin": first["admin"],
-                "telemetry": first["telemetry"], "service_name": first["service_name"],
+                "telemetry": first["telemetry"], "service_name": first["service_name"], "build": first["build"],
                 "workers": [{"index": i, "pid": self.infos[i]["pid"], "admin": self.infos[i]["admin"]}
                             for i in sorted(self.infos)]}
         if self.ready_file:

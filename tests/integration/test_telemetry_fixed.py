@@ -41,6 +41,8 @@ VOLATILE_FAMILIES = ("gatewatch_telemetry_", "process_", "python_", "gatewatch_c
 TIMED = ("gatewatch.timing.", "gatewatch.policy.durations_s", "gatewatch.ratelimit.store_rtt_s")
 SECONDS = "<seconds>"
 VERSION_LABEL = re.compile(r'version="[0-9a-f]{12}"')
+# gatewatch_build_info: the same telemetry in a compiled and a pure build, on any Python
+BUILD_LABELS = re.compile(r'(compiled|python)="[^"]*"')
 
 
 class Backend:
@@ -254,7 +256,8 @@ def _metrics(text: str, ports: dict[str, str]) -> list[str]:
         name = sample.split("{")[0].split(" ")[0]
         if name.startswith(VOLATILE_FAMILIES) or name.endswith(("_bucket", "_sum", "_created")):
             continue
-        keep.append(VERSION_LABEL.sub('version="<version>"', _scrub(sample, ports)))
+        sample = BUILD_LABELS.sub(lambda m: f'{m.group(1)}="<{m.group(1)}>"', _scrub(sample, ports))
+        keep.append(VERSION_LABEL.sub('version="<version>"', sample))
     return sorted(keep)
 
 
