@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Gatewatch benchmark harness (issue 3): gatewatch against HAProxy and nginx on the same backend, same load.
+"""Gatewatch benchmark harness (issues 3 and 14): gatewatch, compiled and pure, against HAProxy, nginx, Caddy and
+the Python floor (pure and compiled) on the same backend, same load.
 
     python bench/run.py [--quick] [--out FILE.json] [--cases CASE ...]
 
@@ -39,12 +40,15 @@ from harness.tools import check_python_deps, ensure_tools
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(
-        description="Benchmark gatewatch against HAProxy and nginx (issue 3). See bench/README.md.",
+        description="Benchmark gatewatch (compiled and pure) against HAProxy, nginx, Caddy and the Python floor "
+                    "(issues 3 and 14). See bench/README.md.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="cases: " + ", ".join(CASE_NAMES) + "\n(a prefix such as 'pool', 'routes' or 'latency-1conn' "
                "selects its group; 'tls' the four TLS cases)")
     ap.add_argument("--quick", action="store_true",
-                    help="1 round, 3 s runs, 2000 idle connections, no TLS cases unless --cases names them")
+                    help="1 round, 3 s runs, and only the cases issue 14's targets need (see bench/README.md); "
+                         "the others (nginx, routes, weighted and pure pools, workers, idle, TLS) only when --cases "
+                         "names them")
     ap.add_argument("--out", default=str(BENCH / "results" / "latest.json"), help="JSON results file")
     ap.add_argument("--cases", nargs="+", metavar="CASE", help="run only these cases (default: all)")
     ap.add_argument("--rounds", type=int, help="rounds (default 3, quick 1)")
@@ -80,8 +84,8 @@ def enough_files(args: argparse.Namespace, cases: list[Case]) -> bool:
 
 def main() -> int:
     args = parse_args()
-    check_python_deps()
     cases = select_cases(args.cases, args.quick)
+    check_python_deps(cases)
     tools = ensure_tools()
     if not enough_files(args, cases):
         return 2

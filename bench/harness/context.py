@@ -1,7 +1,7 @@
 """`Context`: what every part of one benchmark run shares — the parsed options, the tool paths, the temp dir for
 configs and logs, the CPU layout (the proxy's CPU and the load CPU), the open-files limit, the run's TLS
-certificate (when a TLS case runs), the findings (`notes`) and the numbering of process names. It also builds the
-`taskset` prefix and the environment of Python children.
+certificate (when a TLS case runs), the compiled floor proxy (when its case runs), the OTLP sink's endpoint, the findings (`notes`) and
+the numbering of process names. It also builds the `taskset` prefix and the environment of Python children.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from .common import child_env
 
 if TYPE_CHECKING:
+    from .compiled import FloorBuild
     from .tls import TlsFiles
 
 
@@ -28,6 +29,8 @@ class Context:
         self.load_cpu = cpus[1] if self.pinned else None
         self.nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self.tls: TlsFiles | None = None  # set by Bench.run when a TLS case is selected
+        self.floor_compiled: FloorBuild | None = None  # set by Bench.run when python-floor-compiled is selected
+        self.otlp_endpoint: str | None = None  # the OTLP sink's http endpoint, once it runs
         self.notes: list[str] = []
         self.seq = 0
 
@@ -38,8 +41,8 @@ class Context:
         """Free to run anywhere (the harness itself is pinned to the load CPU, and children inherit that)."""
         return [self.tools["taskset"], "-c", ",".join(map(str, self.cpus))] if len(self.cpus) > 1 else []
 
-    def child_env(self) -> dict[str, str]:
-        return child_env()
+    def child_env(self, pure: bool = False) -> dict[str, str]:
+        return child_env(pure=pure)
 
     def next_name(self, base: str) -> str:
         self.seq += 1

@@ -4,7 +4,8 @@ PYTHONPATH, see `Context.child_env`), `scrape` reads its /metrics and `settle` w
 run has been exported.
 
 `Gateway` also keeps what the run learns about the gateway: how telemetry is turned off (`off_mode`), and the
-hash of the sources each process was started from. In the TLS cases its listener terminates TLS with the run's
+hash of the sources each process was started from. A `pure` case runs with GATEWATCH_PURE_PYTHON=1, a compiled one
+without it; the mode the process really ran in is its ready file's `build` (`build_check` compares them). In the TLS cases its listener terminates TLS with the run's
 certificate (tls.py) and every other listener setting is the default.
 """
 
@@ -94,7 +95,7 @@ class Gateway:
         cfg_path = ctx.workdir / f"{name}.yaml"
         cfg_path.write_text(json.dumps(self.config(case), indent=1))  # JSON is YAML
         ready = ctx.workdir / f"{name}.ready.json"
-        env = ctx.child_env()
+        env = ctx.child_env(pure=case.build == "pure")
         env.update(_TELEMETRY_ENV.get(case.telemetry, {}))
         env.update(server_env(case, ctx.tls))
         self.last_source_hash = source_hash()
@@ -140,6 +141,24 @@ def _wait_ready(case: Case, p: Proc, ready: Path) -> dict:
     else:
         raise RuntimeError(f"gatewatch ({case.name}) not ready in 60s:\n{p.log_text()[-3000:]}")
     return json.loads(ready.read_text())
+
+
+def build_check(case: Case, info: dict) -> tuple[dict[str, Any], str | None]:
+    """The mode a gatewatch process ran in (its ready file's `build`: gatewatch/build_mode.py `BuildState`) and,
+    when it is not the case's, the problem: a `compiled` row that ran pure or partly compiled (a pure install, a
+    stale module after an edit) measures something else, and so does a `pure` row that ran compiled."""
+    b = info.get("build")
+    if not isinstance(b, dict) or "compiled" not in b:
+        return ({"expected": case.build, "compiled": None, "mode": "unknown: the ready file has no `build`"},
+                f"BUILD UNKNOWN: the ready file says nothing about the build; {case.build} not verified")
+    got = {"expected": case.build, "compiled": bool(b["compiled"]), "mode": str(b.get("mode", "")),
+           **({"stale": b["stale"]} if b.get("stale") else {})}
+    if case.build == "compiled" and not b["compiled"]:
+        return got, (f"BUILD MISMATCH: a compiled case ran {got['mode']!r}: its figures are not the compiled "
+                     f"build's (rebuild with pip install -e .)")
+    if case.build == "pure" and (b["compiled"] or not got["mode"].startswith("pure")):
+        return got, f"BUILD MISMATCH: a pure case (GATEWATCH_PURE_PYTHON=1) ran {got['mode']!r}"
+    return got, None
 
 
 def scrape(admins: list[str]) -> dict[str, Any]:

@@ -102,5 +102,24 @@ def machine(tools: dict[str, str]) -> dict[str, Any]:
         "kernel": platform.release(), "os": platform.platform(), "python": sys.version.split()[0],
         "haproxy": version([tools["haproxy"], "-v"]), "nginx": version([tools["nginx"], "-v"]),
         "wrk": version([tools["wrk"], "-v"]), "hostname": socket.gethostname(),
+        "caddy": "Caddy " + version([tools["caddy"], "version"]).split()[0] if tools.get("caddy") else None,
+        "gatewatch_build": gatewatch_build(),
         "loadavg_at_start": os.getloadavg(),
     }
+
+
+def gatewatch_build() -> dict[str, Any]:
+    """What the tree's build provides (gatewatch/build_mode.py, as `python -c` from this tree sees it): whether
+    every hot module is compiled and current. Each gatewatch process's own mode is read from its ready file."""
+    import json
+    import subprocess
+
+    from .common import child_env
+
+    code = "import json, gatewatch.build_mode as b; print(json.dumps(b.state().as_dict()))"
+    try:
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO,
+                           env=child_env(), check=False)
+        return json.loads(r.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError) as err:
+        return {"compiled": None, "mode": f"unknown ({type(err).__name__}: {err})"}

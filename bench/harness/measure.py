@@ -2,7 +2,10 @@
 telemetry settle, then run wrk while taking CPU snapshots (the proxy's tree, the sink, every CPU of the machine,
 other processes) and the backend's counters before, right after, and once the run's telemetry is exported.
 `measure` returns the round's record: wrk's numbers, CPU per request, the gateway's and the sink's telemetry
-counts, for a TLS case what was negotiated and the handshakes per request, and `problems` (the flags of the table).
+counts, the build a gatewatch or floor process ran in (checked against the case's), for Caddy with tracing the
+spans the sink decoded against the requests Caddy served, for a TLS case what was negotiated and the handshakes per
+request, and `problems` (the flags of the table). A case that cannot run here (the compiled floor without a
+compiler) is recorded as `skipped` with the reason.
 
 The idle-connection case has its own measurement (idle.py).
 """
@@ -27,7 +30,7 @@ from .cpu import (
     proc_affinities,
     wait_quiet,
 )
-from .gateway import Gateway, settle
+from .gateway import Gateway, build_check, settle
 from .idle import measure_idle
 from .targets import Target, start_target, stop_target
 from .tls import probe
@@ -65,18 +68,34 @@ class Window:
     hs1: float | None = None  # and right after it
 
 
+def skip_reason(bench: Bench, case: Case) -> str | None:
+    """Why a case cannot run on this machine (the row says so instead of failing): the compiled floor without
+    Cython or a C compiler."""
+    if case.kind == "floor" and case.build == "compiled":
+        fb = bench.ctx.floor_compiled
+        if fb is None or fb.directory is None:
+            return fb.error if fb else "the compiled floor was not built"
+    return None
+
+
 def measure(bench: Bench, case: Case, rnd: int) -> dict[str, Any]:
     if case.kind == "idle":
         return measure_idle(bench, case, rnd)
-    sink0 = bench.sink.quiet() if case.kind == "gatewatch" else None
+    skipped = skip_reason(bench, case)
+    if skipped:
+        return {"round": rnd, "skipped": skipped, "problems": []}
+    caddy_traced = case.kind == "caddy" and case.telemetry != "off"
+    sink0 = bench.sink.quiet() if case.kind == "gatewatch" or caddy_traced else None
     t = start_target(bench, case, rnd)
     problems: list[str] = []
     close = case.tls == "handshakes"
     try:
         probed = probe(t.url, bench.ctx.tls) if case.tls != "off" else None
-        run_wrk(bench.ctx, t.url, case.conns, bench.ctx.args.warmup, f"warmup-{case.name}", close)
+        warm = run_wrk(bench.ctx, t.url, case.conns, bench.ctx.args.warmup, f"warmup-{case.name}", close)
         settle(t, bench.sink)
-        win = _measured_run(bench, case, t)
+        # Caddy counts nothing it could drop: its spans are settled once the sink has one per request so far
+        spans_due = (sink0["spans"] + warm["requests"]) if caddy_traced and sink0 is not None else None
+        win = _measured_run(bench, case, t, spans_due)
         if not win.settled:
             problems.append("telemetry did not settle within 20 s after the run")
         alive = all(p.alive() for p in t.procs)
@@ -86,12 +105,17 @@ def measure(bench: Bench, case: Case, rnd: int) -> dict[str, Any]:
         problems.append("CRASH: the proxy process died during the measurement")
     r = _wrk_numbers(rnd, win)
     _check_load(bench.ctx, case, r, problems)
+    build = _build(case, t, problems)
+    if build is not None:
+        r["build"] = build
     if case.kind != "direct":
         _proxy_cpu(bench, case, r, win)
     else:
         r["backend_cpu_s_per_1k"] = (win.cpu1 - win.cpu0) / r["requests"] * 1000 if r["requests"] else None
     if case.kind == "gatewatch":
         _gateway_telemetry(bench.gateway, case, r, win, sink0, problems)
+    if caddy_traced and sink0 is not None:
+        _caddy_spans(bench, r, win, warm, sink0, problems)
     if probed is not None:
         _tls_numbers(case, r, win, probed, problems)
     errs = r["errors"]
@@ -103,7 +127,32 @@ def measure(bench: Bench, case: Case, rnd: int) -> dict[str, Any]:
     return r
 
 
-def _measured_run(bench: Bench, case: Case, t: Target) -> Window:
+def _build(case: Case, t: Target, problems: list[str]) -> dict[str, Any] | None:
+    """The build a gatewatch or floor row ran in (issue 14), checked against the case's."""
+    if case.kind == "gatewatch":
+        got, problem = build_check(case, t.info)
+        if problem:
+            problems.append(problem)
+        return got
+    if case.kind == "floor":  # the compiled floor's runner refuses to start from anything but the extension module
+        return ({"expected": "compiled", "compiled": True, "mode": "compiled (Cython, bench/floor_proxy.py)"}
+                if case.build == "compiled" else
+                {"expected": "pure", "compiled": False, "mode": "pure Python (bench/floor_proxy.py)"})
+    return None
+
+
+def _sink_reaches(sink, spans: int, timeout_s: float) -> tuple[dict | None, bool]:
+    """Until the sink has decoded at least `spans` spans in all (Caddy's batch span processor exports a partial
+    batch every 5 s), then until its counts stop moving."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if sink.status().get("spans", 0) >= spans:
+            return sink.quiet(), True
+        time.sleep(0.2)
+    return sink.status(), False
+
+
+def _measured_run(bench: Bench, case: Case, t: Target, spans_due: int | None = None) -> Window:
     ctx, sink = bench.ctx, bench.sink
     quiet = wait_quiet(ctx.args.wait_quiet)
     procs = t.cpu_procs()
@@ -123,6 +172,8 @@ def _measured_run(bench: Bench, case: Case, t: Target) -> Window:
     hs1 = t.handshakes() if t.handshakes else None
     be1 = bench.backend.status()
     m, s, settled = settle(t, sink)
+    if spans_due is not None:  # Caddy with tracing: until the spans of the warm-up and the run are in
+        s, settled = _sink_reaches(sink, spans_due + w["requests"], 8.0)
     cpu1, sink_cpu1 = cpu_seconds(procs), cpu_seconds(sink_ps)
     by1 = cpu_by_process(procs)
     return Window(wrk=w, wall=wall, quiet=quiet, procs=procs, affinity=affinity, cpu0=cpu0, cpu_mid=cpu_mid,
@@ -277,3 +328,26 @@ def _sink_counts(case: Case, r: dict[str, Any], m: dict | None, s: dict, sink0: 
     if case.telemetry == "off" and (r["sink_spans"] or r["sink_logs"] or r.get("exported_total")):
         problems.append(f"telemetry OFF still exported ({r.get('telemetry_exported')}, sink got "
                         f"{r['sink_spans']} spans / {r['sink_logs']} logs)")
+
+
+def _caddy_spans(bench: Bench, r: dict[str, Any], win: Window, warm: dict, sink0: dict,
+                 problems: list[str]) -> None:
+    """Caddy's spans as the sink decoded them, counted once Caddy has stopped (it flushes its batch span processor
+    on shutdown): one SERVER span per request is due for every request of the warm-up and the run (the readiness
+    probes add a few). Caddy exposes no count of spans it dropped (OpenTelemetry Go's batch span processor drops
+    when its queue of 2,048 is full), so the spans that never arrived are its drop counter here."""
+    final = bench.sink.quiet(timeout_s=8.0) or {}
+    due = warm["requests"] + r["requests"]
+    spans = final.get("spans", 0) - sink0.get("spans", 0)
+    r["sink_spans"] = spans
+    r["sink_spans_by_kind"] = {k: v - sink0.get("spans_by_kind", {}).get(k, 0)
+                               for k, v in final.get("spans_by_kind", {}).items()}
+    r["spans_due"] = due
+    r["spans_missing"] = max(0, due - spans)
+    r["dropped_total"] = r["spans_missing"]
+    reqs = r["requests"]
+    r["sink_cpu_s"] = round(win.sink_cpu1 - win.sink_cpu0, 4)
+    r["sink_cpu_s_per_1k"] = (win.sink_cpu1 - win.sink_cpu0) / reqs * 1000 if reqs else None
+    if r["spans_missing"]:
+        problems.append(f"DROPPED spans: Caddy served {due} requests (warm-up and run) and the sink decoded "
+                        f"{spans} spans: {r['spans_missing']} never arrived")

