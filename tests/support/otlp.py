@@ -8,7 +8,6 @@ hex ids for easy assertions.
 from __future__ import annotations
 
 import asyncio
-import gzip
 import threading
 import time
 from concurrent import futures
@@ -17,6 +16,8 @@ from typing import Any, Callable
 
 import grpc
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
+from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
@@ -158,21 +159,21 @@ class OtlpReceiver:
         async def handle(request: web.Request) -> web.Response:
             if request.content_type != "application/x-protobuf":
                 return web.Response(status=415, text="expected application/x-protobuf")
-            body = await request.read()
-            if request.headers.get("Content-Encoding") == "gzip":
-                body = gzip.decompress(body)
             if request.path == "/v1/traces":
-                msg = trace_service_pb2.ExportTraceServiceRequest()
-                msg.ParseFromString(body)
-                rx.add_traces(msg)
-                out = trace_service_pb2.ExportTraceServiceResponse()
+                msg, out, add = (trace_service_pb2.ExportTraceServiceRequest(),
+                                 trace_service_pb2.ExportTraceServiceResponse(), rx.add_traces)
             elif request.path == "/v1/logs":
-                msg = logs_service_pb2.ExportLogsServiceRequest()
-                msg.ParseFromString(body)
-                rx.add_logs(msg)
-                out = logs_service_pb2.ExportLogsServiceResponse()
+                msg, out, add = (logs_service_pb2.ExportLogsServiceRequest(),
+                                 logs_service_pb2.ExportLogsServiceResponse(), rx.add_logs)
             else:
                 return web.Response(status=404)
+            try:
+                msg.ParseFromString(await request.read())  # aiohttp has undone a `Content-Encoding: gzip` already
+            except (RequestPayloadError, DecodeError) as err:
+                # OTLP/HTTP: a request that cannot be decoded is answered 400 and not retried, as a collector does
+                # (opentelemetry-proto docs/specification.md "Failures"); it never counts as received.
+                return web.Response(status=400, text=f"undecodable OTLP request: {err}")
+            add(msg)
             return web.Response(body=out.SerializeToString(), content_type="application/x-protobuf")
 
         async def main() -> None:

@@ -79,3 +79,25 @@ def test_failures_are_reported_and_the_next_export_reconnects(monkeypatch):
     finally:
         server.shutdown()
         sender.shutdown()
+
+
+def test_the_receiver_answers_an_undecodable_export_400_and_counts_nothing(monkeypatch):
+    """As a collector does (OTLP/HTTP "Failures"): the tests' and the benchmark's receiver must never take bytes
+    it cannot decode as received telemetry, nor answer them with a 5xx an exporter would retry."""
+    import urllib.error
+    import urllib.request
+
+    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    with OtlpReceiver() as rx:
+        for path, body, headers in (("/v1/traces", b"\xff\xff not protobuf", {}),
+                                    ("/v1/logs", b"not gzip", {"Content-Encoding": "gzip"})):
+            req = urllib.request.Request(rx.http_endpoint + path, data=body, method="POST",
+                                         headers={"Content-Type": "application/x-protobuf", **headers})
+            try:
+                urllib.request.urlopen(req, timeout=5)
+                status = 200
+            except urllib.error.HTTPError as err:
+                status = err.code
+            assert status == 400, path
+        assert rx.data.spans == [] and rx.data.logs == []
