@@ -13,10 +13,10 @@ Exit codes: 0 success, 1 runtime failure, 2 invalid configuration or usage.
 from __future__ import annotations
 
 import argparse
-import platform
 import asyncio
 import json
 import logging
+import platform
 import sys
 
 from gatewatch import __version__
