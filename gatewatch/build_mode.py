@@ -208,11 +208,19 @@ def install() -> None:
     if _guard is None:
         _guard = _Guard(_manifest(), pure_forced())
         sys.meta_path.insert(0, _guard)
-        if not _guard.forced:
-            for names in _guard.manifest.get("async_generators", {}).values():
-                for qualname in names:  # see async_generators()
-                    warnings.filterwarnings("ignore", message=f"coroutine '{re.escape(qualname)}' was never awaited$",
-                                            category=RuntimeWarning)
+        for message in silenced_warnings():
+            warnings.filterwarnings("ignore", message=message, category=RuntimeWarning)
+
+
+def silenced_warnings() -> list[str]:
+    """The RuntimeWarning messages (regular expressions) `install()` silences: Cython's "never awaited" of each
+    compiled async generator (see async_generators()); none in pure mode. tests/conftest.py applies them to
+    pytest's per-test warning filters too, which replace the process's own while a test runs."""
+    guard = _guard if _guard is not None else _Guard(_manifest(), pure_forced())
+    if guard.forced:
+        return []
+    return [f"coroutine '{re.escape(qualname)}' was never awaited$"
+            for names in guard.manifest.get("async_generators", {}).values() for qualname in names]
 
 
 def state() -> BuildState:

@@ -17,6 +17,16 @@ settings.register_profile("long", max_examples=3000, deadline=None, database=Non
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+def pytest_configure(config):
+    """The warnings a compiled build silences (gatewatch/build_mode.py silenced_warnings: Cython's "never awaited"
+    of an unstarted async generator, which CPython does not raise) are silenced inside tests too: pytest replaces
+    the process's warning filters with its own for each test."""
+    from gatewatch import build_mode
+
+    for message in build_mode.silenced_warnings():
+        config.addinivalue_line("filterwarnings", f"ignore:{message}:RuntimeWarning")
+
+
 @pytest.fixture
 def otlp():
     with OtlpReceiver() as rx:
