@@ -66,6 +66,8 @@ async def test_admin_page_live_state_and_token_flow(tmp_path, chromium):
                     assert await b.wait_for(f"{state_of(i)} === 'healthy'")
                 await b.wait_for("document.querySelector('tr[data-kind=\"request\"]') !== null")
                 assert await b.evaluate("document.getElementById('version').textContent") == rt.config_version
+                assert (await b.evaluate("document.getElementById('process').textContent")).endswith(
+                    " · hot path " + rt.build.describe())  # compiled or pure, as the process runs
                 assert await b.evaluate(
                     "[...document.querySelectorAll('tr[data-route=\"api\"] .ptype')].map(e => e.textContent)"
                 ) == ["api_key"]

@@ -72,7 +72,8 @@ function renderStatus(st) {
   document.getElementById("loaded-at").textContent = st.loaded_at + (st.path ? " from " + st.path : "");
   const p = st.process || {};
   document.getElementById("process").textContent = (p.service_name || "") + " pid " + p.pid +
-    (p.worker !== null && p.worker !== undefined ? " worker " + p.worker : "") + (st.ready ? "" : " (not ready)");
+    (p.worker !== null && p.worker !== undefined ? " worker " + p.worker : "") + (st.ready ? "" : " (not ready)") +
+    (st.build ? " · hot path " + st.build.mode : "");
   const auth = st.auth || {};
   let state = auth.writes ? "writes need the token" : "no token configured: writes are open (loopback only)";
   if (auth.reads) state = "reads and writes need the token";
