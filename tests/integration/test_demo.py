@@ -89,7 +89,13 @@ def test_demo_ctrl_c_stops_everything(tmp_path):
 
 def test_demo_incident_fails_over_without_client_errors(otlp, tmp_path):
     """The demo's scheduled incident (demo-b killed, restarted later), brought forward to 2 s: clients see no
-    error, zone-b takes over, and the balancer reports the transitions."""
+    error, zone-b takes over, and the balancer reports the transitions.
+
+    One exception, by design: a POST /api/checkout that demo-b had already received when it was killed may have
+    been acted on, so it is not retried (RFC 9110 §9.2.2) and its client gets the 502. Each such 502 must match an
+    `upstream_error` of demo-b in the balancer's own table; a connect error (retried) or anything else is a
+    failure. (On a loaded machine a POST is now and then in flight at the kill; the one 502 this test once saw
+    is most likely that: the failure was not kept.)"""
     import re
 
     env = {**os.environ, **otlp.env("http/protobuf"), "PYTHONUNBUFFERED": "1", "GATEWATCH_DEMO_INCIDENT_AT": "2"}
@@ -101,7 +107,10 @@ def test_demo_incident_fails_over_without_client_errors(otlp, tmp_path):
     assert "incident: demo-b killed at 2s" in proc.stdout
     statuses = re.search(r"statuses \{([^}]*)\}, transport errors (\d+)", final)
     assert statuses.group(2) == "0"
-    assert {int(k) for k, _ in re.findall(r"(\d+): (\d+)", statuses.group(1))} <= {200, 404}
+    seen = {int(k): int(n) for k, n in re.findall(r"(\d+): (\d+)", statuses.group(1))}
+    assert set(seen) <= {200, 404, 502}, final
+    in_flight_at_kill = sum(int(n) for n in re.findall(r"^\s+demo-b\s+upstream_error\s+(\d+)", final, re.M))
+    assert seen.get(502, 0) <= in_flight_at_kill, final
     assert otlp.data.wait_for(lambda spans, logs: any(
         r["event_name"] == "gatewatch.health.transition" and r["attributes"].get("gatewatch.instance") == "demo-b"
         for r in logs) and any(s["resource"].get("service.instance.id") == "demo-c" for s in spans), timeout_s=10)
