@@ -202,6 +202,11 @@ def _manifest() -> dict:
         return {}
 
 
+def _current() -> _Guard:
+    """The installed guard (`gatewatch/__init__.py` installs it), or one read from disk when there is none."""
+    return _guard if _guard is not None else _Guard(_manifest(), pure_forced())
+
+
 def install() -> None:
     """Put the guard first on sys.meta_path (once). Called by `gatewatch/__init__.py`."""
     global _guard
@@ -216,7 +221,7 @@ def silenced_warnings() -> list[str]:
     """The RuntimeWarning messages (regular expressions) `install()` silences: Cython's "never awaited" of each
     compiled async generator (see async_generators()); none in pure mode. tests/conftest.py applies them to
     pytest's per-test warning filters too, which replace the process's own while a test runs."""
-    guard = _guard if _guard is not None else _Guard(_manifest(), pure_forced())
+    guard = _current()
     if guard.forced:
         return []
     return [f"coroutine '{re.escape(qualname)}' was never awaited$"
@@ -224,19 +229,16 @@ def silenced_warnings() -> list[str]:
 
 
 def state() -> BuildState:
-    """The mode of every hot module, whether imported yet or not (its package is imported to find its files)."""
-    manifest = _guard.manifest if _guard is not None else _manifest()
-    forced = _guard.forced if _guard is not None else pure_forced()
+    """The mode of every hot module: as the guard decided when it was imported, or, for one not imported yet,
+    decided the same way from its files (its package is imported to find them)."""
+    guard = _current()
     modules: dict[str, str] = {}
     for name in HOT_MODULES:
-        loaded = sys.modules.get(name)
-        if loaded is not None:
-            loader = getattr(loaded, "__loader__", None)
-            if isinstance(loader, importlib.machinery.ExtensionFileLoader):
-                modules[name] = COMPILED
-                continue
+        if name in guard.seen:
+            modules[name] = guard.seen[name]
+            continue
         package, _, leaf = name.rpartition(".")
         spec_path = getattr(importlib.import_module(package), "__path__", [])
         found = next((Path(d) / (leaf + ".py") for d in spec_path if (Path(d) / (leaf + ".py")).is_file()), None)
-        modules[name] = decide(found, manifest, name, forced) if found is not None else PURE
-    return BuildState(modules, manifest.get("built_with", ""), manifest.get("note", ""))
+        modules[name] = decide(found, guard.manifest, name, guard.forced) if found is not None else PURE
+    return BuildState(modules, guard.manifest.get("built_with", ""), guard.manifest.get("note", ""))
