@@ -19,21 +19,12 @@ from h2.errors import ErrorCodes
 from gatewatch.telemetry.names import WebSocketEnd
 from tests.io.test_h2 import Client
 from tests.io.test_refusals import recorded
-from tests.io.test_websocket import Backend, config, ended, frame, sample, until
+from tests.io.test_websocket import backend, config, ended, frame, sample, until  # noqa: F401 - the fixture
 from tests.support.certs import Pki
-from tests.support.net import edge_port, start_app
+from tests.support.net import edge_port
 from tests.support.runtime import in_process_config, running
 
 WS = [(":protocol", "websocket"), ("sec-websocket-version", "13")]
-
-
-@pytest.fixture
-async def backend():
-    b = Backend()
-    runner, port = await start_app(b.handler)
-    b.port = port
-    yield b
-    await runner.cleanup()
 
 
 def read_frames(data: bytes) -> list[tuple[int, bytes]]:
@@ -92,6 +83,13 @@ class Ws:
     async def ended(self) -> None:
         await self.c.until(lambda: self.c.responses[self.sid]["ended"] or self.sid in self.c.resets)
 
+    async def close_normally(self) -> None:
+        """The client's Close 1000, the backend's Close 1000 back (RFC 6455 §5.5.1), then the stream ends."""
+        await self.send(frame(8, (1000).to_bytes(2, "big")))
+        opcode, data = await self.receive()
+        assert (opcode, close_code(data)) == (8, 1000)
+        await self.ended()
+
 
 def close_code(payload: bytes) -> int:
     return int.from_bytes(payload[:2], "big")
@@ -115,10 +113,7 @@ async def test_echo_text_and_binary_and_the_client_closes(backend, tmp_path):
             payload = os.urandom(200_000)  # over every window both ways: flow control is the backpressure
             await ws.send(frame(2, payload))
             assert await ws.receive() == (2, payload)
-            await ws.send(frame(8, (1000).to_bytes(2, "big")))
-            opcode, data = await ws.receive()
-            assert (opcode, close_code(data)) == (8, 1000)
-            await ws.ended()
+            await ws.close_normally()
         finally:
             c.close()
         await until(lambda: ended(rt, WebSocketEnd.CLIENT_CLOSE) == 1)
@@ -372,10 +367,7 @@ async def test_over_tls_by_alpn(backend, tmp_path):
             assert ws.status == 200
             await ws.send(frame(1, b"secure"))
             assert await ws.receive() == (1, b"secure")
-            await ws.send(frame(8, (1000).to_bytes(2, "big")))
-            opcode, data = await ws.receive()
-            assert (opcode, close_code(data)) == (8, 1000)
-            await ws.ended()
+            await ws.close_normally()
         finally:
             c.close()
         await until(lambda: ended(rt, WebSocketEnd.CLIENT_CLOSE) == 1)
