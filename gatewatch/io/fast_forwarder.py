@@ -39,6 +39,7 @@ from gatewatch.telemetry.names import ErrorType, TlsFailure
 
 
 MAX_RESPONSE_HEAD = 64 * 1024  # like nginx's "upstream sent too big header" (proxy_buffer_size, generous)
+FRAMING_NAME_LENGTHS = frozenset({len(b"content-length"), len(b"transfer-encoding")})
 
 
 class _Unsolicited(Exception):
@@ -54,7 +55,7 @@ class UpstreamConnection(asyncio.Protocol):
     # Slots: with a pool of many instances each request touches a different, cache-cold connection, and a
     # dict-less object is fewer cache lines to fetch.
     __slots__ = ("pool", "loop", "transport", "flow", "parser", "closed", "busy", "idle_since", "peer", "head",
-                 "body", "_headers", "_head_bytes", "_status_reason", "complete", "is_head_request", "until_close",
+                 "body", "_headers", "_head_bytes", "_te", "_has_length", "_status_reason", "complete", "is_head_request", "until_close",
                  "keep_alive", "awaiting", "forgotten", "tls_version", "tls_cipher", "upgrading", "tunnel",
                  "leftover")
 
@@ -72,6 +73,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.body: BodyQueue | None = None
         self._headers: list[tuple[str, str]] = []
         self._head_bytes = 0
+        self._te: str | None = None  # the response's last Transfer-Encoding line, seen as its headers are parsed
+        self._has_length = False  # it has a Content-Length
         self._status_reason = b""
         self.complete = False
         self.is_head_request = False
@@ -168,6 +171,8 @@ class UpstreamConnection(asyncio.Protocol):
             raise _Unsolicited()  # a second response nobody asked for: the connection cannot be trusted
         self._headers = []
         self._head_bytes = 0
+        self._te = None
+        self._has_length = False
 
     def on_status(self, status: bytes) -> None:
         self._status_reason = status
@@ -176,7 +181,14 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > MAX_RESPONSE_HEAD:
             raise _Unsolicited("upstream sent too big a header")
-        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        k, v = name.decode("latin-1"), value.decode("latin-1")
+        self._headers.append((k, v))
+        if len(name) in FRAMING_NAME_LENGTHS:  # the body's framing, noted here instead of a scan per response
+            lk = k.lower()
+            if lk == "content-length":
+                self._has_length = True
+            elif lk == "transfer-encoding":  # the final coding is the last line's (RFC 9110 §5.3, RFC 9112 §6.1)
+                self._te = v
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -191,11 +203,10 @@ class UpstreamConnection(asyncio.Protocol):
         if self.head is not None and not self.head.done():
             self.head.set_result((status, self._status_reason.decode("latin-1"), tuple(self._headers)))
         self.keep_alive = self.parser.should_keep_alive()  # read now: llhttp resets it after the message
-        te = next((v for k, v in self._headers if k.lower() == "transfer-encoding"), None)
-        has_length = any(k.lower() == "content-length" for k, _ in self._headers)
+        te = self._te
         # RFC 9112 §6.3: no length and no final `chunked` coding → the body ends when the connection closes.
         self.until_close = status not in (204, 304) and (
-            (te is None and not has_length) or (te is not None and not te.strip().lower().endswith("chunked")))
+            (te is None and not self._has_length) or (te is not None and not te.strip().lower().endswith("chunked")))
         if self.is_head_request:
             # llhttp cannot be told a body is absent for HEAD; end here and never reuse this connection.
             self.complete = True

@@ -663,6 +663,39 @@ async def test_upstream_close_delimited_transfer_coding_response(tmp_path):
         assert resp.status == 200 and resp.body == b"GZIPDATA"
 
 
+async def test_upstream_transfer_coding_split_over_lines_is_framed_by_the_last(tmp_path):
+    """RFC 9110 §5.3 / RFC 9112 §6.1: two Transfer-Encoding lines are one list, whose last coding frames the body.
+    `gzip` then `chunked`: a chunked body, and the connection is reused. `chunked` then `gzip`: close-delimited,
+    and the connection is not."""
+    served = []
+
+    async def split(reader, writer, up):
+        while True:
+            await read_request(reader)
+            served.append(up.connections)
+            if len(served) == 1:
+                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
+                             b"4\r\nGZIP\r\n0\r\n\r\n")
+            elif len(served) == 2:
+                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n"
+                             b"TAIL")
+                await writer.drain()
+                writer.close()
+                return
+            else:
+                writer.write(ok(b"fresh"))
+            await writer.drain()
+
+    async with Upstream(split) as up, gateway(cfg(tmp_path, up.port)) as rt:
+        async with client(rt) as (reader, writer):
+            answers = []
+            for path in (b"/api/a", b"/api/b", b"/api/c"):
+                writer.write(b"GET %s HTTP/1.1\r\nHost: h\r\n\r\n" % path)
+                answers.append(await read_response(reader))
+        assert [(r.status, r.body) for r in answers] == [(200, b"GZIP"), (200, b"TAIL"), (200, b"fresh")]
+        assert served == [1, 1, 2]  # the chunked answer's connection was reused; the close-delimited one's was not
+
+
 async def test_close_delimited_response_is_relayed_complete_and_not_reused(tmp_path):
     async def legacy(reader, writer, up):
         await read_request(reader)
