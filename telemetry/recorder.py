@@ -30,7 +30,7 @@ from gatewatch.telemetry.export import destination
 from gatewatch.telemetry.exporter_process import ThreadSink, span_count
 from gatewatch.telemetry.journal import Journal
 from gatewatch.telemetry.metrics import STATUS_LABELS as STATUS_TEXT
-from gatewatch.telemetry.metrics import Metrics, status_label
+from gatewatch.telemetry.metrics import Metrics
 from gatewatch.telemetry.names import (ALLOW_RESULTS, DecisionKind, DecisionResult, DropReason, Event, Layer, Reason,
                                        TelemetrySignal)
 
@@ -237,13 +237,15 @@ class Telemetry:
         route = r.route or ""
         method = r.method if r.method in self._known_methods else OTHER
         status = r.status
-        error_type = r.error_type or (STATUS_TEXT[status] if status is not None and status >= 500 else "")
-        self._server.observe((r.layer, route, method, status_label(status), r.outcome or "", r.route_template or "",
+        status_text = STATUS_TEXT.get(status, "")  # "" for none (no response)
+        error_type = r.error_type or (status_text if status is not None and status >= 500 else "")
+        self._server.observe((r.layer, route, method, status_text, r.outcome or "", r.route_template or "",
                               r.scheme, error_type), r.duration_s, trace_id)
         for a in r.attempts:
             a_status = a.status
-            a_error = a.error_type or (STATUS_TEXT[a_status] if a_status is not None and a_status >= 400 else "")
-            self._client.observe((a.layer, route, a.upstream, a.instance, method, status_label(a_status),
+            a_text = STATUS_TEXT.get(a_status, "")
+            a_error = a.error_type or (a_text if a_status is not None and a_status >= 400 else "")
+            self._client.observe((a.layer, route, a.upstream, a.instance, method, a_text,
                                   a.outcome or "", a.host, str(a.port), a_error), a.duration_s, trace_id)
             if a.layer == BALANCER:  # per-instance counts of a pool (bounded by the pool's size)
                 self._instances.inc((a.upstream, a.instance, a.outcome or ""))

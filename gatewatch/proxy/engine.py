@@ -203,21 +203,25 @@ class Engine:
             self._client_gone(ctx)
 
     def _new_record(self, snap: Snapshot, head: RequestHead) -> RequestRecord:
-        traceparent = head.header("traceparent")
+        index = head.index  # (lookups straight in the listener's index: this runs for every request)
+        traceparent = index.get("traceparent")
         trust = snap.trace_trust[head.listener]
-        mode = trust.for_client(head.client_address) if traceparent is not None else trust.mode
-        index = head.index
-        trace = start_trace(traceparent, hdr.combined(head.headers, "tracestate", index),
-                            hdr.combined(head.headers, "baggage", index), mode, self.sampling_ratio, self.rng,
-                            self.parent_based)
-        path, query = split_target(head.target)
+        if traceparent is None:
+            trace = start_trace(None, None, None, trust.mode, self.sampling_ratio, self.rng, self.parent_based)
+        else:
+            trace = start_trace(traceparent, hdr.combined(head.headers, "tracestate", index),
+                                hdr.combined(head.headers, "baggage", index), trust.for_client(head.client_address),
+                                self.sampling_ratio, self.rng, self.parent_based)
+        target = head.target
+        path, query = split_target(target)
         return RequestRecord(
             layer=self.layer_value, trace=trace, start_ns=self.clock_ns(), start_mono=self.monotonic(),
             method=head.method, path=path, query=query, scheme=head.scheme,
-            host=(target_authority(head.target) or head.header("host") or head.server_address),
+            host=((None if target[:1] == "/" else target_authority(target)) or index.get("host")
+                  or head.server_address),
             server_port=head.server_port,
             client_address=head.client_address, client_port=head.client_port, protocol_version=head.version,
-            user_agent=head.header("user-agent"), request_id=hdr.request_id(head.header("x-request-id"), self.rng),
+            user_agent=index.get("user-agent"), request_id=hdr.request_id(index.get("x-request-id"), self.rng),
             listener=head.listener, config_version=snap.config_version, headers_dropped=trace.cut,
             tls=head.tls.span if head.tls is not None else None)
 
