@@ -46,6 +46,7 @@ HOT_MODULES: dict[str, str] = {
     "gatewatch.telemetry.recorder": "telemetry/recorder.py",
     "gatewatch.telemetry.context": "telemetry/context.py",
     "gatewatch.telemetry.fastmetrics": "telemetry/fastmetrics.py",
+    "gatewatch.telemetry.wire": "telemetry/wire.py",
     "gatewatch.balancer.context": "balancer/context.py",
     "gatewatch.balancer.algorithms": "balancer/algorithms.py",
     "gatewatch.balancer.pool": "balancer/pool.py",

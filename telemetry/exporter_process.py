@@ -30,14 +30,6 @@ from gatewatch.telemetry.metrics import Metrics
 from gatewatch.telemetry.names import SCOPE_NAME, TelemetrySignal
 
 
-def span_count(r) -> int:
-    if r.mirror:  # a shadow request: its CLIENT span only (telemetry.convert)
-        return len(r.attempts)
-    if r.websocket is not None:  # a WebSocket session: its session span only (telemetry.convert)
-        return 1
-    return 1 + len(r.attempts) + (1 if r.balance_span_id else 0)
-
-
 class ThreadSink:
     """Two bounded queues with an export thread each (the in-process pipeline; also what the exporter
     process runs)."""
@@ -61,7 +53,7 @@ class ThreadSink:
         # + the stock encoder); without one, the SDK's JSON form goes to a file.
         workers = []
         for signal, endpoint, encode, to_sdk, count in (
-                (TelemetrySignal.TRACES, resolved.traces_endpoint, to_spans, converter.spans, span_count),
+                (TelemetrySignal.TRACES, resolved.traces_endpoint, to_spans, converter.spans, wire.span_count),
                 (TelemetrySignal.LOGS, resolved.logs_endpoint, to_logs, converter.logs, lambda item: len(item[1]))):
             if not resolved.enabled:
                 exporter, convert = NullExporter(), to_sdk

@@ -27,7 +27,7 @@ from gatewatch.telemetry import wire
 from gatewatch.telemetry.config import ResolvedTelemetry
 from gatewatch.telemetry.context import EventRecord, RequestRecord
 from gatewatch.telemetry.export import destination
-from gatewatch.telemetry.exporter_process import ThreadSink, span_count
+from gatewatch.telemetry.exporter_process import ThreadSink
 from gatewatch.telemetry.journal import Journal
 from gatewatch.telemetry.metrics import STATUS_LABELS as STATUS_TEXT
 from gatewatch.telemetry.metrics import Metrics
@@ -73,7 +73,7 @@ class ProcessSink:
         if isinstance(r, EventRecord):
             spans, logs = 0, 1
         else:
-            spans = span_count(r) if r.trace.sampled else 0
+            spans = wire.span_count(r) if r.trace.sampled else 0
             logs = len(r.decisions)
         p = self._pending_items
         if p[0] + spans > self._max_items or p[1] + logs > self._max_items:

@@ -28,6 +28,15 @@ _KIND = {k.value: k for k in DecisionKind}
 HEADER = struct.Struct("!I")
 
 
+def span_count(r: RequestRecord) -> int:
+    """The spans a finished request becomes (telemetry.convert), counted against the export queue's bound."""
+    if r.mirror:  # a shadow request: its CLIENT span only
+        return len(r.attempts)
+    if r.websocket is not None:  # a WebSocket session: its session span only
+        return 1
+    return 1 + len(r.attempts) + (1 if r.balance_span_id else 0)
+
+
 def _to_tuple(r: RequestRecord | EventRecord) -> tuple:
     if isinstance(r, EventRecord):
         return ("E", _event(r))
