@@ -4,8 +4,9 @@ per-request work that this VM's ±30 % throughput noise cannot hide.
 
     python bench/instructions.py [--requests 2000] [--conns 4] [CASE ...]
 
-CASEs: gatewatch-off, gatewatch-pure-off, gatewatch-full, gatewatch-pure-full, python-floor,
-python-floor-compiled (default: gatewatch-off gatewatch-pure-off python-floor python-floor-compiled).
+CASEs: gatewatch-off, gatewatch-pure-off, gatewatch-full, gatewatch-pure-full, gatewatch-sampled (10 %),
+gatewatch-pure-sampled, python-floor, python-floor-compiled (default: gatewatch-off gatewatch-pure-off
+python-floor python-floor-compiled).
 
 Each case: an nginx backend (as bench/run.py's), the proxy started under `valgrind --tool=callgrind
 --instr-atstart=no` (the warm-up runs uninstrumented), 200 warm-up requests, then instrumentation on
@@ -41,8 +42,8 @@ from harness.compiled import build_floor, floor_argv
 from harness.host import free_port
 from harness.peers import backend_conf
 
-CASES = ("gatewatch-off", "gatewatch-pure-off", "gatewatch-full", "gatewatch-pure-full", "python-floor",
-         "python-floor-compiled")
+CASES = ("gatewatch-off", "gatewatch-pure-off", "gatewatch-full", "gatewatch-pure-full", "gatewatch-sampled",
+         "gatewatch-pure-sampled", "python-floor", "python-floor-compiled")
 DEFAULT = ("gatewatch-off", "gatewatch-pure-off", "python-floor", "python-floor-compiled")
 WARMUP = 200
 
@@ -95,6 +96,8 @@ def proxy_argv(case: str, work: Path, port: int, backend: int) -> tuple[list[str
     env = child_env(pure="-pure-" in case)
     if case.endswith("-off"):
         env["OTEL_SDK_DISABLED"] = "true"
+    elif case.endswith("-sampled"):  # as bench/run.py's sampled rows ask for it
+        env.update({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"})
     cfg = {"admin": {"address": "127.0.0.1:0"}, "telemetry": telemetry,
            "edge": {"listeners": [{"name": "public", "address": f"127.0.0.1:{port}"}],
                     "routes": [{"name": "all", "match": {"path": {"prefix": "/"}}, "upstream": "backend"}]},
@@ -191,7 +194,8 @@ def main() -> int:
         nginx.wait()
     by = {r["case"]: r["per_request"] for r in results}
     for a, b in (("gatewatch-off", "python-floor-compiled"), ("gatewatch-pure-off", "python-floor"),
-                 ("gatewatch-off", "gatewatch-pure-off"), ("gatewatch-full", "gatewatch-off")):
+                 ("gatewatch-off", "gatewatch-pure-off"), ("gatewatch-full", "gatewatch-off"),
+                 ("gatewatch-sampled", "gatewatch-off")):
         if a in by and b in by:
             print(f"{a} ÷ {b}: {by[a] / by[b]:.2f}")
     if args.json:
