@@ -123,7 +123,7 @@ class TraceContext:
 def start_trace(traceparent: str | None, tracestate: str | None, baggage: str | None, trust: str,
                 ratio: float, rng: random.Random, parent_based: bool = True) -> TraceContext:
     span_id = new_span_id(rng)
-    parsed = parse_traceparent(traceparent) if traceparent else None
+    parsed = parse_traceparent(traceparent)
     if parsed and trust == "continue":
         trace_id, parent, sampled = parsed
         if not parent_based:  # e.g. OTEL_TRACES_SAMPLER=traceidratio: our own verdict, same for every tier

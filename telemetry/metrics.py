@@ -26,11 +26,7 @@ from gatewatch.telemetry.names import (CONNECT_BUCKETS_S, CONSUMER_LABEL_CAP, DU
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-STATUS_LABELS = {status: str(status) for status in range(100, 600)}
-
-
-def status_label(status: int | None) -> str:
-    return STATUS_LABELS.get(status, "")
+STATUS_LABELS = {status: str(status) for status in range(100, 600)}  # a status code as a label value, made once
 
 
 class Metrics:

@@ -55,9 +55,9 @@ class UpstreamConnection(asyncio.Protocol):
     # Slots: with a pool of many instances each request touches a different, cache-cold connection, and a
     # dict-less object is fewer cache lines to fetch.
     __slots__ = ("pool", "loop", "transport", "flow", "parser", "closed", "busy", "idle_since", "peer", "head",
-                 "body", "_headers", "_head_bytes", "_te", "_has_length", "_status_reason", "complete", "is_head_request", "until_close",
-                 "keep_alive", "awaiting", "forgotten", "tls_version", "tls_cipher", "upgrading", "tunnel",
-                 "leftover")
+                 "body", "_headers", "_head_bytes", "_te", "_has_length", "_status_reason", "complete",
+                 "is_head_request", "until_close", "keep_alive", "awaiting", "forgotten", "tls_version", "tls_cipher",
+                 "upgrading", "tunnel", "leftover")
 
     def __init__(self, pool: "EndpointPool"):
         self.pool = pool

@@ -206,19 +206,18 @@ class Engine:
         index = head.index  # (lookups straight in the listener's index: this runs for every request)
         traceparent = index.get("traceparent")
         trust = snap.trace_trust[head.listener]
-        if traceparent is None:
-            trace = start_trace(None, None, None, trust.mode, self.sampling_ratio, self.rng, self.parent_based)
+        if traceparent is None:  # nothing to continue: tracestate and baggage are not propagated (start_trace)
+            mode, tracestate, baggage = trust.mode, None, None
         else:
-            trace = start_trace(traceparent, hdr.combined(head.headers, "tracestate", index),
-                                hdr.combined(head.headers, "baggage", index), trust.for_client(head.client_address),
-                                self.sampling_ratio, self.rng, self.parent_based)
-        target = head.target
-        path, query = split_target(target)
+            mode = trust.for_client(head.client_address)
+            tracestate = hdr.combined(head.headers, "tracestate", index)
+            baggage = hdr.combined(head.headers, "baggage", index)
+        trace = start_trace(traceparent, tracestate, baggage, mode, self.sampling_ratio, self.rng, self.parent_based)
+        path, query = split_target(head.target)
         return RequestRecord(
             layer=self.layer_value, trace=trace, start_ns=self.clock_ns(), start_mono=self.monotonic(),
             method=head.method, path=path, query=query, scheme=head.scheme,
-            host=((None if target[:1] == "/" else target_authority(target)) or index.get("host")
-                  or head.server_address),
+            host=(target_authority(head.target) or index.get("host") or head.server_address),
             server_port=head.server_port,
             client_address=head.client_address, client_port=head.client_port, protocol_version=head.version,
             user_agent=index.get("user-agent"), request_id=hdr.request_id(index.get("x-request-id"), self.rng),
