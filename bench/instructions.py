@@ -25,9 +25,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -41,6 +39,8 @@ from harness.common import BENCH, PATH, child_env
 from harness.compiled import build_floor, floor_argv
 from harness.host import free_port
 from harness.peers import backend_conf
+from harness.procs import Proc, stop_all, wait_http
+from harness.tools import which
 
 CASES = ("gatewatch-off", "gatewatch-pure-off", "gatewatch-full", "gatewatch-pure-full", "gatewatch-sampled",
          "gatewatch-pure-sampled", "python-floor", "python-floor-compiled")
@@ -67,21 +67,6 @@ def drive(port: int, n: int, conns: int) -> int:
     for t in threads:
         t.join()
     return sum(ok)
-
-
-def wait_ready(port: int, proc: subprocess.Popen, timeout_s: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the proxy exited with {proc.returncode} before answering")
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-            c.request("GET", PATH)
-            if c.getresponse().status == 200:
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError(f"the proxy did not answer within {timeout_s:.0f} s")
 
 
 def proxy_argv(case: str, work: Path, port: int, backend: int) -> tuple[list[str], dict[str, str]]:
@@ -112,29 +97,19 @@ def measure(case: str, work: Path, backend: int, n: int, conns: int) -> dict:
     port = free_port()
     argv, env = proxy_argv(case, work, port, backend)
     out = work / f"{case}.callgrind"
-    with open(work / f"{case}.log", "w") as log:
-        proc = subprocess.Popen(["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
-                                 *argv], env=env, cwd=work, stdout=subprocess.DEVNULL, stderr=log,
-                                start_new_session=True)
-        try:
-            try:
-                wait_ready(port, proc)
-            except RuntimeError as err:
-                raise RuntimeError(f"{case}: {err} (its output: {log.name})") from None
-            drive(port, WARMUP, conns)
-            subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True)
-            t0 = time.monotonic()
-            answered = drive(port, n, conns)
-            took = time.monotonic() - t0
-            subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
-            total, dump = _total(out, proc.pid)
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    proc = Proc(case, ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", *argv],
+                work, env=env, cwd=work)
+    try:
+        wait_http(f"http://127.0.0.1:{port}{PATH}", proc, timeout_s=300)  # slow to start under valgrind
+        drive(port, WARMUP, conns)
+        subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True)
+        t0 = time.monotonic()
+        answered = drive(port, n, conns)
+        took = time.monotonic() - t0
+        subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
+        total, dump = _total(out, proc.pid)
+    finally:
+        proc.stop(60)
     if answered != n:
         raise RuntimeError(f"{case}: {n - answered} of {n} requests were not answered 200")
     return {"case": case, "requests": n, "instructions": total, "per_request": total / n,
@@ -164,21 +139,21 @@ def main() -> int:
                     help="keep each case's callgrind dump here (read it with callgrind_annotate --inclusive=yes: "
                          "the compiled cases' Cython functions show by name)")
     args = ap.parse_args()
-    for tool in ("valgrind", "callgrind_control", "nginx"):
-        if shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin") is None:
-            print(f"instructions: {tool} is not installed (apt-get install valgrind nginx)", file=sys.stderr)
-            return 2
+    tools = {tool: which(tool) for tool in ("valgrind", "callgrind_control", "nginx")}
+    if None in tools.values():
+        missing = [t for t, path in tools.items() if path is None]
+        print(f"instructions: not installed: {', '.join(missing)} (apt-get install valgrind nginx)", file=sys.stderr)
+        return 2
     work = Path(tempfile.mkdtemp(prefix="gatewatch-instructions-"))
     backend_port = free_port()
     (work / "backend").mkdir()
     conf = work / "backend" / "nginx.conf"
     conf.write_text(backend_conf(work / "backend", [backend_port], 4096))
-    nginx = subprocess.Popen([shutil.which("nginx", path=os.environ.get("PATH", "") + ":/usr/sbin"), "-p",
-                              str(work / "backend"), "-e", str(work / "backend" / "error.log"), "-c", str(conf)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results = []
     try:
-        time.sleep(0.5)
+        nginx = Proc("backend-nginx", [tools["nginx"], "-p", str(work / "backend"), "-e",
+                                       str(work / "backend" / "error.log"), "-c", str(conf)], work)
+        wait_http(f"http://127.0.0.1:{backend_port}{PATH}", nginx)
         for case in args.cases:
             r = measure(case, work, backend_port, args.requests, args.conns)
             if args.keep:
@@ -190,8 +165,7 @@ def main() -> int:
             print(f"{case:24s} {r['per_request']:>10,.0f} instructions/request  ({r['requests']} requests, "
                   f"{r['wall_s_under_valgrind']} s under valgrind)", flush=True)
     finally:
-        nginx.terminate()
-        nginx.wait()
+        stop_all()
     by = {r["case"]: r["per_request"] for r in results}
     for a, b in (("gatewatch-off", "python-floor-compiled"), ("gatewatch-pure-off", "python-floor"),
                  ("gatewatch-off", "gatewatch-pure-off"), ("gatewatch-full", "gatewatch-off"),
