@@ -23,7 +23,34 @@ HOT_MODULES: dict[str, str] = MODE["HOT_MODULES"]
 
 # Cython directives. `annotation_typing` off: the annotations here are Python types, and Cython would turn
 # `str`/`int`/`list` ones into exact-type checks that reject subclasses (docs/compiled.md "Why these settings").
-DIRECTIVES = {"language_level": 3, "annotation_typing": False, "binding": True}
+# `nonecheck`: a variable or field typed as one of the `.pxd` classes may hold None; reading a field through it then
+# raises AttributeError, as in Python, instead of reading through a null pointer.
+DIRECTIVES = {"language_level": 3, "annotation_typing": False, "binding": True, "nonecheck": True}
+PXD_INCLUDE = ROOT / "build" / "pxd-include"
+
+
+SOURCES = {name: ROOT / path for name, path in HOT_MODULES.items()}
+
+
+def _declarations_tree() -> Path:
+    """The hot modules' `.pxd` files laid out by module name, for `cimport` (edge/, balancer/ and telemetry/ are
+    the packages gatewatch.edge, ... only once installed). A file is rewritten only when it changed, so that
+    Cython's dependency check sees the right times."""
+    for name, source in SOURCES.items():
+        declarations = source.with_suffix(".pxd")
+        if not declarations.is_file():
+            continue
+        parts = name.split(".")
+        for depth in range(1, len(parts)):
+            marker = PXD_INCLUDE.joinpath(*parts[:depth], "__init__.pxd")
+            if not marker.is_file():
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.touch()
+        copy = PXD_INCLUDE.joinpath(*parts).with_suffix(".pxd")
+        text = declarations.read_bytes()
+        if not copy.is_file() or copy.read_bytes() != text:
+            copy.write_bytes(text)
+    return PXD_INCLUDE
 
 
 def say(line: str) -> None:
@@ -56,7 +83,7 @@ class OptionalBuildExt(build_ext):
             return []
         try:
             translated = cythonize(extensions, build_dir="build/cython", quiet=True, compiler_directives=DIRECTIVES,
-                                   nthreads=int(self.parallel))
+                                   nthreads=int(self.parallel), include_path=[str(_declarations_tree())])
         except Exception as err:  # noqa: BLE001 - a Cython failure must leave a working pure install
             self.note = f"Cython could not translate the hot modules ({type(err).__name__}: {err})"
             return []
@@ -82,7 +109,7 @@ class OptionalBuildExt(build_ext):
 
     def build_extension(self, ext: Extension) -> None:
         super().build_extension(ext)  # raises on a compiler error: run() falls back to pure for all of them
-        self.built[ext.name] = MODE["source_hash"](ROOT / HOT_MODULES[ext.name])
+        self.built[ext.name] = MODE["source_hash"](SOURCES[ext.name])
 
     def _write_manifest(self) -> None:
         if not self.built:  # nothing compiled: remove compiled leftovers of an earlier build, so none runs stale
@@ -91,8 +118,10 @@ class OptionalBuildExt(build_ext):
                 if leftover.exists():
                     leftover.unlink()
         probe = Path(self.get_ext_fullpath("gatewatch._manifest_location"))
+        linked = MODE["cimports"](SOURCES)  # build_mode runs a module's .py when one it cimports from runs its own
         manifest = {"modules": self.built, "built_with": self.built_with if self.built else "",
                     "note": self.note,
+                    "cimports": {name: deps for name, deps in linked.items() if name in self.built},
                     "async_generators": {}}
         for name in self.built:  # build_mode.install() silences Cython's warning for exactly these
             found = MODE["async_generators"]((ROOT / HOT_MODULES[name]).read_text())

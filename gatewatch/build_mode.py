@@ -9,7 +9,12 @@ when
 - `GATEWATCH_PURE_PYTHON` is set (to anything but "" or "0"): pure mode, forced; or
 - the `.py` no longer matches the hash the module was compiled from (an edited file takes effect, and the
   compiled module it replaces is reported `stale`, never used silently); or
-- the compiled file is unknown to the manifest (left over from another build).
+- the compiled file is unknown to the manifest (left over from another build); or
+- a module it `cimport`s from (its `.pxd` declares their classes as extension types) runs its `.py`: a compiled
+  module checks at import that the types it was compiled against are the compiled ones, so modules joined by
+  `cimport` run compiled together or not at all (`linked`).
+
+A module's hash covers its `.pxd` too (the declarations its compiled form was built with).
 
 `state()` says what runs: the ready log line, `gatewatch --version` and `gatewatch_build_info{compiled}` show it.
 This module imports only the standard library: `setup.py` reads `HOT_MODULES` from it before anything is built.
@@ -63,6 +68,9 @@ COMPILED = "compiled"  # the compiled module runs
 PURE = "pure"  # no compiled module was built for it
 FORCED = "forced"  # GATEWATCH_PURE_PYTHON: the .py runs although a compiled module is there
 STALE = "stale"  # the .py changed since it was compiled (or the manifest does not know the compiled file)
+LINKED = "linked"  # compiled and current, but a module it cimports from runs its .py: its .py runs too
+
+_CIMPORT = re.compile(r"^\s*from\s+([\w.]+)\s+cimport\b|^\s*cimport\s+([\w.]+)", re.M)
 
 
 def pure_forced(environ=os.environ) -> bool:
@@ -70,7 +78,33 @@ def pure_forced(environ=os.environ) -> bool:
 
 
 def source_hash(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """SHA-256 of a hot module's `.py`, and of the `.pxd` beside it when there is one."""
+    digest = hashlib.sha256(path.read_bytes())
+    declarations = path.with_suffix(".pxd")
+    if declarations.is_file():
+        digest.update(b"\0pxd\0" + declarations.read_bytes())
+    return digest.hexdigest()
+
+
+def cimports(sources: dict[str, Path]) -> dict[str, list[str]]:
+    """For each module (name -> its .py), the hot modules it cimports from through its `.pxd`, directly or not."""
+    direct: dict[str, set[str]] = {}
+    for name, source in sources.items():
+        declarations = source.with_suffix(".pxd")
+        text = declarations.read_text() if declarations.is_file() else ""
+        direct[name] = {a or b for a, b in _CIMPORT.findall(text)} & sources.keys()
+    closure: dict[str, list[str]] = {}
+    for name in sources:
+        seen: set[str] = set()
+        stack = list(direct[name])
+        while stack:
+            dep = stack.pop()
+            if dep not in seen and dep != name:
+                seen.add(dep)
+                stack.extend(direct[dep])
+        if seen:
+            closure[name] = sorted(seen)
+    return closure
 
 
 def async_generators(source: str) -> list[str]:
@@ -125,7 +159,8 @@ def decide(source: Path, manifest: dict, name: str, forced: bool) -> str:
 
 @dataclass
 class BuildState:
-    """What the build produced and what this process runs. `modules`: name -> COMPILED | PURE | FORCED | STALE."""
+    """What the build produced and what this process runs. `modules`: name -> COMPILED | PURE | FORCED | STALE |
+    LINKED."""
 
     modules: dict[str, str] = field(default_factory=dict)
     built_with: str = ""  # e.g. "Cython 3.3.1", from the manifest; "" when nothing was compiled
@@ -148,9 +183,10 @@ class BuildState:
         if forced:
             return f"pure Python ({PURE_ENV}={os.environ.get(PURE_ENV)})"
         if stale:
-            running = len(self.of(COMPILED))
+            running, linked = len(self.of(COMPILED)), self.of(LINKED)
             return (f"partly compiled: {running} of {len(self.modules)} modules; stale compiled modules not used "
-                    f"(rebuild: pip install -e .): {', '.join(stale)}")
+                    f"(rebuild: pip install -e .): {', '.join(stale)}"
+                    + (f"; nor those linked to them: {', '.join(linked)}" if linked else ""))
         if self.of(COMPILED):
             return f"partly compiled: {len(self.of(COMPILED))} of {len(self.modules)} modules ({self.built_with})"
         return "pure Python" + (f" ({self.build_note})" if self.build_note else " (not compiled at install)")
@@ -158,7 +194,7 @@ class BuildState:
     def as_dict(self, modules: bool = False) -> dict:
         """For the ready log / ready file (short) and the admin status (`modules=True`: every module's mode)."""
         out = {"compiled": self.compiled, "mode": self.describe(), "built_with": self.built_with,
-               "stale": self.of(STALE)}
+               "stale": self.of(STALE), "linked": self.of(LINKED)}
         if modules:
             out["modules"] = dict(sorted(self.modules.items()))
         return out
@@ -166,7 +202,8 @@ class BuildState:
 
 class _Guard:
     """A meta path finder for the hot modules only: returns a spec for the `.py` when the compiled file must not
-    run (forced pure, stale, unknown), and otherwise lets the import system take the compiled file as usual."""
+    run (forced pure, stale, linked to a module that runs its .py, unknown), and otherwise lets the import system
+    take the compiled file as usual."""
 
     def __init__(self, manifest: dict, forced: bool):
         self.manifest = manifest
@@ -181,9 +218,8 @@ class _Guard:
             source = directory / (leaf + ".py")
             if not source.is_file():
                 continue
-            mode = decide(source, self.manifest, fullname, self.forced)
-            self.seen[fullname] = mode
-            if mode in (FORCED, STALE):
+            mode = self.seen[fullname] = self.mode(fullname, source)
+            if mode in (FORCED, STALE, LINKED):
                 if mode == STALE:
                     print(f"gatewatch: {fullname}: the compiled module is older than {source} (or unknown to the "
                           f"build); running the .py. Rebuild with `pip install -e .` (docs/compiled.md).",
@@ -191,6 +227,27 @@ class _Guard:
                 return importlib.util.spec_from_file_location(fullname, source)
             return None
         return None
+
+    def mode(self, name: str, source: Path) -> str:
+        """`decide`, then LINKED when a module this one cimports from would not run compiled."""
+        mode = decide(source, self.manifest, name, self.forced)
+        if mode == COMPILED:
+            for dep in self.manifest.get("cimports", {}).get(name, []):
+                found = self.seen.get(dep) or self._mode_of(dep)
+                if found != COMPILED:
+                    return LINKED
+        return mode
+
+    def _mode_of(self, name: str) -> str:
+        """The mode of a hot module not imported yet (its package is imported to find its file)."""
+        found = _source_of(name)
+        return self.mode(name, found) if found is not None else PURE
+
+
+def _source_of(name: str) -> Path | None:
+    package, _, leaf = name.rpartition(".")
+    spec_path = getattr(importlib.import_module(package), "__path__", [])
+    return next((Path(d) / (leaf + ".py") for d in spec_path if (Path(d) / (leaf + ".py")).is_file()), None)
 
 
 _guard: _Guard | None = None
@@ -233,13 +290,5 @@ def state() -> BuildState:
     """The mode of every hot module: as the guard decided when it was imported, or, for one not imported yet,
     decided the same way from its files (its package is imported to find them)."""
     guard = _current()
-    modules: dict[str, str] = {}
-    for name in HOT_MODULES:
-        if name in guard.seen:
-            modules[name] = guard.seen[name]
-            continue
-        package, _, leaf = name.rpartition(".")
-        spec_path = getattr(importlib.import_module(package), "__path__", [])
-        found = next((Path(d) / (leaf + ".py") for d in spec_path if (Path(d) / (leaf + ".py")).is_file()), None)
-        modules[name] = decide(found, guard.manifest, name, guard.forced) if found is not None else PURE
+    modules = {name: guard.seen.get(name) or guard._mode_of(name) for name in HOT_MODULES}
     return BuildState(modules, guard.manifest.get("built_with", ""), guard.manifest.get("note", ""))

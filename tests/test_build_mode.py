@@ -21,18 +21,19 @@ from pathlib import Path
 import pytest
 
 from gatewatch import build_mode
-from gatewatch.build_mode import COMPILED, FORCED, PURE, STALE, BuildState, decide, source_hash
+from gatewatch.build_mode import COMPILED, FORCED, LINKED, PURE, STALE, BuildState, decide, source_hash
 
 ROOT = Path(__file__).resolve().parent.parent
 SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
 
 
-def fake_package(tmp_path: Path, name: str = "gwfake") -> Path:
+def fake_package(tmp_path: Path, name: str = "gwfake", modules: tuple[str, ...] = ("hot",)) -> Path:
     pkg = tmp_path / name
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
-    (pkg / "hot.py").write_text("WHERE = 'source'\n")
-    (pkg / f"hot{SUFFIX}").write_bytes(b"not an ELF file: loading this must never be tried")
+    for module in modules:
+        (pkg / f"{module}.py").write_text("WHERE = 'source'\n")
+        (pkg / f"{module}{SUFFIX}").write_bytes(b"not an ELF file: loading this must never be tried")
     return pkg
 
 
@@ -69,6 +70,54 @@ def test_the_guard_loads_the_py_beside_a_compiled_file_it_must_not_use(tmp_path,
             assert "gwfake.hot: the compiled module is older than" in capsys.readouterr().err
     finally:
         for name in ("gwfake.hot", "gwfake"):
+            sys.modules.pop(name, None)
+
+
+def test_a_declarations_file_is_part_of_the_source_it_was_compiled_from(tmp_path):
+    pkg = fake_package(tmp_path)
+    source = pkg / "hot.py"
+    manifest = {"modules": {"gwfake.hot": source_hash(source)}}
+    (pkg / "hot.pxd").write_text("cdef class Head:\n    cdef public object method\n")
+    assert decide(source, manifest, "gwfake.hot", forced=False) == STALE
+    manifest["modules"]["gwfake.hot"] = source_hash(source)
+    assert decide(source, manifest, "gwfake.hot", forced=False) == COMPILED
+
+
+def test_cimports_are_followed_through_the_declarations(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "a.pxd").write_text("from pkg.b cimport B\nfrom pkg.other cimport O  # not a hot module\n")
+    (pkg / "b.pxd").write_text("# declarations\ncimport pkg.c\n")
+    (pkg / "c.pxd").write_text("cdef class C:\n    cdef public object x\n")
+    sources = {f"pkg.{leaf}": pkg / f"{leaf}.py" for leaf in "abcd"}  # d has no .pxd
+    assert build_mode.cimports(sources) == {"pkg.a": ["pkg.b", "pkg.c"], "pkg.b": ["pkg.c"]}
+
+
+def test_a_module_linked_by_cimport_to_one_that_runs_its_py_runs_its_py_too(tmp_path, monkeypatch):
+    """A compiled module checks at import that the extension types it cimports are the compiled ones: with the
+    module that defines them edited (its .py runs), the compiled user would fail to import. The guard runs the
+    user's .py too, and says why (`linked`)."""
+    pkg = fake_package(tmp_path, "gwlinked", ("user", "types"))
+    manifest = {"modules": {f"gwlinked.{m}": source_hash(pkg / f"{m}.py") for m in ("user", "types")},
+                "cimports": {"gwlinked.user": ["gwlinked.types"]}}
+    monkeypatch.setattr(build_mode, "HOT_MODULES", {"gwlinked.user": "gwlinked/user.py",
+                                                    "gwlinked.types": "gwlinked/types.py"})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        current = build_mode._Guard(manifest, False)
+        assert current.mode("gwlinked.user", pkg / "user.py") == COMPILED  # both current: both compiled
+        (pkg / "types.py").write_text("WHERE = 'edited source'\n")
+        guard = build_mode._Guard(manifest, False)
+        monkeypatch.setattr(sys, "meta_path", [guard, *sys.meta_path])
+        import gwlinked.user as user
+        assert user.__file__ == str(pkg / "user.py")
+        assert guard.seen["gwlinked.user"] == LINKED
+        import gwlinked.types as types
+        assert types.WHERE == "edited source" and guard.seen["gwlinked.types"] == STALE
+        said = BuildState(dict(guard.seen)).describe()
+        assert "stale compiled modules not used" in said and "nor those linked to them: gwlinked.user" in said
+    finally:
+        for name in ("gwlinked.user", "gwlinked.types", "gwlinked"):
             sys.modules.pop(name, None)
 
 
@@ -171,3 +220,62 @@ def test_an_unstarted_compiled_async_generator_is_dropped_without_a_warning():
                              text=True, timeout=60, env={**os.environ, "GATEWATCH_PURE_PYTHON": pure}, cwd=ROOT)
         assert out.returncode == 0 and out.stdout.strip() == "done", out.stderr
         assert "never awaited" not in out.stderr, (pure, out.stderr)
+
+
+def declared_fields(pxd: Path) -> dict[str, set[str]]:
+    """class name -> the fields its `cdef class` block in a .pxd declares."""
+    fields: dict[str, set[str]] = {}
+    current = None
+    for line in pxd.read_text().splitlines():
+        if line.startswith("cdef class "):
+            current = line[len("cdef class "):].rstrip(":").strip()
+            fields[current] = set()
+        elif current and line.strip().startswith("cdef public "):
+            names = line.strip()[len("cdef public "):].split(None, 1)[1]
+            fields[current] |= {name.strip() for name in names.split(",")}
+    return fields
+
+
+DECLARING = sorted(name for name, path in build_mode.HOT_MODULES.items()
+                   if (ROOT / path).with_suffix(".pxd").is_file() and declared_fields((ROOT / path).with_suffix(".pxd")))
+
+
+@pytest.mark.parametrize("module", DECLARING)
+def test_each_declared_class_declares_exactly_the_fields_of_its_py(module):
+    """A compiled extension type has only the fields its .pxd declares: a field added to the .py class alone
+    works in pure Python and raises AttributeError compiled. Checked from the .py, whichever build runs."""
+    import dataclasses
+    import importlib
+
+    loaded = importlib.import_module(module)
+    declared = declared_fields((ROOT / build_mode.HOT_MODULES[module]).with_suffix(".pxd"))
+    for name, fields in declared.items():
+        cls = getattr(loaded, name)
+        if dataclasses.is_dataclass(cls):
+            own = {f.name for f in dataclasses.fields(cls)}
+        else:
+            own = {slot for klass in cls.__mro__ for slot in getattr(klass, "__slots__", ())}
+            if not own:  # compiled: an extension type keeps the `__slots__` tuple of its source as a class attribute
+                own = set(cls.__dict__.get("__slots__", ()))
+        assert own == fields, (name, "only in .py:", sorted(own - fields), "only in .pxd:", sorted(fields - own))
+
+
+def test_slotted_keeps_what_the_dataclass_declared():
+    import dataclasses
+
+    from gatewatch.cython_shim import slotted
+
+    @dataclasses.dataclass(eq=False)
+    class Declared:
+        a: int
+        items: list = dataclasses.field(default_factory=list)
+        hidden: str = dataclasses.field(default="x", repr=False)
+
+    Slotted = slotted(Declared)
+    one, two = Slotted(1), Slotted(1)
+    assert Slotted.__slots__ == ("a", "items", "hidden") and not hasattr(one, "__dict__")
+    assert one.items == [] and one.items is not two.items  # each its own list, as declared
+    assert repr(one) == "test_slotted_keeps_what_the_dataclass_declared.<locals>.Declared(a=1, items=[])"
+    assert one != two and one == one  # eq=False: identity
+    with pytest.raises(AttributeError):
+        one.misspelt = 1

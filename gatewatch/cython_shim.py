@@ -1,0 +1,35 @@
+"""What the hot modules use of Cython's pure-Python mode, for a pure install without Cython (docs/compiled.md),
+and `slotted`, which gives their declared dataclasses slots when they run as Python.
+
+A hot module declares typed locals with `@cython.locals(ctx=RequestContext)`. Compiled, Cython reads them; run as
+Python with Cython installed, Cython's own `cython` module makes them no-ops. Without Cython (it is only a build
+requirement), the modules import this instead:
+
+    try:
+        import cython
+    except ImportError:
+        from gatewatch import cython_shim as cython
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+compiled = False
+
+
+def locals(**types):  # noqa: A001 - the name Cython gives it
+    """Typed locals for the compiler; nothing at run time."""
+    return lambda fn: fn
+
+
+def slotted(cls: type) -> type:
+    """A `.pxd`-declared dataclass, rebuilt with `__slots__`, for when its module runs as Python. Cython refuses
+    `slots=True` on a class it compiles to an extension type, so the source says `@dataclass` and the module ends
+    with `if not cython.compiled: X = slotted(X)` (a branch Cython drops). Slots keep the pure build as fast as it
+    was, and its fields as fixed as the compiled type's: a misspelt attribute fails in both builds."""
+    params = cls.__dataclass_params__  # the same init/repr/eq/... as the class was declared with
+    for f in dataclasses.fields(cls):  # each field as declared (a default_factory left no class attribute)
+        setattr(cls, f.name, f)
+    return dataclasses.dataclass(cls, init=params.init, repr=params.repr, eq=params.eq, order=params.order,
+                                 unsafe_hash=params.unsafe_hash, frozen=params.frozen, slots=True)
