@@ -17,6 +17,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+try:
+    import cython
+except ImportError:  # a pure install without Cython
+    from gatewatch import cython_shim as cython
+
+from gatewatch.cython_shim import slotted
 from gatewatch.telemetry.names import DecisionKind, HeaderDrop
 
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
@@ -107,7 +113,7 @@ def ratio_sampled(trace_id: int, ratio: float) -> bool:
     return (trace_id & 0xFFFFFFFFFFFFFFFF) < int(ratio * (1 << 64))
 
 
-@dataclass(slots=True)
+@dataclass
 class TraceContext:
     trace_id: int
     span_id: int  # this layer's SERVER span
@@ -144,7 +150,7 @@ def start_trace(traceparent: str | None, tracestate: str | None, baggage: str | 
     return TraceContext(trace_id, span_id, None, sampled, "invalid" if traceparent else "new_root")
 
 
-@dataclass(slots=True)
+@dataclass
 class DecisionRecord:
     kind: DecisionKind
     rule: str  # the route / policy / pool that decided
@@ -170,7 +176,7 @@ class EventRecord:
     severity: str = "INFO"  # INFO | WARN
 
 
-@dataclass(slots=True)
+@dataclass
 class AttemptRecord:
     span_id: int
     layer: str
@@ -203,7 +209,7 @@ class AttemptRecord:
     tls_cipher: str | None = None
 
 
-@dataclass(slots=True)
+@dataclass
 class RequestRecord:
     layer: str
     trace: TraceContext
@@ -260,3 +266,8 @@ class RequestRecord:
     # of `trace.span_id` (the handshake's SERVER span), from the 101 to the session's end: (span id, WebSocketEnd,
     # closed by, close code, client bytes, upstream bytes, client messages, upstream messages, instance)
     websocket: tuple | None = None
+
+
+if not cython.compiled:  # as Python: slotted, like the extension types they compile to (context.pxd)
+    TraceContext, DecisionRecord = slotted(TraceContext), slotted(DecisionRecord)
+    AttemptRecord, RequestRecord = slotted(AttemptRecord), slotted(RequestRecord)

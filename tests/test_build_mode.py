@@ -260,6 +260,24 @@ def test_each_declared_class_declares_exactly_the_fields_of_its_py(module):
         assert own == fields, (name, "only in .py:", sorted(own - fields), "only in .pxd:", sorted(fields - own))
 
 
+def test_the_hot_modules_run_without_cython_installed():
+    """Cython is only a build requirement: a pure install without it imports the hot modules with
+    `gatewatch.cython_shim` standing in for `import cython`, and their declared classes are slotted."""
+    code = ("import sys\n"
+            "class NoCython:\n"
+            "    def find_spec(self, name, path, target=None):\n"
+            "        if name.partition('.')[0] in ('cython', 'Cython'):\n"
+            "            raise ImportError('no Cython on this machine')\n"
+            "sys.meta_path.insert(0, NoCython())\n"
+            "import gatewatch.proxy.engine as engine, gatewatch.io.fast_listener, gatewatch.io.fast_forwarder\n"
+            "from gatewatch.telemetry.context import RequestRecord\n"
+            "print(engine.cython.__name__, engine.cython.compiled, '__dict__' in dir(RequestRecord),\n"
+            "      'Cython' in sys.modules)\n")
+    out = run_python(code, GATEWATCH_PURE_PYTHON="1")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["gatewatch.cython_shim", "False", "False", "False"], out.stdout
+
+
 def test_slotted_keeps_what_the_dataclass_declared():
     import dataclasses
 

@@ -51,7 +51,7 @@ def _reset() -> UpstreamFailure:
                            before_response=False)
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection:  # asyncio's protocol interface, duck-typed (an extension type when compiled)
     # Slots: with a pool of many instances each request touches a different, cache-cold connection, and a
     # dict-less object is fewer cache lines to fetch.
     __slots__ = ("pool", "loop", "transport", "flow", "parser", "closed", "busy", "idle_since", "peer", "head",
@@ -131,6 +131,9 @@ class UpstreamConnection(asyncio.Protocol):
         if self.tunnel is not None:
             self.tunnel.resume_writing()
         self.flow.resume()
+
+    def eof_received(self) -> None:  # as asyncio.Protocol's: the transport closes itself
+        return None
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:

@@ -214,7 +214,7 @@ class _Downstream:
         return self._close_after
 
 
-class HttpConnection(asyncio.Protocol):
+class HttpConnection:  # asyncio's protocol interface, duck-typed (an extension type when compiled)
     __slots__ = ("listener", "transport", "parser", "flow", "closed", "rejected", "_pipeline_paused", "_inbuf",
                  "queue", "parsing", "running", "_serving", "_idle", "_url", "_headers", "_index", "_header_bytes",
                  "_hosts", "_in_trailers", "last_active", "head_started", "peer", "sock", "now_busy", "tls",
@@ -277,6 +277,9 @@ class HttpConnection(asyncio.Protocol):
         if self.tunnel is not None:
             self.tunnel.resume_writing()
         self.flow.resume()
+
+    def eof_received(self) -> None:  # as asyncio.Protocol's: the transport closes itself
+        return None
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:

@@ -18,6 +18,12 @@ import errno
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, Protocol
 
+try:
+    import cython
+except ImportError:  # a pure install without Cython
+    from gatewatch import cython_shim as cython
+
+from gatewatch.cython_shim import slotted
 from gatewatch.telemetry.names import ErrorType
 
 if TYPE_CHECKING:
@@ -28,7 +34,7 @@ Headers = tuple[tuple[str, str], ...]  # ordered, duplicates kept, names as rece
 
 # Not frozen: a frozen dataclass's __init__ costs three times as much (object.__setattr__ per field), and one
 # of each is built per request. Nothing mutates them after construction.
-@dataclass(slots=True, eq=False)
+@dataclass(eq=False)
 class RequestHead:
     method: str
     target: str  # the raw request target from the request line, undecoded
@@ -56,7 +62,7 @@ def header_index(headers: Headers) -> dict[str, str]:
     return index
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(eq=False)
 class UpstreamRequest:
     method: str
     host: str  # instance address to connect to
@@ -66,6 +72,10 @@ class UpstreamRequest:
     headers: Headers  # already filtered (hop-by-hop gone) and annotated (forwarded, trace context)
     has_body: bool
     upgrade: str | None = None  # "websocket": an RFC 6455 upgrade, whose 101 the forwarder hands back (issue 17)
+
+
+if not cython.compiled:  # as Python: slotted, like the extension types they compile to (interfaces.pxd)
+    RequestHead, UpstreamRequest = slotted(RequestHead), slotted(UpstreamRequest)
 
 
 class UpstreamResponse(Protocol):

@@ -17,6 +17,12 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
+try:
+    import cython
+except ImportError:  # a pure install without Cython
+    from gatewatch import cython_shim as cython
+
+from gatewatch.cython_shim import slotted
 from gatewatch.balancer.algorithms import Endpoint
 from gatewatch.balancer.health import Result
 from gatewatch.balancer.context import PickContext
@@ -30,7 +36,7 @@ from gatewatch.proxy.snapshot import Snapshot, Target
 from gatewatch.telemetry.context import AttemptRecord, RequestRecord
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(eq=False)
 class RequestContext:
     snap: Snapshot
     head: RequestHead
@@ -54,7 +60,7 @@ class RequestContext:
     cache: Any = None  # the request's way through the route's response cache (`proxy.cache.Flow`)
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(eq=False)
 class AttemptContext:
     n: int  # 0 for the first try
     host: str
@@ -70,6 +76,10 @@ class AttemptContext:
     record: AttemptRecord | None = None
     result: Result = Result.SUCCESS  # how outlier detection sees the attempt
     ended: bool = False  # its end was booked (the pool's count, outlier detection): exactly once
+
+
+if not cython.compiled:  # as Python: slotted, like the extension types they compile to (context.pxd)
+    RequestContext, AttemptContext = slotted(RequestContext), slotted(AttemptContext)
 
 
 class ClientBody:

@@ -38,6 +38,11 @@ import random
 import time
 from typing import AsyncIterator, Awaitable, Callable, NamedTuple
 
+try:
+    import cython
+except ImportError:  # a pure install without Cython
+    from gatewatch import cython_shim as cython
+
 from gatewatch.balancer.context import PickContext
 from gatewatch.balancer.health import Result, classify
 from gatewatch.balancer.retry import Body, Failure, RetryState, failure_of
@@ -115,6 +120,7 @@ class Engine:
                              self.snapshot.listeners[head.listener])
         await self._settle(ctx, self._phases(ctx))
 
+    @cython.locals(ctx=RequestContext)
     def handle_now(self, head: RequestHead, down: Downstream) -> None:
         """The synchronous entry (`io.interfaces.SyncRequestHandler`) for a request whose body is complete (none,
         in HTTP/1.1) on a listener whose `down` answers with `respond_now`. The common exchange runs to the
@@ -178,6 +184,7 @@ class Engine:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    @cython.locals(ctx=RequestContext)
     def _end(self, ctx: RequestContext) -> None:
         """The request is settled: close the balancer's books, let policies learn, LOG, release the listener."""
         if ctx.retries is not None:
@@ -192,16 +199,19 @@ class Engine:
         self.record(ctx)
         ctx.down.done()
 
+    @cython.locals(ctx=RequestContext)
     def _client_gone(self, ctx: RequestContext) -> None:
         ctx.rec.outcome = CLIENT_ABORT
         ctx.rec.error_type = ErrorType.CLIENT_ABORT.value
 
+    @cython.locals(ctx=RequestContext)
     def _internal_error_now(self, ctx: RequestContext) -> None:
         try:
             self._fail_now(ctx, Outcome.INTERNAL_ERROR, ErrorType.INTERNAL.value)
         except ClientGone:
             self._client_gone(ctx)
 
+    @cython.locals(head=RequestHead)
     def _new_record(self, snap: Snapshot, head: RequestHead) -> RequestRecord:
         index = head.index  # (lookups straight in the listener's index: this runs for every request)
         traceparent = index.get("traceparent")
@@ -226,6 +236,7 @@ class Engine:
 
     # --- ROUTE, POLICY ---
 
+    @cython.locals(ctx=RequestContext, rec=RequestRecord)
     def route(self, ctx: RequestContext) -> Outcome | None:
         """Canonical path (what routing sees is exactly what the upstream gets) and header names, by the listener's
         rules, then the first matching route. A refusal is answered 400 with its `error.type` (docs/refusals.md)."""
@@ -253,6 +264,7 @@ class Engine:
             self._split(ctx, target.split)
         return None
 
+    @cython.locals(ctx=RequestContext)
     def _split(self, ctx: RequestContext, split) -> None:
         """A route with `upstreams`: the side that takes the request (`proxy.split`, pure), its target from now
         on (retries stay on that side: it is the upstream the request was given to)."""
@@ -310,6 +322,7 @@ class Engine:
 
     # --- PICK → UPSTREAM, attempt after attempt ---
 
+    @cython.locals(ctx=RequestContext, rec=RequestRecord, head=RequestHead)
     def _forward_begin(self, ctx: RequestContext) -> None:
         rec, route, head, target = ctx.rec, ctx.route, ctx.head, ctx.target
         pool = target.pool
@@ -331,6 +344,7 @@ class Engine:
             if pool.config.affinity else None)
         ctx.retries = RetryState(route.retries, target.budget, self.monotonic(), route.timeouts.response_s)
 
+    @cython.locals(ctx=RequestContext)
     def _forward_end(self, ctx: RequestContext) -> None:
         ctx.retries.close()
         ctx.retries = None
@@ -364,6 +378,7 @@ class Engine:
                 return
             current = self.attempt(ctx, a)
 
+    @cython.locals(ctx=RequestContext, previous=AttemptContext)
     def _next_attempt(self, ctx: RequestContext) -> AttemptContext | Outcome:
         """The next attempt's pick (a failover recorded when it moves to another instance). An Outcome when no
         instance can take it."""
@@ -383,6 +398,7 @@ class Engine:
         ctx.attempt = a
         return a
 
+    @cython.locals(ctx=RequestContext)
     def pick(self, ctx: RequestContext, picking: PickContext | None, n: int) -> AttemptContext | Outcome:
         """Where attempt `n` goes: the pool's pick (recorded), or the URL upstream. An Outcome when no
         instance can take it."""
@@ -449,6 +465,7 @@ class Engine:
         finally:
             self._attempt_end(ctx, a)
 
+    @cython.locals(ctx=RequestContext, a=AttemptContext, record=AttemptRecord)
     def _attempt_begin(self, ctx: RequestContext, a: AttemptContext) -> UpstreamRequest:
         record = a.record = AttemptRecord(
             span_id=new_span_id(self.rng), layer=a.layer, upstream=ctx.target.upstream, instance=a.instance,
@@ -464,6 +481,7 @@ class Engine:
             ctx.target.pool.acquire(a.endpoint)
         return request
 
+    @cython.locals(ctx=RequestContext, a=AttemptContext, rec=RequestRecord, record=AttemptRecord)
     def _attempt_end(self, ctx: RequestContext, a: AttemptContext) -> None:
         """The attempt ends here; what the pool does with its result (an ejection, its events) is not its time."""
         if a.ended:
@@ -525,6 +543,7 @@ class Engine:
         record.outcome = rec.outcome = PROXIED
         self.websockets.begin(ctx, a, client, early, upstream, leftover)
 
+    @cython.locals(ctx=RequestContext, a=AttemptContext, record=AttemptRecord)
     def _answered(self, ctx: RequestContext, a: AttemptContext, response: UpstreamResponse) -> Failed | None:
         """The response head is in: a `Failed` if its status is one to retry, else None (relay it)."""
         record = a.record
@@ -546,6 +565,7 @@ class Engine:
 
     # --- the synchronous path: the same phases, called from the listener's and the forwarder's callbacks ---
 
+    @cython.locals(ctx=RequestContext)
     def _forward_now(self, ctx: RequestContext) -> bool:
         """PICK → UPSTREAM for the first attempt: written to an idle pooled connection with the forwarder's
         callback to come (`send_now`), or, when there is none, continued in a task. True when the request was
@@ -571,12 +591,14 @@ class Engine:
         """The rest of attempt `a`, and any attempts after it, in a task."""
         self._later(ctx, self._attempts(ctx, self._attempt_tail(ctx, a, step)))
 
+    @cython.locals(ctx=RequestContext, a=AttemptContext)
     def _attempt_over(self, ctx: RequestContext, a: AttemptContext) -> None:
         """Attempt `a` ended on the synchronous path: booked in the pool and in the retry state, once."""
         if not a.ended:
             self._attempt_end(ctx, a)
             ctx.retries.attempt_ended(a.n)
 
+    @cython.locals(ctx=RequestContext, a=AttemptContext)
     def _upstream_answered(self, ctx: RequestContext, result: UpstreamResponse | UpstreamFailure) -> None:
         """The forwarder's callback for an attempt sent with `send_now`: its response (the head, and the body if
         it came along) or its failure. Relays a whole small response now; hands anything else to a task."""
@@ -606,6 +628,7 @@ class Engine:
         self._attempt_over(ctx, a)
         self._end(ctx)
 
+    @cython.locals(ctx=RequestContext, a=AttemptContext, rec=RequestRecord, record=AttemptRecord, head=RequestHead)
     def _upstream_request(self, ctx: RequestContext, a: AttemptContext) -> UpstreamRequest:
         head, rec = ctx.head, ctx.rec
         hostport = _hostport(a.host, a.port)
@@ -664,6 +687,7 @@ class Engine:
 
     # --- RESPONSE ---
 
+    @cython.locals(ctx=RequestContext, rec=RequestRecord, record=AttemptRecord)
     def _response_head(self, ctx: RequestContext,
                        response: UpstreamResponse) -> tuple[tuple[tuple[str, str], ...], int | None]:
         """The client's response head from the upstream's: (headers, the body's length if it declares one)."""
@@ -745,6 +769,7 @@ class Engine:
         else:
             ctx.down.abort()
 
+    @cython.locals(ctx=RequestContext, a=AttemptContext, rec=RequestRecord, record=AttemptRecord)
     def _respond_now(self, ctx: RequestContext, a: AttemptContext, response: UpstreamResponse,
                      headers: tuple[tuple[str, str], ...], whole: bytes) -> None:
         """`respond` for a whole body on a downstream that writes synchronously (`respond_now`)."""
@@ -761,11 +786,13 @@ class Engine:
             response.close()
         record.outcome = rec.outcome = PROXIED
 
+    @cython.locals(a=AttemptContext)
     def _attempt_clock(self, a: AttemptContext) -> None:
         """The attempt's end, as the client saw it (the pool's bookkeeping after it is not its time)."""
         a.record.end_ns = self.clock_ns()
         a.record.duration_s = self.monotonic() - a.start
 
+    @cython.locals(ctx=RequestContext)
     def _trace_response(self, ctx: RequestContext) -> bool:
         return self.telemetry_enabled and ctx.rec.trace.sampled and ctx.listener.trace_response_header
 
@@ -861,6 +888,7 @@ class Engine:
 
     # --- LOG ---
 
+    @cython.locals(ctx=RequestContext, rec=RequestRecord)
     def record(self, ctx: RequestContext) -> None:
         rec = ctx.rec
         rec.end_ns = self.clock_ns()
@@ -890,6 +918,7 @@ class Engine:
         ctx.rec.error_type = error_type
         await self._answer(ctx, outcome, OUTCOME_STATUS[outcome], (), message)
 
+    @cython.locals(ctx=RequestContext)
     def _fail_now(self, ctx: RequestContext, outcome: Outcome, error_type: str | None) -> None:
         ctx.rec.error_type = error_type
         answer = self._local_answer(ctx, outcome, OUTCOME_STATUS[outcome], (), None)
@@ -902,6 +931,7 @@ class Engine:
         if answer is not None:
             await ctx.down.respond(answer[0], None, answer[1], answer[2])
 
+    @cython.locals(ctx=RequestContext)
     def _local_answer(self, ctx: RequestContext, outcome: Outcome, status: int, extra: tuple[tuple[str, str], ...],
                       message: str | None) -> tuple[int, tuple[tuple[str, str], ...], bytes] | None:
         """A local answer: a small JSON body naming the outcome (none for 204/304). None when the response head

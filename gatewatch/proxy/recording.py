@@ -11,6 +11,11 @@ Primitives: `route`, `split`, `policy`, `late_size_refusal`, `pick` (returns the
 
 from __future__ import annotations
 
+try:
+    import cython
+except ImportError:  # a pure install without Cython
+    from gatewatch import cython_shim as cython
+
 from gatewatch.balancer.context import PickResult
 from gatewatch.balancer.pool import EXCLUDED_LISTED
 from gatewatch.balancer.retry import Failure, RetryVerdict
@@ -35,6 +40,7 @@ CHOSEN, OVERRIDDEN = DecisionResult.CHOSEN.value, DecisionResult.OVERRIDDEN.valu
 SPLIT_OVERRIDES = frozenset({Reason.SPLIT_OVERRIDE_HEADER.value, Reason.SPLIT_OVERRIDE_COOKIE.value})
 
 
+@cython.locals(rec=RequestRecord)
 def route(rec: RequestRecord, match: RouteMatch | NoRoute, now_ns: int) -> None:
     if isinstance(match, RouteMatch):
         rec.decisions.append(DecisionRecord(
@@ -46,6 +52,7 @@ def route(rec: RequestRecord, match: RouteMatch | NoRoute, now_ns: int) -> None:
             rec.trace.span_id, {Attr.ROUTE_FAILED_CONDITION: match.reason}))
 
 
+@cython.locals(rec=RequestRecord)
 def split(rec: RequestRecord, route: str, side: str, weight: int, reason: str, now_ns: int) -> None:
     """A weighted split's side (issue 19): the request's upstream from now on, on its SERVER span and in a
     decision (`chosen` by weight or stickiness, `overridden` by a tester: always logged)."""
@@ -57,6 +64,7 @@ def split(rec: RequestRecord, route: str, side: str, weight: int, reason: str, n
     rec.span_attrs = attrs if rec.span_attrs is None else {**rec.span_attrs, **attrs}
 
 
+@cython.locals(rec=RequestRecord)
 def policy(rec: RequestRecord, v: PolicyVerdict, now_ns: int) -> None:
     rec.policies.append((v.policy, v.type, v.verdict.value, v.reason))
     if v.attributes:
@@ -84,6 +92,7 @@ def late_size_refusal(rec: RequestRecord, err: BodyTooLarge, now_ns: int) -> Non
                                          "gatewatch.size.streamed": True}))
 
 
+@cython.locals(rec=RequestRecord)
 def pick(rec: RequestRecord, p: PickResult, now_ns: int) -> dict:
     """Record the pick (decision log + span attributes); return the attributes for the attempt's span."""
     lb = {Attr.LB_ALGORITHM: p.algorithm, Attr.LB_CANDIDATES: p.candidates}
@@ -123,6 +132,7 @@ def pick(rec: RequestRecord, p: PickResult, now_ns: int) -> dict:
     return {**lb, Attr.LB_WEIGHT: ep.weight, Attr.LB_IN_FLIGHT: p.in_flight}
 
 
+@cython.locals(rec=RequestRecord)
 def retry(rec: RequestRecord, route: str, verdict: RetryVerdict, attempts_made: int, budget_left: int,
           instance: str, kind: Failure, now_ns: int, error_type: str | None = None) -> None:
     """`error_type`: the failed attempt's (`dns_error`, `connect_refused`, ...), finer than `kind`."""
@@ -135,6 +145,7 @@ def retry(rec: RequestRecord, route: str, verdict: RetryVerdict, attempts_made: 
         rec.balance_span_id or rec.trace.span_id, attrs, BALANCER if rec.balance_span_id else None))
 
 
+@cython.locals(rec=RequestRecord)
 def failover(rec: RequestRecord, pool: str, from_instance: str, to_instance: str, now_ns: int) -> None:
     if rec.failover == FAILOVER_NONE:
         rec.failover = FAILOVER_RETRY
@@ -144,6 +155,7 @@ def failover(rec: RequestRecord, pool: str, from_instance: str, to_instance: str
         {Attr.UPSTREAM: pool, Attr.FAILOVER_FROM: from_instance, Attr.FAILOVER_TO: to_instance}, BALANCER))
 
 
+@cython.locals(rec=RequestRecord)
 def cache(rec: RequestRecord, result: str, reason: str, age: int | None, now_ns: int) -> None:
     """How the route's response cache took part (issue 19): on the SERVER span, in `gatewatch_cache_requests_total`
     (from `rec.cache`) and as a `gatewatch.decision.cache` record (ruled by the route)."""

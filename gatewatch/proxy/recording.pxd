@@ -1,0 +1,1 @@
+from gatewatch.telemetry.context cimport RequestRecord
