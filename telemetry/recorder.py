@@ -23,9 +23,14 @@ import sys
 import time
 import uuid
 
+try:
+    import cython
+except ImportError:  # a pure install without Cython
+    from gatewatch import cython_shim as cython
+
 from gatewatch.telemetry import wire
 from gatewatch.telemetry.config import ResolvedTelemetry
-from gatewatch.telemetry.context import EventRecord, RequestRecord
+from gatewatch.telemetry.context import AttemptRecord, DecisionRecord, EventRecord, RequestRecord
 from gatewatch.telemetry.export import destination
 from gatewatch.telemetry.exporter_process import ThreadSink
 from gatewatch.telemetry.journal import Journal
@@ -232,6 +237,7 @@ class Telemetry:
         if self.sink is not None:
             await self.sink.start()
 
+    @cython.locals(r=RequestRecord, a=AttemptRecord, d=DecisionRecord)
     def finish(self, r: RequestRecord) -> None:
         trace_id = f"{r.trace.trace_id:032x}" if r.trace.sampled and self.sink is not None else None
         route = r.route or ""
