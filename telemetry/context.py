@@ -158,8 +158,14 @@ class DecisionRecord:
     reason: str  # closed vocabulary (telemetry.names.Reason)
     time_ns: int
     span_id: int  # the span the decision belongs to
-    attributes: dict[str, Any] = field(default_factory=dict)
+    attributes: dict[str, Any] = None  # type: ignore[assignment]  # {} when not given (__post_init__)
     layer: str | None = None  # the deciding layer when it differs from the record's (in-process balancer)
+
+    # The mutable defaults are made in __post_init__, not by `field(default_factory=...)`: Cython's compiled __init__
+    # imports `dataclasses` once per such field to test for the factory sentinel, ~2,300 instructions each time.
+    def __post_init__(self) -> None:
+        if self.attributes is None:
+            self.attributes = {}
 
 
 @dataclass(slots=True)
@@ -196,7 +202,7 @@ class AttemptRecord:
     peer_port: int | None = None
     duration_s: float = 0.0
     outcome: str | None = None
-    lb: dict[str, Any] = field(default_factory=dict)
+    lb: dict[str, Any] = None  # type: ignore[assignment]  # {} when not given (__post_init__)
     # where the time went (seconds; None: that step did not happen), filled by the forwarder and the engine
     backoff_s: float | None = None  # the retry backoff slept before this attempt
     pool_wait_s: float | None = None  # waiting for a free connection
@@ -207,6 +213,10 @@ class AttemptRecord:
     tls_failure: str | None = None  # why the TLS handshake failed (`TlsFailure`), with error.type upstream_tls_error
     tls_protocol_version: str | None = None  # the connection's TLS version ("1.2", "1.3"); None: plain HTTP
     tls_cipher: str | None = None
+
+    def __post_init__(self) -> None:  # see DecisionRecord's
+        if self.lb is None:
+            self.lb = {}
 
 
 @dataclass
@@ -238,11 +248,11 @@ class RequestRecord:
     balance_span_id: int | None = None  # the in-process balancer layer's INTERNAL span
     balance_start_ns: int = 0
     balance_end_ns: int = 0
-    lb: dict[str, Any] = field(default_factory=dict)
+    lb: dict[str, Any] = None  # type: ignore[assignment]  # {} when not given (__post_init__, as for the lists)
     consumer: str | None = None  # established by an authentication policy
-    policies: list[tuple[str, str, str, str]] = field(default_factory=list)  # (name, type, verdict, reason)
-    attempts: list[AttemptRecord] = field(default_factory=list)
-    decisions: list[DecisionRecord] = field(default_factory=list)
+    policies: list[tuple[str, str, str, str]] = None  # type: ignore[assignment]  # (name, type, verdict, reason)
+    attempts: list[AttemptRecord] = None  # type: ignore[assignment]
+    decisions: list[DecisionRecord] = None  # type: ignore[assignment]
     config_version: str = ""  # the snapshot's config version
     failover: str | None = None  # FailoverKind of a request served by a pool of this process (None: no pick)
     event_ids: list[str] | None = None  # state-change events that affected this request (gatewatch.event.id)
@@ -266,6 +276,16 @@ class RequestRecord:
     # of `trace.span_id` (the handshake's SERVER span), from the 101 to the session's end: (span id, WebSocketEnd,
     # closed by, close code, client bytes, upstream bytes, client messages, upstream messages, instance)
     websocket: tuple | None = None
+
+    def __post_init__(self) -> None:  # see DecisionRecord's
+        if self.lb is None:
+            self.lb = {}
+        if self.policies is None:
+            self.policies = []
+        if self.attempts is None:
+            self.attempts = []
+        if self.decisions is None:
+            self.decisions = []
 
 
 if not cython.compiled:  # as Python: slotted, like the extension types they compile to (context.pxd)

@@ -14,7 +14,7 @@ LoadBalancerContext and StreamInfo in Python).
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
 try:
@@ -49,7 +49,7 @@ class RequestContext:
     target: Target | None = None  # the route's compiled target: pool or URL upstream, budget, policies
     policy: PolicyRequest | None = None  # set when the route has policies
     evaluated: int = 0  # policies evaluated so far (each learns the result once the request ends)
-    response_headers: list[tuple[str, str]] = field(default_factory=list)  # added to any answer
+    response_headers: list[tuple[str, str]] = None  # type: ignore[assignment]  # added to any answer ([]: post_init)
     client_body: ClientBody | None = None
     upstream_target: str = ""  # the request target sent upstream: path after rewrites + "?" + raw query
     backoff_s: float = 0.0  # the backoff slept before the next attempt
@@ -58,6 +58,10 @@ class RequestContext:
     attempt: AttemptContext | None = None  # the latest attempt
     mirror: Any = None  # the request's shadow (`proxy.mirror.Flight`) when the route's mirror selected it
     cache: Any = None  # the request's way through the route's response cache (`proxy.cache.Flow`)
+
+    def __post_init__(self) -> None:  # a fresh list, as telemetry.context.DecisionRecord makes its dict
+        if self.response_headers is None:
+            self.response_headers = []
 
 
 @dataclass(eq=False)
