@@ -85,6 +85,11 @@ class Failed(NamedTuple):
 
 
 class Engine:
+    # Fixed fields (an extension type when compiled: engine.pxd): `self.x` is a struct read on every request.
+    __slots__ = ("snapshot", "layer", "layer_value", "_forwarder", "_send_now", "telemetry", "clock_ns", "monotonic",
+                 "rng", "sampling_ratio", "parent_based", "telemetry_enabled", "_tasks", "caches", "_split_requests",
+                 "mirrors", "websockets")
+
     def __init__(self, snapshot: Snapshot, forwarder: Forwarder, telemetry: Telemetry, *,
                  clock_ns: Callable[[], int] = time.time_ns, monotonic: Callable[[], float] = time.monotonic,
                  rng: random.Random | None = None):
