@@ -20,6 +20,7 @@ from setuptools.command.build_ext import build_ext
 ROOT = Path(__file__).resolve().parent
 MODE = runpy.run_path(str(ROOT / "gatewatch" / "build_mode.py"))
 HOT_MODULES: dict[str, str] = MODE["HOT_MODULES"]
+SOURCES = {name: ROOT / path for name, path in HOT_MODULES.items()}
 
 # Cython directives. `annotation_typing` off: the annotations here are Python types, and Cython would turn
 # `str`/`int`/`list` ones into exact-type checks that reject subclasses (docs/compiled.md "Why these settings").
@@ -27,9 +28,6 @@ HOT_MODULES: dict[str, str] = MODE["HOT_MODULES"]
 # raises AttributeError, as in Python, instead of reading through a null pointer.
 DIRECTIVES = {"language_level": 3, "annotation_typing": False, "binding": True, "nonecheck": True}
 PXD_INCLUDE = ROOT / "build" / "pxd-include"
-
-
-SOURCES = {name: ROOT / path for name, path in HOT_MODULES.items()}
 
 
 def _declarations_tree() -> Path:
@@ -124,7 +122,7 @@ class OptionalBuildExt(build_ext):
                     "cimports": {name: deps for name, deps in linked.items() if name in self.built},
                     "async_generators": {}}
         for name in self.built:  # build_mode.install() silences Cython's warning for exactly these
-            found = MODE["async_generators"]((ROOT / HOT_MODULES[name]).read_text())
+            found = MODE["async_generators"](SOURCES[name].read_text())
             if found:
                 manifest["async_generators"][name] = found
         probe.parent.mkdir(parents=True, exist_ok=True)

@@ -229,19 +229,22 @@ class _Guard:
         return None
 
     def mode(self, name: str, source: Path) -> str:
-        """`decide`, then LINKED when a module this one cimports from would not run compiled."""
+        """`decide`, then LINKED when a module this one cimports from, directly or not (the manifest lists them
+        all), would not run compiled on its own files."""
         mode = decide(source, self.manifest, name, self.forced)
-        if mode == COMPILED:
-            for dep in self.manifest.get("cimports", {}).get(name, []):
-                found = self.seen.get(dep) or self._mode_of(dep)
-                if found != COMPILED:
-                    return LINKED
+        deps = self.manifest.get("cimports", {}).get(name, [])
+        if mode == COMPILED and any(self._decided(dep) != COMPILED for dep in deps):
+            return LINKED
         return mode
 
     def _mode_of(self, name: str) -> str:
         """The mode of a hot module not imported yet (its package is imported to find its file)."""
         found = _source_of(name)
         return self.mode(name, found) if found is not None else PURE
+
+    def _decided(self, name: str) -> str:
+        found = _source_of(name)
+        return decide(found, self.manifest, name, self.forced) if found is not None else PURE
 
 
 def _source_of(name: str) -> Path | None:
