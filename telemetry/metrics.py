@@ -12,6 +12,7 @@ OpenMetrics exposition (`Accept: application/openmetrics-text`).
 from __future__ import annotations
 
 import platform
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 from prometheus_client.exposition import generate_latest
