@@ -199,7 +199,9 @@ async def test_the_deadline_cuts_a_response_already_streaming(tmp_path, backend)
     server as an inactive call) and the client's ends with trailers grpc-status 4 after the data relayed so far."""
     DRIP_CANCELLED.clear()
     async with running(config(tmp_path, backend)) as rt:
-        got = await asyncio.to_thread(raw_call, edge_port(rt), f"/{SERVICE}/Drip", "300m")
+        # 2 s: room for the first message on a loaded machine (a 300 ms deadline once expired before it came),
+        # well before the instance's second one at 5 s
+        got = await asyncio.to_thread(raw_call, edge_port(rt), f"/{SERVICE}/Drip", "2S")
     assert got[":status"] == "200" and b"first" in got["data"] and b"late" not in got["data"]
     assert got["grpc-status"] == "4" and got["ended_with_headers"]
     assert await asyncio.to_thread(DRIP_CANCELLED.wait, 10)
