@@ -24,6 +24,11 @@ from gatewatch.balancer.config import Algorithm
 from gatewatch.telemetry.names import Exclusion
 
 OVER_LIMIT = Exclusion.OVER_LIMIT.value
+# The members each pick names, as module constants: an Enum member read through its class goes through
+# EnumType's `__getattr__` hook, ~5x the cost of a module global, once per pick.
+ROUND_ROBIN, WEIGHTED_ROUND_ROBIN, RANDOM = Algorithm.ROUND_ROBIN, Algorithm.WEIGHTED_ROUND_ROBIN, Algorithm.RANDOM
+LEAST_REQUEST, LEAST_CONNECTIONS = Algorithm.LEAST_REQUEST, Algorithm.LEAST_CONNECTIONS
+RING_HASH, MAGLEV = Algorithm.RING_HASH, Algorithm.MAGLEV
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,25 +120,25 @@ def _pick(state: CursorState, algorithm: Algorithm, cands, chosen: Endpoint, exc
 def round_robin(endpoints, state: CursorState, key, exclude: Mapping[str, str], rng: random.Random):
     cands, excluded = _candidates(endpoints, exclude)
     if not cands:
-        return NoHealthyEndpoint(Algorithm.ROUND_ROBIN, 0, excluded)
+        return NoHealthyEndpoint(ROUND_ROBIN, 0, excluded)
     if excluded:  # a pick around exclusions (a retry, a full instance) rotates on its own detour counter,
         chosen = cands[(state.counter + state.detour) % len(cands)]  # leaving the first attempts' rotation alone
         state.detour += 1
     else:
         chosen = cands[state.counter % len(cands)]
         state.counter += 1
-    return _pick(state, Algorithm.ROUND_ROBIN, cands, chosen, excluded)
+    return _pick(state, ROUND_ROBIN, cands, chosen, excluded)
 
 
 def prepare(algorithm: Algorithm, endpoints, state: CursorState) -> None:
     """Do an algorithm's per-endpoint-set work up front (at config load), not on a request."""
-    if algorithm is Algorithm.WEIGHTED_ROUND_ROBIN:
+    if algorithm is WEIGHTED_ROUND_ROBIN:
         state.schedule, state.schedule_for = _schedule(endpoints), endpoints
-    elif algorithm is Algorithm.RING_HASH:
+    elif algorithm is RING_HASH:
         _cached(state, "ring", state.all_endpoints or endpoints, lambda eps: build_ring(eps, state.ring_vnodes))
-    elif algorithm is Algorithm.MAGLEV:
+    elif algorithm is MAGLEV:
         _cached(state, "maglev", state.all_endpoints or endpoints, build_maglev)
-    elif algorithm is Algorithm.RANDOM:
+    elif algorithm is RANDOM:
         _cached(state, "cumulative", endpoints, _cumulative)
 
 
@@ -157,15 +162,15 @@ def smooth_weighted_round_robin(endpoints, state: CursorState, key, exclude: Map
     """nginx's smooth weighted round robin: weights 5:1:1 give a a b a c a a, never five a's in a row."""
     cands, excluded = _candidates(endpoints, exclude)
     if not cands:
-        return NoHealthyEndpoint(Algorithm.WEIGHTED_ROUND_ROBIN, 0, excluded)
+        return NoHealthyEndpoint(WEIGHTED_ROUND_ROBIN, 0, excluded)
     if not excluded:
         if state.schedule_for is not endpoints:
             state.schedule, state.schedule_for = _schedule(endpoints), endpoints
         if state.schedule is not None:
             chosen = state.schedule[state.counter % len(state.schedule)]
             state.counter += 1
-            return _pick(state, Algorithm.WEIGHTED_ROUND_ROBIN, cands, chosen, excluded)
-    return _pick(state, Algorithm.WEIGHTED_ROUND_ROBIN, cands, _swrr_step(cands, state), excluded)
+            return _pick(state, WEIGHTED_ROUND_ROBIN, cands, chosen, excluded)
+    return _pick(state, WEIGHTED_ROUND_ROBIN, cands, _swrr_step(cands, state), excluded)
 
 
 def _swrr_step(cands, state: CursorState) -> Endpoint:
@@ -194,10 +199,10 @@ def _cumulative(endpoints) -> list[int]:
 def weighted_random(endpoints, state: CursorState, key, exclude: Mapping[str, str], rng: random.Random):
     cands, excluded = _candidates(endpoints, exclude)
     if not cands:
-        return NoHealthyEndpoint(Algorithm.RANDOM, 0, excluded)
+        return NoHealthyEndpoint(RANDOM, 0, excluded)
     cum = _cached(state, "cumulative", cands, _cumulative) if not excluded else _cumulative(cands)
     i = bisect.bisect_right(cum, rng.random() * cum[-1])
-    return _pick(state, Algorithm.RANDOM, cands, cands[min(i, len(cands) - 1)], excluded)
+    return _pick(state, RANDOM, cands, cands[min(i, len(cands) - 1)], excluded)
 
 
 def _load(e: Endpoint, in_flight: Mapping[str, int]) -> float:
@@ -210,7 +215,7 @@ def least_request(endpoints, state: CursorState, key, exclude: Mapping[str, str]
     requests per unit of weight (ties: the first sampled). O(choices), near-optimal spread (Mitzenmacher)."""
     cands, excluded = _candidates(endpoints, exclude)
     if not cands:
-        return NoHealthyEndpoint(Algorithm.LEAST_REQUEST, 0, excluded)
+        return NoHealthyEndpoint(LEAST_REQUEST, 0, excluded)
     n = len(cands)
     best = None
     best_load = 0.0
@@ -219,7 +224,7 @@ def least_request(endpoints, state: CursorState, key, exclude: Mapping[str, str]
         load = _load(e, state.in_flight)
         if best is None or load < best_load:
             best, best_load = e, load
-    return _pick(state, Algorithm.LEAST_REQUEST, cands, best, excluded)
+    return _pick(state, LEAST_REQUEST, cands, best, excluded)
 
 
 def least_connections(endpoints, state: CursorState, key, exclude: Mapping[str, str], rng: random.Random):
@@ -227,7 +232,7 @@ def least_connections(endpoints, state: CursorState, key, exclude: Mapping[str, 
     still spreads). O(n): prefer least_request for large pools."""
     cands, excluded = _candidates(endpoints, exclude)
     if not cands:
-        return NoHealthyEndpoint(Algorithm.LEAST_CONNECTIONS, 0, excluded)
+        return NoHealthyEndpoint(LEAST_CONNECTIONS, 0, excluded)
     n = len(cands)
     start = state.counter % n
     state.counter += 1
@@ -237,7 +242,7 @@ def least_connections(endpoints, state: CursorState, key, exclude: Mapping[str, 
         load = _load(e, state.in_flight)
         if best is None or load < best_load:
             best, best_load = e, load
-    return _pick(state, Algorithm.LEAST_CONNECTIONS, cands, best, excluded)
+    return _pick(state, LEAST_CONNECTIONS, cands, best, excluded)
 
 
 def hash64(data: str) -> int:
@@ -254,9 +259,9 @@ def build_ring(endpoints, per_unit: int = 256) -> tuple[list[int], list[Endpoint
 def ring_hash(endpoints, state: CursorState, key, exclude: Mapping[str, str], rng: random.Random):
     cands, excluded = _candidates(endpoints, exclude)
     if not cands:
-        return NoHealthyEndpoint(Algorithm.RING_HASH, 0, excluded)
+        return NoHealthyEndpoint(RING_HASH, 0, excluded)
     if key is None:
-        return Pick(cands[rng.randrange(len(cands))], Algorithm.RING_HASH, len(cands), excluded)
+        return Pick(cands[rng.randrange(len(cands))], RING_HASH, len(cands), excluded)
     hashes, owners = _cached(state, "ring", state.all_endpoints or endpoints,
                              lambda eps: build_ring(eps, state.ring_vnodes))
     usable = _cached(state, "usable", cands, lambda c: {e.id: e for e in c})
@@ -265,8 +270,8 @@ def ring_hash(endpoints, state: CursorState, key, exclude: Mapping[str, str], rn
     for step in range(n):  # walk clockwise past unusable endpoints (their keys spread over the others)
         e = usable.get(owners[(i + step) % n].id)
         if e is not None:
-            return Pick(e, Algorithm.RING_HASH, len(cands), excluded, True)
-    return NoHealthyEndpoint(Algorithm.RING_HASH, 0, excluded)
+            return Pick(e, RING_HASH, len(cands), excluded, True)
+    return NoHealthyEndpoint(RING_HASH, 0, excluded)
 
 
 def build_maglev(endpoints, size: int = MAGLEV_TABLE_SIZE) -> list[Endpoint]:
@@ -305,9 +310,9 @@ def build_maglev(endpoints, size: int = MAGLEV_TABLE_SIZE) -> list[Endpoint]:
 def maglev(endpoints, state: CursorState, key, exclude: Mapping[str, str], rng: random.Random):
     cands, excluded = _candidates(endpoints, exclude)
     if not cands:
-        return NoHealthyEndpoint(Algorithm.MAGLEV, 0, excluded)
+        return NoHealthyEndpoint(MAGLEV, 0, excluded)
     if key is None:
-        return Pick(cands[rng.randrange(len(cands))], Algorithm.MAGLEV, len(cands), excluded)
+        return Pick(cands[rng.randrange(len(cands))], MAGLEV, len(cands), excluded)
     table = _cached(state, "maglev", state.all_endpoints or endpoints, build_maglev)
     usable = _cached(state, "usable", cands, lambda c: {e.id: e for e in c})
     h = hash64(key)
@@ -316,16 +321,16 @@ def maglev(endpoints, state: CursorState, key, exclude: Mapping[str, str], rng: 
     for attempt in range(64):
         e = usable.get(table[(h + attempt * 0x9E3779B1) % size].id)
         if e is not None:
-            return Pick(e, Algorithm.MAGLEV, len(cands), excluded, True)
-    return Pick(cands[h % len(cands)], Algorithm.MAGLEV, len(cands), excluded, True)
+            return Pick(e, MAGLEV, len(cands), excluded, True)
+    return Pick(cands[h % len(cands)], MAGLEV, len(cands), excluded, True)
 
 
 ALGORITHMS = {
-    Algorithm.ROUND_ROBIN: round_robin,
-    Algorithm.WEIGHTED_ROUND_ROBIN: smooth_weighted_round_robin,
-    Algorithm.RANDOM: weighted_random,
-    Algorithm.LEAST_REQUEST: least_request,
-    Algorithm.LEAST_CONNECTIONS: least_connections,
-    Algorithm.RING_HASH: ring_hash,
-    Algorithm.MAGLEV: maglev,
+    ROUND_ROBIN: round_robin,
+    WEIGHTED_ROUND_ROBIN: smooth_weighted_round_robin,
+    RANDOM: weighted_random,
+    LEAST_REQUEST: least_request,
+    LEAST_CONNECTIONS: least_connections,
+    RING_HASH: ring_hash,
+    MAGLEV: maglev,
 }

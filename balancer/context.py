@@ -102,7 +102,7 @@ class PickContext:
         self.key = key
         self.affinity = affinity
         self._tried: dict[str, str] = {}
-        hk = pool.config.hash_key
+        hk = pool.hash_key
         self._hash_source = None if hk is None else hk.describe() + ("" if key is not None else " (absent)")
 
     def tried(self, instance_id: str) -> None:
@@ -126,7 +126,7 @@ class PickContext:
         return PickResult(pool, picked, view, ep, pool.in_flight[ep.id], self._hash_source, events)
 
     def repin(self, response_headers: list[tuple[str, str]], endpoint: Endpoint) -> None:
-        cfg = self.pool.config.affinity
+        cfg = self.pool.affinity
         if cfg is None:
             return
         mine = cfg.cookie + "="

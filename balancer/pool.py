@@ -27,9 +27,9 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable, Mapping, Sequence
 
-from gatewatch.balancer.algorithms import (ALGORITHMS, CursorState, Endpoint, NoHealthyEndpoint, Pick, least_request,
-                                 prepare)
-from gatewatch.balancer.config import Algorithm, InstanceConfig, PoolConfig
+from gatewatch.balancer.algorithms import (ALGORITHMS, LEAST_REQUEST, CursorState, Endpoint, NoHealthyEndpoint, Pick,
+                                           least_request, prepare)
+from gatewatch.balancer.config import InstanceConfig, PoolConfig
 from gatewatch.balancer.health import OutlierTracker, ProbeCounter, Result
 from gatewatch.telemetry.context import new_event_id
 from gatewatch.telemetry.names import Attr, EndpointState, Event, Exclusion, FailoverKind, Reason
@@ -93,6 +93,9 @@ class Pool:
         self.name = config.name
         self.scheme = config.scheme  # "https" when the pool has `tls`
         self.algorithm = config.algorithm
+        # read on every request (`PickContext`): attributes, not pydantic reads through the config each time
+        self.hash_key = config.hash_key
+        self.affinity = config.affinity
         self.clock = clock
         self.notify = notify if notify is not None else (lambda *a, **k: None)
         self.source = config.discovery.source if config.discovery is not None else "static"
@@ -236,7 +239,7 @@ class Pool:
             excl = dict(exclude)
             for eid in self.full:
                 excl.setdefault(eid, Exclusion.OVER_LIMIT.value)
-        if self.algorithm is Algorithm.LEAST_REQUEST:
+        if self.algorithm is LEAST_REQUEST:
             picked = least_request(v.candidates, self._state, key, excl, rng, self._choices)
         else:
             picked = self._pick(v.candidates, self._state, key, excl, rng)

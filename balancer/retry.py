@@ -109,13 +109,14 @@ class RetryBudgets:
 class RetryState:
     __slots__ = ("cfg", "budget", "deadline", "per_try_s")
 
-    def __init__(self, cfg: RetryConfig, budget: RetryBudget, now: float, response_s: float):
-        """`now`: the monotonic clock at the first attempt; `response_s`: the route's response timeout (the
-        per-try timeout unless `per_try_timeout_s` is set)."""
+    def __init__(self, cfg: RetryConfig, budget: RetryBudget, now: float, per_try_s: float, deadline_s: float | None):
+        """`now`: the monotonic clock at the first attempt; `per_try_s`: how long each attempt waits for its
+        response head (`per_try_timeout_s`, else the route's `response_s`); `deadline_s`: `cfg.deadline_s`
+        (both as `snapshot.RoutePlan` read them out of the config once)."""
         self.cfg = cfg
         self.budget = budget
-        self.deadline = now + cfg.deadline_s if cfg.deadline_s else None
-        self.per_try_s = cfg.per_try_timeout_s or response_s
+        self.deadline = now + deadline_s if deadline_s else None
+        self.per_try_s = per_try_s
         budget.active += 1
 
     def attempt_timeout(self, now: float) -> float:

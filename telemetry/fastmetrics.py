@@ -136,14 +136,19 @@ class FastCounter(Collector):
         self.name = name  # without _total; the exposition adds it
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
-        self._values: dict[tuple[str, ...], float] = {}
+        # label values → [value]: a cell, so an increment hashes the label tuple once (a get, then in place)
+        self._values: dict[tuple[str, ...], list[float]] = {}
         self._text = _LabelText(self.labelnames, with_le=False)
 
     def inc(self, labels: tuple[str, ...], amount: float = 1.0) -> None:
-        self._values[labels] = self._values.get(labels, 0.0) + amount
+        cell = self._values.get(labels)
+        if cell is None:
+            cell = self._values[labels] = [0.0]
+        cell[0] += amount
 
     def value(self, labels: tuple[str, ...]) -> float:
-        return self._values.get(labels, 0.0)
+        cell = self._values.get(labels)
+        return 0.0 if cell is None else cell[0]
 
     def forget(self, where: dict[int, str]) -> None:
         """Drop every series whose labels match `where` (label index → value), e.g. a removed instance's."""
@@ -152,7 +157,7 @@ class FastCounter(Collector):
 
     def collect(self) -> Iterable[CounterMetricFamily]:
         fam = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        for labels, v in list(self._values.items()):
+        for labels, (v,) in list(self._values.items()):
             fam.add_metric(list(labels), v)
         yield fam
 
@@ -160,7 +165,7 @@ class FastCounter(Collector):
         name = self.name
         family = name if openmetrics else name + "_total"
         out.append(f"# HELP {family} {_help(self.documentation, openmetrics)}\n# TYPE {family} counter\n")
-        for labels, v in list(self._values.items()):
+        for labels, (v,) in list(self._values.items()):
             out.append(f"{name}_total{self._text(labels)[2]} {floatToGoString(v)}\n")
 
     def describe(self) -> Iterable[CounterMetricFamily]:

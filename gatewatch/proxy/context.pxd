@@ -16,7 +16,7 @@ cdef class RequestContext:
     cdef public object body, down
     cdef public RequestRecord rec
     cdef public object listener
-    cdef public object path, route, target, policy
+    cdef public object path, route, plan, target, policy
     cdef public Py_ssize_t evaluated
     cdef public object response_headers, client_body, upstream_target
     cdef public double backoff_s

@@ -32,7 +32,7 @@ from gatewatch.edge.config import RouteConfig
 from gatewatch.edge.policies.base import PolicyRequest
 from gatewatch.edge.policies.bodies import BodyTooLarge
 from gatewatch.io.interfaces import ClientGone, Downstream, RequestHead
-from gatewatch.proxy.snapshot import Snapshot, Target
+from gatewatch.proxy.snapshot import RoutePlan, Snapshot, Target
 from gatewatch.telemetry.context import AttemptRecord, RequestRecord
 
 
@@ -46,6 +46,7 @@ class RequestContext:
     listener: ListenerConfig
     path: str = ""  # canonical; what routing saw and, after any rewrite policy, what the upstream gets
     route: RouteConfig | None = None
+    plan: RoutePlan | None = None  # what the request path reads of the route's config (set with `route`)
     target: Target | None = None  # the route's compiled target: pool or URL upstream, budget, policies
     policy: PolicyRequest | None = None  # set when the route has policies
     evaluated: int = 0  # policies evaluated so far (each learns the result once the request ends)

@@ -72,6 +72,7 @@ log = logging.getLogger("gatewatch.engine")
 PROXIED = Outcome.PROXIED.value
 CLIENT_ABORT = Outcome.CLIENT_ABORT.value
 BALANCER = Layer.BALANCER.value
+EDGE = Layer.EDGE  # compared with `Engine.layer` on every pick
 PICK_OVERFLOW = Reason.PICK_OVERFLOW.value
 
 
@@ -141,7 +142,7 @@ class Engine:
             elif ctx.target.policies or ctx.target.aggregate is not None:
                 self._later(ctx, self._policed(ctx))
                 return
-            elif ctx.route.cache is not None:
+            elif ctx.plan.cache is not None:
                 if not self._cache_now(ctx):
                     return
             elif not self._forward_now(ctx):
@@ -165,7 +166,7 @@ class Engine:
         if not ctx.target.policies or await self.policy(ctx):
             if ctx.target.aggregate is not None:  # several calls composed into one answer (proxy.aggregate)
                 await aggregate.run(self, ctx)
-            elif ctx.route.cache is None or _websocket(ctx.head) or not await self._cached(ctx):
+            elif ctx.plan.cache is None or _websocket(ctx.head) or not await self._cached(ctx):
                 await self.forward(ctx)  # (a WebSocket handshake is never answered from, nor stored in, a cache)
 
     async def _settle(self, ctx: RequestContext, work: Awaitable[None]) -> None:
@@ -263,8 +264,9 @@ class Engine:
         if isinstance(match, NoRoute):
             return Outcome.NO_ROUTE
         route = ctx.route = match.route
-        target = ctx.target = ctx.snap.targets[route.name]
-        rec.route, rec.route_template, rec.upstream = route.name, match.template, route.upstream
+        plan = ctx.plan = ctx.snap.plans[route.name]
+        target = ctx.target = ctx.snap.targets[plan.name]
+        rec.route, rec.route_template, rec.upstream = plan.name, match.template, plan.upstream
         if target.split is not None:
             self._split(ctx, target.split)
         return None
@@ -329,25 +331,24 @@ class Engine:
 
     @cython.locals(ctx=RequestContext, rec=RequestRecord, head=RequestHead)
     def _forward_begin(self, ctx: RequestContext) -> None:
-        rec, route, head, target = ctx.rec, ctx.route, ctx.head, ctx.target
+        rec, plan, head, target = ctx.rec, ctx.plan, ctx.head, ctx.target
         pool = target.pool
-        if pool is not None and self.layer is Layer.EDGE:
+        if pool is not None and self.layer is EDGE:
             # In an edge process the pick is the balancer layer at work: give it its own span so the trace
             # shows both layers. A balancer tier's SERVER span already is the balancer layer.
             rec.balance_span_id = new_span_id(self.rng)
         rec.balance_start_ns = self.clock_ns()
-        upstream_target = strip_prefix(ctx.path, route.rewrite.strip_prefix) if route.rewrite.strip_prefix else ctx.path
+        upstream_target = strip_prefix(ctx.path, plan.strip_prefix) if plan.strip_prefix else ctx.path
         ctx.upstream_target = upstream_target + "?" + rec.query if rec.query else upstream_target
         if target.mirror is not None and not _websocket(head):  # before the body is wrapped: a copy is taken as
             # the primary reads it (never of a WebSocket handshake: a second session nobody reads)
             self.mirrors.begin(ctx, target.mirror)
         if head.has_body:
-            ctx.client_body = ClientBody(ctx.body, route.timeouts.idle_s)
+            ctx.client_body = ClientBody(ctx.body, plan.idle_s)
         ctx.picking = None if pool is None else PickContext(
-            pool, request_keys.hash_key(pool.config.hash_key, head, rec.query) if pool.config.hash_key else None,
-            pool.affinity_target(request_keys.cookie(head, pool.config.affinity.cookie))
-            if pool.config.affinity else None)
-        ctx.retries = RetryState(route.retries, target.budget, self.monotonic(), route.timeouts.response_s)
+            pool, request_keys.hash_key(pool.hash_key, head, rec.query) if pool.hash_key else None,
+            pool.affinity_target(request_keys.cookie(head, pool.affinity.cookie)) if pool.affinity else None)
+        ctx.retries = RetryState(plan.retries, target.budget, self.monotonic(), plan.per_try_s, plan.deadline_s)
 
     @cython.locals(ctx=RequestContext)
     def _forward_end(self, ctx: RequestContext) -> None:
@@ -432,8 +433,8 @@ class Engine:
         body = Body.NONE if ctx.client_body is None else ctx.client_body.state()
         retries = ctx.retries
         verdict, budget_left = retries.decide(ctx.head.method, kind, a.n + 1, body, self.monotonic())
-        if ctx.route.retries.attempts > 1:
-            recording.retry(ctx.rec, ctx.route.name, verdict, a.n + 1, budget_left, a.instance, kind,
+        if ctx.plan.retry_attempts > 1:
+            recording.retry(ctx.rec, ctx.plan.name, verdict, a.n + 1, budget_left, a.instance, kind,
                             self.clock_ns(), error_type.value)
         if not verdict.retry:
             if response is not None:
@@ -502,7 +503,7 @@ class Engine:
                 pool.observe(a.endpoint.id, a.result, f"{ctx.rec.trace.trace_id:032x}", f"{record.span_id:016x}")
 
     async def _exchange(self, ctx: RequestContext, a: AttemptContext, request: UpstreamRequest) -> Failed | None:
-        t = ctx.route.timeouts
+        t = ctx.plan
         try:
             response = await self._forwarder.send(
                 ctx.target.upstream, request, ctx.client_body.__aiter__() if ctx.client_body else None, t.connect_s,
@@ -555,9 +556,7 @@ class Engine:
         record.status = response.status
         record.peer_address, record.peer_port = response.peer_address, response.peer_port
         a.result = classify(response.status, False)
-        cfg = ctx.route.retries
-        if (cfg.attempts > 1 and "status" in cfg.retry_on and response.status in cfg.statuses
-                and not _websocket(ctx.head)):  # a WebSocket handshake is never sent twice
+        if response.status in ctx.plan.retry_statuses and not _websocket(ctx.head):  # a WebSocket handshake is never sent twice
             record.error_type, record.outcome = ErrorType.STATUS_5XX.value, Outcome.UPSTREAM_ERROR.value
             self._attempt_clock(a)
             return Failed(ErrorType.STATUS_5XX, response.status, response)
@@ -581,10 +580,9 @@ class Engine:
             self._fail_now(ctx, a, None)
             return True
         request = self._attempt_begin(ctx, a)
-        t = ctx.route.timeouts
         try:
             sent = self._send_now is not None and self._send_now(
-                ctx.target.upstream, request, a.response_s, t.idle_s, a.record, self._upstream_answered, ctx)
+                ctx.target.upstream, request, a.response_s, ctx.plan.idle_s, a.record, self._upstream_answered, ctx)
         except BaseException:
             self._attempt_over(ctx, a)
             raise
@@ -640,7 +638,7 @@ class Engine:
         a.record.url_full = f"{a.scheme}://{hostport}{ctx.upstream_target}"
         headers = hdr.upstream_request_headers(
             head.headers, client_address=head.client_address, scheme=head.scheme, host=head.header("host"),
-            upstream_host=hostport, preserve_host=ctx.route.preserve_host,
+            upstream_host=hostport, preserve_host=ctx.plan.preserve_host,
             trust_forwarded=ctx.listener.trust_forwarded_headers, request_id=rec.request_id,
             traceparent=format_traceparent(rec.trace.trace_id, a.record.span_id, rec.trace.sampled),
             tracestate=rec.trace.tracestate, version=head.version,

@@ -5,7 +5,8 @@ A request keeps the snapshot it started with: the engine reads `engine.snapshot`
 and every phase reads the request's own. Nothing in a snapshot is changed after `build` returns; the live state
 it points at (pools, retry budgets, policy stores) is owned outside it and outlives it.
 
-Primitives: `Snapshot`, `Target` (where one route's requests go: a pool of this process or a URL upstream,
+Primitives: `Snapshot`, `RoutePlan` (what the request path reads of a route's config, read out of it once),
+`Target` (where one route's requests go: a pool of this process or a URL upstream,
 with the route's retry budget and compiled policies; or, for a route with `upstreams`, a `split.Split` between
 one such target per side; and the route's `mirror.MirrorTarget`), `RemoteTarget` (a URL upstream),
 `build(layer, config, pools, budgets, policy_resources, config_version)`.
@@ -23,6 +24,7 @@ from yarl import URL
 from gatewatch.balancer.pool import Pool
 from gatewatch.balancer.retry import RetryBudget, RetryBudgets
 from gatewatch.config import GatewatchConfig, ListenerConfig
+from gatewatch.edge.config import RouteConfig
 from gatewatch.edge.policies.build import PolicyResources, build_policies
 from gatewatch.edge.routing import Router
 from gatewatch.proxy.aggregate import compile_plan
@@ -40,6 +42,30 @@ class RemoteTarget:
     host: str
     port: int
     instance: str  # how its attempts name it: host:port
+
+
+class RoutePlan:
+    """What every request on a route reads of its config, read out of it once. A pydantic model's attribute read
+    goes through its `__getattr__` hook (several hundred instructions, two for `route.timeouts.idle_s`); these
+    are slots. `retry_statuses` is empty unless the route retries on a status at all."""
+
+    __slots__ = ("route", "name", "upstream", "strip_prefix", "connect_s", "response_s", "idle_s", "retries",
+                 "retry_attempts", "retry_statuses", "per_try_s", "deadline_s", "preserve_host", "cache")
+
+    def __init__(self, route: RouteConfig):
+        t, r = route.timeouts, route.retries
+        self.route = route
+        self.name = route.name
+        self.upstream = route.upstream
+        self.strip_prefix = route.rewrite.strip_prefix
+        self.connect_s, self.response_s, self.idle_s = t.connect_s, t.response_s, t.idle_s
+        self.retries = r
+        self.retry_attempts = r.attempts
+        self.retry_statuses = frozenset(r.statuses) if r.attempts > 1 and "status" in r.retry_on else frozenset()
+        self.per_try_s = r.per_try_timeout_s or t.response_s  # an attempt's wait for its response head
+        self.deadline_s = r.deadline_s
+        self.preserve_host = route.preserve_host
+        self.cache = route.cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +106,7 @@ class Snapshot:
     listeners: Mapping[str, ListenerConfig]
     targets: Mapping[str, Target]  # route name → where its requests go
     trace_trust: Mapping[str, TraceTrust]  # listener name → its inbound-context rule
+    plans: Mapping[str, RoutePlan]  # route name → what its requests read of its config
     config_version: str = ""  # `gatewatch.config.config_version` of the config it was built from
 
 
@@ -102,7 +129,8 @@ def build(layer: Layer, config: GatewatchConfig, pools: Mapping[str, Pool], budg
              for lst in section.listeners}
     return Snapshot(layer=layer, router=Router(section.routes), trace_trust=MappingProxyType(trust),
                     listeners=MappingProxyType({lst.name: lst for lst in section.listeners}),
-                    targets=MappingProxyType(targets), config_version=config_version)
+                    targets=MappingProxyType(targets), config_version=config_version,
+                    plans=MappingProxyType({r.name: RoutePlan(r) for r in section.routes}))
 
 
 def _traffic_target(r, pools: Mapping[str, Pool], remotes: Mapping[str, RemoteTarget],
