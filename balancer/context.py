@@ -46,9 +46,13 @@ class PickResult:
     """One pick as it was made: `pick` is the algorithm's answer (candidates, exclusions; None when the affinity
     cookie chose), `view` the pool's view it was made in (priority level, panic, failover kind: immutable),
     `endpoint` the chosen instance (None: nothing could take the request) and its in-flight count before this
-    request, and the ids of the events behind it (the failover in force, ejections of excluded instances)."""
+    request, and the ids of the events behind it (the failover in force, ejections of excluded instances).
+    What the recording step reads of it is worked out here, once: `algorithm`, `candidates`, `excluded`
+    ((instance id, Exclusion value), in the pool's order) and `reason` (pick.<algorithm>, pick.affinity,
+    pick.no_candidates or pick.overflow); plain fields, C fields when compiled (context.pxd)."""
 
-    __slots__ = ("pool", "pool_algorithm", "pick", "view", "endpoint", "in_flight", "hash_key_source", "event_ids")
+    __slots__ = ("pool", "pool_algorithm", "pick", "view", "endpoint", "in_flight", "hash_key_source", "event_ids",
+                 "algorithm", "candidates", "excluded", "reason")
 
     def __init__(self, pool: Pool, pick: Pick | NoHealthyEndpoint | None, view: View, endpoint: Endpoint | None,
                  in_flight: int, hash_key_source: str | None, event_ids: tuple[str, ...]):
@@ -60,34 +64,24 @@ class PickResult:
         self.in_flight = in_flight
         self.hash_key_source = hash_key_source  # e.g. "header:x-user", "header:x-user (absent)"; never the key
         self.event_ids = event_ids
+        if pick is None:
+            self.algorithm = ALGORITHM_NAME[pool.algorithm]
+            self.candidates = len(view.candidates)
+            self.excluded = ()
+            self.reason = PICK_AFFINITY
+        else:
+            self.algorithm = ALGORITHM_NAME[pick.algorithm]
+            self.candidates = pick.candidates
+            self.excluded = pick.excluded
+            if endpoint is None:
+                self.reason = PICK_OVERFLOW if pick.overflow else PICK_NO_CANDIDATES
+            else:
+                self.reason = PICK_REASON[self.algorithm]
 
     @property
     def affinity(self) -> bool:
         """The affinity cookie chose, not the algorithm."""
         return self.pick is None
-
-    @property
-    def algorithm(self) -> str:
-        return ALGORITHM_NAME[self.pick.algorithm if self.pick is not None else self.pool_algorithm]
-
-    @property
-    def candidates(self) -> int:
-        return self.pick.candidates if self.pick is not None else len(self.view.candidates)
-
-    @property
-    def excluded(self) -> tuple[tuple[str, str], ...]:
-        """(instance id, Exclusion value), in the pool's order."""
-        return self.pick.excluded if self.pick is not None else ()
-
-    @property
-    def reason(self) -> str:
-        """pick.<algorithm>, pick.affinity, pick.no_candidates or pick.overflow."""
-        p = self.pick
-        if p is None:
-            return PICK_AFFINITY
-        if self.endpoint is None:
-            return PICK_OVERFLOW if p.overflow else PICK_NO_CANDIDATES
-        return PICK_REASON[ALGORITHM_NAME[p.algorithm]]
 
     @property
     def failover(self) -> str:

@@ -2,6 +2,7 @@
 from gatewatch.proxy.context cimport RequestContext, AttemptContext
 from gatewatch.telemetry.context cimport RequestRecord, AttemptRecord
 from gatewatch.io.interfaces cimport RequestHead, UpstreamRequest
+from gatewatch.balancer.context cimport PickResult, PickContext
 
 cdef class Engine:
     cdef public object snapshot, layer, layer_value, _forwarder, _send_now, telemetry, clock_ns, monotonic, rng

@@ -43,7 +43,7 @@ try:
 except ImportError:  # a pure install without Cython
     from gatewatch import cython_shim as cython
 
-from gatewatch.balancer.context import PickContext
+from gatewatch.balancer.context import PickContext, PickResult
 from gatewatch.balancer.health import Result, classify
 from gatewatch.balancer.retry import Body, Failure, RetryState, failure_of
 from gatewatch.edge.paths import InvalidPath, canonical_path, split_target, strip_prefix, target_authority
@@ -404,7 +404,7 @@ class Engine:
         ctx.attempt = a
         return a
 
-    @cython.locals(ctx=RequestContext)
+    @cython.locals(ctx=RequestContext, picking=PickContext, p=PickResult)
     def pick(self, ctx: RequestContext, picking: PickContext | None, n: int) -> AttemptContext | Outcome:
         """Where attempt `n` goes: the pool's pick (recorded), or the URL upstream. An Outcome when no
         instance can take it."""

@@ -1,1 +1,2 @@
 from gatewatch.telemetry.context cimport RequestRecord
+from gatewatch.balancer.context cimport PickResult

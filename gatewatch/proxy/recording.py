@@ -95,7 +95,7 @@ def late_size_refusal(rec: RequestRecord, err: BodyTooLarge, now_ns: int) -> Non
                                          "gatewatch.size.streamed": True}))
 
 
-@cython.locals(rec=RequestRecord)
+@cython.locals(rec=RequestRecord, p=PickResult)
 def pick(rec: RequestRecord, p: PickResult, now_ns: int) -> dict:
     """Record the pick (decision log + span attributes); return the attributes for the attempt's span."""
     lb = {Attr.LB_ALGORITHM: p.algorithm, Attr.LB_CANDIDATES: p.candidates}

@@ -1,0 +1,10 @@
+# Augmenting declarations (Cython pure-Python mode): one pick, and the request's pick state, as extension types.
+cdef class PickResult:
+    cdef public object pool, pool_algorithm, pick, view, endpoint
+    cdef public Py_ssize_t in_flight
+    cdef public object hash_key_source, event_ids, algorithm
+    cdef public Py_ssize_t candidates
+    cdef public object excluded, reason
+
+cdef class PickContext:
+    cdef public object pool, key, affinity, _tried, _hash_source
