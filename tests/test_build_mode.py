@@ -227,6 +227,7 @@ def declared_fields(pxd: Path) -> dict[str, set[str]]:
     fields: dict[str, set[str]] = {}
     current = None
     for line in pxd.read_text().splitlines():
+        line = line.partition("#")[0].rstrip()  # a declaration may end with a comment
         if line.startswith("cdef class "):
             current = line[len("cdef class "):].rstrip(":").strip()
             fields[current] = set()

@@ -15,7 +15,10 @@ cdef class _Awaiting:
     cdef public bint settled
 
 cdef class UpstreamConnection:
-    cdef public object pool, loop, transport, flow, parser, closed, busy, idle_since, peer, head, body, _headers
-    cdef public object _head_bytes, _te, _status_reason, complete, is_head_request, until_close, keep_alive
+    cdef public object pool, loop, transport, flow, parser, closed, busy, idle_since, peer, head, body
+    # the response head being parsed: typed, so the parser callbacks work on it without a lookup by name
+    cdef public list _headers
+    cdef public Py_ssize_t _head_bytes
+    cdef public object _te, _status_reason, complete, is_head_request, until_close, keep_alive
     cdef public object awaiting, forgotten, tls_version, tls_cipher, upgrading, tunnel, leftover
     cdef public bint _has_length

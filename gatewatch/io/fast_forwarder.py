@@ -31,6 +31,11 @@ from typing import Any, AsyncIterator, Callable
 
 import httptools
 
+try:
+    import cython
+except ImportError:  # a pure install without Cython
+    from gatewatch import cython_shim as cython
+
 from gatewatch.io.h2_upstream import H2Upstream
 from gatewatch.io.http1 import BodyQueue, Deadlines, WriteFlow, chunk_frame, no_delay, serialize_head
 from gatewatch.io.interfaces import AttemptTiming, ClientGone, UpstreamFailure, UpstreamRequest, connect_failure
@@ -180,6 +185,7 @@ class UpstreamConnection:  # asyncio's protocol interface, duck-typed (an extens
     def on_status(self, status: bytes) -> None:
         self._status_reason = status
 
+    @cython.locals(name=bytes, value=bytes, k=str, v=str, lk=str)
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > MAX_RESPONSE_HEAD:

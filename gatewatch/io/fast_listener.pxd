@@ -17,6 +17,11 @@ cdef class _Downstream:
 
 cdef class HttpConnection:
     cdef public object listener, transport, parser, flow, closed, rejected, _pipeline_paused, _inbuf, queue
-    cdef public object parsing, running, _serving, _idle, _url, _headers, _index, _header_bytes, _hosts
-    cdef public object _in_trailers, last_active, head_started, peer, sock, now_busy, tls, _byte_limit, _line_limit
-    cdef public object _scanned, _head_fed, tunnel, early
+    cdef public object parsing, running, _serving, _idle
+    # the head being parsed: typed, so the parser callbacks work on them without a lookup by name
+    cdef public bytearray _url
+    cdef public list _headers
+    cdef public dict _index
+    cdef public Py_ssize_t _header_bytes, _hosts, _byte_limit, _line_limit, _scanned, _head_fed
+    cdef public bint _in_trailers
+    cdef public object last_active, head_started, peer, sock, now_busy, tls, tunnel, early

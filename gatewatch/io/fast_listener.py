@@ -35,6 +35,11 @@ from typing import Callable
 
 import httptools
 
+try:
+    import cython
+except ImportError:  # a pure install without Cython
+    from gatewatch import cython_shim as cython
+
 from gatewatch.io.h2_listener import PREFACE as H2_PREFACE
 from gatewatch.io.h2_listener import H2Connection, H2Settings
 from gatewatch.io.http1 import (MAX_TRACE_HEADER_BYTES, NO_BODY, REASONS, TRACE_HEADERS, BodyQueue, WriteFlow,
@@ -376,6 +381,7 @@ class HttpConnection:  # asyncio's protocol interface, duck-typed (an extension 
         if len(self._url) > MAX_URL:
             raise _Limit(414, R.URI_TOO_LONG.value)
 
+    @cython.locals(name=bytes, value=bytes, k=str, v=str, lk=str)
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._in_trailers:
             return  # chunked trailers are dropped: they must never change what routing and policies saw
@@ -412,6 +418,7 @@ class HttpConnection:  # asyncio's protocol interface, duck-typed (an extension 
                 or self._line_limit - MAX_HEADERS > MAX_HEADERS):
             raise _Limit(431, R.HEADER_TOO_LARGE.value)
 
+    @cython.locals(headers=tuple, index=dict)
     def on_headers_complete(self) -> None:
         p = self.parser
         self._in_trailers = True
