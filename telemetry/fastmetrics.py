@@ -66,7 +66,12 @@ class _LabelText:
         return hit
 
 
-class FastHistogram(Collector):
+class FastHistogram:
+    """A prometheus_client collector (registered as a virtual `Collector`: an extension type when compiled,
+    fastmetrics.pxd, whose `observe` the recorder calls directly)."""
+
+    __slots__ = ("name", "unit", "documentation", "labelnames", "buckets", "_series", "_les", "_text")
+
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float],
                  unit: str = ""):
         self.name = name
@@ -131,7 +136,11 @@ class FastHistogram(Collector):
         yield HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames, unit=self.unit)
 
 
-class FastCounter(Collector):
+class FastCounter:
+    """A prometheus_client collector, like `FastHistogram`."""
+
+    __slots__ = ("name", "documentation", "labelnames", "_values", "_text")
+
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str]):
         self.name = name  # without _total; the exposition adds it
         self.documentation = documentation
@@ -170,6 +179,11 @@ class FastCounter(Collector):
 
     def describe(self) -> Iterable[CounterMetricFamily]:
         yield CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+
+# Collectors to prometheus_client (`isinstance(x, Collector)`), without the ABC as a base an extension type cannot have
+Collector.register(FastHistogram)
+Collector.register(FastCounter)
 
 
 def _fmt(b: float) -> str:

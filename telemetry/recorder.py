@@ -33,6 +33,7 @@ from gatewatch.telemetry.config import ResolvedTelemetry
 from gatewatch.telemetry.context import AttemptRecord, DecisionRecord, EventRecord, RequestRecord
 from gatewatch.telemetry.export import destination
 from gatewatch.telemetry.exporter_process import ThreadSink
+from gatewatch.telemetry.fastmetrics import FastCounter, FastHistogram
 from gatewatch.telemetry.journal import Journal
 from gatewatch.telemetry.metrics import STATUS_LABELS as STATUS_TEXT
 from gatewatch.telemetry.metrics import Metrics
@@ -237,31 +238,33 @@ class Telemetry:
         if self.sink is not None:
             await self.sink.start()
 
-    @cython.locals(r=RequestRecord, a=AttemptRecord, d=DecisionRecord)
+    @cython.locals(r=RequestRecord, a=AttemptRecord, d=DecisionRecord, server=FastHistogram, client=FastHistogram,
+                   instances=FastCounter, decisions=FastCounter)
     def finish(self, r: RequestRecord) -> None:
+        server, client, instances, decisions = self._server, self._client, self._instances, self._decisions
         trace_id = f"{r.trace.trace_id:032x}" if r.trace.sampled and self.sink is not None else None
         route = r.route or ""
         method = r.method if r.method in self._known_methods else OTHER
         status = r.status
         status_text = STATUS_TEXT.get(status, "")  # "" for none (no response)
         error_type = r.error_type or (status_text if status is not None and status >= 500 else "")
-        self._server.observe((r.layer, route, method, status_text, r.outcome or "", r.route_template or "",
-                              r.scheme, error_type), r.duration_s, trace_id)
+        server.observe((r.layer, route, method, status_text, r.outcome or "", r.route_template or "", r.scheme,
+                        error_type), r.duration_s, trace_id)
         for a in r.attempts:
             a_status = a.status
             a_text = STATUS_TEXT.get(a_status, "")
             a_error = a.error_type or (a_text if a_status is not None and a_status >= 400 else "")
-            self._client.observe((a.layer, route, a.upstream, a.instance, method, a_text,
-                                  a.outcome or "", a.host, str(a.port), a_error), a.duration_s, trace_id)
+            client.observe((a.layer, route, a.upstream, a.instance, method, a_text, a.outcome or "", a.host,
+                            str(a.port), a_error), a.duration_s, trace_id)
             if a.layer == BALANCER:  # per-instance counts of a pool (bounded by the pool's size)
-                self._instances.inc((a.upstream, a.instance, a.outcome or ""))
+                instances.inc((a.upstream, a.instance, a.outcome or ""))
         if r.failover is not None:  # a pool of this process served it: normally, or while failing over
             self._pool_requests.inc((r.upstream, r.failover))
         if r.cache is not None:  # a route with a response cache: how it took part (issue 19)
             self._cache_requests.inc((route, r.cache[0], r.cache[1]))
         notable = False
         for d in r.decisions:
-            self._decisions.inc((d.layer or r.layer, KIND_LABEL[d.kind], d.result, d.reason))
+            decisions.inc((d.layer or r.layer, KIND_LABEL[d.kind], d.result, d.reason))
             if d.kind in RETRY_OR_FAILOVER:
                 self._retry_metrics(r, d)
             if d.result not in ALLOW:
