@@ -16,6 +16,9 @@ from __future__ import annotations
 import dataclasses
 
 compiled = False
+# C types a typed local may name (`@cython.locals(n=cython.Py_ssize_t)`); as Python, the types they hold
+Py_ssize_t = int
+bint = bool
 
 
 def locals(**types):  # noqa: A001 - the name Cython gives it

@@ -42,8 +42,8 @@ except ImportError:  # a pure install without Cython
 
 from gatewatch.io.h2_listener import PREFACE as H2_PREFACE
 from gatewatch.io.h2_listener import H2Connection, H2Settings
-from gatewatch.io.http1 import (MAX_TRACE_HEADER_BYTES, NO_BODY, REASONS, TRACE_HEADERS, BodyQueue, WriteFlow,
-                                accepted, chunk_frame, http_date, method_rejection, serialize_head)
+from gatewatch.io.http1 import (MAX_TRACE_HEADER_BYTES, NO_BODY, REASONS, STATUS_LINES, TRACE_HEADERS, BodyQueue,
+                                WriteFlow, accepted, chunk_frame, http_date, method_rejection, serialize_head)
 from gatewatch.io.interfaces import ClientGone, Headers, Rejecter, RequestHandler, RequestHead, SyncRequestHandler
 from gatewatch.io.tls import ServerTLS, server_failure_of
 from gatewatch.telemetry.names import RejectReason as R
@@ -99,17 +99,23 @@ class _Downstream:
     def close_after_response(self) -> None:
         self._close_after = True
 
+    @cython.locals(length=cython.Py_ssize_t, dated=cython.bint)
     def _head(self, status: int, reason: str | None, headers: Headers, content_length: int | None) -> bytes:
         """The serialized response head; sets the framing this response's body will use."""
         ex = self._ex
         self.started = True
-        extra = [b"Date: " + http_date() + b"\r\n"] if not any(k.lower() == "date" for k, _ in headers) else []
+        dated = False
+        for k, _ in headers:  # (a loop: `any()` over a generator costs a generator object per response compiled)
+            if len(k) == 4 and k.lower() == "date":
+                dated = True
+                break
+        extra = [] if dated else [b"Date: " + http_date() + b"\r\n"]
         no_body = status < 200 or status in (204, 304)
         if no_body:
             content_length = None
         elif content_length is not None:
-            self._declared = content_length
-            extra.append(b"Content-Length: %d\r\n" % content_length)
+            self._declared = length = content_length
+            extra.append(f"Content-Length: {length}\r\n".encode("ascii"))
         elif ex.http10:
             self._close_after = True  # HTTP/1.0 has no chunked encoding: the close ends the body
         else:
@@ -121,7 +127,9 @@ class _Downstream:
             extra.append(b"Connection: close\r\n")
         elif ex.http10:
             extra.append(b"Connection: keep-alive\r\n")
-        line = b"HTTP/1.1 %d %s\r\n" % (status, (reason or REASONS.get(status, "Unknown")).encode("latin-1"))
+        line = STATUS_LINES.get(status) if reason is None or reason == REASONS.get(status) else None
+        if line is None:
+            line = b"HTTP/1.1 %d %s\r\n" % (status, (reason or REASONS.get(status, "Unknown")).encode("latin-1"))
         if no_body or ex.is_head:
             self._declared = None
             self._chunked = False

@@ -31,6 +31,8 @@ TRACE_HEADERS = frozenset({"traceparent", "tracestate", "baggage"})
 MAX_TRACE_HEADER_BYTES = 32 * 1024
 
 REASONS = {s.value: s.phrase for s in HTTPStatus}
+# The status line of each status with its standard reason phrase (RFC 9112 §4), built once, not per response
+STATUS_LINES = {status: b"HTTP/1.1 %d %s\r\n" % (status, text.encode("latin-1")) for status, text in REASONS.items()}
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 §5.6.2 token
 _date_cache: list = [0, b""]
 

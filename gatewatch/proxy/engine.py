@@ -260,11 +260,12 @@ class Engine:
                 return Outcome.BAD_REQUEST
             self._drop_underscored(ctx)
         match = ctx.snap.router.match(ctx.path, rec.host, ctx.head.method, ctx.head.index, rec.query)
-        recording.route(rec, match, self.clock_ns())
         if isinstance(match, NoRoute):
+            recording.route(rec, match, None, self.clock_ns())
             return Outcome.NO_ROUTE
-        route = ctx.route = match.route
-        plan = ctx.plan = ctx.snap.plans[route.name]
+        plan = ctx.plan = ctx.snap.plans[match.index]
+        recording.route(rec, match, plan, self.clock_ns())
+        ctx.route = match.route
         target = ctx.target = ctx.snap.targets[plan.name]
         rec.route, rec.route_template, rec.upstream = plan.name, match.template, plan.upstream
         if target.split is not None:

@@ -43,7 +43,7 @@ def _without(headers: Headers, drop: frozenset[str]) -> list[tuple[str, str]]:
             out.append(h)
         elif name == "connection":
             connection.append(h[1])
-    return _without_listed(out, connection, drop)
+    return _without_listed(out, connection, drop) if connection else out
 
 
 def _without_listed(out: list[tuple[str, str]], connection: list[str], drop: frozenset[str]) -> list[tuple[str, str]]:
@@ -147,7 +147,8 @@ def downstream_response_headers(headers: Headers, version: str) -> tuple[list[tu
             via_values.append(h[1])
         elif name == "connection":
             connection.append(h[1])
-    out = _without_listed(out, connection, RESPONSE_DROP)
+    if connection:  # (rare: a call saved on every other response)
+        out = _without_listed(out, connection, RESPONSE_DROP)
     via = ", ".join(via_values)
     out.append(("Via", f"{via}, {version} gatewatch" if via else f"{version} gatewatch"))
     return out, _length(lengths)

@@ -11,6 +11,8 @@ Primitives: `route`, `split`, `policy`, `late_size_refusal`, `pick` (returns the
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 try:
     import cython
 except ImportError:  # a pure install without Cython
@@ -25,6 +27,9 @@ from gatewatch.edge.routing import NoRoute, RouteMatch
 from gatewatch.telemetry.context import DecisionRecord, RequestRecord
 from gatewatch.telemetry.names import (Attr, DecisionKind, DecisionResult, FailoverKind, Layer, PolicyReason, Reason,
                                        Verdict)
+
+if TYPE_CHECKING:  # an annotation only: snapshot imports modules that import this one
+    from gatewatch.proxy.snapshot import RoutePlan
 
 # Plain-str values: records cross a pipe to the exporter process, where an Enum member cannot go.
 BALANCER = Layer.BALANCER.value
@@ -44,11 +49,12 @@ ROUTE_KIND, PICK_KIND = DecisionKind.ROUTE, DecisionKind.PICK
 
 
 @cython.locals(rec=RequestRecord)
-def route(rec: RequestRecord, match: RouteMatch | NoRoute, now_ns: int) -> None:
+def route(rec: RequestRecord, match: RouteMatch | NoRoute, plan: RoutePlan | None, now_ns: int) -> None:
+    """`plan`: the matched route's (its name and upstream, without reading the config model), None for NoRoute."""
     if isinstance(match, RouteMatch):
         rec.decisions.append(DecisionRecord(
-            ROUTE_KIND, match.route.name, MATCHED, ROUTE_MATCHED, now_ns,
-            rec.trace.span_id, {Attr.HTTP_ROUTE: match.template, Attr.UPSTREAM: match.route.upstream}))
+            ROUTE_KIND, plan.name, MATCHED, ROUTE_MATCHED, now_ns,
+            rec.trace.span_id, {Attr.HTTP_ROUTE: match.template, Attr.UPSTREAM: plan.upstream}))
     else:
         rec.decisions.append(DecisionRecord(
             ROUTE_KIND, match.nearest or "", NO_MATCH, ROUTE_NO_MATCH, now_ns,

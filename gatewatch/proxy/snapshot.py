@@ -106,7 +106,7 @@ class Snapshot:
     listeners: Mapping[str, ListenerConfig]
     targets: Mapping[str, Target]  # route name → where its requests go
     trace_trust: Mapping[str, TraceTrust]  # listener name → its inbound-context rule
-    plans: Mapping[str, RoutePlan]  # route name → what its requests read of its config
+    plans: tuple[RoutePlan, ...]  # per route, in declared order (`RouteMatch.index`): what its requests read
     config_version: str = ""  # `gatewatch.config.config_version` of the config it was built from
 
 
@@ -130,7 +130,7 @@ def build(layer: Layer, config: GatewatchConfig, pools: Mapping[str, Pool], budg
     return Snapshot(layer=layer, router=Router(section.routes), trace_trust=MappingProxyType(trust),
                     listeners=MappingProxyType({lst.name: lst for lst in section.listeners}),
                     targets=MappingProxyType(targets), config_version=config_version,
-                    plans=MappingProxyType({r.name: RoutePlan(r) for r in section.routes}))
+                    plans=tuple(RoutePlan(r) for r in section.routes))
 
 
 def _traffic_target(r, pools: Mapping[str, Pool], remotes: Mapping[str, RemoteTarget],
