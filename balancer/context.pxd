@@ -1,4 +1,6 @@
 # Augmenting declarations (Cython pure-Python mode): one pick, and the request's pick state, as extension types.
+from gatewatch.balancer.pool cimport Pool
+
 cdef class PickResult:
     cdef public object pool, pool_algorithm, pick, view, endpoint
     cdef public Py_ssize_t in_flight
@@ -7,4 +9,5 @@ cdef class PickResult:
     cdef public object excluded, reason
 
 cdef class PickContext:
-    cdef public object pool, key, affinity, _tried, _hash_source
+    cdef public Pool pool
+    cdef public object key, affinity, _tried, _hash_source

@@ -23,6 +23,11 @@ from __future__ import annotations
 
 import random
 
+try:
+    import cython
+except ImportError:  # a pure install without Cython
+    from gatewatch import cython_shim as cython
+
 from gatewatch.balancer.algorithms import Endpoint, NoHealthyEndpoint, Pick
 from gatewatch.balancer.config import Algorithm
 from gatewatch.balancer.pool import Pool, View
@@ -54,6 +59,7 @@ class PickResult:
     __slots__ = ("pool", "pool_algorithm", "pick", "view", "endpoint", "in_flight", "hash_key_source", "event_ids",
                  "algorithm", "candidates", "excluded", "reason")
 
+    @cython.locals(pool=Pool)
     def __init__(self, pool: Pool, pick: Pick | NoHealthyEndpoint | None, view: View, endpoint: Endpoint | None,
                  in_flight: int, hash_key_source: str | None, event_ids: tuple[str, ...]):
         self.pool = pool.name
@@ -102,6 +108,7 @@ class PickContext:
     def tried(self, instance_id: str) -> None:
         self._tried[instance_id] = TRIED
 
+    @cython.locals(pool=Pool)
     def pick(self, rng: random.Random) -> PickResult:
         pool, tried = self.pool, self._tried
         ep = pool.usable(self.affinity, tried) if self.affinity else None

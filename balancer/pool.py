@@ -87,6 +87,13 @@ class MembershipChange:
 
 
 class Pool:
+    # An extension type when compiled (pool.pxd): the per-request state (in-flight counts, the full set, the
+    # limit, the view's version) as C fields, `view`/`acquire`/`release` as C calls from the pick path.
+    __slots__ = ("config", "name", "scheme", "algorithm", "hash_key", "affinity", "clock", "notify", "source",
+                 "endpoints", "instances", "_by_id", "in_flight", "_affinity_keys", "ejection_events",
+                 "passive_health", "panic", "full", "_state", "_pick", "_choices", "limit", "_version", "_view",
+                 "primary_priority", "active_priority", "failover_event", "_cause")
+
     def __init__(self, config: PoolConfig, *, clock: Callable[[], float] = time.monotonic,
                  notify: Callable[..., None] | None = None):
         self.config = config
