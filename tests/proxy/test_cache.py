@@ -439,11 +439,14 @@ def edge_clock(rt, clock: Clock | None = None) -> Clock:
 
 @pytestmark_planes
 async def test_hit_miss_head_and_age_end_to_end(backend, tmp_path, data_plane):
-    backend.script["/api/doc"] = lambda r: web.Response(text="doc", headers={"Cache-Control": "max-age=60",
-                                                                            "ETag": '"d1"'})
+    clock = Clock()  # the backend's Date follows the gateway's clock, which starts on a whole second: a Date is
+    # whole seconds, and one up to a second behind the clock would add that to the age (RFC 9111 §4.2.3)
+    clock.offset_ns = -(time.time_ns() % 1_000_000_000)
+    backend.script["/api/doc"] = lambda r: web.Response(text="doc", headers={
+        "Cache-Control": "max-age=60", "ETag": '"d1"', "Date": email.utils.formatdate(clock() / 1e9, usegmt=True)})
     async with running(runtime_config(backend, tmp_path, data_plane)) as rt, aiohttp.ClientSession() as s:
         url = f"http://127.0.0.1:{edge_port(rt)}/api/doc"
-        clock = edge_clock(rt)
+        edge_clock(rt, clock)
         async with s.get(url) as r:
             assert (r.status, await r.text(), r.headers.get("Age")) == (200, "doc", None)
         clock.advance(7)
