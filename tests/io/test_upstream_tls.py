@@ -225,15 +225,16 @@ async def test_plaintext_upstream_behind_a_tls_pool(tmp_path, pki, plane):
 
 
 async def test_health_checks_use_the_pool_tls(tmp_path, pki, monkeypatch):
-    from gatewatch.balancer.pool import Pool
+    from gatewatch.balancer import checker
     seen: list[tuple[bool, str]] = []
-    real = Pool.probe
+    real = checker.probe_http  # what each probe found (Pool, compiled, is an extension type: not patchable)
 
-    def probe(self, endpoint_id, ok, detail):
+    async def probe_http(*args, **kwargs):
+        ok, detail = await real(*args, **kwargs)
         seen.append((ok, detail))
-        real(self, endpoint_id, ok, detail)
+        return ok, detail
 
-    monkeypatch.setattr(Pool, "probe", probe)
+    monkeypatch.setattr(checker, "probe_http", probe_http)
     runner, port = await tls_backend(pki["server"])
     health = {"type": "http", "path": "/who", "interval_s": 0.1, "timeout_s": 0.1}
     try:
