@@ -16,6 +16,11 @@ from typing import Mapping
 
 from gatewatch.edge.config import RouteConfig
 
+try:
+    import cython
+except ImportError:  # a pure install without Cython
+    from gatewatch import cython_shim as cython
+
 
 @dataclass(frozen=True, slots=True)
 class RouteMatch:
@@ -135,6 +140,8 @@ class Router:
     tested only against the routes whose literal segments lie along its path, then in declared order (first
     match wins): matching cost follows the depth of the path, not the size of the table."""
 
+    __slots__ = ("_routes", "_root")  # an extension type when compiled, as are its nodes and routes (routing.pxd)
+
     def __init__(self, routes: tuple[RouteConfig, ...]):
         self._routes = [_Compiled(r, i) for i, r in enumerate(routes)]
         self._root = _Node()
@@ -151,6 +158,7 @@ class Router:
                     node = node.children.setdefault(seg, _Node())
             (node.prefixes if c.kind == "prefix" else node.ends).append(c)
 
+    @cython.locals(found=list, frontier=list, nxt=list, node=_Node, child=_Node)
     def _candidates(self, path: str) -> list[_Compiled]:
         found: list[_Compiled] = list(self._root.prefixes)
         frontier = [self._root]
@@ -174,6 +182,7 @@ class Router:
             found.sort(key=lambda c: c.index)
         return found
 
+    @cython.locals(c=_Compiled)
     def match(self, path: str, host: str, method: str, headers: Mapping[str, str], query: str) -> RouteMatch | NoRoute:
         """`headers` maps lower-case names to values (first occurrence)."""
         hostname: str | None = None  # normalised when a route first asks for it
