@@ -530,6 +530,8 @@ async def _pump_body(conn: UpstreamConnection, body: AsyncIterator[bytes], chunk
 
 
 class RawForwarder:
+    __slots__ = ("_limits", "_pools", "_tls", "_default_tls", "_deadlines", "h2_pools", "_h2", "_default_h2_tls")
+
     def __init__(self, limits: dict[str, tuple[int, float]]):
         """`limits`: pool or upstream name → (max connections per endpoint, keep-alive idle seconds)."""
         self._limits = limits
@@ -556,6 +558,7 @@ class RawForwarder:
                                                    tls.server_name if tls else None)
         return pool
 
+    @cython.locals(ep=EndpointPool, conn=UpstreamConnection, deadlines=Deadlines)
     def send_now(self, pool: str, request: UpstreamRequest, response_s: float, idle_s: float,
                  timing: AttemptTiming, callback: Callable[[Any, RawResponse | UpstreamFailure], None],
                  arg: Any) -> bool:

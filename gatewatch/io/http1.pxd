@@ -14,6 +14,8 @@ cdef class Deadlines:
     cdef public double _resolution
     cdef public dict _ticks
     cdef public object _make_error
+    cpdef add(self, double delay_s, fut)
+    cpdef discard(self, tick, fut)
 
 cdef class WriteFlow:
     cdef public bint paused

@@ -9,6 +9,7 @@ import asyncio
 
 import pytest
 
+from gatewatch.app import runtime
 from gatewatch.io import fast_forwarder
 from tests.io.test_dataplane_adversarial import (
     Upstream,
@@ -33,15 +34,16 @@ GET = b"GET /api/x HTTP/1.1\r\nHost: h\r\n\r\n"
 def sync_sends(monkeypatch):
     """How many requests went out through `send_now` (a list, so the count is read after the fact)."""
     sent: list[int] = []
-    real = fast_forwarder.RawForwarder.send_now
 
-    def counting(self, *args):
-        taken = real(self, *args)
-        if taken:
-            sent.append(1)
-        return taken
+    class Counting(fast_forwarder.RawForwarder):  # (compiled, RawForwarder is an extension type: not patchable)
+        def send_now(self, *args):
+            taken = super().send_now(*args)
+            if taken:
+                sent.append(1)
+            return taken
 
-    monkeypatch.setattr(fast_forwarder.RawForwarder, "send_now", counting)
+    listener_type, _ = runtime.DATA_PLANES["fast"]
+    monkeypatch.setitem(runtime.DATA_PLANES, "fast", (listener_type, Counting))
     return sent
 
 
