@@ -242,7 +242,7 @@ class Telemetry:
                    instances=FastCounter, decisions=FastCounter)
     def finish(self, r: RequestRecord) -> None:
         server, client, instances, decisions = self._server, self._client, self._instances, self._decisions
-        trace_id = f"{r.trace.trace_id:032x}" if r.trace.sampled and self.sink is not None else None
+        trace_id = r.trace.trace_id.to_bytes(16, "big").hex() if r.trace.sampled and self.sink is not None else None
         route = r.route or ""
         method = r.method if r.method in self._known_methods else OTHER
         status = r.status
