@@ -504,11 +504,11 @@ class Engine:
                 pool.observe(a.endpoint.id, a.result, f"{ctx.rec.trace.trace_id:032x}", f"{record.span_id:016x}")
 
     async def _exchange(self, ctx: RequestContext, a: AttemptContext, request: UpstreamRequest) -> Failed | None:
-        t = ctx.plan
+        plan = ctx.plan
         try:
             response = await self._forwarder.send(
-                ctx.target.upstream, request, ctx.client_body.__aiter__() if ctx.client_body else None, t.connect_s,
-                a.response_s, t.idle_s, a.record)
+                ctx.target.upstream, request, ctx.client_body.__aiter__() if ctx.client_body else None,
+                plan.connect_s, a.response_s, plan.idle_s, a.record)
         except UpstreamFailure as failure:
             return await self._send_failed(ctx, a, failure)
         failed = self._answered(ctx, a, response)
@@ -557,7 +557,8 @@ class Engine:
         record.status = response.status
         record.peer_address, record.peer_port = response.peer_address, response.peer_port
         a.result = classify(response.status, False)
-        if response.status in ctx.plan.retry_statuses and not _websocket(ctx.head):  # a WebSocket handshake is never sent twice
+        # (a status to retry on; a WebSocket handshake is never sent twice)
+        if response.status in ctx.plan.retry_statuses and not _websocket(ctx.head):
             record.error_type, record.outcome = ErrorType.STATUS_5XX.value, Outcome.UPSTREAM_ERROR.value
             self._attempt_clock(a)
             return Failed(ErrorType.STATUS_5XX, response.status, response)
