@@ -2,7 +2,7 @@
 from gatewatch.balancer.pool cimport Pool
 
 cdef class PickResult:
-    cdef public object pool, pool_algorithm, pick, view, endpoint
+    cdef public object pool, pick, view, endpoint
     cdef public Py_ssize_t in_flight
     cdef public object hash_key_source, event_ids, algorithm
     cdef public Py_ssize_t candidates

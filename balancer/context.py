@@ -56,14 +56,13 @@ class PickResult:
     ((instance id, Exclusion value), in the pool's order) and `reason` (pick.<algorithm>, pick.affinity,
     pick.no_candidates or pick.overflow); plain fields, C fields when compiled (context.pxd)."""
 
-    __slots__ = ("pool", "pool_algorithm", "pick", "view", "endpoint", "in_flight", "hash_key_source", "event_ids",
-                 "algorithm", "candidates", "excluded", "reason")
+    __slots__ = ("pool", "pick", "view", "endpoint", "in_flight", "hash_key_source", "event_ids", "algorithm",
+                 "candidates", "excluded", "reason")
 
     @cython.locals(pool=Pool)
     def __init__(self, pool: Pool, pick: Pick | NoHealthyEndpoint | None, view: View, endpoint: Endpoint | None,
                  in_flight: int, hash_key_source: str | None, event_ids: tuple[str, ...]):
         self.pool = pool.name
-        self.pool_algorithm = pool.algorithm
         self.pick = pick
         self.view = view
         self.endpoint = endpoint
