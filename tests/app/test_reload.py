@@ -15,7 +15,7 @@ import aiohttp
 import yaml
 
 from gatewatch.config import load_config
-from gatewatch.app.runtime import Runtime
+from gatewatch.app.runtime import GC_THRESHOLDS, Runtime
 from tests.balancer.test_proxying import Backend, call, sample
 from tests.support.procs import port_of
 
@@ -101,6 +101,9 @@ def test_sighup_reloads_a_running_process(cluster, otlp, tmp_path):
                      "routes": [{"name": "old", "match": {"path": {"prefix": "/old"}}, "upstream": "pool"}]},
             "balancer": {"pools": [{"name": "pool", "instances": [{"host": "127.0.0.1", "port": port}]}]}}
     gw = cluster.gatewatch("gw", data)
+    # serving: the start-up objects frozen out of the cyclic collector's reach, and its serving thresholds
+    assert gw.info["gc"]["thresholds"] == list(GC_THRESHOLDS) != [700, 10, 10]
+    assert gw.info["gc"]["frozen_objects"] > 10_000
     url = f"http://{gw.listener('public')}"
     data["edge"]["routes"].append({"name": "new", "match": {"path": {"prefix": "/new"}}, "upstream": "pool"})
     (cluster.workdir / "gw.yaml").write_text(yaml.safe_dump(data))
