@@ -198,6 +198,11 @@ class MemorySink:
 
 
 class Telemetry:
+    # An extension type when compiled (recorder.pxd): `finish` reads its metric families as C fields.
+    __slots__ = ("config", "metrics", "resource_attributes", "sink", "destination", "journal", "_server", "_client",
+                 "_decisions", "_verdicts", "_instances", "_pool_requests", "_cache_requests", "_known_methods",
+                 "_allow_logs_sampled_only")
+
     def __init__(self, resolved: ResolvedTelemetry, metrics: Metrics, version: str, file_stem: str,
                  exporter: str = "process", sink: MemorySink | None = None):
         """`exporter`: where spans and logs are built and sent (`process` or `thread`); a `sink` given here

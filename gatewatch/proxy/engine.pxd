@@ -4,8 +4,11 @@ from gatewatch.telemetry.context cimport RequestRecord, AttemptRecord
 from gatewatch.io.interfaces cimport RequestHead, UpstreamRequest
 from gatewatch.balancer.context cimport PickResult, PickContext
 
+from gatewatch.telemetry.recorder cimport Telemetry
+
 cdef class Engine:
-    cdef public object snapshot, layer, layer_value, _forwarder, _send_now, telemetry, clock_ns, monotonic, rng
+    cdef public object snapshot, layer, layer_value, _forwarder, _send_now, clock_ns, monotonic, rng
+    cdef public Telemetry telemetry
     cdef public object sampling_ratio, parent_based, telemetry_enabled, _tasks, caches, _split_requests, mirrors
     cdef public object websockets
     # The phase methods of one exchange call one another as C functions (cpdef: still callable by name, and
