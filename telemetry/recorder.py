@@ -49,6 +49,8 @@ KIND_LABEL = {kind: kind.value for kind in DecisionKind}
 OTHER = "_OTHER"
 # Plain str (the records hold `.value`s): a set of str finds a str without StrEnum's slower equality.
 ALLOW = frozenset(str(r) for r in ALLOW_RESULTS)
+# A port's label text, made once per port (at most 65,535): the same str object in every label tuple, hashed once.
+_PORT_TEXT: dict[int | None, str] = {}
 PIPE_LIMIT = 16 * 1024 * 1024  # bytes waiting in the pipe to the exporter before batches are dropped
 
 
@@ -259,8 +261,11 @@ class Telemetry:
             a_status = a.status
             a_text = STATUS_TEXT.get(a_status, "")
             a_error = a.error_type or (a_text if a_status is not None and a_status >= 400 else "")
+            port = _PORT_TEXT.get(a.port)
+            if port is None:
+                port = _PORT_TEXT[a.port] = str(a.port)
             client.observe((a.layer, route, a.upstream, a.instance, method, a_text, a.outcome or "", a.host,
-                            str(a.port), a_error), a.duration_s, trace_id)
+                            port, a_error), a.duration_s, trace_id)
             if a.layer == BALANCER:  # per-instance counts of a pool (bounded by the pool's size)
                 instances.inc((a.upstream, a.instance, a.outcome or ""))
         if r.failover is not None:  # a pool of this process served it: normally, or while failing over

@@ -59,6 +59,10 @@ HEAD_TIMEOUT_S = 30.0  # a request head must arrive within this (slowloris)
 DRAIN_LIMIT = 64 * 1024  # unread request body we are willing to read and discard to keep a connection
 MAX_PIPELINE = 16  # queued requests per connection before parsing stops and reading pauses
 FEED_SLICE = 16 * 1024  # parse at most this much between checks of the queue length
+# The registered methods (RFC 9110 §9.3, RFC 5789) as one str object each: every request's method is then the
+# same object, whose hash is computed once, and the metric label tuples holding it compare by identity.
+METHODS = {m.encode("ascii"): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE",
+                                          "PATCH")}
 
 
 class _Exchange:
@@ -458,8 +462,10 @@ class HttpConnection:  # asyncio's protocol interface, duck-typed (an extension 
         elif upgrade and has_body:
             # llhttp stops before an upgrade request's body, so one with a body cannot be relayed as plain HTTP
             raise _Limit(501, R.UPGRADE_NOT_SUPPORTED.value)
+        raw_method = p.get_method()
+        method = METHODS.get(raw_method)
         head = RequestHead(
-            method=p.get_method().decode("ascii"), target=self._url.decode("latin-1"), version=version,
+            method=method if method is not None else raw_method.decode("ascii"), target=self._url.decode("latin-1"), version=version,
             headers=headers, index=index, client_address=self.peer[0], client_port=self.peer[1],
             scheme=self.listener.scheme, server_address=self.sock[0], server_port=self.sock[1],
             listener=self.listener.name, has_body=has_body, tls=self.tls)
