@@ -72,8 +72,8 @@ class ProcessSink:
 
     async def start(self) -> None:
         self._proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-P", "-m", "gatewatch.telemetry.exporter_process", self._args, stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, start_new_session=True)
+            sys.executable, "-P", "-m", "gatewatch.telemetry.exporter_process", self._args,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, start_new_session=True)
         self._tasks = [asyncio.get_running_loop().create_task(self._flusher()),
                        asyncio.get_running_loop().create_task(self._read_totals())]
 

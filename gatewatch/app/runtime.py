@@ -54,7 +54,7 @@ log = logging.getLogger("gatewatch")
 RELOAD_HISTORY = 20  # reloads remembered for the admin
 # The cyclic collector's thresholds once serving (CPython's default is 700, 10, 10). A request allocates and frees
 # a few dozen container objects, nearly all freed by reference counting, yet at 700 the young generation was
-# collected every ~40 requests with a pool of 1,000 instances (every ~550 with 3): ~4 % of the CPU, and full
+# collected every ~40 requests with a pool of 1,000 instances (every ~570 with 3): ~4 % of the CPU, and full
 # collections of 5-10 ms each. At 20,000 it is about one collection a second under load (bench/README.md, "The
 # cyclic collector"); the young generation then holds at most ~20,000 objects (a few MB) in between.
 GC_THRESHOLDS = (20_000, 20, 100)
@@ -439,7 +439,8 @@ _BIND_HINTS = {
 def _limits(config: GatewatchConfig) -> dict[str, tuple[int, float]]:
     limits = {p.name: (p.max_connections_per_instance, p.keepalive_idle_s)
               for p in (config.balancer.pools if config.balancer else ())}
-    limits.update({u.name: (u.max_connections, u.keepalive_idle_s) for u in (config.edge.upstreams if config.edge else ())})
+    upstreams = config.edge.upstreams if config.edge else ()
+    limits.update({u.name: (u.max_connections, u.keepalive_idle_s) for u in upstreams})
     return limits
 
 

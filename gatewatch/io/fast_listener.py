@@ -464,8 +464,10 @@ class HttpConnection:  # asyncio's protocol interface, duck-typed (an extension 
             raise _Limit(501, R.UPGRADE_NOT_SUPPORTED.value)
         raw_method = p.get_method()
         method = METHODS.get(raw_method)
+        if method is None:  # an extension method (PROPFIND, QUERY, ...), as it came
+            method = raw_method.decode("ascii")
         head = RequestHead(
-            method=method if method is not None else raw_method.decode("ascii"), target=self._url.decode("latin-1"), version=version,
+            method=method, target=self._url.decode("latin-1"), version=version,
             headers=headers, index=index, client_address=self.peer[0], client_port=self.peer[1],
             scheme=self.listener.scheme, server_address=self.sock[0], server_port=self.sock[1],
             listener=self.listener.name, has_body=has_body, tls=self.tls)
