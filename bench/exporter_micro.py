@@ -40,24 +40,14 @@ from gatewatch.telemetry import wire  # noqa: E402
 from gatewatch.telemetry.config import ResolvedTelemetry  # noqa: E402
 from gatewatch.telemetry.convert import log_models, span_models  # noqa: E402
 from gatewatch.telemetry.otlp_encode import Envelope, encode_log, encode_span  # noqa: E402
-from gatewatch.telemetry.recorder import Telemetry  # noqa: E402
+from gatewatch.telemetry.recorder import MemorySink  # noqa: E402
 
 
 def records(n: int) -> list:
     """n finished request records, as the engine hands them to the recorder (telemetry on, 3 instances)."""
-    got: list = []
-    finish = Telemetry.finish
-
-    def keep(self, r):
-        finish(self, r)
-        got.append(r)
-
-    Telemetry.finish = keep
-    try:
-        asyncio.run(engine_micro.run(n + 600, "on"))
-    finally:
-        Telemetry.finish = finish
-    return got[-n:]
+    sink = MemorySink(keep=n)  # every request is sampled ("on"), so every record reaches the sink
+    asyncio.run(engine_micro.run(n + 600, "on", sink=sink))
+    return list(sink.records)
 
 
 def best_us(f, per: int, passes: int = 9) -> float:
