@@ -49,16 +49,15 @@ class RoutePlan:
     goes through its `__getattr__` hook (several hundred instructions, two for `route.timeouts.idle_s`); these
     are slots. `retry_statuses` is empty unless the route retries on a status at all."""
 
-    __slots__ = ("route", "name", "upstream", "strip_prefix", "connect_s", "response_s", "idle_s", "retries",
-                 "retry_attempts", "retry_statuses", "per_try_s", "deadline_s", "preserve_host", "cache")
+    __slots__ = ("name", "upstream", "strip_prefix", "connect_s", "idle_s", "retries", "retry_attempts",
+                 "retry_statuses", "per_try_s", "deadline_s", "preserve_host", "cache")
 
     def __init__(self, route: RouteConfig):
         t, r = route.timeouts, route.retries
-        self.route = route
         self.name = route.name
         self.upstream = route.upstream
         self.strip_prefix = route.rewrite.strip_prefix
-        self.connect_s, self.response_s, self.idle_s = t.connect_s, t.response_s, t.idle_s
+        self.connect_s, self.idle_s = t.connect_s, t.idle_s
         self.retries = r
         self.retry_attempts = r.attempts
         self.retry_statuses = frozenset(r.statuses) if r.attempts > 1 and "status" in r.retry_on else frozenset()
