@@ -47,6 +47,7 @@ HOT_MODULES: dict[str, str] = {
     "gatewatch.io.fast_forwarder": "gatewatch/io/fast_forwarder.py",
     "gatewatch.io.fast_listener": "gatewatch/io/fast_listener.py",
     "gatewatch.io.http1": "gatewatch/io/http1.py",
+    "gatewatch.io.simple_head": "gatewatch/io/simple_head.py",
     "gatewatch.io.interfaces": "gatewatch/io/interfaces.py",
     "gatewatch.telemetry.recorder": "telemetry/recorder.py",
     "gatewatch.telemetry.context": "telemetry/context.py",

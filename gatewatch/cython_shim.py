@@ -19,6 +19,19 @@ compiled = False
 # C types a typed local may name (`@cython.locals(n=cython.Py_ssize_t)`); as Python, the types they hold
 Py_ssize_t = int
 bint = bool
+int = int  # noqa: A001 - C int
+uchar = int
+p_const_uchar = bytes  # a pointer into a bytes object's buffer, compiled; the bytes object itself, as Python
+
+
+def cfunc(fn):
+    """A C function when compiled (callable from its module only); a plain function as Python."""
+    return fn
+
+
+def returns(_type):
+    """A C function's return type for the compiler; nothing at run time."""
+    return lambda fn: fn
 
 
 def locals(**types):  # noqa: A001 - the name Cython gives it

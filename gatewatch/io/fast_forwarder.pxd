@@ -32,7 +32,9 @@ cdef class UpstreamConnection:
     cdef public Py_ssize_t _head_bytes
     cdef public object _te, _status_reason, complete, is_head_request, until_close, keep_alive
     cdef public object awaiting, forgotten, tls_version, tls_cipher, upgrading, tunnel, leftover
-    cdef public bint _has_length
+    cdef public bint _has_length, _fresh
+    cpdef _feed(self, data)
+    cpdef _simple(self, data)
 
 cdef class _Awaiting:
     cdef public EndpointPool ep

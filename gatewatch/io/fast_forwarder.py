@@ -39,6 +39,8 @@ except ImportError:  # a pure install without Cython
 from gatewatch.io.h2_upstream import H2Upstream
 from gatewatch.io.http1 import BodyQueue, Deadlines, WriteFlow, chunk_frame, no_delay, serialize_head
 from gatewatch.io.interfaces import AttemptTiming, ClientGone, UpstreamFailure, UpstreamRequest, connect_failure
+from gatewatch.io.simple_head import ENABLED as SIMPLE_HEADS
+from gatewatch.io.simple_head import simple_response
 from gatewatch.io.tls import UpstreamTLS, client_context, failure_of
 from gatewatch.telemetry.names import ErrorType, TlsFailure
 
@@ -62,7 +64,7 @@ class UpstreamConnection:  # asyncio's protocol interface, duck-typed (an extens
     __slots__ = ("pool", "loop", "transport", "flow", "parser", "closed", "busy", "idle_since", "peer", "head",
                  "body", "_headers", "_head_bytes", "_te", "_has_length", "_status_reason", "complete",
                  "is_head_request", "until_close", "keep_alive", "awaiting", "forgotten", "tls_version", "tls_cipher",
-                 "upgrading", "tunnel", "leftover")
+                 "upgrading", "tunnel", "leftover", "_fresh")
 
     def __init__(self, pool: "EndpointPool"):
         self.pool = pool
@@ -94,6 +96,7 @@ class UpstreamConnection:  # asyncio's protocol interface, duck-typed (an extens
         self.upgrading = False
         self.tunnel = None
         self.leftover = b""
+        self._fresh = False  # set by `begin`: no byte of the expected response has been parsed yet
 
     # --- asyncio.Protocol ---
 
@@ -147,6 +150,18 @@ class UpstreamConnection:  # asyncio's protocol interface, duck-typed (an extens
         if not self.busy:
             self.abort()  # bytes nobody asked for: the connection is not trustworthy any more
             return
+        if self._fresh:  # the first read of this exchange's response: it may be a simple one (`simple_head`)
+            self._fresh = False
+            if not SIMPLE_HEADS or self.is_head_request or self.upgrading or not self._simple(data):
+                self._feed(data)
+        else:
+            self._feed(data)
+        awaiting = self.awaiting
+        if awaiting is not None:  # the head (and maybe the whole body) of a `send_now` exchange is in
+            self.awaiting = None
+            awaiting.deliver()
+
+    def _feed(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as err:
@@ -157,10 +172,26 @@ class UpstreamConnection:  # asyncio's protocol interface, duck-typed (an extens
                 self.transport.pause_reading()  # until the relay session takes over
         except httptools.HttpParserError as err:
             self._broken(err)
-        awaiting = self.awaiting
-        if awaiting is not None:  # the head (and maybe the whole body) of a `send_now` exchange is in
-            self.awaiting = None
-            awaiting.deliver()
+
+    @cython.locals(simple=tuple, body=bytes)
+    def _simple(self, data: bytes) -> bool:
+        """Settle the exchange from a simple response (one keep-alive HTTP/1.1 response with a Content-Length,
+        body included, exactly this read) as llhttp's callbacks would, without them. False: nothing done, llhttp
+        parses `data`."""
+        simple = simple_response(data, MAX_RESPONSE_HEAD)
+        if simple is None:
+            return False
+        status, reason, headers, body = simple
+        self._headers = headers
+        if self.head is not None and not self.head.done():
+            self.head.set_result((status, reason, tuple(headers)))
+        self.keep_alive = True
+        self.until_close = False
+        if body:
+            self.body.feed(body)
+        self.complete = True
+        self.body.finish()
+        return True
 
     def _broken(self, err: Exception) -> None:
         """The upstream broke HTTP/1.1: the exchange fails (`protocol_error`) and the connection is aborted."""
@@ -242,6 +273,7 @@ class UpstreamConnection:  # asyncio's protocol interface, duck-typed (an extens
         self.upgrading = upgrade
         self.complete = False
         self.is_head_request = method == "HEAD"
+        self._fresh = True  # llhttp is between messages: the response's first read may skip it
         self.head = head if head is not None else self.loop.create_future()
         self.body = BodyQueue(self._pause_reading, self._resume_reading, _reset)
 

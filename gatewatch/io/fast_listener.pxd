@@ -25,3 +25,4 @@ cdef class HttpConnection:
     cdef public Py_ssize_t _header_bytes, _hosts, _byte_limit, _line_limit, _scanned, _head_fed
     cdef public bint _in_trailers
     cdef public object last_active, head_started, peer, sock, now_busy, tls, tunnel, early
+    cpdef _simple(self, data)

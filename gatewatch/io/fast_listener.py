@@ -45,6 +45,8 @@ from gatewatch.io.h2_listener import H2Connection, H2Settings
 from gatewatch.io.http1 import (MAX_TRACE_HEADER_BYTES, NO_BODY, REASONS, STATUS_LINES, TRACE_HEADERS, BodyQueue,
                                 WriteFlow, accepted, chunk_frame, http_date, method_rejection, serialize_head)
 from gatewatch.io.interfaces import ClientGone, Headers, Rejecter, RequestHandler, RequestHead, SyncRequestHandler
+from gatewatch.io.simple_head import ENABLED as SIMPLE_HEADS
+from gatewatch.io.simple_head import simple_request
 from gatewatch.io.tls import ServerTLS, server_failure_of
 from gatewatch.telemetry.names import RejectReason as R
 from gatewatch.io.websocket import is_websocket, request_problem
@@ -310,10 +312,35 @@ class HttpConnection:  # asyncio's protocol interface, duck-typed (an extension 
             return
         if self._inbuf:
             self._inbuf += data
+        elif (SIMPLE_HEADS and not self.queue and not self.running and self.head_started is None
+              and self.parsing is None and not self.rejected and self.listener.handle_now is not None
+              and self._simple(data)):
+            return
         else:
             self._inbuf = bytearray(data) if len(self.queue) >= MAX_PIPELINE else None
             if self._inbuf is None:
                 self._feed(data)
+
+    @cython.locals(simple=tuple)
+    def _simple(self, data: bytes) -> bool:
+        """A simple request (`simple_head.simple_request`: one bodiless keep-alive HTTP/1.1 request, exactly this
+        read) on an idle connection, between messages: handed to the engine's synchronous path with no llhttp
+        callback. False: nothing done, llhttp parses `data`."""
+        simple = simple_request(data, self.listener.max_header_size, MAX_HEADERS, MAX_URL)
+        if simple is None:
+            return False
+        method, target, headers, index = simple
+        head = RequestHead(
+            method=method, target=target, version="1.1", headers=tuple(headers), index=index,
+            client_address=self.peer[0], client_port=self.peer[1], scheme=self.listener.scheme,
+            server_address=self.sock[0], server_port=self.sock[1], listener=self.listener.name, has_body=False,
+            tls=self.tls)
+        ex = _Exchange(head, NO_BODY, True, False)
+        ex.now = ex.started = True
+        self.running = self.now_busy = True
+        self.queue.append(ex)
+        self.listener.handle_now(head, _Downstream(self, ex))  # never raises; calls done() once
+        return True
 
     def _h2_preface(self, data: bytes) -> bool:
         """HTTP/2 with prior knowledge (RFC 9113 §3.3) on a plaintext connection that has carried nothing else:
