@@ -11,3 +11,6 @@ cdef class PickResult:
 cdef class PickContext:
     cdef public Pool pool
     cdef public object key, affinity, _tried, _hash_source
+    cpdef tried(self, instance_id)
+    cpdef PickResult pick(self, rng)
+    cpdef repin(self, response_headers, endpoint)

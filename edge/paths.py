@@ -33,6 +33,11 @@ import re
 from typing import NamedTuple
 from urllib.parse import unquote_to_bytes
 
+try:
+    import cython
+except ImportError:  # a pure install without Cython
+    from gatewatch import cython_shim as cython
+
 from gatewatch.telemetry.names import RejectReason as R
 
 UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
@@ -159,6 +164,7 @@ def remove_dot_segments(path: str) -> str:
     return "/" + "/".join(out)
 
 
+@cython.locals(target=str, rest=str, path=str, query=str)  # (str methods then called directly, not by name)
 def split_target(target: str) -> tuple[str, str]:
     """Split a request target into (path, query) without decoding anything. Absolute-form targets
     (`http://host/path?q`, sent to proxies) keep only their path and query. A fragment is cut off here (the
@@ -177,6 +183,7 @@ def split_target(target: str) -> tuple[str, str]:
     return path, query
 
 
+@cython.locals(target=str, rest=str)
 def target_authority(target: str) -> str | None:
     """The authority of an absolute-form target (`http://host:port/path`), which RFC 9112 §3.2.2 says wins over
     the Host header; None for the usual origin-form `/path`."""

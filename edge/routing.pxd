@@ -11,6 +11,7 @@ cdef class _Compiled:
     cdef public frozenset methods
     cdef public tuple headers, query
     cdef public object template, static_match
+    cpdef match_path(self, str path)
 
 cdef class _Node:
     cdef public dict children

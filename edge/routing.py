@@ -65,6 +65,7 @@ class _Compiled:
         # dataclass costs about a microsecond to construct).
         self.static_match = RouteMatch(route, index, self.template, NO_PARAMS) if self.kind != "template" else None
 
+    @cython.locals(path=str, v=str)  # (str methods then called directly, not by name)
     def match_path(self, path: str) -> dict[str, str] | None:
         if self.kind == "exact":
             return {} if path == self.value else None
@@ -158,7 +159,7 @@ class Router:
                     node = node.children.setdefault(seg, _Node())
             (node.prefixes if c.kind == "prefix" else node.ends).append(c)
 
-    @cython.locals(found=list, frontier=list, nxt=list, node=_Node, child=_Node)
+    @cython.locals(found=list, frontier=list, nxt=list, node=_Node, child=_Node, path=str)
     def _candidates(self, path: str) -> list[_Compiled]:
         found: list[_Compiled] = list(self._root.prefixes)
         frontier = [self._root]

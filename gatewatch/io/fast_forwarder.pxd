@@ -11,6 +11,8 @@ cdef class EndpointPool:
     cdef public object _waiters
     cdef public bint retired, literal
     cpdef take_idle(self)
+    cpdef release(self, conn)
+    cpdef forget(self, conn)
 
 cdef class RawForwarder:
     cdef public dict _limits, _pools, _tls
@@ -20,8 +22,12 @@ cdef class RawForwarder:
     cpdef EndpointPool _pool(self, name, host, port, scheme)
     cpdef Deadlines _head_deadlines(self, loop)
 
+cdef class UpstreamConnection
+
 cdef class RawResponse:
-    cdef public object _pool, _conn, status, reason, headers, peer_address, peer_port, _idle_s, _pump
+    cdef public EndpointPool _pool
+    cdef public UpstreamConnection _conn
+    cdef public object status, reason, headers, peer_address, peer_port, _idle_s, _pump
     cdef public bint _released
     cdef public object _whole
 
@@ -34,6 +40,7 @@ cdef class UpstreamConnection:
     cdef public object awaiting, forgotten, tls_version, tls_cipher, upgrading, tunnel, leftover
     cdef public bint _has_length, _fresh
     cpdef _feed(self, data)
+    cpdef begin(self, method, head=*, upgrade=*)
     cpdef _simple(self, data)
 
 cdef class _Awaiting:

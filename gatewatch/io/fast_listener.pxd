@@ -6,14 +6,17 @@ cdef class _Exchange:
     cdef public object body
     cdef public bint expect_continue, keep_alive, continue_sent, is_head, http10, started, now, websocket
 
+cdef class HttpConnection
+
 cdef class _Downstream:
-    cdef public object _conn
+    cdef public HttpConnection _conn
     cdef public _Exchange _ex
     cdef public bint started, complete, _chunked
     cdef public object _declared, _written
     cdef public bint _close_after
     cdef public object _pending
     cdef public bint _done
+    cpdef bytes _head(self, status, reason, headers, content_length)
 
 cdef class HttpConnection:
     cdef public object listener, transport, parser, flow, closed, rejected, _pipeline_paused, _inbuf, queue
@@ -26,3 +29,4 @@ cdef class HttpConnection:
     cdef public bint _in_trailers
     cdef public object last_active, head_started, peer, sock, now_busy, tls, tunnel, early
     cpdef _simple(self, data)
+    cpdef exchange_done(self, _Downstream down)

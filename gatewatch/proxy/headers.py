@@ -7,6 +7,11 @@ from __future__ import annotations
 
 import re
 
+try:
+    import cython
+except ImportError:  # a pure install without Cython
+    from gatewatch import cython_shim as cython
+
 from gatewatch.io.interfaces import Headers
 
 # RFC 9110 §7.6.1 connection-specific fields, plus the de-facto ones every proxy strips.
@@ -32,13 +37,15 @@ def strip_hop_by_hop(headers: Headers, also: frozenset[str] = frozenset()) -> li
     return _without(headers, HOP_BY_HOP | also)
 
 
+@cython.locals(h=tuple, name=str, out=list, connection=list, drop=frozenset)
 def _without(headers: Headers, drop: frozenset[str]) -> list[tuple[str, str]]:
     """`headers` minus the names in `drop` (lower-case, a superset of HOP_BY_HOP) and the names any `Connection`
     header lists. One pass in the common case; a second only when `Connection` names extra headers."""
     out: list[tuple[str, str]] = []
     connection: list[str] = []
     for h in headers:
-        name = h[0].lower()
+        name = h[0]
+        name = name.lower()  # (typed str: a direct call of str.lower, not a lookup by name)
         if name not in drop:
             out.append(h)
         elif name == "connection":
@@ -46,13 +53,15 @@ def _without(headers: Headers, drop: frozenset[str]) -> list[tuple[str, str]]:
     return _without_listed(out, connection, drop) if connection else out
 
 
+@cython.locals(value=str, t=str, listed=set, drop=frozenset)
 def _without_listed(out: list[tuple[str, str]], connection: list[str], drop: frozenset[str]) -> list[tuple[str, str]]:
     """`out` less the header names the `Connection` values list (RFC 9110 §7.6.1), except those `drop` removed
     already. Nothing to do (and no second pass) in the common case of no `Connection` header."""
     listed: set[str] = set()
     for value in connection:
         for t in value.split(","):
-            t = t.strip().lower()
+            t = t.strip()
+            t = t.lower()
             if t and t not in drop:
                 listed.add(t)
     return [h for h in out if h[0].lower() not in listed] if listed else out
@@ -129,6 +138,7 @@ RESPONSE_REPLACED = frozenset({"content-length", "via", "x-request-id", "tracere
 RESPONSE_DROP = HOP_BY_HOP | RESPONSE_REPLACED
 
 
+@cython.locals(h=tuple, name=str, out=list, via_values=list, lengths=list, connection=list, drop=frozenset)
 def downstream_response_headers(headers: Headers, version: str) -> tuple[list[tuple[str, str]], int | None]:
     """Upstream response headers for the client, and the upstream's Content-Length (None: not known, stream it).
     Removed: hop-by-hop and framing (the listener re-frames), an inner tier's X-Request-Id and traceresponse
@@ -137,9 +147,11 @@ def downstream_response_headers(headers: Headers, version: str) -> tuple[list[tu
     via_values: list[str] = []
     lengths: list[str] = []
     connection: list[str] = []
+    drop = RESPONSE_DROP
     for h in headers:
-        name = h[0].lower()
-        if name not in RESPONSE_DROP:
+        name = h[0]
+        name = name.lower()
+        if name not in drop:
             out.append(h)
         elif name == "content-length":
             lengths.append(h[1].strip())
