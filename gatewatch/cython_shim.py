@@ -19,6 +19,7 @@ compiled = False
 # C types a typed local may name (`@cython.locals(n=cython.Py_ssize_t)`); as Python, the types they hold
 Py_ssize_t = int
 bint = bool
+double = float
 int = int  # noqa: A001 - C int
 uchar = int
 p_const_uchar = bytes  # a pointer into a bytes object's buffer, compiled; the bytes object itself, as Python

@@ -380,7 +380,7 @@ class Engine:
                     return
                 failed = None
             a = self._next_attempt(ctx)
-            if isinstance(a, Outcome):
+            if not isinstance(a, AttemptContext):  # (an Outcome; an extension type's check is a C test)
                 await self._fail(ctx, a, None)
                 return
             current = self.attempt(ctx, a)
@@ -392,7 +392,7 @@ class Engine:
         previous = ctx.attempt
         n = 0 if previous is None else previous.n + 1
         a = self.pick(ctx, ctx.picking, n)
-        if isinstance(a, Outcome):
+        if not isinstance(a, AttemptContext):  # (an Outcome; an extension type's check is a C test)
             ctx.retries.attempt_ended(n)
             return a
         if n and ctx.picking is not None and previous.instance != a.instance:
@@ -578,7 +578,7 @@ class Engine:
         settled here instead (no instance could take it)."""
         self._forward_begin(ctx)
         a = self._next_attempt(ctx)
-        if isinstance(a, Outcome):
+        if not isinstance(a, AttemptContext):  # (an Outcome; an extension type's check is a C test)
             self._fail_now(ctx, a, None)
             return True
         request = self._attempt_begin(ctx, a)
