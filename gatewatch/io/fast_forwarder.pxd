@@ -1,6 +1,6 @@
 # Augmenting declarations (Cython pure-Python mode): the per-exchange objects as extension types.
 from gatewatch.io.interfaces cimport UpstreamRequest
-from gatewatch.io.http1 cimport Deadlines
+from gatewatch.io.http1 cimport BodyQueue, Deadlines
 
 cdef class EndpointPool:
     cdef public object host, port, tls, server_name
@@ -32,7 +32,8 @@ cdef class RawResponse:
     cdef public object _whole
 
 cdef class UpstreamConnection:
-    cdef public object pool, loop, transport, flow, parser, closed, busy, idle_since, peer, head, body
+    cdef public object pool, loop, transport, flow, parser, closed, busy, idle_since, peer, head
+    cdef public BodyQueue body
     # the response head being parsed: typed, so the parser callbacks work on it without a lookup by name
     cdef public list _headers
     cdef public Py_ssize_t _head_bytes

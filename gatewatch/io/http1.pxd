@@ -8,6 +8,10 @@ cdef class BodyQueue:
     cdef public bint _paused
     cdef public object _make_error
     cdef public Py_ssize_t total
+    cpdef take_whole(self)
+    cpdef feed(self, chunk)
+    cpdef finish(self)
+    cpdef fail(self, error=*)
 
 cdef class Deadlines:
     cdef public object _loop
