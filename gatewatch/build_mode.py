@@ -42,6 +42,7 @@ HOT_MODULES: dict[str, str] = {
     "gatewatch.proxy.headers": "gatewatch/proxy/headers.py",
     "gatewatch.proxy.recording": "gatewatch/proxy/recording.py",
     "gatewatch.proxy.context": "gatewatch/proxy/context.py",
+    "gatewatch.proxy.plan": "gatewatch/proxy/plan.py",
     "gatewatch.proxy.request_keys": "gatewatch/proxy/request_keys.py",
     "gatewatch.proxy.answers": "gatewatch/proxy/answers.py",
     "gatewatch.io.fast_forwarder": "gatewatch/io/fast_forwarder.py",

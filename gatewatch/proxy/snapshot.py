@@ -5,7 +5,8 @@ A request keeps the snapshot it started with: the engine reads `engine.snapshot`
 and every phase reads the request's own. Nothing in a snapshot is changed after `build` returns; the live state
 it points at (pools, retry budgets, policy stores) is owned outside it and outlives it.
 
-Primitives: `Snapshot`, `RoutePlan` (what the request path reads of a route's config, read out of it once),
+Primitives: `Snapshot`, `RoutePlan` (`proxy.plan`: what the request path reads of a route's config, read out
+of it once),
 `Target` (where one route's requests go: a pool of this process or a URL upstream,
 with the route's retry budget and compiled policies; or, for a route with `upstreams`, a `split.Split` between
 one such target per side; and the route's `mirror.MirrorTarget`), `RemoteTarget` (a URL upstream),
@@ -29,6 +30,7 @@ from gatewatch.edge.policies.build import PolicyResources, build_policies
 from gatewatch.edge.routing import Router
 from gatewatch.proxy.aggregate import compile_plan
 from gatewatch.proxy.mirror import MirrorTarget
+from gatewatch.proxy.plan import RoutePlan
 from gatewatch.proxy.split import Split
 from gatewatch.telemetry.names import Layer
 
@@ -42,29 +44,6 @@ class RemoteTarget:
     host: str
     port: int
     instance: str  # how its attempts name it: host:port
-
-
-class RoutePlan:
-    """What every request on a route reads of its config, read out of it once. A pydantic model's attribute read
-    goes through its `__getattr__` hook (several hundred instructions, two for `route.timeouts.idle_s`); these
-    are slots. `retry_statuses` is empty unless the route retries on a status at all."""
-
-    __slots__ = ("name", "upstream", "strip_prefix", "connect_s", "idle_s", "retries", "retry_attempts",
-                 "retry_statuses", "per_try_s", "deadline_s", "preserve_host", "cache")
-
-    def __init__(self, route: RouteConfig):
-        t, r = route.timeouts, route.retries
-        self.name = route.name
-        self.upstream = route.upstream
-        self.strip_prefix = route.rewrite.strip_prefix
-        self.connect_s, self.idle_s = t.connect_s, t.idle_s
-        self.retries = r
-        self.retry_attempts = r.attempts
-        self.retry_statuses = frozenset(r.statuses) if r.attempts > 1 and "status" in r.retry_on else frozenset()
-        self.per_try_s = r.per_try_timeout_s or t.response_s  # an attempt's wait for its response head
-        self.deadline_s = r.deadline_s
-        self.preserve_host = route.preserve_host
-        self.cache = route.cache
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,12 @@
+# Augmenting declarations (Cython pure-Python mode): a route's plan as an extension type, held typed by
+# `RequestContext` (context.pxd), so the engine reads its fields as C fields.
+cdef class RoutePlan:
+    cdef public object name, upstream, strip_prefix
+    cdef public double connect_s, idle_s
+    cdef public object retries
+    cdef public Py_ssize_t retry_attempts
+    cdef public frozenset retry_statuses
+    cdef public double per_try_s
+    cdef public object deadline_s
+    cdef public bint preserve_host
+    cdef public object cache
