@@ -231,8 +231,8 @@ def declared_fields(pxd: Path) -> dict[str, set[str]]:
         if line.startswith("cdef class "):
             current = line[len("cdef class "):].rstrip(":").strip()
             fields[current] = set()
-        elif current and line.strip().startswith("cdef public "):
-            names = line.strip()[len("cdef public "):].split(None, 1)[1]
+        elif current and line.strip().startswith(("cdef public ", "cdef readonly ")):
+            names = line.strip().split(None, 3)[3]  # cdef public|readonly TYPE names
             fields[current] |= {name.strip() for name in names.split(",")}
     return fields
 

@@ -1,7 +1,7 @@
 # Augmenting declarations (Cython pure-Python mode): the per-request contexts as extension types.
 from gatewatch.telemetry.context cimport RequestRecord, AttemptRecord
 from gatewatch.io.interfaces cimport RequestHead
-from gatewatch.proxy.plan cimport RoutePlan
+from gatewatch.proxy.plan cimport RoutePlan, Target
 
 cdef class AttemptContext:
     cdef public Py_ssize_t n
@@ -19,7 +19,8 @@ cdef class RequestContext:
     cdef public object listener
     cdef public object path, route
     cdef public RoutePlan plan
-    cdef public object target, policy
+    cdef public Target target
+    cdef public object policy
     cdef public Py_ssize_t evaluated
     cdef public object response_headers, client_body, upstream_target
     cdef public double backoff_s

@@ -32,8 +32,8 @@ from gatewatch.edge.config import RouteConfig
 from gatewatch.edge.policies.base import PolicyRequest
 from gatewatch.edge.policies.bodies import BodyTooLarge
 from gatewatch.io.interfaces import ClientGone, Downstream, RequestHead
-from gatewatch.proxy.plan import RoutePlan
-from gatewatch.proxy.snapshot import Snapshot, Target
+from gatewatch.proxy.plan import RoutePlan, Target
+from gatewatch.proxy.snapshot import Snapshot
 from gatewatch.telemetry.context import AttemptRecord, RequestRecord
 
 

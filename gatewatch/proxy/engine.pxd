@@ -3,7 +3,7 @@ from gatewatch.proxy.context cimport RequestContext, AttemptContext
 from gatewatch.telemetry.context cimport RequestRecord, AttemptRecord
 from gatewatch.io.interfaces cimport RequestHead, UpstreamRequest
 from gatewatch.balancer.context cimport PickResult, PickContext
-from gatewatch.proxy.plan cimport RoutePlan
+from gatewatch.proxy.plan cimport RoutePlan, Target
 
 from gatewatch.telemetry.recorder cimport Telemetry
 

@@ -59,7 +59,7 @@ from gatewatch.proxy import grpc
 from gatewatch.proxy.answers import CONNECT_STEP, FAILURE_OUTCOME, MESSAGES, error_body
 from gatewatch.proxy.cache import CONDITIONALS, Caches, Discard, Flow, StoredResponse
 from gatewatch.proxy.context import AttemptContext, ClientBody, RequestContext
-from gatewatch.proxy.plan import RoutePlan
+from gatewatch.proxy.plan import RoutePlan, Target
 from gatewatch.proxy.mirror import MIRROR_HEADER, Mirrors
 from gatewatch.proxy.snapshot import Snapshot
 from gatewatch.telemetry.context import AttemptRecord, RequestRecord, format_traceparent, new_span_id, start_trace
@@ -243,7 +243,7 @@ class Engine:
 
     # --- ROUTE, POLICY ---
 
-    @cython.locals(ctx=RequestContext, rec=RequestRecord, plan=RoutePlan)
+    @cython.locals(ctx=RequestContext, rec=RequestRecord, plan=RoutePlan, target=Target)
     def route(self, ctx: RequestContext) -> Outcome | None:
         """Canonical path (what routing sees is exactly what the upstream gets) and header names, by the listener's
         rules, then the first matching route. A refusal is answered 400 with its `error.type` (docs/refusals.md)."""
@@ -331,7 +331,7 @@ class Engine:
 
     # --- PICK → UPSTREAM, attempt after attempt ---
 
-    @cython.locals(ctx=RequestContext, rec=RequestRecord, head=RequestHead, plan=RoutePlan)
+    @cython.locals(ctx=RequestContext, rec=RequestRecord, head=RequestHead, plan=RoutePlan, target=Target)
     def _forward_begin(self, ctx: RequestContext) -> None:
         rec, plan, head, target = ctx.rec, ctx.plan, ctx.head, ctx.target
         pool = target.pool

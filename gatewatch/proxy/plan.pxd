@@ -1,5 +1,5 @@
-# Augmenting declarations (Cython pure-Python mode): a route's plan as an extension type, held typed by
-# `RequestContext` (context.pxd), so the engine reads its fields as C fields.
+# Augmenting declarations (Cython pure-Python mode): a route's plan and target as extension types, held typed
+# by `RequestContext` (context.pxd), so the engine reads their fields as C fields.
 cdef class RoutePlan:
     cdef public object name, upstream, strip_prefix
     cdef public double connect_s, idle_s
@@ -10,3 +10,6 @@ cdef class RoutePlan:
     cdef public object deadline_s
     cdef public bint preserve_host
     cdef public object cache
+
+cdef class Target:
+    cdef readonly object upstream, pool, remote, budget, policies, aggregate, split, mirror

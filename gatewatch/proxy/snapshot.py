@@ -7,7 +7,7 @@ it points at (pools, retry budgets, policy stores) is owned outside it and outli
 
 Primitives: `Snapshot`, `RoutePlan` (`proxy.plan`: what the request path reads of a route's config, read out
 of it once),
-`Target` (where one route's requests go: a pool of this process or a URL upstream,
+`Target` (`proxy.plan`: where one route's requests go: a pool of this process or a URL upstream,
 with the route's retry budget and compiled policies; or, for a route with `upstreams`, a `split.Split` between
 one such target per side; and the route's `mirror.MirrorTarget`), `RemoteTarget` (a URL upstream),
 `build(layer, config, pools, budgets, policy_resources, config_version)`.
@@ -18,19 +18,18 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Mapping
 
 from yarl import URL
 
 from gatewatch.balancer.pool import Pool
 from gatewatch.balancer.retry import RetryBudget, RetryBudgets
 from gatewatch.config import GatewatchConfig, ListenerConfig
-from gatewatch.edge.config import RouteConfig
 from gatewatch.edge.policies.build import PolicyResources, build_policies
 from gatewatch.edge.routing import Router
 from gatewatch.proxy.aggregate import compile_plan
 from gatewatch.proxy.mirror import MirrorTarget
-from gatewatch.proxy.plan import RoutePlan
+from gatewatch.proxy.plan import RoutePlan, Target
 from gatewatch.proxy.split import Split
 from gatewatch.telemetry.names import Layer
 
@@ -44,18 +43,6 @@ class RemoteTarget:
     host: str
     port: int
     instance: str  # how its attempts name it: host:port
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    upstream: str | None  # "" for a split: the side's Target replaces this one at ROUTE
-    pool: Pool | None  # a pool of this process's balancer layer, or
-    remote: RemoteTarget | None  # a URL upstream
-    budget: RetryBudget | None  # live: shared by every snapshot that routes to this upstream (None for a split)
-    policies: tuple  # the route's compiled policies, in declared order
-    aggregate: Any = None  # an aggregate route's compiled calls (`proxy.aggregate.Plan`): no upstream of its own
-    split: Split | None = None  # a route with `upstreams`: which side's Target takes a request (issue 19)
-    mirror: MirrorTarget | None = None  # the route's shadow upstream (issue 19)
 
 
 @dataclass(frozen=True, slots=True)

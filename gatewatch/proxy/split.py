@@ -50,7 +50,7 @@ class Side(NamedTuple):
     name: str
     weight: int
     seed: int  # the side's name hashed: mixed with a key's hash, the side's own draw for that key
-    target: Any  # the `snapshot.Target` a request on this side goes to
+    target: Any  # the `plan.Target` a request on this side goes to
 
 
 class Choice(NamedTuple):
@@ -88,7 +88,7 @@ def rendezvous(h: int, sides: tuple[Side, ...]) -> Side:
 
 class Split:
     def __init__(self, route: RouteConfig, targets: dict[str, Any]):
-        """`targets`: the side name → its `snapshot.Target`."""
+        """`targets`: the side name → its `plan.Target`."""
         self.sides = tuple(Side(s.name, s.weight, key_hash(s.name), targets[s.name]) for s in route.upstreams)
         self.by_name = {s.name: s for s in self.sides}
         cumulative, total = [], 0
