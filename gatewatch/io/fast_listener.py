@@ -42,8 +42,9 @@ except ImportError:  # a pure install without Cython
 
 from gatewatch.io.h2_listener import PREFACE as H2_PREFACE
 from gatewatch.io.h2_listener import H2Connection, H2Settings
-from gatewatch.io.http1 import (MAX_TRACE_HEADER_BYTES, NO_BODY, REASONS, STATUS_LINES, TRACE_HEADERS, BodyQueue,
-                                WriteFlow, accepted, chunk_frame, http_date, method_rejection, serialize_head)
+from gatewatch.io.http1 import (MAX_TRACE_HEADER_BYTES, METHODS, NO_BODY, REASONS, STATUS_LINES, TRACE_HEADERS,
+                                BodyQueue, WriteFlow, accepted, chunk_frame, http_date, method_rejection,
+                                serialize_head)
 from gatewatch.io.interfaces import ClientGone, Headers, Rejecter, RequestHandler, RequestHead, SyncRequestHandler
 from gatewatch.io.simple_head import ENABLED as SIMPLE_HEADS
 from gatewatch.io.simple_head import simple_request
@@ -61,10 +62,6 @@ HEAD_TIMEOUT_S = 30.0  # a request head must arrive within this (slowloris)
 DRAIN_LIMIT = 64 * 1024  # unread request body we are willing to read and discard to keep a connection
 MAX_PIPELINE = 16  # queued requests per connection before parsing stops and reading pauses
 FEED_SLICE = 16 * 1024  # parse at most this much between checks of the queue length
-# The registered methods (RFC 9110 §9.3, RFC 5789) as one str object each: every request's method is then the
-# same object, whose hash is computed once, and the metric label tuples holding it compare by identity.
-METHODS = {m.encode("ascii"): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE",
-                                          "PATCH")}
 
 
 class _Exchange:

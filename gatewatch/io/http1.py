@@ -33,7 +33,11 @@ MAX_TRACE_HEADER_BYTES = 32 * 1024
 REASONS = {s.value: s.phrase for s in HTTPStatus}
 # The status line of each status with its standard reason phrase (RFC 9112 §4), built once, not per response
 STATUS_LINES = {status: b"HTTP/1.1 %d %s\r\n" % (status, text.encode("latin-1")) for status, text in REASONS.items()}
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 §5.6.2 token
+HTTP_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 §5.6.2 token (fullmatch)
+# The registered methods (RFC 9110 §9.3, RFC 5789) as one str object each: every request's method is then the
+# same object, whose hash is computed once, and the metric label tuples holding it compare by identity.
+METHODS = {m.encode("ascii"): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE",
+                                          "PATCH")}
 _date_cache: list = [0, b""]
 
 
@@ -43,7 +47,7 @@ def method_rejection(request_line: bytes | None) -> tuple[int, str]:
     PATCH, QUERY and a few more, not every registered one, and methods are case-sensitive, so `get` is one of these)
     and 400 `invalid_method` for anything else."""
     method = request_line.split(b" ", 1)[0] if request_line else b""
-    if _TOKEN.fullmatch(method):
+    if HTTP_TOKEN.fullmatch(method):
         return 501, RejectReason.UNSUPPORTED_METHOD.value
     return 400, RejectReason.INVALID_METHOD.value
 

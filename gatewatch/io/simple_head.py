@@ -29,6 +29,9 @@ try:
 except ImportError:  # a pure install without Cython
     from gatewatch import cython_shim as cython
 
+from gatewatch.io.http1 import HTTP_TOKEN
+from gatewatch.io.http1 import METHODS as REGISTERED
+
 ENABLED: bool = cython.compiled  # the protocols try these functions only compiled (see above)
 
 # What each byte may be, as flags: a token character (RFC 9110 §5.6.2), a field-value character (VCHAR, SP, HTAB;
@@ -37,15 +40,15 @@ ENABLED: bool = cython.compiled  # the protocols try these functions only compil
 TOKEN = 1
 VALUE = 2
 TARGET = 4
-_TOKEN_CHARS = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _TARGET_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:@%/?"
-_CLASSES = bytes((TOKEN if b in _TOKEN_CHARS else 0) | (VALUE if 0x20 <= b < 0x7F or b == 0x09 else 0)
+_CLASSES = bytes((TOKEN if HTTP_TOKEN.fullmatch(bytes((b,))) else 0)
+                 | (VALUE if 0x20 <= b < 0x7F or b == 0x09 else 0)
                  | (TARGET if b in _TARGET_CHARS else 0) for b in range(256))
 CR, LF, SP, HTAB, COLON, SLASH = 13, 10, 32, 9, 58, 47
 
-# The methods a simple request may have (RFC 9110 §9.3, RFC 5789), as one str object each. CONNECT is not one:
-# its target is an authority, not a path. Extension methods go to llhttp, which knows its own table.
-METHODS = {m.encode("ascii"): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH")}
+# The methods a simple request may have: the registered ones (the same str objects the llhttp path gives), but
+# CONNECT, whose target is an authority, not a path. Extension methods go to llhttp, which knows its own table.
+METHODS = {raw: m for raw, m in REGISTERED.items() if m != "CONNECT"}
 # A header with one of these names makes a head not simple: framing, 100-continue and upgrades are llhttp's.
 _FRAMING = frozenset({"transfer-encoding", "content-length", "expect", "upgrade"})
 _RESPONSE_FRAMING = frozenset({"transfer-encoding", "upgrade"})
@@ -116,8 +119,9 @@ def _keep_alive(value: str) -> bool:
 
 
 @cython.locals(data=bytes, p=cython.p_const_uchar, classes=cython.p_const_uchar, n=cython.Py_ssize_t,
-               k=cython.Py_ssize_t, ts=cython.Py_ssize_t, end=cython.Py_ssize_t, i=cython.Py_ssize_t, hosts=cython.Py_ssize_t,
-               headers=list, lowers=list, index=dict, lk=str, value=str, methods=dict, framing=frozenset)
+               k=cython.Py_ssize_t, ts=cython.Py_ssize_t, end=cython.Py_ssize_t, i=cython.Py_ssize_t,
+               hosts=cython.Py_ssize_t, headers=list, lowers=list, index=dict, lk=str, value=str, methods=dict,
+               framing=frozenset)
 def simple_request(data: bytes, max_header_bytes: int, max_headers: int,
                    max_target: int) -> tuple[str, str, list, dict] | None:
     """(method, target, headers, index) of the one bodiless keep-alive HTTP/1.1 request that `data` holds
@@ -171,9 +175,9 @@ def simple_request(data: bytes, max_header_bytes: int, max_headers: int,
 
 
 @cython.locals(data=bytes, p=cython.p_const_uchar, classes=cython.p_const_uchar, n=cython.Py_ssize_t,
-               k=cython.Py_ssize_t, end=cython.Py_ssize_t, i=cython.Py_ssize_t, status=cython.int, length=cython.Py_ssize_t,
-               digits=cython.Py_ssize_t, c=cython.uchar, headers=list, lowers=list, lk=str, value=str,
-               framing=frozenset)
+               k=cython.Py_ssize_t, end=cython.Py_ssize_t, i=cython.Py_ssize_t, status=cython.int,
+               length=cython.Py_ssize_t, digits=cython.Py_ssize_t, c=cython.uchar, headers=list, lowers=list, lk=str,
+               value=str, framing=frozenset)
 def simple_response(data: bytes, max_head: int) -> tuple[int, str, list, bytes] | None:
     """(status, reason, headers, body) of the one keep-alive HTTP/1.1 response with a Content-Length that `data`
     holds exactly, body included, or None: llhttp parses it."""
