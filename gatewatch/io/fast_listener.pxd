@@ -29,4 +29,5 @@ cdef class HttpConnection:
     cdef public bint _in_trailers
     cdef public object last_active, head_started, peer, sock, now_busy, tls, tunnel, early
     cpdef _simple(self, data)
+    cpdef RequestHead _request_head(self, method, target, version, headers, index, has_body)
     cpdef exchange_done(self, _Downstream down)

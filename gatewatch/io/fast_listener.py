@@ -327,17 +327,22 @@ class HttpConnection:  # asyncio's protocol interface, duck-typed (an extension 
         if simple is None:
             return False
         method, target, headers, index = simple
-        head = RequestHead(
-            method=method, target=target, version="1.1", headers=tuple(headers), index=index,
-            client_address=self.peer[0], client_port=self.peer[1], scheme=self.listener.scheme,
-            server_address=self.sock[0], server_port=self.sock[1], listener=self.listener.name, has_body=False,
-            tls=self.tls)
+        head = self._request_head(method, target, "1.1", tuple(headers), index, False)
         ex = _Exchange(head, NO_BODY, True, False)
         ex.now = ex.started = True
         self.running = self.now_busy = True
         self.queue.append(ex)
         self.listener.handle_now(head, _Downstream(self, ex))  # never raises; calls done() once
         return True
+
+    def _request_head(self, method: str, target: str, version: str, headers: Headers, index: dict[str, str],
+                      has_body: bool) -> RequestHead:
+        """A parsed request's head, with what this connection and its listener add (both parsing paths)."""
+        return RequestHead(
+            method=method, target=target, version=version, headers=headers, index=index,
+            client_address=self.peer[0], client_port=self.peer[1], scheme=self.listener.scheme,
+            server_address=self.sock[0], server_port=self.sock[1], listener=self.listener.name, has_body=has_body,
+            tls=self.tls)
 
     def _h2_preface(self, data: bytes) -> bool:
         """HTTP/2 with prior knowledge (RFC 9113 §3.3) on a plaintext connection that has carried nothing else:
@@ -490,11 +495,7 @@ class HttpConnection:  # asyncio's protocol interface, duck-typed (an extension 
         method = METHODS.get(raw_method)
         if method is None:  # an extension method (PROPFIND, QUERY, ...), as it came
             method = raw_method.decode("ascii")
-        head = RequestHead(
-            method=method, target=self._url.decode("latin-1"), version=version,
-            headers=headers, index=index, client_address=self.peer[0], client_port=self.peer[1],
-            scheme=self.listener.scheme, server_address=self.sock[0], server_port=self.sock[1],
-            listener=self.listener.name, has_body=has_body, tls=self.tls)
+        head = self._request_head(method, self._url.decode("latin-1"), version, headers, index, has_body)
         body = BodyQueue(self._pause_reading, self._resume_reading, ClientGone) if has_body else NO_BODY
         ex = _Exchange(head, body, p.should_keep_alive() and not upgrade, expect and version != "1.0")
         ex.websocket = websocket
