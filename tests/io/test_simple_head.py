@@ -46,26 +46,32 @@ class _Collect:
         self.complete += 1
 
 
-def llhttp_request(data: bytes):
-    """What the listener's llhttp path makes of `data`, or the exception llhttp raised."""
+def _fed(parser_type, data: bytes):
+    """(parser, what its callbacks collected) once `data` is fed, or (the exception llhttp raised, None)."""
     c = _Collect()
-    p = c.parser = httptools.HttpRequestParser(c)
+    p = c.parser = parser_type(c)
     try:
         p.feed_data(data)
     except httptools.HttpParserError as err:
-        return err
+        return err, None
+    return p, c
+
+
+def llhttp_request(data: bytes):
+    """What the listener's llhttp path makes of `data`, or the exception llhttp raised."""
+    p, c = _fed(httptools.HttpRequestParser, data)
+    if c is None:
+        return p
     return dict(method=p.get_method().decode("ascii"), target=c.url.decode("latin-1"), version=p.get_http_version(),
                 headers=c.headers, keep_alive=c.keep_alive, upgrade=c.upgrade, body=c.body,
                 complete=c.complete)
 
 
 def llhttp_response(data: bytes):
-    c = _Collect()
-    p = c.parser = httptools.HttpResponseParser(c)
-    try:
-        p.feed_data(data)
-    except httptools.HttpParserError as err:
-        return err
+    """What the forwarder's llhttp path makes of `data`, or the exception llhttp raised."""
+    p, c = _fed(httptools.HttpResponseParser, data)
+    if c is None:
+        return p
     return dict(status=p.get_status_code(), reason=c.status.decode("latin-1"), headers=c.headers,
                 keep_alive=c.keep_alive, body=c.body, complete=c.complete)
 
