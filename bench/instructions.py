@@ -5,8 +5,9 @@ per-request work that this VM's ±30 % throughput noise cannot hide.
     python bench/instructions.py [--requests 2000] [--conns 4] [CASE ...]
 
 CASEs: gatewatch-off, gatewatch-pure-off, gatewatch-full, gatewatch-pure-full, gatewatch-sampled (10 %),
-gatewatch-pure-sampled, python-floor, python-floor-compiled (default: gatewatch-off gatewatch-pure-off
-python-floor python-floor-compiled).
+gatewatch-pure-sampled, gatewatch-pool-3 and gatewatch-pool-1000 (telemetry off, round robin over that many
+instances, all on the one backend port: each instance still has its own connections), python-floor,
+python-floor-compiled (default: gatewatch-off gatewatch-pure-off python-floor python-floor-compiled).
 
 Each case: an nginx backend (as bench/run.py's), the proxy started under `valgrind --tool=callgrind
 --instr-atstart=no` (the warm-up runs uninstrumented), 200 warm-up requests, then instrumentation on
@@ -43,9 +44,14 @@ from harness.procs import Proc, stop_all, wait_http
 from harness.tools import which
 
 CASES = ("gatewatch-off", "gatewatch-pure-off", "gatewatch-full", "gatewatch-pure-full", "gatewatch-sampled",
-         "gatewatch-pure-sampled", "python-floor", "python-floor-compiled")
+         "gatewatch-pure-sampled", "gatewatch-pool-3", "gatewatch-pool-1000", "python-floor",
+         "python-floor-compiled")
 DEFAULT = ("gatewatch-off", "gatewatch-pure-off", "python-floor", "python-floor-compiled")
 WARMUP = 200
+
+
+def pool_size(case: str) -> int:
+    return int(case.rsplit("-", 1)[1]) if case.startswith("gatewatch-pool-") else 1
 
 
 def drive(port: int, n: int, conns: int) -> int:
@@ -79,7 +85,7 @@ def proxy_argv(case: str, work: Path, port: int, backend: int) -> tuple[list[str
         return [sys.executable, str(BENCH / "floor_proxy.py"), str(port), str(backend)], child_env()
     telemetry: dict = {"service_name": "gatewatch-bench", "local_dir": str(work / "jsonl")}
     env = child_env(pure="-pure-" in case)
-    if case.endswith("-off"):
+    if case.endswith("-off") or case.startswith("gatewatch-pool-"):
         env["OTEL_SDK_DISABLED"] = "true"
     elif case.endswith("-sampled"):  # as bench/run.py's sampled rows ask for it
         env.update({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"})
@@ -87,7 +93,8 @@ def proxy_argv(case: str, work: Path, port: int, backend: int) -> tuple[list[str
            "edge": {"listeners": [{"name": "public", "address": f"127.0.0.1:{port}"}],
                     "routes": [{"name": "all", "match": {"path": {"prefix": "/"}}, "upstream": "backend"}]},
            "balancer": {"pools": [{"name": "backend", "algorithm": "round_robin",
-                                   "instances": [{"id": "i0000", "host": "127.0.0.1", "port": backend}]}]}}
+                                   "instances": [{"id": f"i{i:04d}", "host": "127.0.0.1", "port": backend}
+                                                 for i in range(pool_size(case))]}]}}
     path = work / f"{case}.yaml"
     path.write_text(json.dumps(cfg))  # JSON is YAML
     return [sys.executable, "-m", "gatewatch", "run", "-c", str(path)], env
@@ -101,7 +108,7 @@ def measure(case: str, work: Path, backend: int, n: int, conns: int) -> dict:
                 work, env=env, cwd=work)
     try:
         wait_http(f"http://127.0.0.1:{port}{PATH}", proc, timeout_s=300)  # slow to start under valgrind
-        drive(port, WARMUP, conns)
+        drive(port, max(WARMUP, 2 * pool_size(case)), conns)  # every instance has its connections open
         subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True)
         t0 = time.monotonic()
         answered = drive(port, n, conns)
@@ -169,7 +176,7 @@ def main() -> int:
     by = {r["case"]: r["per_request"] for r in results}
     for a, b in (("gatewatch-off", "python-floor-compiled"), ("gatewatch-pure-off", "python-floor"),
                  ("gatewatch-off", "gatewatch-pure-off"), ("gatewatch-full", "gatewatch-off"),
-                 ("gatewatch-sampled", "gatewatch-off")):
+                 ("gatewatch-sampled", "gatewatch-off"), ("gatewatch-pool-1000", "gatewatch-pool-3")):
         if a in by and b in by:
             print(f"{a} ÷ {b}: {by[a] / by[b]:.2f}")
     if args.json:
