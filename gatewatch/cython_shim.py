@@ -22,7 +22,10 @@ bint = bool
 double = float
 int = int  # noqa: A001 - C int
 uchar = int
+uint = int
+ulonglong = int
 p_const_uchar = bytes  # a pointer into a bytes object's buffer, compiled; the bytes object itself, as Python
+p_char = bytes  # a C char array, compiled (only in code that runs compiled: `if cython.compiled:`)
 
 
 def cfunc(fn):

@@ -30,7 +30,7 @@ except ImportError:  # a pure install without Cython
 
 from gatewatch.telemetry import wire
 from gatewatch.telemetry.config import ResolvedTelemetry
-from gatewatch.telemetry.context import AttemptRecord, DecisionRecord, EventRecord, RequestRecord
+from gatewatch.telemetry.context import AttemptRecord, DecisionRecord, EventRecord, RequestRecord, hex128
 from gatewatch.telemetry.export import destination
 from gatewatch.telemetry.exporter_process import ThreadSink
 from gatewatch.telemetry.fastmetrics import FastCounter, FastHistogram
@@ -249,7 +249,7 @@ class Telemetry:
                    instances=FastCounter, decisions=FastCounter)
     def finish(self, r: RequestRecord) -> None:
         server, client, instances, decisions = self._server, self._client, self._instances, self._decisions
-        trace_id = r.trace.trace_id.to_bytes(16, "big").hex() if r.trace.sampled and self.sink is not None else None
+        trace_id = hex128(r.trace.trace_id) if r.trace.sampled and self.sink is not None else None
         route = r.route or ""
         method = r.method if r.method in self._known_methods else OTHER
         status = r.status

@@ -13,6 +13,7 @@ except ImportError:  # a pure install without Cython
     from gatewatch import cython_shim as cython
 
 from gatewatch.io.interfaces import Headers
+from gatewatch.telemetry.context import hex128
 
 # RFC 9110 §7.6.1 connection-specific fields, plus the de-facto ones every proxy strips.
 HOP_BY_HOP = frozenset({
@@ -71,7 +72,7 @@ def request_id(inbound: str | None, rng) -> str:
     """Keep a well-formed inbound X-Request-Id (so a caller's id follows the request); otherwise mint one."""
     if inbound is not None and REQUEST_ID.fullmatch(inbound):
         return inbound
-    return rng.getrandbits(128).to_bytes(16, "big").hex()  # 32 hex digits (twice as fast as `:032x`)
+    return hex128(rng.getrandbits(128))  # 32 hex digits
 
 
 def _first(headers: Headers, lname: str) -> str | None:

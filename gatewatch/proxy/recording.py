@@ -46,6 +46,11 @@ SPLIT_OVERRIDES = frozenset({Reason.SPLIT_OVERRIDE_HEADER.value, Reason.SPLIT_OV
 # The kinds of every request's decisions (members: the recorder labels them), read once: an Enum member read
 # through its class costs ~5x a module global.
 ROUTE_KIND, PICK_KIND = DecisionKind.ROUTE, DecisionKind.PICK
+# The attribute names every request's route and pick decisions carry, read once for the same reason (the members
+# themselves, so the records hold exactly what they held before).
+A_HTTP_ROUTE, A_UPSTREAM, A_INSTANCE, A_ZONE = Attr.HTTP_ROUTE, Attr.UPSTREAM, Attr.INSTANCE, Attr.ZONE
+A_LB_ALGORITHM, A_LB_CANDIDATES, A_LB_WEIGHT, A_LB_IN_FLIGHT = Attr.LB_ALGORITHM, Attr.LB_CANDIDATES, \
+    Attr.LB_WEIGHT, Attr.LB_IN_FLIGHT
 
 
 @cython.locals(rec=RequestRecord)
@@ -54,7 +59,7 @@ def route(rec: RequestRecord, match: RouteMatch | NoRoute, plan: RoutePlan | Non
     if isinstance(match, RouteMatch):
         rec.decisions.append(DecisionRecord(
             ROUTE_KIND, plan.name, MATCHED, ROUTE_MATCHED, now_ns,
-            rec.trace.span_id, {Attr.HTTP_ROUTE: match.template, Attr.UPSTREAM: plan.upstream}))
+            rec.trace.span_id, {A_HTTP_ROUTE: match.template, A_UPSTREAM: plan.upstream}))
     else:
         rec.decisions.append(DecisionRecord(
             ROUTE_KIND, match.nearest or "", NO_MATCH, ROUTE_NO_MATCH, now_ns,
@@ -104,7 +109,7 @@ def late_size_refusal(rec: RequestRecord, err: BodyTooLarge, now_ns: int) -> Non
 @cython.locals(rec=RequestRecord, p=PickResult)
 def pick(rec: RequestRecord, p: PickResult, now_ns: int) -> dict:
     """Record the pick (decision log + span attributes); return the attributes for the attempt's span."""
-    lb = {Attr.LB_ALGORITHM: p.algorithm, Attr.LB_CANDIDATES: p.candidates}
+    lb = {A_LB_ALGORITHM: p.algorithm, A_LB_CANDIDATES: p.candidates}
     excluded = p.excluded
     if excluded:
         listed = [f"{i}={why}" for i, why in excluded[:EXCLUDED_LISTED]]
@@ -132,13 +137,13 @@ def pick(rec: RequestRecord, p: PickResult, now_ns: int) -> dict:
     if ep is None:
         rec.decisions.append(DecisionRecord(
             PICK_KIND, p.pool, OVERFLOW if p.reason == Reason.PICK_OVERFLOW else NO_CANDIDATES, p.reason,
-            now_ns, span, {Attr.UPSTREAM: p.pool, **lb}, BALANCER))
+            now_ns, span, {A_UPSTREAM: p.pool, **lb}, BALANCER))
         return lb
     rec.decisions.append(DecisionRecord(
         PICK_KIND, p.pool, PICKED, p.reason, now_ns, span,
-        {Attr.UPSTREAM: p.pool, **lb, Attr.INSTANCE: ep.id, Attr.ZONE: ep.zone, Attr.LB_WEIGHT: ep.weight,
-         Attr.LB_IN_FLIGHT: p.in_flight}, BALANCER))
-    return {**lb, Attr.LB_WEIGHT: ep.weight, Attr.LB_IN_FLIGHT: p.in_flight}
+        {A_UPSTREAM: p.pool, **lb, A_INSTANCE: ep.id, A_ZONE: ep.zone, A_LB_WEIGHT: ep.weight,
+         A_LB_IN_FLIGHT: p.in_flight}, BALANCER))
+    return {**lb, A_LB_WEIGHT: ep.weight, A_LB_IN_FLIGHT: p.in_flight}
 
 
 @cython.locals(rec=RequestRecord)

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from gatewatch.telemetry.context import (MAX_BAGGAGE, MAX_TRACESTATE, cap_baggage, cap_tracestate, format_traceparent,
-                                         parse_traceparent, ratio_sampled, start_trace)
+                                         hex128, parse_traceparent, ratio_sampled, start_trace)
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN = "00f067aa0ba902b7"
@@ -69,6 +69,19 @@ def test_traceparent_round_trip(seed):
     rng = random.Random(seed)
     ids = (rng.getrandbits(128) or 1, rng.getrandbits(64) or 1, rng.random() < 0.5)
     assert parse_traceparent(format_traceparent(*ids)) == ids
+
+
+def test_ids_match_the_reference_formatting_at_every_digit():
+    """Compiled, the ids are written digit by digit into a C array (telemetry.context): every nibble position and
+    value, the 64-bit boundary and both ends of the range must come out as `to_bytes().hex()` writes them."""
+    rng = random.Random(7)
+    values = [1, (1 << 64) - 1, 1 << 64, (1 << 128) - 1, *(d << (4 * i) for i in range(32) for d in (1, 9, 10, 15)),
+              *(rng.getrandbits(128) for _ in range(2000))]
+    for v in values:
+        span = v & ((1 << 64) - 1) or 1
+        assert hex128(v) == v.to_bytes(16, "big").hex()
+        assert format_traceparent(v, span, v & 1 == 1) == (
+            f"00-{v.to_bytes(16, 'big').hex()}-{span.to_bytes(8, 'big').hex()}-{'01' if v & 1 else '00'}")
 
 
 # --- start_trace ---------------------------------------------------------------------------------------------------
