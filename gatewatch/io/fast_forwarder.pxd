@@ -27,7 +27,7 @@ cdef class UpstreamConnection
 cdef class RawResponse:
     cdef public EndpointPool _pool
     cdef public UpstreamConnection _conn
-    cdef public object status, reason, headers, peer_address, peer_port, _idle_s, _pump
+    cdef public object status, reason, headers, head_block, dated, peer_address, peer_port, _idle_s, _pump
     cdef public bint _released
     cdef public object _whole
 

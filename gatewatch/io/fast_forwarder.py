@@ -181,10 +181,10 @@ class UpstreamConnection:  # asyncio's protocol interface, duck-typed (an extens
         simple = simple_response(data, MAX_RESPONSE_HEAD)
         if simple is None:
             return False
-        status, reason, headers, body = simple
+        status, reason, headers, body, block, dated = simple
         self._headers = headers
         if self.head is not None and not self.head.done():
-            self.head.set_result((status, reason, tuple(headers)))
+            self.head.set_result((status, reason, tuple(headers), block, dated))
         self.keep_alive = True
         self.until_close = False
         if body:
@@ -210,11 +210,17 @@ class UpstreamConnection:  # asyncio's protocol interface, duck-typed (an extens
             raise _Unsolicited()  # a second response nobody asked for: the connection cannot be trusted
         self._headers = []
         self._head_bytes = 0
+        self._status_reason = b""
         self._te = None
         self._has_length = False
 
     def on_status(self, status: bytes) -> None:
-        self._status_reason = status
+        # llhttp hands the reason phrase over in pieces when it spans reads: each piece adds to it (it used to
+        # replace it, so a head split inside the phrase was relayed with only its end, "404 nd")
+        self._head_bytes += len(status)
+        if self._head_bytes > MAX_RESPONSE_HEAD:
+            raise _Unsolicited("upstream sent too big a header")
+        self._status_reason += status
 
     @cython.locals(name=bytes, value=bytes, k=str, v=str, lk=str)
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -236,12 +242,13 @@ class UpstreamConnection:  # asyncio's protocol interface, duck-typed (an extens
             raise _Unsolicited("101 Switching Protocols to a request that did not ask to upgrade")
         if status == 101:  # the answer to our WebSocket upgrade (RFC 6455 §4.2.2): final, the engine checks it
             if self.head is not None and not self.head.done():
-                self.head.set_result((status, self._status_reason.decode("latin-1"), tuple(self._headers)))
+                self.head.set_result((status, self._status_reason.decode("latin-1"), tuple(self._headers), None,
+                                      False))
             return
         if 100 <= status < 200:
             return  # interim (100 Continue, 103 Early Hints): wait for the final response
         if self.head is not None and not self.head.done():
-            self.head.set_result((status, self._status_reason.decode("latin-1"), tuple(self._headers)))
+            self.head.set_result((status, self._status_reason.decode("latin-1"), tuple(self._headers), None, False))
         self.keep_alive = self.parser.should_keep_alive()  # read now: llhttp resets it after the message
         te = self._te
         # RFC 9112 §6.3: no length and no final `chunked` coding → the body ends when the connection closes.
@@ -469,14 +476,16 @@ class EndpointPool:
 
 
 class RawResponse:
-    __slots__ = ("_pool", "_conn", "status", "reason", "headers", "peer_address", "peer_port", "_idle_s", "_pump",
-                 "_released", "_whole")
+    __slots__ = ("_pool", "_conn", "status", "reason", "headers", "head_block", "dated", "peer_address", "peer_port",
+                 "_idle_s", "_pump", "_released", "_whole")
 
     def __init__(self, pool: EndpointPool, conn: UpstreamConnection, head: tuple, idle_s: float,
                  pump: asyncio.Task | None):
+        """`head`: (status, reason, headers, head_block, dated), as the connection parsed it; `head_block` is the
+        simple head's relayed header lines (io.simple_head.simple_response), None from llhttp."""
         self._pool = pool
         self._conn = conn
-        self.status, self.reason, self.headers = head
+        self.status, self.reason, self.headers, self.head_block, self.dated = head
         self.peer_address = conn.peer[0] if conn.peer else None
         self.peer_port = conn.peer[1] if conn.peer else None
         self._idle_s = idle_s

@@ -16,7 +16,7 @@ cdef class _Downstream:
     cdef public bint _close_after
     cdef public object _pending
     cdef public bint _done
-    cpdef bytes _head(self, status, reason, headers, content_length)
+    cpdef bytes _head(self, status, reason, headers, content_length, block=*, bint dated=*)
 
 cdef class HttpConnection:
     cdef public object listener, transport, parser, flow, closed, rejected, _pipeline_paused, _inbuf, queue

@@ -102,12 +102,13 @@ class _Downstream:
     def close_after_response(self) -> None:
         self._close_after = True
 
-    @cython.locals(length=cython.Py_ssize_t, dated=cython.bint)
-    def _head(self, status: int, reason: str | None, headers: Headers, content_length: int | None) -> bytes:
-        """The serialized response head; sets the framing this response's body will use."""
+    @cython.locals(length=cython.Py_ssize_t)
+    def _head(self, status: int, reason: str | None, headers: Headers, content_length: int | None,
+              block: bytes | None = None, dated: bool = False) -> bytes:
+        """The serialized response head; sets the framing this response's body will use. `block`: header lines
+        already serialized, written before `headers` (`dated`: they have a Date)."""
         ex = self._ex
         self.started = True
-        dated = False
         for k, _ in headers:  # (a loop: `any()` over a generator costs a generator object per response compiled)
             if len(k) == 4 and k.lower() == "date":
                 dated = True
@@ -137,7 +138,7 @@ class _Downstream:
             self._declared = None
             self._chunked = False
             ex.is_head = True  # nothing more goes on the wire for this response
-        return serialize_head(line, headers, extra)
+        return serialize_head(line, headers, extra, block)
 
     async def start(self, status: int, reason: str | None, headers: Headers, content_length: int | None) -> None:
         if self._conn.closed:
@@ -157,6 +158,17 @@ class _Downstream:
         if self.started:
             return
         head = self._head(status, reason, headers, len(body))
+        conn.transport.write(head if self._ex.is_head or not body else head + body)
+        self.complete = True
+
+    def respond_block_now(self, status: int, reason: str | None, block: bytes, dated: bool, tail: Headers,
+                          body: bytes) -> None:
+        conn = self._conn
+        if conn.closed:
+            raise ClientGone()
+        if self.started:
+            return
+        head = self._head(status, reason, tail, len(body), block, dated)
         conn.transport.write(head if self._ex.is_head or not body else head + body)
         self.complete = True
 

@@ -26,6 +26,17 @@ except ImportError:  # a pure install without Cython
 
 from gatewatch.telemetry.names import RejectReason
 
+# RFC 9110 §7.6.1 connection-specific fields, plus the de-facto ones every proxy strips.
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te",
+    "trailer", "transfer-encoding", "upgrade",
+})
+# What this proxy drops from a response it relays (proxy.headers.downstream_response_headers, and the relayed
+# head block of io.simple_head): the hop-by-hop fields, and those it replaces (the listener re-frames the body;
+# an inner tier's X-Request-Id and traceresponse give way to ours; `Via` gets our hop).
+RESPONSE_REPLACED = frozenset({"content-length", "via", "x-request-id", "traceresponse"})
+RESPONSE_DROP = HOP_BY_HOP | RESPONSE_REPLACED
+
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
 # Trace-context headers are limited by the W3C specifications, not by a listener's max_header_size: the engine cuts
@@ -223,7 +234,9 @@ def _expire(waiter: asyncio.Future) -> None:
 
 
 @cython.locals(parts=list, out=list)
-def serialize_head(first_line: bytes, headers, extra: list[bytes]) -> bytes:
+def serialize_head(first_line: bytes, headers, extra: list[bytes], block: bytes | None = None) -> bytes:
+    """`first_line`, then `block` (header lines already serialized, as relayed), `headers`, `extra` (serialized
+    lines) and the empty line."""
     # One str, one encode: cheaper than encoding each header line on its own. Names, separators and values go
     # into one list and one join: no str made per line (compiled, ~17 % less than a formatted string per line).
     parts = []
@@ -232,7 +245,10 @@ def serialize_head(first_line: bytes, headers, extra: list[bytes]) -> bytes:
         parts.append(": ")
         parts.append(v)
         parts.append("\r\n")
-    out = [first_line, "".join(parts).encode("latin-1")]
+    out = [first_line]
+    if block:
+        out.append(block)
+    out.append("".join(parts).encode("latin-1"))
     out.extend(extra)
     out.append(b"\r\n")
     return b"".join(out)

@@ -85,6 +85,10 @@ class UpstreamResponse(Protocol):
     peer_address: str | None
     peer_port: int | None
     whole: bytes | None  # the entire body when it had already arrived with the head (else None: stream it)
+    # An HTTP/1.1 upstream's response (the raw forwarder's) also has `head_block`: its header lines as a proxy
+    # relays them, byte for byte what serializing `proxy.headers.downstream_response_headers` writes before its Via
+    # line, when the simple head could cut them from the read (io.simple_head.simple_response); else None. And
+    # `dated`: a Date line is among them.
 
     def body(self) -> AsyncIterator[bytes]:
         """Chunks until the upstream's framing says the body is complete. Raises `UpstreamFailure` if the
@@ -160,6 +164,13 @@ class SyncDownstream(Downstream, Protocol):
 
     def respond_now(self, status: int, reason: str | None, headers: Headers, body: bytes) -> None:
         """`respond`, synchronously. Raises `ClientGone` if the client already left."""
+        ...
+
+    def respond_block_now(self, status: int, reason: str | None, block: bytes, dated: bool, tail: Headers,
+                          body: bytes) -> None:
+        """`respond_now` with the upstream's header lines already written as they are relayed (`block`: an
+        HTTP/1.1 upstream response's `head_block`) and this proxy's own after them (`tail`). `dated`: the block
+        has a Date line."""
         ...
 
 

@@ -186,6 +186,12 @@ class MemoryDownstream:
             return
         self.status, self.reason, self.headers, self.body, self.complete = status, reason, headers, body, True
 
+    def respond_block_now(self, status: int, reason: str | None, block: bytes, dated: bool, tail: Headers,
+                          body: bytes) -> None:
+        lines = block.decode("latin-1").split("\r\n")[:-1] if block else []
+        relayed = tuple(tuple(line.split(": ", 1)) for line in lines)
+        self.respond_now(status, reason, relayed + tuple(tail), body)
+
     def abort(self) -> None:
         self.aborted = True
 

@@ -29,7 +29,7 @@ try:
 except ImportError:  # a pure install without Cython
     from gatewatch import cython_shim as cython
 
-from gatewatch.io.http1 import HTTP_TOKEN
+from gatewatch.io.http1 import HTTP_TOKEN, RESPONSE_DROP
 from gatewatch.io.http1 import METHODS as REGISTERED
 
 ENABLED: bool = cython.compiled  # the protocols try these functions only compiled (see above)
@@ -177,10 +177,17 @@ def simple_request(data: bytes, max_header_bytes: int, max_headers: int,
 @cython.locals(data=bytes, p=cython.p_const_uchar, classes=cython.p_const_uchar, n=cython.Py_ssize_t,
                k=cython.Py_ssize_t, end=cython.Py_ssize_t, i=cython.Py_ssize_t, status=cython.int,
                length=cython.Py_ssize_t, digits=cython.Py_ssize_t, c=cython.uchar, headers=list, lowers=list, lk=str,
-               value=str, framing=frozenset)
-def simple_response(data: bytes, max_head: int) -> tuple[int, str, list, bytes] | None:
-    """(status, reason, headers, body) of the one keep-alive HTTP/1.1 response with a Content-Length that `data`
-    holds exactly, body included, or None: llhttp parses it."""
+               value=str, name=str, framing=frozenset, drop=frozenset, pos=cython.Py_ssize_t, run=cython.Py_ssize_t,
+               line=cython.Py_ssize_t, relayable=cython.bint, dated=cython.bint, pieces=list)
+def simple_response(data: bytes, max_head: int) -> tuple[int, str, list, bytes, bytes | None, bool] | None:
+    """(status, reason, headers, body, block, dated) of the one keep-alive HTTP/1.1 response with a
+    Content-Length that `data` holds exactly, body included, or None: llhttp parses it.
+
+    `block` is the head's header lines as a proxy relays them, cut straight from `data`: every line but those of
+    `RESPONSE_DROP`, each exactly `name ": " value CRLF`. That is byte for byte what serializing
+    `proxy.headers.downstream_response_headers` writes before its `Via` line, so the listener may write it as it
+    is. None when a line is written any other way (no space, or more than one, after the colon) or when there is
+    a `Via` (ours is merged into it): the relay then serializes the headers. `dated`: a Date line is among them."""
     p = data
     classes = _CLASSES
     n = len(data)
@@ -208,11 +215,34 @@ def simple_response(data: bytes, max_head: int) -> tuple[int, str, list, bytes] 
         return None
     length = -1
     framing = _RESPONSE_FRAMING
+    drop = RESPONSE_DROP
+    pos = run = k + 2  # the start of the line being looked at, and of the run of kept lines it belongs to
+    relayable = True
+    dated = False
+    pieces = []
     for i in range(len(headers)):
         lk = lowers[i]
         if lk in framing:
             return None
+        name = headers[i][0]
         value = headers[i][1]
+        if relayable:
+            # The line is `name ": " value CRLF` exactly when a SP follows the colon and a CR is where that
+            # length puts it: with no OWS the CR comes one byte early, with more OWS a value byte (or a second
+            # SP) is there, and a value holds no CR. (So `pos` is always the true start of line i.)
+            line = len(name) + len(value) + 4
+            if p[pos + len(name) + 1] != SP or p[pos + line - 2] != CR:
+                relayable = False
+            else:
+                if lk in drop:
+                    if lk == "via":
+                        relayable = False
+                    if pos > run:
+                        pieces.append(data[run:pos])
+                    run = pos + line
+                elif lk == "date":
+                    dated = True
+                pos += line
         if lk == "content-length":
             # RFC 9110 §8.6: 1*DIGIT. Several lines, even equal ones, and trailing whitespace are llhttp's.
             if length >= 0 or not value or len(value) > 18:
@@ -227,4 +257,8 @@ def simple_response(data: bytes, max_head: int) -> tuple[int, str, list, bytes] 
             return None
     if length != n - end:
         return None  # no length, or the body is still arriving, or more follows it
-    return status, reason, headers, data[end:]
+    if not relayable:
+        return status, reason, headers, data[end:], None, False
+    if end - 2 > run:
+        pieces.append(data[run:end - 2])
+    return status, reason, headers, data[end:], (pieces[0] if len(pieces) == 1 else b"".join(pieces)), dated

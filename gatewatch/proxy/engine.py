@@ -620,6 +620,10 @@ class Engine:
                 return
             if ctx.cache is not None:  # stored, freshened (a 304 answers with the entry) or stale-if-error
                 result = ctx.cache.response(result, self.clock_ns() / 1e9)
+            elif getattr(result, "head_block", None) is not None and self._relay_block_now(ctx, a, result):
+                self._attempt_over(ctx, a)
+                self._end(ctx)
+                return
             head = self._response_head(ctx, result)
             whole = _whole(result, head[1])
             if whole is None:  # a body still arriving: streamed by the task
@@ -697,16 +701,49 @@ class Engine:
     def _response_head(self, ctx: RequestContext,
                        response: UpstreamResponse) -> tuple[tuple[tuple[str, str], ...], int | None]:
         """The client's response head from the upstream's: (headers, the body's length if it declares one)."""
-        rec = ctx.rec
-        headers, length = hdr.downstream_response_headers(response.headers, rec.protocol_version)
+        headers, length = hdr.downstream_response_headers(response.headers, ctx.rec.protocol_version)
         req = ctx.policy
         if req is not None and req.response_remove:  # the upstream's own headers, never ours below
             headers = hdr.without(headers, req.response_remove)
+        self._response_tail(ctx, headers)
+        return tuple(headers), length
+
+    @cython.locals(ctx=RequestContext, rec=RequestRecord)
+    def _response_tail(self, ctx: RequestContext, headers: list) -> None:
+        """What this proxy adds after the upstream's headers: the request's id, the route's own (an affinity
+        cookie, a split's), traceresponse."""
+        rec = ctx.rec
         headers.append(("X-Request-Id", rec.request_id))
         headers.extend(ctx.response_headers)
         if self._trace_response(ctx):
             headers.append(("traceresponse", format_traceparent(rec.trace.trace_id, rec.trace.span_id, True)))
-        return tuple(headers), length
+
+    @cython.locals(ctx=RequestContext, a=AttemptContext, rec=RequestRecord, record=AttemptRecord, tail=list)
+    def _relay_block_now(self, ctx: RequestContext, a: AttemptContext, response: UpstreamResponse) -> bool:
+        """The upstream's header lines written to the client as they came (`head_block`: the lines
+        `_response_head` would drop are already out of it), then Via and the tail: the same bytes `_response_head`
+        and `respond_now` write, without splitting and joining them again. False when the body is not all here
+        or the route removes response headers: the caller serializes."""
+        whole = response.whole
+        req = ctx.policy
+        if whole is None or (req is not None and req.response_remove):
+            return False
+        rec, record = ctx.rec, a.record
+        tail = [("Via", hdr.via_hop(rec.protocol_version))]  # (ours, as downstream_response_headers appends it)
+        self._response_tail(ctx, tail)
+        rec.status = response.status
+        record.error_type = record.outcome = None
+        try:
+            ctx.down.respond_block_now(response.status, response.reason, response.head_block, response.dated,
+                                       tail, whole)
+        except ClientGone:
+            record.outcome = CLIENT_ABORT
+            raise
+        finally:
+            self._attempt_clock(a)
+            response.close()
+        record.outcome = rec.outcome = PROXIED
+        return True
 
     async def respond(self, ctx: RequestContext, a: AttemptContext, response: UpstreamResponse,
                       head: tuple[tuple[tuple[str, str], ...], int | None] | None = None) -> bool:

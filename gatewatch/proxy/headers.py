@@ -12,14 +12,10 @@ try:
 except ImportError:  # a pure install without Cython
     from gatewatch import cython_shim as cython
 
+from gatewatch.io.http1 import HOP_BY_HOP, RESPONSE_DROP, RESPONSE_REPLACED  # noqa: F401 - re-exported
 from gatewatch.io.interfaces import Headers
 from gatewatch.telemetry.context import hex128
 
-# RFC 9110 §7.6.1 connection-specific fields, plus the de-facto ones every proxy strips.
-HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te",
-    "trailer", "transfer-encoding", "upgrade",
-})
 # Replaced by this proxy on the way upstream (trace context is re-issued for our own span; Expect is answered
 # by the listener; Content-Length is re-derived by the forwarder from the body it streams).
 # X-Forwarded-Client-Cert is a TLS listener's to set, from a client certificate it verified: a client never
@@ -135,8 +131,6 @@ def upstream_request_headers(headers: Headers, *, client_address: str, scheme: s
     return tuple(out)
 
 
-RESPONSE_REPLACED = frozenset({"content-length", "via", "x-request-id", "traceresponse"})
-RESPONSE_DROP = HOP_BY_HOP | RESPONSE_REPLACED
 
 
 @cython.locals(h=tuple, name=str, out=list, via_values=list, lengths=list, connection=list, drop=frozenset)
@@ -163,8 +157,13 @@ def downstream_response_headers(headers: Headers, version: str) -> tuple[list[tu
     if connection:  # (rare: a call saved on every other response)
         out = _without_listed(out, connection, RESPONSE_DROP)
     via = ", ".join(via_values)
-    out.append(("Via", f"{via}, {version} gatewatch" if via else f"{version} gatewatch"))
+    out.append(("Via", f"{via}, {via_hop(version)}" if via else via_hop(version)))
     return out, _length(lengths)
+
+
+def via_hop(version: str) -> str:
+    """This proxy's entry in a `Via` (RFC 9110 §7.6.3: the protocol version it received, and its name)."""
+    return f"{version} gatewatch"
 
 
 def without(headers: list[tuple[str, str]], names: set[str]) -> list[tuple[str, str]]:

@@ -4,13 +4,17 @@ the listener and forwarder drive it) must accept too and turn into the same mess
 
 from __future__ import annotations
 
+import collections
 import random
+import re
 
 import httptools
 import pytest
 
 from gatewatch.io import simple_head
+from gatewatch.io.http1 import serialize_head
 from gatewatch.io.simple_head import simple_request, simple_response
+from gatewatch.proxy.headers import downstream_response_headers
 
 LIMITS = dict(max_header_bytes=8192, max_headers=100, max_target=8192)
 
@@ -95,14 +99,32 @@ def agree_request(data: bytes) -> bool:
     return True
 
 
+RELAYED = collections.Counter()  # how many taken responses came with a relayed head block, and how many without
+
+
 def agree_response(data: bytes) -> bool:
+    """True if the simple parser took `data` (then llhttp must have made the same of it, and its relayed head
+    block must be what the serializing relay writes), False if it left it."""
     simple = simple_response(data, 64 * 1024)
     if simple is None:
         return False
-    status, reason, headers, body = simple
+    status, reason, headers, body, block, dated = simple
     ref = llhttp_response(data)
     assert not isinstance(ref, Exception), (data, ref)
     assert ref == dict(status=status, reason=reason, headers=headers, keep_alive=True, body=body, complete=1), data
+    # The block: exactly the serializing relay's lines before its Via, whenever every line of the head is written
+    # `name ": " value` (then it is cut from them) and there is no Via (ours merges into it); None otherwise.
+    lines = data[data.index(b"\r\n") + 2:len(data) - len(body) - 2]
+    canonical = lines == "".join(f"{k}: {v}\r\n" for k, v in headers).encode("ascii")
+    relayed, _ = downstream_response_headers(tuple(headers), "1.1")
+    assert relayed[-1][0] == "Via"
+    if canonical and not any(k.lower() == "via" for k, _ in headers):
+        assert block == serialize_head(b"", relayed[:-1], [])[:-2], data
+        assert dated == any(k.lower() == "date" for k, _ in headers)
+        RELAYED["block"] += 1
+    else:
+        assert block is None, data
+        RELAYED["none"] += 1
     return True
 
 
@@ -152,6 +174,17 @@ RESPONSES_TAKEN = [
     b"HTTP/1.1 404 Not Found\r\nServer: nginx\r\nContent-Type: text/plain\r\ncontent-length: 0\r\n\r\n",
     b"HTTP/1.1 503 \r\nContent-Length: 2\r\nConnection: keep-alive\r\nX-T: v \t\r\n\r\nno",
     b"HTTP/1.1 200 OK\r\nContent-Length: 007\r\n\r\nabcdefg",
+    # nginx's order: the dropped lines last
+    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Fri, 04 Dec 2026 22:00:00 GMT\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: 2\r\nConnection: keep-alive\r\n\r\nok",
+    # dropped lines between kept ones, and an inner tier's ids
+    b"HTTP/1.1 201 Created\r\nContent-Length: 1\r\nA: 1\r\nX-Request-Id: inner\r\nKeep-Alive: timeout=5\r\nB: 2\r\n"
+    b"traceresponse: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\nC: \r\n\r\nx",
+    b"HTTP/1.1 200 OK\r\nVia: 1.1 inner\r\nContent-Length: 0\r\n\r\n",  # Via: serialized, ours merged
+    b"HTTP/1.1 200 OK\r\nX:v\r\nContent-Length: 0\r\n\r\n",  # no space after the colon: serialized
+    b"HTTP/1.1 200 OK\r\nX:  v\r\nContent-Length: 0\r\n\r\n",  # two
+    b"HTTP/1.1 200 OK\r\nX:\tv\r\nContent-Length: 0\r\n\r\n",  # a tab
+    b"HTTP/1.1 200 OK\r\nX-Empty:\r\nContent-Length: 0\r\n\r\n",  # an empty value, no space
 ]
 
 RESPONSES_LEFT = {
@@ -237,8 +270,10 @@ def test_mutated_requests_are_left_to_llhttp_or_agree_with_it():
 
 def test_mutated_responses_are_left_to_llhttp_or_agree_with_it():
     seeds = RESPONSES_TAKEN + [v for v in RESPONSES_LEFT.values() if len(v) < 300]
+    RELAYED.clear()
     taken = sum(agree_response(d) for d in _mutants(seeds, 50000, seed=14))
     assert taken > 1000
+    assert RELAYED["block"] > 500 and RELAYED["none"] > 100  # both ways of relaying a head are reached
 
 
 # --- on real sockets: the simple path and llhttp's give the upstream and the client the same bytes ----------------
@@ -318,3 +353,76 @@ async def test_the_simple_path_forwards_and_answers_exactly_as_llhttps(tmp_path,
     assert line == b"GET /api/x?q=1 HTTP/1.1" and ("X-Tab", "v") in headers  # (read_request strips the value)
     status, headers, body = simple_down[0]
     assert (status, body) == (200, b"hello") and ("X-Up", "u") in headers
+
+
+# --- the relayed head block: the client gets the same bytes as when the head is serialized -------------------------
+
+RELAYED_RESPONSES = [
+    pytest.param(b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Fri, 04 Dec 2026 22:00:00 GMT\r\n"
+                 b"Content-Type: text/plain\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\r\nhello", id="nginx"),
+    pytest.param(b"HTTP/1.1 201 Created\r\nKeep-Alive: timeout=5\r\nA: 1\r\nX-Request-Id: inner\r\nContent-Length: 5\r\n"
+                 b"traceresponse: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\nB: 2 \r\nC: \r\n\r\nhello",
+                 id="dropped-lines-between-kept-ones"),
+    pytest.param(b"HTTP/1.1 404 Not Found\r\nContent-Length: 5\r\n\r\nhello", id="nothing-kept"),
+]
+
+
+async def _raw_answers(tmp_path, response: bytes, request: bytes, split: bool) -> list[bytes]:
+    """Two exchanges on one connection: the raw bytes (head and body) the client got for each. The client sends
+    its own X-Request-Id (kept, so the answers do not vary); `split`: the upstream's head arrives in two reads."""
+    import asyncio
+
+    from tests.io.test_dataplane_adversarial import Upstream, cfg, client, gateway, read_request, read_response
+
+    async def answer(reader, writer, up):
+        while True:
+            try:
+                up.requests.append(await read_request(reader))
+            except asyncio.IncompleteReadError:
+                return
+            if split:
+                writer.write(response[:20])
+                await writer.drain()
+                await asyncio.sleep(0.05)
+            writer.write(response[20:] if split else response)
+            await writer.drain()
+
+    got = []
+    async with Upstream(answer) as up, gateway(cfg(tmp_path, up.port)) as rt:
+        async with client(rt) as (reader, writer):
+            for _ in range(2):
+                writer.write(request)
+                resp = await read_response(reader)
+                got.append(resp.raw_head + resp.body)
+    # the listener's own Date (when the upstream sent none) may tick between the two runs; the upstream's is fixed
+    return [g if b"22:00:00 GMT" in g else re.sub(rb"\r\nDate: [^\r]*\r\n", b"\r\nDate: (ours)\r\n", g)
+            for g in got]
+
+
+@pytest.mark.parametrize("version", ["1.1", "1.0"])
+@pytest.mark.parametrize("response", RELAYED_RESPONSES)
+async def test_a_relayed_head_block_answers_exactly_as_serializing(tmp_path, monkeypatch, response, version):
+    from gatewatch.io import fast_forwarder
+
+    blocks = []
+
+    def noting(data, max_head):
+        result = simple_response(data, max_head)
+        blocks.append(result is not None and result[4] is not None)
+        return result
+
+    monkeypatch.setattr(fast_forwarder, "simple_response", noting)
+    request = (f"GET /api/x HTTP/{version}\r\nHost: h\r\nX-Request-Id: client-1\r\n"
+               f"{'Connection: keep-alive' + chr(13) + chr(10) if version == '1.0' else ''}\r\n").encode()
+    relayed = await _raw_answers(tmp_path, response, request, split=False)
+    # compiled, the whole-read answers went out as a block; as Python, every head is llhttp's
+    assert blocks == ([True] * 2 if simple_head.ENABLED else [])
+    blocks.clear()
+    serialized = await _raw_answers(tmp_path, response, request, split=True)
+    assert blocks == ([False] * 2 if simple_head.ENABLED else [])
+    assert relayed == serialized
+    assert relayed[0].startswith(response.split(b"\r\n", 1)[0] + b"\r\n")  # a reason split across reads, whole
+    head = relayed[0].decode("latin-1").lower()
+    assert "x-request-id: client-1\r\n" in head and "via: " + version + " gatewatch\r\n" in head
+    assert "inner" not in head and "traceresponse" not in head and "keep-alive: " not in head
+    assert head.count("date: ") == 1 and head.count("content-length: 5\r\n") == 1
