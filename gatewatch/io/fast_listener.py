@@ -102,7 +102,7 @@ class _Downstream:
     def close_after_response(self) -> None:
         self._close_after = True
 
-    @cython.locals(length=cython.Py_ssize_t)
+    @cython.locals(length=cython.Py_ssize_t, lines=dict, reasons=dict)
     def _head(self, status: int, reason: str | None, headers: Headers, content_length: int | None,
               block: bytes | None = None, dated: bool = False) -> bytes:
         """The serialized response head; sets the framing this response's body will use. `block`: header lines
@@ -131,7 +131,8 @@ class _Downstream:
             extra.append(b"Connection: close\r\n")
         elif ex.http10:
             extra.append(b"Connection: keep-alive\r\n")
-        line = STATUS_LINES.get(status) if reason is None or reason == REASONS.get(status) else None
+        lines, reasons = STATUS_LINES, REASONS  # (typed: their `get` is a C call, not a method looked up by name)
+        line = lines.get(status) if reason is None or reason == reasons.get(status) else None
         if line is None:
             line = b"HTTP/1.1 %d %s\r\n" % (status, (reason or REASONS.get(status, "Unknown")).encode("latin-1"))
         if no_body or ex.is_head:

@@ -643,13 +643,11 @@ class Engine:
         head, rec = ctx.head, ctx.rec
         hostport = _hostport(a.host, a.port)
         a.record.url_full = f"{a.scheme}://{hostport}{ctx.upstream_target}"
-        headers = hdr.upstream_request_headers(
-            head.headers, client_address=head.client_address, scheme=head.scheme, host=head.header("host"),
-            upstream_host=hostport, preserve_host=ctx.plan.preserve_host,
-            trust_forwarded=ctx.listener.trust_forwarded_headers, request_id=rec.request_id,
-            traceparent=format_traceparent(rec.trace.trace_id, a.record.span_id, rec.trace.sampled),
-            tracestate=rec.trace.tracestate, version=head.version,
-            baggage=rec.trace.baggage, index=head.index)
+        headers = hdr.upstream_request_headers(  # (by position: see there)
+            head.headers, head.client_address, head.scheme, head.header("host"), hostport, ctx.plan.preserve_host,
+            ctx.listener.trust_forwarded_headers, rec.request_id,
+            format_traceparent(rec.trace.trace_id, a.record.span_id, rec.trace.sampled), rec.trace.tracestate,
+            head.version, rec.trace.baggage, head.index)
         tls = ctx.listener.tls
         if tls is not None and tls.client_cert_header:
             # the verified client identity, under the listener's header name; never a client's copy of it
