@@ -406,7 +406,7 @@ class Engine:
         ctx.attempt = a
         return a
 
-    @cython.locals(ctx=RequestContext, picking=PickContext, p=PickResult)
+    @cython.locals(ctx=RequestContext, picking=PickContext, p=PickResult, tel=Telemetry)
     def pick(self, ctx: RequestContext, picking: PickContext | None, n: int) -> AttemptContext | Outcome:
         """Where attempt `n` goes: the pool's pick (recorded), or the URL upstream. An Outcome when no
         instance can take it."""
@@ -415,7 +415,9 @@ class Engine:
             return AttemptContext(n, remote.host, remote.port, remote.scheme, remote.instance, None,
                                   self.layer_value, None, {})
         p = picking.pick(self.rng)
-        lb = recording.pick(ctx.rec, p, self.clock_ns())
+        tel = self.telemetry  # the pick's attributes only where something exports them (recording.pick)
+        lb = recording.pick(ctx.rec, p, self.clock_ns(), tel.sink is not None and (
+            ctx.rec.trace.sampled or not tel._allow_logs_sampled_only))
         ep = p.endpoint
         if ep is None:
             return Outcome.UPSTREAM_OVERFLOW if p.reason == PICK_OVERFLOW else Outcome.NO_HEALTHY_UPSTREAM

@@ -106,9 +106,23 @@ def late_size_refusal(rec: RequestRecord, err: BodyTooLarge, now_ns: int) -> Non
                                          "gatewatch.size.streamed": True}))
 
 
-@cython.locals(rec=RequestRecord, p=PickResult)
-def pick(rec: RequestRecord, p: PickResult, now_ns: int) -> dict:
-    """Record the pick (decision log + span attributes); return the attributes for the attempt's span."""
+@cython.locals(rec=RequestRecord, p=PickResult, detail=cython.bint)
+def pick(rec: RequestRecord, p: PickResult, now_ns: int, detail: bool = True) -> dict:
+    """Record the pick (decision log + span attributes); return the attributes for the attempt's span.
+
+    `detail` False: nothing will ever read this request's span attributes or its allowed decisions' (its spans
+    are not exported and allowed decisions are logged only for sampled requests, or nothing is exported at all).
+    An instance picked then leaves only what the metrics, the failover count and the admin journal read:
+    the decision's kind, rule, result and reason. A failed pick is logged whatever the sampling, in full."""
+    ep = p.endpoint
+    if not detail and ep is not None:
+        view = p.view
+        rec.failover = view.failover
+        if p.event_ids:
+            _add_events(rec, p.event_ids)
+        rec.decisions.append(DecisionRecord(PICK_KIND, p.pool, PICKED, p.reason, now_ns,
+                                            rec.balance_span_id or rec.trace.span_id, {}, BALANCER))
+        return {}
     lb = {A_LB_ALGORITHM: p.algorithm, A_LB_CANDIDATES: p.candidates}
     excluded = p.excluded
     if excluded:
@@ -130,10 +144,8 @@ def pick(rec: RequestRecord, p: PickResult, now_ns: int) -> dict:
     rec.lb = lb
     rec.failover = view.failover
     if p.event_ids:
-        rec.event_ids = list(p.event_ids) if rec.event_ids is None else rec.event_ids + [
-            e for e in p.event_ids if e not in rec.event_ids]
+        _add_events(rec, p.event_ids)
     span = rec.balance_span_id or rec.trace.span_id
-    ep = p.endpoint
     if ep is None:
         rec.decisions.append(DecisionRecord(
             PICK_KIND, p.pool, OVERFLOW if p.reason == Reason.PICK_OVERFLOW else NO_CANDIDATES, p.reason,
@@ -144,6 +156,13 @@ def pick(rec: RequestRecord, p: PickResult, now_ns: int) -> dict:
         {A_UPSTREAM: p.pool, **lb, A_INSTANCE: ep.id, A_ZONE: ep.zone, A_LB_WEIGHT: ep.weight,
          A_LB_IN_FLIGHT: p.in_flight}, BALANCER))
     return {**lb, A_LB_WEIGHT: ep.weight, A_LB_IN_FLIGHT: p.in_flight}
+
+
+@cython.locals(rec=RequestRecord)
+def _add_events(rec: RequestRecord, event_ids) -> None:
+    """The state-change events the pick saw (an ejection, a failover), each once, in order."""
+    rec.event_ids = list(event_ids) if rec.event_ids is None else rec.event_ids + [
+        e for e in event_ids if e not in rec.event_ids]
 
 
 @cython.locals(rec=RequestRecord)
