@@ -32,7 +32,7 @@ cdef class Engine:
     cpdef _response_head(self, RequestContext ctx, response)
     cpdef _response_tail(self, RequestContext ctx, list headers)
     cpdef _relay_block_now(self, RequestContext ctx, AttemptContext a, response)
-    cpdef _respond_now(self, RequestContext ctx, AttemptContext a, response, headers, whole)
+    cpdef _respond_now(self, RequestContext ctx, AttemptContext a, response, headers, whole, block=*)
     cpdef _attempt_clock(self, AttemptContext a)
     cpdef _trace_response(self, RequestContext ctx)
     cpdef record(self, RequestContext ctx)

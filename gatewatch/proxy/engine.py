@@ -728,21 +728,9 @@ class Engine:
         req = ctx.policy
         if whole is None or (req is not None and req.response_remove):
             return False
-        rec, record = ctx.rec, a.record
-        tail = [("Via", hdr.via_hop(rec.protocol_version))]  # (ours, as downstream_response_headers appends it)
+        tail = [("Via", hdr.via_hop(ctx.rec.protocol_version))]  # (ours, as downstream_response_headers adds it)
         self._response_tail(ctx, tail)
-        rec.status = response.status
-        record.error_type = record.outcome = None
-        try:
-            ctx.down.respond_block_now(response.status, response.reason, response.head_block, response.dated,
-                                       tail, whole)
-        except ClientGone:
-            record.outcome = CLIENT_ABORT
-            raise
-        finally:
-            self._attempt_clock(a)
-            response.close()
-        record.outcome = rec.outcome = PROXIED
+        self._respond_now(ctx, a, response, tail, whole, response.head_block)
         return True
 
     async def respond(self, ctx: RequestContext, a: AttemptContext, response: UpstreamResponse,
@@ -814,13 +802,17 @@ class Engine:
 
     @cython.locals(ctx=RequestContext, a=AttemptContext, rec=RequestRecord, record=AttemptRecord)
     def _respond_now(self, ctx: RequestContext, a: AttemptContext, response: UpstreamResponse,
-                     headers: tuple[tuple[str, str], ...], whole: bytes) -> None:
-        """`respond` for a whole body on a downstream that writes synchronously (`respond_now`)."""
+                     headers: tuple[tuple[str, str], ...], whole: bytes, block: bytes | None = None) -> None:
+        """`respond` for a whole body on a downstream that writes synchronously (`respond_now`); with `block`, the
+        upstream's header lines as relayed, `headers` after them (`respond_block_now`)."""
         rec, record = ctx.rec, a.record
         rec.status = response.status
         record.error_type = record.outcome = None
         try:
-            ctx.down.respond_now(response.status, response.reason, headers, whole)
+            if block is None:
+                ctx.down.respond_now(response.status, response.reason, headers, whole)
+            else:
+                ctx.down.respond_block_now(response.status, response.reason, block, response.dated, headers, whole)
         except ClientGone:
             record.outcome = CLIENT_ABORT
             raise

@@ -307,12 +307,12 @@ def _stable(headers) -> list:
     return [(k, v) for k, v in headers if k.lower() not in VARYING]
 
 
-async def _exchanges(tmp_path, split: bool) -> tuple[list, list]:
-    """Three requests on one keep-alive connection: (what the upstream saw, what the client got). `split`: every
-    head arrives in two reads on both sides, which the simple parsers never take."""
+def _answering(response: bytes, split: bool):
+    """An upstream connection handler that answers every request with `response`; `split`: its first 20 bytes in
+    a read of their own."""
     import asyncio
 
-    from tests.io.test_dataplane_adversarial import Upstream, cfg, client, gateway, read_request, read_response
+    from tests.io.test_dataplane_adversarial import read_request
 
     async def answer(reader, writer, up):
         while True:
@@ -321,14 +321,24 @@ async def _exchanges(tmp_path, split: bool) -> tuple[list, list]:
             except asyncio.IncompleteReadError:
                 return
             if split:
-                writer.write(RESPONSE[:20])
+                writer.write(response[:20])
                 await writer.drain()
                 await asyncio.sleep(0.05)
-            writer.write(RESPONSE[20:] if split else RESPONSE)
+            writer.write(response[20:] if split else response)
             await writer.drain()
 
+    return answer
+
+
+async def _exchanges(tmp_path, split: bool) -> tuple[list, list]:
+    """Three requests on one keep-alive connection: (what the upstream saw, what the client got). `split`: every
+    head arrives in two reads on both sides, which the simple parsers never take."""
+    import asyncio
+
+    from tests.io.test_dataplane_adversarial import Upstream, cfg, client, gateway, read_response
+
     got = []
-    async with Upstream(answer) as up, gateway(cfg(tmp_path, up.port)) as rt:
+    async with Upstream(_answering(RESPONSE, split)) as up, gateway(cfg(tmp_path, up.port)) as rt:
         async with client(rt) as (reader, writer):
             for _ in range(3):
                 if split:
@@ -370,25 +380,10 @@ RELAYED_RESPONSES = [
 async def _raw_answers(tmp_path, response: bytes, request: bytes, split: bool) -> list[bytes]:
     """Two exchanges on one connection: the raw bytes (head and body) the client got for each. The client sends
     its own X-Request-Id (kept, so the answers do not vary); `split`: the upstream's head arrives in two reads."""
-    import asyncio
-
-    from tests.io.test_dataplane_adversarial import Upstream, cfg, client, gateway, read_request, read_response
-
-    async def answer(reader, writer, up):
-        while True:
-            try:
-                up.requests.append(await read_request(reader))
-            except asyncio.IncompleteReadError:
-                return
-            if split:
-                writer.write(response[:20])
-                await writer.drain()
-                await asyncio.sleep(0.05)
-            writer.write(response[20:] if split else response)
-            await writer.drain()
+    from tests.io.test_dataplane_adversarial import Upstream, cfg, client, gateway, read_response
 
     got = []
-    async with Upstream(answer) as up, gateway(cfg(tmp_path, up.port)) as rt:
+    async with Upstream(_answering(response, split)) as up, gateway(cfg(tmp_path, up.port)) as rt:
         async with client(rt) as (reader, writer):
             for _ in range(2):
                 writer.write(request)
