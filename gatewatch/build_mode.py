@@ -54,6 +54,10 @@ HOT_MODULES: dict[str, str] = {
     "gatewatch.telemetry.context": "telemetry/context.py",
     "gatewatch.telemetry.fastmetrics": "telemetry/fastmetrics.py",
     "gatewatch.telemetry.wire": "telemetry/wire.py",
+    # the exporter process's own hot path: every sampled request's spans and decision logs (issue 14: its CPU
+    # shares the load core on a 2-core machine)
+    "gatewatch.telemetry.convert": "telemetry/convert.py",
+    "gatewatch.telemetry.otlp_encode": "telemetry/otlp_encode.py",
     "gatewatch.balancer.context": "balancer/context.py",
     "gatewatch.balancer.algorithms": "balancer/algorithms.py",
     "gatewatch.balancer.pool": "balancer/pool.py",
