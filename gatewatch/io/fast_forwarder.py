@@ -240,15 +240,12 @@ class UpstreamConnection:  # asyncio's protocol interface, duck-typed (an extens
         status = self.parser.get_status_code()
         if status == 101 and not self.upgrading:
             raise _Unsolicited("101 Switching Protocols to a request that did not ask to upgrade")
-        if status == 101:  # the answer to our WebSocket upgrade (RFC 6455 §4.2.2): final, the engine checks it
-            if self.head is not None and not self.head.done():
-                self.head.set_result((status, self._status_reason.decode("latin-1"), tuple(self._headers), None,
-                                      False))
-            return
-        if 100 <= status < 200:
+        if 100 <= status < 200 and status != 101:
             return  # interim (100 Continue, 103 Early Hints): wait for the final response
         if self.head is not None and not self.head.done():
             self.head.set_result((status, self._status_reason.decode("latin-1"), tuple(self._headers), None, False))
+        if status == 101:  # the answer to our WebSocket upgrade (RFC 6455 §4.2.2): final, the engine checks it
+            return
         self.keep_alive = self.parser.should_keep_alive()  # read now: llhttp resets it after the message
         te = self._te
         # RFC 9112 §6.3: no length and no final `chunked` coding → the body ends when the connection closes.

@@ -17,6 +17,7 @@ cdef class _Downstream:
     cdef public object _pending
     cdef public bint _done
     cpdef bytes _head(self, status, reason, headers, content_length, block=*, bint dated=*)
+    cpdef _respond_whole(self, status, reason, headers, body, block, bint dated)
 
 cdef class HttpConnection:
     cdef public object listener, transport, parser, flow, closed, rejected, _pipeline_paused, _inbuf, queue

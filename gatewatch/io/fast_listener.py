@@ -153,23 +153,21 @@ class _Downstream:
         self.respond_now(status, reason, headers, body)
 
     def respond_now(self, status: int, reason: str | None, headers: Headers, body: bytes) -> None:
-        conn = self._conn
-        if conn.closed:
-            raise ClientGone()
-        if self.started:
-            return
-        head = self._head(status, reason, headers, len(body))
-        conn.transport.write(head if self._ex.is_head or not body else head + body)
-        self.complete = True
+        self._respond_whole(status, reason, headers, body, None, False)
 
     def respond_block_now(self, status: int, reason: str | None, block: bytes, dated: bool, tail: Headers,
                           body: bytes) -> None:
+        self._respond_whole(status, reason, tail, body, block, dated)
+
+    def _respond_whole(self, status: int, reason: str | None, headers: Headers, body: bytes, block: bytes | None,
+                       dated: bool) -> None:
+        """The head (`block`, then `headers`) and the whole body in one write."""
         conn = self._conn
         if conn.closed:
             raise ClientGone()
         if self.started:
             return
-        head = self._head(status, reason, tail, len(body), block, dated)
+        head = self._head(status, reason, headers, len(body), block, dated)
         conn.transport.write(head if self._ex.is_head or not body else head + body)
         self.complete = True
 

@@ -31,7 +31,7 @@ cdef class Engine:
     cpdef _upstream_request(self, RequestContext ctx, AttemptContext a)
     cpdef _response_head(self, RequestContext ctx, response)
     cpdef _response_tail(self, RequestContext ctx, list headers)
-    cpdef _relay_block_now(self, RequestContext ctx, AttemptContext a, response)
+    cpdef _relay_block_now(self, RequestContext ctx, AttemptContext a, response, block)
     cpdef _respond_now(self, RequestContext ctx, AttemptContext a, response, headers, whole, block=*)
     cpdef _attempt_clock(self, AttemptContext a)
     cpdef _trace_response(self, RequestContext ctx)

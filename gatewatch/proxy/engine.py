@@ -622,7 +622,8 @@ class Engine:
                 return
             if ctx.cache is not None:  # stored, freshened (a 304 answers with the entry) or stale-if-error
                 result = ctx.cache.response(result, self.clock_ns() / 1e9)
-            elif getattr(result, "head_block", None) is not None and self._relay_block_now(ctx, a, result):
+            elif (block := getattr(result, "head_block", None)) is not None and self._relay_block_now(
+                    ctx, a, result, block):
                 self._attempt_over(ctx, a)
                 self._end(ctx)
                 return
@@ -718,9 +719,10 @@ class Engine:
         if self._trace_response(ctx):
             headers.append(("traceresponse", format_traceparent(rec.trace.trace_id, rec.trace.span_id, True)))
 
-    @cython.locals(ctx=RequestContext, a=AttemptContext, rec=RequestRecord, record=AttemptRecord, tail=list)
-    def _relay_block_now(self, ctx: RequestContext, a: AttemptContext, response: UpstreamResponse) -> bool:
-        """The upstream's header lines written to the client as they came (`head_block`: the lines
+    @cython.locals(ctx=RequestContext, a=AttemptContext, tail=list)
+    def _relay_block_now(self, ctx: RequestContext, a: AttemptContext, response: UpstreamResponse,
+                         block: bytes) -> bool:
+        """The upstream's header lines written to the client as they came (`block`, its `head_block`: the lines
         `_response_head` would drop are already out of it), then Via and the tail: the same bytes `_response_head`
         and `respond_now` write, without splitting and joining them again. False when the body is not all here
         or the route removes response headers: the caller serializes."""
@@ -730,7 +732,7 @@ class Engine:
             return False
         tail = [("Via", hdr.via_hop(ctx.rec.protocol_version))]  # (ours, as downstream_response_headers adds it)
         self._response_tail(ctx, tail)
-        self._respond_now(ctx, a, response, tail, whole, response.head_block)
+        self._respond_now(ctx, a, response, tail, whole, block)
         return True
 
     async def respond(self, ctx: RequestContext, a: AttemptContext, response: UpstreamResponse,

@@ -133,8 +133,6 @@ def upstream_request_headers(headers: Headers, client_address: str, scheme: str,
     return tuple(out)
 
 
-
-
 @cython.locals(h=tuple, name=str, out=list, via_values=list, lengths=list, connection=list, drop=frozenset)
 def downstream_response_headers(headers: Headers, version: str) -> tuple[list[tuple[str, str]], int | None]:
     """Upstream response headers for the client, and the upstream's Content-Length (None: not known, stream it).
@@ -157,7 +155,7 @@ def downstream_response_headers(headers: Headers, version: str) -> tuple[list[tu
         elif name == "connection":
             connection.append(h[1])
     if connection:  # (rare: a call saved on every other response)
-        out = _without_listed(out, connection, RESPONSE_DROP)
+        out = _without_listed(out, connection, drop)
     via = ", ".join(via_values)
     out.append(("Via", f"{via}, {via_hop(version)}" if via else via_hop(version)))
     return out, _length(lengths)
