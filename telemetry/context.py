@@ -105,6 +105,13 @@ def hex128(value: int) -> str:
     return value.to_bytes(16, "big").hex()
 
 
+def hex64(value: int) -> str:
+    """A 64-bit number as 16 lowercase hex digits, zero-padded (a span id)."""
+    if cython.compiled:
+        return _hex64_c(value)
+    return value.to_bytes(8, "big").hex()
+
+
 # Compiled, the ids are written as hex digits into a C array and decoded once: the Python form's method calls by
 # name and string concatenations cost ~10x more (bench/README "Ids without method calls"). Never called as Python.
 @cython.cfunc
@@ -128,6 +135,14 @@ def _traceparent_c(hi, lo, span, sampled) -> str:
     buf[53] = 48
     buf[54] = 49 if sampled else 48
     return buf[:55].decode("ascii")
+
+
+@cython.cfunc
+@cython.locals(v=cython.ulonglong)
+def _hex64_c(v) -> str:
+    buf = cython.declare(cython.char[16])
+    _put_hex64(buf, 0, v)
+    return buf[:16].decode("ascii")
 
 
 @cython.cfunc

@@ -36,7 +36,7 @@ from gatewatch.edge.policies import json_transform
 from gatewatch.io.interfaces import UpstreamFailure, UpstreamRequest
 from gatewatch.proxy import headers as hdr
 from gatewatch.proxy import recording
-from gatewatch.telemetry.context import AttemptRecord, DecisionRecord, format_traceparent, new_span_id
+from gatewatch.telemetry.context import AttemptRecord, DecisionRecord, format_traceparent, hex64, hex128, new_span_id
 from gatewatch.telemetry.names import (AggregateCall, Attr, DecisionKind, DecisionResult, ErrorType, Layer, Outcome,
                                        Reason)
 
@@ -264,7 +264,7 @@ async def _call(engine: Engine, ctx: RequestContext, call: Call, params: dict[st
         if ep is not None:
             call.pool.release(ep)
             if call.pool.passive_health and record.error_type != ErrorType.CANCELLED.value:
-                call.pool.observe(ep.id, health, f"{rec.trace.trace_id:032x}", f"{record.span_id:016x}")
+                call.pool.observe(ep.id, health, hex128(rec.trace.trace_id), hex64(record.span_id))
 
 
 async def _exchange(engine: Engine, ctx: RequestContext, call: Call, request: UpstreamRequest,

@@ -62,7 +62,8 @@ from gatewatch.proxy.context import AttemptContext, ClientBody, RequestContext
 from gatewatch.proxy.plan import RoutePlan, Target
 from gatewatch.proxy.mirror import MIRROR_HEADER, Mirrors
 from gatewatch.proxy.snapshot import Snapshot
-from gatewatch.telemetry.context import AttemptRecord, RequestRecord, format_traceparent, new_span_id, start_trace
+from gatewatch.telemetry.context import (AttemptRecord, RequestRecord, format_traceparent, hex64, hex128, new_span_id,
+                                         start_trace)
 from gatewatch.telemetry.names import OUTCOME_STATUS, Attr, ErrorType, HeaderDrop, Layer, Outcome, Reason, RejectReason
 from gatewatch.telemetry.recorder import Telemetry
 
@@ -504,7 +505,7 @@ class Engine:
             pool = ctx.target.pool
             pool.release(a.endpoint)
             if pool.passive_health:
-                pool.observe(a.endpoint.id, a.result, f"{ctx.rec.trace.trace_id:032x}", f"{record.span_id:016x}")
+                pool.observe(a.endpoint.id, a.result, hex128(ctx.rec.trace.trace_id), hex64(record.span_id))
 
     async def _exchange(self, ctx: RequestContext, a: AttemptContext, request: UpstreamRequest) -> Failed | None:
         plan = ctx.plan

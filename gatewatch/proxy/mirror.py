@@ -35,7 +35,7 @@ from gatewatch.balancer.context import PickContext
 from gatewatch.balancer.pool import Pool
 from gatewatch.edge.config import MirrorConfig
 from gatewatch.io.interfaces import UpstreamFailure, UpstreamRequest
-from gatewatch.telemetry.context import AttemptRecord, DecisionRecord, RequestRecord, new_span_id
+from gatewatch.telemetry.context import AttemptRecord, DecisionRecord, RequestRecord, hex128, new_span_id
 from gatewatch.telemetry.names import (Attr, DecisionKind, ErrorType, Layer, MirrorMatch, MirrorResult, Outcome,
                                        Reason)
 
@@ -269,7 +269,7 @@ class Mirrors:
             delta = flight.shadow_s - flight.primary_s
             lb[Attr.MIRROR_LATENCY_DELTA] = round(delta, 6)
             rec = flight.ctx_rec
-            trace_id = f"{rec.trace.trace_id:032x}" if rec.trace.sampled else None
+            trace_id = hex128(rec.trace.trace_id) if rec.trace.sampled else None
             self._delta.observe(labels, delta, trace_id)
         self._export(flight)
 

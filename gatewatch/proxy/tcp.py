@@ -32,6 +32,8 @@ from gatewatch.proxy import recording
 from gatewatch.telemetry.context import (
     AttemptRecord,
     RequestRecord,
+    hex64,
+    hex128,
     new_span_id,
     start_trace,
 )
@@ -114,7 +116,7 @@ class TcpSession:
             layer=BALANCER, trace=start_trace(None, None, None, "ignore", tc.sampling_ratio, rng, tc.parent_based),
             start_ns=time.time_ns(), start_mono=time.monotonic(), method="", path="", query="", scheme="tcp",
             host=local[0], server_port=local[1], client_address=peer[0], client_port=peer[1],
-            protocol_version="", user_agent=None, request_id=f"{rng.getrandbits(64):016x}",
+            protocol_version="", user_agent=None, request_id=hex64(rng.getrandbits(64)),
             listener=sessions.listener, upstream=s.pool, config_version=sessions.config_version)
         self.pool: Pool | None = sessions.pools().get(s.pool)  # None: a reload removed it (config checks prevent)
         self.ctx: PickContext | None = None
@@ -170,7 +172,7 @@ class TcpSession:
                                     TcpOutcome.UPSTREAM_CONNECT_ERROR).value
         self.sessions.metrics.tcp_connect_duration.labels(pool.name, ep.id, error_type).observe(connect_s)
         if pool.passive_health:
-            pool.observe(ep.id, Result.GATEWAY_ERROR, f"{self.rec.trace.trace_id:032x}", f"{a.span_id:016x}")
+            pool.observe(ep.id, Result.GATEWAY_ERROR, hex128(self.rec.trace.trace_id), hex64(a.span_id))
 
     def connected(self, peer: tuple[str, int] | None, connect_s: float):
         a = self.attempt
@@ -187,7 +189,7 @@ class TcpSession:
     def judge(self, ok: bool) -> None:
         if self.pool.passive_health:
             self.pool.observe(self.endpoint.id, Result.SUCCESS if ok else Result.GATEWAY_ERROR,
-                              f"{self.rec.trace.trace_id:032x}", f"{self.attempt.span_id:016x}")
+                              hex128(self.rec.trace.trace_id), hex64(self.attempt.span_id))
 
     def _release(self) -> None:
         if self.held:

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from gatewatch.telemetry.context import (MAX_BAGGAGE, MAX_TRACESTATE, cap_baggage, cap_tracestate, format_traceparent,
-                                         hex128, parse_traceparent, ratio_sampled, start_trace)
+                                         hex64, hex128, parse_traceparent, ratio_sampled, start_trace)
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN = "00f067aa0ba902b7"
@@ -80,6 +80,7 @@ def test_ids_match_the_reference_formatting_at_every_digit():
     for v in values:
         span = v & ((1 << 64) - 1) or 1
         assert hex128(v) == v.to_bytes(16, "big").hex()
+        assert hex64(v & ((1 << 64) - 1)) == f"{v & ((1 << 64) - 1):016x}"
         assert format_traceparent(v, span, v & 1 == 1) == (
             f"00-{v.to_bytes(16, 'big').hex()}-{span.to_bytes(8, 'big').hex()}-{'01' if v & 1 else '00'}")
 
