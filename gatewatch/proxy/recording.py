@@ -115,13 +115,14 @@ def pick(rec: RequestRecord, p: PickResult, now_ns: int, detail: bool = True) ->
     An instance picked then leaves only what the metrics, the failover count and the admin journal read:
     the decision's kind, rule, result and reason. A failed pick is logged whatever the sampling, in full."""
     ep = p.endpoint
+    view = p.view
+    rec.failover = view.failover
+    if p.event_ids:
+        rec.event_ids = list(p.event_ids) if rec.event_ids is None else rec.event_ids + [
+            e for e in p.event_ids if e not in rec.event_ids]
+    span = rec.balance_span_id or rec.trace.span_id
     if not detail and ep is not None:
-        view = p.view
-        rec.failover = view.failover
-        if p.event_ids:
-            _add_events(rec, p.event_ids)
-        rec.decisions.append(DecisionRecord(PICK_KIND, p.pool, PICKED, p.reason, now_ns,
-                                            rec.balance_span_id or rec.trace.span_id, {}, BALANCER))
+        rec.decisions.append(DecisionRecord(PICK_KIND, p.pool, PICKED, p.reason, now_ns, span, {}, BALANCER))
         return {}
     lb = {A_LB_ALGORITHM: p.algorithm, A_LB_CANDIDATES: p.candidates}
     excluded = p.excluded
@@ -130,7 +131,6 @@ def pick(rec: RequestRecord, p: PickResult, now_ns: int, detail: bool = True) ->
         if len(excluded) > EXCLUDED_LISTED:
             listed.append(f"...+{len(excluded) - EXCLUDED_LISTED} more")
         lb[Attr.LB_EXCLUDED] = tuple(listed)  # hashable: the exporter reuses the encoding of repeated picks
-    view = p.view
     if view.sources:  # a discovered pool: where its candidates came from (one string per view, no allocation)
         lb[Attr.LB_SOURCES] = view.sources
     if view.priority:
@@ -142,10 +142,6 @@ def pick(rec: RequestRecord, p: PickResult, now_ns: int, detail: bool = True) ->
     elif p.hash_key_source is not None:
         lb[Attr.LB_HASH_KEY_SOURCE] = p.hash_key_source
     rec.lb = lb
-    rec.failover = view.failover
-    if p.event_ids:
-        _add_events(rec, p.event_ids)
-    span = rec.balance_span_id or rec.trace.span_id
     if ep is None:
         rec.decisions.append(DecisionRecord(
             PICK_KIND, p.pool, OVERFLOW if p.reason == Reason.PICK_OVERFLOW else NO_CANDIDATES, p.reason,
@@ -156,13 +152,6 @@ def pick(rec: RequestRecord, p: PickResult, now_ns: int, detail: bool = True) ->
         {A_UPSTREAM: p.pool, **lb, A_INSTANCE: ep.id, A_ZONE: ep.zone, A_LB_WEIGHT: ep.weight,
          A_LB_IN_FLIGHT: p.in_flight}, BALANCER))
     return {**lb, A_LB_WEIGHT: ep.weight, A_LB_IN_FLIGHT: p.in_flight}
-
-
-@cython.locals(rec=RequestRecord)
-def _add_events(rec: RequestRecord, event_ids) -> None:
-    """The state-change events the pick saw (an ejection, a failover), each once, in order."""
-    rec.event_ids = list(event_ids) if rec.event_ids is None else rec.event_ids + [
-        e for e in event_ids if e not in rec.event_ids]
 
 
 @cython.locals(rec=RequestRecord)
