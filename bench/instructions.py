@@ -7,7 +7,8 @@ per-request work that this VM's ±30 % throughput noise cannot hide.
 CASEs: gatewatch-off, gatewatch-pure-off, gatewatch-full, gatewatch-pure-full, gatewatch-sampled (10 %),
 gatewatch-pure-sampled, gatewatch-pool-3 and gatewatch-pool-1000 (telemetry off, round robin over that many
 instances, all on the one backend port: each instance still has its own connections), python-floor,
-python-floor-compiled (default: gatewatch-off gatewatch-pure-off python-floor python-floor-compiled).
+python-floor-compiled, python-floor-plus and python-floor-plus-compiled (bench/floor_plus.py: the floor plus
+the least a gateway does per request) (default: gatewatch-off gatewatch-pure-off python-floor python-floor-compiled).
 
 Each case: an nginx backend (as bench/run.py's), the proxy started under `valgrind --tool=callgrind
 --instr-atstart=no` (the warm-up runs uninstrumented), 200 warm-up requests, then instrumentation on
@@ -44,8 +45,8 @@ from harness.procs import Proc, stop_all, wait_http
 from harness.tools import which
 
 CASES = ("gatewatch-off", "gatewatch-pure-off", "gatewatch-full", "gatewatch-pure-full", "gatewatch-sampled",
-         "gatewatch-pure-sampled", "gatewatch-pool-3", "gatewatch-pool-1000", "python-floor",
-         "python-floor-compiled")
+         "gatewatch-pure-sampled", "gatewatch-pool-3", "gatewatch-pool-1000", "python-floor", "python-floor-compiled",
+         "python-floor-plus", "python-floor-plus-compiled")
 DEFAULT = ("gatewatch-off", "gatewatch-pure-off", "python-floor", "python-floor-compiled")
 WARMUP = 200
 
@@ -77,12 +78,14 @@ def drive(port: int, n: int, conns: int) -> int:
 
 def proxy_argv(case: str, work: Path, port: int, backend: int) -> tuple[list[str], dict[str, str]]:
     if case.startswith("python-floor"):
+        # python-floor-plus*: the floor plus the least a gateway does per request (bench/floor_plus.py)
+        module = "floor_plus" if case.startswith("python-floor-plus") else "floor_proxy"
         if case.endswith("compiled"):
             fb = build_floor(work)
             if fb.directory is None:
                 raise RuntimeError(fb.error)
-            return floor_argv(fb, port, backend), child_env()
-        return [sys.executable, str(BENCH / "floor_proxy.py"), str(port), str(backend)], child_env()
+            return floor_argv(fb, port, backend, module), child_env()
+        return [sys.executable, str(BENCH / f"{module}.py"), str(port), str(backend)], child_env()
     telemetry: dict = {"service_name": "gatewatch-bench", "local_dir": str(work / "jsonl")}
     env = child_env(pure="-pure-" in case)
     if case.endswith("-off") or case.startswith("gatewatch-pool-"):
@@ -169,14 +172,16 @@ def main() -> int:
             else:
                 r["dump"] = None
             results.append(r)
-            print(f"{case:24s} {r['per_request']:>10,.0f} instructions/request  ({r['requests']} requests, "
+            print(f"{case:26s} {r['per_request']:>10,.0f} instructions/request  ({r['requests']} requests, "
                   f"{r['wall_s_under_valgrind']} s under valgrind)", flush=True)
     finally:
         stop_all()
     by = {r["case"]: r["per_request"] for r in results}
     for a, b in (("gatewatch-off", "python-floor-compiled"), ("gatewatch-pure-off", "python-floor"),
                  ("gatewatch-off", "gatewatch-pure-off"), ("gatewatch-full", "gatewatch-off"),
-                 ("gatewatch-sampled", "gatewatch-off"), ("gatewatch-pool-1000", "gatewatch-pool-3")):
+                 ("gatewatch-sampled", "gatewatch-off"), ("gatewatch-pool-1000", "gatewatch-pool-3"),
+                 ("python-floor-plus-compiled", "python-floor-compiled"), ("python-floor-plus", "python-floor"),
+                 ("gatewatch-off", "python-floor-plus-compiled")):
         if a in by and b in by:
             print(f"{a} ÷ {b}: {by[a] / by[b]:.2f}")
     if args.json:

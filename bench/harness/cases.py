@@ -43,6 +43,9 @@ ALL_CASES = [
     Case("caddy-tracing", "caddy", telemetry="full"),
     Case("python-floor", "floor", build="pure"),
     Case("python-floor-compiled", "floor", build="compiled"),
+    # the floor plus the least a gateway does per request (bench/floor_plus.py): what issue 14's 0.7x leaves
+    Case("python-floor-plus", "floor", build="pure", quick=False),
+    Case("python-floor-plus-compiled", "floor", build="compiled", quick=False),
     # the compiled build (issue 14's targets) and the same three in pure Python (GATEWATCH_PURE_PYTHON=1)
     Case("gatewatch-off", "gatewatch", telemetry="off"),
     Case("gatewatch-full", "gatewatch", telemetry="full"),

@@ -227,16 +227,17 @@ def start_nginx_proxy(ctx: Context, backend: Backend, case: Case, rnd: int) -> t
 
 
 def start_floor(ctx: Context, backend: Backend, case: Case, rnd: int) -> tuple[str, Proc]:
-    """bench/floor_proxy.py as it is (`build` pure), or compiled by the harness (compiled.py; the case is skipped
-    before this when that build failed)."""
+    """bench/floor_proxy.py (or, for the `python-floor-plus` cases, bench/floor_plus.py) as it is (`build` pure),
+    or compiled by the harness (compiled.py; the case is skipped before this when that build failed)."""
     port = free_port()
+    module = "floor_plus" if case.name.startswith("python-floor-plus") else "floor_proxy"
     if case.build == "compiled":
         fb = ctx.floor_compiled
         if fb is None or fb.directory is None:
             raise RuntimeError(f"no compiled floor: {fb.error if fb else 'not built'}")
-        argv = floor_argv(fb, port, backend.ports[0])
+        argv = floor_argv(fb, port, backend.ports[0], module)
     else:
-        argv = [sys.executable, str(BENCH / "floor_proxy.py"), str(port), str(backend.ports[0])]
+        argv = [sys.executable, str(BENCH / f"{module}.py"), str(port), str(backend.ports[0])]
     p = Proc(ctx.next_name(case.name), ctx.taskset(ctx.proxy_cpu) + argv, ctx.workdir)
     url = f"http://127.0.0.1:{port}{PATH}"
     wait_http(url, p)

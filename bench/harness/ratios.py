@@ -26,7 +26,13 @@ RATIOS: dict[str, tuple[str, str, str]] = {
     "caddy_tracing_vs_caddy": ("rps", "caddy-tracing", "caddy"),
     "floor_vs_haproxy": ("rps", "python-floor", "haproxy"),
     "floor_compiled_vs_haproxy": ("rps", "python-floor-compiled", "haproxy"),
+    "floor_plus_vs_haproxy": ("rps", "python-floor-plus", "haproxy"),
+    "floor_plus_compiled_vs_haproxy": ("rps", "python-floor-plus-compiled", "haproxy"),
     "floor_compiled_vs_floor": ("rps", "python-floor-compiled", "python-floor"),
+    # the floor plus the least a gateway does per request (bench/floor_plus.py), by CPU per request
+    "floor_plus_vs_haproxy_cpu": ("cpu", "python-floor-plus", "haproxy"),
+    "floor_plus_compiled_vs_haproxy_cpu": ("cpu", "python-floor-plus-compiled", "haproxy"),
+    "floor_plus_compiled_vs_floor_compiled_cpu": ("cpu", "python-floor-plus-compiled", "python-floor-compiled"),
     # the compiled build (the plain gatewatch-* rows)
     "off_vs_haproxy": ("rps", "gatewatch-off", "haproxy"),
     "full_vs_haproxy": ("rps", "gatewatch-full", "haproxy"),

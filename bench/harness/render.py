@@ -12,7 +12,8 @@ from .common import NOISY, median
 
 _VS_HAPROXY = {"direct": "direct_vs_haproxy", "nginx": "nginx_vs_haproxy", "caddy": "caddy_vs_haproxy",
                "caddy-tracing": "caddy_tracing_vs_haproxy", "python-floor": "floor_vs_haproxy",
-               "python-floor-compiled": "floor_compiled_vs_haproxy",
+               "python-floor-compiled": "floor_compiled_vs_haproxy", "python-floor-plus": "floor_plus_vs_haproxy",
+               "python-floor-plus-compiled": "floor_plus_compiled_vs_haproxy",
                "gatewatch-off": "off_vs_haproxy",
                "gatewatch-full": "full_vs_haproxy", "gatewatch-sampled": "sampled_vs_haproxy",
                "gatewatch-pure-off": "pure_off_vs_haproxy", "gatewatch-pure-full": "pure_full_vs_haproxy",
@@ -180,6 +181,11 @@ def _compiled_context(res: dict[str, Any]) -> list[str]:
         out.append(f"  python floor compiled ÷ pure {fmt(r.get('floor_compiled_vs_floor'))} (by CPU "
                    f"{fmt(r.get('floor_compiled_vs_floor_proxy_cpu'))}); vs HAProxy: pure "
                    f"{fmt(r.get('floor_vs_haproxy'))}, compiled {fmt(r.get('floor_compiled_vs_haproxy'))}")
+    if r.get("floor_plus_vs_haproxy_cpu") is not None or r.get("floor_plus_compiled_vs_haproxy_cpu") is not None:
+        out.append(f"  python floor plus the least a gateway does (bench/floor_plus.py) vs HAProxy by CPU: pure "
+                   f"{fmt(r.get('floor_plus_vs_haproxy_cpu'))}, compiled "
+                   f"{fmt(r.get('floor_plus_compiled_vs_haproxy_cpu'))} (compiled: "
+                   f"{fmt(r.get('floor_plus_compiled_vs_floor_compiled_cpu'))} of the compiled floor)")
     if r.get("off_vs_floor_compiled") is not None or r.get("pure_off_vs_floor") is not None:
         out.append(f"  gatewatch-off ÷ the floor of the same build: compiled/compiled "
                    f"{fmt(r.get('off_vs_floor_compiled'))}, pure/pure {fmt(r.get('pure_off_vs_floor'))}")

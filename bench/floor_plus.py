@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""The python floor plus the least a gateway does per request: a bound on what issue 14's 0.7x target leaves.
+
+    [FLOOR_FEATURES=route,pick,...] python bench/floor_plus.py LISTEN_PORT UPSTREAM_PORT
+
+`bench/floor_proxy.py` (imported, not copied), with each request also doing what every Gatewatch request does
+with telemetry off, written as tightly as Python allows and nothing more:
+
+- `route`: the first of three path-prefix routes that matches (`str.startswith`);
+- `pick`: round robin over three instances (all the one upstream connection: only the choice is counted);
+- `ids`: a 128-bit X-Request-Id and a W3C traceparent (RFC 9110 has no rule here; W3C Trace Context §3.2)
+  minted from `random.getrandbits` and sent upstream, and the X-Request-Id sent back to the client;
+- `via`: a `Via` on both directions (RFC 9110 §7.6.3);
+- `metrics`: one request counter by (route, instance, status) and one duration histogram by route, in dicts.
+
+`FLOOR_FEATURES` in the environment is a comma-separated subset (default: all). The bench's rows
+`python-floor-plus` and `python-floor-plus-compiled` (the latter compiled with the floor, harness/compiled.py) and
+bench/instructions.py's `python-floor-plus` run it; bench/README.md, "What the 0.7x target leaves", says what they
+showed. It is an experiment, not a proxy anyone should run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import uvloop
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import floor_proxy
+
+ALL = ("route", "pick", "ids", "via", "metrics")
+FEATURES = frozenset(os.environ.get("FLOOR_FEATURES", ",".join(ALL)).split(","))
+ROUTES = ((b"/admin/", "admin"), (b"/static/", "static"), (b"/", "all"))
+INSTANCES = ("i0", "i1", "i2")
+BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+rng = random.Random()
+counts: dict[tuple[str, str, int], int] = {}
+histograms: dict[str, list[float]] = {}
+cursor = [0]
+
+
+class Upstream(floor_proxy.Upstream):
+    def on_message_complete(self):
+        client = self.client
+        status = self.parser.get_status_code()
+        extra = b""
+        if "ids" in FEATURES:
+            extra += b"X-Request-Id: " + client.request_id + b"\r\n"
+        if "via" in FEATURES:
+            extra += b"Via: 1.1 gatewatch\r\n"
+        client.transport.write(self.message(b"HTTP/1.1 %d OK\r\n" % status, extra))
+        if "metrics" in FEATURES:
+            key = (client.route, client.instance, status)
+            counts[key] = counts.get(key, 0) + 1
+            h = histograms.get(client.route)
+            if h is None:
+                h = histograms[client.route] = [0.0] * (len(BOUNDS) + 2)
+            took = time.perf_counter() - client.started
+            h[bisect.bisect_left(BOUNDS, took)] += 1
+            h[-1] += took
+
+
+class Client(floor_proxy.Client):
+    route = "all"
+    instance = "i0"
+    request_id = b""
+    started = 0.0
+
+    def on_message_complete(self):
+        extra = b"X-Forwarded-For: " + self.peer + b"\r\n"
+        if "metrics" in FEATURES:
+            self.started = time.perf_counter()
+        if "route" in FEATURES:
+            for prefix, name in ROUTES:
+                if self.url.startswith(prefix):
+                    self.route = name
+                    break
+        if "pick" in FEATURES:
+            n = cursor[0] = (cursor[0] + 1) % len(INSTANCES)
+            self.instance = INSTANCES[n]
+        if "ids" in FEATURES:
+            self.request_id = b"%032x" % rng.getrandbits(128)
+            extra += (b"X-Request-Id: " + self.request_id + b"\r\ntraceparent: 00-%032x-%016x-00\r\n"
+                      % (rng.getrandbits(128), rng.getrandbits(64)))
+        if "via" in FEATURES:
+            extra += b"Via: 1.1 gatewatch\r\n"
+        request = self.message(self.parser.get_method() + b" " + self.url + b" HTTP/1.1\r\n", extra)
+        if self.upstream is None:
+            self.waiting.append(request)
+        else:
+            self.upstream.transport.write(request)
+
+    async def _connect(self):  # floor_proxy's, with this module's Upstream
+        _, self.upstream = await asyncio.get_running_loop().create_connection(
+            lambda: Upstream(self), "127.0.0.1", self.upstream_port)
+        while self.waiting:
+            self.upstream.transport.write(self.waiting.popleft())
+
+
+async def main(listen_port: int, upstream_port: int) -> None:
+    server = await asyncio.get_running_loop().create_server(
+        lambda: Client(upstream_port), "127.0.0.1", listen_port, backlog=4096)
+    await server.serve_forever()
+
+
+if __name__ == "__main__":
+    uvloop.run(main(int(sys.argv[1]), int(sys.argv[2])))
