@@ -245,7 +245,7 @@ class HttpConnection:  # asyncio's protocol interface, duck-typed (an extension 
     __slots__ = ("listener", "transport", "parser", "flow", "closed", "rejected", "_pipeline_paused", "_inbuf",
                  "queue", "parsing", "running", "_serving", "_idle", "_url", "_headers", "_index", "_header_bytes",
                  "_hosts", "_in_trailers", "last_active", "head_started", "peer", "sock", "now_busy", "tls",
-                 "_byte_limit", "_line_limit", "_scanned", "_head_fed", "tunnel", "early")
+                 "_byte_limit", "_line_limit", "_scanned", "_head_fed", "tunnel", "early", "_carry")
 
     def __init__(self, listener: "RawListener"):
         self.listener = listener
@@ -256,6 +256,10 @@ class HttpConnection:  # asyncio's protocol interface, duck-typed (an extension 
         self.rejected: tuple[int, str] | None = None  # an unparseable request waits for earlier answers
         self._pipeline_paused = False
         self._inbuf: bytearray | None = None  # bytes not parsed yet because too many requests are queued
+        # What llhttp was fed since it last stood between messages at the end of a slice, while the head after
+        # it runs on into the next read (None: a body ran on, the start is not known). `_refused_line` parses
+        # from there, so a refusal is read from the right line however the client cut the request.
+        self._carry: bytes | None = b""
         self.queue: collections.deque[_Exchange] = collections.deque()
         self.parsing: _Exchange | None = None
         self.running = False  # an exchange is being handled (the sweeps leave the connection alone)
@@ -388,6 +392,10 @@ class HttpConnection:  # asyncio's protocol interface, duck-typed (an extension 
     def _feed_slice(self, data: bytes) -> bool:
         try:
             self.parser.feed_data(data)
+            if self.head_started is not None:  # a head runs on into the next read (bounded just below)
+                self._carry = self._carry + data if self._carry is not None else None
+            else:
+                self._carry = b"" if self.parsing is None else None
             if self.head_started is not None and not self.rejected:
                 # A head is still incomplete. llhttp hands a header over only once its line has ended (httptools
                 # keeps appending the pieces), so the size limits in `on_header` cannot see a line that never
@@ -410,7 +418,7 @@ class HttpConnection:  # asyncio's protocol interface, duck-typed (an extension 
             cause = err.__context__ if isinstance(err.__context__, _Limit) else None
             self._reject(cause.status if cause else 400, cause.reason if cause else R.PARSE_ERROR.value)
         except httptools.HttpParserError as err:
-            self._reject(*_parser_rejection(err, data))
+            self._reject(*_parser_rejection(err, data if self._carry is None else self._carry + data))
         return False
 
     # --- llhttp callbacks ---
@@ -966,8 +974,9 @@ def _refused_line(data: bytes) -> bytes | None:
     """The line of `data` in which llhttp stopped, or None when that cannot be told. httptools does not say where
     parsing stopped, so the shortest prefix of `data` a fresh parser refuses is searched for (a prefix of a valid
     stream is never refused, only left incomplete): O(log n) parses, on this error path only. Exact when `data`
-    starts at a request's start: a connection's first request, or one in packets of its own; pipelined requests
-    in the same slice are parsed through. A slice that starts mid-body gives the wrong line or None."""
+    starts at a request's start, as the listener's `_carry` makes it unless a body ran on from an earlier read
+    (pipelined requests before the refused one are parsed through); a start mid-body gives the wrong line or
+    None."""
 
     def refused(n: int) -> bool:
         try:
