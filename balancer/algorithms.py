@@ -97,13 +97,24 @@ def _candidates(endpoints, exclude: Mapping[str, str]):
     return cands, excluded
 
 
-def _cached(state: CursorState, kind: str, endpoints, build):
+def _cached(state: CursorState, kind, endpoints, build, arg=None):
+    """`build(endpoints)` (or `build(endpoints, arg)`), kept for as long as the endpoint set is this one. The
+    builders are module functions: a lambda here would be a new closure object on every request (~1.2k
+    instructions compiled)."""
     hit = state.cache.get(kind)
     if hit is not None and hit[0] is endpoints:
         return hit[1]
-    data = build(endpoints)
+    data = build(endpoints) if arg is None else build(endpoints, arg)
     state.cache[kind] = (endpoints, data)
     return data
+
+
+def _picks(endpoints, algorithm: Algorithm) -> dict:
+    return {e.id: Pick(e, algorithm, len(endpoints), ()) for e in endpoints}
+
+
+def _usable(endpoints) -> dict:
+    return {e.id: e for e in endpoints}
 
 
 def _pick(state: CursorState, algorithm: Algorithm, cands, chosen: Endpoint, excluded) -> Pick:
@@ -112,9 +123,7 @@ def _pick(state: CursorState, algorithm: Algorithm, cands, chosen: Endpoint, exc
     microsecond to construct)."""
     if excluded:
         return Pick(chosen, algorithm, len(cands), excluded)
-    picks = _cached(state, ("picks", algorithm), cands,
-                    lambda eps: {e.id: Pick(e, algorithm, len(eps), ()) for e in eps})
-    return picks[chosen.id]
+    return _cached(state, ("picks", algorithm), cands, _picks, algorithm)[chosen.id]
 
 
 def round_robin(endpoints, state: CursorState, key, exclude: Mapping[str, str], rng: random.Random):
@@ -135,7 +144,7 @@ def prepare(algorithm: Algorithm, endpoints, state: CursorState) -> None:
     if algorithm is WEIGHTED_ROUND_ROBIN:
         state.schedule, state.schedule_for = _schedule(endpoints), endpoints
     elif algorithm is RING_HASH:
-        _cached(state, "ring", state.all_endpoints or endpoints, lambda eps: build_ring(eps, state.ring_vnodes))
+        _cached(state, "ring", state.all_endpoints or endpoints, build_ring, state.ring_vnodes)
     elif algorithm is MAGLEV:
         _cached(state, "maglev", state.all_endpoints or endpoints, build_maglev)
     elif algorithm is RANDOM:
@@ -262,9 +271,8 @@ def ring_hash(endpoints, state: CursorState, key, exclude: Mapping[str, str], rn
         return NoHealthyEndpoint(RING_HASH, 0, excluded)
     if key is None:
         return Pick(cands[rng.randrange(len(cands))], RING_HASH, len(cands), excluded)
-    hashes, owners = _cached(state, "ring", state.all_endpoints or endpoints,
-                             lambda eps: build_ring(eps, state.ring_vnodes))
-    usable = _cached(state, "usable", cands, lambda c: {e.id: e for e in c})
+    hashes, owners = _cached(state, "ring", state.all_endpoints or endpoints, build_ring, state.ring_vnodes)
+    usable = _cached(state, "usable", cands, _usable)
     i = bisect.bisect_left(hashes, hash64(key))
     n = len(hashes)
     for step in range(n):  # walk clockwise past unusable endpoints (their keys spread over the others)
@@ -314,7 +322,7 @@ def maglev(endpoints, state: CursorState, key, exclude: Mapping[str, str], rng: 
     if key is None:
         return Pick(cands[rng.randrange(len(cands))], MAGLEV, len(cands), excluded)
     table = _cached(state, "maglev", state.all_endpoints or endpoints, build_maglev)
-    usable = _cached(state, "usable", cands, lambda c: {e.id: e for e in c})
+    usable = _cached(state, "usable", cands, _usable)
     h = hash64(key)
     size = len(table)
     # An unusable owner (down, tried, over limit): re-hash deterministically until a usable slot, bounded.

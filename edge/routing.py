@@ -10,6 +10,7 @@ whole segments and capture them.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping
@@ -20,6 +21,9 @@ try:
     import cython
 except ImportError:  # a pure install without Cython
     from gatewatch import cython_shim as cython
+
+
+_BY_INDEX = operator.attrgetter("index")  # config order (a module constant: no key function per request)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +184,7 @@ class Router:
             for node in frontier:
                 found.extend(node.ends)
         if len(found) > 1:
-            found.sort(key=lambda c: c.index)
+            found.sort(key=_BY_INDEX)
         return found
 
     @cython.locals(c=_Compiled)

@@ -78,6 +78,12 @@ def _first(headers: Headers, lname: str) -> str | None:
     return None
 
 
+def _one(headers: Headers, lname: str, index: dict[str, str] | None) -> str | None:
+    """The first value of a header, from `index` when there is one. (Not a lambda over `headers`: an inner
+    function makes the compiled caller allocate a closure scope on every call, used or not.)"""
+    return index.get(lname) if index is not None else _first(headers, lname)
+
+
 def _all(headers: Headers, lname: str, index: dict[str, str] | None) -> str:
     """Every value of a header, comma-joined; `index` (lower-case name → first value) skips the scan when the
     header is absent, which is the common case."""
@@ -112,10 +118,9 @@ def upstream_request_headers(headers: Headers, client_address: str, scheme: str,
     out.insert(0, ("Host", host if (preserve_host and host) else upstream_host))
     xff = _all(headers, "x-forwarded-for", index)
     out.append(("X-Forwarded-For", f"{xff}, {client_address}" if xff else client_address))
-    first = index.get if index is not None else (lambda name: _first(headers, name))
-    proto = first("x-forwarded-proto") if trust_forwarded else None
+    proto = _one(headers, "x-forwarded-proto", index) if trust_forwarded else None
     out.append(("X-Forwarded-Proto", proto or scheme))
-    fwd_host = first("x-forwarded-host") if trust_forwarded else None
+    fwd_host = _one(headers, "x-forwarded-host", index) if trust_forwarded else None
     if fwd_host or host:
         out.append(("X-Forwarded-Host", fwd_host or host or ""))
     if trust_forwarded:
