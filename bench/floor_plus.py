@@ -22,12 +22,12 @@ showed. It is an experiment, not a proxy anyone should run.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import os
 import random
 import sys
-import time
+from bisect import bisect_left
 from pathlib import Path
+from time import perf_counter
 
 import uvloop
 
@@ -36,12 +36,17 @@ import floor_proxy
 
 ALL = ("route", "pick", "ids", "via", "metrics")
 FEATURES = frozenset(os.environ.get("FLOOR_FEATURES", ",".join(ALL)).split(","))
+ROUTE, PICK, IDS, VIA, METRICS = (f in FEATURES for f in ALL)
 ROUTES = ((b"/admin/", "admin"), (b"/static/", "static"), (b"/", "all"))
 INSTANCES = ("i0", "i1", "i2")
 BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-rng = random.Random()
+# Each side's added lines in one %-format (one bytes object built per request and direction).
+UP = b"X-Forwarded-For: %s\r\n" + (b"X-Request-Id: %032x\r\ntraceparent: 00-%032x-%016x-01\r\n" if IDS else b"") \
+    + (b"Via: 1.1 gatewatch\r\n" if VIA else b"")
+DOWN = (b"X-Request-Id: %032x\r\n" if IDS else b"") + (b"Via: 1.1 gatewatch\r\n" if VIA else b"")
+randbits = random.Random().getrandbits
 counts: dict[tuple[str, str, int], int] = {}
-histograms: dict[str, list[float]] = {}
+histograms: dict[str, list[float]] = {name: [0.0] * (len(BOUNDS) + 2) for _, name in ROUTES}
 cursor = [0]
 
 
@@ -49,47 +54,40 @@ class Upstream(floor_proxy.Upstream):
     def on_message_complete(self):
         client = self.client
         status = self.parser.get_status_code()
-        extra = b""
-        if "ids" in FEATURES:
-            extra += b"X-Request-Id: " + client.request_id + b"\r\n"
-        if "via" in FEATURES:
-            extra += b"Via: 1.1 gatewatch\r\n"
-        client.transport.write(self.message(b"HTTP/1.1 %d OK\r\n" % status, extra))
-        if "metrics" in FEATURES:
+        client.transport.write(self.message(b"HTTP/1.1 %d OK\r\n" % status,
+                                            DOWN % client.request_id if IDS else DOWN))
+        if METRICS:
             key = (client.route, client.instance, status)
             counts[key] = counts.get(key, 0) + 1
-            h = histograms.get(client.route)
-            if h is None:
-                h = histograms[client.route] = [0.0] * (len(BOUNDS) + 2)
-            took = time.perf_counter() - client.started
-            h[bisect.bisect_left(BOUNDS, took)] += 1
+            h = histograms[client.route]
+            took = perf_counter() - client.started
+            h[bisect_left(BOUNDS, took)] += 1
             h[-1] += took
 
 
 class Client(floor_proxy.Client):
     route = "all"
     instance = "i0"
-    request_id = b""
+    request_id = 0
     started = 0.0
 
     def on_message_complete(self):
-        extra = b"X-Forwarded-For: " + self.peer + b"\r\n"
-        if "metrics" in FEATURES:
-            self.started = time.perf_counter()
-        if "route" in FEATURES:
+        if METRICS:
+            self.started = perf_counter()
+        if ROUTE:
+            url = self.url
             for prefix, name in ROUTES:
-                if self.url.startswith(prefix):
+                if url.startswith(prefix):
                     self.route = name
                     break
-        if "pick" in FEATURES:
-            n = cursor[0] = (cursor[0] + 1) % len(INSTANCES)
+        if PICK:
+            n = cursor[0] = (cursor[0] + 1) % 3
             self.instance = INSTANCES[n]
-        if "ids" in FEATURES:
-            self.request_id = b"%032x" % rng.getrandbits(128)
-            extra += (b"X-Request-Id: " + self.request_id + b"\r\ntraceparent: 00-%032x-%016x-00\r\n"
-                      % (rng.getrandbits(128), rng.getrandbits(64)))
-        if "via" in FEATURES:
-            extra += b"Via: 1.1 gatewatch\r\n"
+        if IDS:
+            rid = self.request_id = randbits(128)
+            extra = UP % (self.peer, rid, randbits(128), randbits(64))
+        else:
+            extra = UP % self.peer
         request = self.message(self.parser.get_method() + b" " + self.url + b" HTTP/1.1\r\n", extra)
         if self.upstream is None:
             self.waiting.append(request)
