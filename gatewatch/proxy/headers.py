@@ -97,10 +97,16 @@ def combined(headers: Headers, lname: str, index: dict[str, str] | None) -> str 
     return _all(headers, lname, index) or None
 
 
+@cython.locals(index=dict, name=str)
 def has_underscored_name(index: dict[str, str]) -> bool:
     """Whether a header name has an underscore. CGI-style backends (RFC 3875 §4.1.18) map `X_Forwarded_For` and
     `X-Forwarded-For` to the same HTTP_X_FORWARDED_FOR, so a client could pass one off as the other that this
     proxy sets (what nginx's `underscores_in_headers` and Envoy's `headers_with_underscores_action` guard)."""
+    if cython.compiled:  # a C loop over the names: no joined str made (~2k instructions less per request)
+        for name in index:
+            if "_" in name:
+                return True
+        return False
     return "_" in "".join(index)  # one scan in C instead of a Python loop per header name
 
 

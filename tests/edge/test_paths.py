@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from gatewatch.edge import paths
 from gatewatch.edge.paths import (LENIENT, STRICT, InvalidPath, PathRules, canonical_path, remove_dot_segments,
                                   split_target, strip_prefix)
 from gatewatch.telemetry.names import RejectReason as R
@@ -249,3 +252,21 @@ def test_split_target(target, expected):
 ])
 def test_strip_prefix(path, prefix, expected):
     assert strip_prefix(path, prefix) == expected
+
+
+@pytest.mark.parametrize(("raw", "plain"), [
+    ("/", True), ("/a", True), ("/a/", True), ("/a/b.c/d-e_f~g", True), ("/a/..b", False), ("/@:!$&'()*+,=", True),
+    ("", False), ("a", False), ("//", False), ("/a//b", False), ("/a//", False), ("/.", False),
+    ("/a/.", False), ("/a/..", False), ("/.well-known", False), ("/a%2e", False), ("/a;p", False), ("/a b", False),
+    ("/a\n", False), ("/é", False), ("/a?b", False), ("/a#b", False), ("/\x00", False), ("/\u0101", False),
+])
+def test_the_plain_path_check(raw, plain):
+    assert bool(paths._PLAIN.fullmatch(raw)) is plain  # the regex the one-pass check replaces
+    assert paths.plain_path(raw) is plain
+
+
+@given(st.text(alphabet="/.a%2e;_~:@-9 \n?#é\x7f", max_size=12))
+def test_the_plain_path_check_agrees_with_the_regex(raw):
+    """Compiled, canonical_path trusts `plain_path` and returns such a path untouched: it must never call a path
+    plain that the regex (and so the full canonicalisation) would not."""
+    assert paths.plain_path(raw) == bool(paths._PLAIN.fullmatch(raw))
