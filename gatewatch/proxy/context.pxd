@@ -2,6 +2,7 @@
 from gatewatch.telemetry.context cimport RequestRecord, AttemptRecord
 from gatewatch.io.interfaces cimport RequestHead
 from gatewatch.proxy.plan cimport RoutePlan, Target
+from gatewatch.balancer.retry cimport RetryState
 
 cdef class AttemptContext:
     cdef public Py_ssize_t n
@@ -24,6 +25,7 @@ cdef class RequestContext:
     cdef public Py_ssize_t evaluated
     cdef public object response_headers, client_body, upstream_target
     cdef public double backoff_s
-    cdef public object picking, retries
+    cdef public object picking
+    cdef public RetryState retries
     cdef public AttemptContext attempt
     cdef public object mirror, cache
