@@ -6,6 +6,8 @@ from gatewatch.balancer.context cimport PickResult, PickContext
 from gatewatch.proxy.plan cimport RoutePlan, Target
 
 from gatewatch.telemetry.recorder cimport Telemetry
+from gatewatch.proxy cimport recording
+from gatewatch.proxy cimport headers as hdr
 
 cdef class Engine:
     cdef public object snapshot, layer, layer_value, _forwarder, _send_now, clock_ns, monotonic, rng

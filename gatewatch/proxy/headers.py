@@ -34,7 +34,7 @@ def strip_hop_by_hop(headers: Headers, also: frozenset[str] = frozenset()) -> li
     return _without(headers, HOP_BY_HOP | also)
 
 
-@cython.locals(h=tuple, name=str, out=list, connection=list, drop=frozenset)
+@cython.locals(h=tuple, name=str, out=list, connection=list)
 def _without(headers: Headers, drop: frozenset[str]) -> list[tuple[str, str]]:
     """`headers` minus the names in `drop` (lower-case, a superset of HOP_BY_HOP) and the names any `Connection`
     header lists. One pass in the common case; a second only when `Connection` names extra headers."""
@@ -89,7 +89,8 @@ def _all(headers: Headers, lname: str, index: dict[str, str] | None) -> str:
     header is absent, which is the common case."""
     if index is not None and lname not in index:
         return ""
-    return ", ".join(v for k, v in headers if k.lower() == lname)
+    # (a list, not a generator: a generator is a closure, which a C function (headers.pxd) cannot hold)
+    return ", ".join([v for k, v in headers if k.lower() == lname])
 
 
 def combined(headers: Headers, lname: str, index: dict[str, str] | None) -> str | None:
@@ -97,7 +98,7 @@ def combined(headers: Headers, lname: str, index: dict[str, str] | None) -> str 
     return _all(headers, lname, index) or None
 
 
-@cython.locals(index=dict, name=str)
+@cython.locals(name=str)
 def has_underscored_name(index: dict[str, str]) -> bool:
     """Whether a header name has an underscore. CGI-style backends (RFC 3875 §4.1.18) map `X_Forwarded_For` and
     `X-Forwarded-For` to the same HTTP_X_FORWARDED_FOR, so a client could pass one off as the other that this

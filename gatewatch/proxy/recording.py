@@ -53,7 +53,6 @@ A_LB_ALGORITHM, A_LB_CANDIDATES, A_LB_WEIGHT, A_LB_IN_FLIGHT = Attr.LB_ALGORITHM
     Attr.LB_WEIGHT, Attr.LB_IN_FLIGHT
 
 
-@cython.locals(rec=RequestRecord)
 def route(rec: RequestRecord, match: RouteMatch | NoRoute, plan: RoutePlan | None, now_ns: int) -> None:
     """`plan`: the matched route's (its name and upstream, without reading the config model), None for NoRoute."""
     if isinstance(match, RouteMatch):
@@ -106,7 +105,6 @@ def late_size_refusal(rec: RequestRecord, err: BodyTooLarge, now_ns: int) -> Non
                                          "gatewatch.size.streamed": True}))
 
 
-@cython.locals(rec=RequestRecord, p=PickResult, detail=cython.bint)
 def pick(rec: RequestRecord, p: PickResult, now_ns: int, detail: bool = True) -> dict:
     """Record the pick (decision log + span attributes); return the attributes for the attempt's span.
 
