@@ -96,8 +96,7 @@ def canonical_path(raw: str, rules: PathRules = LENIENT) -> str:
     return path
 
 
-@cython.ccall
-@cython.locals(raw=str, table=cython.p_const_uchar, c=cython.uint, prev=cython.uint, i=cython.Py_ssize_t,
+@cython.locals(table=cython.p_const_uchar, c=cython.uint, prev=cython.uint, i=cython.Py_ssize_t,
                n=cython.Py_ssize_t)
 def plain_path(raw) -> cython.bint:
     """`_PLAIN.fullmatch(raw)` as one pass over the characters: "/", or segments of `_SEGMENT_CHARS` after single
@@ -190,7 +189,7 @@ def remove_dot_segments(path: str) -> str:
     return "/" + "/".join(out)
 
 
-@cython.locals(target=str, rest=str, path=str, query=str)  # (str methods then called directly, not by name)
+@cython.locals(rest=str, path=str, query=str)  # (str methods then called directly, not by name)
 def split_target(target: str) -> tuple[str, str]:
     """Split a request target into (path, query) without decoding anything. Absolute-form targets
     (`http://host/path?q`, sent to proxies) keep only their path and query. A fragment is cut off here (the
@@ -209,14 +208,14 @@ def split_target(target: str) -> tuple[str, str]:
     return path, query
 
 
-@cython.locals(target=str, rest=str)
+@cython.locals(rest=str)
 def target_authority(target: str) -> str | None:
     """The authority of an absolute-form target (`http://host:port/path`), which RFC 9112 §3.2.2 says wins over
     the Host header; None for the usual origin-form `/path`."""
     if target.startswith("/") or not target[:8].lower().startswith(("http://", "https://")):
         return None
     rest = target.split("://", 1)[1]
-    end = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    end = min([i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0], default=len(rest))
     authority = rest[:end].rsplit("@", 1)[-1]
     return authority or None
 

@@ -34,11 +34,6 @@ def cfunc(fn):
     return fn
 
 
-def ccall(fn):
-    """A C function also callable from Python (`cpdef`) when compiled; a plain function as Python."""
-    return fn
-
-
 def returns(_type):
     """A C function's return type for the compiler; nothing at run time."""
     return lambda fn: fn

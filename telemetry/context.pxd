@@ -29,3 +29,11 @@ cdef class RequestRecord:
     cdef public object cache, span_attrs
     cdef public bint mirror
     cdef public object tcp, websocket
+
+# Ids and trace context, made for every request (the engine and the recorder cimport them: C calls).
+cpdef format_traceparent(trace_id, span_id, bint sampled)
+cpdef hex128(value)
+cpdef hex64(value)
+cpdef new_span_id(rng)
+cpdef new_trace_id(rng)
+cpdef TraceContext start_trace(traceparent, tracestate, baggage, trust, double ratio, rng, bint parent_based=*)

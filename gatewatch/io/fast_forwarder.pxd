@@ -1,6 +1,6 @@
 # Augmenting declarations (Cython pure-Python mode): the per-exchange objects as extension types.
 from gatewatch.io.interfaces cimport UpstreamRequest
-from gatewatch.io.http1 cimport BodyQueue, Deadlines
+from gatewatch.io.http1 cimport BodyQueue, Deadlines, serialize_head
 
 cdef class EndpointPool:
     cdef public object host, port, tls, server_name

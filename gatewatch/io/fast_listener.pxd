@@ -1,5 +1,6 @@
 # Augmenting declarations (Cython pure-Python mode): the per-exchange objects as extension types.
 from gatewatch.io.interfaces cimport RequestHead
+from gatewatch.io.http1 cimport serialize_head
 
 cdef class _Exchange:
     cdef public RequestHead head

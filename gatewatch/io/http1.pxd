@@ -25,3 +25,6 @@ cdef class WriteFlow:
     cdef public bint paused
     cdef public object _waiter
     cdef public bint closed
+
+# A head's bytes, written by both protocols on every exchange (a C call from the modules that cimport it).
+cpdef bytes serialize_head(first_line, headers, list extra, block=*)

@@ -1,6 +1,8 @@
 # Augmenting declarations (Cython pure-Python mode): the engine, and the per-request types of its typed locals.
 from gatewatch.proxy.context cimport RequestContext, AttemptContext
-from gatewatch.telemetry.context cimport RequestRecord, AttemptRecord
+from gatewatch.telemetry.context cimport (RequestRecord, AttemptRecord, format_traceparent, hex64, hex128,
+                                         new_span_id, start_trace)
+from gatewatch.edge.paths cimport canonical_path, split_target, target_authority
 from gatewatch.io.interfaces cimport RequestHead, UpstreamRequest
 from gatewatch.balancer.context cimport PickResult, PickContext
 from gatewatch.proxy.plan cimport RoutePlan, Target
