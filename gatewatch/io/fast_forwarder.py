@@ -476,6 +476,7 @@ class RawResponse:
     __slots__ = ("_pool", "_conn", "status", "reason", "headers", "head_block", "dated", "peer_address", "peer_port",
                  "_idle_s", "_pump", "_released", "_whole")
 
+    @cython.locals(conn=UpstreamConnection)
     def __init__(self, pool: EndpointPool, conn: UpstreamConnection, head: tuple, idle_s: float,
                  pump: asyncio.Task | None):
         """`head`: (status, reason, headers, head_block, dated), as the connection parsed it; `head_block` is the
@@ -540,6 +541,7 @@ class RawResponse:
             conn.busy = False
 
 
+@cython.locals(req=UpstreamRequest)
 def _request_bytes(req: UpstreamRequest) -> tuple[bytes, bool]:
     """(serialized head, chunked?) — chunked when a body is coming and its length is unknown."""
     chunked = req.has_body and not any(k.lower() == "content-length" for k, _ in req.headers)
@@ -596,7 +598,7 @@ class RawForwarder:
                                                    tls.server_name if tls else None)
         return pool
 
-    @cython.locals(ep=EndpointPool, conn=UpstreamConnection, deadlines=Deadlines)
+    @cython.locals(ep=EndpointPool, conn=UpstreamConnection, deadlines=Deadlines, request=UpstreamRequest)
     def send_now(self, pool: str, request: UpstreamRequest, response_s: float, idle_s: float,
                  timing: AttemptTiming, callback: Callable[[Any, RawResponse | UpstreamFailure], None],
                  arg: Any) -> bool:
