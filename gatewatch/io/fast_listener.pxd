@@ -30,6 +30,7 @@ cdef class HttpConnection:
     cdef public Py_ssize_t _header_bytes, _hosts, _byte_limit, _line_limit, _scanned, _head_fed
     cdef public bint _in_trailers
     cdef public object last_active, head_started, peer, sock, now_busy, tls, tunnel, early, _carry
+    cdef public object loop, _scheme, _listener_name
     cpdef _simple(self, data)
     cpdef RequestHead _request_head(self, method, target, version, headers, index, has_body)
     cpdef exchange_done(self, _Downstream down)

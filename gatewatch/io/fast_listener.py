@@ -68,6 +68,7 @@ class _Exchange:
     __slots__ = ("head", "body", "expect_continue", "keep_alive", "continue_sent", "is_head", "http10", "started",
                  "now", "websocket")
 
+    @cython.locals(head=RequestHead)
     def __init__(self, head: RequestHead, body: BodyQueue, keep_alive: bool, expect_continue: bool):
         self.head = head
         self.body = body
@@ -147,7 +148,7 @@ class _Downstream:
         # Held back and sent with the first body chunk (or at finish): one write instead of two. If the body
         # does not follow within this loop iteration (a streaming upstream), the head goes out on its own.
         self._pending = self._head(status, reason, headers, content_length)
-        self._conn.listener.loop.call_soon(self._flush_head)
+        self._conn.loop.call_soon(self._flush_head)
 
     async def respond(self, status: int, reason: str | None, headers: Headers, body: bytes) -> None:
         self.respond_now(status, reason, headers, body)
@@ -245,10 +246,14 @@ class HttpConnection:  # asyncio's protocol interface, duck-typed (an extension 
     __slots__ = ("listener", "transport", "parser", "flow", "closed", "rejected", "_pipeline_paused", "_inbuf",
                  "queue", "parsing", "running", "_serving", "_idle", "_url", "_headers", "_index", "_header_bytes",
                  "_hosts", "_in_trailers", "last_active", "head_started", "peer", "sock", "now_busy", "tls",
-                 "_byte_limit", "_line_limit", "_scanned", "_head_fed", "tunnel", "early", "_carry")
+                 "_byte_limit", "_line_limit", "_scanned", "_head_fed", "tunnel", "early", "_carry", "loop",
+                 "_scheme", "_listener_name")
 
     def __init__(self, listener: "RawListener"):
         self.listener = listener
+        # What every exchange reads of its listener and never changes, as the connection's own typed fields.
+        self.loop = listener.loop
+        self._scheme, self._listener_name = listener.scheme, listener.name
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.flow = WriteFlow()
@@ -319,7 +324,7 @@ class HttpConnection:  # asyncio's protocol interface, duck-typed (an extension 
         if self.early is not None:  # an upgrade's first frames, before its 101: kept for the session
             self.early += data
             return
-        self.last_active = self.listener.loop.time()
+        self.last_active = self.loop.time()
         if data[:3] == b"PRI" and self._h2_preface(data):
             return
         if self._inbuf:
@@ -355,8 +360,8 @@ class HttpConnection:  # asyncio's protocol interface, duck-typed (an extension 
         """A parsed request's head, with what this connection and its listener add (both parsing paths)."""
         return RequestHead(
             method=method, target=target, version=version, headers=headers, index=index,
-            client_address=self.peer[0], client_port=self.peer[1], scheme=self.listener.scheme,
-            server_address=self.sock[0], server_port=self.sock[1], listener=self.listener.name, has_body=has_body,
+            client_address=self.peer[0], client_port=self.peer[1], scheme=self._scheme,
+            server_address=self.sock[0], server_port=self.sock[1], listener=self._listener_name, has_body=has_body,
             tls=self.tls)
 
     def _h2_preface(self, data: bytes) -> bool:
@@ -530,7 +535,7 @@ class HttpConnection:  # asyncio's protocol interface, duck-typed (an extension 
         if self.now_busy:
             return  # queued behind the synchronous exchange, which starts the serving task when it is done
         if self._serving is None:
-            self._serving = self.listener.loop.create_task(self._serve())
+            self._serving = self.loop.create_task(self._serve())
         else:
             self._wake()
 
@@ -552,7 +557,7 @@ class HttpConnection:  # asyncio's protocol interface, duck-typed (an extension 
         as `_serve` does after each exchange."""
         self.queue.popleft()
         self.running = self.now_busy = False
-        self.last_active = self.listener.loop.time()
+        self.last_active = self.loop.time()
         if self.closed:
             return
         if not down.complete or down.close_after:
@@ -563,7 +568,7 @@ class HttpConnection:  # asyncio's protocol interface, duck-typed (an extension 
             return
         if self.queue:
             if self._serving is None:
-                self._serving = self.listener.loop.create_task(self._serve())
+                self._serving = self.loop.create_task(self._serve())
             else:
                 self._wake()
         elif self.rejected:
@@ -610,11 +615,11 @@ class HttpConnection:  # asyncio's protocol interface, duck-typed (an extension 
             while not self.closed:
                 if not self.queue:
                     self.running = False
-                    self.last_active = self.listener.loop.time()
+                    self.last_active = self.loop.time()
                     if self.rejected:
                         self._send_reject()
                         return
-                    self._idle = self.listener.loop.create_future()
+                    self._idle = self.loop.create_future()
                     await self._idle
                     self._idle = None
                     continue
@@ -647,7 +652,7 @@ class HttpConnection:  # asyncio's protocol interface, duck-typed (an extension 
         finally:
             self.running = False
             self._serving = self._idle = None
-            self.last_active = self.listener.loop.time()
+            self.last_active = self.loop.time()
 
     async def _discard(self, ex: _Exchange) -> bool:
         if ex.expect_continue and not ex.continue_sent:
