@@ -21,7 +21,6 @@ showed. It is an experiment, not a proxy anyone should run.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import sys
@@ -66,6 +65,7 @@ class Upstream(floor_proxy.Upstream):
 
 
 class Client(floor_proxy.Client):
+    upstream_class = Upstream
     route = "all"
     instance = "i0"
     request_id = 0
@@ -94,17 +94,9 @@ class Client(floor_proxy.Client):
         else:
             self.upstream.transport.write(request)
 
-    async def _connect(self):  # floor_proxy's, with this module's Upstream
-        _, self.upstream = await asyncio.get_running_loop().create_connection(
-            lambda: Upstream(self), "127.0.0.1", self.upstream_port)
-        while self.waiting:
-            self.upstream.transport.write(self.waiting.popleft())
-
 
 async def main(listen_port: int, upstream_port: int) -> None:
-    server = await asyncio.get_running_loop().create_server(
-        lambda: Client(upstream_port), "127.0.0.1", listen_port, backlog=4096)
-    await server.serve_forever()
+    await floor_proxy.main(listen_port, upstream_port, Client)
 
 
 if __name__ == "__main__":

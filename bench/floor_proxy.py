@@ -73,6 +73,8 @@ class Upstream(Http1):
 
 
 class Client(Http1):
+    upstream_class = Upstream  # (bench/floor_plus.py's subclass names its own)
+
     def __init__(self, upstream_port: int):
         super().__init__(httptools.HttpRequestParser)
         self.upstream_port = upstream_port
@@ -87,7 +89,7 @@ class Client(Http1):
 
     async def _connect(self):
         _, self.upstream = await asyncio.get_running_loop().create_connection(
-            lambda: Upstream(self), "127.0.0.1", self.upstream_port)
+            lambda: self.upstream_class(self), "127.0.0.1", self.upstream_port)
         while self.waiting:
             self.upstream.transport.write(self.waiting.popleft())
 
@@ -104,9 +106,9 @@ class Client(Http1):
             self.upstream.transport.write(request)
 
 
-async def main(listen_port: int, upstream_port: int) -> None:
+async def main(listen_port: int, upstream_port: int, client: type[Client] = Client) -> None:
     server = await asyncio.get_running_loop().create_server(
-        lambda: Client(upstream_port), "127.0.0.1", listen_port, backlog=4096)
+        lambda: client(upstream_port), "127.0.0.1", listen_port, backlog=4096)
     await server.serve_forever()
 
 

@@ -26,8 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness.common import BENCH, PATH, child_env
-from harness.compiled import build_floor, floor_argv
+import instructions
+from harness.common import PATH, child_env
 from harness.host import free_port
 from harness.peers import backend_conf, haproxy_conf
 from harness.procs import Proc, stop_all, wait_http
@@ -41,24 +41,7 @@ def proxy_argv(case: str, work: Path, port: int, backend: int) -> tuple[list[str
     if case == "haproxy":
         (work / "haproxy.cfg").write_text(haproxy_conf(port, [backend]))
         return ["haproxy", "-f", str(work / "haproxy.cfg")], child_env()
-    if case.startswith("python-floor"):
-        module = "floor_plus" if case.startswith("python-floor-plus") else "floor_proxy"
-        if case.endswith("compiled"):
-            fb = build_floor(work)
-            if fb.directory is None:
-                raise RuntimeError(fb.error)
-            return floor_argv(fb, port, backend, module), child_env()
-        return [sys.executable, str(BENCH / f"{module}.py"), str(port), str(backend)], child_env()
-    cfg = {"admin": {"address": "127.0.0.1:0"},
-           "telemetry": {"service_name": "gatewatch-bench", "local_dir": str(work / "jsonl")},
-           "edge": {"listeners": [{"name": "public", "address": f"127.0.0.1:{port}"}],
-                    "routes": [{"name": "all", "match": {"path": {"prefix": "/"}}, "upstream": "backend"}]},
-           "balancer": {"pools": [{"name": "backend", "algorithm": "round_robin",
-                                   "instances": [{"id": "i0", "host": "127.0.0.1", "port": backend}]}]}}
-    (work / "gatewatch.yaml").write_text(json.dumps(cfg))  # JSON is YAML
-    env = child_env()
-    env["OTEL_SDK_DISABLED"] = "true"
-    return [sys.executable, "-m", "gatewatch", "run", "-c", str(work / "gatewatch.yaml")], env
+    return instructions.proxy_argv(case, work, port, backend)  # the floors and gatewatch-off, as counted there
 
 
 def wrk(url: str, seconds: int) -> int:
