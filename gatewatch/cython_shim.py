@@ -24,7 +24,6 @@ int = int  # noqa: A001 - C int
 uchar = int
 uint = int
 ulonglong = int
-Py_UCS4 = str  # one character, compiled a code point (only in code that runs compiled)
 p_const_uchar = bytes  # a pointer into a bytes object's buffer, compiled; the bytes object itself, as Python
 p_char = bytes  # a C char array, compiled (only in code that runs compiled: `if cython.compiled:`)
 

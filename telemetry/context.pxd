@@ -30,7 +30,7 @@ cdef class RequestRecord:
     cdef public bint mirror
     cdef public object tcp, websocket
 
-# Ids and trace context, made for every request (the engine and the recorder cimport them: C calls).
+# Ids and trace context, made for every request (the engine cimports them: C calls).
 cpdef format_traceparent(trace_id, span_id, bint sampled)
 cpdef hex128(value)
 cpdef hex64(value)

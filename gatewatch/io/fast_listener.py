@@ -263,8 +263,9 @@ class HttpConnection:  # asyncio's protocol interface, duck-typed (an extension 
         self._inbuf: bytearray | None = None  # bytes not parsed yet because too many requests are queued
         # What llhttp was fed since it last stood between messages at the end of a slice, while the head after
         # it runs on into the next read (None: a body ran on, the start is not known). `_refused_line` parses
-        # from there, so a refusal is read from the right line however the client cut the request.
-        self._carry: bytes | None = b""
+        # from there, so a refusal is read from the right line however the client cut the request. Appended to
+        # in place: a head sent a byte per read must not cost a copy of everything before it on every read.
+        self._carry: bytearray | None = bytearray()
         self.queue: collections.deque[_Exchange] = collections.deque()
         self.parsing: _Exchange | None = None
         self.running = False  # an exchange is being handled (the sweeps leave the connection alone)
@@ -397,10 +398,16 @@ class HttpConnection:  # asyncio's protocol interface, duck-typed (an extension 
     def _feed_slice(self, data: bytes) -> bool:
         try:
             self.parser.feed_data(data)
+            carry = self._carry
             if self.head_started is not None:  # a head runs on into the next read (bounded just below)
-                self._carry = self._carry + data if self._carry is not None else None
-            else:
-                self._carry = b"" if self.parsing is None else None
+                if carry is not None:
+                    carry += data
+            elif self.parsing is not None:  # a body runs on: where the next message starts is not known
+                self._carry = None
+            elif carry is None:
+                self._carry = bytearray()
+            elif carry:
+                carry.clear()
             if self.head_started is not None and not self.rejected:
                 # A head is still incomplete. llhttp hands a header over only once its line has ended (httptools
                 # keeps appending the pieces), so the size limits in `on_header` cannot see a line that never
@@ -423,7 +430,7 @@ class HttpConnection:  # asyncio's protocol interface, duck-typed (an extension 
             cause = err.__context__ if isinstance(err.__context__, _Limit) else None
             self._reject(cause.status if cause else 400, cause.reason if cause else R.PARSE_ERROR.value)
         except httptools.HttpParserError as err:
-            self._reject(*_parser_rejection(err, data if self._carry is None else self._carry + data))
+            self._reject(*_parser_rejection(err, data if self._carry is None else bytes(self._carry) + data))
         return False
 
     # --- llhttp callbacks ---
