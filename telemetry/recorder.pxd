@@ -9,3 +9,4 @@ cdef class Telemetry:
     cdef public frozenset _known_methods
     cdef public bint _allow_logs_sampled_only
     cpdef finish(self, RequestRecord r)
+    cpdef bint exports_allowed_decisions(self, bint sampled)

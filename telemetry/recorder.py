@@ -288,7 +288,7 @@ class Telemetry:
                 self.metrics.headers_dropped.labels(r.layer, reason).inc()
         if self.sink is None:
             return
-        if not r.trace.sampled and r.decisions and self._allow_logs_sampled_only:
+        if r.decisions and not self.exports_allowed_decisions(r.trace.sampled):
             # Volume control (DESIGN §4): an unsampled request's allow decisions (route matched, instance
             # picked) are counted in gatewatch_decisions_total but not logged; anything else always is.
             kept = [d for d in r.decisions if d.result not in ALLOW_RESULTS]
@@ -296,6 +296,12 @@ class Telemetry:
                 r.decisions = kept
         if r.trace.sampled or r.decisions:
             self.sink.submit(r)
+
+    def exports_allowed_decisions(self, sampled: bool) -> bool:
+        """Whether a request's allowed decisions (route matched, instance picked) and its span attributes can ever
+        be read: something exports, and the request is sampled or allowed decisions are logged whatever the
+        sampling (`allow_decision_logs`). The engine records a pick's detail only then (`recording.pick`)."""
+        return self.sink is not None and (sampled or not self._allow_logs_sampled_only)
 
     def event(self, event: Event, body: str, attributes: dict, trace_id: int | None = None,
               span_id: int | None = None, severity: str = "INFO") -> None:

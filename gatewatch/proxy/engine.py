@@ -407,7 +407,7 @@ class Engine:
         ctx.attempt = a
         return a
 
-    @cython.locals(ctx=RequestContext, picking=PickContext, p=PickResult, tel=Telemetry)
+    @cython.locals(ctx=RequestContext, picking=PickContext, p=PickResult)
     def pick(self, ctx: RequestContext, picking: PickContext | None, n: int) -> AttemptContext | Outcome:
         """Where attempt `n` goes: the pool's pick (recorded), or the URL upstream. An Outcome when no
         instance can take it."""
@@ -416,9 +416,8 @@ class Engine:
             return AttemptContext(n, remote.host, remote.port, remote.scheme, remote.instance, None,
                                   self.layer_value, None, {})
         p = picking.pick(self.rng)
-        tel = self.telemetry  # the pick's attributes only where something exports them (recording.pick)
-        lb = recording.pick(ctx.rec, p, self.clock_ns(), tel.sink is not None and (
-            ctx.rec.trace.sampled or not tel._allow_logs_sampled_only))
+        detail = self.telemetry.exports_allowed_decisions(ctx.rec.trace.sampled)  # (else counts only: recording.pick)
+        lb = recording.pick(ctx.rec, p, self.clock_ns(), detail)
         ep = p.endpoint
         if ep is None:
             return Outcome.UPSTREAM_OVERFLOW if p.reason == PICK_OVERFLOW else Outcome.NO_HEALTHY_UPSTREAM
