@@ -110,10 +110,11 @@ class _Downstream:
         already serialized, written before `headers` (`dated`: they have a Date)."""
         ex = self._ex
         self.started = True
-        for k, _ in headers:  # (a loop: `any()` over a generator costs a generator object per response compiled)
-            if len(k) == 4 and k.lower() == "date":
-                dated = True
-                break
+        if not dated:  # (a relayed block with a Date needs no look at the lines after it)
+            for k, _ in headers:  # (a loop: `any()` over a generator costs a generator object per response compiled)
+                if len(k) == 4 and k.lower() == "date":
+                    dated = True
+                    break
         extra = [] if dated else [b"Date: " + http_date() + b"\r\n"]
         no_body = status < 200 or status in (204, 304)
         if no_body:
